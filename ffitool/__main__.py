@@ -1,0 +1,5 @@
+"""`python -m ffitool` runs the command line."""
+
+from ffitool.cli.app import main
+
+main()

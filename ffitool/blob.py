@@ -1,0 +1,439 @@
+"""Codec for the `__tvm_ffi__library_bin` blob: bytes <-> `Blob`.
+
+Layout (all integers u64 little-endian): `<nbytes> <indptr: vec> <child_indices: vec>` then, per
+module, `<key: str>` and, unless the key is `_lib`, `<payload: bytes>`. Decoding is strict and
+bounded: every length is compared with the bytes that remain before anything is sliced or
+allocated, so a hostile length costs nothing. What the runtime (`ProcessLibraryBin` in tvm-ffi)
+would reject raises `BlobError` with the byte offset; what the runtime accepts but TVM's writer
+never produces is returned as findings.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ffitool.errors import BlobError
+from ffitool.findings import Finding, Severity
+
+LIB_KIND = "_lib"
+"""Key of the module that stands for the shared library itself; it carries no payload."""
+
+_U64 = struct.Struct("<Q")
+_WORD = _U64.size
+
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class Module:
+    """One module of a blob: its kind, its payload (None for `_lib`) and its imports in order."""
+
+    kind: str
+    payload: Buffer | None = None
+    imports: tuple[int, ...] = ()
+
+    @property
+    def is_lib(self) -> bool:
+        """True for the `_lib` placeholder that the runtime replaces by the library module."""
+        return self.kind == LIB_KIND
+
+
+@dataclass(frozen=True)
+class Blob:
+    """The decoded import tree: module 0 is the root that `load_module` returns."""
+
+    modules: tuple[Module, ...]
+
+
+@dataclass(frozen=True)
+class ModuleLayout:
+    """Where one module's fields sit, as byte offsets from the start of the blob."""
+
+    key_offset: int
+    payload_offset: int | None
+    payload_size: int
+
+
+@dataclass(frozen=True)
+class DecodedBlob:
+    """A decoded blob with the layout facts that findings and digests need."""
+
+    blob: Blob
+    nbytes: int
+    layouts: tuple[ModuleLayout, ...]
+    findings: tuple[Finding, ...]
+
+    @property
+    def size(self) -> int:
+        """Bytes the runtime reads: the 8-byte header plus `nbytes`."""
+        return _WORD + self.nbytes
+
+
+class _Cursor:
+    """Reads u64 fields from a window of a buffer, checking every length before using it."""
+
+    def __init__(self, data: memoryview, start: int, end: int) -> None:
+        self.data = data
+        self.pos = start
+        self.end = end
+
+    @property
+    def remaining(self) -> int:
+        return self.end - self.pos
+
+    def u64(self, what: str) -> int:
+        if self.remaining < _WORD:
+            raise BlobError(f"truncated {what}: need 8 bytes, {self.remaining} left", self.pos)
+        (value,) = _U64.unpack_from(self.data, self.pos)
+        self.pos += _WORD
+        return value
+
+    def u64_vector(self, what: str) -> tuple[int, int, tuple[int, ...]]:
+        """Return (offset of the count, offset of the first item, items)."""
+        count_offset = self.pos
+        count = self.u64(f"{what} count")
+        if count > self.remaining // _WORD:
+            raise BlobError(
+                f"{what} count {count} needs {count * _WORD} bytes, {self.remaining} left",
+                count_offset,
+            )
+        items = struct.unpack_from(f"<{count}Q", self.data, self.pos)
+        first = self.pos
+        self.pos += count * _WORD
+        return count_offset, first, items
+
+    def sized(self, what: str) -> tuple[int, memoryview]:
+        """Read `<size: u64><size bytes>`; the runtime rejects size 0, and so do we."""
+        size_offset = self.pos
+        size = self.u64(f"{what} size")
+        if size > self.remaining:
+            raise BlobError(
+                f"{what} size {size} exceeds the {self.remaining} bytes left", size_offset
+            )
+        if size == 0:
+            raise BlobError(f"{what} is empty, which the runtime's reader rejects", size_offset)
+        view = self.data[self.pos : self.pos + size]
+        self.pos += size
+        return size_offset, view
+
+
+def decode(data: Buffer, *, limit: int | None = None) -> DecodedBlob:
+    """Decode a blob from the start of `data`; payloads are zero-copy views into it.
+
+    `limit` caps how many bytes may be read (for a blob inside a library: the bytes backed by
+    the file after the symbol's address). Raises `BlobError` for anything the runtime rejects.
+    """
+    view = memoryview(data).cast("B")
+    available = len(view) if limit is None else min(limit, len(view))
+    header = _Cursor(view, 0, available)
+    nbytes = header.u64("nbytes header")
+    if nbytes > header.remaining:
+        raise BlobError(f"nbytes {nbytes} exceeds the {header.remaining} bytes available", 0)
+    cursor = _Cursor(view, _WORD, _WORD + nbytes)
+    indptr_at, indptr_first, indptr = cursor.u64_vector("indptr")
+    if len(indptr) < 2:
+        raise BlobError(
+            f"indptr has {len(indptr)} entries; the runtime needs at least 2 (one module)",
+            indptr_at,
+        )
+    child_at, child_first, children = cursor.u64_vector("child_indices")
+    num_modules = len(indptr) - 1
+    if num_modules > cursor.remaining // _WORD:
+        raise BlobError(
+            f"{num_modules} modules need at least {num_modules * _WORD} bytes, "
+            f"{cursor.remaining} left",
+            indptr_at,
+        )
+    imports = _import_lists(indptr, indptr_first, children, child_first, num_modules)
+    findings: list[Finding] = []
+    modules: list[Module] = []
+    layouts: list[ModuleLayout] = []
+    for index in range(num_modules):
+        key_offset, key = cursor.sized(f"module {index} key")
+        kind = _kind_text(key, index, key_offset, findings)
+        if kind == LIB_KIND:
+            modules.append(Module(kind, None, imports[index]))
+            layouts.append(ModuleLayout(key_offset, None, 0))
+            continue
+        size_offset, payload = cursor.sized(f"module {index} ({kind}) payload")
+        modules.append(Module(kind, payload, imports[index]))
+        layouts.append(ModuleLayout(key_offset, size_offset + _WORD, len(payload)))
+    if cursor.remaining:
+        findings.append(
+            Finding(
+                "B201",
+                Severity.WARNING,
+                f"{cursor.remaining} trailing bytes after the last module (inside nbytes)",
+                cursor.pos,
+            )
+        )
+    findings.extend(_layout_findings(indptr, indptr_at, len(children), child_at))
+    blob = Blob(tuple(modules))
+    findings.extend(tree_findings(blob, first_key_offset=layouts[0].key_offset))
+    return DecodedBlob(blob, nbytes, tuple(layouts), tuple(findings))
+
+
+def _import_lists(
+    indptr: Sequence[int],
+    indptr_first: int,
+    children: Sequence[int],
+    child_first: int,
+    num_modules: int,
+) -> list[tuple[int, ...]]:
+    """Split CSR child indices per module, rejecting every index the runtime would misread."""
+    lists: list[tuple[int, ...]] = []
+    for i in range(num_modules):
+        lo, hi = indptr[i], indptr[i + 1]
+        if lo >= hi:
+            lists.append(())
+            continue
+        if hi > len(children):
+            raise BlobError(
+                f"indptr[{i + 1}] = {hi} points past the {len(children)} child indices",
+                indptr_first + (i + 1) * _WORD,
+            )
+        row = tuple(children[lo:hi])
+        for j, child in enumerate(row):
+            if child >= num_modules:
+                raise BlobError(
+                    f"module {i} imports module {child}, but there are {num_modules} modules",
+                    child_first + (lo + j) * _WORD,
+                )
+        lists.append(row)
+    return lists
+
+
+def _kind_text(key: memoryview, index: int, offset: int, findings: list[Finding]) -> str:
+    """Decode a key as UTF-8; undecodable bytes survive as surrogates so encoding is exact."""
+    raw = bytes(key)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        findings.append(
+            Finding("B208", Severity.WARNING, f"module {index} kind is not valid UTF-8", offset)
+        )
+        return raw.decode("utf-8", "surrogateescape")
+
+
+def _layout_findings(
+    indptr: Sequence[int], indptr_at: int, num_children: int, child_at: int
+) -> list[Finding]:
+    """CSR shapes the runtime tolerates but TVM never writes (and `encode` cannot reproduce)."""
+    found: list[Finding] = []
+    if indptr[0] != 0:
+        found.append(
+            Finding("B207", Severity.WARNING, f"indptr starts at {indptr[0]}, not 0", indptr_at)
+        )
+    for i in range(len(indptr) - 1):
+        if indptr[i + 1] < indptr[i]:
+            found.append(
+                Finding(
+                    "B207",
+                    Severity.WARNING,
+                    f"indptr decreases at entry {i + 1} ({indptr[i]} -> {indptr[i + 1]})",
+                    indptr_at + _WORD * (i + 2),
+                )
+            )
+            break
+    if indptr[-1] != num_children and indptr[-1] < num_children:
+        found.append(
+            Finding(
+                "B207",
+                Severity.WARNING,
+                f"{num_children - indptr[-1]} child indices are not referenced by indptr",
+                child_at,
+            )
+        )
+    return found
+
+
+def tree_findings(blob: Blob, *, first_key_offset: int | None = None) -> list[Finding]:
+    """Import-tree shapes that load but that TVM's writer never produces.
+
+    TVM emits modules root first, every child after its parent, children sorted and unique,
+    exactly one `_lib`, all modules reachable. Offsets point at the first module's key.
+    """
+    found: list[Finding] = []
+    modules = blob.modules
+
+    def add(code: str, message: str) -> None:
+        found.append(Finding(code, Severity.WARNING, message, first_key_offset))
+
+    for index, module in enumerate(modules):
+        if list(module.imports) != sorted(set(module.imports)):
+            add("B204", f"module {index} imports {list(module.imports)}: unsorted or duplicated")
+    cycle = find_cycle(blob)
+    if cycle:
+        add("B202", "import cycle " + " -> ".join(str(i) for i in cycle))
+    else:
+        for index, module in enumerate(modules):
+            backward = [c for c in module.imports if c <= index]
+            if backward:
+                add("B203", f"module {index} imports earlier module(s) {backward}")
+    libs = [i for i, m in enumerate(modules) if m.is_lib]
+    if len(libs) > 1:
+        add("B205", f"{len(libs)} `_lib` modules (at {libs}); TVM writes one")
+    unreachable = sorted(set(range(len(modules))) - reachable(blob))
+    if unreachable:
+        add("B206", f"module(s) {unreachable} are not reachable from the root")
+    return found
+
+
+def reachable(blob: Blob, root: int = 0) -> set[int]:
+    """Indices reachable from `root` through imports (the root included)."""
+    seen = {root}
+    stack = [root]
+    while stack:
+        for child in blob.modules[stack.pop()].imports:
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return seen
+
+
+def find_cycle(blob: Blob) -> list[int] | None:
+    """One import cycle as a closed path of indices, or None; iterative, so depth is unbounded."""
+    state = [0] * len(blob.modules)  # 0 new, 1 on the current path, 2 done
+    for start in range(len(blob.modules)):
+        if state[start]:
+            continue
+        path = [start]
+        cursors = [0]
+        state[start] = 1
+        while path:
+            node = path[-1]
+            imports = blob.modules[node].imports
+            if cursors[-1] == len(imports):
+                state[node] = 2
+                path.pop()
+                cursors.pop()
+                continue
+            child = imports[cursors[-1]]
+            cursors[-1] += 1
+            if state[child] == 1:
+                return [*path[path.index(child) :], child]
+            if state[child] == 0:
+                state[child] = 1
+                path.append(child)
+                cursors.append(0)
+    return None
+
+
+def encoded_size(blob: Blob) -> int:
+    """Total bytes `encode(blob)` produces, computed without building them."""
+    size = _WORD * 3 + _WORD * (len(blob.modules) + 1)
+    for module in blob.modules:
+        size += _WORD * len(module.imports)
+        size += _WORD + len(module.kind.encode("utf-8", "surrogateescape"))
+        if not module.is_lib:
+            size += _WORD + len(_payload(module))
+    return size
+
+
+def encode(blob: Blob) -> bytes:
+    """Encode a blob the way TVM's `PackImportsToBytes` lays it out, byte for byte."""
+    return b"".join(encode_chunks(blob))
+
+
+def encode_chunks(blob: Blob) -> list[Buffer]:
+    """The encoded blob as a list of pieces, payloads uncopied, for writers that stream."""
+    if not blob.modules:
+        raise ValueError("a blob needs at least one module (the root)")
+    indptr = [0]
+    children: list[int] = []
+    for index, module in enumerate(blob.modules):
+        for child in module.imports:
+            if not 0 <= child < len(blob.modules):
+                raise ValueError(
+                    f"module {index} imports {child}, outside 0..{len(blob.modules) - 1}"
+                )
+        children.extend(module.imports)
+        indptr.append(len(children))
+    head = [
+        _U64.pack(encoded_size(blob) - _WORD),
+        _pack_vector(indptr),
+        _pack_vector(children),
+    ]
+    pieces: list[Buffer] = [b"".join(head)]
+    for module in blob.modules:
+        key = module.kind.encode("utf-8", "surrogateescape")
+        if not key:
+            raise ValueError("a module kind cannot be empty")
+        pieces.append(_U64.pack(len(key)) + key)
+        if module.is_lib:
+            if module.payload is not None:
+                raise ValueError("the `_lib` module carries no payload")
+            continue
+        payload = _payload(module)
+        if not len(payload):
+            raise ValueError(
+                f"module {module.kind!r} has an empty payload, which the runtime rejects"
+            )
+        pieces.append(_U64.pack(len(payload)))
+        pieces.append(payload)
+    return pieces
+
+
+def _payload(module: Module) -> Buffer:
+    if module.payload is None:
+        raise ValueError(f"module {module.kind!r} needs a payload")
+    return module.payload
+
+
+def _pack_vector(items: Sequence[int]) -> bytes:
+    return _U64.pack(len(items)) + struct.pack(f"<{len(items)}Q", *items)
+
+
+LEGACY_TREE_KEY = "_import_tree"
+
+
+@dataclass(frozen=True)
+class LegacyBlob:
+    """What can be read of a pre-tvm-ffi `__tvm_dev_mblob`.
+
+    Legacy modules are stored without a length prefix, so reading stops at the first module
+    whose kind is not `_lib` or `_import_tree`: `kinds` lists the keys read up to there.
+    """
+
+    nbytes: int
+    kinds: tuple[str, ...]
+    imports: tuple[tuple[int, ...], ...] | None
+    findings: tuple[Finding, ...]
+
+
+def decode_legacy(data: Buffer, *, limit: int | None = None) -> LegacyBlob:
+    """Read a legacy blob as far as the format allows, reporting where and why it stopped."""
+    view = memoryview(data).cast("B")
+    available = len(view) if limit is None else min(limit, len(view))
+    header = _Cursor(view, 0, available)
+    nbytes = header.u64("nbytes header")
+    if nbytes > header.remaining:
+        raise BlobError(f"nbytes {nbytes} exceeds the {header.remaining} bytes available", 0)
+    cursor = _Cursor(view, _WORD, _WORD + nbytes)
+    num_entries = cursor.u64("entry count")
+    kinds: list[str] = []
+    imports: tuple[tuple[int, ...], ...] | None = None
+    findings: list[Finding] = []
+    for _ in range(num_entries):
+        key_offset, key = cursor.sized(f"entry {len(kinds)} key")
+        kind = _kind_text(key, len(kinds), key_offset, findings)
+        if kind == LEGACY_TREE_KEY:
+            _, indptr_first, indptr = cursor.u64_vector("indptr")
+            _, child_first, children = cursor.u64_vector("child_indices")
+            count = max(len(indptr) - 1, 0)
+            imports = tuple(_import_lists(indptr, indptr_first, children, child_first, count))
+            continue
+        kinds.append(kind)
+        if kind != LIB_KIND:
+            findings.append(
+                Finding(
+                    "B301",
+                    Severity.INFO,
+                    f"legacy module {kind!r} has no length prefix; stopped reading here",
+                    key_offset,
+                )
+            )
+            break
+    return LegacyBlob(nbytes, tuple(kinds), imports, tuple(findings))

@@ -1,0 +1,1 @@
+"""The `ffitool` command line: argument parsing and output only; the work is in the API."""

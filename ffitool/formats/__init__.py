@@ -1,0 +1,90 @@
+"""Object-format readers behind one entry point that picks the reader by magic bytes."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from ffitool.errors import InputError
+from ffitool.formats import archive, elf
+from ffitool.formats.base import Image, Location, Symbol, SymbolTable
+
+__all__ = ["Image", "Location", "ObjectFile", "Symbol", "SymbolTable", "read_object"]
+
+_OTHER_MAGICS = {
+    b"\xcf\xfa\xed\xfe": "Mach-O",
+    b"\xce\xfa\xed\xfe": "Mach-O",
+    b"\xca\xfe\xba\xbe": "Mach-O universal",
+    b"MZ": "PE",
+}
+
+
+@dataclass(frozen=True)
+class ObjectFile:
+    """An input file split into the images that have their own symbol tables."""
+
+    format: str
+    """The container: "ELF" or "ar archive"."""
+    size: int
+    images: tuple[Image, ...]
+
+
+def read_object(stream: BinaryIO, size: int, display_name: str) -> ObjectFile:
+    """Sniff the format of an open file and read its images; raises InputError if unsupported."""
+    stream.seek(0)
+    head = stream.read(8)
+    if head.startswith(elf.MAGIC):
+        return ObjectFile("ELF", size, (elf.read_elf(stream, display_name),))
+    if head == archive.MAGIC:
+        return ObjectFile("ar archive", size, tuple(_archive_images(stream, size, display_name)))
+    if head == archive.THIN_MAGIC:
+        raise InputError(f"{display_name}: thin ar archives hold no members to read")
+    for magic, name in _OTHER_MAGICS.items():
+        if head.startswith(magic):
+            raise InputError(f"{display_name}: {name} files are not supported yet")
+    raise InputError(f"{display_name}: not an ELF file or ar archive")
+
+
+def _archive_images(stream: BinaryIO, size: int, display_name: str) -> list[Image]:
+    images = []
+    for member in archive.iter_members(stream, size, display_name):
+        stream.seek(member.offset)
+        if stream.read(4) != elf.MAGIC:
+            continue
+        window = _Window(stream, member.offset, member.size)
+        images.append(elf.read_elf(window, display_name, member.name, base=member.offset))
+    return images
+
+
+class _Window(io.RawIOBase):
+    """A read-only view of `size` bytes of `base` starting at `start`, for per-member parsing."""
+
+    def __init__(self, base: BinaryIO, start: int, size: int) -> None:
+        super().__init__()
+        self._base = base
+        self._start = start
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        origin = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, origin + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        count = max(0, min(len(buffer), self._size - self._pos))
+        self._base.seek(self._start + self._pos)
+        data = self._base.read(count)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)

@@ -1,0 +1,67 @@
+"""What every object-format reader hands to the model: images, symbols, file locations.
+
+An *image* is one thing with its own symbol table: a shared library, an object, one member of
+a static archive (later: one Mach-O slice). Readers keep only FFI-related symbols, so the model
+never sees the thousands of others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class SymbolTable(str, Enum):
+    """Where a symbol was listed; only the dynamic table is visible to `dlsym`."""
+
+    DYNAMIC = "dynsym"
+    STATIC = "symtab"
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """One symbol as the object file records it (names without any format decoration)."""
+
+    name: str
+    table: SymbolTable
+    binding: str
+    type: str
+    visibility: str
+    address: int
+    size: int
+    section: str | None
+    """Section name, or None for an undefined symbol."""
+    nobits: bool = False
+    """The symbol lives in a section with no file contents (`.bss`)."""
+
+    @property
+    def defined(self) -> bool:
+        return self.section is not None
+
+
+@dataclass(frozen=True)
+class Location:
+    """Bytes of a symbol in the file: where they start and how many the file backs from there."""
+
+    file_offset: int
+    available: int
+
+
+@dataclass(frozen=True)
+class Image:
+    """One symbol-table-bearing unit of an input file, as a reader sees it."""
+
+    member: str | None
+    """Archive member name, or None when the image is the whole file."""
+    format: str
+    kind: str
+    loadable: bool
+    """True for files that `dlopen` loads: only their dynamic table is visible to the runtime."""
+    machine: str
+    bits: int
+    endianness: str
+    symbols: tuple[Symbol, ...]
+    tables: tuple[SymbolTable, ...]
+    """Symbol tables present in the image (an empty tuple for a fully stripped file)."""
+    locations: dict[tuple[str, SymbolTable], Location] = field(default_factory=dict)
+    """File locations of the data symbols the model may need to read, keyed by name and table."""

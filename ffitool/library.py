@@ -1,0 +1,428 @@
+"""The model: a Library joins what a format reader found with the blob codec.
+
+`inspect_path` is the single entry point the CLI and the API share: it opens a file once, reads
+its images, classifies FFI symbols by role, decodes the blob in place (memory-mapped, payloads
+never copied) and hashes payloads by streaming them from the file in fixed-size chunks, so the
+memory used does not grow with the blob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from ffitool import blob as codec
+from ffitool.errors import BlobError, InputError
+from ffitool.findings import Finding, Severity
+from ffitool.formats import Image, ObjectFile, Symbol, SymbolTable, read_object
+from ffitool.symbols import Naming, Role, classify
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FfiSymbol:
+    """A symbol with its FFI role; `dynamic` says whether `dlsym` can see it."""
+
+    symbol: Symbol
+    naming: Naming
+    dynamic: bool
+    in_symtab: bool
+
+
+@dataclass(frozen=True)
+class Function:
+    """A packed-ABI function that `Module.get_function(name)` resolves."""
+
+    name: str
+    symbol: FfiSymbol
+    has_metadata: bool
+    has_doc: bool
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """One module of the blob as stored: size and digest of its payload, its imports."""
+
+    index: int
+    kind: str
+    size: int | None
+    sha256: str | None
+    imports: tuple[int, ...]
+    payload_offset: int | None
+    """Offset of the payload bytes from the start of the blob."""
+
+
+@dataclass(frozen=True)
+class LibraryBin:
+    """Where the blob is and what it holds. `modules` is empty when it could not be decoded."""
+
+    symbol: FfiSymbol
+    file_offset: int | None
+    nbytes: int | None
+    layout: str
+    """"tvm_ffi" for `__tvm_ffi__library_bin`, "legacy" for `__tvm_dev_mblob`."""
+    modules: tuple[ModuleInfo, ...]
+    findings: tuple[Finding, ...]
+
+
+@dataclass(frozen=True)
+class Library:
+    """One image (a whole file, or one archive member) seen through the FFI ABI."""
+
+    member: str | None
+    format: str
+    kind: str
+    machine: str
+    bits: int
+    endianness: str
+    symbol_tables: tuple[SymbolTable, ...]
+    functions: tuple[Function, ...]
+    symbols: tuple[FfiSymbol, ...]
+    library_bin: LibraryBin | None
+    findings: tuple[Finding, ...]
+
+
+@dataclass(frozen=True)
+class InspectedFile:
+    """Everything `inspect` reports about one path."""
+
+    path: str
+    format: str
+    size: int
+    libraries: tuple[Library, ...]
+
+
+def inspect_path(path: str | os.PathLike[str]) -> InspectedFile:
+    """Read a library, object or archive statically and describe its FFI contents.
+
+    Never loads or runs the file. Raises InputError when it cannot be read or is not a
+    supported object file; problems inside a readable file become findings.
+    """
+    display = str(path)
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below, shared with the mapping
+    except OSError as exc:
+        raise InputError(f"{display}: cannot open: {exc.strerror or exc}") from None
+    with handle:
+        try:
+            size = os.fstat(handle.fileno()).st_size
+            if not Path(path).is_file():
+                raise InputError(f"{display}: not a regular file")
+            obj = read_object(handle, size, display)
+            with _mapping(handle, size) as data:
+                libraries = tuple(_library(image, data, handle) for image in obj.images)
+        except OSError as exc:
+            raise InputError(f"{display}: read error: {exc.strerror or exc}") from None
+    return InspectedFile(display, obj.format, size, libraries)
+
+
+class _mapping:
+    """A read-only memory map of the whole file (or empty bytes for an empty file)."""
+
+    def __init__(self, handle: BinaryIO, size: int) -> None:
+        self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+
+    def __enter__(self) -> memoryview:
+        self._view = memoryview(self._map if self._map is not None else b"")
+        return self._view
+
+    def __exit__(self, *exc: object) -> None:
+        self._view.release()
+        if self._map is not None:
+            self._map.close()
+
+
+def _library(image: Image, data: memoryview, handle: BinaryIO) -> Library:
+    ffi_symbols = _merge_tables(image)
+    functions = _functions(ffi_symbols)
+    library_bin = _library_bin(image, ffi_symbols, functions, data, handle)
+    return Library(
+        member=image.member,
+        format=image.format,
+        kind=image.kind,
+        machine=image.machine,
+        bits=image.bits,
+        endianness=image.endianness,
+        symbol_tables=image.tables,
+        functions=functions,
+        symbols=ffi_symbols,
+        library_bin=library_bin,
+        findings=tuple(_library_findings(image, ffi_symbols)),
+    )
+
+
+def _merge_tables(image: Image) -> tuple[FfiSymbol, ...]:
+    """One entry per name: the dynamic-table record wins, with a note that .symtab has it too."""
+    namings = classify(s.name for s in image.symbols)
+    by_name: dict[str, list[Symbol]] = {}
+    for symbol in image.symbols:
+        if symbol.name in namings:
+            by_name.setdefault(symbol.name, []).append(symbol)
+    merged = []
+    for name, records in by_name.items():
+        dynamic = [r for r in records if r.table is SymbolTable.DYNAMIC and r.defined]
+        chosen = dynamic[0] if dynamic else next((r for r in records if r.defined), records[0])
+        visible = bool(dynamic) and _visible(dynamic[0]) if image.loadable else False
+        in_symtab = any(r.table is SymbolTable.STATIC for r in records)
+        merged.append(FfiSymbol(chosen, namings[name], visible, in_symtab))
+    merged.sort(key=lambda s: (s.symbol.address, s.symbol.name))
+    return tuple(merged)
+
+
+def _visible(symbol: Symbol) -> bool:
+    return symbol.binding in ("GLOBAL", "WEAK", "GNU_UNIQUE") and symbol.visibility in (
+        "DEFAULT",
+        "PROTECTED",
+    )
+
+
+def _functions(symbols: Iterable[FfiSymbol]) -> tuple[Function, ...]:
+    """Functions as the runtime sees them: for a loadable file only dynamically visible ones."""
+    pool = [s for s in symbols if s.symbol.defined]
+    helpers = {(s.naming.role, s.naming.name) for s in pool}
+    functions = [
+        Function(
+            s.naming.name,
+            s,
+            (Role.METADATA, s.naming.name) in helpers,
+            (Role.DOC, s.naming.name) in helpers,
+        )
+        for s in pool
+        if s.naming.role is Role.FUNCTION
+    ]
+    functions.sort(key=lambda f: (f.symbol.naming.prefix, f.name))
+    return tuple(functions)
+
+
+def _library_findings(image: Image, symbols: Iterable[FfiSymbol]) -> list[Finding]:
+    found = []
+    if image.loadable:
+        for s in symbols:
+            if s.naming.role is Role.FUNCTION and s.symbol.defined and not s.dynamic:
+                found.append(
+                    Finding(
+                        "L210",
+                        Severity.WARNING,
+                        f"function {s.symbol.name} is not exported dynamically;"
+                        " the runtime will not find it",
+                    )
+                )
+    return found
+
+
+def _library_bin(
+    image: Image,
+    symbols: tuple[FfiSymbol, ...],
+    functions: tuple[Function, ...],
+    data: memoryview,
+    handle: BinaryIO,
+) -> LibraryBin | None:
+    candidates = [
+        s
+        for s in symbols
+        if s.naming.role in (Role.LIBRARY_BIN, Role.LEGACY_BIN) and s.symbol.defined
+    ]
+    if not candidates:
+        return None
+    chosen = next((s for s in candidates if s.naming.role is Role.LIBRARY_BIN), candidates[0])
+    findings = _placement_findings(image, chosen)
+    location = image.locations.get((chosen.symbol.name, chosen.symbol.table))
+    legacy = chosen.naming.role is Role.LEGACY_BIN
+    layout = "legacy" if legacy else "tvm_ffi"
+    if location is None:
+        if not chosen.symbol.nobits:
+            findings.append(
+                Finding(
+                    "L104",
+                    Severity.ERROR,
+                    f"{chosen.symbol.name} at {chosen.symbol.address:#x}"
+                    " is not backed by file bytes",
+                )
+            )
+        return LibraryBin(chosen, None, None, layout, (), tuple(findings))
+    window = data[location.file_offset : location.file_offset + location.available]
+    try:
+        if legacy:
+            decoded_legacy = codec.decode_legacy(window)
+            modules = _legacy_modules(decoded_legacy)
+            findings.extend(decoded_legacy.findings)
+            nbytes = decoded_legacy.nbytes
+        else:
+            decoded = codec.decode(window)
+            nbytes = decoded.nbytes
+            modules = _module_infos(decoded, location.file_offset, handle)
+            findings.extend(decoded.findings)
+            findings.extend(_size_findings(chosen, decoded, image))
+            findings.extend(_lib_findings(decoded.blob, functions))
+    except BlobError as exc:
+        findings.append(Finding("B100", Severity.ERROR, exc.what, exc.offset))
+        return LibraryBin(chosen, location.file_offset, None, layout, (), tuple(findings))
+    finally:
+        window.release()
+    return LibraryBin(chosen, location.file_offset, nbytes, layout, modules, tuple(findings))
+
+
+def _placement_findings(image: Image, chosen: FfiSymbol) -> list[Finding]:
+    """Why the runtime would not find the blob even though it is in the file."""
+    symbol = chosen.symbol
+    found: list[Finding] = []
+    if chosen.naming.role is Role.LEGACY_BIN:
+        found.append(
+            Finding(
+                "L300", Severity.INFO, f"{symbol.name} is the pre-tvm-ffi blob; tvm-ffi ignores it"
+            )
+        )
+    if symbol.nobits:
+        found.append(
+            Finding(
+                "L103",
+                Severity.ERROR,
+                f"{symbol.name} is in the NOBITS section {symbol.section}: it is all zeros at load"
+                " time, so the runtime reads nbytes = 0 and fails to load the library",
+            )
+        )
+    if image.loadable and not chosen.dynamic:
+        if symbol.table is SymbolTable.STATIC:
+            reason = "only in .symtab, not in the dynamic symbol table"
+        else:
+            reason = f"{symbol.binding} binding and {symbol.visibility} visibility"
+        found.append(
+            Finding(
+                "L101",
+                Severity.ERROR,
+                f"{symbol.name} is {reason}: dlsym, and so the runtime, will not find it",
+            )
+        )
+    return found
+
+
+def _size_findings(chosen: FfiSymbol, decoded: codec.DecodedBlob, image: Image) -> list[Finding]:
+    symbol = chosen.symbol
+    if symbol.size and symbol.size < decoded.size:
+        return [
+            Finding(
+                "L102",
+                Severity.WARNING,
+                f"symbol size {symbol.size} is smaller than the {decoded.size} bytes the blob"
+                " occupies (8 + nbytes)",
+                0,
+            )
+        ]
+    return []
+
+
+def _lib_findings(blob: codec.Blob, functions: tuple[Function, ...]) -> list[Finding]:
+    if functions and not any(m.is_lib for m in blob.modules):
+        return [
+            Finding(
+                "L105",
+                Severity.WARNING,
+                "the library exports functions but its blob has no `_lib` module: "
+                "they are unreachable from the loaded module",
+            )
+        ]
+    return []
+
+
+def _module_infos(
+    decoded: codec.DecodedBlob, blob_file_offset: int, handle: BinaryIO
+) -> tuple[ModuleInfo, ...]:
+    infos = []
+    for index, (module, layout) in enumerate(
+        zip(decoded.blob.modules, decoded.layouts, strict=True)
+    ):
+        digest = None
+        if layout.payload_offset is not None:
+            digest = file_sha256(
+                handle, blob_file_offset + layout.payload_offset, layout.payload_size
+            )
+        infos.append(
+            ModuleInfo(
+                index=index,
+                kind=module.kind,
+                size=None if module.is_lib else layout.payload_size,
+                sha256=digest,
+                imports=module.imports,
+                payload_offset=layout.payload_offset,
+            )
+        )
+    return tuple(infos)
+
+
+def _legacy_modules(legacy: codec.LegacyBlob) -> tuple[ModuleInfo, ...]:
+    imports = legacy.imports or ()
+    return tuple(
+        ModuleInfo(i, kind, None, None, imports[i] if i < len(imports) else (), None)
+        for i, kind in enumerate(legacy.kinds)
+    )
+
+
+def file_sha256(handle: BinaryIO, offset: int, size: int) -> str:
+    """SHA-256 of a byte range of a file, read in 1 MiB chunks so memory stays flat."""
+    digest = hashlib.sha256()
+    buffer = bytearray(min(_CHUNK, size) or 1)
+    view = memoryview(buffer)
+    handle.seek(offset)
+    left = size
+    while left:
+        got = handle.readinto(view[: min(left, len(buffer))])
+        if not got:
+            raise InputError(f"{handle.name}: file ended inside a payload at offset {offset}")
+        digest.update(view[:got])
+        left -= got
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class BlobReport:
+    """What `blob decode` reports about a raw blob file."""
+
+    path: str
+    size: int
+    nbytes: int
+    modules: tuple[ModuleInfo, ...]
+    findings: tuple[Finding, ...]
+
+
+def inspect_blob_file(path: str | os.PathLike[str]) -> BlobReport:
+    """Decode a raw blob file (as TVM's `PackImportsToBytes` writes it) and hash its payloads.
+
+    Raises BlobError when the runtime would reject the blob, InputError when it cannot be read.
+    """
+    display = str(path)
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below, shared with the mapping
+    except OSError as exc:
+        raise InputError(f"{display}: cannot open: {exc.strerror or exc}") from None
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        with _mapping(handle, size) as data:
+            try:
+                decoded = codec.decode(data)
+            except BlobError as exc:
+                raise BlobError(f"{display}: {exc.what}", exc.offset) from None
+            modules = _module_infos(decoded, 0, handle)
+            report = BlobReport(display, size, decoded.nbytes, modules, decoded.findings)
+            del decoded
+    return report
+
+
+__all__ = [
+    "BlobReport",
+    "FfiSymbol",
+    "Function",
+    "InspectedFile",
+    "Library",
+    "LibraryBin",
+    "ModuleInfo",
+    "ObjectFile",
+    "file_sha256",
+    "inspect_blob_file",
+    "inspect_path",
+]
