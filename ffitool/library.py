@@ -140,7 +140,7 @@ class _mapping:
 
 def _library(image: Image, data: memoryview, handle: BinaryIO) -> Library:
     ffi_symbols = _merge_tables(image)
-    functions = _functions(ffi_symbols)
+    functions = _functions(ffi_symbols, image.loadable)
     library_bin = _library_bin(image, ffi_symbols, functions, data, handle)
     return Library(
         member=image.member,
@@ -182,9 +182,17 @@ def _visible(symbol: Symbol) -> bool:
     )
 
 
-def _functions(symbols: Iterable[FfiSymbol]) -> tuple[Function, ...]:
-    """Functions as the runtime sees them: for a loadable file only dynamically visible ones."""
-    pool = [s for s in symbols if s.symbol.defined]
+def _functions(symbols: Iterable[FfiSymbol], loadable: bool) -> tuple[Function, ...]:
+    """Functions as the runtime sees them.
+
+    In a loadable file only what `dlsym` finds counts; in an object or archive member, every
+    defined global function (the linker decides later what gets exported).
+    """
+    pool = [
+        s
+        for s in symbols
+        if s.symbol.defined and (s.dynamic if loadable else s.symbol.binding in ("GLOBAL", "WEAK"))
+    ]
     helpers = {(s.naming.role, s.naming.name) for s in pool}
     functions = [
         Function(

@@ -89,7 +89,8 @@ def _classify_one(name: str, names: set[str], prefixes: list[str]) -> Naming | N
         if name.endswith(special):
             prefix = name[: -len(special)]
             return Naming(role, special, prefix) if prefix in prefixes else None
-    if not name.startswith(FFI_PREFIX):
+    if not name.startswith(FFI_PREFIX) or "." in name:
+        # No C identifier has a dot: `__tvm_ffi_f.cold` and `.part.0` are compiler clones.
         return None
     for special, role in ((METADATA_PREFIX, Role.METADATA), (DOC_PREFIX, Role.DOC)):
         if name.startswith(special) and len(name) > len(special):

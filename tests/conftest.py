@@ -1,0 +1,73 @@
+"""Shared test plumbing: fixture paths, tool requirements that must not skip in CI, goldens."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures" / "bin"
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+# CI sets FFITOOL_REQUIRE_ALL=1: a missing tool then fails the test instead of skipping it.
+REQUIRE_ALL = os.environ.get("FFITOOL_REQUIRE_ALL") == "1"
+
+
+def require(condition: bool, why: str) -> None:
+    """Skip (locally) or fail (in CI) when a core prerequisite is missing."""
+    if condition:
+        return
+    if REQUIRE_ALL:
+        pytest.fail(f"required for core tests but missing: {why}")
+    pytest.skip(why)
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    require(path is not None, f"`{name}` is not on PATH")
+    assert path is not None
+    return path
+
+
+def require_tvm_ffi():
+    try:
+        import tvm_ffi
+    except ImportError:
+        require(False, "apache-tvm-ffi is not installed")
+    return tvm_ffi
+
+
+def require_zig() -> list[str]:
+    command = [sys.executable, "-m", "ziglang"]
+    try:
+        ok = subprocess.run([*command, "version"], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    require(ok, "the ziglang wheel is not installed")
+    return command
+
+
+def golden(name: str, actual: str) -> None:
+    """Compare with tests/golden/NAME; FFITOOL_UPDATE_GOLDENS=1 rewrites it instead."""
+    path = GOLDEN / name
+    if os.environ.get("FFITOOL_UPDATE_GOLDENS") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(actual)
+        return
+    assert path.exists(), f"missing golden {path}; run with FFITOOL_UPDATE_GOLDENS=1"
+    assert actual == path.read_text(), f"output differs from {path}"
+
+
+@pytest.fixture
+def fixture_path():
+    def get(name: str) -> Path:
+        path = FIXTURES / name
+        assert path.exists(), f"fixture {name} is missing; run python fixtures/build.py"
+        return path
+
+    return get

@@ -1,0 +1,172 @@
+"""The ELF and archive readers agree with readelf, across classes, endiannesses and machines."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+from conftest import FIXTURES, require_tool
+
+from ffitool.errors import InputError
+from ffitool.formats import SymbolTable, read_object
+from ffitool.symbols import classify
+
+_ROW = re.compile(
+    r"^\s*\d+:\s+([0-9a-f]+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)$"
+)
+_TABLE = re.compile(r"^Symbol table '\.(dynsym|symtab)'")
+
+
+def readelf_symbols(path) -> dict[tuple[str | None, str, str], tuple]:
+    """FFI symbols as readelf prints them, keyed by (archive member, table, name)."""
+    readelf = require_tool("readelf")
+    out = subprocess.run(
+        [readelf, "-W", "--syms", "--dyn-syms", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    member = None
+    table = ""
+    found = {}
+    for line in out.splitlines():
+        if line.startswith("File: "):
+            member = line[line.index("(") + 1 : -1]
+        elif m := _TABLE.match(line):
+            table = m.group(1)
+        elif m := _ROW.match(line):
+            value, size, kind, bind, vis, ndx, name = m.groups()
+            if name in classify([name]) or classify([name, "mylib___tvm_ffi__library_bin"]).get(
+                name
+            ):
+                found[(member, table, name)] = (
+                    int(value, 16),
+                    int(size, 0),
+                    kind,
+                    bind,
+                    vis,
+                    ndx != "UND",
+                )
+    return found
+
+
+def ffitool_symbols(path) -> dict[tuple[str | None, str, str], tuple]:
+    with open(path, "rb") as handle:
+        obj = read_object(handle, path.stat().st_size, str(path))
+    found = {}
+    for image in obj.images:
+        names = classify(s.name for s in image.symbols)
+        for s in image.symbols:
+            if s.name in names:
+                found[(image.member, s.table.value, s.name)] = (
+                    s.address,
+                    s.size,
+                    s.type,
+                    s.binding,
+                    s.visibility,
+                    s.defined,
+                )
+    return found
+
+
+ALL_ELF = [
+    "libffi_c.so",
+    "libffi_c.stripped.so",
+    "ffi_c.o",
+    "syslib.o",
+    "libffi_static.a",
+    "libplain.so",
+    "libffi_cpp.so",
+    "libffi_hidden_blob.so",
+    "libffi_bss_blob.so",
+    "libffi_legacy.so",
+    "libffi_c.aarch64.so",
+    "libffi_c.arm32.so",
+    "libffi_c.ppc64be.so",
+]
+
+
+@pytest.mark.parametrize("name", ALL_ELF)
+def test_every_ffi_symbol_matches_readelf(name):
+    path = FIXTURES / name
+    expected = readelf_symbols(path)
+    assert ffitool_symbols(path) == expected
+    if name != "libplain.so":
+        assert expected, "the fixture should have FFI symbols"
+
+
+@pytest.mark.parametrize(
+    ("name", "machine", "bits", "endianness"),
+    [
+        ("libffi_c.so", "x86-64", 64, "little"),
+        ("libffi_c.aarch64.so", "aarch64", 64, "little"),
+        ("libffi_c.arm32.so", "arm", 32, "little"),
+        ("libffi_c.ppc64be.so", "ppc64", 64, "big"),
+    ],
+)
+def test_header_facts(name, machine, bits, endianness):
+    path = FIXTURES / name
+    with open(path, "rb") as handle:
+        (image,) = read_object(handle, path.stat().st_size, name).images
+    assert (image.machine, image.bits, image.endianness, image.kind) == (
+        machine,
+        bits,
+        endianness,
+        "shared library",
+    )
+    assert image.tables == (SymbolTable.DYNAMIC, SymbolTable.STATIC)
+
+
+def test_archive_members_match_ar():
+    ar = require_tool("ar")
+    path = FIXTURES / "libffi_static.a"
+    members = subprocess.run([ar, "t", str(path)], capture_output=True, text=True, check=True)
+    with open(path, "rb") as handle:
+        obj = read_object(handle, path.stat().st_size, str(path))
+    assert (
+        [i.member for i in obj.images]
+        == members.stdout.split()
+        == ["ffi_c.o", "plain.o", "syslib.o"]
+    )
+    assert {i.kind for i in obj.images} == {"relocatable object"}
+
+
+def test_stripped_library_has_only_the_dynamic_table():
+    path = FIXTURES / "libffi_c.stripped.so"
+    with open(path, "rb") as handle:
+        (image,) = read_object(handle, path.stat().st_size, str(path)).images
+    assert image.tables == (SymbolTable.DYNAMIC,)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "x: not an ELF file or ar archive"),
+        (b"#!/bin/sh\n", "x: not an ELF file or ar archive"),
+        (b"\xcf\xfa\xed\xfe" + b"\0" * 60, "x: Mach-O files are not supported yet"),
+        (b"MZ" + b"\0" * 62, "x: PE files are not supported yet"),
+        (b"!<thin>\n", "x: thin ar archives hold no members to read"),
+        (b"!<arch>\nbad", None),
+    ],
+)
+def test_unsupported_inputs_are_clean_errors(tmp_path, content, message):
+    path = tmp_path / "x"
+    path.write_bytes(content)
+    with open(path, "rb") as handle:
+        if message is None:
+            obj = read_object(handle, len(content), "x")
+            assert obj.images == ()
+            return
+        with pytest.raises(InputError) as caught:
+            read_object(handle, len(content), "x")
+    assert str(caught.value) == message
+
+
+def test_archive_member_overrunning_the_file_is_an_error(tmp_path):
+    header = b"m.o/            0           0     0     644     999       `\n"
+    path = tmp_path / "x.a"
+    path.write_bytes(b"!<arch>\n" + header + b"\x7fELF")
+    with open(path, "rb") as handle, pytest.raises(InputError) as caught:
+        read_object(handle, path.stat().st_size, "x.a")
+    assert str(caught.value) == "x.a: archive member at offset 8 claims 999 bytes, only 4 remain"
