@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 from ffitool import blob as codec
@@ -105,21 +105,27 @@ def inspect_path(path: str | os.PathLike[str]) -> InspectedFile:
     supported object file; problems inside a readable file become findings.
     """
     display = str(path)
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below, shared with the mapping
-    except OSError as exc:
-        raise InputError(f"{display}: cannot open: {exc.strerror or exc}") from None
+    handle, size = open_regular_file(path)
     with handle:
         try:
-            size = os.fstat(handle.fileno()).st_size
-            if not Path(path).is_file():
-                raise InputError(f"{display}: not a regular file")
             obj = read_object(handle, size, display)
             with _mapping(handle, size) as data:
                 libraries = tuple(_library(image, data, handle) for image in obj.images)
         except OSError as exc:
             raise InputError(f"{display}: read error: {exc.strerror or exc}") from None
     return InspectedFile(display, obj.format, size, libraries)
+
+
+def open_regular_file(path: str | os.PathLike[str]) -> tuple[BinaryIO, int]:
+    """Open a regular file for reading; refuse FIFOs and devices, which could block or never end."""
+    display = str(path)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise InputError(f"{display}: not a regular file")
+        handle = open(path, "rb")  # noqa: SIM115 - the caller owns it
+        return handle, os.fstat(handle.fileno()).st_size
+    except OSError as exc:
+        raise InputError(f"{display}: cannot open: {exc.strerror or exc}") from None
 
 
 class _mapping:
@@ -133,9 +139,13 @@ class _mapping:
         return self._view
 
     def __exit__(self, *exc: object) -> None:
-        self._view.release()
-        if self._map is not None:
+        if self._map is None:
+            return
+        try:
             self._map.close()
+        except BufferError:
+            # A traceback in flight still holds payload views; the map closes when they go.
+            pass
 
 
 def _library(image: Image, data: memoryview, handle: BinaryIO) -> Library:
@@ -271,8 +281,6 @@ def _library_bin(
     except BlobError as exc:
         findings.append(Finding("B100", Severity.ERROR, exc.what, exc.offset))
         return LibraryBin(chosen, location.file_offset, None, layout, (), tuple(findings))
-    finally:
-        window.release()
     return LibraryBin(chosen, location.file_offset, nbytes, layout, modules, tuple(findings))
 
 
@@ -404,12 +412,8 @@ def inspect_blob_file(path: str | os.PathLike[str]) -> BlobReport:
     Raises BlobError when the runtime would reject the blob, InputError when it cannot be read.
     """
     display = str(path)
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below, shared with the mapping
-    except OSError as exc:
-        raise InputError(f"{display}: cannot open: {exc.strerror or exc}") from None
+    handle, size = open_regular_file(path)
     with handle:
-        size = os.fstat(handle.fileno()).st_size
         with _mapping(handle, size) as data:
             try:
                 decoded = codec.decode(data)

@@ -59,7 +59,10 @@ def test_worked_example_decodes_exactly():
     assert decoded.blob == Blob(
         (Module("_lib", None, (1,)), Module("cuda_ptx", b"\xde\xad\xbe\xef"))
     )
-    assert [(l.key_offset, l.payload_offset, l.payload_size) for l in decoded.layouts] == [
+    assert [
+        (layout.key_offset, layout.payload_offset, layout.payload_size)
+        for layout in decoded.layouts
+    ] == [
         (56, None, 0),
         (68, 92, 4),
     ]

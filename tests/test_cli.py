@@ -1,0 +1,211 @@
+"""The command line: exit codes, JSON against the schema, goldens of JSON and terminal output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib import resources
+
+import jsonschema
+import pytest
+from conftest import FIXTURES, ROOT, golden
+
+GOLDEN_FIXTURES = [
+    "libffi_c.so",
+    "libffi_c.stripped.so",
+    "ffi_c.o",
+    "libffi_static.a",
+    "libplain.so",
+    "libffi_cpp.so",
+    "libffi_hidden_blob.so",
+    "libffi_bss_blob.so",
+    "libffi_legacy.so",
+    "libffi_c.aarch64.so",
+    "libffi_c.arm32.so",
+    "libffi_c.ppc64be.so",
+]
+
+
+def ffitool(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real console entry point, as a user would, from the repository root."""
+    base = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR", "TERM")}
+    base.update({"COLUMNS": "100", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "ffitool", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=base,
+        timeout=120,
+    )
+
+
+def schema(name: str) -> dict:
+    return json.loads(resources.files("ffitool").joinpath("schemas", name).read_text())
+
+
+@pytest.mark.parametrize("name", GOLDEN_FIXTURES)
+def test_inspect_json_is_valid_and_matches_golden(name):
+    result = ffitool("inspect", "--json", f"fixtures/bin/{name}")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    document = json.loads(result.stdout)
+    jsonschema.validate(document, schema("inspect-1.json"))
+    assert document["schema"] == "ffitool.inspect/1"
+    golden(f"inspect-{name}.json", result.stdout)
+
+
+@pytest.mark.parametrize("name", GOLDEN_FIXTURES)
+def test_inspect_terminal_rendering_matches_golden(name):
+    result = ffitool("inspect", f"fixtures/bin/{name}")
+    assert result.returncode == 0, result.stderr
+    assert "\x1b[" not in result.stdout, "no colour when stdout is not a terminal"
+    golden(f"inspect-{name}.txt", result.stdout)
+
+
+def test_json_content_of_the_c_library():
+    document = json.loads(ffitool("inspect", "--json", "fixtures/bin/libffi_c.so").stdout)
+    (library,) = document["files"][0]["libraries"]
+    assert [(f["name"], f["symbol"]) for f in library["functions"]] == [
+        ("add_one", "__tvm_ffi_add_one"),
+        ("main", "__tvm_ffi_main"),
+        ("sum3", "__tvm_ffi_sum3"),
+    ]
+    assert {s["symbol"]: s["role"] for s in library["symbols"]} == {
+        "__tvm_ffi_add_one": "function",
+        "__tvm_ffi_main": "function",
+        "__tvm_ffi_sum3": "function",
+        "__tvm_ffi__cubin_demo": "cubin",
+        "__tvm_ffi__cubin_demo_end": "cubin_end",
+        "__tvm_ffi__library_bin": "library_bin",
+        "__tvm_ffi__library_ctx": "library_ctx",
+    }
+    blob = library["library_bin"]
+    raw = (FIXTURES / "ffi_c.blob").read_bytes()
+    data = (FIXTURES / "libffi_c.so").read_bytes()
+    assert data[blob["file_offset"] : blob["file_offset"] + len(raw)] == raw
+    assert (blob["symbol"], blob["nbytes"], blob["symbol_size"]) == (
+        "__tvm_ffi__library_bin",
+        451,
+        459,
+    )
+    assert [(m["index"], m["kind"], m["size"], m["imports"]) for m in blob["modules"]] == [
+        (0, "_lib", None, [1, 2]),
+        (1, "test_alpha", 16, [2]),
+        (2, "test_beta", 300, []),
+    ]
+    import hashlib
+
+    assert blob["modules"][1]["sha256"] == hashlib.sha256(b"alpha-payload\x00\x01\x02").hexdigest()
+    assert (
+        blob["modules"][2]["sha256"]
+        == hashlib.sha256(bytes(i % 251 for i in range(300))).hexdigest()
+    )
+    assert blob["findings"] == []
+
+
+def test_archive_has_one_library_per_member():
+    document = json.loads(ffitool("inspect", "--json", "fixtures/bin/libffi_static.a").stdout)
+    libraries = document["files"][0]["libraries"]
+    assert [lib["member"] for lib in libraries] == ["ffi_c.o", "plain.o", "syslib.o"]
+    syslib = libraries[2]
+    assert [(f["name"], f["prefix"]) for f in syslib["functions"]] == [
+        ("add_one", "mylib_"),
+        ("main", "mylib_"),
+    ]
+    assert syslib["library_bin"]["symbol"] == "mylib___tvm_ffi__library_bin"
+    assert [m["kind"] for m in syslib["library_bin"]["modules"]] == ["_lib", "test_sys"]
+
+
+def test_blob_decode_json_and_text():
+    result = ffitool("blob", "decode", "--json", "fixtures/bin/ffi_c.blob")
+    assert result.returncode == 0
+    document = json.loads(result.stdout)
+    jsonschema.validate(document, schema("blob-1.json"))
+    assert (document["nbytes"], [m["kind"] for m in document["modules"]]) == (
+        451,
+        ["_lib", "test_alpha", "test_beta"],
+    )
+    golden("blob-decode-ffi_c.txt", ffitool("blob", "decode", "fixtures/bin/ffi_c.blob").stdout)
+
+
+def test_exit_code_3_for_unreadable_and_unsupported_inputs(tmp_path):
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("hello\n")
+    result = ffitool("inspect", str(tmp_path / "missing.so"), str(text_file))
+    assert result.returncode == 3
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"ffitool: error: {tmp_path / 'missing.so'}: cannot open: No such file or directory",
+        f"ffitool: error: {text_file}: not an ELF file or ar archive",
+    ]
+    assert ffitool("inspect", str(tmp_path)).stderr == (
+        f"ffitool: error: {tmp_path}: not a regular file\n"
+    )
+
+
+def test_json_reports_unreadable_inputs_next_to_good_ones(tmp_path):
+    missing = str(tmp_path / "missing.so")
+    result = ffitool("inspect", "--json", "fixtures/bin/libplain.so", missing)
+    assert result.returncode == 3
+    document = json.loads(result.stdout)
+    jsonschema.validate(document, schema("inspect-1.json"))
+    assert document["files"][1] == {
+        "path": missing,
+        "error": f"{missing}: cannot open: No such file or directory",
+    }
+
+
+def test_malformed_blob_in_a_library_is_a_finding_with_exit_0(tmp_path):
+    data = bytearray((FIXTURES / "libffi_c.so").read_bytes())
+    document = json.loads(ffitool("inspect", "--json", "fixtures/bin/libffi_c.so").stdout)
+    offset = document["files"][0]["libraries"][0]["library_bin"]["file_offset"]
+    data[offset + 8 : offset + 16] = (999).to_bytes(8, "little")  # indptr count far too large
+    broken = tmp_path / "broken.so"
+    broken.write_bytes(data)
+    result = ffitool("inspect", "--json", str(broken))
+    assert result.returncode == 0
+    (library,) = json.loads(result.stdout)["files"][0]["libraries"]
+    assert library["library_bin"]["findings"] == [
+        {
+            "code": "B100",
+            "severity": "error",
+            "message": "indptr count 999 needs 7992 bytes, 443 left",
+            "offset": 8,
+        }
+    ]
+
+
+def test_blob_decode_of_a_malformed_blob_names_file_and_offset(tmp_path):
+    path = tmp_path / "bad.blob"
+    path.write_bytes((FIXTURES / "ffi_c.blob").read_bytes()[:100])
+    result = ffitool("blob", "decode", str(path))
+    assert result.returncode == 3
+    assert result.stderr == (
+        f"ffitool: error: {path}: nbytes 451 exceeds the 92 bytes available at blob offset 0\n"
+    )
+
+
+def test_usage_errors_exit_2():
+    assert ffitool("inspect").returncode == 2
+    assert ffitool("inspect", "--no-such-flag", "x").returncode == 2
+    assert ffitool("no-such-command").returncode == 2
+
+
+def test_help_documents_the_exit_codes():
+    for args in (["--help"], ["inspect", "--help"], ["blob", "decode", "--help"]):
+        result = ffitool(*args)
+        assert result.returncode == 0
+        flat = " ".join(result.stdout.split())
+        assert "0 success; 1 a check failed; 2 usage error; 3 an input could not be read" in flat
+
+
+def test_colour_follows_force_color_and_no_color():
+    coloured = ffitool("inspect", "fixtures/bin/libffi_hidden_blob.so", env={"FORCE_COLOR": "1"})
+    assert "\x1b[1;31m" in coloured.stdout  # the error finding in bold red
+    plain = ffitool(
+        "inspect", "fixtures/bin/libffi_hidden_blob.so", env={"FORCE_COLOR": "1", "NO_COLOR": "1"}
+    )
+    assert "31m" not in plain.stdout  # no colours; bold and italic may remain
