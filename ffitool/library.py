@@ -8,6 +8,7 @@ memory used does not grow with the blob.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import os
@@ -141,11 +142,9 @@ class _mapping:
     def __exit__(self, *exc: object) -> None:
         if self._map is None:
             return
-        try:
+        # A traceback in flight may still hold payload views; the map then closes when they go.
+        with contextlib.suppress(BufferError):
             self._map.close()
-        except BufferError:
-            # A traceback in flight still holds payload views; the map closes when they go.
-            pass
 
 
 def _library(image: Image, data: memoryview, handle: BinaryIO) -> Library:
@@ -413,15 +412,14 @@ def inspect_blob_file(path: str | os.PathLike[str]) -> BlobReport:
     """
     display = str(path)
     handle, size = open_regular_file(path)
-    with handle:
-        with _mapping(handle, size) as data:
-            try:
-                decoded = codec.decode(data)
-            except BlobError as exc:
-                raise BlobError(f"{display}: {exc.what}", exc.offset) from None
-            modules = _module_infos(decoded, 0, handle)
-            report = BlobReport(display, size, decoded.nbytes, modules, decoded.findings)
-            del decoded
+    with handle, _mapping(handle, size) as data:
+        try:
+            decoded = codec.decode(data)
+        except BlobError as exc:
+            raise BlobError(f"{display}: {exc.what}", exc.offset) from None
+        modules = _module_infos(decoded, 0, handle)
+        report = BlobReport(display, size, decoded.nbytes, modules, decoded.findings)
+        del decoded  # drop the payload views before the map closes
     return report
 
 
