@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ffitool.errors import BlobError
-from ffitool.findings import Finding, Severity
+from ffitool.findings import Finding, Severity, printable
 
 LIB_KIND = "_lib"
 """Key of the module that stands for the shared library itself; it carries no payload."""
@@ -157,7 +157,7 @@ def decode(data: Buffer, *, limit: int | None = None) -> DecodedBlob:
             modules.append(Module(kind, None, imports[index]))
             layouts.append(ModuleLayout(key_offset, None, 0))
             continue
-        size_offset, payload = cursor.sized(f"module {index} ({kind}) payload")
+        size_offset, payload = cursor.sized(f"module {index} ({printable(kind)}) payload")
         modules.append(Module(kind, payload, imports[index]))
         layouts.append(ModuleLayout(key_offset, size_offset + _WORD, len(payload)))
     if cursor.remaining:
@@ -431,7 +431,7 @@ def decode_legacy(data: Buffer, *, limit: int | None = None) -> LegacyBlob:
                 Finding(
                     "B301",
                     Severity.INFO,
-                    f"legacy module {kind!r} has no length prefix; stopped reading here",
+                    f"legacy module '{printable(kind)}' has no length prefix; stopped reading here",
                     key_offset,
                 )
             )

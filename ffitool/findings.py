@@ -35,3 +35,12 @@ class Finding:
             "message": self.message,
             "offset": self.offset,
         }
+
+
+def printable(text: str) -> str:
+    """Text safe for a one-line message: control characters and stray surrogates escaped."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from ffitool.findings import Finding, Severity
+from ffitool.findings import Finding, Severity, printable
 from ffitool.library import BlobReport, InspectedFile, Library, LibraryBin, ModuleInfo
 
 _SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -116,7 +116,7 @@ def _modules_table(modules: Sequence[ModuleInfo]) -> Table:
     for m in modules:
         table.add_row(
             str(m.index),
-            _printable(m.kind),
+            printable(m.kind),
             "-" if m.size is None else str(m.size),
             "-" if m.sha256 is None else m.sha256[:16],
             ", ".join(map(str, m.imports)) or "-",
@@ -135,7 +135,7 @@ def import_tree(modules: Sequence[ModuleInfo]) -> Tree:
 
     def label(index: int, note: str) -> Text:
         module = modules[index]
-        text = Text(f"[{index}] {_printable(module.kind)}")
+        text = Text(f"[{index}] {printable(module.kind)}")
         if module.size is not None:
             text.append(f" ({_bytes(module.size)})")
         if parents.get(index, 0) > 1:
@@ -179,10 +179,6 @@ def _findings_table(findings: Sequence[Finding]) -> Table:
             f.message,
         )
     return table
-
-
-def _printable(text: str) -> str:
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _yes(flag: bool) -> str:

@@ -35,7 +35,7 @@ def read_object(stream: BinaryIO, size: int, display_name: str) -> ObjectFile:
     stream.seek(0)
     head = stream.read(8)
     if head.startswith(elf.MAGIC):
-        return ObjectFile("ELF", size, (elf.read_elf(stream, display_name),))
+        return ObjectFile("ELF", size, (elf.read_elf(stream, size, display_name),))
     if head == archive.MAGIC:
         return ObjectFile("ar archive", size, tuple(_archive_images(stream, size, display_name)))
     if head == archive.THIN_MAGIC:
@@ -53,7 +53,9 @@ def _archive_images(stream: BinaryIO, size: int, display_name: str) -> list[Imag
         if stream.read(4) != elf.MAGIC:
             continue
         window = _Window(stream, member.offset, member.size)
-        images.append(elf.read_elf(window, display_name, member.name, base=member.offset))
+        images.append(
+            elf.read_elf(window, member.size, display_name, member.name, base=member.offset)
+        )
     return images
 
 
@@ -80,6 +82,11 @@ class _Window(io.RawIOBase):
 
     def tell(self) -> int:
         return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        """Clamp the request first: RawIOBase.read would allocate `size` bytes up front."""
+        left = max(0, self._size - self._pos)
+        return super().read(left if size is None or size < 0 else min(size, left))
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
         count = max(0, min(len(buffer), self._size - self._pos))

@@ -43,6 +43,7 @@ _MACHINES = {
     "EM_LOONGARCH": "loongarch",
 }
 _TABLES = {"SHT_DYNSYM": SymbolTable.DYNAMIC, "SHT_SYMTAB": SymbolTable.STATIC}
+SHF_COMPRESSED = 0x800
 _SHN_NAMES = {"SHN_ABS": "*ABS*", "SHN_COMMON": "*COM*"}
 
 # Errors pyelftools (and the struct parsing under it) raise for malformed input.
@@ -61,17 +62,17 @@ PARSE_ERRORS = (
 
 
 def read_elf(
-    stream: BinaryIO, display_name: str, member: str | None = None, base: int = 0
+    stream: BinaryIO, size: int, display_name: str, member: str | None = None, base: int = 0
 ) -> Image:
-    """Read one ELF image from `stream`; `base` is where the stream starts in the real file."""
+    """Read one ELF image of `size` bytes from `stream`; `base` is where it starts in the file."""
     try:
-        return _read(ELFFile(stream), member, base)
+        return _read(ELFFile(stream), size, member, base)
     except PARSE_ERRORS as exc:
         where = f"{display_name}({member})" if member else display_name
         raise InputError(f"{where}: malformed ELF: {exc}") from None
 
 
-def _read(elf: ELFFile, member: str | None, base: int) -> Image:
+def _read(elf: ELFFile, size: int, member: str | None, base: int) -> Image:
     e_type = elf.header["e_type"]
     if e_type not in _KINDS:
         raise ELFError(f"unsupported ELF type {e_type}")
@@ -86,7 +87,7 @@ def _read(elf: ELFFile, member: str | None, base: int) -> Image:
         if table is None or not isinstance(section, SymbolTableSection):
             continue
         tables.append(table)
-        for symbol, shndx in _ffi_symbols(elf, section, table, sections):
+        for symbol, shndx in _ffi_symbols(elf, size, section, table, sections):
             symbols.append(symbol)
             where = _locate(symbol, shndx, sections, segments if loadable else None)
             if where is not None:
@@ -109,18 +110,22 @@ def _read(elf: ELFFile, member: str | None, base: int) -> Image:
 
 
 def _ffi_symbols(
-    elf: ELFFile, table_section: SymbolTableSection, table: SymbolTable, sections: list[Section]
+    elf: ELFFile,
+    size: int,
+    table_section: SymbolTableSection,
+    table: SymbolTable,
+    sections: list[Section],
 ) -> list[tuple[Symbol, object]]:
     """Decode only the symbols whose names carry an FFI marker, with their raw section index."""
     link = table_section["sh_link"]
     if not 0 < link < len(sections):
         raise ELFError(f"{table_section.name}: string table index {link} is out of range")
-    strings = sections[link].data()
+    strings = _section_bytes(sections[link], size)
     starts = _candidate_name_offsets(strings)
     if not starts:
         return []
     entry_size = table_section["sh_entsize"] or (24 if elf.elfclass == 64 else 16)
-    data = table_section.data()
+    data = _section_bytes(table_section, size)
     count = len(data) // entry_size
     name_offsets = _name_offsets(data, entry_size, count, elf.little_endian)
     wanted = [i for i, offset in enumerate(name_offsets) if offset in starts]
@@ -130,6 +135,22 @@ def _ffi_symbols(
         name = _c_string(strings, raw["st_name"])
         result.append((_symbol(name, raw, table, sections), raw["st_shndx"]))
     return result
+
+
+def _section_bytes(section: Section, size: int) -> bytes:
+    """A section's contents, after checking that the header's extent lies inside the file.
+
+    pyelftools would otherwise allocate whatever `sh_size` (or a compression header) claims.
+    """
+    if section["sh_flags"] & SHF_COMPRESSED:
+        raise ELFError(f"section {section.name} is compressed; symbol tables never are")
+    offset, length = section["sh_offset"], section["sh_size"]
+    if offset > size or length > size - offset:
+        raise ELFError(
+            f"section {section.name} ({length} bytes at offset {offset}) extends past the end"
+            f" of the {size}-byte file"
+        )
+    return section.data()
 
 
 def _candidate_name_offsets(strings: bytes) -> set[int]:
