@@ -26,7 +26,7 @@ def blob_mutants(data: bytes, rng: random.Random, count: int):
     for end in range(len(data) + 1):
         yield data[:end]
     for offset in range(0, len(data) - 7, 8):
-        for value in EXTREMES + (len(data), len(data) - offset):
+        for value in (*EXTREMES, len(data), len(data) - offset):
             mutant = bytearray(data)
             mutant[offset : offset + 8] = struct.pack("<Q", value & (2**64 - 1))
             yield bytes(mutant)
