@@ -14,7 +14,6 @@ from array import array
 from typing import BinaryIO
 
 from elftools.common.exceptions import ELFError, ELFParseError
-from elftools.elf.descriptions import describe_e_machine
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import Section, SymbolTableSection
 
@@ -100,7 +99,7 @@ def _read(elf: ELFFile, size: int, member: str | None, base: int) -> Image:
         format="ELF",
         kind=_KINDS[e_type],
         loadable=loadable,
-        machine=_MACHINES.get(machine, describe_e_machine(machine)),
+        machine=_MACHINES.get(machine, str(machine).removeprefix("EM_").lower()),
         bits=elf.elfclass,
         endianness="little" if elf.little_endian else "big",
         symbols=tuple(symbols),
