@@ -125,13 +125,7 @@ def decode(data: Buffer, *, limit: int | None = None) -> DecodedBlob:
     `limit` caps how many bytes may be read (for a blob inside a library: the bytes backed by
     the file after the symbol's address). Raises `BlobError` for anything the runtime rejects.
     """
-    view = memoryview(data).cast("B")
-    available = len(view) if limit is None else min(limit, len(view))
-    header = _Cursor(view, 0, available)
-    nbytes = header.u64("nbytes header")
-    if nbytes > header.remaining:
-        raise BlobError(f"nbytes {nbytes} exceeds the {header.remaining} bytes available", 0)
-    cursor = _Cursor(view, _WORD, _WORD + nbytes)
+    nbytes, cursor = _body(data, limit)
     indptr_at, indptr_first, indptr = cursor.u64_vector("indptr")
     if len(indptr) < 2:
         raise BlobError(
@@ -173,6 +167,17 @@ def decode(data: Buffer, *, limit: int | None = None) -> DecodedBlob:
     blob = Blob(tuple(modules))
     findings.extend(tree_findings(blob, first_key_offset=layouts[0].key_offset))
     return DecodedBlob(blob, nbytes, tuple(layouts), tuple(findings))
+
+
+def _body(data: Buffer, limit: int | None) -> tuple[int, _Cursor]:
+    """Read the `nbytes` header and return a cursor confined to the bytes it announces."""
+    view = memoryview(data).cast("B")
+    available = len(view) if limit is None else min(limit, len(view))
+    header = _Cursor(view, 0, available)
+    nbytes = header.u64("nbytes header")
+    if nbytes > header.remaining:
+        raise BlobError(f"nbytes {nbytes} exceeds the {header.remaining} bytes available", 0)
+    return nbytes, _Cursor(view, _WORD, _WORD + nbytes)
 
 
 def _import_lists(
@@ -405,13 +410,7 @@ class LegacyBlob:
 
 def decode_legacy(data: Buffer, *, limit: int | None = None) -> LegacyBlob:
     """Read a legacy blob as far as the format allows, reporting where and why it stopped."""
-    view = memoryview(data).cast("B")
-    available = len(view) if limit is None else min(limit, len(view))
-    header = _Cursor(view, 0, available)
-    nbytes = header.u64("nbytes header")
-    if nbytes > header.remaining:
-        raise BlobError(f"nbytes {nbytes} exceeds the {header.remaining} bytes available", 0)
-    cursor = _Cursor(view, _WORD, _WORD + nbytes)
+    nbytes, cursor = _body(data, limit)
     num_entries = cursor.u64("entry count")
     kinds: list[str] = []
     imports: tuple[tuple[int, ...], ...] | None = None

@@ -14,6 +14,23 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures" / "bin"
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
+# Every ELF fixture, for tests that run over all of them (the .blob files are raw blobs).
+ELF_FIXTURES = [
+    "libffi_c.so",
+    "libffi_c.stripped.so",
+    "ffi_c.o",
+    "syslib.o",
+    "libffi_static.a",
+    "libplain.so",
+    "libffi_cpp.so",
+    "libffi_hidden_blob.so",
+    "libffi_bss_blob.so",
+    "libffi_legacy.so",
+    "libffi_c.aarch64.so",
+    "libffi_c.arm32.so",
+    "libffi_c.ppc64be.so",
+]
+
 # CI sets FFITOOL_REQUIRE_ALL=1: a missing tool then fails the test instead of skipping it.
 REQUIRE_ALL = os.environ.get("FFITOOL_REQUIRE_ALL") == "1"
 

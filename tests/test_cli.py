@@ -10,22 +10,7 @@ from importlib import resources
 
 import jsonschema
 import pytest
-from conftest import FIXTURES, ROOT, golden
-
-GOLDEN_FIXTURES = [
-    "libffi_c.so",
-    "libffi_c.stripped.so",
-    "ffi_c.o",
-    "libffi_static.a",
-    "libplain.so",
-    "libffi_cpp.so",
-    "libffi_hidden_blob.so",
-    "libffi_bss_blob.so",
-    "libffi_legacy.so",
-    "libffi_c.aarch64.so",
-    "libffi_c.arm32.so",
-    "libffi_c.ppc64be.so",
-]
+from conftest import ELF_FIXTURES, FIXTURES, ROOT, golden
 
 
 def ffitool(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -46,7 +31,7 @@ def schema(name: str) -> dict:
     return json.loads(resources.files("ffitool").joinpath("schemas", name).read_text())
 
 
-@pytest.mark.parametrize("name", GOLDEN_FIXTURES)
+@pytest.mark.parametrize("name", ELF_FIXTURES)
 def test_inspect_json_is_valid_and_matches_golden(name):
     result = ffitool("inspect", "--json", f"fixtures/bin/{name}")
     assert result.returncode == 0, result.stderr
@@ -57,7 +42,7 @@ def test_inspect_json_is_valid_and_matches_golden(name):
     golden(f"inspect-{name}.json", result.stdout)
 
 
-@pytest.mark.parametrize("name", GOLDEN_FIXTURES)
+@pytest.mark.parametrize("name", ELF_FIXTURES)
 def test_inspect_terminal_rendering_matches_golden(name):
     result = ffitool("inspect", f"fixtures/bin/{name}")
     assert result.returncode == 0, result.stderr

@@ -6,7 +6,7 @@ import re
 import subprocess
 
 import pytest
-from conftest import FIXTURES, require_tool
+from conftest import ELF_FIXTURES, FIXTURES, require_tool
 
 from ffitool.errors import InputError
 from ffitool.formats import SymbolTable, read_object
@@ -70,24 +70,7 @@ def ffitool_symbols(path) -> dict[tuple[str | None, str, str], tuple]:
     return found
 
 
-ALL_ELF = [
-    "libffi_c.so",
-    "libffi_c.stripped.so",
-    "ffi_c.o",
-    "syslib.o",
-    "libffi_static.a",
-    "libplain.so",
-    "libffi_cpp.so",
-    "libffi_hidden_blob.so",
-    "libffi_bss_blob.so",
-    "libffi_legacy.so",
-    "libffi_c.aarch64.so",
-    "libffi_c.arm32.so",
-    "libffi_c.ppc64be.so",
-]
-
-
-@pytest.mark.parametrize("name", ALL_ELF)
+@pytest.mark.parametrize("name", ELF_FIXTURES)
 def test_every_ffi_symbol_matches_readelf(name):
     path = FIXTURES / name
     expected = readelf_symbols(path)
