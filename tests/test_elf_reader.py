@@ -153,3 +153,13 @@ def test_archive_member_overrunning_the_file_is_an_error(tmp_path):
     with open(path, "rb") as handle, pytest.raises(InputError) as caught:
         read_object(handle, path.stat().st_size, "x.a")
     assert str(caught.value) == "x.a: archive member at offset 8 claims 999 bytes, only 4 remain"
+
+
+def test_candidate_offsets_stay_linear_in_the_string_table():
+    from ffitool.formats.elf import _candidate_name_offsets
+
+    strings = b"\0" + b"__tvm_ffi_" * 20_000 + b"\0x__tvm_ffi_a\0"
+    starts = _candidate_name_offsets(strings)
+    # Every offset inside the long string up to its last marker, and in "x__tvm_ffi_a" the
+    # start and the marker: nothing counted twice, nothing beyond the table.
+    assert starts == set(range(1, 1 + 10 * 19_999 + 1)) | set(range(200_002, 200_004))

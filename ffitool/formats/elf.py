@@ -163,8 +163,11 @@ def _candidate_name_offsets(strings: bytes) -> set[int]:
         at = strings.find(marker)
         while at != -1:
             begin = strings.rfind(b"\0", 0, at) + 1
-            starts.update(range(begin, at + 1))
-            at = strings.find(marker, at + 1)
+            end = strings.find(b"\0", at)
+            end = len(strings) if end == -1 else end
+            # Once per string, up to its last marker: the set never outgrows the table.
+            starts.update(range(begin, strings.rfind(marker, at, end + 1) + 1))
+            at = strings.find(marker, end)
     return starts
 
 
