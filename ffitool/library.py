@@ -9,7 +9,6 @@ memory used does not grow with the blob.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import mmap
 import os
 import stat
@@ -380,6 +379,8 @@ def _legacy_modules(legacy: codec.LegacyBlob) -> tuple[ModuleInfo, ...]:
 
 def file_sha256(handle: BinaryIO, offset: int, size: int) -> str:
     """SHA-256 of a byte range of a file, read in 1 MiB chunks so memory stays flat."""
+    import hashlib  # only files with a blob pay for loading OpenSSL
+
     digest = hashlib.sha256()
     buffer = bytearray(min(_CHUNK, size) or 1)
     view = memoryview(buffer)

@@ -163,3 +163,12 @@ def test_candidate_offsets_stay_linear_in_the_string_table():
     # Every offset inside the long string up to its last marker, and in "x__tvm_ffi_a" the
     # start and the marker: nothing counted twice, nothing beyond the table.
     assert starts == set(range(1, 1 + 10 * 19_999 + 1)) | set(range(200_002, 200_004))
+
+
+@pytest.mark.parametrize("name", ["libffi_c.so", "libffi_c.ppc64be.so", "libffi_c.arm32.so"])
+def test_scan_of_every_entry_agrees_with_the_index_search(monkeypatch, name):
+    """Many candidate names switch to a pass over all st_name fields; both must agree."""
+    path = FIXTURES / name
+    searched = ffitool_symbols(path)
+    monkeypatch.setattr("ffitool.formats.elf._INDEX_SEARCH_LIMIT", 0)
+    assert ffitool_symbols(path) == searched == readelf_symbols(path)

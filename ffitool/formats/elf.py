@@ -14,8 +14,8 @@ from array import array
 from typing import BinaryIO
 
 from elftools.common.exceptions import ELFError, ELFParseError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import Section, SymbolTableSection
+from elftools.common.utils import struct_parse
+from elftools.elf.structs import ELFStructs
 
 from ffitool.errors import InputError
 from ffitool.formats.base import Image, Location, Symbol, SymbolTable
@@ -24,6 +24,7 @@ from ffitool.symbols import FFI_PREFIX, LEGACY_BIN, LEGACY_CTX
 MAGIC = b"\x7fELF"
 
 _MARKERS = (FFI_PREFIX.encode(), LEGACY_BIN.encode() + b"\0", LEGACY_CTX.encode() + b"\0")
+_COMMON_MARKER = b"__tvm_"  # the prefix all markers share: one pass over the string table
 _KINDS = {
     "ET_DYN": "shared library",
     "ET_EXEC": "executable",
@@ -43,6 +44,7 @@ _MACHINES = {
 }
 _TABLES = {"SHT_DYNSYM": SymbolTable.DYNAMIC, "SHT_SYMTAB": SymbolTable.STATIC}
 SHF_COMPRESSED = 0x800
+_INDEX_SEARCH_LIMIT = 64
 _SHN_NAMES = {"SHN_ABS": "*ABS*", "SHN_COMMON": "*COM*"}
 
 # Errors pyelftools (and the struct parsing under it) raise for malformed input.
@@ -65,30 +67,79 @@ def read_elf(
 ) -> Image:
     """Read one ELF image of `size` bytes from `stream`; `base` is where it starts in the file."""
     try:
-        return _read(ELFFile(stream), size, member, base)
+        return _read(_Elf(stream), size, member, base)
     except PARSE_ERRORS as exc:
         where = f"{display_name}({member})" if member else display_name
         raise InputError(f"{where}: malformed ELF: {exc}") from None
 
 
-def _read(elf: ELFFile, size: int, member: str | None, base: int) -> Image:
+class _Elf:
+    """The ELF header and pyelftools' structs for this class and byte order.
+
+    pyelftools' ELFFile would do the same, but importing it pulls in its DWARF support, a
+    sizeable share of a JSON inspect's start-up.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        stream.seek(0)
+        ident = stream.read(16)
+        elfclass = {1: 32, 2: 64}.get(ident[4]) if len(ident) == 16 else None
+        little = {1: True, 2: False}.get(ident[5]) if len(ident) == 16 else None
+        if elfclass is None or little is None:
+            raise ELFError("bad ELF identification (class or data encoding)")
+        self.stream = stream
+        self.elfclass = elfclass
+        self.little_endian = little
+        self.structs = ELFStructs(little_endian=little, elfclass=elfclass)
+        self.structs.create_basic_structs()
+        self.header = struct_parse(self.structs.Elf_Ehdr, stream, 0)
+        self.structs.create_advanced_structs(
+            self.header["e_type"], self.header["e_machine"], self.header["e_ident"]["EI_OSABI"]
+        )
+
+    def __getitem__(self, name: str):
+        return self.header[name]
+
+    def first_section_header(self):
+        return struct_parse(self.structs.Elf_Shdr, self.stream, self.header["e_shoff"])
+
+    def num_sections(self) -> int:
+        """e_shnum, or for 0xff00 sections and more, sh_size of section 0 (gABI)."""
+        if not self.header["e_shoff"]:
+            return 0
+        return self.header["e_shnum"] or self.first_section_header()["sh_size"]
+
+    def num_segments(self) -> int:
+        """e_phnum, or for PN_XNUM (0xffff), sh_info of section 0 (x86-64 psABI)."""
+        if self.header["e_phnum"] < 0xFFFF:
+            return self.header["e_phnum"]
+        return self.first_section_header()["sh_info"]
+
+
+def _read(elf: _Elf, size: int, member: str | None, base: int) -> Image:
     e_type = elf.header["e_type"]
     if e_type not in _KINDS:
         raise ELFError(f"unsupported ELF type {e_type}")
-    sections = list(elf.iter_sections())
+    # Headers only: pyelftools' section objects parse whole tables (the GNU hash table of a
+    # 75k-symbol library costs more than everything else together).
+    sections = _headers(elf, size, elf.num_sections(), "e_shoff", "e_shentsize", "Elf_Shdr")
     loadable = e_type != "ET_REL"
-    segments = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"] if loadable else []
+    segments = None
+    if loadable:
+        program = _headers(elf, size, elf.num_segments(), "e_phoff", "e_phentsize", "Elf_Phdr")
+        segments = [h for h in program if h["p_type"] == "PT_LOAD"]
+    names = _SectionNames(elf, sections, size)
     symbols: list[Symbol] = []
     tables: list[SymbolTable] = []
     locations: dict[tuple[str, SymbolTable], Location] = {}
-    for section in sections:
-        table = _TABLES.get(section["sh_type"])
-        if table is None or not isinstance(section, SymbolTableSection):
+    for index, header in enumerate(sections):
+        table = _TABLES.get(header["sh_type"])
+        if table is None:
             continue
         tables.append(table)
-        for symbol, shndx in _ffi_symbols(elf, size, section, table, sections):
+        for symbol, shndx in _ffi_symbols(elf, size, index, table, sections, names):
             symbols.append(symbol)
-            where = _locate(symbol, shndx, sections, segments if loadable else None)
+            where = _locate(symbol, shndx, sections, segments)
             if where is not None:
                 locations[(symbol.name, table)] = Location(
                     where.file_offset + base, where.available
@@ -108,48 +159,80 @@ def _read(elf: ELFFile, size: int, member: str | None, base: int) -> Image:
     )
 
 
+def _headers(elf: _Elf, size: int, count: int, offset_key: str, size_key: str, struct_name: str):
+    """Parse a section or program header table, refusing counts the file cannot hold."""
+    if not count:
+        return []
+    layout = getattr(elf.structs, struct_name)
+    offset, entry_size = elf[offset_key], elf[size_key]
+    if entry_size < layout.sizeof():
+        raise ELFError(f"{size_key} {entry_size} is smaller than a {struct_name}")
+    if offset > size or count > (size - offset) // entry_size:
+        raise ELFError(f"{count} {struct_name} entries at offset {offset} do not fit in the file")
+    return [struct_parse(layout, elf.stream, offset + i * entry_size) for i in range(count)]
+
+
+class _SectionNames:
+    """Section names from the section-header string table, read once."""
+
+    def __init__(self, elf: _Elf, sections: list, size: int) -> None:
+        index = elf["e_shstrndx"]
+        if index == "SHN_XINDEX":
+            index = sections[0]["sh_link"] if sections else 0
+        self._table = (
+            _section_bytes(elf, sections[index], size) if 0 < index < len(sections) else b""
+        )
+        self._sections = sections
+
+    def __getitem__(self, index: int) -> str:
+        offset = self._sections[index]["sh_name"]
+        return _c_string(self._table, offset) if offset < len(self._table) else f"#{index}"
+
+
 def _ffi_symbols(
-    elf: ELFFile,
+    elf: _Elf,
     size: int,
-    table_section: SymbolTableSection,
+    index: int,
     table: SymbolTable,
-    sections: list[Section],
+    sections: list,
+    names: _SectionNames,
 ) -> list[tuple[Symbol, object]]:
     """Decode only the symbols whose names carry an FFI marker, with their raw section index."""
-    link = table_section["sh_link"]
+    header = sections[index]
+    link = header["sh_link"]
     if not 0 < link < len(sections):
-        raise ELFError(f"{table_section.name}: string table index {link} is out of range")
-    strings = _section_bytes(sections[link], size)
+        raise ELFError(f"{names[index]}: string table index {link} is out of range")
+    strings = _section_bytes(elf, sections[link], size)
     starts = _candidate_name_offsets(strings)
     if not starts:
         return []
-    entry_size = table_section["sh_entsize"] or (24 if elf.elfclass == 64 else 16)
-    data = _section_bytes(table_section, size)
-    count = len(data) // entry_size
-    name_offsets = _name_offsets(data, entry_size, count, elf.little_endian)
-    wanted = [i for i, offset in enumerate(name_offsets) if offset in starts]
+    layout = elf.structs.Elf_Sym
+    entry_size = header["sh_entsize"] or layout.sizeof()
+    if entry_size < layout.sizeof():
+        raise ELFError(f"{names[index]}: entry size {entry_size} is too small")
+    data = _section_bytes(elf, header, size)
     result = []
-    for index in wanted:
-        raw = table_section.get_symbol(index)
-        name = _c_string(strings, raw["st_name"])
-        result.append((_symbol(name, raw, table, sections), raw["st_shndx"]))
+    for number, offset in _matching_entries(data, entry_size, starts, elf.little_endian):
+        raw = struct_parse(layout, elf.stream, header["sh_offset"] + number * entry_size)
+        symbol = _symbol(_c_string(strings, offset), raw, table, sections, names)
+        result.append((symbol, raw["st_shndx"]))
     return result
 
 
-def _section_bytes(section: Section, size: int) -> bytes:
-    """A section's contents, after checking that the header's extent lies inside the file.
-
-    pyelftools would otherwise allocate whatever `sh_size` (or a compression header) claims.
-    """
-    if section["sh_flags"] & SHF_COMPRESSED:
-        raise ELFError(f"section {section.name} is compressed; symbol tables never are")
-    offset, length = section["sh_offset"], section["sh_size"]
+def _section_bytes(elf: _Elf, header, size: int) -> bytes:
+    """A section's contents, after checking that its extent lies inside the file."""
+    if header["sh_flags"] & SHF_COMPRESSED:
+        raise ELFError("a symbol or string table is compressed; they never are")
+    if header["sh_type"] == "SHT_NOBITS":
+        return b""
+    offset, length = header["sh_offset"], header["sh_size"]
     if offset > size or length > size - offset:
         raise ELFError(
-            f"section {section.name} ({length} bytes at offset {offset}) extends past the end"
+            f"a section of {length} bytes at offset {offset} extends past the end"
             f" of the {size}-byte file"
         )
-    return section.data()
+    elf.stream.seek(offset)
+    return elf.stream.read(length)
 
 
 def _candidate_name_offsets(strings: bytes) -> set[int]:
@@ -159,33 +242,55 @@ def _candidate_name_offsets(strings: bytes) -> set[int]:
     every offset from the start of the string up to the marker is a candidate.
     """
     starts: set[int] = set()
-    for marker in _MARKERS:
-        at = strings.find(marker)
-        while at != -1:
-            begin = strings.rfind(b"\0", 0, at) + 1
-            end = strings.find(b"\0", at)
-            end = len(strings) if end == -1 else end
-            # Once per string, up to its last marker: the set never outgrows the table.
-            starts.update(range(begin, strings.rfind(marker, at, end + 1) + 1))
-            at = strings.find(marker, end)
+    at = strings.find(_COMMON_MARKER)
+    while at != -1:
+        begin = strings.rfind(b"\0", 0, at) + 1
+        end = strings.find(b"\0", at)
+        end = len(strings) if end == -1 else end
+        last = max(strings.rfind(marker, at, end + 1) for marker in _MARKERS)
+        # Once per string, up to its last marker: the set never outgrows the table.
+        starts.update(range(begin, last + 1))
+        at = strings.find(_COMMON_MARKER, end)
     return starts
 
 
-def _name_offsets(data: bytes, entry_size: int, count: int, little: bool) -> array:
-    """The st_name field (first 4 bytes of every entry, both classes) of each symbol."""
+def _matching_entries(
+    data: bytes, entry_size: int, starts: set[int], little: bool
+) -> list[tuple[int, int]]:
+    """(index, st_name) of the entries whose st_name (first 4 bytes, both classes) is wanted.
+
+    The st_name column is cut out and intersected with the wanted offsets in C; a few hits are
+    then located by byte search in that column, many with one pass in Python.
+    """
+    count = len(data) // entry_size
+    order = "little" if little else "big"
     if entry_size % 4:
-        return array(
+        fields = array(
             "I",
             (
-                struct.unpack_from("<I" if little else ">I", data, i * entry_size)[0]
+                int.from_bytes(data[i * entry_size : i * entry_size + 4], order)
                 for i in range(count)
             ),
         )
-    words = array("I")
-    words.frombytes(data[: count * entry_size])
-    if little != (sys.byteorder == "little"):
-        words.byteswap()
-    return words[:: entry_size // 4]
+    else:
+        words = array("I")
+        words.frombytes(data[: count * entry_size])
+        if little != (sys.byteorder == "little"):
+            words.byteswap()
+        fields = words[:: entry_size // 4]
+    hits = starts.intersection(fields)
+    if len(hits) > _INDEX_SEARCH_LIMIT:
+        return [(number, offset) for number, offset in enumerate(fields) if offset in hits]
+    column = fields.tobytes()  # 4 bytes an entry, in native order like the patterns below
+    found = []
+    for offset in hits:
+        pattern = array("I", [offset]).tobytes()
+        at = column.find(pattern)
+        while at != -1:
+            if at % 4 == 0:
+                found.append((at // 4, offset))
+            at = column.find(pattern, at + 1)
+    return sorted(found)
 
 
 def _c_string(strings: bytes, offset: int) -> str:
@@ -194,7 +299,7 @@ def _c_string(strings: bytes, offset: int) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def _symbol(name: str, raw, table: SymbolTable, sections: list[Section]) -> Symbol:
+def _symbol(name: str, raw, table: SymbolTable, sections: list, names: _SectionNames) -> Symbol:
     shndx = raw["st_shndx"]
     section_name: str | None
     nobits = False
@@ -203,7 +308,7 @@ def _symbol(name: str, raw, table: SymbolTable, sections: list[Section]) -> Symb
     elif isinstance(shndx, str):
         section_name = _SHN_NAMES.get(shndx, shndx)
     elif 0 <= shndx < len(sections):
-        section_name = sections[shndx].name
+        section_name = names[shndx]
         nobits = sections[shndx]["sh_type"] == "SHT_NOBITS"
     else:
         section_name = f"#{shndx}"
@@ -222,7 +327,7 @@ def _symbol(name: str, raw, table: SymbolTable, sections: list[Section]) -> Symb
 
 
 def _locate(
-    symbol: Symbol, shndx: object, sections: list[Section], segments: list | None
+    symbol: Symbol, shndx: object, sections: list, segments: list | None
 ) -> Location | None:
     """File bytes behind a defined symbol: through PT_LOAD segments, or its section in an object."""
     if not symbol.defined or symbol.nobits or not isinstance(shndx, int):
