@@ -326,15 +326,70 @@ def find_cycle(blob: Blob) -> list[int] | None:
     return None
 
 
+@dataclass(frozen=True)
+class ModuleShape:
+    """A module without its bytes: what a writer needs to lay out a blob before streaming it."""
+
+    kind: str
+    payload_size: int | None
+    imports: tuple[int, ...] = ()
+
+
+def shape_of(blob: Blob) -> list[ModuleShape]:
+    """The shapes of a blob's modules."""
+    return [
+        ModuleShape(m.kind, None if m.payload is None else len(m.payload), m.imports)
+        for m in blob.modules
+    ]
+
+
+def frame(shapes: Sequence[ModuleShape]) -> list[bytes | int]:
+    """The encoded blob as header pieces, with each payload's place marked by its module index.
+
+    Every rule the runtime enforces is checked here, so nothing invalid is ever written.
+    """
+    if not shapes:
+        raise ValueError("a blob needs at least one module (the root)")
+    indptr = [0]
+    children: list[int] = []
+    for index, shape in enumerate(shapes):
+        for child in shape.imports:
+            if not 0 <= child < len(shapes):
+                raise ValueError(f"module {index} imports {child}, outside 0..{len(shapes) - 1}")
+        children.extend(shape.imports)
+        indptr.append(len(children))
+    pieces: list[bytes | int] = [b"", _pack_vector(indptr) + _pack_vector(children)]
+    for index, shape in enumerate(shapes):
+        key = shape.kind.encode("utf-8", "surrogateescape")
+        if not key:
+            raise ValueError("a module kind cannot be empty")
+        pieces.append(_U64.pack(len(key)) + key)
+        if shape.kind == LIB_KIND:
+            if shape.payload_size is not None:
+                raise ValueError("the `_lib` module carries no payload")
+            continue
+        if not shape.payload_size:
+            raise ValueError(
+                f"module {printable(shape.kind)!r} has an empty or missing payload,"
+                " which the runtime rejects"
+            )
+        pieces.append(_U64.pack(shape.payload_size))
+        pieces.append(index)
+    payload_bytes = sum(s.payload_size or 0 for s in shapes)
+    header_bytes = sum(len(p) for p in pieces if isinstance(p, bytes))
+    pieces[0] = _U64.pack(header_bytes + payload_bytes)
+    return pieces
+
+
+def framed_size(pieces: Sequence[bytes | int], shapes: Sequence[ModuleShape]) -> int:
+    """Total bytes of a framed blob: its pieces plus the payloads they mark."""
+    return sum(len(p) if isinstance(p, bytes) else shapes[p].payload_size or 0 for p in pieces)
+
+
 def encoded_size(blob: Blob) -> int:
     """Total bytes `encode(blob)` produces, computed without building them."""
-    size = _WORD * 3 + _WORD * (len(blob.modules) + 1)
-    for module in blob.modules:
-        size += _WORD * len(module.imports)
-        size += _WORD + len(module.kind.encode("utf-8", "surrogateescape"))
-        if not module.is_lib:
-            size += _WORD + len(_payload(module))
-    return size
+    shapes = shape_of(blob)
+    return framed_size(frame(shapes), shapes)
 
 
 def encode(blob: Blob) -> bytes:
@@ -343,47 +398,16 @@ def encode(blob: Blob) -> bytes:
 
 
 def encode_chunks(blob: Blob) -> list[Buffer]:
-    """The encoded blob as a list of pieces, payloads uncopied, for writers that stream."""
-    if not blob.modules:
-        raise ValueError("a blob needs at least one module (the root)")
-    indptr = [0]
-    children: list[int] = []
-    for index, module in enumerate(blob.modules):
-        for child in module.imports:
-            if not 0 <= child < len(blob.modules):
-                raise ValueError(
-                    f"module {index} imports {child}, outside 0..{len(blob.modules) - 1}"
-                )
-        children.extend(module.imports)
-        indptr.append(len(children))
-    head = [
-        _U64.pack(encoded_size(blob) - _WORD),
-        _pack_vector(indptr),
-        _pack_vector(children),
+    """The encoded blob as a list of pieces, payloads uncopied."""
+    return [
+        piece if isinstance(piece, bytes) else _payload(blob.modules[piece])
+        for piece in frame(shape_of(blob))
     ]
-    pieces: list[Buffer] = [b"".join(head)]
-    for module in blob.modules:
-        key = module.kind.encode("utf-8", "surrogateescape")
-        if not key:
-            raise ValueError("a module kind cannot be empty")
-        pieces.append(_U64.pack(len(key)) + key)
-        if module.is_lib:
-            if module.payload is not None:
-                raise ValueError("the `_lib` module carries no payload")
-            continue
-        payload = _payload(module)
-        if not len(payload):
-            raise ValueError(
-                f"module {module.kind!r} has an empty payload, which the runtime rejects"
-            )
-        pieces.append(_U64.pack(len(payload)))
-        pieces.append(payload)
-    return pieces
 
 
 def _payload(module: Module) -> Buffer:
     if module.payload is None:
-        raise ValueError(f"module {module.kind!r} needs a payload")
+        raise ValueError(f"module {printable(module.kind)!r} needs a payload")
     return module.payload
 
 

@@ -203,7 +203,7 @@ def test_invalid_utf8_kind_round_trips_exactly():
 def test_encode_rejects_what_the_runtime_rejects():
     with pytest.raises(ValueError, match="at least one module"):
         encode(Blob(()))
-    with pytest.raises(ValueError, match="empty payload"):
+    with pytest.raises(ValueError, match="empty or missing payload"):
         encode(Blob((Module("k", b""),)))
     with pytest.raises(ValueError, match="imports 5"):
         encode(Blob((Module("_lib", None, (5,)),)))
