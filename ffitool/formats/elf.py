@@ -67,13 +67,13 @@ def read_elf(
 ) -> Image:
     """Read one ELF image of `size` bytes from `stream`; `base` is where it starts in the file."""
     try:
-        return _read(_Elf(stream), size, member, base)
+        return _read(ElfFile(stream), size, member, base)
     except PARSE_ERRORS as exc:
         where = f"{display_name}({member})" if member else display_name
         raise InputError(f"{where}: malformed ELF: {exc}") from None
 
 
-class _Elf:
+class ElfFile:
     """The ELF header and pyelftools' structs for this class and byte order.
 
     pyelftools' ELFFile would do the same, but importing it pulls in its DWARF support, a
@@ -116,19 +116,19 @@ class _Elf:
         return self.first_section_header()["sh_info"]
 
 
-def _read(elf: _Elf, size: int, member: str | None, base: int) -> Image:
+def _read(elf: ElfFile, size: int, member: str | None, base: int) -> Image:
     e_type = elf.header["e_type"]
     if e_type not in _KINDS:
         raise ELFError(f"unsupported ELF type {e_type}")
     # Headers only: pyelftools' section objects parse whole tables (the GNU hash table of a
     # 75k-symbol library costs more than everything else together).
-    sections = _headers(elf, size, elf.num_sections(), "e_shoff", "e_shentsize", "Elf_Shdr")
+    sections = section_headers(elf, size)
     loadable = e_type != "ET_REL"
     segments = None
     if loadable:
-        program = _headers(elf, size, elf.num_segments(), "e_phoff", "e_phentsize", "Elf_Phdr")
+        program = program_headers(elf, size)
         segments = [h for h in program if h["p_type"] == "PT_LOAD"]
-    names = _SectionNames(elf, sections, size)
+    names = SectionNames(elf, sections, size)
     symbols: list[Symbol] = []
     tables: list[SymbolTable] = []
     locations: dict[tuple[str, SymbolTable], Location] = {}
@@ -159,7 +159,19 @@ def _read(elf: _Elf, size: int, member: str | None, base: int) -> Image:
     )
 
 
-def _headers(elf: _Elf, size: int, count: int, offset_key: str, size_key: str, struct_name: str):
+def section_headers(elf: ElfFile, size: int) -> list:
+    """Every section header, as pyelftools containers (which can be built back to bytes)."""
+    return _read_headers(elf, size, elf.num_sections(), "e_shoff", "e_shentsize", "Elf_Shdr")
+
+
+def program_headers(elf: ElfFile, size: int) -> list:
+    """Every program header, as pyelftools containers."""
+    return _read_headers(elf, size, elf.num_segments(), "e_phoff", "e_phentsize", "Elf_Phdr")
+
+
+def _read_headers(
+    elf: ElfFile, size: int, count: int, offset_key: str, size_key: str, struct_name: str
+) -> list:
     """Parse a section or program header table, refusing counts the file cannot hold."""
     if not count:
         return []
@@ -172,15 +184,15 @@ def _headers(elf: _Elf, size: int, count: int, offset_key: str, size_key: str, s
     return [struct_parse(layout, elf.stream, offset + i * entry_size) for i in range(count)]
 
 
-class _SectionNames:
+class SectionNames:
     """Section names from the section-header string table, read once."""
 
-    def __init__(self, elf: _Elf, sections: list, size: int) -> None:
+    def __init__(self, elf: ElfFile, sections: list, size: int) -> None:
         index = elf["e_shstrndx"]
         if index == "SHN_XINDEX":
             index = sections[0]["sh_link"] if sections else 0
         self._table = (
-            _section_bytes(elf, sections[index], size) if 0 < index < len(sections) else b""
+            section_bytes(elf, sections[index], size) if 0 < index < len(sections) else b""
         )
         self._sections = sections
 
@@ -190,19 +202,19 @@ class _SectionNames:
 
 
 def _ffi_symbols(
-    elf: _Elf,
+    elf: ElfFile,
     size: int,
     index: int,
     table: SymbolTable,
     sections: list,
-    names: _SectionNames,
+    names: SectionNames,
 ) -> list[tuple[Symbol, object]]:
     """Decode only the symbols whose names carry an FFI marker, with their raw section index."""
     header = sections[index]
     link = header["sh_link"]
     if not 0 < link < len(sections):
         raise ELFError(f"{names[index]}: string table index {link} is out of range")
-    strings = _section_bytes(elf, sections[link], size)
+    strings = section_bytes(elf, sections[link], size)
     starts = _candidate_name_offsets(strings)
     if not starts:
         return []
@@ -210,7 +222,7 @@ def _ffi_symbols(
     entry_size = header["sh_entsize"] or layout.sizeof()
     if entry_size < layout.sizeof():
         raise ELFError(f"{names[index]}: entry size {entry_size} is too small")
-    data = _section_bytes(elf, header, size)
+    data = section_bytes(elf, header, size)
     result = []
     for number, offset in _matching_entries(data, entry_size, starts, elf.little_endian):
         raw = struct_parse(layout, elf.stream, header["sh_offset"] + number * entry_size)
@@ -219,7 +231,7 @@ def _ffi_symbols(
     return result
 
 
-def _section_bytes(elf: _Elf, header, size: int) -> bytes:
+def section_bytes(elf: ElfFile, header, size: int) -> bytes:
     """A section's contents, after checking that its extent lies inside the file."""
     if header["sh_flags"] & SHF_COMPRESSED:
         raise ELFError("a symbol or string table is compressed; they never are")
@@ -299,7 +311,7 @@ def _c_string(strings: bytes, offset: int) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def _symbol(name: str, raw, table: SymbolTable, sections: list, names: _SectionNames) -> Symbol:
+def _symbol(name: str, raw, table: SymbolTable, sections: list, names: SectionNames) -> Symbol:
     shndx = raw["st_shndx"]
     section_name: str | None
     nobits = False

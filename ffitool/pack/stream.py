@@ -1,0 +1,83 @@
+"""Streaming a planned blob into a file, and checking what was streamed, in bounded memory.
+
+Payloads move with `os.copy_file_range` (the kernel copies, nothing passes through Python)
+and fall back to 1 MiB reads and writes where the kernel cannot do that.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from ffitool.blob import frame, framed_size
+from ffitool.errors import InputError
+from ffitool.pack.plan import PayloadSource, Plan
+
+_CHUNK = 1 << 20
+_KERNEL_CHUNK = 64 << 20
+
+Progress = Callable[[int], None]
+"""Called with the number of payload bytes just written."""
+
+
+def blob_size(plan: Plan) -> int:
+    """Bytes the planned blob occupies."""
+    shapes = plan.shapes()
+    return framed_size(frame(shapes), shapes)
+
+
+def write_blob(out_fd: int, offset: int, plan: Plan, progress: Progress | None = None) -> int:
+    """Write the planned blob at `offset` of `out_fd`; returns the number of bytes written."""
+    position = offset
+    for piece in frame(plan.shapes()):
+        if isinstance(piece, bytes):
+            os.pwrite(out_fd, piece, position)
+            position += len(piece)
+            continue
+        source = plan.modules[piece].source
+        assert source is not None  # frame() only marks modules with payloads
+        _copy(source, out_fd, position, progress)
+        position += source.size
+    return position - offset
+
+
+def _copy(source: PayloadSource, out_fd: int, position: int, progress: Progress | None) -> None:
+    with open(source.path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size < source.offset + source.size:
+            raise InputError(f"{source.path}: shorter than the payload it should hold")
+        done = 0
+        kernel = True
+        while done < source.size:
+            want = min(source.size - done, _KERNEL_CHUNK if kernel else _CHUNK)
+            sent = 0
+            if kernel:
+                try:
+                    sent = os.copy_file_range(
+                        handle.fileno(), out_fd, want, source.offset + done, position + done
+                    )
+                except OSError:
+                    kernel = False
+            if not sent:
+                kernel = False
+                data = os.pread(handle.fileno(), want, source.offset + done)
+                if not data:
+                    raise InputError(f"{source.path}: ended while its payload was copied")
+                sent = os.pwrite(out_fd, data, position + done)
+            done += sent
+            if progress is not None:
+                progress(sent)
+
+
+def same_bytes(source: PayloadSource, path: str, offset: int) -> bool:
+    """Whether `path` holds exactly the source's bytes at `offset` (compared chunk by chunk)."""
+    with open(source.path, "rb") as expected, open(path, "rb") as actual:
+        left = source.size
+        here, there = source.offset, offset
+        while left:
+            count = min(left, _CHUNK)
+            if os.pread(expected.fileno(), count, here) != os.pread(actual.fileno(), count, there):
+                return False
+            left -= count
+            here += count
+            there += count
+    return True

@@ -1,0 +1,151 @@
+"""Checks a packed file must pass before it replaces anything.
+
+The staged file is re-read with ffitool's own readers: the blob must decode to exactly the
+planned tree with exactly the planned bytes, the loader's hash-table lookup must land on it,
+and everything the dynamic loader relied on in the original must still be there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ffitool.errors import InputError
+from ffitool.findings import Severity
+from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
+from ffitool.formats.elf_dynamic import DynamicView, read_dynamic
+from ffitool.library import inspect_path
+from ffitool.pack.elf_writer import Placement
+from ffitool.pack.plan import Plan
+from ffitool.pack.stream import same_bytes
+from ffitool.symbols import LIBRARY_BIN
+
+
+class VerificationError(InputError):
+    """The packed file is not what was intended; the original is left untouched."""
+
+
+def verify(staging: Path, original: Path, plan: Plan, placement: Placement) -> None:
+    """Raise VerificationError, naming the first difference, unless `staging` is right."""
+    _check_blob(staging, plan, placement)
+    before, after = _dynamic(original), _dynamic(staging)
+    _check_lookup(after, placement)
+    _check_preserved(before, after)
+    _check_layout(original, staging)
+
+
+def _fail(message: str) -> None:
+    raise VerificationError(f"packed file failed verification: {message}")
+
+
+def _check_blob(staging: Path, plan: Plan, placement: Placement) -> None:
+    (library,) = inspect_path(staging).libraries
+    found = library.library_bin
+    if found is None or found.symbol.symbol.name != LIBRARY_BIN:
+        _fail("no __tvm_ffi__library_bin")
+        return
+    if not found.symbol.dynamic:
+        _fail("__tvm_ffi__library_bin is not exported")
+    errors = [f.message for f in found.findings if f.severity is Severity.ERROR]
+    if errors:
+        _fail("; ".join(errors))
+    if found.file_offset != placement.file_offset:
+        _fail(f"blob at file offset {found.file_offset}, planned {placement.file_offset}")
+    got = [(m.kind, m.imports, m.size) for m in found.modules]
+    want = [(m.kind, m.imports, None if m.source is None else m.source.size) for m in plan.modules]
+    if got != want:
+        _fail(f"modules {got} differ from the plan {want}")
+    for module, planned in zip(found.modules, plan.modules, strict=True):
+        if planned.source is None or module.payload_offset is None:
+            continue
+        if not same_bytes(
+            planned.source, str(staging), placement.file_offset + module.payload_offset
+        ):
+            _fail(f"module {module.index} ({module.kind}) payload bytes differ from the source")
+
+
+def _dynamic(path: Path) -> DynamicView:
+    handle = open(path, "rb")  # noqa: SIM115 - the view reads lazily; closed with the process
+    return read_dynamic(handle, os.fstat(handle.fileno()).st_size)
+
+
+def _check_lookup(after: DynamicView, placement: Placement) -> None:
+    """Find the blob as ld.so does: through every hash table the file has."""
+    if not (after.has_gnu_hash or after.has_sysv_hash):
+        _fail("no DT_GNU_HASH or DT_HASH: dlsym could not find anything")
+    for label, present, lookup in (
+        ("DT_GNU_HASH", after.has_gnu_hash, after.lookup_gnu),
+        ("DT_HASH", after.has_sysv_hash, after.lookup_sysv),
+    ):
+        if not present:
+            continue
+        symbol = lookup(LIBRARY_BIN)
+        if symbol is None or (symbol.value, symbol.size) != (placement.address, placement.size):
+            _fail(f"{label} lookup of {LIBRARY_BIN} gives {symbol}, not the new blob")
+
+
+def _check_preserved(before: DynamicView, after: DynamicView) -> None:
+    for label in ("needed", "soname", "rpath", "runpath"):
+        if getattr(before, label) != getattr(after, label):
+            _fail(f"{label} changed from {getattr(before, label)} to {getattr(after, label)}")
+    old, new = before.symbols(), after.symbols()
+    missing = sorted(set(old) - set(new))
+    if missing:
+        _fail(f"dynamic symbols lost: {missing[:5]}")
+    for name, symbol in old.items():
+        if name == LIBRARY_BIN or not symbol.defined:
+            continue
+        found = after.lookup_gnu(name) if after.has_gnu_hash else after.lookup_sysv(name)
+        if found is None or found.size != symbol.size:
+            _fail(f"dynamic symbol {name} is no longer found through the hash table")
+
+
+def _check_layout(original: Path, staging: Path) -> None:
+    """Program headers kept, segments page-aligned, every allocated section inside its segment.
+
+    The last check is what catches a stale `.bss` header, which `strip` would turn into a
+    crashing library.
+    """
+    old_types = _segment_types(original)
+    new_types = _segment_types(staging)
+    for kind, count in old_types.items():
+        if new_types.get(kind, 0) < count:
+            _fail(f"program header {kind} lost")
+    with open(staging, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        elf = ElfFile(handle)
+        loads = [p for p in program_headers(elf, size) if p["p_type"] == "PT_LOAD"]
+        sections = section_headers(elf, size)
+        names = SectionNames(elf, sections, size)
+    addresses = [load["p_vaddr"] for load in loads]
+    if addresses != sorted(addresses):
+        _fail("PT_LOAD entries are not in ascending address order")
+    for load in loads:
+        if (
+            load["p_align"] > 1
+            and load["p_offset"] % load["p_align"] != load["p_vaddr"] % load["p_align"]
+        ):
+            _fail(f"PT_LOAD at {load['p_vaddr']:#x} is misaligned")
+    for index, header in enumerate(sections):
+        if not header["sh_flags"] & 0x2 or header["sh_size"] == 0:
+            continue
+        start, end = header["sh_addr"], header["sh_addr"] + header["sh_size"]
+        nobits = header["sh_type"] == "SHT_NOBITS"
+        if not any(_inside(load, start, end, header["sh_offset"], nobits) for load in loads):
+            _fail(f"section {names[index]} [{start:#x}, {end:#x}) lies outside its segment")
+
+
+def _inside(load, start: int, end: int, offset: int, nobits: bool) -> bool:
+    base = load["p_vaddr"]
+    if not (base <= start and end <= base + load["p_memsz"]):
+        return False
+    return nobits or (end <= base + load["p_filesz"] and offset - load["p_offset"] == start - base)
+
+
+def _segment_types(path: Path) -> dict[str, int]:
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        counts: dict[str, int] = {}
+        for header in program_headers(ElfFile(handle), size):
+            counts[str(header["p_type"])] = counts.get(str(header["p_type"]), 0) + 1
+    return counts
