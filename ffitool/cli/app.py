@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from ffitool.errors import EXIT_BAD_INPUT, EXIT_OK, FfitoolError
+from ffitool.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_USAGE, FfitoolError, UsageError
 
 EXIT_CODES_HELP = (
     "Exit codes (the same for every command): 0 success; 1 a check failed; 2 usage error; "
@@ -92,6 +92,155 @@ def blob_decode_command(
         from ffitool.cli.render import print_blob_report
 
         print_blob_report(report)
+
+
+@app.command("pack", epilog=EXIT_CODES_HELP)
+def pack_command(
+    library: Annotated[Path, typer.Argument(help="The shared library to rewrite.")],
+    add: Annotated[
+        list[str] | None, typer.Option("--add", metavar="KIND:FILE", help="Embed FILE as a module.")
+    ] = None,
+    replace: Annotated[
+        list[str] | None,
+        typer.Option("--replace", metavar="KIND|INDEX:FILE", help="Swap one module's payload."),
+    ] = None,
+    remove: Annotated[
+        list[str] | None, typer.Option("--remove", metavar="KIND|INDEX", help="Drop a module.")
+    ] = None,
+    parent: Annotated[
+        int | None, typer.Option("--parent", help="Module that imports the added ones.")
+    ] = None,
+    cascade: Annotated[
+        bool, typer.Option("--cascade", help="Also remove modules a removal would orphan.")
+    ] = False,
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="Replace the blob with a manifest's.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write here instead of in place.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or summary.")] = False,
+) -> None:
+    """Embed, replace or remove module blobs in an ELF shared library, verified before renaming."""
+    from ffitool.cli.render import print_plan, progress_bar
+    from ffitool.manifest import read_manifest
+    from ffitool.pack import existing_modules, pack_library, payload_source
+    from ffitool.pack.plan import Edits, plan_edits, plan_from_modules, validate_kind
+    from ffitool.pack.stream import blob_size
+
+    edits_given = bool(add or replace or remove)
+    try:
+        if manifest is not None and edits_given:
+            raise UsageError("--manifest replaces the whole blob; it cannot be combined with edits")
+        if manifest is None and not edits_given:
+            raise UsageError("nothing to do: give --add, --replace, --remove or --manifest")
+        if manifest is not None:
+            plan = plan_from_modules(read_manifest(manifest))
+        else:
+            additions = []
+            for spec in add or []:
+                kind, path = _split_spec(spec, "--add")
+                additions.append((validate_kind(kind), path))
+            swaps = [_split_spec(spec, "--replace") for spec in replace or []]
+            edits = Edits(
+                add=tuple((kind, payload_source(path)) for kind, path in additions),
+                replace=tuple((selector, payload_source(path)) for selector, path in swaps),
+                remove=tuple(remove or ()),
+                parent=parent,
+                cascade=cascade,
+            )
+            plan = plan_edits(existing_modules(library), edits)
+        size = blob_size(plan)
+        if dry_run:
+            print_plan(library, output or library, plan, size)
+            return
+        with progress_bar(size, enabled=not quiet) as progress:
+            result = pack_library(library, plan, output, progress)
+    except FfitoolError as exc:
+        _print_error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except ValueError as exc:  # the codec refusing a tree the runtime would reject
+        _print_error(str(exc))
+        raise typer.Exit(EXIT_USAGE) from None
+    if not quiet:
+        sys.stdout.write(
+            f"packed {len(plan.modules)} modules ({size} bytes) into {result.destination}\n"
+        )
+
+
+@app.command("extract", epilog=EXIT_CODES_HELP)
+def extract_command(
+    library: Annotated[Path, typer.Argument(help="A library with a blob.")],
+    directory: Annotated[Path, typer.Option("-d", "--directory", help="Where to write.")],
+) -> None:
+    """Write each module's payload to DIR and a manifest.json describing the tree."""
+    from ffitool.manifest import extract
+
+    try:
+        result = extract(library, directory)
+    except FfitoolError as exc:
+        _print_error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    sys.stdout.write(f"wrote {len(result.files)} payloads and {result.manifest}\n")
+
+
+@blob_app.command("encode", epilog=EXIT_CODES_HELP)
+def blob_encode_command(
+    manifest: Annotated[Path, typer.Argument(help="An ffitool.manifest/1 file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The raw blob to write.")],
+) -> None:
+    """Write the raw blob a manifest describes."""
+    from ffitool.emit import write_raw_blob
+    from ffitool.manifest import read_manifest
+    from ffitool.pack.plan import plan_from_modules
+
+    try:
+        size = write_raw_blob(plan_from_modules(read_manifest(manifest)), output)
+    except FfitoolError as exc:
+        _print_error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except ValueError as exc:
+        _print_error(str(exc))
+        raise typer.Exit(EXIT_USAGE) from None
+    sys.stdout.write(f"wrote {size} bytes to {output}\n")
+
+
+@blob_app.command("emit-c", epilog=EXIT_CODES_HELP)
+def blob_emit_c_command(
+    manifest: Annotated[Path, typer.Argument(help="An ffitool.manifest/1 file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The C file to write.")],
+    symbol_prefix: Annotated[
+        str, typer.Option("--symbol-prefix", help="C symbol prefix of a system library.")
+    ] = "",
+    system_lib: Annotated[
+        bool,
+        typer.Option("--system-lib", help="Register with TVMFFIEnvModRegisterSystemLibSymbol."),
+    ] = False,
+) -> None:
+    """Write C source defining the blob symbol, for toolchains that can still link."""
+    from ffitool.emit import write_c_source
+    from ffitool.manifest import read_manifest
+    from ffitool.pack.plan import plan_from_modules
+
+    try:
+        plan = plan_from_modules(read_manifest(manifest))
+        size = write_c_source(plan, output, symbol_prefix, system_lib)
+    except FfitoolError as exc:
+        _print_error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except ValueError as exc:
+        _print_error(str(exc))
+        raise typer.Exit(EXIT_USAGE) from None
+    sys.stdout.write(f"wrote a {size}-byte blob as C to {output}\n")
+
+
+def _split_spec(spec: str, option: str) -> tuple[str, str]:
+    """`KIND:FILE` -> (KIND, FILE); kinds contain no ':', so the first one separates."""
+    selector, colon, path = spec.partition(":")
+    if not colon or not selector or not path:
+        raise UsageError(f"{option} {spec!r}: expected KIND:FILE")
+    return selector, path
 
 
 def _print_json(document: object) -> None:

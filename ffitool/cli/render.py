@@ -5,7 +5,9 @@ Colour follows rich's rules: none when stdout is not a terminal or NO_COLOR is s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 from rich.console import Console, Group
 from rich.table import Table
@@ -14,7 +16,9 @@ from rich.tree import Tree
 
 from ffitool.findings import Finding, Severity, printable
 from ffitool.library import BlobReport, InspectedFile, Library, LibraryBin, ModuleInfo
+from ffitool.pack.plan import Plan
 
+PROGRESS_THRESHOLD = 64 << 20
 _SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
 
@@ -42,6 +46,51 @@ def print_blob_report(report: BlobReport, console: Console | None = None) -> Non
     console.print(import_tree(report.modules))
     if report.findings:
         console.print(_findings_table(report.findings))
+
+
+def print_plan(
+    library: Path, destination: Path, plan: Plan, size: int, console: Console | None = None
+) -> None:
+    """What `pack --dry-run` shows: the new tree, where each payload comes from, the size."""
+    console = console or Console()
+    console.print(
+        Text(f"{library} -> {destination}", style="bold"), Text(f"  blob of {size} bytes")
+    )
+    table = Table(title=f"Planned modules ({len(plan.modules)})", title_justify="left")
+    for column in ("index", "kind", "size", "imports", "origin", "source"):
+        table.add_column(column, overflow="fold")
+    for index, module in enumerate(plan.modules):
+        source = module.source
+        table.add_row(
+            str(index),
+            printable(module.kind),
+            "-" if source is None else str(source.size),
+            ", ".join(map(str, module.imports)) or "-",
+            module.origin,
+            "-" if source is None else f"{source.path}@{source.offset}",
+        )
+    console.print(table)
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on stderr for blobs over 64 MiB, and only when stderr is a terminal."""
+    console = Console(stderr=True)
+    if not enabled or total <= PROGRESS_THRESHOLD or not console.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("packing", total=total)
+        yield lambda done: progress.advance(task, done)
 
 
 def library_view(library: Library) -> Group:

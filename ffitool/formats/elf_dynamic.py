@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 from elftools.common.utils import struct_parse
 
+from ffitool.errors import InputError
 from ffitool.formats.elf import ElfFile, program_headers
 
 _DT = {
@@ -71,7 +72,7 @@ class DynamicView:
         return result
 
 
-class DynamicError(Exception):
+class DynamicError(InputError):
     """The file has no usable dynamic segment (a static executable, an object...)."""
 
 

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ffitool.errors import InputError, UsageError
+from ffitool.errors import InputError
 from ffitool.library import inspect_path
 from ffitool.pack.elf_writer import Placement, place, prepare
 from ffitool.pack.plan import ExistingModule, PayloadSource, Plan
@@ -65,11 +65,11 @@ def payload_source(path: str) -> PayloadSource:
         with open(path, "rb") as handle:
             info = os.fstat(handle.fileno())
     except OSError as exc:
-        raise UsageError(f"{path}: cannot read payload: {exc.strerror or exc}") from None
+        raise InputError(f"{path}: cannot read payload: {exc.strerror or exc}") from None
     if not stat.S_ISREG(info.st_mode):
-        raise UsageError(f"{path}: a payload must be a regular file")
+        raise InputError(f"{path}: a payload must be a regular file")
     if info.st_size == 0:
-        raise UsageError(f"{path}: empty payload; the runtime rejects empty modules")
+        raise InputError(f"{path}: empty payload; the runtime rejects empty modules")
     return PayloadSource(path, 0, info.st_size)
 
 

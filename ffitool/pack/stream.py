@@ -36,12 +36,15 @@ def write_blob(out_fd: int, offset: int, plan: Plan, progress: Progress | None =
             continue
         source = plan.modules[piece].source
         assert source is not None  # frame() only marks modules with payloads
-        _copy(source, out_fd, position, progress)
+        copy_payload(source, out_fd, position, progress)
         position += source.size
     return position - offset
 
 
-def _copy(source: PayloadSource, out_fd: int, position: int, progress: Progress | None) -> None:
+def copy_payload(
+    source: PayloadSource, out_fd: int, position: int, progress: Progress | None = None
+) -> None:
+    """Copy the source's bytes to `out_fd` at `position`."""
     with open(source.path, "rb") as handle:
         if os.fstat(handle.fileno()).st_size < source.offset + source.size:
             raise InputError(f"{source.path}: shorter than the payload it should hold")

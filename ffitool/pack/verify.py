@@ -20,6 +20,8 @@ from ffitool.pack.plan import Plan
 from ffitool.pack.stream import same_bytes
 from ffitool.symbols import LIBRARY_BIN
 
+_MIN_PAGE = 0x1000
+
 
 class VerificationError(InputError):
     """The packed file is not what was intended; the original is left untouched."""
@@ -28,9 +30,11 @@ class VerificationError(InputError):
 def verify(staging: Path, original: Path, plan: Plan, placement: Placement) -> None:
     """Raise VerificationError, naming the first difference, unless `staging` is right."""
     _check_blob(staging, plan, placement)
-    before, after = _dynamic(original), _dynamic(staging)
-    _check_lookup(after, placement)
-    _check_preserved(before, after)
+    with open(original, "rb") as old, open(staging, "rb") as new:
+        before = read_dynamic(old, os.fstat(old.fileno()).st_size)
+        after = read_dynamic(new, os.fstat(new.fileno()).st_size)
+        _check_lookup(after, placement)
+        _check_preserved(before, after)
     _check_layout(original, staging)
 
 
@@ -64,11 +68,6 @@ def _check_blob(staging: Path, plan: Plan, placement: Placement) -> None:
             _fail(f"module {module.index} ({module.kind}) payload bytes differ from the source")
 
 
-def _dynamic(path: Path) -> DynamicView:
-    handle = open(path, "rb")  # noqa: SIM115 - the view reads lazily; closed with the process
-    return read_dynamic(handle, os.fstat(handle.fileno()).st_size)
-
-
 def _check_lookup(after: DynamicView, placement: Placement) -> None:
     """Find the blob as ld.so does: through every hash table the file has."""
     if not (after.has_gnu_hash or after.has_sysv_hash):
@@ -92,11 +91,16 @@ def _check_preserved(before: DynamicView, after: DynamicView) -> None:
     missing = sorted(set(old) - set(new))
     if missing:
         _fail(f"dynamic symbols lost: {missing[:5]}")
+    lookup_before = before.lookup_gnu if before.has_gnu_hash else before.lookup_sysv
+    lookup_after = after.lookup_gnu if after.has_gnu_hash else after.lookup_sysv
     for name, symbol in old.items():
         if name == LIBRARY_BIN or not symbol.defined:
             continue
-        found = after.lookup_gnu(name) if after.has_gnu_hash else after.lookup_sysv(name)
-        if found is None or found.size != symbol.size:
+        # Compare lookups with lookups: a versioned name (foo@V1, foo@@V2) resolves to one
+        # of its definitions, the same one before and after.
+        was = lookup_before(name)
+        now = lookup_after(name)
+        if was is not None and (now is None or now.size != was.size or not now.defined):
             _fail(f"dynamic symbol {name} is no longer found through the hash table")
 
 

