@@ -479,3 +479,47 @@ def test_a_failure_while_streaming_removes_the_staged_file(tmp_path):
         pack_library(lib, plan)
     assert digest(lib) == before
     assert leftovers(tmp_path) == []
+
+
+def test_progress_bar_only_on_a_terminal_and_not_with_quiet(tmp_path):
+    import pty
+
+    lib = copy_fixture(tmp_path, "libpack_host_gnu.so")
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as handle:
+        handle.truncate(65 << 20)  # just over the 64 MiB threshold (sparse, cheap)
+
+    def stderr_of(*extra: str, terminal: bool) -> str:
+        args = [
+            sys.executable,
+            "-m",
+            "ffitool",
+            "pack",
+            str(lib),
+            "--add",
+            f"test_beta:{big}",
+            *extra,
+        ]
+        args += ["-o", str(tmp_path / "out.so")]
+        env = {**os.environ, "COLUMNS": "100", "TERM": "xterm"}
+        if not terminal:
+            return subprocess.run(args, capture_output=True, text=True, env=env, check=True).stderr
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=follower, env=env)
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        os.close(leader)
+        assert proc.wait(timeout=300) == 0
+        return b"".join(chunks).decode(errors="replace")
+
+    assert "packing" in stderr_of(terminal=True)
+    assert stderr_of("--quiet", terminal=True) == ""
+    assert stderr_of(terminal=False) == ""
