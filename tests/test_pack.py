@@ -24,7 +24,7 @@ from ffitool.library import inspect_path
 ALPHA = b"alpha payload \x00\x01\x02"
 BETA = bytes(range(256)) * 40
 GAMMA = b"gamma"
-KINDS = ("test_alpha", "test_beta", "test_gamma", "test_alpha2")
+KINDS = ("test_alpha", "test_beta", "test_gamma", "test_sys")
 
 
 def ffitool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -523,3 +523,20 @@ def test_progress_bar_only_on_a_terminal_and_not_with_quiet(tmp_path):
     assert "packing" in stderr_of(terminal=True)
     assert stderr_of("--quiet", terminal=True) == ""
     assert stderr_of(terminal=False) == ""
+
+
+@pytest.mark.parametrize("post", POST)
+def test_code_reading_the_blob_through_the_got_sees_the_new_blob(runtime, payloads, tmp_path, post):
+    """A GLOB_DAT relocation against the link-time symbol follows it to the new blob."""
+    lib = copy_fixture(tmp_path, "libpack_linked.so")
+    tvm_ffi, _ = runtime
+    old = tvm_ffi.load_module(str(FIXTURES / "libpack_linked.so"))
+    assert old["blob_word"](0) == 87  # nbytes of the link-time blob (syslib.blob)
+    pack_ok(str(lib), "--add", f"test_alpha:{payloads['alpha']}")
+    post_process(lib, post)
+    module = load_and_check(
+        runtime, lib, [("_lib", None, (1, 2)), ("test_sys", b"sys", ()), ("test_alpha", ALPHA, ())]
+    )
+    (library,) = inspect_path(lib).libraries
+    assert module["blob_word"](0) == library.library_bin.nbytes
+    assert module["blob_word"](1) == 4  # indptr count: three modules + 1
