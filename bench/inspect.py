@@ -29,11 +29,13 @@ import sys
 
 # This file shares its name with the standard library's `inspect`, which dataclasses and
 # others import; running it as a script puts bench/ first on sys.path, where it would
-# shadow that module. Drop that entry before anything imports `inspect`.
+# shadow that module. Move that entry to the end before anything imports `inspect`: there
+# it still provides the shared helpers (bench/_common.py) but shadows nothing.
 if sys.path and os.path.realpath(sys.path[0] or os.curdir) == os.path.dirname(
     os.path.realpath(__file__)
 ):
     sys.path.pop(0)
+sys.path.append(os.path.dirname(os.path.realpath(__file__)))
 
 import argparse
 import hashlib
@@ -41,28 +43,40 @@ import importlib.util
 import json
 import random
 import shutil
-import statistics
 import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-GEN_DIR = Path(__file__).resolve().parent / "gen"
+from _common import (
+    FFITOOL,
+    GEN_DIR,
+    GIB,
+    MIB,
+    PAYLOAD_KIND,
+    Meter,
+    Target,
+    check_free_space,
+    describe_failure,
+    ffi_exports_object,
+    fmt_s,
+    load_manifest,
+    log,
+    print_series,
+    print_summary,
+    run_checked,
+    time_series,
+    write_random_file,
+)
+
 INCBIN_SOURCE = GEN_DIR / "incbin.S"
-FFI_EXPORTS_SOURCE = GEN_DIR / "ffi_exports.c"
-PEAK_RSS_SOURCE = GEN_DIR / "peak_rss.c"
 
 # Bump when what the generators produce changes, so cached libraries are rebuilt.
 GEN_VERSION = 2
-
-MIB = 1 << 20
-GIB = 1 << 30
-CHUNK = 4 * MIB  # write unit for generated data: bounded memory whatever the size
 
 DEFAULT_FUNCTIONS = 75_000
 DEFAULT_BULK_MIB = 384  # plus ~15 MiB of code and symbol tables: ~400 MiB on disk
@@ -76,54 +90,6 @@ SYMBOLS_MIN_FREE = 2 * GIB
 
 RATIO_TARGET = 1.5
 RSS_TARGET_MB = 100.0
-PAYLOAD_KIND = "bench_payload"
-
-FFITOOL = [sys.executable, "-m", "ffitool"]
-
-_START = time.perf_counter()
-
-
-def log(message: str) -> None:
-    """Progress lines carry the elapsed time so a slow step is visible at a glance."""
-    print(f"[{time.perf_counter() - _START:7.1f}s] {message}", flush=True)
-
-
-# --------------------------------------------------------------------------- building
-
-
-def run_checked(argv: Sequence[str]) -> None:
-    """Run a build step; a failed build aborts with the tool's own message."""
-    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"command failed ({proc.returncode}): {' '.join(argv)}\n{proc.stderr[-4000:]}"
-        )
-
-
-def write_random_file(
-    path: Path,
-    size: int,
-    seed: int,
-    prefix: bytes = b"",
-    on_chunk: Callable[[bytes], object] | None = None,
-) -> None:
-    """Write `prefix` then `size` pseudo-random bytes, CHUNK at a time.
-
-    Pseudo-random rather than zeros so that nothing (sparse files, compression,
-    zero-page tricks) makes the data cheaper to read than real weights or kernels.
-    `on_chunk`, if given, sees the random bytes only (not the prefix): fed to a hash,
-    that is how the module payload's sha256 is known without reading the file back.
-    """
-    rng = random.Random(seed)
-    with path.open("wb") as out:
-        out.write(prefix)
-        left = size
-        while left > 0:
-            chunk = rng.randbytes(min(CHUNK, left))
-            if on_chunk is not None:
-                on_chunk(chunk)
-            out.write(chunk)
-            left -= len(chunk)
 
 
 def incbin_object(data: Path, symbol: str, section: str, obj: Path) -> None:
@@ -140,36 +106,6 @@ def incbin_object(data: Path, symbol: str, section: str, obj: Path) -> None:
             str(obj),
         ]
     )
-
-
-def ffi_exports_object(obj: Path, embed_example_blob: bool) -> None:
-    """Compile the __tvm_ffi_* functions (and optionally the 96-byte example blob)."""
-    argv = ["gcc", "-c", "-O1", "-fPIC", "-w", str(FFI_EXPORTS_SOURCE), "-o", str(obj)]
-    if embed_example_blob:
-        argv.insert(1, "-DBENCH_EMBED_EXAMPLE_BLOB")
-    run_checked(argv)
-
-
-def check_free_space(directory: Path, needed: int, what: str) -> bool:
-    """Building into a full disk fails late and messily; refuse up front instead."""
-    free = shutil.disk_usage(directory).free
-    if free < needed:
-        log(f"SKIP {what}: {free / GIB:.1f} GiB free in {directory}, need {needed / GIB:.0f} GiB")
-        return False
-    return True
-
-
-def load_manifest(path: Path, expected: dict[str, Any]) -> dict[str, Any] | None:
-    """A cached library is reused only if it was built with the same parameters."""
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict):
-        return None
-    if any(manifest.get(key) != value for key, value in expected.items()):
-        return None
-    return manifest
 
 
 NAMESPACES = (
@@ -364,137 +300,6 @@ def find_libtorch() -> Path | None:
 # --------------------------------------------------------------------------- measuring
 
 
-@dataclass
-class Measurement:
-    """One run of one command in its own child process."""
-
-    argv: list[str]
-    returncode: int
-    wall_s: float
-    peak_rss_mb: float
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
-
-
-class Meter:
-    """Runs each measured command under bench/gen/peak_rss.c, one launcher per command.
-
-    Why not os.wait4 here: on Linux a child's ru_maxrss includes the memory it shared
-    with its parent before exec, and this script weighs 20-40 MB, which would hide any
-    smaller peak (ffitool's included). The ~1 MB launcher forks the command itself and
-    reports that child's own peak, exit code and wall time.
-    """
-
-    def __init__(self, workdir: Path) -> None:
-        self.launcher = workdir / "peak_rss"
-        self.report = workdir / "peak_rss.report"
-        run_checked(["gcc", "-O2", "-o", str(self.launcher), str(PEAK_RSS_SOURCE)])
-
-    def measure(self, argv: Sequence[str], stdout: Path | None = None) -> Measurement:
-        """Run `argv` once; stdout goes to `stdout` or /dev/null, stderr to a file (a
-        pipe could fill up and stall the command)."""
-        self.report.unlink(missing_ok=True)
-        with open(stdout or os.devnull, "wb") as out, tempfile.TemporaryFile() as err:
-            subprocess.run(
-                [str(self.launcher), str(self.report), *argv], stdout=out, stderr=err, check=False
-            )
-            err.seek(0)
-            stderr = err.read().decode(errors="replace")
-        try:
-            code, maxrss_kib, wall_ns = (int(f) for f in self.report.read_text().split())
-        except (OSError, ValueError):
-            return Measurement(list(argv), 127, 0.0, 0.0, stderr or "launcher failed")
-        return Measurement(list(argv), code, wall_ns / 1e9, maxrss_kib * 1024 / 1e6, stderr)
-
-
-def describe_failure(m: Measurement) -> str:
-    """The tail of stderr is where a Python traceback says what went wrong."""
-    tail = "\n".join(m.stderr.strip().splitlines()[-6:])
-    return f"exit {m.returncode}: {' '.join(m.argv)}\n    " + tail.replace("\n", "\n    ")
-
-
-@dataclass
-class Series:
-    """Repeated runs of one command; the median is what is compared."""
-
-    label: str
-    runs: list[Measurement]
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.runs) and all(m.ok for m in self.runs)
-
-    @property
-    def median_s(self) -> float:
-        return statistics.median(m.wall_s for m in self.runs)
-
-    @property
-    def peak_rss_mb(self) -> float:
-        return max(m.peak_rss_mb for m in self.runs)
-
-
-def time_series(meter: Meter, commands: dict[str, list[str]], repeat: int) -> dict[str, Series]:
-    """Time several commands `repeat` times each, interleaved.
-
-    One unmeasured warm-up run each puts the file in the page cache (the comparison is
-    about parsing, not disk), and interleaving spreads any machine noise over all of
-    them instead of penalising whichever ran during it. A command that fails its
-    warm-up is not repeated: its failure is reported once.
-    """
-    series: dict[str, Series] = {}
-    for label, argv in commands.items():
-        warm = meter.measure(argv)
-        series[label] = Series(label, [] if warm.ok else [warm])
-        if not warm.ok:
-            log(f"FAILED {label}: {describe_failure(warm)}")
-    live = [label for label, s in series.items() if not s.runs]
-    for _ in range(repeat):
-        for label in live:
-            series[label].runs.append(meter.measure(commands[label]))
-    return series
-
-
-# --------------------------------------------------------------------------- reporting
-
-
-@dataclass
-class Target:
-    """A row of the final table; `passed` is None when it could not be measured."""
-
-    name: str
-    measured: str
-    goal: str
-    passed: bool | None
-    counts: bool = True  # informational rows never fail --check
-
-    @property
-    def status(self) -> str:
-        if not self.counts:
-            return "info"
-        return {True: "PASS", False: "MISS", None: "N/A"}[self.passed]
-
-
-def fmt_s(seconds: float) -> str:
-    """Milliseconds, aligned: every command measured here takes between 1 ms and 10 s."""
-    return f"{seconds * 1000:9.1f} ms"
-
-
-def print_series(series: dict[str, Series]) -> None:
-    """Median time and worst peak RSS per command: the median resists a noisy run, the
-    peak is what a memory target is about."""
-    for s in series.values():
-        if s.ok:
-            print(
-                f"    {s.label:<34} median {fmt_s(s.median_s)}   peak RSS "
-                f"{s.peak_rss_mb:7.1f} MB   ({len(s.runs)} runs)"
-            )
-        else:
-            print(f"    {s.label:<34} FAILED")
-
-
 def json_libraries(document: Any) -> list[dict[str, Any]]:
     """All `libraries` entries of an ffitool.inspect/1 document, tolerating gaps."""
     if not isinstance(document, dict):
@@ -642,16 +447,6 @@ def bench_big_blob(
         ),
         Target("big_blob payload sha256", "OK" if sha_ok else "MISMATCH", "matches", sha_ok),
     ]
-
-
-def print_summary(targets: list[Target]) -> None:
-    """The table the lead reads first: one row per target, measured vs goal."""
-    print("\n== summary")
-    header = f"    {'target':<30} {'measured':>16} {'goal':>10}   status"
-    print(header)
-    print("    " + "-" * (len(header) - 4))
-    for t in targets:
-        print(f"    {t.name:<30} {t.measured:>16} {t.goal:>10}   {t.status}")
 
 
 # --------------------------------------------------------------------------- main

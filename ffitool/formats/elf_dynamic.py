@@ -40,6 +40,8 @@ class DynamicSymbol:
     value: int
     size: int
     defined: bool
+    version: int | None
+    """The `.gnu.version` entry (DT_VERSYM): 0 local, 1 global, 0x8000 set = hidden."""
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,9 @@ class _LoaderReader:
         end = self.strings.find(b"\0", sym["st_name"])
         name = self.strings[sym["st_name"] : end if end != -1 else None]
         defined = sym["st_shndx"] != "SHN_UNDEF"
-        return name, DynamicSymbol(sym["st_value"], sym["st_size"], defined)
+        versym = self.first("DT_VERSYM")
+        version = None if versym is None else self.words(versym + 2 * index, 1, "H")[0]
+        return name, DynamicSymbol(sym["st_value"], sym["st_size"], defined, version)
 
     def symbol_count(self) -> int:
         """nchain of DT_HASH, or one past the last chain entry of DT_GNU_HASH."""

@@ -81,6 +81,9 @@ def _check_lookup(after: DynamicView, placement: Placement) -> None:
         symbol = lookup(LIBRARY_BIN)
         if symbol is None or (symbol.value, symbol.size) != (placement.address, placement.size):
             _fail(f"{label} lookup of {LIBRARY_BIN} gives {symbol}, not the new blob")
+            return
+        if symbol.version is not None and (symbol.version & 0x7FFF == 0 or symbol.version & 0x8000):
+            _fail(f"{LIBRARY_BIN} has symbol version {symbol.version:#x}: local or hidden")
 
 
 def _check_preserved(before: DynamicView, after: DynamicView) -> None:
