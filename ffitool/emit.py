@@ -1,14 +1,11 @@
 """Writing a planned blob as a raw file or as C source, for toolchains that can still link.
 
-Both go through a temporary file in the destination's directory that is renamed into place,
-so a failure never leaves a half-written output behind.
+Both are staged next to the output and renamed into place, so a failure never leaves a
+half-written file behind.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +13,7 @@ from ffitool.blob import frame
 from ffitool.errors import InputError, UsageError
 from ffitool.pack.plan import Plan
 from ffitool.pack.stream import blob_size, write_blob
+from ffitool.staging import staged
 from ffitool.symbols import LIBRARY_BIN
 
 _BYTES_PER_LINE = 32
@@ -24,7 +22,7 @@ _CHUNK = 1 << 20
 
 def write_raw_blob(plan: Plan, output: Path) -> int:
     """Write the encoded blob to `output`; returns its size."""
-    with _atomic(output) as handle:
+    with staged(output, 0o644) as path, open(path, "wb") as handle:
         return write_blob(handle.fileno(), 0, plan)
 
 
@@ -41,7 +39,7 @@ def write_c_source(
         raise UsageError(f"--symbol-prefix {symbol_prefix!r}: use letters, digits and '_'")
     symbol = f"{symbol_prefix}{LIBRARY_BIN}"
     size = blob_size(plan)
-    with _atomic(output) as handle:
+    with staged(output, 0o644) as path, open(path, "wb") as handle:
         handle.write(_c_prologue(symbol, size).encode())
         carry = b""
         for chunk in _blob_bytes(plan):
@@ -116,26 +114,3 @@ def _blob_bytes(plan: Plan) -> Iterator[bytes]:
                     raise InputError(f"{source.path}: ended inside its payload")
                 left -= len(chunk)
                 yield chunk
-
-
-@contextlib.contextmanager
-def _atomic(output: Path) -> Iterator:
-    """A file that appears at `output` only if the block completes."""
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".ffitool", dir=output.parent)
-    except OSError as exc:
-        raise InputError(f"{output}: cannot write: {exc.strerror or exc}") from None
-    staging = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-        os.chmod(staging, 0o644)
-        os.replace(staging, output)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            staging.unlink()
-        raise InputError(f"{output}: cannot write: {exc.strerror or exc}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            staging.unlink()
-        raise

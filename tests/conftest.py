@@ -80,14 +80,32 @@ def golden(name: str, actual: str) -> None:
     assert actual == path.read_text(), f"output differs from {path}"
 
 
-@pytest.fixture
-def fixture_path():
-    def get(name: str) -> Path:
-        path = FIXTURES / name
-        assert path.exists(), f"fixture {name} is missing; run python fixtures/build.py"
-        return path
+# Module kinds the tests' blobs use; each gets a recording Python loader.
+TEST_KINDS = ("test_alpha", "test_beta", "test_gamma", "test_sys", "test_empty", "test_cycle")
 
-    return get
+
+@pytest.fixture
+def runtime():
+    """tvm_ffi, with a loader per test kind recording the payload bytes it is handed.
+
+    A loader must return a Module; it returns a fresh load of the C++ fixture.
+    """
+    tvm_ffi = require_tvm_ffi()
+    received: dict[str, list[bytes]] = {}
+    stand_in = str(FIXTURES / "libffi_cpp.so")
+
+    def loader_for(kind: str):
+        def load(payload: bytes):
+            received.setdefault(kind, []).append(bytes(payload))
+            return tvm_ffi.load_module(stand_in)
+
+        return load
+
+    for kind in TEST_KINDS:
+        tvm_ffi.register_global_func(
+            f"ffi.Module.load_from_bytes.{kind}", loader_for(kind), override=True
+        )
+    return tvm_ffi, received
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -17,14 +17,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, ROOT, require, require_tool, require_tvm_ffi, require_zig
+from conftest import FIXTURES, ROOT, require, require_tool, require_zig
 
 from ffitool.library import inspect_path
 
 ALPHA = b"alpha payload \x00\x01\x02"
 BETA = bytes(range(256)) * 40
 GAMMA = b"gamma"
-KINDS = ("test_alpha", "test_beta", "test_gamma", "test_sys")
 
 
 def ffitool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -50,26 +49,6 @@ def payloads(tmp_path):
         files[name] = tmp_path / f"{name}.bin"
         files[name].write_bytes(data)
     return files
-
-
-@pytest.fixture
-def runtime():
-    tvm_ffi = require_tvm_ffi()
-    received: dict[str, list[bytes]] = {}
-    stand_in = str(FIXTURES / "libffi_cpp.so")
-
-    def loader_for(kind: str):
-        def load(payload: bytes):
-            received.setdefault(kind, []).append(bytes(payload))
-            return tvm_ffi.load_module(stand_in)
-
-        return load
-
-    for kind in KINDS:
-        tvm_ffi.register_global_func(
-            f"ffi.Module.load_from_bytes.{kind}", loader_for(kind), override=True
-        )
-    return tvm_ffi, received
 
 
 def copy_fixture(tmp_path: Path, name: str) -> Path:

@@ -8,34 +8,11 @@ import struct
 import subprocess
 
 import pytest
-from conftest import FIXTURES, require_tool, require_tvm_ffi
+from conftest import FIXTURES, require_tool
 
 from ffitool.blob import decode
 from ffitool.errors import BlobError
 from ffitool.library import inspect_path
-
-LOADED_KINDS = ("test_alpha", "test_beta", "test_sys", "test_empty", "test_cycle")
-
-
-@pytest.fixture
-def runtime():
-    """tvm_ffi with a Python loader per test kind that records the payload bytes it receives."""
-    tvm_ffi = require_tvm_ffi()
-    received: dict[str, list[bytes]] = {}
-    stand_in = str(FIXTURES / "libffi_cpp.so")
-
-    def loader_for(kind: str):
-        def load(payload: bytes):
-            received.setdefault(kind, []).append(bytes(payload))
-            return tvm_ffi.load_module(stand_in)  # a loader must return some Module
-
-        return load
-
-    for kind in LOADED_KINDS:
-        tvm_ffi.register_global_func(
-            f"ffi.Module.load_from_bytes.{kind}", loader_for(kind), override=True
-        )
-    return tvm_ffi, received
 
 
 def dynamic_ffi_names(path) -> set[str]:

@@ -6,14 +6,16 @@ Heavy modules (pyelftools, rich) are imported inside the commands so that `--hel
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ffitool.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_USAGE, FfitoolError, UsageError
+from ffitool.errors import EXIT_BAD_INPUT, EXIT_OK, FfitoolError, UsageError
 
 EXIT_CODES_HELP = (
     "Exit codes (the same for every command): 0 success; 1 a check failed; 2 usage error; "
@@ -79,11 +81,8 @@ def blob_decode_command(
     """Decode a raw blob file: modules, import tree, digests and findings."""
     from ffitool.library import inspect_blob_file
 
-    try:
+    with _reported():
         report = inspect_blob_file(path)
-    except FfitoolError as exc:
-        _print_error(str(exc))
-        raise typer.Exit(exc.exit_code) from None
     if as_json:
         from ffitool.report import blob_document
 
@@ -130,7 +129,7 @@ def pack_command(
     from ffitool.pack.stream import blob_size
 
     edits_given = bool(add or replace or remove)
-    try:
+    with _reported():
         if manifest is not None and edits_given:
             raise UsageError("--manifest replaces the whole blob; it cannot be combined with edits")
         if manifest is None and not edits_given:
@@ -157,12 +156,6 @@ def pack_command(
             return
         with progress_bar(size, enabled=not quiet) as progress:
             result = pack_library(library, plan, output, progress)
-    except FfitoolError as exc:
-        _print_error(str(exc))
-        raise typer.Exit(exc.exit_code) from None
-    except ValueError as exc:  # the codec refusing a tree the runtime would reject
-        _print_error(str(exc))
-        raise typer.Exit(EXIT_USAGE) from None
     if not quiet:
         sys.stdout.write(
             f"packed {len(plan.modules)} modules ({size} bytes) into {result.destination}\n"
@@ -177,11 +170,8 @@ def extract_command(
     """Write each module's payload to DIR and a manifest.json describing the tree."""
     from ffitool.manifest import extract
 
-    try:
+    with _reported():
         result = extract(library, directory)
-    except FfitoolError as exc:
-        _print_error(str(exc))
-        raise typer.Exit(exc.exit_code) from None
     sys.stdout.write(f"wrote {len(result.files)} payloads and {result.manifest}\n")
 
 
@@ -195,14 +185,8 @@ def blob_encode_command(
     from ffitool.manifest import read_manifest
     from ffitool.pack.plan import plan_from_modules
 
-    try:
+    with _reported():
         size = write_raw_blob(plan_from_modules(read_manifest(manifest)), output)
-    except FfitoolError as exc:
-        _print_error(str(exc))
-        raise typer.Exit(exc.exit_code) from None
-    except ValueError as exc:
-        _print_error(str(exc))
-        raise typer.Exit(EXIT_USAGE) from None
     sys.stdout.write(f"wrote {size} bytes to {output}\n")
 
 
@@ -223,15 +207,9 @@ def blob_emit_c_command(
     from ffitool.manifest import read_manifest
     from ffitool.pack.plan import plan_from_modules
 
-    try:
+    with _reported():
         plan = plan_from_modules(read_manifest(manifest))
         size = write_c_source(plan, output, symbol_prefix, system_lib)
-    except FfitoolError as exc:
-        _print_error(str(exc))
-        raise typer.Exit(exc.exit_code) from None
-    except ValueError as exc:
-        _print_error(str(exc))
-        raise typer.Exit(EXIT_USAGE) from None
     sys.stdout.write(f"wrote a {size}-byte blob as C to {output}\n")
 
 
@@ -241,6 +219,16 @@ def _split_spec(spec: str, option: str) -> tuple[str, str]:
     if not colon or not selector or not path:
         raise UsageError(f"{option} {spec!r}: expected KIND:FILE")
     return selector, path
+
+
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    """An FfitoolError becomes its one-line message on stderr and its exit code."""
+    try:
+        yield
+    except FfitoolError as exc:
+        _print_error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
 
 
 def _print_json(document: object) -> None:

@@ -7,10 +7,8 @@ failure the staged file is removed and the input is byte-identical.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from ffitool.pack.elf_writer import Placement, place, prepare
 from ffitool.pack.plan import ExistingModule, PayloadSource, Plan
 from ffitool.pack.stream import Progress, blob_size, write_blob
 from ffitool.pack.verify import verify
+from ffitool.staging import staged
 
 
 @dataclass(frozen=True)
@@ -82,31 +81,11 @@ def pack_library(
         mode = stat.S_IMODE(os.stat(library).st_mode)
     except OSError as exc:
         raise InputError(f"{library}: cannot open: {exc.strerror or exc}") from None
-    try:
-        fd, name = tempfile.mkstemp(
-            prefix=f".{destination.name}.", suffix=".ffitool", dir=destination.parent or "."
-        )
-    except OSError as exc:
-        raise InputError(
-            f"{destination.parent}: cannot create a file: {exc.strerror or exc}"
-        ) from None
-    os.close(fd)
-    staging = Path(name)
-    try:
+    with staged(destination, mode) as staging:
         prepare(library, staging, str(library))
         placement = place(staging, library, blob_size(plan))
         with open(staging, "r+b") as handle:
             write_blob(handle.fileno(), placement.file_offset, plan, progress)
             os.fsync(handle.fileno())
         verify(staging, library, plan, placement)
-        os.chmod(staging, mode)
-        os.replace(staging, destination)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            staging.unlink()
-        raise InputError(f"{destination}: cannot write: {exc.strerror or exc}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            staging.unlink()
-        raise
     return PackResult(destination, plan, placement)
