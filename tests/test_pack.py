@@ -519,3 +519,17 @@ def test_code_reading_the_blob_through_the_got_sees_the_new_blob(runtime, payloa
     (library,) = inspect_path(lib).libraries
     assert module["blob_word"](0) == library.library_bin.nbytes
     assert module["blob_word"](1) == 4  # indptr count: three modules + 1
+
+
+def test_repacking_after_strip_and_patchelf(runtime, payloads, tmp_path):
+    """Outputs that other tools rewrote can be packed again."""
+    lib = copy_fixture(tmp_path, "libpack_host_sysv.so")
+    pack_ok(str(lib), "--add", f"test_alpha:{payloads['alpha']}")
+    post_process(lib, "strip")
+    pack_ok(str(lib), "--add", f"test_beta:{payloads['beta']}")
+    post_process(lib, "patchelf")
+    pack_ok(str(lib), "--replace", f"test_alpha:{payloads['gamma']}")
+    module = load_and_check(
+        runtime, lib, [("_lib", None, (1, 2)), ("test_alpha", GAMMA, ()), ("test_beta", BETA, ())]
+    )
+    assert module["bss_probe"](0x0A0B) == 0x0A0B
