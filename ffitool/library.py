@@ -98,11 +98,12 @@ class InspectedFile:
     libraries: tuple[Library, ...]
 
 
-def inspect_path(path: str | os.PathLike[str]) -> InspectedFile:
+def inspect_path(path: str | os.PathLike[str], *, digests: bool = True) -> InspectedFile:
     """Read a library, object or archive statically and describe its FFI contents.
 
     Never loads or runs the file. Raises InputError when it cannot be read or is not a
-    supported object file; problems inside a readable file become findings.
+    supported object file; problems inside a readable file become findings. Without
+    `digests`, payloads are not read at all (sha256 is None), for callers that compare bytes.
     """
     display = str(path)
     handle, size = open_regular_file(path)
@@ -110,7 +111,8 @@ def inspect_path(path: str | os.PathLike[str]) -> InspectedFile:
         try:
             obj = read_object(handle, size, display)
             with _mapping(handle, size) as data:
-                libraries = tuple(_library(image, data, handle) for image in obj.images)
+                hasher = handle if digests else None
+                libraries = tuple(_library(image, data, hasher) for image in obj.images)
         except OSError as exc:
             raise InputError(f"{display}: read error: {exc.strerror or exc}") from None
     return InspectedFile(display, obj.format, size, libraries)
@@ -146,7 +148,7 @@ class _mapping:
             self._map.close()
 
 
-def _library(image: Image, data: memoryview, handle: BinaryIO) -> Library:
+def _library(image: Image, data: memoryview, handle: BinaryIO | None) -> Library:
     ffi_symbols = _merge_tables(image)
     functions = _functions(ffi_symbols, image.loadable)
     library_bin = _library_bin(image, ffi_symbols, functions, data, handle)
@@ -237,7 +239,7 @@ def _library_bin(
     symbols: tuple[FfiSymbol, ...],
     functions: tuple[Function, ...],
     data: memoryview,
-    handle: BinaryIO,
+    handle: BinaryIO | None,
 ) -> LibraryBin | None:
     candidates = [
         s
@@ -345,14 +347,15 @@ def _lib_findings(blob: codec.Blob, functions: tuple[Function, ...]) -> list[Fin
 
 
 def _module_infos(
-    decoded: codec.DecodedBlob, blob_file_offset: int, handle: BinaryIO
+    decoded: codec.DecodedBlob, blob_file_offset: int, handle: BinaryIO | None
 ) -> tuple[ModuleInfo, ...]:
+    """Modules with their sizes and, given a file handle to read them from, sha256 digests."""
     infos = []
     for index, (module, layout) in enumerate(
         zip(decoded.blob.modules, decoded.layouts, strict=True)
     ):
         digest = None
-        if layout.payload_offset is not None:
+        if layout.payload_offset is not None and handle is not None:
             digest = file_sha256(
                 handle, blob_file_offset + layout.payload_offset, layout.payload_size
             )

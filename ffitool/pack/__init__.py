@@ -36,7 +36,7 @@ def existing_modules(path: Path) -> list[ExistingModule] | None:
     A blob the runtime rejects cannot be kept module by module: that is an error (a manifest
     can still replace it whole). A legacy `__tvm_dev_mblob` is ignored, as tvm-ffi does.
     """
-    inspected = inspect_path(path)
+    inspected = inspect_path(path, digests=False)
     if len(inspected.libraries) != 1 or inspected.format != "ELF":
         raise InputError(f"{path}: only an ELF shared library can be packed")
     found = inspected.libraries[0].library_bin
