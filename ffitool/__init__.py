@@ -5,6 +5,8 @@ The public API, which the command line is a thin layer over:
 - `inspect_path(path)`: what a library, object or archive exports and embeds.
 - `inspect_blob_file(path)`: the same for a raw blob file.
 - `decode(data)` / `encode(blob)`: the `__tvm_ffi__library_bin` codec.
+- `pack_library(path, plan_edits(existing_modules(path), Edits(add=...)))`: embed modules.
+- `extract(path, directory)` / `read_manifest(path)`: payload files and their manifest.
 
 Submodules load on first use, so `import ffitool` stays cheap.
 """
@@ -34,12 +36,21 @@ _EXPORTS = {
     "inspect_blob_file": "ffitool.library",
     "inspect_path": "ffitool.library",
     "Role": "ffitool.symbols",
+    "Edits": "ffitool.pack.plan",
+    "plan_edits": "ffitool.pack.plan",
+    "plan_from_modules": "ffitool.pack.plan",
+    "existing_modules": "ffitool.pack",
+    "pack_library": "ffitool.pack",
+    "payload_source": "ffitool.pack",
+    "extract": "ffitool.manifest",
+    "read_manifest": "ffitool.manifest",
 }
 
 __all__ = [
     "Blob",
     "BlobError",
     "DecodedBlob",
+    "Edits",
     "FfitoolError",
     "Finding",
     "InputError",
@@ -53,8 +64,15 @@ __all__ = [
     "decode",
     "decode_legacy",
     "encode",
+    "existing_modules",
+    "extract",
     "inspect_blob_file",
     "inspect_path",
+    "pack_library",
+    "payload_source",
+    "plan_edits",
+    "plan_from_modules",
+    "read_manifest",
 ]
 
 if TYPE_CHECKING:
@@ -62,6 +80,9 @@ if TYPE_CHECKING:
     from ffitool.errors import BlobError, FfitoolError, InputError, UsageError
     from ffitool.findings import Finding, Severity
     from ffitool.library import InspectedFile, Library, inspect_blob_file, inspect_path
+    from ffitool.manifest import extract, read_manifest
+    from ffitool.pack import existing_modules, pack_library, payload_source
+    from ffitool.pack.plan import Edits, plan_edits, plan_from_modules
     from ffitool.symbols import Role
 
 

@@ -194,3 +194,14 @@ def test_colour_follows_force_color_and_no_color():
         "inspect", "fixtures/bin/libffi_hidden_blob.so", env={"FORCE_COLOR": "1", "NO_COLOR": "1"}
     )
     assert "31m" not in plain.stdout  # no colours; bold and italic may remain
+
+
+def test_public_api_is_complete_and_lazy():
+    code = (
+        "import sys, ffitool\n"
+        "assert 'ffitool.library' not in sys.modules and 'elftools' not in sys.modules\n"
+        "missing = [n for n in ffitool.__all__ if getattr(ffitool, n, None) is None]\n"
+        "assert not missing, missing\n"
+        "assert 'lief' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
