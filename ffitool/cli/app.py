@@ -19,7 +19,8 @@ from ffitool.errors import EXIT_BAD_INPUT, EXIT_OK, FfitoolError, UsageError
 
 EXIT_CODES_HELP = (
     "Exit codes (the same for every command): 0 success; 1 a check failed; 2 usage error; "
-    "3 an input could not be read or is not a supported object file. A malformed blob inside "
+    "3 an input could not be read or is not a supported object file, or an output could not "
+    "be written or failed verification (the input is then unchanged). A malformed blob inside "
     "a readable library is reported as findings and does not change the exit code of inspect."
 )
 
