@@ -119,13 +119,13 @@ class _Cursor:
         return size_offset, view
 
 
-def decode(data: Buffer, *, limit: int | None = None) -> DecodedBlob:
+def decode(data: Buffer) -> DecodedBlob:
     """Decode a blob from the start of `data`; payloads are zero-copy views into it.
 
-    `limit` caps how many bytes may be read (for a blob inside a library: the bytes backed by
-    the file after the symbol's address). Raises `BlobError` for anything the runtime rejects.
+    `data` ends where the bytes the runtime could read end (for a blob in a library: the
+    file-backed rest of its segment). Raises `BlobError` for anything the runtime rejects.
     """
-    nbytes, cursor = _body(data, limit)
+    nbytes, cursor = _body(data)
     indptr_at, indptr_first, indptr = cursor.u64_vector("indptr")
     if len(indptr) < 2:
         raise BlobError(
@@ -169,11 +169,10 @@ def decode(data: Buffer, *, limit: int | None = None) -> DecodedBlob:
     return DecodedBlob(blob, nbytes, tuple(layouts), tuple(findings))
 
 
-def _body(data: Buffer, limit: int | None) -> tuple[int, _Cursor]:
+def _body(data: Buffer) -> tuple[int, _Cursor]:
     """Read the `nbytes` header and return a cursor confined to the bytes it announces."""
     view = memoryview(data).cast("B")
-    available = len(view) if limit is None else min(limit, len(view))
-    header = _Cursor(view, 0, available)
+    header = _Cursor(view, 0, len(view))
     nbytes = header.u64("nbytes header")
     if nbytes > header.remaining:
         raise BlobError(f"nbytes {nbytes} exceeds the {header.remaining} bytes available", 0)
@@ -242,7 +241,7 @@ def _layout_findings(
                 )
             )
             break
-    if indptr[-1] != num_children and indptr[-1] < num_children:
+    if indptr[-1] < num_children:
         found.append(
             Finding(
                 "B207",
@@ -432,9 +431,9 @@ class LegacyBlob:
     findings: tuple[Finding, ...]
 
 
-def decode_legacy(data: Buffer, *, limit: int | None = None) -> LegacyBlob:
+def decode_legacy(data: Buffer) -> LegacyBlob:
     """Read a legacy blob as far as the format allows, reporting where and why it stopped."""
-    nbytes, cursor = _body(data, limit)
+    nbytes, cursor = _body(data)
     num_entries = cursor.u64("entry count")
     kinds: list[str] = []
     imports: tuple[tuple[int, ...], ...] | None = None

@@ -6,6 +6,7 @@ half-written file behind.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,8 +36,8 @@ def write_c_source(
     `system_lib`, a constructor also registers it with `TVMFFIEnvModRegisterSystemLibSymbol`
     under the prefixed name, which is where `tvm_ffi.system_lib(prefix)` looks for it.
     """
-    if symbol_prefix and not symbol_prefix.replace("_", "a").isalnum():
-        raise UsageError(f"--symbol-prefix {symbol_prefix!r}: use letters, digits and '_'")
+    if symbol_prefix and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", symbol_prefix):
+        raise UsageError(f"--symbol-prefix {symbol_prefix!r}: not the start of a C identifier")
     symbol = f"{symbol_prefix}{LIBRARY_BIN}"
     size = blob_size(plan)
     with staged(output, 0o644) as path, open(path, "wb") as handle:

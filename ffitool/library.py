@@ -141,6 +141,7 @@ class _mapping:
         return self._view
 
     def __exit__(self, *exc: object) -> None:
+        self._view.release()
         if self._map is None:
             return
         # A traceback in flight may still hold payload views; the map then closes when they go.
@@ -241,10 +242,14 @@ def _library_bin(
     data: memoryview,
     handle: BinaryIO | None,
 ) -> LibraryBin | None:
+    # dlopen-ed libraries are looked up by the plain name; a system-lib prefix belongs to
+    # objects and archives that are linked into something else.
     candidates = [
         s
         for s in symbols
-        if s.naming.role in (Role.LIBRARY_BIN, Role.LEGACY_BIN) and s.symbol.defined
+        if s.naming.role in (Role.LIBRARY_BIN, Role.LEGACY_BIN)
+        and s.symbol.defined
+        and not (image.loadable and s.naming.prefix)
     ]
     if not candidates:
         return None
@@ -276,7 +281,7 @@ def _library_bin(
             nbytes = decoded.nbytes
             modules = _module_infos(decoded, location.file_offset, handle)
             findings.extend(decoded.findings)
-            findings.extend(_size_findings(chosen, decoded, image))
+            findings.extend(_size_findings(chosen, decoded))
             findings.extend(_lib_findings(decoded.blob, functions))
     except BlobError as exc:
         findings.append(Finding("B100", Severity.ERROR, exc.what, exc.offset))
@@ -318,7 +323,7 @@ def _placement_findings(image: Image, chosen: FfiSymbol) -> list[Finding]:
     return found
 
 
-def _size_findings(chosen: FfiSymbol, decoded: codec.DecodedBlob, image: Image) -> list[Finding]:
+def _size_findings(chosen: FfiSymbol, decoded: codec.DecodedBlob) -> list[Finding]:
     symbol = chosen.symbol
     if symbol.size and symbol.size < decoded.size:
         return [
@@ -423,7 +428,7 @@ def inspect_blob_file(path: str | os.PathLike[str]) -> BlobReport:
             raise BlobError(f"{display}: {exc.what}", exc.offset) from None
         modules = _module_infos(decoded, 0, handle)
         report = BlobReport(display, size, decoded.nbytes, modules, decoded.findings)
-        del decoded  # drop the payload views before the map closes
+        del decoded  # its payload views must go before the map can close
     return report
 
 

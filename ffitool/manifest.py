@@ -7,16 +7,16 @@ before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ffitool.blob import LIB_KIND
-from ffitool.errors import InputError, UsageError
-from ffitool.library import file_sha256, inspect_path
-from ffitool.pack.plan import ExistingModule, PayloadSource, validate_kind
+from ffitool.errors import InputError
+from ffitool.library import file_sha256, inspect_path, open_regular_file
+from ffitool.pack.plan import ExistingModule, PayloadSource
 from ffitool.pack.stream import copy_payload
 
 MANIFEST_SCHEMA = "ffitool.manifest/1"
@@ -39,10 +39,10 @@ def extract(library: Path, directory: Path) -> Extracted:
         raise InputError(f"{library}: no readable __tvm_ffi__library_bin to extract")
     if any(f.code == "B100" for f in found.findings):
         raise InputError(f"{library}: the blob is malformed; see `ffitool inspect`")
+    written: list[Path] = []  # payload files, then the manifest
     try:
         directory.mkdir(parents=True, exist_ok=True)
         entries = []
-        files = []
         for module in found.modules:
             entry: dict[str, object] = {
                 "index": module.index,
@@ -51,20 +51,26 @@ def extract(library: Path, directory: Path) -> Extracted:
             }
             if module.payload_offset is not None and module.size is not None:
                 name = f"{module.index:03d}-{_file_safe(module.kind)}.bin"
+                written.append(directory / name)
                 source = PayloadSource(
                     str(library), found.file_offset + module.payload_offset, module.size
                 )
                 with open(directory / name, "wb") as out:
                     copy_payload(source, out.fileno(), 0)
                 entry.update(file=name, size=module.size, sha256=module.sha256)
-                files.append(directory / name)
             entries.append(entry)
         manifest = directory / MANIFEST_NAME
+        written.append(manifest)
         document = {"schema": MANIFEST_SCHEMA, "source": str(library), "modules": entries}
         manifest.write_text(json.dumps(document, indent=2) + "\n")
-    except OSError as exc:
+    except (OSError, InputError) as exc:
+        for path in written:  # no half-extracted directory: what was written goes again
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if isinstance(exc, InputError):
+            raise
         raise InputError(f"{directory}: cannot write: {exc.strerror or exc}") from None
-    return Extracted(manifest, tuple(files))
+    return Extracted(manifest, tuple(written[:-1]))
 
 
 def read_manifest(path: Path) -> list[ExistingModule]:
@@ -99,20 +105,15 @@ def _module(path: Path, number: int, entry: object, count: int) -> ExistingModul
         if "file" in entry:
             raise InputError(f"{where}: `_lib` has no payload file")
         return ExistingModule(kind, None, tuple(imports))
-    try:
-        validate_kind(kind)
-    except UsageError as exc:
-        raise InputError(f"{where}: {exc}") from None
+    if not kind:
+        raise InputError(f"{where}: `kind` cannot be empty")
     name = entry.get("file")
     if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
         raise InputError(f"{where}: `file` must be a path relative to the manifest")
     payload = path.parent / name
-    try:
-        size = os.stat(payload).st_size
-        with open(payload, "rb") as handle:
-            digest = file_sha256(handle, 0, size) if "sha256" in entry else None
-    except OSError as exc:
-        raise InputError(f"{payload}: cannot read: {exc.strerror or exc}") from None
+    handle, size = open_regular_file(payload)
+    with handle:
+        digest = file_sha256(handle, 0, size) if "sha256" in entry else None
     if size == 0:
         raise InputError(f"{payload}: empty payload; the runtime rejects empty modules")
     if "size" in entry and entry["size"] != size:

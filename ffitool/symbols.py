@@ -45,11 +45,6 @@ class Naming:
     prefix: str = ""
 
 
-def is_candidate(name: str) -> bool:
-    """Cheap filter a reader applies before building anything for a symbol."""
-    return FFI_PREFIX in name or name in (LEGACY_BIN, LEGACY_CTX)
-
-
 def classify(names: Iterable[str]) -> dict[str, Naming]:
     """Classify every FFI-related name; names that are not part of the ABI are left out.
 
@@ -88,7 +83,7 @@ def _classify_one(name: str, names: set[str], prefixes: list[str]) -> Naming | N
     for special, role in ((LIBRARY_BIN, Role.LIBRARY_BIN), (LIBRARY_CTX, Role.LIBRARY_CTX)):
         if name.endswith(special):
             prefix = name[: -len(special)]
-            return Naming(role, special, prefix) if prefix in prefixes else None
+            return Naming(role, special, prefix)
     if not name.startswith(FFI_PREFIX) or "." in name:
         # No C identifier has a dot: `__tvm_ffi_f.cold` and `.part.0` are compiler clones.
         return None

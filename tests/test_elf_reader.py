@@ -155,14 +155,22 @@ def test_archive_member_overrunning_the_file_is_an_error(tmp_path):
     assert str(caught.value) == "x.a: archive member at offset 8 claims 999 bytes, only 4 remain"
 
 
-def test_candidate_offsets_stay_linear_in_the_string_table():
-    from ffitool.formats.elf import _candidate_name_offsets
+def test_candidate_ranges_stay_linear_and_long_names_stay_cheap():
+    from array import array
 
-    strings = b"\0" + b"__tvm_ffi_" * 20_000 + b"\0x__tvm_ffi_a\0"
-    starts = _candidate_name_offsets(strings)
-    # Every offset inside the long string up to its last marker, and in "x__tvm_ffi_a" the
-    # start and the marker: nothing counted twice, nothing beyond the table.
-    assert starts == set(range(1, 1 + 10 * 19_999 + 1)) | set(range(200_002, 200_004))
+    from ffitool.formats.elf import _candidate_ranges, _wanted_offsets
+
+    long_name = b"__tvm_ffi_" * 200_000  # a 2 MB name made of markers
+    strings = b"\0" + long_name + b"\0x__tvm_ffi_a\0plain\0"
+    ranges = _candidate_ranges(strings)
+    # One range per string, up to its last marker; the plain string has none.
+    assert ranges == [(1, 1 + 10 * 199_999), (2_000_002, 2_000_003)]
+    tail = 2_000_002
+    fields = array("I", [0, 1, 5, 1 + 10 * 199_999, 1 + 10 * 199_999 + 1, tail, tail + 1, tail + 2])
+    # Past the expansion bound the ranges are bisected, not expanded: same answer.
+    assert _wanted_offsets(ranges, fields) == {1, 5, 1 + 10 * 199_999, tail, tail + 1}
+    small = [(tail, tail + 1)]
+    assert _wanted_offsets(small, fields) == {tail, tail + 1}
 
 
 @pytest.mark.parametrize("name", ["libffi_c.so", "libffi_c.ppc64be.so", "libffi_c.arm32.so"])

@@ -321,12 +321,15 @@ def leftovers(directory: Path) -> list[str]:
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--add", "test_alpha:{missing}"], 3, "cannot read payload: No such file or directory"),
+        (["--add", "test_alpha:{missing}"], 3, "cannot open: No such file or directory"),
+        (["--add", "test_alpha:{fifo}"], 3, "not a regular file"),
         (["--add", "_lib:{alpha}"], 2, "`_lib` is the library itself"),
         (["--add", "bad\tkind:{alpha}"], 2, "invalid kind"),
         (["--add", "noseparator"], 2, "expected KIND:FILE"),
         (["--add", "test_alpha:{empty}"], 3, "empty payload"),
-        (["--remove", "test_beta", "--remove", "test_alpha"], 0, None),
+        (["--add", "k:{alpha}", "--parent", "-1"], 2, "--parent -1: no such module"),
+        (["--remove", "\u00b2"], 2, "no module of that kind"),
+        (["--cascade"], 2, "--parent and --cascade only qualify --add and --remove"),
         (["--remove", "0"], 2, "module 0 is the root"),
         (["--remove", "nope"], 2, "no module of that kind"),
         (["--replace", "9:{alpha}"], 2, "there are 3 modules"),
@@ -335,15 +338,15 @@ def leftovers(directory: Path) -> list[str]:
     ],
 )
 def test_bad_arguments_leave_the_input_untouched(payloads, tmp_path, args, code, message):
+    """Each refused invocation: its exit code, a one-line message, the input unchanged."""
     lib = copy_fixture(tmp_path, "libffi_c.so")
     (tmp_path / "empty.bin").write_bytes(b"")
+    os.mkfifo(tmp_path / "fifo")  # opening it to read would block: it must be refused first
     names = {**{k: str(v) for k, v in payloads.items()}, "missing": str(tmp_path / "nope.bin"),
-             "empty": str(tmp_path / "empty.bin")}  # fmt: skip
+             "empty": str(tmp_path / "empty.bin"), "fifo": str(tmp_path / "fifo")}  # fmt: skip
     before = digest(lib)
     result = ffitool("pack", str(lib), *[a.format(**names) for a in args])
     assert result.returncode == code, result.stderr
-    if message is None:
-        return
     assert message in result.stderr
     assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("ffitool: error: ")
     assert digest(lib) == before
@@ -420,6 +423,14 @@ def test_full_disk_leaves_the_input_byte_identical(payloads, tmp_path):
         assert "No space left on device" in result.stderr
         assert digest(lib) == before
         assert list(tiny.iterdir()) == []
+        # In place on the full file system: the staged copy fails next to the input.
+        inside = tiny / "lib.so"
+        shutil.copyfile(FIXTURES / "libpack_host_gnu.so", inside)
+        result = ffitool("pack", str(inside), "--add", f"test_beta:{big}")
+        assert result.returncode == 3
+        assert "No space left on device" in result.stderr
+        assert digest(inside) == before
+        assert [p.name for p in tiny.iterdir()] == ["lib.so"]
     finally:
         subprocess.run(["umount", str(tiny)], check=True)
 
@@ -533,3 +544,93 @@ def test_repacking_after_strip_and_patchelf(runtime, payloads, tmp_path):
         runtime, lib, [("_lib", None, (1, 2)), ("test_alpha", GAMMA, ()), ("test_beta", BETA, ())]
     )
     assert module["bss_probe"](0x0A0B) == 0x0A0B
+
+
+def test_cascade_never_removes_lib(payloads, tmp_path):
+    """A tree where `_lib` hangs below the module being removed."""
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "a.bin").write_bytes(b"a")
+    (parts / "b.bin").write_bytes(b"b")
+    manifest = {
+        "schema": "ffitool.manifest/1",
+        "modules": [
+            {"index": 0, "kind": "test_alpha", "imports": [1], "file": "a.bin"},
+            {"index": 1, "kind": "test_beta", "imports": [2], "file": "b.bin"},
+            {"index": 2, "kind": "_lib", "imports": []},
+        ],
+    }
+    (parts / "manifest.json").write_text(json.dumps(manifest))
+    lib = copy_fixture(tmp_path, "libpack_host_gnu.so")
+    pack_ok(str(lib), "--manifest", str(parts / "manifest.json"))
+    before = digest(lib)
+    result = ffitool("pack", str(lib), "--remove", "1", "--cascade")
+    assert result.returncode == 2
+    assert "would remove `_lib`" in result.stderr
+    assert digest(lib) == before
+
+
+def test_a_crash_inside_lief_is_a_clean_error(payloads, tmp_path):
+    """LIEF 1.0 segfaults on a GNU hash table with no bloom words; it runs in a child."""
+    lib = copy_fixture(tmp_path, "libffi_c.so")
+    data = bytearray(lib.read_bytes())
+    (library,) = inspect_path(lib).libraries
+    readelf = require_tool("readelf")
+    sections = subprocess.run([readelf, "-SW", str(lib)], capture_output=True, text=True).stdout
+    gnu_hash = next(line.split() for line in sections.splitlines() if ".gnu.hash" in line)
+    offset = int(gnu_hash[gnu_hash.index("GNU_HASH") + 2], 16)
+    struct.pack_into("<I", data, offset + 8, 0)  # bloom_size = 0
+    lib.write_bytes(data)
+    before = digest(lib)
+    result = ffitool("pack", str(lib), "--add", f"test_gamma:{payloads['gamma']}")
+    assert result.returncode == 3
+    assert result.stderr.startswith("ffitool: error: ") and len(result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.stderr
+    assert digest(lib) == before
+    assert leftovers(tmp_path) == []
+    assert library.functions  # the reader itself was fine with the file
+
+
+def test_malformed_elf_with_a_manifest_is_a_clean_error(tmp_path):
+    directory = tmp_path / "parts"
+    assert ffitool("extract", str(FIXTURES / "libffi_c.so"), "-d", str(directory)).returncode == 0
+    for content in (b"\x7fELF\x09\x09junk", (FIXTURES / "libffi_c.so").read_bytes()[:40]):
+        bad = tmp_path / "bad.so"
+        bad.write_bytes(content)
+        result = ffitool("pack", str(bad), "--manifest", str(directory / "manifest.json"))
+        assert result.returncode == 3, result.stderr
+        assert result.stderr.startswith(f"ffitool: error: {bad}")
+        assert bad.read_bytes() == content
+
+
+def test_in_place_follows_a_symlink(runtime, payloads, tmp_path):
+    real = copy_fixture(tmp_path, "libpack_host_gnu.so")
+    link = tmp_path / "link.so"
+    link.symlink_to(real.name)
+    pack_ok(str(link), "--add", f"test_alpha:{payloads['alpha']}")
+    assert link.is_symlink()
+    load_and_check(runtime, real, [("_lib", None, (1,)), ("test_alpha", ALPHA, ())])
+
+
+def test_a_system_lib_prefixed_blob_is_not_the_library_blob(runtime, payloads, tmp_path):
+    """dlopen-ed libraries are looked up by the plain name; a prefixed blob stays as it is."""
+    gcc = require_tool("gcc")
+    source = tmp_path / "pfx.c"
+    source.write_text(
+        '__attribute__((visibility("default"))) const unsigned char'
+        " foo__tvm_ffi__library_bin[16] = {8};\n"
+    )
+    lib = tmp_path / "libpfx.so"
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(lib), str(source)], check=True)
+    assert inspect_path(lib).libraries[0].library_bin is None
+    pack_ok(str(lib), "--add", f"test_alpha:{payloads['alpha']}")
+    load_and_check(runtime, lib, [("_lib", None, (1,)), ("test_alpha", ALPHA, ())])
+
+
+def test_failed_extract_leaves_no_partial_output(tmp_path):
+    directory = tmp_path / "parts"
+    (directory / "002-test_beta.bin").mkdir(parents=True)  # a file the extract cannot write
+    result = ffitool("extract", str(FIXTURES / "libffi_c.so"), "-d", str(directory))
+    assert result.returncode == 3
+    assert "Is a directory" in result.stderr
+    assert sorted(p.name for p in directory.iterdir()) == ["002-test_beta.bin"]

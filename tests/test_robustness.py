@@ -14,7 +14,7 @@ import tracemalloc
 import pytest
 from conftest import FIXTURES
 
-from ffitool.blob import decode, decode_legacy
+from ffitool.blob import decode, decode_legacy, encode
 from ffitool.errors import BlobError, FfitoolError
 from ffitool.library import inspect_path
 
@@ -41,7 +41,7 @@ def blob_mutants(data: bytes, rng: random.Random, count: int):
 def test_mutated_blobs_end_cleanly_with_bounded_memory(name):
     data = (FIXTURES / name).read_bytes()
     rng = random.Random(1234)
-    cases = 0
+    cases = round_trips = 0
     tracemalloc.start()
     try:
         for mutant in blob_mutants(data, rng, 3000):
@@ -49,10 +49,15 @@ def test_mutated_blobs_end_cleanly_with_bounded_memory(name):
             baseline = tracemalloc.get_traced_memory()[0]
             started = time.perf_counter()
             try:
-                decode(mutant)
+                decoded = decode(mutant)
             except BlobError as exc:
                 assert "\n" not in str(exc)
                 assert 0 <= exc.offset <= len(mutant)
+            else:
+                lossy = {"B201", "B207"} & {f.code for f in decoded.findings}
+                if not lossy:  # the README's promise: byte-exact for every such blob
+                    assert encode(decoded.blob) == mutant[: decoded.size], mutant.hex()
+                    round_trips += 1
             elapsed = time.perf_counter() - started
             grown = tracemalloc.get_traced_memory()[1] - baseline
             assert grown < 64 * 1024 + 16 * len(mutant), (mutant.hex(), grown)
@@ -61,6 +66,7 @@ def test_mutated_blobs_end_cleanly_with_bounded_memory(name):
     finally:
         tracemalloc.stop()
     assert cases > 3000
+    assert round_trips > 100
 
 
 def test_mutated_legacy_blobs_end_cleanly():

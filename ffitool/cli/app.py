@@ -129,12 +129,14 @@ def pack_command(
     from ffitool.pack.plan import Edits, plan_edits, plan_from_modules, validate_kind
     from ffitool.pack.stream import blob_size
 
-    edits_given = bool(add or replace or remove)
+    edits_given = bool(add or replace or remove or parent is not None or cascade)
     with _reported():
         if manifest is not None and edits_given:
             raise UsageError("--manifest replaces the whole blob; it cannot be combined with edits")
         if manifest is None and not edits_given:
             raise UsageError("nothing to do: give --add, --replace, --remove or --manifest")
+        if not (add or replace or remove) and manifest is None:
+            raise UsageError("--parent and --cascade only qualify --add and --remove")
         if manifest is not None:
             plan = plan_from_modules(read_manifest(manifest))
         else:

@@ -97,7 +97,7 @@ def library_view(library: Library) -> Group:
     """One library: heading, functions, special symbols, blob and findings."""
     title = f"{library.kind}, {library.machine}, {library.bits}-bit {library.endianness}-endian"
     tables = ", ".join(t.value for t in library.symbol_tables) or "none (stripped)"
-    heading = Text(f"[{library.member}] " if library.member else "", style="bold")
+    heading = Text(f"[{printable(library.member)}] " if library.member else "", style="bold")
     heading.append(f"{title}; symbol tables: {tables}")
     parts: list[object] = [heading]
     parts.append(_functions_table(library) if library.functions else Text("No FFI functions."))
@@ -108,7 +108,7 @@ def library_view(library: Library) -> Group:
             table.add_column(column, overflow="fold")
         for s in specials:
             table.add_row(
-                s.symbol.name,
+                printable(s.symbol.name),
                 s.naming.role.value,
                 f"{s.symbol.address:#x}",
                 str(s.symbol.size),
@@ -129,8 +129,8 @@ def _functions_table(library: Library) -> Table:
         table.add_column(column, overflow="fold")
     for f in library.functions:
         table.add_row(
-            f.name,
-            f.symbol.symbol.name,
+            printable(f.name),
+            printable(f.symbol.symbol.name),
             f"{f.symbol.symbol.address:#x}",
             str(f.symbol.symbol.size),
             _yes(f.symbol.dynamic),
@@ -146,7 +146,8 @@ def _blob_parts(library_bin: LibraryBin) -> list[object]:
     nbytes = "n/a" if library_bin.nbytes is None else str(library_bin.nbytes)
     line = Text("Blob ", style="bold")
     line.append(
-        f"{symbol.name} ({library_bin.layout}) in {symbol.section} at {symbol.address:#x}, "
+        f"{printable(symbol.name)} ({library_bin.layout}) in {symbol.section}"
+        f" at {symbol.address:#x}, "
         f"file offset {offset}, symbol size {symbol.size}, nbytes {nbytes}"
     )
     parts: list[object] = [line]
@@ -225,7 +226,7 @@ def _findings_table(findings: Sequence[Finding]) -> Table:
             Text(f.severity.value, style=_SEVERITY_STYLE[f.severity]),
             f.code,
             "-" if f.offset is None else str(f.offset),
-            f.message,
+            printable(f.message),
         )
     return table
 

@@ -15,7 +15,8 @@ from ffitool.errors import InputError
 MAGIC = b"!<arch>\n"
 THIN_MAGIC = b"!<thin>\n"
 _HEADER_SIZE = 60
-_SPECIAL = {"/", "/SYM64/", "__.SYMDEF", "__.SYMDEF SORTED", "__.SYMDEF_64"}
+# Symbol indexes and the long-name table, by their raw 16-byte names (GNU) or names (BSD).
+_SPECIAL = {"/", "/SYM64/", "//", "__.SYMDEF", "__.SYMDEF SORTED", "__.SYMDEF_64"}
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def iter_members(stream: BinaryIO, file_size: int, display_name: str) -> Iterato
             if skip > size:
                 raise InputError(f"{display_name}: member name at offset {position} is too long")
             name = stream.read(skip).rstrip(b"\0").decode("utf-8", "backslashreplace")
-        elif raw_name.startswith("/") and raw_name[1:].isdigit():
+        elif raw_name.startswith("/") and raw_name[1:].isascii() and raw_name[1:].isdigit():
             index = int(raw_name[1:])
             end = long_names.find(b"\n", index)
             if index >= len(long_names) or end == -1:
@@ -63,7 +64,7 @@ def iter_members(stream: BinaryIO, file_size: int, display_name: str) -> Iterato
             name = long_names[index:end].decode("utf-8", "backslashreplace").removesuffix("/")
         else:
             name = raw_name.removesuffix("/")
-        if raw_name != "//" and name not in _SPECIAL:
+        if raw_name not in _SPECIAL and name not in _SPECIAL:
             yield Member(name, start + skip, size - skip)
         position = start + size + (size & 1)
 

@@ -8,6 +8,7 @@ library with 75k dynamic symbols that keeps the scan to a few milliseconds.
 
 from __future__ import annotations
 
+import bisect
 import struct
 import sys
 from array import array
@@ -44,7 +45,9 @@ _MACHINES = {
 }
 _TABLES = {"SHT_DYNSYM": SymbolTable.DYNAMIC, "SHT_SYMTAB": SymbolTable.STATIC}
 SHF_COMPRESSED = 0x800
+_SHN_XINDEX = 0xFFFF
 _INDEX_SEARCH_LIMIT = 64
+_EXPANSION_LIMIT = 1 << 16
 _SHN_NAMES = {"SHN_ABS": "*ABS*", "SHN_COMMON": "*COM*"}
 
 # Errors pyelftools (and the struct parsing under it) raise for malformed input.
@@ -189,7 +192,7 @@ class SectionNames:
 
     def __init__(self, elf: ElfFile, sections: list, size: int) -> None:
         index = elf["e_shstrndx"]
-        if index == "SHN_XINDEX":
+        if index == _SHN_XINDEX:  # the real index is in section 0's sh_link
             index = sections[0]["sh_link"] if sections else 0
         self._table = (
             section_bytes(elf, sections[index], size) if 0 < index < len(sections) else b""
@@ -215,16 +218,16 @@ def _ffi_symbols(
     if not 0 < link < len(sections):
         raise ELFError(f"{names[index]}: string table index {link} is out of range")
     strings = section_bytes(elf, sections[link], size)
-    starts = _candidate_name_offsets(strings)
-    if not starts:
+    ranges = _candidate_ranges(strings)
+    if not ranges:
         return []
     layout = elf.structs.Elf_Sym
     entry_size = header["sh_entsize"] or layout.sizeof()
     if entry_size < layout.sizeof():
         raise ELFError(f"{names[index]}: entry size {entry_size} is too small")
-    data = section_bytes(elf, header, size)
+    fields = _st_name_column(section_bytes(elf, header, size), entry_size, elf.little_endian)
     result = []
-    for number, offset in _matching_entries(data, entry_size, starts, elf.little_endian):
+    for number, offset in _matching_entries(fields, _wanted_offsets(ranges, fields)):
         raw = struct_parse(layout, elf.stream, header["sh_offset"] + number * entry_size)
         symbol = _symbol(_c_string(strings, offset), raw, table, sections, names)
         result.append((symbol, raw["st_shndx"]))
@@ -247,50 +250,70 @@ def section_bytes(elf: ElfFile, header, size: int) -> bytes:
     return elf.stream.read(length)
 
 
-def _candidate_name_offsets(strings: bytes) -> set[int]:
-    """String-table offsets at which a name containing an FFI marker may start.
+def _candidate_ranges(strings: bytes) -> list[tuple[int, int]]:
+    """Ranges (first, last) of string-table offsets where a name with an FFI marker may start.
 
-    Linkers merge string tails, so a symbol's name may start anywhere inside a stored string;
-    every offset from the start of the string up to the marker is a candidate.
+    Linkers merge string tails, so a symbol's name may start anywhere inside a stored string:
+    every offset from the start of the string up to its last marker is a candidate.
     """
-    starts: set[int] = set()
+    ranges = []
     at = strings.find(_COMMON_MARKER)
     while at != -1:
         begin = strings.rfind(b"\0", 0, at) + 1
         end = strings.find(b"\0", at)
         end = len(strings) if end == -1 else end
         last = max(strings.rfind(marker, at, end + 1) for marker in _MARKERS)
-        # Once per string, up to its last marker: the set never outgrows the table.
-        starts.update(range(begin, last + 1))
+        if last >= 0:
+            ranges.append((begin, last))
         at = strings.find(_COMMON_MARKER, end)
-    return starts
+    return ranges
 
 
-def _matching_entries(
-    data: bytes, entry_size: int, starts: set[int], little: bool
-) -> list[tuple[int, int]]:
-    """(index, st_name) of the entries whose st_name (first 4 bytes, both classes) is wanted.
-
-    The st_name column is cut out and intersected with the wanted offsets in C; a few hits are
-    then located by byte search in that column, many with one pass in Python.
-    """
+def _st_name_column(data: bytes, entry_size: int, little: bool) -> array:
+    """The st_name field (first 4 bytes of every entry, both classes) of each symbol."""
     count = len(data) // entry_size
     order = "little" if little else "big"
     if entry_size % 4:
-        fields = array(
+        return array(
             "I",
             (
                 int.from_bytes(data[i * entry_size : i * entry_size + 4], order)
                 for i in range(count)
             ),
         )
-    else:
-        words = array("I")
-        words.frombytes(data[: count * entry_size])
-        if little != (sys.byteorder == "little"):
-            words.byteswap()
-        fields = words[:: entry_size // 4]
-    hits = starts.intersection(fields)
+    words = array("I")
+    words.frombytes(data[: count * entry_size])
+    if little != (sys.byteorder == "little"):
+        words.byteswap()
+    return words[:: entry_size // 4]
+
+
+def _wanted_offsets(ranges: list[tuple[int, int]], fields: array) -> set[int]:
+    """The st_name values that fall in a candidate range.
+
+    Usually the ranges are a few short names and are expanded into a set. A crafted table
+    with megabyte-long names would make that set huge, so past a bound each distinct st_name
+    is looked up in the ranges instead.
+    """
+    if sum(last - first + 1 for first, last in ranges) <= _EXPANSION_LIMIT:
+        starts: set[int] = set()
+        for first, last in ranges:
+            starts.update(range(first, last + 1))
+        return starts.intersection(fields)
+    firsts = [first for first, _ in ranges]
+    wanted = set()
+    for offset in set(fields):
+        slot = bisect.bisect_right(firsts, offset) - 1
+        if slot >= 0 and offset <= ranges[slot][1]:
+            wanted.add(offset)
+    return wanted
+
+
+def _matching_entries(fields: array, hits: set[int]) -> list[tuple[int, int]]:
+    """(index, st_name) of the entries whose st_name is one of `hits`.
+
+    A few hits are located by byte search in the column, in C; many with one pass in Python.
+    """
     if len(hits) > _INDEX_SEARCH_LIMIT:
         return [(number, offset) for number, offset in enumerate(fields) if offset in hits]
     column = fields.tobytes()  # 4 bytes an entry, in native order like the patterns below

@@ -209,8 +209,8 @@ class _LoaderReader:
         wanted = name.encode()
         h = gnu_hash(wanted)
         nbuckets, symoffset, bloom_size, bloom_shift = self.words(table, 4)
-        if not nbuckets:
-            return None
+        if not nbuckets or not bloom_size:
+            raise DynamicError(f"DT_GNU_HASH with {nbuckets} buckets and {bloom_size} bloom words")
         bits = self.elf.elfclass
         bloom_at = table + 16
         word = self.words(bloom_at + ((h // bits) % bloom_size) * (bits // 8), 1, self.word)[0]
@@ -239,7 +239,8 @@ class _LoaderReader:
         wanted = name.encode()
         nbucket, nchain = self.words(table, 2)
         if not nbucket:
-            return None
+            raise DynamicError("DT_HASH with no buckets")
+        self.memory(table, 8 + 4 * (nbucket + nchain))  # the whole table must be in the file
         index = self.words(table + 8 + (sysv_hash(wanted) % nbucket) * 4, 1)[0]
         for _ in range(nchain):
             if index == 0:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ffitool.errors import InputError
-from ffitool.library import inspect_path
+from ffitool.formats.elf import PARSE_ERRORS
+from ffitool.library import inspect_path, open_regular_file
 from ffitool.pack.elf_writer import Placement, place, prepare
 from ffitool.pack.plan import ExistingModule, PayloadSource, Plan
 from ffitool.pack.stream import Progress, blob_size, write_blob
@@ -36,10 +37,8 @@ def existing_modules(path: Path) -> list[ExistingModule] | None:
     A blob the runtime rejects cannot be kept module by module: that is an error (a manifest
     can still replace it whole). A legacy `__tvm_dev_mblob` is ignored, as tvm-ffi does.
     """
-    inspected = inspect_path(path, digests=False)
-    if len(inspected.libraries) != 1 or inspected.format != "ELF":
-        raise InputError(f"{path}: only an ELF shared library can be packed")
-    found = inspected.libraries[0].library_bin
+    _require_shared_library(path)
+    found = inspect_path(path, digests=False).libraries[0].library_bin
     if found is None or found.layout != "tvm_ffi":
         return None
     broken = [f for f in found.findings if f.code == "B100"]
@@ -60,32 +59,40 @@ def existing_modules(path: Path) -> list[ExistingModule] | None:
 
 def payload_source(path: str) -> PayloadSource:
     """A whole file as a payload, checked now so that nothing is written for a bad argument."""
-    try:
-        with open(path, "rb") as handle:
-            info = os.fstat(handle.fileno())
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read payload: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{path}: a payload must be a regular file")
-    if info.st_size == 0:
+    handle, size = open_regular_file(path)
+    handle.close()
+    if size == 0:
         raise InputError(f"{path}: empty payload; the runtime rejects empty modules")
-    return PayloadSource(path, 0, info.st_size)
+    return PayloadSource(str(path), 0, size)
 
 
 def pack_library(
     library: Path, plan: Plan, output: Path | None = None, progress: Progress | None = None
 ) -> PackResult:
-    """Write `library` with the planned blob to `output` (default: in place), verified first."""
-    destination = output or library
-    try:
-        mode = stat.S_IMODE(os.stat(library).st_mode)
-    except OSError as exc:
-        raise InputError(f"{library}: cannot open: {exc.strerror or exc}") from None
+    """Write `library` with the planned blob to `output` (default: in place), verified first.
+
+    In place follows a symlink to the file it names, as patchelf does; the original's
+    permission bits are kept either way.
+    """
+    library = Path(library)
+    _require_shared_library(library)
+    destination = output or Path(os.path.realpath(library))
+    mode = stat.S_IMODE(os.stat(library).st_mode)
     with staged(destination, mode) as staging:
-        prepare(library, staging, str(library))
-        placement = place(staging, library, blob_size(plan))
-        with open(staging, "r+b") as handle:
-            write_blob(handle.fileno(), placement.file_offset, plan, progress)
-            os.fsync(handle.fileno())
-        verify(staging, library, plan, placement)
+        try:
+            prepare(library, staging, str(library))
+            placement = place(staging, library, blob_size(plan))
+            with open(staging, "r+b") as handle:
+                write_blob(handle.fileno(), placement.file_offset, plan, progress)
+                os.fsync(handle.fileno())
+            verify(staging, library, plan, placement)
+        except PARSE_ERRORS as exc:
+            raise InputError(f"{library}: malformed ELF: {exc}") from None
     return PackResult(destination, plan, placement)
+
+
+def _require_shared_library(path: Path) -> None:
+    """Read the input once with the inspecting reader: unreadable or unsupported files end here."""
+    inspected = inspect_path(path, digests=False)
+    if inspected.format != "ELF" or inspected.libraries[0].kind != "shared library":
+        raise InputError(f"{path}: only ELF shared libraries can be packed")

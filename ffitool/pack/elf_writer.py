@@ -46,8 +46,8 @@ class Placement:
 def prepare(source: Path, staging: Path, display: str) -> None:
     """Write to `staging` a copy of `source` that has a `.tvm_ffi_blob` section and symbol.
 
-    A library packed before (our section alone in its segment, symbol exported) is copied
-    without LIEF; if its old blob is the tail of the file it is cut off rather than kept.
+    A library packed before (it has our section, and the symbol's name is in `.dynstr`) is
+    copied without LIEF; if its old blob is the tail of the file it is cut off, not kept.
     """
     with open(source, "rb") as handle:
         if handle.read(4) != MAGIC:
@@ -97,6 +97,34 @@ def _copy_prefix(source: Path, staging: Path, length: int) -> None:
 
 
 def _add_with_lief(source: Path, staging: Path, display: str) -> None:
+    """Run the LIEF step in a forked child: LIEF can crash on malformed input, and a crash
+    must end in a clean error, with the staged file still removed by the parent."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report failures through the pipe, never return
+        os.close(reader)
+        code = 0
+        try:
+            _lief_step(source, staging, display)
+        except InputError as exc:
+            os.write(writer, str(exc).encode("utf-8", "backslashreplace"))
+            code = 1
+        except BaseException as exc:
+            os.write(writer, f"{display}: LIEF failed: {exc}".encode("utf-8", "backslashreplace"))
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as messages:
+        message = messages.read().decode("utf-8", "backslashreplace")
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        raise InputError(f"{display}: LIEF crashed (signal {os.WTERMSIG(status)}) on this file")
+    if os.WEXITSTATUS(status):
+        raise InputError(message or f"{display}: LIEF failed")
+
+
+def _lief_step(source: Path, staging: Path, display: str) -> None:
     import lief
 
     lief.logging.disable()

@@ -111,6 +111,8 @@ def plan_edits(existing: Sequence[ExistingModule] | None, edits: Edits) -> Plan:
     if any(existing[i].kind == LIB_KIND for i in removed):
         raise UsageError("--remove: `_lib` stands for the library's own functions")
     removed |= _orphans(existing, removed, edits.cascade)
+    if any(existing[i].kind == LIB_KIND for i in removed):
+        raise UsageError("--remove --cascade would remove `_lib`, the library's own functions")
     parent = _parent(existing, edits.parent, removed)
     new_index = {
         old: new for new, old in enumerate(i for i in range(len(modules)) if i not in removed)
@@ -141,7 +143,7 @@ def plan_from_modules(modules: Sequence[ExistingModule]) -> Plan:
 
 def _select(existing: Sequence[ExistingModule], selector: str, option: str) -> int:
     """Resolve a kind or an index to one module; an ambiguous kind lists its indices."""
-    if selector.isdigit():
+    if selector.isascii() and selector.isdigit():
         index = int(selector)
         if index >= len(existing):
             raise UsageError(f"{option} {selector}: there are {len(existing)} modules")
@@ -186,6 +188,6 @@ def _skeleton(existing: Sequence[ExistingModule], removed: set[int]) -> Blob:
 def _parent(existing: Sequence[ExistingModule], parent: int | None, removed: set[int]) -> int:
     if parent is None:
         return next((i for i, m in enumerate(existing) if m.kind == LIB_KIND), 0)
-    if parent >= len(existing) or parent in removed:
+    if not 0 <= parent < len(existing) or parent in removed:
         raise UsageError(f"--parent {parent}: no such module in the result")
     return parent

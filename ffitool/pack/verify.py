@@ -128,6 +128,8 @@ def _check_layout(original: Path, staging: Path) -> None:
     if addresses != sorted(addresses):
         _fail("PT_LOAD entries are not in ascending address order")
     for load in loads:
+        if load["p_align"] < _MIN_PAGE:
+            _fail(f"PT_LOAD at {load['p_vaddr']:#x} is aligned to {load['p_align']}, not a page")
         if (
             load["p_align"] > 1
             and load["p_offset"] % load["p_align"] != load["p_vaddr"] % load["p_align"]
