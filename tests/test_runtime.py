@@ -183,3 +183,31 @@ def test_a_cycle_is_only_a_warning_because_the_runtime_loads_it(runtime, tmp_pat
     module = tvm_ffi.load_module(str(path))
     assert received == {"test_cycle": [b"c"]}
     assert module.imports[0].imports[0].same_as(module)
+
+
+def test_a_symbol_smaller_than_its_blob_is_only_a_warning(runtime, tmp_path):
+    """The runtime reads nbytes past the symbol's end, so this loads; TVM never writes it."""
+    tvm_ffi, received = runtime
+    gcc = require_tool("gcc")
+    blob = _blob([1], _s(b"test_sys") + _s(b"short"))
+    source = tmp_path / "short.S"
+    source.write_text(
+        "  .section .rodata\n"
+        "  .globl __tvm_ffi__library_bin\n"
+        "  .type __tvm_ffi__library_bin, @object\n"
+        "  .size __tvm_ffi__library_bin, 16\n"
+        "__tvm_ffi__library_bin:\n"
+        f"  .byte {', '.join(str(b) for b in blob)}\n"
+        '  .section .note.GNU-stack,"",@progbits\n'
+    )
+    lib = tmp_path / "libshort.so"
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(lib), str(source)], check=True)
+    (library,) = inspect_path(lib).libraries
+    assert [(f.code, f.severity.value) for f in library.library_bin.findings] == [
+        ("L102", "warning")
+    ]
+    assert library.library_bin.findings[0].message == (
+        f"symbol size 16 is smaller than the {len(blob)} bytes the blob occupies (8 + nbytes)"
+    )
+    tvm_ffi.load_module(str(lib))
+    assert received == {"test_sys": [b"short"]}
