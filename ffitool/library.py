@@ -19,7 +19,7 @@ from typing import BinaryIO
 from ffitool import blob as codec
 from ffitool.errors import BlobError, InputError
 from ffitool.findings import Finding, Severity
-from ffitool.formats import Image, ObjectFile, Symbol, SymbolTable, read_object
+from ffitool.formats import Image, Symbol, SymbolTable, read_object
 from ffitool.symbols import Naming, Role, classify
 
 _CHUNK = 1 << 20
@@ -440,8 +440,8 @@ __all__ = [
     "Library",
     "LibraryBin",
     "ModuleInfo",
-    "ObjectFile",
     "file_sha256",
     "inspect_blob_file",
     "inspect_path",
+    "open_regular_file",
 ]
