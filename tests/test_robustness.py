@@ -130,3 +130,30 @@ def test_mutated_libraries_end_cleanly(tmp_path, name):
     finally:
         tracemalloc.stop()
     assert outcomes["ok"] > 100 and outcomes["error"] > 100, outcomes
+
+
+def test_packing_mutated_libraries_ends_cleanly(tmp_path):
+    """pack on damaged hosts: success, or a one-line error with the input untouched."""
+    from ffitool.pack import existing_modules, pack_library, payload_source
+    from ffitool.pack.plan import Edits, plan_edits
+
+    data = (FIXTURES / "libpack_host_gnu.so").read_bytes()
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(b"payload")
+    rng = random.Random("pack")
+    path = tmp_path / "host.so"
+    outcomes = {"ok": 0, "error": 0}
+    for mutant in list(library_mutants(data, rng, 90))[-90:]:
+        path.write_bytes(mutant)
+        try:
+            plan = plan_edits(
+                existing_modules(path), Edits(add=(("test_alpha", payload_source(str(payload))),))
+            )
+            pack_library(path, plan, tmp_path / "out.so")
+            outcomes["ok"] += 1
+        except FfitoolError as exc:
+            assert "\n" not in str(exc)
+            outcomes["error"] += 1
+        assert path.read_bytes() == mutant
+        assert not [p for p in tmp_path.iterdir() if p.name.endswith(".ffitool")]
+    assert outcomes["ok"] > 10 and outcomes["error"] > 10, outcomes

@@ -169,7 +169,12 @@ def place(staging: Path, original: Path, blob_size: int) -> Placement:
         sections = section_headers(elf, size)
         phdrs = program_headers(elf, size)
         names = SectionNames(elf, sections, size)
-        index = next(i for i, _ in enumerate(sections) if names[i] == BLOB_SECTION)
+        found = [i for i, _ in enumerate(sections) if names[i] == BLOB_SECTION]
+        if len(found) != 1:
+            raise InputError(
+                f"{original}: the rewritten file has {len(found)} {BLOB_SECTION} sections"
+            )
+        index = found[0]
         ours = sections[index]
         loads = [p for p in phdrs if p["p_type"] == "PT_LOAD"]
         own = [p for p in loads if _covers(p, ours["sh_addr"])]
