@@ -380,15 +380,17 @@ def frame(shapes: Sequence[ModuleShape]) -> list[bytes | int]:
     return pieces
 
 
-def framed_size(pieces: Sequence[bytes | int], shapes: Sequence[ModuleShape]) -> int:
-    """Total bytes of a framed blob: its pieces plus the payloads they mark."""
-    return sum(len(p) if isinstance(p, bytes) else shapes[p].payload_size or 0 for p in pieces)
+def shapes_size(shapes: Sequence[ModuleShape]) -> int:
+    """Total bytes a blob of these module shapes occupies, computed without building it."""
+    return sum(
+        len(piece) if isinstance(piece, bytes) else shapes[piece].payload_size or 0
+        for piece in frame(shapes)
+    )
 
 
 def encoded_size(blob: Blob) -> int:
     """Total bytes `encode(blob)` produces, computed without building them."""
-    shapes = shape_of(blob)
-    return framed_size(frame(shapes), shapes)
+    return shapes_size(shape_of(blob))
 
 
 def encode(blob: Blob) -> bytes:

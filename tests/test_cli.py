@@ -180,11 +180,17 @@ def test_usage_errors_exit_2():
 
 
 def test_help_documents_the_exit_codes():
-    for args in (["--help"], ["inspect", "--help"], ["blob", "decode", "--help"]):
-        result = ffitool(*args)
+    commands = [[], ["inspect"], ["pack"], ["extract"], ["blob"], ["blob", "decode"]]
+    commands += [["blob", "encode"], ["blob", "emit-c"]]
+    for command in commands:
+        result = ffitool(*command, "--help")
         assert result.returncode == 0
         flat = " ".join(result.stdout.split())
-        assert "0 success; 1 a check failed; 2 usage error; 3 an input could not be read" in flat
+        assert (
+            "0 success; 1 a check failed; 2 usage error; 3 an input could not be read or is not"
+            " a supported object file, or an output could not be written or failed verification"
+            " (the input is then unchanged)."
+        ) in flat, command
 
 
 def test_colour_follows_force_color_and_no_color():

@@ -234,6 +234,28 @@ def _ffi_symbols(
     return result
 
 
+def entries_named(elf: ElfFile, size: int, header, sections: list, name: str) -> list[int]:
+    """Indices of a symbol table's entries whose name is exactly `name`.
+
+    The same fast path as the reader: the string table is searched in C and st_name compared
+    as a column, so a writer need not decode the other 100k entries either.
+    """
+    strings = section_bytes(elf, sections[header["sh_link"]], size)
+    wanted = name.encode() + b"\0"
+    starts = set()
+    at = strings.find(wanted)
+    while at != -1:
+        starts.add(at)
+        at = strings.find(wanted, at + 1)
+    if not starts:
+        return []
+    entry_size = header["sh_entsize"] or elf.structs.Elf_Sym.sizeof()
+    if entry_size < elf.structs.Elf_Sym.sizeof():
+        raise ELFError(f"symbol entry size {entry_size} is too small")
+    fields = _st_name_column(section_bytes(elf, header, size), entry_size, elf.little_endian)
+    return [number for number, _ in _matching_entries(fields, starts.intersection(fields))]
+
+
 def section_bytes(elf: ElfFile, header, size: int) -> bytes:
     """A section's contents, after checking that its extent lies inside the file."""
     if header["sh_flags"] & SHF_COMPRESSED:

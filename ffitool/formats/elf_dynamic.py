@@ -7,16 +7,14 @@ packer verifies its output with this.
 
 from __future__ import annotations
 
-import io
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from elftools.common.utils import struct_parse
-
 from ffitool.errors import InputError
 from ffitool.formats.elf import ElfFile, program_headers
 
+_SHN_UNDEF = 0
 _DT = {
     "DT_NULL": 0,
     "DT_NEEDED": 1,
@@ -64,14 +62,15 @@ class DynamicView:
         """Find `name` through DT_HASH (bucket, chain)."""
         return self._reader.lookup_sysv(name)
 
-    def symbols(self) -> dict[str, DynamicSymbol]:
-        """Every dynamic symbol by name, counted the way the loader can: from the hash tables."""
-        reader = self._reader
-        result = {}
-        for index in range(1, reader.symbol_count()):
-            name, symbol = reader.symbol(index)
-            result[name.decode("utf-8", "backslashreplace")] = symbol
-        return result
+    def symbols(self) -> list[tuple[str, DynamicSymbol]]:
+        """Every dynamic symbol, counted the way the loader can: from the hash tables.
+
+        A list, not a mapping: a versioned name (foo@V1, foo@@V2) appears once per version.
+        """
+        return [
+            (name.decode("utf-8", "backslashreplace"), symbol)
+            for name, symbol in self._reader.all_symbols()
+        ]
 
 
 class DynamicError(InputError):
@@ -127,6 +126,9 @@ class _LoaderReader:
             raise DynamicError("no PT_DYNAMIC segment")
         self.endian = "<" if self.elf.little_endian else ">"
         self.word = "Q" if self.elf.elfclass == 64 else "I"
+        # Elf64_Sym: name, info, other, shndx, value, size; Elf32_Sym: name, value, size,
+        # info, other, shndx.
+        self._sym = struct.Struct(self.endian + ("IBBHQQ" if self.elf.elfclass == 64 else "IIIBBH"))
         entry = struct.Struct(self.endian + self.word * 2)
         raw = self.file_bytes(dynamic[0]["p_offset"], dynamic[0]["p_filesz"])
         tags = []
@@ -170,19 +172,46 @@ class _LoaderReader:
         return layout.unpack(self.memory(address, layout.size))
 
     def symbol(self, index: int) -> tuple[bytes, DynamicSymbol]:
-        layout = self.elf.structs.Elf_Sym
-        entry_size = self.first("DT_SYMENT") or layout.sizeof()
+        """One entry of DT_SYMTAB, decoded with `struct`: lookups call this in loops."""
+        raw = self.memory(self._symtab() + index * self._entry_size(), self._sym.size)
+        versym = self.first("DT_VERSYM")
+        version = None if versym is None else self.words(versym + 2 * index, 1, "H")[0]
+        return self._decode(raw, version)
+
+    def all_symbols(self) -> list[tuple[bytes, DynamicSymbol]]:
+        """Every entry but the null one, read in one piece (the hash tables give the count)."""
+        count = self.symbol_count()
+        if count <= 1:
+            return []
+        step = self._entry_size()
+        table = self.memory(self._symtab(), step * count)
+        versym = self.first("DT_VERSYM")
+        versions = [None] * count if versym is None else self.words(versym, count, "H")
+        return [
+            self._decode(table[i * step : i * step + self._sym.size], versions[i])
+            for i in range(1, count)
+        ]
+
+    def _symtab(self) -> int:
         address = self.first("DT_SYMTAB")
         if address is None:
             raise DynamicError("no DT_SYMTAB")
-        raw = self.memory(address + index * entry_size, layout.sizeof())
-        sym = struct_parse(layout, io.BytesIO(raw), 0)
-        end = self.strings.find(b"\0", sym["st_name"])
-        name = self.strings[sym["st_name"] : end if end != -1 else None]
-        defined = sym["st_shndx"] != "SHN_UNDEF"
-        versym = self.first("DT_VERSYM")
-        version = None if versym is None else self.words(versym + 2 * index, 1, "H")[0]
-        return name, DynamicSymbol(sym["st_value"], sym["st_size"], defined, version)
+        return address
+
+    def _entry_size(self) -> int:
+        step = self.first("DT_SYMENT") or self._sym.size
+        if step < self._sym.size:
+            raise DynamicError(f"DT_SYMENT {step} is smaller than a symbol")
+        return step
+
+    def _decode(self, raw: bytes, version: int | None) -> tuple[bytes, DynamicSymbol]:
+        if self.elf.elfclass == 64:
+            st_name, _, _, st_shndx, st_value, st_size = self._sym.unpack(raw)
+        else:
+            st_name, st_value, st_size, _, _, st_shndx = self._sym.unpack(raw)
+        end = self.strings.find(b"\0", st_name)
+        name = self.strings[st_name : end if end != -1 else None]
+        return name, DynamicSymbol(st_value, st_size, st_shndx != _SHN_UNDEF, version)
 
     def symbol_count(self) -> int:
         """nchain of DT_HASH, or one past the last chain entry of DT_GNU_HASH."""

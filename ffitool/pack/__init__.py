@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ffitool.errors import InputError
 from ffitool.formats.elf import PARSE_ERRORS
-from ffitool.library import inspect_path, open_regular_file
+from ffitool.library import Library, inspect_path, open_regular_file
 from ffitool.pack.elf_writer import Placement, place, prepare
 from ffitool.pack.plan import ExistingModule, PayloadSource, Plan
 from ffitool.pack.stream import Progress, blob_size, write_blob
@@ -37,8 +37,7 @@ def existing_modules(path: Path) -> list[ExistingModule] | None:
     A blob the runtime rejects cannot be kept module by module: that is an error (a manifest
     can still replace it whole). A legacy `__tvm_dev_mblob` is ignored, as tvm-ffi does.
     """
-    _require_shared_library(path)
-    found = inspect_path(path, digests=False).libraries[0].library_bin
+    found = _shared_library(path).library_bin
     if found is None or found.layout != "tvm_ffi":
         return None
     broken = [f for f in found.findings if f.code == "B100"]
@@ -75,7 +74,7 @@ def pack_library(
     permission bits are kept either way.
     """
     library = Path(library)
-    _require_shared_library(library)
+    _shared_library(library)
     destination = output or Path(os.path.realpath(library))
     mode = stat.S_IMODE(os.stat(library).st_mode)
     with staged(destination, mode) as staging:
@@ -91,8 +90,9 @@ def pack_library(
     return PackResult(destination, plan, placement)
 
 
-def _require_shared_library(path: Path) -> None:
-    """Read the input once with the inspecting reader: unreadable or unsupported files end here."""
+def _shared_library(path: Path) -> Library:
+    """Read the input with the inspecting reader: unreadable or unsupported files end here."""
     inspected = inspect_path(path, digests=False)
     if inspected.format != "ELF" or inspected.libraries[0].kind != "shared library":
         raise InputError(f"{path}: only ELF shared libraries can be packed")
+    return inspected.libraries[0]

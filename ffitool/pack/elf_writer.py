@@ -21,6 +21,7 @@ from ffitool.formats.elf import (
     MAGIC,
     ElfFile,
     SectionNames,
+    entries_named,
     program_headers,
     section_bytes,
     section_headers,
@@ -265,15 +266,11 @@ def _point_symbols(
     for table_index, header in enumerate(sections):
         if header["sh_type"] not in ("SHT_DYNSYM", "SHT_SYMTAB"):
             continue
-        strings = section_bytes(elf, sections[header["sh_link"]], size)
         entry_size = header["sh_entsize"] or layout.sizeof()
-        for number in range(header["sh_size"] // entry_size):
+        for number in entries_named(elf, size, header, sections, LIBRARY_BIN):
             at = header["sh_offset"] + number * entry_size
             handle.seek(at)
             symbol = layout.parse(handle.read(layout.sizeof()))
-            start = symbol["st_name"]
-            if strings[start : start + len(LIBRARY_BIN) + 1] != LIBRARY_BIN.encode() + b"\0":
-                continue
             symbol["st_value"] = address
             symbol["st_size"] = length
             symbol["st_shndx"] = index

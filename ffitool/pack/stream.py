@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from ffitool.blob import frame, framed_size
+from ffitool.blob import frame, shapes_size
 from ffitool.errors import InputError
 from ffitool.pack.plan import PayloadSource, Plan
 
@@ -22,8 +22,7 @@ Progress = Callable[[int], None]
 
 def blob_size(plan: Plan) -> int:
     """Bytes the planned blob occupies."""
-    shapes = plan.shapes()
-    return framed_size(frame(shapes), shapes)
+    return shapes_size(plan.shapes())
 
 
 def write_blob(out_fd: int, offset: int, plan: Plan, progress: Progress | None = None) -> int:
