@@ -18,12 +18,10 @@ from typing import BinaryIO
 
 from ffitool.errors import InputError
 from ffitool.formats.elf import (
-    MAGIC,
     ElfFile,
     SectionNames,
     entries_named,
     program_headers,
-    section_bytes,
     section_headers,
 )
 from ffitool.symbols import LIBRARY_BIN
@@ -47,12 +45,11 @@ class Placement:
 def prepare(source: Path, staging: Path, display: str) -> None:
     """Write to `staging` a copy of `source` that has a `.tvm_ffi_blob` section and symbol.
 
-    A library packed before (it has our section, and the symbol's name is in `.dynstr`) is
-    copied without LIEF; if its old blob is the tail of the file it is cut off, not kept.
+    A library packed before (it has our section and the symbol in `.dynsym`) is copied
+    without LIEF; if its old blob is the tail of the file it is cut off, not kept. The caller
+    has checked that `source` is an ELF shared library.
     """
     with open(source, "rb") as handle:
-        if handle.read(4) != MAGIC:
-            raise InputError(f"{display}: not an ELF file")
         size = os.fstat(handle.fileno()).st_size
         reused = _own_section_tail(handle, size)
     if reused is not None:
@@ -64,24 +61,18 @@ def prepare(source: Path, staging: Path, display: str) -> None:
 def _own_section_tail(handle: BinaryIO, size: int) -> int | None:
     """If the blob already lives in our own section, the number of bytes worth copying."""
     elf = ElfFile(handle)
-    if elf.header["e_type"] != "ET_DYN":
-        return None
     sections = section_headers(elf, size)
     names = SectionNames(elf, sections, size)
     ours = [h for i, h in enumerate(sections) if names[i] == BLOB_SECTION]
-    if len(ours) != 1 or not _dynamic_symbol_exists(elf, sections, size):
+    exported = any(
+        entries_named(elf, size, header, sections, LIBRARY_BIN)
+        for header in sections
+        if header["sh_type"] == "SHT_DYNSYM"
+    )
+    if len(ours) != 1 or not exported:
         return None
     start, end = ours[0]["sh_offset"], ours[0]["sh_offset"] + ours[0]["sh_size"]
     return start if end == size else size
-
-
-def _dynamic_symbol_exists(elf: ElfFile, sections: list, size: int) -> bool:
-    for header in sections:
-        if header["sh_type"] != "SHT_DYNSYM":
-            continue
-        strings = section_bytes(elf, sections[header["sh_link"]], size)
-        return b"\0" + LIBRARY_BIN.encode() + b"\0" in strings
-    return False
 
 
 def _copy_prefix(source: Path, staging: Path, length: int) -> None:
