@@ -118,17 +118,18 @@ def _check_layout(original: Path, staging: Path) -> None:
     The last check is what catches a stale `.bss` header, which `strip` would turn into a
     crashing library.
     """
-    old_types = _segment_types(original)
-    new_types = _segment_types(staging)
-    for kind, count in old_types.items():
-        if new_types.get(kind, 0) < count:
-            _fail(f"program header {kind} lost")
+    with open(original, "rb") as handle:
+        before = program_headers(ElfFile(handle), os.fstat(handle.fileno()).st_size)
     with open(staging, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         elf = ElfFile(handle)
-        loads = [p for p in program_headers(elf, size) if p["p_type"] == "PT_LOAD"]
+        after = program_headers(elf, size)
         sections = section_headers(elf, size)
         names = SectionNames(elf, sections, size)
+    lost = Counter(str(p["p_type"]) for p in before) - Counter(str(p["p_type"]) for p in after)
+    if lost:
+        _fail(f"program headers lost: {sorted(lost)}")
+    loads = [p for p in after if p["p_type"] == "PT_LOAD"]
     addresses = [load["p_vaddr"] for load in loads]
     if addresses != sorted(addresses):
         _fail("PT_LOAD entries are not in ascending address order")
@@ -154,12 +155,3 @@ def _inside(load, start: int, end: int, offset: int, nobits: bool) -> bool:
     if not (base <= start and end <= base + load["p_memsz"]):
         return False
     return nobits or (end <= base + load["p_filesz"] and offset - load["p_offset"] == start - base)
-
-
-def _segment_types(path: Path) -> dict[str, int]:
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        counts: dict[str, int] = {}
-        for header in program_headers(ElfFile(handle), size):
-            counts[str(header["p_type"])] = counts.get(str(header["p_type"]), 0) + 1
-    return counts
