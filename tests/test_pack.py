@@ -634,3 +634,53 @@ def test_failed_extract_leaves_no_partial_output(tmp_path):
     assert result.returncode == 3
     assert "Is a directory" in result.stderr
     assert sorted(p.name for p in directory.iterdir()) == ["002-test_beta.bin"]
+
+
+def test_verification_rejects_each_kind_of_damage(payloads, tmp_path):
+    """verify() is what stands between a bad rewrite and the user's file: show it fails."""
+    from ffitool.pack import pack_library
+    from ffitool.pack.plan import Edits, PayloadSource, plan_edits
+    from ffitool.pack.verify import VerificationError, verify
+
+    original = FIXTURES / "libpack_host_gnu.so"
+    plan = plan_edits(
+        None, Edits(add=(("test_alpha", PayloadSource(str(payloads["beta"]), 0, len(BETA))),))
+    )
+    good = tmp_path / "good.so"
+    placement = pack_library(original, plan, good).placement
+    verify(good, original, plan, placement)  # the real output passes
+    readelf = require_tool("readelf")
+    headers = subprocess.run([readelf, "-SW", str(good)], capture_output=True, text=True).stdout
+
+    def section(name: str) -> list[str]:
+        return next(
+            line.split("]", 1)[1].split() for line in headers.splitlines() if f" {name} " in line
+        )
+
+    def damaged(change) -> Path:
+        data = bytearray(good.read_bytes())
+        change(data)
+        path = tmp_path / "damaged.so"
+        path.write_bytes(data)
+        return path
+
+    payload_byte = damaged(
+        lambda d: d.__setitem__(placement.file_offset + placement.size - 1, 0xFF ^ BETA[-1])
+    )
+    with pytest.raises(VerificationError, match="payload bytes differ from the source"):
+        verify(payload_byte, original, plan, placement)
+
+    gnu_hash = int(section(".gnu.hash")[3], 16)
+    bloom = damaged(lambda d: struct.pack_into("<Q", d, gnu_hash + 16, 0))  # empty bloom filter
+    with pytest.raises(VerificationError, match="DT_GNU_HASH lookup of __tvm_ffi__library_bin"):
+        verify(bloom, original, plan, placement)
+
+    shoff = struct.unpack_from("<Q", good.read_bytes(), 0x28)[0]
+    bss_index = next(
+        int(line.split("[")[1].split("]")[0]) for line in headers.splitlines() if " .bss " in line
+    )
+    stale_bss = damaged(
+        lambda d: struct.pack_into("<Q", d, shoff + 64 * bss_index + 16, 0x7FFF0000)
+    )
+    with pytest.raises(VerificationError, match=r"section \.bss .* lies outside its segment"):
+        verify(stale_bss, original, plan, placement)
