@@ -14,7 +14,7 @@ from ffitool.blob import frame
 from ffitool.errors import InputError, UsageError
 from ffitool.pack.plan import Plan
 from ffitool.pack.stream import blob_size, write_blob
-from ffitool.staging import staged
+from ffitool.staging import Ownership, staged
 from ffitool.symbols import LIBRARY_BIN
 
 _BYTES_PER_LINE = 32
@@ -23,8 +23,8 @@ _CHUNK = 1 << 20
 
 def write_raw_blob(plan: Plan, output: Path) -> int:
     """Write the encoded blob to `output`; returns its size."""
-    with staged(output, 0o644) as path, open(path, "wb") as handle:
-        return write_blob(handle.fileno(), 0, plan)
+    with staged(output, Ownership(0o644)) as staging:
+        return write_blob(staging.fd, 0, plan)
 
 
 def write_c_source(
@@ -40,7 +40,10 @@ def write_c_source(
         raise UsageError(f"--symbol-prefix {symbol_prefix!r}: not the start of a C identifier")
     symbol = f"{symbol_prefix}{LIBRARY_BIN}"
     size = blob_size(plan)
-    with staged(output, 0o644) as path, open(path, "wb") as handle:
+    with (
+        staged(output, Ownership(0o644)) as staging,
+        open(staging.fd, "wb", closefd=False) as handle,
+    ):
         handle.write(_c_prologue(symbol, size).encode())
         carry = b""
         for chunk in _blob_bytes(plan):

@@ -18,13 +18,22 @@ _SHN_UNDEF = 0
 _DT = {
     "DT_NULL": 0,
     "DT_NEEDED": 1,
+    "DT_PLTRELSZ": 2,
     "DT_HASH": 4,
     "DT_STRTAB": 5,
     "DT_SYMTAB": 6,
+    "DT_RELA": 7,
+    "DT_RELASZ": 8,
+    "DT_RELAENT": 9,
     "DT_STRSZ": 10,
     "DT_SYMENT": 11,
     "DT_SONAME": 14,
     "DT_RPATH": 15,
+    "DT_REL": 17,
+    "DT_RELSZ": 18,
+    "DT_RELENT": 19,
+    "DT_PLTREL": 20,
+    "DT_JMPREL": 23,
     "DT_RUNPATH": 29,
     "DT_GNU_HASH": 0x6FFFFEF5,
     "DT_VERSYM": 0x6FFFFFF0,
@@ -40,6 +49,11 @@ class DynamicSymbol:
     defined: bool
     version: int | None
     """The `.gnu.version` entry (DT_VERSYM): 0 local, 1 global, 0x8000 set = hidden."""
+    info: int = 0
+    """st_info: binding and type."""
+    other: int = 0
+    """st_other: visibility."""
+    shndx: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,47 @@ class DynamicView:
     def lookup_sysv(self, name: str) -> DynamicSymbol | None:
         """Find `name` through DT_HASH (bucket, chain)."""
         return self._reader.lookup_sysv(name)
+
+    @property
+    def endian(self) -> str:
+        """The struct byte-order character of the file: '<' or '>'."""
+        return self._reader.endian
+
+    @property
+    def word_format(self) -> str:
+        """The struct code of an address-sized word: 'Q' (ELFCLASS64) or 'I'."""
+        return self._reader.word
+
+    @property
+    def entries(self) -> tuple[tuple[int, int], ...]:
+        """The dynamic section's (tag, value) pairs up to DT_NULL."""
+        return tuple(self._reader.tags)
+
+    def relocation_tables(self) -> list[tuple[int, int, int]]:
+        """(address, size, entry size) of the DT_RELA, DT_REL and DT_JMPREL tables."""
+        reader = self._reader
+        word = reader.elf.elfclass // 8
+        found = []
+        for table, size, entry, default in (
+            ("DT_RELA", "DT_RELASZ", "DT_RELAENT", 3 * word),
+            ("DT_REL", "DT_RELSZ", "DT_RELENT", 2 * word),
+        ):
+            address = reader.first(table)
+            if address is not None:
+                found.append((address, reader.first(size) or 0, reader.first(entry) or default))
+        plt = reader.first("DT_JMPREL")
+        if plt is not None:
+            kind = 3 if reader.first("DT_PLTREL") == _DT["DT_RELA"] else 2
+            found.append((plt, reader.first("DT_PLTRELSZ") or 0, kind * word))
+        return found
+
+    def memory(self, address: int, length: int) -> bytes:
+        """Bytes of the loaded image at `address`, read through the PT_LOAD mapping them."""
+        return self._reader.memory(address, length)
+
+    def symbol_names(self) -> list[bytes]:
+        """The name of every DT_SYMTAB entry by index (the null entry's is empty)."""
+        return [b""] + [name for name, _ in self._reader.all_symbols()]
 
     def symbols(self) -> list[tuple[str, DynamicSymbol]]:
         """Every dynamic symbol, counted the way the loader can: from the hash tables.
@@ -126,6 +181,9 @@ class _LoaderReader:
             raise DynamicError("no PT_DYNAMIC segment")
         self.endian = "<" if self.elf.little_endian else ">"
         self.word = "Q" if self.elf.elfclass == 64 else "I"
+        # DT_HASH entries are 64-bit on 64-bit s390 and Alpha, 32-bit everywhere else.
+        wide = self.elf.elfclass == 64 and self.elf["e_machine"] in ("EM_S390", "EM_ALPHA")
+        self.hash_word = "Q" if wide else "I"
         # Elf64_Sym: name, info, other, shndx, value, size; Elf32_Sym: name, value, size,
         # info, other, shndx.
         self._sym = struct.Struct(self.endian + ("IBBHQQ" if self.elf.elfclass == 64 else "IIIBBH"))
@@ -206,18 +264,19 @@ class _LoaderReader:
 
     def _decode(self, raw: bytes, version: int | None) -> tuple[bytes, DynamicSymbol]:
         if self.elf.elfclass == 64:
-            st_name, _, _, st_shndx, st_value, st_size = self._sym.unpack(raw)
+            st_name, info, other, st_shndx, st_value, st_size = self._sym.unpack(raw)
         else:
-            st_name, st_value, st_size, _, _, st_shndx = self._sym.unpack(raw)
+            st_name, st_value, st_size, info, other, st_shndx = self._sym.unpack(raw)
         end = self.strings.find(b"\0", st_name)
         name = self.strings[st_name : end if end != -1 else None]
-        return name, DynamicSymbol(st_value, st_size, st_shndx != _SHN_UNDEF, version)
+        defined = st_shndx != _SHN_UNDEF
+        return name, DynamicSymbol(st_value, st_size, defined, version, info, other, st_shndx)
 
     def symbol_count(self) -> int:
         """nchain of DT_HASH, or one past the last chain entry of DT_GNU_HASH."""
         sysv = self.first("DT_HASH")
         if sysv is not None:
-            return self.words(sysv, 2)[1]
+            return self.words(sysv, 2, self.hash_word)[1]
         table = self.first("DT_GNU_HASH")
         if table is None:
             return 0
@@ -266,16 +325,18 @@ class _LoaderReader:
         if table is None:
             return None
         wanted = name.encode()
-        nbucket, nchain = self.words(table, 2)
+        code = self.hash_word
+        step = struct.calcsize(code)
+        nbucket, nchain = self.words(table, 2, code)
         if not nbucket:
             raise DynamicError("DT_HASH with no buckets")
-        self.memory(table, 8 + 4 * (nbucket + nchain))  # the whole table must be in the file
-        index = self.words(table + 8 + (sysv_hash(wanted) % nbucket) * 4, 1)[0]
+        self.memory(table, step * (2 + nbucket + nchain))  # the whole table must be in the file
+        index = self.words(table + step * (2 + sysv_hash(wanted) % nbucket), 1, code)[0]
         for _ in range(nchain):
             if index == 0:
                 return None
             found, symbol = self.symbol(index)
             if found == wanted:
                 return symbol
-            index = self.words(table + 8 + nbucket * 4 + index * 4, 1)[0]
+            index = self.words(table + step * (2 + nbucket + index), 1, code)[0]
         return None

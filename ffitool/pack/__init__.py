@@ -8,18 +8,17 @@ failure the staged file is removed and the input is byte-identical.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from ffitool.errors import InputError
 from ffitool.formats.elf import PARSE_ERRORS
 from ffitool.library import Library, inspect_path, open_regular_file
-from ffitool.pack.elf_writer import Placement, place, prepare
+from ffitool.pack.elf_writer import Placement, plan_edit, write_edit
 from ffitool.pack.plan import ExistingModule, PayloadSource, Plan
 from ffitool.pack.stream import Progress, blob_size, write_blob
 from ffitool.pack.verify import verify
-from ffitool.staging import staged
+from ffitool.staging import Ownership, staged
 
 
 @dataclass(frozen=True)
@@ -70,24 +69,29 @@ def pack_library(
 ) -> PackResult:
     """Write `library` with the planned blob to `output` (default: in place), verified first.
 
-    In place follows a symlink to the file it names, as patchelf does; the original's
-    permission bits are kept either way.
+    In place follows a symlink to the file it names, as patchelf does, and keeps the file's
+    owner, group and mode; with `-o` the output gets the input's permission bits.
     """
     library = Path(library)
     _shared_library(library)
+    in_place = output is None
     destination = output or Path(os.path.realpath(library))
-    mode = stat.S_IMODE(os.stat(library).st_mode)
-    with staged(destination, mode) as staging:
+    with open(library, "rb") as handle:
+        info = os.fstat(handle.fileno())
         try:
-            prepare(library, staging, str(library))
-            placement = place(staging, library, blob_size(plan))
-            with open(staging, "r+b") as handle:
-                write_blob(handle.fileno(), placement.file_offset, plan, progress)
-                os.fsync(handle.fileno())
-            verify(staging, library, plan, placement)
+            edit = plan_edit(handle, info.st_size, str(library), blob_size(plan))
         except PARSE_ERRORS as exc:
             raise InputError(f"{library}: malformed ELF: {exc}") from None
-    return PackResult(destination, plan, placement)
+    ownership = Ownership.of(info) if in_place else Ownership(Ownership.of(info).mode)
+    with staged(destination, ownership) as staging:
+
+        def blob(fd: int, offset: int) -> None:
+            write_blob(fd, offset, plan, progress)
+
+        write_edit(str(library), staging.fd, edit, blob)
+        os.fsync(staging.fd)
+        verify(staging.path, library, plan, edit.placement)
+    return PackResult(destination, plan, edit.placement)
 
 
 def _shared_library(path: Path) -> Library:

@@ -1,36 +1,89 @@
-"""Give an ELF shared library a loadable, dynamically exported `__tvm_ffi__library_bin`.
+"""Give an ELF shared library a dynamically exported `__tvm_ffi__library_bin`, moving nothing.
 
-Two steps. LIEF does the structural part on a tiny placeholder section: a new PT_LOAD, the
-symbol in `.dynsym` with GNU/SysV hash tables and symbol versions rebuilt. Then `place` moves
-that section to a page-aligned region at the end of the file sized for the real blob, points
-the symbol (and its `.symtab` twin) at it, and mends what LIEF is known to get wrong (segment
-alignment, NOBITS section addresses). The blob itself is streamed in by the caller, so its
-size never passes through LIEF, which would cost a minute and gigabytes for a 1 GiB payload.
+The output is the input byte for byte, plus one read-only PT_LOAD appended past the end of the
+file and past every segment's memory, plus a few fields patched in place: the ELF header, the
+program header table (grown by one entry where it stands), the DT_* entries that name the
+dynamic tables, and relocation symbol indices when the new symbol shifts them. No section,
+symbol value, code or data byte of the input moves; virtual addresses stay what they were.
+
+The new segment holds, in order: the sections that stood right after the program header table
+(notes, typically) when the table needs room for its new entry, as patchelf does for
+libraries; new copies of `.dynsym`, `.gnu.version`, `.gnu.hash`, `.hash` and `.dynstr` with the
+symbol added; the blob. The superseded tables' section headers are re-pointed at the copies and
+a `.tvm_ffi_blob` section is added, so that `strip` and `objcopy` carry everything along.
+
+Repacking a library whose blob is the tail of the segment ffitool appended reuses that segment:
+the old blob is cut off and the new one written in its place.
+
+Everything is decided from the input's headers and dynamic tables before a byte is written
+(`plan_edit`); `write_edit` then copies the input with `copy_file_range` and applies the edit.
+Neither reads the whole input into memory.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-from dataclasses import dataclass
-from pathlib import Path
+import struct
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from elftools.construct.lib import Container
+
 from ffitool.errors import InputError
-from ffitool.formats.elf import (
-    ElfFile,
-    SectionNames,
-    entries_named,
-    program_headers,
-    section_headers,
-)
+from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
+from ffitool.pack.elf_tables import NATIVE_LITTLE, GnuHashTable, SysvHashTable
+from ffitool.pack.plan import PayloadSource
+from ffitool.pack.stream import copy_payload
 from ffitool.symbols import LIBRARY_BIN
 
 BLOB_SECTION = ".tvm_ffi_blob"
-_PLACEHOLDER_SIZE = 16
+_BLOB_ALIGN = 16
 _MIN_PAGE = 0x1000
+_RELOCATION_CHUNK = 1 << 20
+_NAME = LIBRARY_BIN.encode()
+
+_DT_NULL = 0
+_DT_PLTRELSZ = 2
+_DT_HASH = 4
+_DT_STRTAB = 5
+_DT_SYMTAB = 6
+_DT_RELA = 7
+_DT_RELASZ = 8
+_DT_RELAENT = 9
+_DT_STRSZ = 10
+_DT_SYMENT = 11
+_DT_REL = 17
+_DT_RELSZ = 18
+_DT_RELENT = 19
+_DT_PLTREL = 20
+_DT_JMPREL = 23
+_DT_SYMTAB_SHNDX = 34
+_DT_ANDROID_REL = 0x6000000F
+_DT_ANDROID_RELA = 0x60000011
+_DT_GNU_HASH = 0x6FFFFEF5
+_DT_VERSYM = 0x6FFFFFF0
+_DT_VERDEF = 0x6FFFFFFC
+_DT_VERNEED = 0x6FFFFFFE
+# Tables the loader finds only through these tags: they may move, with the tag re-pointed.
+_MOVABLE_TAGS = (
+    _DT_SYMTAB,
+    _DT_STRTAB,
+    _DT_HASH,
+    _DT_GNU_HASH,
+    _DT_VERSYM,
+    _DT_VERDEF,
+    _DT_VERNEED,
+)
+# Program headers that name a range of bytes without mapping it: they follow a moved range.
+_FOLLOWING_SEGMENTS = ("PT_NOTE", "PT_GNU_PROPERTY", "PT_INTERP")
+
 _SHF_ALLOC = 0x2
+_PF_R = 0x4
+_STB_GLOBAL_STT_OBJECT = 0x11
 _VER_NDX_GLOBAL = 1
+_VERSYM_HIDDEN = 0x8000
 
 
 @dataclass(frozen=True)
@@ -42,249 +95,747 @@ class Placement:
     size: int
 
 
-def prepare(source: Path, staging: Path, display: str) -> None:
-    """Write to `staging` a copy of `source` that has a `.tvm_ffi_blob` section and symbol.
+@dataclass(frozen=True)
+class RelocationTable:
+    """A REL or RELA table in the output whose symbol indices shift by one from `position`."""
 
-    A library packed before (it has our section and the symbol in `.dynsym`) is copied
-    without LIEF; if its old blob is the tail of the file it is cut off, not kept. The caller
-    has checked that `source` is an ELF shared library.
-    """
-    with open(source, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        reused = _own_section_tail(handle, size)
-    if reused is not None:
-        _copy_prefix(source, staging, reused)
-        return
-    _add_with_lief(source, staging, display)
+    file_offset: int
+    size: int
+    entry_size: int
+    bits: int
+    little: bool
 
 
-def _own_section_tail(handle: BinaryIO, size: int) -> int | None:
-    """If the blob already lives in our own section, the number of bytes worth copying."""
-    elf = ElfFile(handle)
-    sections = section_headers(elf, size)
-    names = SectionNames(elf, sections, size)
-    ours = [h for i, h in enumerate(sections) if names[i] == BLOB_SECTION]
-    exported = any(
-        entries_named(elf, size, header, sections, LIBRARY_BIN)
-        for header in sections
-        if header["sh_type"] == "SHT_DYNSYM"
-    )
-    if len(ours) != 1 or not exported:
-        return None
-    start, end = ours[0]["sh_offset"], ours[0]["sh_offset"] + ours[0]["sh_size"]
-    return start if end == size else size
+@dataclass
+class ElfEdit:
+    """Everything the writer does to the input, decided before a byte is written."""
+
+    copy_length: int
+    """Bytes of the input copied verbatim to the start of the output."""
+    placement: Placement
+    size: int
+    """The output's size."""
+    patches: list[tuple[int, bytes]] = field(default_factory=list)
+    """New bytes written at output offsets: over the copied input, or past it."""
+    carried: list[tuple[int, int, int]] = field(default_factory=list)
+    """(input offset, length, output offset): input bytes placed past the blob."""
+    relocations: list[RelocationTable] = field(default_factory=list)
+    inserted_at: int = 0
+    """Index of the added dynamic symbol, when relocation indices from it on shift."""
 
 
-def _copy_prefix(source: Path, staging: Path, length: int) -> None:
-    with open(source, "rb") as src, open(staging, "wb") as dst:
-        copied = 0
-        while copied < length:
-            sent = os.copy_file_range(src.fileno(), dst.fileno(), length - copied, copied, copied)
-            if not sent:
-                break
-            copied += sent
-        if copied < length:
-            src.seek(copied)
-            shutil.copyfileobj(src, dst, length - copied)
+class _Host:
+    """The input as the writer needs it: headers, the dynamic segment, the symbol tables."""
 
+    def __init__(self, handle: BinaryIO, size: int, display: str) -> None:
+        self.handle = handle
+        self.size = size
+        self.display = display
+        self.elf = elf = ElfFile(handle)
+        if elf["e_type"] != "ET_DYN":
+            self.fail("only shared libraries (ET_DYN) can be packed")
+        if elf["e_machine"] in ("EM_MIPS", "EM_MIPS_RS3_LE"):
+            self.fail("MIPS libraries are not supported (their GOT fixes the .dynsym order)")
+        if elf["e_phnum"] == 0xFFFF:
+            self.fail("more than 65534 program headers")
+        self.little = elf.little_endian
+        self.bits = elf.elfclass
+        self.end = "<" if self.little else ">"
+        self.word = "Q" if self.bits == 64 else "I"
+        self.phdrs = program_headers(elf, size)
+        self.sections = section_headers(elf, size)
+        if not self.sections:
+            self.fail("no section headers; ffitool needs them to place a new segment")
+        self.names = SectionNames(elf, self.sections, size)
+        self.loads = [p for p in self.phdrs if p["p_type"] == "PT_LOAD"]
+        if not self.loads:
+            self.fail("no PT_LOAD segment")
+        self.page = max([_MIN_PAGE, *(p["p_align"] for p in self.loads)])
+        if self.page & (self.page - 1):
+            self.fail(f"a PT_LOAD alignment of {self.page:#x} is not a power of two")
+        self.dynamic = self._dynamic()
+        self.symbol_layout = struct.Struct(self.end + ("IBBHQQ" if self.bits == 64 else "IIIBBH"))
 
-def _add_with_lief(source: Path, staging: Path, display: str) -> None:
-    """Run the LIEF step in a forked child: LIEF can crash on malformed input, and a crash
-    must end in a clean error, with the staged file still removed by the parent."""
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report failures through the pipe, never return
-        os.close(reader)
-        code = 0
-        try:
-            _lief_step(source, staging, display)
-        except InputError as exc:
-            os.write(writer, str(exc).encode("utf-8", "backslashreplace"))
-            code = 1
-        except BaseException as exc:
-            os.write(writer, f"{display}: LIEF failed: {exc}".encode("utf-8", "backslashreplace"))
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(writer)
-    with os.fdopen(reader, "rb") as messages:
-        message = messages.read().decode("utf-8", "backslashreplace")
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        raise InputError(f"{display}: LIEF crashed (signal {os.WTERMSIG(status)}) on this file")
-    if os.WEXITSTATUS(status):
-        raise InputError(message or f"{display}: LIEF failed")
+    def fail(self, message: str):
+        raise InputError(f"{self.display}: {message}")
 
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset > self.size or length > self.size - offset:
+            self.fail(f"{length} bytes at file offset {offset:#x} lie outside the file")
+        return os.pread(self.handle.fileno(), length, offset)
 
-def _lief_step(source: Path, staging: Path, display: str) -> None:
-    import lief
+    def file_offset(self, address: int, length: int, what: str) -> int:
+        """Where the loader reads `length` bytes at `address`: through the PT_LOAD mapping them."""
+        for load in self.loads:
+            delta = address - load["p_vaddr"]
+            if delta >= 0 and delta + length <= load["p_filesz"]:
+                return load["p_offset"] + delta
+        return self.fail(f"{what} ({length} bytes at {address:#x}) is not mapped from the file")
 
-    lief.logging.disable()
-    binary = lief.ELF.parse(str(source))
-    if binary is None:
-        raise InputError(f"{display}: LIEF cannot parse this ELF file")
-    if binary.header.file_type != lief.ELF.Header.FILE_TYPE.DYN:
-        raise InputError(f"{display}: only shared libraries (ET_DYN) can be packed")
-    if not binary.has(lief.ELF.Segment.TYPE.DYNAMIC):
-        raise InputError(f"{display}: no dynamic section, so dlsym could never find a blob")
-    section = lief.ELF.Section(BLOB_SECTION, lief.ELF.Section.TYPE.PROGBITS)
-    section.flags = lief.ELF.Section.FLAGS.ALLOC
-    section.alignment = 16
-    section.content = [0] * _PLACEHOLDER_SIZE
-    added = binary.add(section, loaded=True)
-    # Properties are set before adding: LIEF decides from them whether the symbol is an
-    # export that the hash tables must cover.
-    existing = binary.has_dynamic_symbol(LIBRARY_BIN)
-    symbol = binary.get_dynamic_symbol(LIBRARY_BIN) if existing else lief.ELF.Symbol()
-    symbol.name = LIBRARY_BIN
-    symbol.type = lief.ELF.Symbol.TYPE.OBJECT
-    symbol.binding = lief.ELF.Symbol.BINDING.GLOBAL
-    symbol.visibility = lief.ELF.Symbol.VISIBILITY.DEFAULT
-    symbol.value = added.virtual_address
-    symbol.size = _PLACEHOLDER_SIZE
-    # Defined in the new section: LIEF leaves undefined symbols out of the GNU hash table.
-    symbol.shndx = [s.name for s in binary.sections].index(BLOB_SECTION)
-    if not existing:
-        binary.add_dynamic_symbol(symbol)
-    binary.write(str(staging))
-
-
-def place(staging: Path, original: Path, blob_size: int) -> Placement:
-    """Point section, segment and symbols of `staging` at a fresh region for the blob.
-
-    The region starts at the first page boundary past the end of the file and past every
-    segment's memory, so it overlaps nothing; the caller writes the blob there.
-    """
-    with open(staging, "r+b") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        elf = ElfFile(handle)
-        sections = section_headers(elf, size)
-        phdrs = program_headers(elf, size)
-        names = SectionNames(elf, sections, size)
-        found = [i for i, _ in enumerate(sections) if names[i] == BLOB_SECTION]
-        if len(found) != 1:
-            raise InputError(
-                f"{original}: the rewritten file has {len(found)} {BLOB_SECTION} sections"
+    def _dynamic(self) -> list[tuple[int, int, int]]:
+        """(tag, value, file offset of the entry) up to DT_NULL, read where ld.so reads it."""
+        found = [p for p in self.phdrs if p["p_type"] == "PT_DYNAMIC"]
+        if not found:
+            self.fail("no dynamic section, so dlsym could never find a blob")
+        segment = found[0]
+        at = self.file_offset(segment["p_vaddr"], segment["p_filesz"], "PT_DYNAMIC")
+        if at != segment["p_offset"]:
+            self.fail(
+                f"PT_DYNAMIC says file offset {segment['p_offset']:#x} but its address maps to"
+                f" {at:#x}; the headers contradict each other"
             )
+        entry = struct.Struct(self.end + self.word * 2)
+        raw = self.read(at, segment["p_filesz"])
+        entries = []
+        for offset in range(0, len(raw) - entry.size + 1, entry.size):
+            tag, value = entry.unpack_from(raw, offset)
+            if tag == _DT_NULL:
+                return entries
+            entries.append((tag, value, at + offset))
+        return self.fail("the dynamic section has no DT_NULL terminator")
+
+    def tag(self, tag: int) -> int | None:
+        values = [value for t, value, _ in self.dynamic if t == tag]
+        if len(values) > 1:
+            self.fail(f"the dynamic section has {len(values)} entries with tag {tag:#x}")
+        return values[0] if values else None
+
+    def section_at(self, address: int, kinds: tuple[str, ...]) -> int | None:
+        """Index of the allocated section of one of `kinds` that starts at `address`."""
+        found = [
+            i
+            for i, h in enumerate(self.sections)
+            if h["sh_addr"] == address and h["sh_type"] in kinds and h["sh_flags"] & _SHF_ALLOC
+        ]
+        return found[0] if found else None
+
+
+@dataclass
+class _Table:
+    """One dynamic table: where the input has it, and its bytes as the output will have them."""
+
+    tag: int
+    address: int
+    data: bytes
+    section: int | None
+    length: int = 0
+    """Its size in the input."""
+    changed: bool = False
+
+    def __post_init__(self) -> None:
+        self.length = len(self.data)
+
+
+class _SymbolTables:
+    """`.dynsym`, `.dynstr`, the hash tables and `.gnu.version` of the input."""
+
+    def __init__(self, host: _Host) -> None:
+        self.host = host
+        symtab = host.tag(_DT_SYMTAB)
+        strtab, strsz = host.tag(_DT_STRTAB), host.tag(_DT_STRSZ)
+        if symtab is None or strtab is None or strsz is None:
+            host.fail("the dynamic section lacks DT_SYMTAB, DT_STRTAB or DT_STRSZ")
+        if host.tag(_DT_SYMTAB_SHNDX) is not None:
+            host.fail("DT_SYMTAB_SHNDX is not supported")
+        entry = host.symbol_layout.size
+        if (host.tag(_DT_SYMENT) or entry) != entry:
+            host.fail(f"DT_SYMENT is not {entry}")
+        section = host.section_at(symtab, ("SHT_DYNSYM",))
+        if section is None:
+            host.fail("no .dynsym section header at DT_SYMTAB")
+        self.count = host.sections[section]["sh_size"] // entry
+        self.tables: dict[int, _Table] = {}
+        self._add(_DT_SYMTAB, symtab, self.count * entry, section)
+        self._add(_DT_STRTAB, strtab, strsz, host.section_at(strtab, ("SHT_STRTAB",)))
+        gnu = host.tag(_DT_GNU_HASH)
+        self.gnu = self.sysv = None
+        where = host.display
+        if gnu is not None:
+            head = self._memory(gnu, 16, "DT_GNU_HASH")
+            length = GnuHashTable.size(head, self.count, host.bits, host.little)
+            table = self._add(_DT_GNU_HASH, gnu, length, host.section_at(gnu, ("SHT_GNU_HASH",)))
+            self.gnu = GnuHashTable.parse(table.data, self.count, host.bits, host.little, where)
+        sysv = host.tag(_DT_HASH)
+        # 64-bit s390 and Alpha use 64-bit hash table entries; everyone else 32-bit ones.
+        self.sysv_code = (
+            "Q" if host.bits == 64 and host.elf["e_machine"] in ("EM_S390", "EM_ALPHA") else "I"
+        )
+        if sysv is not None:
+            word = array(self.sysv_code).itemsize
+            head = self._memory(sysv, 2 * word, "DT_HASH")
+            length = SysvHashTable.size(head, self.sysv_code, host.little)
+            table = self._add(_DT_HASH, sysv, length, host.section_at(sysv, ("SHT_HASH",)))
+            self.sysv = SysvHashTable.parse(
+                table.data, self.count, self.sysv_code, host.little, where
+            )
+        if self.gnu is None and self.sysv is None:
+            host.fail("no DT_GNU_HASH or DT_HASH: dlsym could find nothing in it")
+        versym = host.tag(_DT_VERSYM)
+        if versym is not None:
+            section = host.section_at(versym, ("SHT_GNU_versym",))
+            self._add(_DT_VERSYM, versym, 2 * self.count, section)
+        for tag, kind in ((_DT_VERDEF, "SHT_GNU_verdef"), (_DT_VERNEED, "SHT_GNU_verneed")):
+            address = host.tag(tag)
+            if address is not None:
+                index = host.section_at(address, (kind,))
+                if index is not None:  # moved only to make room, and then with its header size
+                    self._add(tag, address, host.sections[index]["sh_size"], index)
+
+    def _memory(self, address: int, length: int, what: str) -> bytes:
+        return self.host.read(self.host.file_offset(address, length, what), length)
+
+    def _add(self, tag: int, address: int, length: int, section: int | None) -> _Table:
+        table = _Table(tag, address, self._memory(address, length, f"tag {tag:#x}"), section)
+        self.tables[tag] = table
+        return table
+
+    def name_of(self, index: int) -> bytes:
+        raw = self.tables[_DT_SYMTAB].data
+        entry = self.host.symbol_layout
+        st_name = entry.unpack_from(raw, index * entry.size)[0]
+        strings = self.tables[_DT_STRTAB].data
+        end = strings.find(b"\0", st_name)
+        return strings[st_name : end if end != -1 else len(strings)]
+
+    def find_defined(self) -> int | None:
+        """Index of a defined `__tvm_ffi__library_bin` that every hash table finds, if any."""
+        found = [
+            table.lookup(_NAME, self.name_of)
+            for table in (self.gnu, self.sysv)
+            if table is not None
+        ]
+        if None in found or len(set(found)) != 1:
+            return None
         index = found[0]
-        ours = sections[index]
-        loads = [p for p in phdrs if p["p_type"] == "PT_LOAD"]
-        own = [p for p in loads if _covers(p, ours["sh_addr"])]
-        if len(own) != 1:
-            raise InputError(f"{staging}: the blob section is not in exactly one PT_LOAD")
-        segment = own[0]
-        page = max([_MIN_PAGE, *(p["p_align"] for p in loads)])
-        others = [p for p in loads if p is not segment]
-        address = _align(max(p["p_vaddr"] + p["p_memsz"] for p in others), page)
-        offset = _align(size, page)
-        segment.update(
-            p_offset=offset, p_vaddr=address, p_paddr=address,
-            p_filesz=blob_size, p_memsz=blob_size, p_align=page,
+        fields = self._fields(index)
+        return index if fields["shndx"] != 0 else None
+
+    def _fields(self, index: int) -> dict[str, int]:
+        layout = self.host.symbol_layout
+        values = layout.unpack_from(self.tables[_DT_SYMTAB].data, index * layout.size)
+        if self.host.bits == 64:
+            name, info, other, shndx, value, size = values
+        else:
+            name, value, size, info, other, shndx = values
+        return dict(name=name, info=info, other=other, shndx=shndx, value=value, size=size)
+
+    def symbol_bytes(self, **fields: int) -> bytes:
+        f = fields
+        if self.host.bits == 64:
+            order = (f["name"], f["info"], f["other"], f["shndx"], f["value"], f["size"])
+        else:
+            order = (f["name"], f["value"], f["size"], f["info"], f["other"], f["shndx"])
+        return self.host.symbol_layout.pack(*order)
+
+    def add_symbol(self, shndx: int, placement: Placement) -> int:
+        """Insert the blob symbol where the GNU hash table wants it (or last); its index."""
+        strings = self.tables[_DT_STRTAB]
+        at = strings.data.find(_NAME + b"\0")
+        if at == -1:
+            at = len(strings.data)
+            strings.data += _NAME + b"\0"
+            strings.changed = True
+        position = self.gnu.insert_position(_NAME) if self.gnu else self.count
+        symbols = self.tables[_DT_SYMTAB]
+        entry = self.host.symbol_layout.size
+        new = self.symbol_bytes(
+            name=at, info=_STB_GLOBAL_STT_OBJECT, other=0, shndx=shndx,
+            value=placement.address, size=placement.size,
         )  # fmt: skip
-        ours.update(sh_addr=address, sh_offset=offset, sh_size=blob_size)
-        # The gABI wants PT_LOAD entries in ascending address order, and glibc sizes the
-        # whole mapping from the first and the last one: ours, now highest, must come last.
-        slots = [i for i, p in enumerate(phdrs) if p["p_type"] == "PT_LOAD"]
-        for slot, load in zip(slots, sorted(loads, key=lambda p: p["p_vaddr"]), strict=True):
-            phdrs[slot] = load
-        _write_headers(handle, elf, phdrs, "e_phoff", "e_phentsize", "Elf_Phdr")
-        _mend_nobits(sections, names, original)
-        _write_headers(handle, elf, sections, "e_shoff", "e_shentsize", "Elf_Shdr")
-        _point_symbols(handle, elf, sections, size, index, address, blob_size)
-    return Placement(offset, address, blob_size)
+        symbols.data = symbols.data[: position * entry] + new + symbols.data[position * entry :]
+        symbols.changed = True
+        for table, tag in ((self.gnu, _DT_GNU_HASH), (self.sysv, _DT_HASH)):
+            if table is not None:
+                table.insert(position, _NAME)
+                self.tables[tag].data = table.to_bytes()
+                self.tables[tag].changed = True
+        versions = self.tables.get(_DT_VERSYM)
+        if versions is not None:
+            word = _VER_NDX_GLOBAL.to_bytes(2, "little" if self.host.little else "big")
+            versions.data = versions.data[: 2 * position] + word + versions.data[2 * position :]
+            versions.changed = True
+        return position
 
-
-def _covers(phdr, address: int) -> bool:
-    return phdr["p_vaddr"] <= address < phdr["p_vaddr"] + max(phdr["p_memsz"], 1)
+    def repoint_symbol(self, index: int, shndx: int, placement: Placement) -> None:
+        """Make the existing entry name the new blob: global, default visibility, in our section."""
+        symbols = self.tables[_DT_SYMTAB]
+        entry = self.host.symbol_layout.size
+        fields = self._fields(index)
+        fields.update(
+            info=_STB_GLOBAL_STT_OBJECT, other=fields["other"] & ~0x3, shndx=shndx,
+            value=placement.address, size=placement.size,
+        )  # fmt: skip
+        new = self.symbol_bytes(**fields)
+        symbols.data = symbols.data[: index * entry] + new + symbols.data[(index + 1) * entry :]
+        symbols.changed = True
+        versions = self.tables.get(_DT_VERSYM)
+        if versions is None:
+            return
+        order = "little" if self.host.little else "big"
+        value = int.from_bytes(versions.data[2 * index : 2 * index + 2], order)
+        if value & 0x7FFF == 0 or value & _VERSYM_HIDDEN:  # local or hidden: dlsym misses it
+            word = ((value & 0x7FFF) or _VER_NDX_GLOBAL).to_bytes(2, order)
+            versions.data = versions.data[: 2 * index] + word + versions.data[2 * index + 2 :]
+            versions.changed = True
 
 
 def _align(value: int, alignment: int) -> int:
     return (value + alignment - 1) // alignment * alignment
 
 
-def _write_headers(handle: BinaryIO, elf: ElfFile, headers: list, at: str, step: str, kind: str):
-    layout = getattr(elf.structs, kind)
-    for number, header in enumerate(headers):
-        handle.seek(elf[at] + number * elf[step])
-        handle.write(layout.build(header))
+def plan_edit(handle: BinaryIO, size: int, display: str, blob_size: int) -> ElfEdit:
+    """Decide the whole edit that gives the library a `blob_size`-byte blob."""
+    host = _Host(handle, size, display)
+    tables = _SymbolTables(host)
+    existing = tables.find_defined()
+    if existing is not None:
+        reused = _reuse_own_segment(host, tables, existing, blob_size)
+        if reused is not None:
+            return reused
+    return _append_segment(host, tables, existing, blob_size)
 
 
-def _mend_nobits(sections: list, names: SectionNames, original: Path) -> None:
-    """Put NOBITS sections (`.bss`) back where they belong: right after their segment's data.
+def _blob_section(host: _Host) -> int | None:
+    found = [i for i in range(len(host.sections)) if host.names[i] == BLOB_SECTION]
+    return found[-1] if found else None
 
-    LIEF can leave `.bss` at a stale address past the segment; `strip`, which trusts section
-    headers, then shrinks the RW segment and the library crashes on its first write there.
-    Each is moved by the shift of the allocated section that preceded it in the original.
+
+def _reuse_own_segment(
+    host: _Host, tables: _SymbolTables, index: int, blob_size: int
+) -> ElfEdit | None:
+    """Cut off an old blob that ends the last segment and the file's loaded bytes, if it does."""
+    ours = _blob_section(host)
+    symbol = tables._fields(index)
+    if ours is None or symbol["shndx"] != ours:
+        return None
+    section = host.sections[ours]
+    last = max(host.loads, key=lambda p: p["p_vaddr"])
+    start = section["sh_offset"]
+    if (
+        section["sh_addr"] != symbol["value"]
+        or section["sh_type"] != "SHT_PROGBITS"
+        or last["p_filesz"] != last["p_memsz"]
+        or section["sh_addr"] - last["p_vaddr"] != start - last["p_offset"]
+        or last["p_offset"] + last["p_filesz"] != start + section["sh_size"]
+        or last["p_vaddr"] + last["p_memsz"] != section["sh_addr"] + section["sh_size"]
+    ):
+        return None
+    # Nothing the loader or a section header needs may lie past the old blob's start, except
+    # non-allocated sections, which are carried past the new blob.
+    if any(
+        p["p_filesz"] and p["p_offset"] + p["p_filesz"] > start
+        for p in host.phdrs
+        if p is not last and p["p_type"] != "PT_NULL"
+    ):
+        return None
+    carried_sections = []
+    for number, header in enumerate(host.sections):
+        if number == ours or header["sh_type"] == "SHT_NOBITS" or not header["sh_size"]:
+            continue
+        end = header["sh_offset"] + header["sh_size"]
+        if end <= start:
+            continue
+        if header["sh_flags"] & _SHF_ALLOC or header["sh_offset"] < start:
+            return None
+        carried_sections.append(number)
+    placement = Placement(start, section["sh_addr"], blob_size)
+    edit = ElfEdit(copy_length=start, placement=placement, size=0)
+    headers = [dict(h) for h in host.sections]
+    cursor = start + blob_size
+    for number in carried_sections:
+        header = headers[number]
+        cursor = _align(cursor, max(header["sh_addralign"], 1))
+        edit.carried.append((header["sh_offset"], header["sh_size"], cursor))
+        header["sh_offset"] = cursor
+        cursor += header["sh_size"]
+    headers[ours]["sh_size"] = blob_size
+    grown = last["p_filesz"] - section["sh_size"] + blob_size
+    phdrs = [dict(p) for p in host.phdrs]
+    phdrs[host.phdrs.index(last)].update(p_filesz=grown, p_memsz=grown)
+    tables.repoint_symbol(index, ours, placement)
+    for table in tables.tables.values():
+        if table.changed:
+            where = host.file_offset(table.address, len(table.data), "a dynamic table")
+            edit.patches.append((where, table.data))
+    _finish(host, edit, phdrs, headers, cursor, None)
+    return edit
+
+
+def _append_segment(
+    host: _Host, tables: _SymbolTables, existing: int | None, blob_size: int
+) -> ElfEdit:
+    """The general case: a new PT_LOAD past everything, holding new tables and the blob."""
+    headers = [dict(h) for h in host.sections]
+    phdrs = [dict(p) for p in host.phdrs]
+    ours = _blob_section(host)
+    added = None
+    if ours is None:
+        ours = added = _new_section_index(host, tables)
+        blob_header = dict(
+            sh_name=0, sh_type="SHT_PROGBITS", sh_flags=_SHF_ALLOC, sh_addr=0, sh_offset=0,
+            sh_size=0, sh_link=0, sh_info=0, sh_addralign=_BLOB_ALIGN, sh_entsize=0,
+        )  # fmt: skip
+    else:
+        blob_header = headers[ours]
+    offset = _align(host.size, _MIN_PAGE)
+    top = max(p["p_vaddr"] + p["p_memsz"] for p in host.loads)
+    address = _align(top, host.page) + offset % host.page
+    # Tables change size (adding) or content (re-pointing); the blob's place is only known
+    # once the tables are laid out, so lay out with a provisional placement, then patch it.
+    provisional = Placement(0, 0, blob_size)
+    if existing is None:
+        inserted = tables.add_symbol(ours, provisional)
+    else:
+        tables.repoint_symbol(existing, ours, provisional)
+        inserted = tables.count  # nothing shifts
+    slot = _make_phdr_slot(host, phdrs)
+    moved_blocks = _blocks_to_move(host, tables, slot)
+    edit = ElfEdit(copy_length=host.size, placement=provisional, size=0)
+    cursor = offset
+    for first, last in moved_blocks:
+        cursor = _align(cursor, 16) + (first % 16)
+        delta = cursor - first
+        edit.carried.append((first, last - first, cursor))
+        _follow_move(host, phdrs, headers, first, last, delta, address - offset)
+        cursor += last - first
+    region: list[tuple[int, _Table]] = []
+    for tag in _MOVABLE_TAGS:
+        table = tables.tables.get(tag)
+        if table is None:
+            continue
+        in_place = host.file_offset(table.address, table.length, "a dynamic table")
+        if len(table.data) == table.length and not _overlaps(in_place, table.length, *slot.growth):
+            if table.changed:
+                region.append((in_place, table))  # same size: patched where it is
+            continue
+        cursor = _align(cursor, 8)
+        region.append((cursor, table))
+        new_address = address + cursor - offset
+        edit.patches.extend(_retag(host, table.tag, new_address))
+        if table.tag == _DT_STRTAB and len(table.data) != host.tag(_DT_STRSZ):
+            edit.patches.extend(_retag(host, _DT_STRSZ, len(table.data)))
+        if table.section is not None:
+            headers[table.section].update(
+                sh_offset=cursor, sh_addr=new_address, sh_size=len(table.data)
+            )
+        table.address = new_address
+        cursor += len(table.data)
+    cursor = _align(cursor, _BLOB_ALIGN)
+    placement = Placement(cursor, address + cursor - offset, blob_size)
+    edit.placement = placement
+    # Now the blob's address is known: write it into the symbol's entry.
+    if existing is None:
+        tables.repoint_symbol(inserted, ours, placement)
+    else:
+        tables.repoint_symbol(existing, ours, placement)
+    edit.patches.extend((at, table.data) for at, table in region)
+    blob_header.update(sh_addr=placement.address, sh_offset=cursor, sh_size=blob_size)
+    cursor += blob_size
+    segment = dict(
+        p_type="PT_LOAD", p_flags=_PF_R, p_offset=offset, p_vaddr=address, p_paddr=address,
+        p_filesz=cursor - offset, p_memsz=cursor - offset, p_align=host.page,
+    )  # fmt: skip
+    slot.place(phdrs, segment)
+    if inserted < tables.count:
+        edit.relocations = _relocation_tables(host)
+        edit.inserted_at = inserted
+    if added is not None:
+        _insert_section(headers, added, blob_header)
+    _finish(host, edit, phdrs, headers, cursor, added)
+    return edit
+
+
+def _new_section_index(host: _Host, tables: _SymbolTables) -> int:
+    """Where the blob's section header goes: right after the last allocated section.
+
+    `strip` and `objcopy` renumber the sections they drop and the ones after them, but never
+    rewrite `.dynsym`: the symbol's section index stays right only among the allocated
+    sections at the front. Where a symbol names a section from there on (which would have to
+    be renumbered), the header goes last instead.
     """
-    with open(original, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        elf = ElfFile(handle)
-        before = section_headers(elf, size)
-        before_names = SectionNames(elf, before, size)
-    old = {before_names[i]: h for i, h in enumerate(before)}
-    new = {names[i]: h for i, h in enumerate(sections)}
-    for name, header in new.items():
-        if header["sh_type"] != "SHT_NOBITS" or not header["sh_flags"] & _SHF_ALLOC:
-            continue
-        if name not in old:
-            continue
-        anchor = max(
-            (
-                n
-                for n, h in old.items()
-                if h["sh_flags"] & _SHF_ALLOC
-                and h["sh_type"] != "SHT_NOBITS"
-                and h["sh_addr"] <= old[name]["sh_addr"]
-                and n in new
-            ),
-            key=lambda n: old[n]["sh_addr"],
-            default=None,
-        )
-        if anchor is None:
-            continue
-        shift = new[anchor]["sh_addr"] - old[anchor]["sh_addr"]
-        header["sh_addr"] = old[name]["sh_addr"] + shift
-        header["sh_offset"] = new[anchor]["sh_offset"] + (
-            header["sh_addr"] - new[anchor]["sh_addr"]
-        )
+    if len(host.sections) >= 0xFF00 - 1:
+        host.fail("too many sections to add one")
+    position = 1 + max(
+        (i for i, h in enumerate(host.sections) if h["sh_flags"] & _SHF_ALLOC), default=0
+    )
+    symbol_tables = [
+        (h["sh_offset"], h["sh_size"])
+        for h in host.sections
+        if h["sh_type"] in ("SHT_SYMTAB", "SHT_DYNSYM")
+    ]
+    for offset, length in symbol_tables:
+        if _names_sections_from(host, offset, length, position):
+            return len(host.sections)
+    return position
 
 
-def _point_symbols(
-    handle: BinaryIO, elf: ElfFile, sections: list, size: int, index: int, address: int, length: int
+def _names_sections_from(host: _Host, offset: int, length: int, position: int) -> bool:
+    """Whether a symbol table has an entry whose st_shndx is `position` or a later section."""
+    entry = host.symbol_layout.size
+    per_entry, at = (12, 3) if host.bits == 64 else (8, 7)  # st_shndx as the n-th u16
+    chunk = (_RELOCATION_CHUNK // entry) * entry
+    for start in range(0, length - length % entry, chunk):
+        words = array("H", host.read(offset + start, min(chunk, length - length % entry - start)))
+        if host.little != NATIVE_LITTLE:
+            words.byteswap()
+        if any(position <= index < 0xFF00 for index in words[at::per_entry]):
+            return True
+    return False
+
+
+def _insert_section(headers: list[dict], position: int, header: dict) -> None:
+    """Insert a section header, renumbering the links of the sections that follow it."""
+    for other in headers:
+        if other["sh_link"] >= position:
+            other["sh_link"] += 1
+        info_is_index = other["sh_type"] in ("SHT_REL", "SHT_RELA") or other["sh_flags"] & 0x40
+        if info_is_index and other["sh_info"] >= position:
+            other["sh_info"] += 1
+    headers.insert(position, header)
+
+
+def _overlaps(start: int, length: int, first: int, last: int) -> bool:
+    return start < last and first < start + length
+
+
+@dataclass
+class _PhdrSlot:
+    """Where the new PT_LOAD entry goes: a PT_NULL entry, or a new entry that grows the table."""
+
+    growth: tuple[int, int]
+    """File range the grown table newly covers (empty when a PT_NULL entry is reused)."""
+    reuse_null: bool
+
+    def place(self, phdrs: list[dict], segment: dict) -> None:
+        """Insert `segment` after the last PT_LOAD: the loader wants them in address order."""
+        if self.reuse_null:
+            phdrs.remove(next(p for p in phdrs if p["p_type"] == "PT_NULL"))
+        last = max(i for i, p in enumerate(phdrs) if p["p_type"] == "PT_LOAD")
+        phdrs.insert(last + 1, segment)
+
+
+def _make_phdr_slot(host: _Host, phdrs: list[dict]) -> _PhdrSlot:
+    if any(p["p_type"] == "PT_NULL" for p in phdrs):
+        return _PhdrSlot((0, 0), reuse_null=True)
+    step = host.elf["e_phentsize"]
+    start = host.elf["e_phoff"] + len(phdrs) * step
+    for phdr in phdrs:
+        if phdr["p_type"] == "PT_PHDR":
+            phdr["p_filesz"] += step
+            phdr["p_memsz"] += step
+    holder = [
+        p
+        for p in host.loads
+        if p["p_offset"] <= host.elf["e_phoff"] < p["p_offset"] + p["p_filesz"]
+    ]
+    if holder and start + step > holder[0]["p_offset"] + holder[0]["p_filesz"]:
+        host.fail("no room for another program header inside the first segment")
+    return _PhdrSlot((start, start + step), reuse_null=False)
+
+
+def _blocks_to_move(host: _Host, tables: _SymbolTables, slot: _PhdrSlot) -> list[tuple[int, int]]:
+    """File ranges that must move out of the way of the grown program header table.
+
+    A section in the way moves if the loader finds it only through a program header that can be
+    re-pointed (notes, `.interp`); a PT_NOTE or PT_INTERP range moves whole, with every section
+    in it. Dynamic tables in the way are re-placed with the tables (their tags re-pointed), and
+    anything else a dynamic tag points into cannot move.
+    """
+    first, last = slot.growth
+    if first == last:
+        return []
+    _refuse_tagged_bytes(host, tables, first, last)
+    handled = {t.section for t in tables.tables.values()}
+    blocks: list[list[int]] = []
+    pending = [(first, last)]
+    while pending:
+        low, high = pending.pop()
+        for number, header in enumerate(host.sections):
+            if number in handled or header["sh_type"] == "SHT_NOBITS" or not header["sh_size"]:
+                continue
+            start, end = header["sh_offset"], header["sh_offset"] + header["sh_size"]
+            if not _overlaps(start, end - start, low, high):
+                continue
+            name = host.names[number]
+            movable = header["sh_type"] == "SHT_NOTE" or name == ".interp"
+            if not movable or not header["sh_flags"] & _SHF_ALLOC:
+                host.fail(
+                    f"no room for another program header: section {name} follows the table"
+                    " and cannot be moved"
+                )
+            if _absorb(blocks, start, end):
+                pending.append((start, end))
+        for phdr in host.phdrs:
+            if phdr["p_type"] not in _FOLLOWING_SEGMENTS or not phdr["p_filesz"]:
+                continue
+            start, end = phdr["p_offset"], phdr["p_offset"] + phdr["p_filesz"]
+            if _overlaps(start, end - start, low, high) and _absorb(blocks, start, end):
+                pending.append((start, end))
+    return sorted((low, high) for low, high in blocks)
+
+
+# Dynamic tags whose value is an address in the image.
+_ADDRESS_TAGS = (3, 4, 5, 6, 7, 12, 13, 17, 23, 25, 26, 32, 36)
+
+
+def _refuse_tagged_bytes(host: _Host, tables: _SymbolTables, first: int, last: int) -> None:
+    """Fail if a dynamic tag other than the re-placed tables' points into [first, last)."""
+    handled = {t.tag for t in tables.tables.values()}
+    for tag, value, _ in host.dynamic:
+        if tag in handled or not (tag in _ADDRESS_TAGS or 0x6FFFFE00 <= tag <= 0x6FFFFFFF):
+            continue
+        for load in host.loads:
+            delta = value - load["p_vaddr"]
+            if 0 <= delta < load["p_filesz"] and first <= load["p_offset"] + delta < last:
+                host.fail(
+                    f"no room for another program header: dynamic tag {tag:#x} points right"
+                    " after the table"
+                )
+
+
+def _absorb(blocks: list[list[int]], start: int, end: int) -> bool:
+    """Merge [start, end) into the blocks; True if that grew them."""
+    for block in blocks:
+        if start < block[1] and block[0] < end:
+            if block[0] <= start and end <= block[1]:
+                return False
+            block[0], block[1] = min(block[0], start), max(block[1], end)
+            return True
+    blocks.append([start, end])
+    return True
+
+
+def _follow_move(
+    host: _Host, phdrs: list[dict], headers: list[dict], first: int, last: int, delta: int,
+    bias: int,
+) -> None:  # fmt: skip
+    """Re-point the sections and program headers inside the file range [first, last).
+
+    They now start `delta` bytes further into the file; in the new segment, an address is its
+    file offset plus `bias`.
+    """
+    for header in headers[: len(host.sections)]:
+        if header["sh_type"] != "SHT_NOBITS" and first <= header["sh_offset"] < last:
+            header["sh_offset"] += delta
+            header["sh_addr"] = header["sh_offset"] + bias
+    for phdr in phdrs:
+        if phdr["p_type"] in _FOLLOWING_SEGMENTS and first <= phdr["p_offset"] < last:
+            phdr["p_offset"] += delta
+            moved = phdr["p_offset"] + bias - phdr["p_vaddr"]
+            phdr["p_vaddr"] += moved
+            phdr["p_paddr"] += moved
+
+
+def _retag(host: _Host, tag: int, value: int) -> list[tuple[int, bytes]]:
+    """Patches that set the value of every dynamic entry with `tag`."""
+    word = struct.Struct(host.end + host.word)
+    return [(at + word.size, word.pack(value)) for t, _, at in host.dynamic if t == tag]
+
+
+def _relocation_tables(host: _Host) -> list[RelocationTable]:
+    """REL/RELA tables whose symbol indices must follow an inserted symbol, overlaps merged."""
+    if host.tag(_DT_ANDROID_REL) is not None or host.tag(_DT_ANDROID_RELA) is not None:
+        host.fail("Android packed relocations are not supported")
+    found = []
+    for table, size, entry in (
+        (_DT_RELA, _DT_RELASZ, _DT_RELAENT),
+        (_DT_REL, _DT_RELSZ, _DT_RELENT),
+    ):
+        address = host.tag(table)
+        if address is not None:
+            length = host.tag(size) or 0
+            step = host.tag(entry) or (3 if table == _DT_RELA else 2) * host.bits // 8
+            found.append((host.file_offset(address, length, "relocations"), length, step))
+    plt = host.tag(_DT_JMPREL)
+    if plt is not None:
+        length = host.tag(_DT_PLTRELSZ) or 0
+        step = (3 if host.tag(_DT_PLTREL) == _DT_RELA else 2) * host.bits // 8
+        found.append((host.file_offset(plt, length, "PLT relocations"), length, step))
+    merged: list[list[int]] = []
+    for start, length, step in sorted(found):
+        if merged and start < merged[-1][0] + merged[-1][1]:
+            if step != merged[-1][2]:
+                host.fail("relocation tables of different entry sizes overlap")
+            merged[-1][1] = max(merged[-1][1], start + length - merged[-1][0])
+        else:
+            merged.append([start, length, step])
+    return [
+        RelocationTable(start, length, step, host.bits, host.little)
+        for start, length, step in merged
+    ]
+
+
+def _finish(
+    host: _Host, edit: ElfEdit, phdrs: list[dict], headers: list[dict], cursor: int,
+    added: int | None,
+) -> None:  # fmt: skip
+    """Section names, the section header table, the program header table and the ELF header.
+
+    `added` is the index of a section header inserted into `headers`, which needs a name.
+    """
+    elf = host.elf
+    names_index = elf["e_shstrndx"]
+    if names_index == 0xFFFF:
+        host.fail("extended section numbering is not supported")
+    if added is not None and names_index >= added:
+        names_index += 1
+    if added is not None:
+        strings_header = headers[names_index]
+        strings = host.read(strings_header["sh_offset"], strings_header["sh_size"])
+        at = strings.find(BLOB_SECTION.encode() + b"\0")
+        if at == -1:
+            at = len(strings)
+            strings += BLOB_SECTION.encode() + b"\0"
+            edit.patches.append((cursor, strings))
+            strings_header.update(sh_offset=cursor, sh_size=len(strings))
+            cursor += len(strings)
+        headers[added]["sh_name"] = at
+    cursor = _align(cursor, 8)
+    shdr = elf.structs.Elf_Shdr
+    table = b"".join(shdr.build(Container(**header)) for header in headers)
+    edit.patches.append((cursor, table))
+    phdr = elf.structs.Elf_Phdr
+    edit.patches.append((elf["e_phoff"], b"".join(phdr.build(Container(**p)) for p in phdrs)))
+    header = Container(**elf.header)
+    header.update(e_phnum=len(phdrs), e_shoff=cursor, e_shnum=len(headers), e_shstrndx=names_index)
+    edit.patches.append((0, elf.structs.Elf_Ehdr.build(header)))
+    edit.size = cursor + len(table)
+
+
+def write_edit(
+    source: str, out_fd: int, edit: ElfEdit, write_blob: Callable[[int, int], None]
 ) -> None:
-    """Every `__tvm_ffi__library_bin` in .dynsym and .symtab now names the new region."""
-    layout = elf.structs.Elf_Sym
-    for table_index, header in enumerate(sections):
-        if header["sh_type"] not in ("SHT_DYNSYM", "SHT_SYMTAB"):
-            continue
-        entry_size = header["sh_entsize"] or layout.sizeof()
-        for number in entries_named(elf, size, header, sections, LIBRARY_BIN):
-            at = header["sh_offset"] + number * entry_size
-            handle.seek(at)
-            symbol = layout.parse(handle.read(layout.sizeof()))
-            symbol["st_value"] = address
-            symbol["st_size"] = length
-            symbol["st_shndx"] = index
-            if header["sh_type"] == "SHT_DYNSYM":
-                symbol["st_info"]["bind"] = "STB_GLOBAL"
-                symbol["st_info"]["type"] = "STT_OBJECT"
-                symbol["st_other"]["visibility"] = "STV_DEFAULT"
-                _set_global_version(handle, elf, sections, table_index, number)
-            handle.seek(at)
-            handle.write(layout.build(symbol))
+    """Write the edited library to `out_fd`; `write_blob(fd, offset)` streams the blob in."""
+    copy_payload(PayloadSource(source, 0, edit.copy_length), out_fd, 0)
+    for start, length, at in edit.carried:
+        copy_payload(PayloadSource(source, start, length), out_fd, at)
+    for table in edit.relocations:
+        _shift_relocations(out_fd, table, edit.inserted_at)
+    for at, data in edit.patches:
+        os.pwrite(out_fd, data, at)
+    write_blob(out_fd, edit.placement.file_offset)
+    os.ftruncate(out_fd, edit.size)
 
 
-def _set_global_version(
-    handle: BinaryIO, elf: ElfFile, sections: list, dynsym_index: int, number: int
-) -> None:
-    """A `.gnu.version` entry of 0 (local) or with the hidden bit hides the symbol from dlsym."""
-    order = "little" if elf.little_endian else "big"
-    for header in sections:
-        if header["sh_type"] == "SHT_GNU_versym" and header["sh_link"] == dynsym_index:
-            at = header["sh_offset"] + 2 * number
-            handle.seek(at)
-            value = int.from_bytes(handle.read(2), order)
-            if value & 0x7FFF == 0 or value & 0x8000:
-                handle.seek(at)
-                handle.write((value & 0x7FFF or _VER_NDX_GLOBAL).to_bytes(2, order))
-            return
+def _shift_relocations(out_fd: int, table: RelocationTable, position: int) -> None:
+    """Renumber r_info symbol indices at or past `position`, a bounded chunk at a time."""
+    little, bits = table.little, table.bits
+    code = "Q" if bits == 64 else "I"
+    width = 32 if bits == 64 else 8
+    per_entry = table.entry_size // (bits // 8)
+    swap = little != NATIVE_LITTLE
+    chunk = max(1, _RELOCATION_CHUNK // table.entry_size) * table.entry_size
+    for start in range(0, table.size - table.size % table.entry_size, chunk):
+        length = min(chunk, table.size - table.size % table.entry_size - start)
+        words = array(code, os.pread(out_fd, length, table.file_offset + start))
+        if swap:
+            words.byteswap()
+        changed = False
+        for number in range(1, len(words), per_entry):
+            if words[number] >> width >= position:
+                words[number] += 1 << width
+                changed = True
+        if changed:
+            if swap:
+                words.byteswap()
+            os.pwrite(out_fd, words.tobytes(), table.file_offset + start)

@@ -1,28 +1,55 @@
 """Checks a packed file must pass before it replaces anything.
 
-The staged file is re-read with ffitool's own readers: the blob must decode to exactly the
-planned tree with exactly the planned bytes, the loader's hash-table lookup must land on it,
-and everything the dynamic loader relied on in the original must still be there.
+The staged file is re-read with ffitool's own readers and compared with the original, so that
+each promise of the writer is checked on the bytes it produced, not on its intentions:
+
+- the blob decodes to exactly the planned tree with exactly the planned bytes, and the loader's
+  lookup through every hash table lands on it, visible to dlsym;
+- the dynamic symbols are the original's plus the blob's, each resolvable as before; the
+  dynamic entries are the original's, with only the tags of re-placed tables changed; every
+  relocation names the same symbol as before;
+- every section the writer did not deliberately re-place is where it was with the same bytes
+  (`.symtab` among them); re-placed notes keep their bytes; program headers are the original's
+  plus one PT_LOAD;
+- the layout is one ld.so maps and `strip` keeps: every allocated section inside exactly one
+  PT_LOAD at the matching offset, no overlaps between sections or between segments, PT_LOADs in
+  address order and aligned.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 from collections import Counter
 from pathlib import Path
+from typing import BinaryIO
 
 from ffitool.errors import InputError
 from ffitool.findings import Severity
 from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
 from ffitool.formats.elf_dynamic import DynamicView, read_dynamic
 from ffitool.library import inspect_path
-from ffitool.pack.elf_writer import Placement
-from ffitool.pack.plan import Plan
+from ffitool.pack.elf_writer import BLOB_SECTION, Placement
+from ffitool.pack.plan import PayloadSource, Plan
 from ffitool.pack.stream import same_bytes
 from ffitool.symbols import LIBRARY_BIN
 
 _MIN_PAGE = 0x1000
 _LOOKUP_SAMPLE = 512
+_SHF_ALLOC = 0x2
+_SHF_TLS = 0x400
+_CHUNK = 1 << 20
+# Dynamic tags whose tables the writer may re-place (and DT_STRSZ, which grows with .dynstr).
+_RETAGGED = {4, 5, 6, 10, 0x6FFFFEF5, 0x6FFFFFF0, 0x6FFFFFFC, 0x6FFFFFFE}
+# Sections the writer may re-place: their new copies are checked by content or meaning.
+_REPLACEABLE = (
+    "SHT_DYNSYM", "SHT_STRTAB", "SHT_GNU_HASH", "SHT_HASH", "SHT_GNU_versym",
+    "SHT_GNU_verdef", "SHT_GNU_verneed", "SHT_NOTE",
+)  # fmt: skip
+# Sections the writer patches where they are; their meaning is checked instead of their bytes.
+_PATCHED = ("SHT_DYNAMIC", "SHT_RELA", "SHT_REL", "SHT_DYNSYM", "SHT_GNU_versym")
+# Program headers that may follow a re-placed range of bytes.
+_MOVABLE_SEGMENTS = ("PT_NOTE", "PT_GNU_PROPERTY", "PT_INTERP")
 
 
 class VerificationError(InputError):
@@ -36,12 +63,29 @@ def verify(staging: Path, original: Path, plan: Plan, placement: Placement) -> N
         before = read_dynamic(old, os.fstat(old.fileno()).st_size)
         after = read_dynamic(new, os.fstat(new.fileno()).st_size)
         _check_lookup(after, placement)
-        _check_preserved(before, after)
-    _check_layout(original, staging)
+        _check_preserved(before, after, placement)
+        _check_relocations(before, after)
+        old_file, new_file = _Headers(old), _Headers(new)
+    _check_segments(old_file, new_file, original, staging)
+    _check_sections(old_file, new_file, original, staging)
+    _check_layout(old_file, new_file)
 
 
 def _fail(message: str) -> None:
     raise VerificationError(f"packed file failed verification: {message}")
+
+
+class _Headers:
+    """Program and section headers and section names of one file."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        size = os.fstat(handle.fileno()).st_size
+        elf = ElfFile(handle)
+        self.phentsize = elf["e_phentsize"]
+        self.phdrs = program_headers(elf, size)
+        self.sections = section_headers(elf, size)
+        names = SectionNames(elf, self.sections, size)
+        self.names = [names[i] for i in range(len(self.sections))]
 
 
 def _check_blob(staging: Path, plan: Plan, placement: Placement) -> None:
@@ -88,15 +132,27 @@ def _check_lookup(after: DynamicView, placement: Placement) -> None:
             _fail(f"{LIBRARY_BIN} has symbol version {symbol.version:#x}: local or hidden")
 
 
-def _check_preserved(before: DynamicView, after: DynamicView) -> None:
+def _check_preserved(before: DynamicView, after: DynamicView, placement: Placement) -> None:
+    """Dynamic entries and symbols: the original's, plus the blob symbol, nothing else."""
     for label in ("needed", "soname", "rpath", "runpath"):
         if getattr(before, label) != getattr(after, label):
             _fail(f"{label} changed from {getattr(before, label)} to {getattr(after, label)}")
-    old = [(name, symbol) for name, symbol in before.symbols() if name != LIBRARY_BIN]
-    kept = Counter((name, symbol.size, symbol.defined) for name, symbol in old)
-    kept -= Counter((name, symbol.size, symbol.defined) for name, symbol in after.symbols())
-    if kept:
-        _fail(f"dynamic symbols lost or changed: {sorted(kept)[:5]}")
+    old_tags, new_tags = before.entries, after.entries
+    if [t for t, _ in old_tags] != [t for t, _ in new_tags]:
+        _fail("the dynamic section's tags changed")
+    for (tag, was), (_, now) in zip(old_tags, new_tags, strict=True):
+        if tag not in _RETAGGED and was != now:
+            _fail(f"dynamic entry {tag:#x} changed from {was:#x} to {now:#x}")
+    old = Counter((name, s) for name, s in before.symbols() if name != LIBRARY_BIN)
+    new = Counter((name, s) for name, s in after.symbols())
+    added = new - old
+    lost = old - new
+    if lost:
+        _fail(f"dynamic symbols lost or changed: {sorted(n for n, _ in lost)[:5]}")
+    if [(n, s.value, s.size) for n, s in added] != [
+        (LIBRARY_BIN, placement.address, placement.size)
+    ]:
+        _fail(f"dynamic symbols added: {sorted(n for n, _ in added)[:5]}")
     lookup_before = before.lookup_gnu if before.has_gnu_hash else before.lookup_sysv
     lookup_after = after.lookup_gnu if after.has_gnu_hash else after.lookup_sysv
     defined = sorted({name for name, symbol in old if symbol.defined})
@@ -108,50 +164,212 @@ def _check_preserved(before: DynamicView, after: DynamicView) -> None:
         # of its definitions, the same one before and after.
         was = lookup_before(name)
         now = lookup_after(name)
-        if was is not None and (now is None or now.size != was.size or not now.defined):
+        if was is not None and now != was:
             _fail(f"dynamic symbol {name} is no longer found through the hash table")
 
 
-def _check_layout(original: Path, staging: Path) -> None:
-    """Program headers kept, segments page-aligned, every allocated section inside its segment.
+def _check_relocations(before: DynamicView, after: DynamicView) -> None:
+    """Every relocation is where it was, of the same type and addend, naming the same symbol."""
+    old_tables, new_tables = before.relocation_tables(), after.relocation_tables()
+    if old_tables != new_tables:
+        _fail(f"relocation tables moved: {old_tables} became {new_tables}")
+    old_names, new_names = before.symbol_names(), after.symbol_names()
+    renumbered = old_names != new_names[: len(old_names)]
+    bits = 64 if struct.calcsize(before.word_format) == 8 else 32
+    shift = 32 if bits == 64 else 8
+    for address, size, entry in old_tables:
+        step = max(1, _CHUNK // entry) * entry
+        for start in range(0, size - size % entry, step):
+            length = min(step, size - size % entry - start)
+            was = before.memory(address + start, length)
+            now = after.memory(address + start, length)
+            if was == now and not renumbered:
+                continue
+            layout = struct.Struct(before.endian + before.word_format * (entry * 8 // bits))
+            for number, (old, new) in enumerate(
+                zip(layout.iter_unpack(was), layout.iter_unpack(now), strict=True)
+            ):
+                old_symbol, new_symbol = old[1] >> shift, new[1] >> shift
+                same_rest = old[0] == new[0] and old[2:] == new[2:]
+                same_type = old[1] & ((1 << shift) - 1) == new[1] & ((1 << shift) - 1)
+                if not (same_rest and same_type) or not _same_symbol(
+                    old_names, new_names, old_symbol, new_symbol
+                ):
+                    at = address + start + number * entry
+                    _fail(f"the relocation at {at:#x} changed its target, type or symbol")
 
-    The last check is what catches a stale `.bss` header, which `strip` would turn into a
-    crashing library.
-    """
-    with open(original, "rb") as handle:
-        before = program_headers(ElfFile(handle), os.fstat(handle.fileno()).st_size)
-    with open(staging, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        elf = ElfFile(handle)
-        after = program_headers(elf, size)
-        sections = section_headers(elf, size)
-        names = SectionNames(elf, sections, size)
-    lost = Counter(str(p["p_type"]) for p in before) - Counter(str(p["p_type"]) for p in after)
-    if lost:
-        _fail(f"program headers lost: {sorted(lost)}")
-    loads = [p for p in after if p["p_type"] == "PT_LOAD"]
+
+def _same_symbol(old: list[bytes], new: list[bytes], was: int, now: int) -> bool:
+    if not was and not now:
+        return True
+    return was < len(old) and now < len(new) and old[was] == new[now] and bool(was) == bool(now)
+
+
+def _section_map(before: _Headers, after: _Headers) -> list[int]:
+    """The output index of each input section: the same, past the one section ffitool adds."""
+    extra = len(after.sections) - len(before.sections)
+    if extra not in (0, 1):
+        _fail(f"{extra} sections were added")
+    added = next((i for i, name in enumerate(after.names) if extra and name == BLOB_SECTION), None)
+    mapping = [i if added is None or i < added else i + 1 for i in range(len(before.sections))]
+    for index, target in enumerate(mapping):
+        if before.names[index] != after.names[target]:
+            _fail(f"section {before.names[index]} became {after.names[target]}")
+    return mapping
+
+
+def _check_sections(before: _Headers, after: _Headers, original: Path, staging: Path) -> None:
+    """Sections stay where they were with their bytes, unless re-placed as a whole."""
+    for index, target in enumerate(_section_map(before, after)):
+        old, new, name = before.sections[index], after.sections[target], before.names[index]
+        if name == BLOB_SECTION:
+            continue  # the old blob's section now holds the new blob, checked on its own
+        if old["sh_type"] != new["sh_type"] or old["sh_flags"] != new["sh_flags"]:
+            _fail(f"section {name} changed its type or flags")
+        if old["sh_type"] == "SHT_NOBITS" or not old["sh_size"]:
+            if (old["sh_addr"], old["sh_size"]) != (new["sh_addr"], new["sh_size"]):
+                _fail(f"section {name} moved or changed size")
+            continue
+        moved = (old["sh_addr"], old["sh_offset"], old["sh_size"]) != (
+            new["sh_addr"],
+            new["sh_offset"],
+            new["sh_size"],
+        )
+        allocated = old["sh_flags"] & _SHF_ALLOC
+        replaceable = old["sh_type"] in _REPLACEABLE or name == ".interp" or not allocated
+        if moved and not replaceable:
+            _fail(f"section {name} moved from {old['sh_addr']:#x}, offset {old['sh_offset']:#x}")
+        growable = ("SHT_STRTAB", "SHT_GNU_HASH", "SHT_HASH", "SHT_DYNSYM", "SHT_GNU_versym")
+        if old["sh_size"] != new["sh_size"] and old["sh_type"] not in growable:
+            _fail(f"section {name} changed size")
+        if old["sh_type"] in _PATCHED or old["sh_type"] in ("SHT_GNU_HASH", "SHT_HASH"):
+            continue  # rewritten or patched: checked through the dynamic view
+        # Others keep their bytes; a grown string table starts with the old one.
+        source = PayloadSource(str(original), old["sh_offset"], old["sh_size"])
+        if not same_bytes(source, str(staging), new["sh_offset"]):
+            _fail(f"section {name} has different bytes")
+
+
+def _check_segments(before: _Headers, after: _Headers, original: Path, staging: Path) -> None:
+    """The input's program headers, plus one PT_LOAD (or one grown, when repacking)."""
+    kept = Counter(tuple(sorted(p.items())) for p in after.phdrs)
+    changed = []
+    for phdr in before.phdrs:
+        key = tuple(sorted(phdr.items()))
+        if kept[key]:
+            kept[key] -= 1
+        else:
+            changed.append(phdr)
+    new = [p for p in after.phdrs if kept[tuple(sorted(p.items()))]]
+    loads = [p for p in before.phdrs if p["p_type"] == "PT_LOAD"]
+    for phdr in changed:
+        kind = phdr["p_type"]
+        twins = [p for p in new if p["p_type"] == kind]
+        if kind == "PT_NULL":
+            continue
+        if not twins:
+            _fail(f"program header {kind} at {phdr['p_vaddr']:#x} was lost")
+        twin = twins[0]
+        new.remove(twin)
+        if kind == "PT_PHDR":
+            if twin["p_filesz"] != phdr["p_filesz"] + before.phentsize or (
+                twin["p_offset"],
+                twin["p_vaddr"],
+            ) != (phdr["p_offset"], phdr["p_vaddr"]):
+                _fail("PT_PHDR does not describe the grown program header table")
+        elif kind == "PT_LOAD":  # only the last one grows, when a repack reuses it
+            same_start = all(twin[k] == phdr[k] for k in ("p_offset", "p_vaddr", "p_flags"))
+            if not same_start or phdr is not max(loads, key=lambda p: p["p_vaddr"]):
+                _fail(f"PT_LOAD at {phdr['p_vaddr']:#x} changed")
+        elif kind in _MOVABLE_SEGMENTS:
+            source = PayloadSource(str(original), phdr["p_offset"], phdr["p_filesz"])
+            if twin["p_filesz"] != phdr["p_filesz"] or not same_bytes(
+                source, str(staging), twin["p_offset"]
+            ):
+                _fail(f"{kind} does not hold the bytes it held")
+        else:
+            _fail(f"program header {kind} at {phdr['p_vaddr']:#x} changed")
+    if [p["p_type"] for p in new] not in ([], ["PT_LOAD"]):
+        _fail(f"program headers added: {[p['p_type'] for p in new]}")
+    for phdr in new:
+        if phdr["p_flags"] & 0x3:
+            _fail("the new PT_LOAD is writable or executable")
+
+
+def _violations(headers: _Headers) -> set[str]:
+    """What ld.so or strip would trip over in this layout, as comparable sentences."""
+    found = set()
+    loads = [p for p in headers.phdrs if p["p_type"] == "PT_LOAD"]
     addresses = [load["p_vaddr"] for load in loads]
     if addresses != sorted(addresses):
-        _fail("PT_LOAD entries are not in ascending address order")
+        found.add("PT_LOAD entries are not in ascending address order")
     for load in loads:
-        if load["p_align"] < _MIN_PAGE:
-            _fail(f"PT_LOAD at {load['p_vaddr']:#x} is aligned to {load['p_align']}, not a page")
-        if (
-            load["p_align"] > 1
-            and load["p_offset"] % load["p_align"] != load["p_vaddr"] % load["p_align"]
-        ):
-            _fail(f"PT_LOAD at {load['p_vaddr']:#x} is misaligned")
-    for index, header in enumerate(sections):
-        if not header["sh_flags"] & 0x2 or header["sh_size"] == 0:
-            continue
+        align = load["p_align"]
+        if align < _MIN_PAGE or align & (align - 1):
+            found.add(f"PT_LOAD at {load['p_vaddr']:#x} is aligned to {align}, not a page")
+        elif load["p_offset"] % align != load["p_vaddr"] % align:
+            found.add(f"PT_LOAD at {load['p_vaddr']:#x} is misaligned")
+        if load["p_filesz"] > load["p_memsz"]:
+            found.add(f"PT_LOAD at {load['p_vaddr']:#x} has more file than memory bytes")
+    for first, second in _overlapping(
+        [(p["p_offset"], p["p_offset"] + p["p_filesz"], f"{p['p_vaddr']:#x}") for p in loads]
+    ):
+        found.add(f"PT_LOADs at {first} and {second} overlap in the file")
+    for first, second in _overlapping(
+        [(p["p_vaddr"], p["p_vaddr"] + p["p_memsz"], f"{p['p_vaddr']:#x}") for p in loads]
+    ):
+        found.add(f"PT_LOADs at {first} and {second} overlap in memory")
+    allocated = [
+        (name, h)
+        for name, h in zip(headers.names, headers.sections, strict=True)
+        if h["sh_flags"] & _SHF_ALLOC
+        and h["sh_size"]
+        and not (h["sh_type"] == "SHT_NOBITS" and h["sh_flags"] & _SHF_TLS)  # .tbss: no memory
+    ]
+    for name, header in allocated:
         start, end = header["sh_addr"], header["sh_addr"] + header["sh_size"]
         nobits = header["sh_type"] == "SHT_NOBITS"
-        if not any(_inside(load, start, end, header["sh_offset"], nobits) for load in loads):
-            _fail(f"section {names[index]} [{start:#x}, {end:#x}) lies outside its segment")
+        holders = [load for load in loads if _inside(load, start, end, header["sh_offset"], nobits)]
+        if len(holders) != 1:
+            found.add(f"section {name} [{start:#x}, {end:#x}) lies outside its segment")
+    for first, second in _overlapping(
+        [(h["sh_addr"], h["sh_addr"] + h["sh_size"], name) for name, h in allocated]
+    ):
+        found.add(f"sections {first} and {second} overlap in memory")
+    for first, second in _overlapping(
+        [
+            (h["sh_offset"], h["sh_offset"] + h["sh_size"], name)
+            for name, h in allocated
+            if h["sh_type"] != "SHT_NOBITS"
+        ]
+    ):
+        found.add(f"sections {first} and {second} overlap in the file")
+    return found
+
+
+def _overlapping(ranges: list[tuple[int, int, str]]) -> list[tuple[str, str]]:
+    """Pairs (the range reaching furthest so far, a range starting before it ends), sorted."""
+    pairs = []
+    reach: tuple[int, str] | None = None
+    for start, end, name in sorted(r for r in ranges if r[1] > r[0]):
+        if reach is not None and start < reach[0]:
+            pairs.append((reach[1], name))
+        if reach is None or end > reach[0]:
+            reach = (end, name)
+    return pairs
 
 
 def _inside(load, start: int, end: int, offset: int, nobits: bool) -> bool:
     base = load["p_vaddr"]
     if not (base <= start and end <= base + load["p_memsz"]):
         return False
-    return nobits or (end <= base + load["p_filesz"] and offset - load["p_offset"] == start - base)
+    if nobits:
+        return start >= base + load["p_filesz"]
+    return end <= base + load["p_filesz"] and offset - load["p_offset"] == start - base
+
+
+def _check_layout(before: _Headers, after: _Headers) -> None:
+    """The output breaks no layout rule that the input kept."""
+    new = _violations(after) - _violations(before)
+    if new:
+        _fail(sorted(new)[0])
