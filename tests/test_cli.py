@@ -208,6 +208,5 @@ def test_public_api_is_complete_and_lazy():
         "assert 'ffitool.library' not in sys.modules and 'elftools' not in sys.modules\n"
         "missing = [n for n in ffitool.__all__ if getattr(ffitool, n, None) is None]\n"
         "assert not missing, missing\n"
-        "assert 'lief' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

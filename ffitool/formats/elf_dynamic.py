@@ -7,6 +7,7 @@ packer verifies its output with this.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -54,6 +55,8 @@ class DynamicSymbol:
     other: int = 0
     """st_other: visibility."""
     shndx: int = 0
+    index: int = dataclasses.field(default=0, compare=False)
+    """Its index in DT_SYMTAB (not compared: the same symbol may have another index)."""
 
 
 @dataclass(frozen=True)
@@ -113,9 +116,30 @@ class DynamicView:
         """Bytes of the loaded image at `address`, read through the PT_LOAD mapping them."""
         return self._reader.memory(address, length)
 
-    def symbol_names(self) -> list[bytes]:
-        """The name of every DT_SYMTAB entry by index (the null entry's is empty)."""
-        return [b""] + [name for name, _ in self._reader.all_symbols()]
+    def raw_table(self, tag: str, entry_size: int) -> bytes:
+        """The bytes of DT_SYMTAB or DT_VERSYM, as many entries as the hash tables count."""
+        address = self._reader.first(tag)
+        if address is None:
+            return b""
+        return self._reader.memory(address, entry_size * self._reader.symbol_count())
+
+    @property
+    def symbol_count(self) -> int:
+        """Entries of DT_SYMTAB, counted from the hash tables as the loader can."""
+        return self._reader.symbol_count()
+
+    @property
+    def symbol_entry_size(self) -> int:
+        return self._reader._sym.size
+
+    @property
+    def string_table(self) -> tuple[int, int]:
+        """DT_STRTAB and DT_STRSZ."""
+        return self._reader.first("DT_STRTAB") or 0, self._reader.first("DT_STRSZ") or 0
+
+    def symbol(self, index: int) -> tuple[bytes, DynamicSymbol]:
+        """Name and entry of DT_SYMTAB entry `index`."""
+        return self._reader.symbol(index)
 
     def symbols(self) -> list[tuple[str, DynamicSymbol]]:
         """Every dynamic symbol, counted the way the loader can: from the hash tables.
@@ -234,7 +258,8 @@ class _LoaderReader:
         raw = self.memory(self._symtab() + index * self._entry_size(), self._sym.size)
         versym = self.first("DT_VERSYM")
         version = None if versym is None else self.words(versym + 2 * index, 1, "H")[0]
-        return self._decode(raw, version)
+        name, symbol = self._decode(raw, version)
+        return name, dataclasses.replace(symbol, index=index)
 
     def all_symbols(self) -> list[tuple[bytes, DynamicSymbol]]:
         """Every entry but the null one, read in one piece (the hash tables give the count)."""
@@ -294,7 +319,7 @@ class _LoaderReader:
         table = self.first("DT_GNU_HASH")
         if table is None:
             return None
-        wanted = name.encode()
+        wanted = name.encode("utf-8", "surrogateescape")
         h = gnu_hash(wanted)
         nbuckets, symoffset, bloom_size, bloom_shift = self.words(table, 4)
         if not nbuckets or not bloom_size:
@@ -324,7 +349,7 @@ class _LoaderReader:
         table = self.first("DT_HASH")
         if table is None:
             return None
-        wanted = name.encode()
+        wanted = name.encode("utf-8", "surrogateescape")
         code = self.hash_word
         step = struct.calcsize(code)
         nbucket, nchain = self.words(table, 2, code)

@@ -578,7 +578,7 @@ def _names_sections_from(host: _Host, offset: int, length: int, position: int) -
         words = array("H", host.read(offset + start, min(chunk, length - length % entry - start)))
         if host.little != NATIVE_LITTLE:
             words.byteswap()
-        if any(position <= index < 0xFF00 for index in words[at::per_entry]):
+        if any(position <= index < 0xFF00 for index in set(words[at::per_entry])):
             return True
     return False
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
+from array import array
 from collections import Counter
 from pathlib import Path
 from typing import BinaryIO
@@ -63,8 +65,9 @@ def verify(staging: Path, original: Path, plan: Plan, placement: Placement) -> N
         before = read_dynamic(old, os.fstat(old.fileno()).st_size)
         after = read_dynamic(new, os.fstat(new.fileno()).st_size)
         _check_lookup(after, placement)
-        _check_preserved(before, after, placement)
-        _check_relocations(before, after)
+        index = _check_preserved(before, after, placement)
+        grown = after.symbol_count != before.symbol_count
+        _check_relocations(before, after, index if grown else None)
         old_file, new_file = _Headers(old), _Headers(new)
     _check_segments(old_file, new_file, original, staging)
     _check_sections(old_file, new_file, original, staging)
@@ -132,8 +135,13 @@ def _check_lookup(after: DynamicView, placement: Placement) -> None:
             _fail(f"{LIBRARY_BIN} has symbol version {symbol.version:#x}: local or hidden")
 
 
-def _check_preserved(before: DynamicView, after: DynamicView, placement: Placement) -> None:
-    """Dynamic entries and symbols: the original's, plus the blob symbol, nothing else."""
+def _check_preserved(before: DynamicView, after: DynamicView, placement: Placement) -> int:
+    """Dynamic entries and symbols: the original's, plus the blob symbol, nothing else.
+
+    Checked on the raw tables: `.dynsym` and `.gnu.version` must be the original's with one
+    entry inserted (or the old blob entry re-pointed), and `.dynstr` must start with the
+    original's, so every old entry names the same string. Returns the blob entry's index.
+    """
     for label in ("needed", "soname", "rpath", "runpath"):
         if getattr(before, label) != getattr(after, label):
             _fail(f"{label} changed from {getattr(before, label)} to {getattr(after, label)}")
@@ -143,66 +151,76 @@ def _check_preserved(before: DynamicView, after: DynamicView, placement: Placeme
     for (tag, was), (_, now) in zip(old_tags, new_tags, strict=True):
         if tag not in _RETAGGED and was != now:
             _fail(f"dynamic entry {tag:#x} changed from {was:#x} to {now:#x}")
-    old = Counter((name, s) for name, s in before.symbols() if name != LIBRARY_BIN)
-    new = Counter((name, s) for name, s in after.symbols())
-    added = new - old
-    lost = old - new
-    if lost:
-        _fail(f"dynamic symbols lost or changed: {sorted(n for n, _ in lost)[:5]}")
-    if [(n, s.value, s.size) for n, s in added] != [
-        (LIBRARY_BIN, placement.address, placement.size)
-    ]:
-        _fail(f"dynamic symbols added: {sorted(n for n, _ in added)[:5]}")
+    (old_strings, old_size), (new_strings, new_size) = before.string_table, after.string_table
+    if new_size < old_size or before.memory(old_strings, old_size) != after.memory(
+        new_strings, old_size
+    ):
+        _fail(".dynstr does not start with the original's strings")
+    found = after.lookup_gnu(LIBRARY_BIN) if after.has_gnu_hash else after.lookup_sysv(LIBRARY_BIN)
+    index = 0 if found is None else found.index
+    for tag, size in (("DT_SYMTAB", before.symbol_entry_size), ("DT_VERSYM", 2)):
+        old, new = before.raw_table(tag, size), after.raw_table(tag, size)
+        if len(new) == len(old) + size:
+            new = new[: index * size] + new[(index + 1) * size :]
+        elif len(new) == len(old):  # re-pointed: the old blob entry may differ
+            new = (
+                new[: index * size]
+                + old[index * size : (index + 1) * size]
+                + new[(index + 1) * size :]
+            )
+        if new != old:
+            _fail(f"{tag} holds other symbols than the original's and the blob's")
     lookup_before = before.lookup_gnu if before.has_gnu_hash else before.lookup_sysv
     lookup_after = after.lookup_gnu if after.has_gnu_hash else after.lookup_sysv
-    defined = sorted({name for name, symbol in old if symbol.defined})
-    # The table comparison above covers every symbol; the hash tables, walked in Python,
-    # are probed with an evenly spread sample: a stale or misbuilt table fails nearly all.
-    step = max(1, len(defined) // _LOOKUP_SAMPLE)
-    for name in defined[::step]:
+    # The tables are equal; the hash tables, walked in Python, are probed with an evenly
+    # spread sample of the defined symbols: a stale or misbuilt table fails nearly all.
+    count = before.symbol_count
+    for number in range(1, count, max(1, count // _LOOKUP_SAMPLE)):
+        raw, symbol = before.symbol(number)
+        name = raw.decode("utf-8", "surrogateescape")
+        if not symbol.defined or name == LIBRARY_BIN:
+            continue
         # Compare lookups with lookups: a versioned name (foo@V1, foo@@V2) resolves to one
         # of its definitions, the same one before and after.
         was = lookup_before(name)
         now = lookup_after(name)
         if was is not None and now != was:
             _fail(f"dynamic symbol {name} is no longer found through the hash table")
+    return index
 
 
-def _check_relocations(before: DynamicView, after: DynamicView) -> None:
-    """Every relocation is where it was, of the same type and addend, naming the same symbol."""
+def _check_relocations(before: DynamicView, after: DynamicView, inserted: int | None) -> None:
+    """Every relocation is where it was, of the same type and addend, naming the same symbol.
+
+    With the symbol tables equal but for the blob entry at `inserted` (None: nothing was
+    inserted), a relocation's symbol index must be the original's, plus one from there on.
+    """
     old_tables, new_tables = before.relocation_tables(), after.relocation_tables()
     if old_tables != new_tables:
         _fail(f"relocation tables moved: {old_tables} became {new_tables}")
-    old_names, new_names = before.symbol_names(), after.symbol_names()
-    renumbered = old_names != new_names[: len(old_names)]
-    bits = 64 if struct.calcsize(before.word_format) == 8 else 32
-    shift = 32 if bits == 64 else 8
+    code = before.word_format
+    width = 32 if code == "Q" else 8
+    swap = (before.endian == "<") != (sys.byteorder == "little")
     for address, size, entry in old_tables:
+        per_entry = entry // struct.calcsize(code)
         step = max(1, _CHUNK // entry) * entry
-        for start in range(0, size - size % entry, step):
-            length = min(step, size - size % entry - start)
+        whole = size - size % entry
+        for start in range(0, whole, step):
+            length = min(step, whole - start)
             was = before.memory(address + start, length)
             now = after.memory(address + start, length)
-            if was == now and not renumbered:
-                continue
-            layout = struct.Struct(before.endian + before.word_format * (entry * 8 // bits))
-            for number, (old, new) in enumerate(
-                zip(layout.iter_unpack(was), layout.iter_unpack(now), strict=True)
-            ):
-                old_symbol, new_symbol = old[1] >> shift, new[1] >> shift
-                same_rest = old[0] == new[0] and old[2:] == new[2:]
-                same_type = old[1] & ((1 << shift) - 1) == new[1] & ((1 << shift) - 1)
-                if not (same_rest and same_type) or not _same_symbol(
-                    old_names, new_names, old_symbol, new_symbol
-                ):
-                    at = address + start + number * entry
-                    _fail(f"the relocation at {at:#x} changed its target, type or symbol")
-
-
-def _same_symbol(old: list[bytes], new: list[bytes], was: int, now: int) -> bool:
-    if not was and not now:
-        return True
-    return was < len(old) and now < len(new) and old[was] == new[now] and bool(was) == bool(now)
+            if inserted is not None:
+                words = array(code, was)
+                if swap:
+                    words.byteswap()
+                for number in range(1, len(words), per_entry):
+                    if words[number] >> width >= inserted:
+                        words[number] += 1 << width
+                if swap:
+                    words.byteswap()
+                was = words.tobytes()
+            if was != now:
+                _fail(f"a relocation in [{address + start:#x}, +{length:#x}) changed")
 
 
 def _section_map(before: _Headers, after: _Headers) -> list[int]:
