@@ -17,7 +17,7 @@ from ffitool.library import Library, inspect_path, open_regular_file
 from ffitool.pack.elf_writer import Placement, plan_edit, write_edit
 from ffitool.pack.plan import ExistingModule, PayloadSource, Plan
 from ffitool.pack.stream import Progress, blob_size, write_blob
-from ffitool.pack.verify import verify
+from ffitool.pack.verify import VerificationError, verify
 from ffitool.staging import Ownership, staged
 
 
@@ -90,7 +90,10 @@ def pack_library(
 
         write_edit(str(library), staging.fd, edit, blob)
         os.fsync(staging.fd)
-        verify(staging.path, library, plan, edit.placement)
+        try:
+            verify(staging.path, library, plan, edit.placement)
+        except PARSE_ERRORS as exc:
+            raise VerificationError(f"packed file failed verification: {exc}") from None
     return PackResult(destination, plan, edit.placement)
 
 

@@ -153,8 +153,26 @@ class _Host:
         self.page = max([_MIN_PAGE, *(p["p_align"] for p in self.loads)])
         if self.page & (self.page - 1):
             self.fail(f"a PT_LOAD alignment of {self.page:#x} is not a power of two")
+        self._check_extents()
         self.dynamic = self._dynamic()
         self.symbol_layout = struct.Struct(self.end + ("IBBHQQ" if self.bits == 64 else "IIIBBH"))
+
+    def _check_extents(self) -> None:
+        """Every section and segment with file bytes lies inside the file; refuse otherwise.
+
+        A header pointing past the end is a damaged file (or one truncated in transit), and
+        everything the writer and its verification compare would be guesswork.
+        """
+        for number, header in enumerate(self.sections):
+            if header["sh_type"] in ("SHT_NOBITS", "SHT_NULL") or not header["sh_size"]:
+                continue
+            if header["sh_offset"] + header["sh_size"] > self.size:
+                self.fail(f"section {self.names[number]} extends past the end of the file")
+        for phdr in self.phdrs:
+            if phdr["p_filesz"] and phdr["p_offset"] + phdr["p_filesz"] > self.size:
+                self.fail(f"a {phdr['p_type']} segment extends past the end of the file")
+            if phdr["p_type"] == "PT_LOAD" and phdr["p_filesz"] > phdr["p_memsz"]:
+                self.fail(f"the PT_LOAD at {phdr['p_vaddr']:#x} has more file than memory bytes")
 
     def fail(self, message: str):
         raise InputError(f"{self.display}: {message}")

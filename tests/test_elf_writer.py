@@ -1,0 +1,402 @@
+"""The append-only ELF writer: exact structures, hosts it must refuse, readelf's view of the result.
+
+Hosts are built here with gcc, so that the layouts are the ones a user's toolchain makes: notes
+right after the program header table, a PIE with `.interp`, exported data that code reaches
+through GOT relocations (which the inserted symbol renumbers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from array import array
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, require_tool
+
+from ffitool.errors import InputError
+from ffitool.formats.elf_dynamic import gnu_hash, sysv_hash
+from ffitool.pack.elf_tables import GnuHashTable, SysvHashTable, shifted
+
+PAYLOAD = b"\x00writer payload\xff" * 3
+
+
+def ffitool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ffitool", *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def build(directory: Path, name: str, source: str, *flags: str) -> Path:
+    gcc = require_tool("gcc")
+    src = directory / f"{name}.c"
+    src.write_text(source)
+    out = directory / name
+    subprocess.run([gcc, "-O1", "-o", str(out), str(src), *flags], check=True)
+    return out
+
+
+# 200 exported variables, each read through the GOT (R_X86_64_GLOB_DAT): the blob symbol is
+# inserted among them, so most of these relocations must be renumbered.
+DATA_HOST = (
+    "".join(f"int var_{i:03d} = {i};\n" for i in range(200))
+    + "long total(void) { long s = 0;\n"
+    + "".join(f"  s += var_{i:03d};\n" for i in range(200))
+    + "  return s; }\n"
+)
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("hosts")
+    payload = directory / "payload.bin"
+    payload.write_bytes(PAYLOAD)
+    return {
+        "data": build(directory, "libdata.so", DATA_HOST, "-shared", "-fPIC", "-Wl,--build-id"),
+        "pie": build(
+            directory,
+            "pie",
+            '#include <stdio.h>\nint main(void) { puts("pie runs"); return 7; }\n',
+            "-fPIE",
+            "-pie",
+            "-Wl,--build-id",
+        ),
+        "payload": payload,
+    }
+
+
+def readelf(*args: str) -> str:
+    return subprocess.run(
+        [require_tool("readelf"), "-W", *args], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def relocations(path: Path) -> list[tuple[str, str, str]]:
+    """(offset, type, symbol) of every dynamic relocation, as readelf names them."""
+    rows = []
+    for line in readelf("-r", str(path)).splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and re.fullmatch(r"[0-9a-f]{16}", fields[0]):
+            rows.append((fields[0], fields[2], fields[4] if len(fields) > 4 else ""))
+    return rows
+
+
+def dynamic_symbols(path: Path) -> tuple[dict[str, tuple[str, ...]], dict[str, int]]:
+    """Dynamic symbols by name: value, size, type, bind, visibility; and each one's index."""
+    table, order = {}, {}
+    for line in readelf("--dyn-syms", str(path)).splitlines():
+        fields = line.split()
+        if len(fields) == 8 and fields[0][:-1].isdigit() and fields[6] != "UND":
+            table[fields[7]] = tuple(fields[1:6])
+            order[fields[7]] = int(fields[0][:-1])
+    return table, order
+
+
+def test_inserted_symbol_renumbers_relocations_and_keeps_everything_else(hosts, tmp_path):
+    host, out = hosts["data"], tmp_path / "libdata.so"
+    result = ffitool("pack", str(host), "--add", f"test_alpha:{hosts['payload']}", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    before, _ = dynamic_symbols(host)
+    after, order = dynamic_symbols(out)
+    blob = after.pop("__tvm_ffi__library_bin")
+    assert after == before
+    assert blob[2:] == ("OBJECT", "GLOBAL", "DEFAULT")
+    # nbytes, indptr [0, 1, 1], children [1], "_lib", "test_alpha" and its payload
+    assert int(blob[1]) == 8 + 32 + 16 + (8 + 4) + (8 + 10) + (8 + len(PAYLOAD))
+    # The symbol went into the middle of .dynsym: relocations after it were renumbered.
+    assert order["__tvm_ffi__library_bin"] < max(order.values()) - 100
+    assert relocations(out) == relocations(host)
+    assert len([r for r in relocations(host) if r[2].startswith("var_")]) == 200
+    # Every section the writer did not re-place is where it was (readelf's view).
+    kept = {".text", ".data", ".rela.dyn", ".dynamic", ".got", ".bss", ".symtab", ".strtab"}
+    sections_before = {s[0]: s for s in _sections(host) if s[0] in kept}
+    sections_after = {s[0]: s for s in _sections(out) if s[0] in kept}
+    assert sections_after == sections_before
+    # The code still reads all 200 variables through the renumbered relocations.
+    code = (
+        "import ctypes, sys\n"
+        "lib = ctypes.CDLL(sys.argv[1])\n"
+        "lib.total.restype = ctypes.c_long\n"
+        "blob = (ctypes.c_ubyte * 8).in_dll(lib, '__tvm_ffi__library_bin')\n"
+        "print(lib.total(), int.from_bytes(bytes(blob), 'little'))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(out)], capture_output=True, text=True, check=True
+    )
+    assert run.stdout.split() == [str(sum(range(200))), str(int(blob[1]) - 8)]
+
+
+def _sections(path: Path) -> list[tuple[str, ...]]:
+    rows = []
+    for line in readelf("-S", str(path)).splitlines():
+        match = re.match(
+            r"\s*\[\s*\d+\]\s+(\S+)\s+(\S+)\s+([0-9a-f]+)\s+([0-9a-f]+)\s+([0-9a-f]+)", line
+        )
+        if match:
+            rows.append(match.groups())
+    return rows
+
+
+def test_notes_and_interp_move_with_their_program_headers_and_the_pie_still_runs(hosts, tmp_path):
+    host, out = hosts["pie"], tmp_path / "pie"
+    assert subprocess.run([str(host)], capture_output=True).returncode == 7
+    result = ffitool("pack", str(host), "--add", f"test_alpha:{hosts['payload']}", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    run = subprocess.run([str(out)], capture_output=True, text=True)
+    assert (run.returncode, run.stdout) == (7, "pie runs\n")
+    assert readelf("-n", str(out)) == readelf("-n", str(host))  # build-id and properties kept
+    assert "Requesting program interpreter: /lib64/ld-linux-x86-64.so.2" in readelf("-l", str(out))
+    moved = {s[0]: s for s in _sections(out)}
+    original = {s[0]: s for s in _sections(host)}
+    assert moved[".interp"][2] != original[".interp"][2]  # re-placed past the old segments
+    assert moved[".text"] == original[".text"]
+    # One more program header, the table where it was.
+    count = len(re.findall(r"^  [A-Z_]+ ", readelf("-l", str(host)), re.M))
+    assert len(re.findall(r"^  [A-Z_]+ ", readelf("-l", str(out)), re.M)) == count + 1
+    assert "starting at offset 64" in readelf("-l", str(out))
+
+
+class Elf64:
+    """Offsets of a little-endian ELF64 file's headers, for the damage the refusals need."""
+
+    def __init__(self, data: bytearray) -> None:
+        self.data = data
+        self.phoff, self.shoff = struct.unpack_from("<QQ", data, 0x20)
+        self.phnum, self.shnum, self.shstrndx = struct.unpack_from("<HxxHH", data, 0x38)
+        names_at = struct.unpack_from("<Q", data, self.shoff + 64 * self.shstrndx + 24)[0]
+        self.sections = {}
+        for index in range(self.shnum):
+            at = self.shoff + 64 * index
+            name = struct.unpack_from("<I", data, at)[0]
+            end = data.index(b"\0", names_at + name)
+            self.sections[bytes(data[names_at + name : end]).decode()] = at
+
+    def phdr(self, kind: int, nth: int = 0) -> int:
+        found = [
+            self.phoff + 56 * i
+            for i in range(self.phnum)
+            if struct.unpack_from("<I", self.data, self.phoff + 56 * i)[0] == kind
+        ]
+        return found[nth]
+
+    def dynamic_entry(self, tag: int) -> int:
+        dynamic = self.phdr(2)
+        offset = struct.unpack_from("<Q", self.data, dynamic + 8)[0]
+        while True:
+            found = struct.unpack_from("<q", self.data, offset)[0]
+            if found == tag:
+                return offset
+            assert found != 0, f"no tag {tag:#x}"
+            offset += 16
+
+
+DT_FINI, DT_INIT, DT_SYMENT, DT_GNU_HASH = 13, 12, 11, 0x6FFFFEF5
+
+
+def _set(fmt: str, at_of, value):
+    def change(elf: Elf64) -> None:
+        struct.pack_into(fmt, elf.data, at_of(elf), value(elf) if callable(value) else value)
+
+    return change
+
+
+REFUSALS = {
+    "contradicting PT_DYNAMIC": (
+        _set(
+            "<Q",
+            lambda e: e.phdr(2) + 8,
+            lambda e: struct.unpack_from("<Q", e.data, e.phdr(2) + 8)[0] + 16,
+        ),
+        "PT_DYNAMIC says file offset",
+    ),
+    "section past the end": (
+        _set("<Q", lambda e: e.sections[".comment"] + 32, 1 << 40),
+        "section .comment extends past the end of the file",
+    ),
+    "segment past the end": (
+        _set("<Q", lambda e: e.phdr(4) + 32, 1 << 40),  # PT_NOTE's p_filesz
+        "a PT_NOTE segment extends past the end of the file",
+    ),
+    "more file than memory": (
+        _set("<Q", lambda e: e.phdr(1, 3) + 40, 8),  # the RW PT_LOAD's p_memsz
+        "has more file than memory bytes",
+    ),
+    "MIPS": (_set("<H", lambda e: 18, 8), "MIPS libraries are not supported"),
+    "no section headers": (
+        lambda e: (
+            struct.pack_into("<Q", e.data, 0x28, 0),
+            struct.pack_into("<H", e.data, 0x3C, 0),
+        ),
+        "no section headers",
+    ),
+    "duplicate tag": (
+        _set("<q", lambda e: e.dynamic_entry(DT_FINI), 6),
+        "the dynamic section has 2 entries with tag 0x6",
+    ),
+    "odd DT_SYMENT": (
+        _set("<Q", lambda e: e.dynamic_entry(DT_SYMENT) + 8, 16),
+        "DT_SYMENT is not 24",
+    ),
+    "DT_SYMTAB_SHNDX": (
+        _set("<q", lambda e: e.dynamic_entry(DT_FINI), 34),
+        "DT_SYMTAB_SHNDX is not supported",
+    ),
+    "no hash table": (
+        _set("<q", lambda e: e.dynamic_entry(DT_GNU_HASH), 21),  # now DT_DEBUG
+        "no DT_GNU_HASH or DT_HASH",
+    ),
+    "no .dynsym header": (
+        _set("<I", lambda e: e.sections[".dynsym"] + 4, 1),
+        "no .dynsym section header at DT_SYMTAB",
+    ),
+    "unmovable section after the program headers": (
+        _set("<I", lambda e: e.sections[".note.gnu.build-id"] + 4, 1),  # NOTE -> PROGBITS
+        "section .note.gnu.build-id follows the table and cannot be moved",
+    ),
+    "a tag pointing right after the program headers": (
+        _set(
+            "<Q",
+            lambda e: e.dynamic_entry(DT_INIT) + 8,
+            lambda e: struct.unpack_from("<Q", e.data, e.sections[".note.gnu.build-id"] + 16)[0],
+        ),
+        "dynamic tag 0xc points right after the table",
+    ),
+    "Android packed relocations": (
+        _set("<q", lambda e: e.dynamic_entry(DT_FINI), 0x6000000F),
+        "Android packed relocations are not supported",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_hosts_the_writer_cannot_handle_are_refused_untouched(hosts, tmp_path, case):
+    change, message = REFUSALS[case]
+    data = bytearray(hosts["data"].read_bytes())
+    change(Elf64(data))
+    host = tmp_path / "libhost.so"
+    host.write_bytes(bytes(data))
+    result = ffitool("pack", str(host), "--add", f"test_alpha:{hosts['payload']}")
+    assert (result.returncode, result.stdout) == (3, "")
+    assert result.stderr == f"ffitool: error: {host}: {message}\n" or (
+        result.stderr.startswith(f"ffitool: error: {host}: ") and message in result.stderr
+    ), result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert host.read_bytes() == bytes(data)
+    assert sorted(os.listdir(tmp_path)) == ["libhost.so"]
+
+
+def test_a_program_header_table_ending_its_segment_cannot_grow(hosts, tmp_path):
+    """The table is moved (a copy) to the very end of the first PT_LOAD's file bytes."""
+    data = bytearray(hosts["data"].read_bytes())
+    elf = Elf64(data)
+    first_load = elf.phdr(1)
+    filesz = struct.unpack_from("<Q", data, first_load + 32)[0]
+    table = bytes(data[elf.phoff : elf.phoff + 56 * elf.phnum])
+    at = (filesz - len(table)) // 8 * 8
+    assert at >= elf.phoff + len(table)  # lands on relocations, which are read later
+    data[at : at + len(table)] = table
+    struct.pack_into("<Q", data, 0x20, at)
+    host = tmp_path / "libhost.so"
+    host.write_bytes(bytes(data))
+    result = ffitool("pack", str(host), "--add", f"test_alpha:{hosts['payload']}")
+    assert result.returncode == 3
+    assert "no room for another program header inside the first segment" in result.stderr
+
+
+def _build_gnu(names: list[bytes], nbuckets: int, symoffset: int, bloom_size: int, shift: int):
+    """A from-scratch GNU hash table of names sorted by bucket, as a linker writes it."""
+    order = sorted(names, key=lambda n: gnu_hash(n) % nbuckets)  # stable within a bucket
+    buckets = [0] * nbuckets
+    chains = []
+    bloom = [0] * bloom_size
+    for number, name in enumerate(order):
+        h = gnu_hash(name)
+        index = symoffset + number
+        if not buckets[h % nbuckets]:
+            buckets[h % nbuckets] = index
+        last = number + 1 == len(order) or gnu_hash(order[number + 1]) % nbuckets != h % nbuckets
+        chains.append((h & ~1) | int(last))
+        bloom[(h // 64) % bloom_size] |= (1 << (h % 64)) | (1 << ((h >> shift) % 64))
+    raw = struct.pack("<4I", nbuckets, symoffset, bloom_size, shift)
+    raw += struct.pack(f"<{bloom_size}Q", *bloom) + struct.pack(f"<{nbuckets}I", *buckets)
+    return order, raw + struct.pack(f"<{len(chains)}I", *chains)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_gnu_hash_insertion_equals_a_table_built_from_scratch(seed):
+    rng = random.Random(seed)
+    names = [f"sym_{rng.getrandbits(40):x}".encode() for _ in range(rng.randrange(0, 300))]
+    nbuckets, symoffset, bloom_size, shift = rng.choice([1, 3, 17, 64]), 3, rng.choice([1, 4]), 6
+    order, raw = _build_gnu(names, nbuckets, symoffset, bloom_size, shift)
+    table = GnuHashTable.parse(raw, symoffset + len(order), 64, True, "test")
+    new = b"__tvm_ffi__library_bin"
+    position = table.insert_position(new)
+    table.insert(position, new)
+    expected_order, expected = _build_gnu([*names, new], nbuckets, symoffset, bloom_size, shift)
+    assert table.to_bytes() == expected
+    assert expected_order.index(new) + symoffset == position
+    lookup = dict(enumerate(expected_order, symoffset))
+    for name in [*names, new]:
+        assert lookup[table.lookup(name, lookup.__getitem__)] == name
+    assert table.lookup(b"absent", lookup.__getitem__) is None
+
+
+@pytest.mark.parametrize(("seed", "code"), [(s, c) for s in range(10) for c in "IQ"])
+def test_sysv_hash_insertion_keeps_every_lookup(seed, code):
+    rng = random.Random(seed)
+    names = [b""] + [f"s{rng.getrandbits(32):x}".encode() for _ in range(rng.randrange(1, 200))]
+    nbucket = rng.choice([1, 7, 31])
+    buckets, chains = [0] * nbucket, [0] * len(names)
+    for index in range(1, len(names)):  # ld's way: each new symbol heads its bucket's chain
+        bucket = sysv_hash(names[index]) % nbucket
+        chains[index], buckets[bucket] = buckets[bucket], index
+    raw = array(code, [nbucket, len(names), *buckets, *chains]).tobytes()
+    table = SysvHashTable.parse(raw, len(names), code, sys.byteorder == "little", "test")
+    position = rng.randrange(1, len(names) + 1)
+    new = b"__tvm_ffi__library_bin"
+    table.insert(position, new)
+    after = [*names[:position], new, *names[position:]]
+    for index, name in enumerate(after[1:], 1):
+        assert table.lookup(name, after.__getitem__) == index
+    assert shifted(position - 1, position) == position - 1
+    reparsed = SysvHashTable.parse(
+        table.to_bytes(), len(after), code, sys.byteorder == "little", "t"
+    )
+    assert reparsed.lookup(new, after.__getitem__) == position
+
+
+def test_hash_tables_that_cannot_be_hash_tables_are_input_errors():
+    with pytest.raises(InputError, match="DT_GNU_HASH is truncated"):
+        GnuHashTable.parse(b"\x01" * 8, 4, 64, True, "lib")
+    header = struct.pack("<4I", 1, 1, 1, 6) + b"\0" * 8 + struct.pack("<I", 9)
+    with pytest.raises(InputError, match="bucket past its 4 symbols"):
+        GnuHashTable.parse(header + b"\0" * 12, 4, 64, True, "lib")
+    with pytest.raises(InputError, match="shorter than its 4 symbols need"):
+        GnuHashTable.parse(header[:-4] + struct.pack("<I", 1), 4, 64, True, "lib")
+    with pytest.raises(InputError, match="DT_HASH has 2 buckets and 5 chains for 4 symbols"):
+        SysvHashTable.parse(struct.pack("<2I", 2, 5) + b"\0" * 28, 4, "I", True, "lib")
+    with pytest.raises(InputError, match="DT_HASH is shorter than its header says"):
+        SysvHashTable.parse(struct.pack("<2I", 2, 4), 4, "I", True, "lib")
+
+
+def test_in_place_keeps_owner_group_and_mode(hosts, tmp_path):
+    lib = tmp_path / "libowned.so"
+    shutil.copyfile(hosts["data"], lib)
+    os.chown(lib, 12345, 23456)
+    os.chmod(lib, 0o4751)
+    link = tmp_path / "hardlink.so"
+    os.link(lib, link)
+    result = ffitool("pack", str(lib), "--add", f"test_alpha:{hosts['payload']}")
+    assert result.returncode == 0, result.stderr
+    info = lib.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (12345, 23456, 0o4751)
+    # The rename leaves other hard links with the unpacked bytes, as documented.
+    assert link.read_bytes() == hosts["data"].read_bytes()
+    assert hashlib.sha256(lib.read_bytes()).digest() != hashlib.sha256(link.read_bytes()).digest()
