@@ -4,19 +4,21 @@
 Two performance promises are checked here, because unit tests on small fixtures
 cannot show them:
 
-* inspecting a ~400 MiB library with ~75,000 dynamic symbols (libtorch-sized) costs
-  at most 1.5x what `nm -D --defined-only` costs on it, i.e. ffitool does not parse
-  more of the file than it needs;
+* on a library shaped like libtorch_cpu.so (~400 MiB, ~75k dynamic symbols, a ~530k-entry
+  `.symtab` with a ~75 MB `.strtab`, TLS, a big `.bss`; see LibShape in _common.py),
+  `inspect --json` costs at most 1.0x what `nm -D --defined-only` costs on it, in the
+  same run: ffitool reads no more of the file than nm does;
 * inspecting a library whose TVM FFI blob holds a 1 GiB module keeps peak RSS under
   100 MB, i.e. module payloads are hashed in a streaming way, never read whole.
 
-The libraries are built here with gcc from generated sources (plus bench/gen/), so
-the benchmark needs no downloaded artifacts. The bulk of each file comes from an
-assembler `.incbin` of a generated file, which builds in seconds.
+The libraries are built here with gcc from generated sources (plus bench/gen/), so the
+benchmark needs no downloaded artifacts; the libtorch-shaped one is cached between runs
+(see --cache-dir) and shared with bench/pack.py. With --libtorch (opt-in, never in CI)
+the real libtorch_cpu.so of the torch 2.13.0 wheel is measured as well.
 
 Usage (from the repo root, with a python in which ffitool is installed):
 
-    python bench/inspect.py [--workdir DIR] [--keep] [--repeat N] [--check]
+    python bench/inspect.py [--workdir DIR] [--keep] [--repeat N] [--check] [--libtorch [WHEEL]]
 
 The output is a report: the exit status is 0 unless --check is given and a target is
 missed (a target that could not be measured counts as missed under --check).
@@ -39,178 +41,55 @@ sys.path.append(os.path.dirname(os.path.realpath(__file__)))
 
 import argparse
 import hashlib
-import importlib.util
 import json
-import random
 import shutil
 import struct
-import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from _common import (
     FFITOOL,
-    GEN_DIR,
     GIB,
     MIB,
     PAYLOAD_KIND,
+    LibShape,
     Meter,
     Target,
+    add_libtorch_argument,
+    add_shape_arguments,
+    blob_module_report,
+    build_libtorch_shaped,
+    cache_root,
     check_free_space,
+    describe_elf,
     describe_failure,
     ffi_exports_object,
     fmt_s,
+    incbin_object,
+    json_libraries,
     load_manifest,
     log,
     print_series,
     print_summary,
+    real_libtorch,
     run_checked,
+    shape_from_args,
     time_series,
     write_random_file,
 )
 
-INCBIN_SOURCE = GEN_DIR / "incbin.S"
-
-# Bump when what the generators produce changes, so cached libraries are rebuilt.
-GEN_VERSION = 2
-
-DEFAULT_FUNCTIONS = 75_000
-DEFAULT_BULK_MIB = 384  # plus ~15 MiB of code and symbol tables: ~400 MiB on disk
+# Bump when what build_big_blob produces changes, so cached blob libraries are rebuilt.
+BLOB_VERSION = 2
 DEFAULT_PAYLOAD_MIB = 1024
-SOURCE_FILES = 8  # several translation units so that 2 compile jobs overlap
-BUILD_JOBS = 2  # the project's machines have 2 cores
 
-# Free space needed before building: generated input, object and library coexist.
+# Free space needed before building: generated blob, object and library coexist.
 BLOB_MIN_FREE = 4 * GIB
-SYMBOLS_MIN_FREE = 2 * GIB
 
-RATIO_TARGET = 1.5
+NM_RATIO_TARGET = 1.0
 RSS_TARGET_MB = 100.0
-
-
-def incbin_object(data: Path, symbol: str, section: str, obj: Path) -> None:
-    """Assemble bench/gen/incbin.S so that `symbol` is the content of `data`."""
-    run_checked(
-        [
-            "gcc",
-            "-c",
-            f"-DINCBIN_SECTION={section}",
-            f"-DINCBIN_SYMBOL={symbol}",
-            f"-DINCBIN_FILE={json.dumps(str(data))}",
-            str(INCBIN_SOURCE),
-            "-o",
-            str(obj),
-        ]
-    )
-
-
-NAMESPACES = (
-    "at", "native", "cpu", "detail", "impl", "kernels", "autograd", "functional",
-    "quantized", "sparse", "vec", "internal", "dispatch", "meta", "jit", "tensorexpr",
-    "c10", "torch", "compositeimplicitautograd", "structured", "anonymous_helpers",
-)  # fmt: skip
-VERBS = (
-    "add", "mul", "conv2d", "max_pool2d", "layer_norm", "gather", "scatter_reduce",
-    "index_put", "upsample_bilinear2d", "embedding_bag", "softmax_backward_data",
-    "linear", "addmm", "bmm", "topk", "cumsum", "native_batch_norm", "grid_sampler_3d",
-)  # fmt: skip
-NOUNS = (
-    "kernel", "impl", "out", "stub", "functor", "fallback", "inplace", "backward",
-    "forward", "nchw", "nhwc", "channels_last", "vectorized", "reduced_precision",
-)  # fmt: skip
-# Itanium codes of parameter types: int, long, unsigned long, float, double, bool and
-# (const) pointers to some of them.
-PARAM_TYPES = ("i", "l", "m", "f", "d", "b", "Pf", "PKf", "Pd", "PKd", "Pl", "PKl", "PKh")
-
-
-def mangled_name(rng: random.Random, index: int) -> str:
-    """A well-formed Itanium-mangled name (`nm -C` demangles it), unique by `index`.
-
-    C++ libraries such as libtorch export long mangled names; their length, not their
-    meaning, is what costs a symbol-table reader. The names are defined as C
-    functions, which compiles far faster than C++ and gives the same symbol table.
-    """
-    scopes = rng.choices(NAMESPACES, k=rng.randint(4, 8))
-    function = f"{rng.choice(VERBS)}_{rng.choice(NOUNS)}_{index}"
-    params = "".join(rng.choices(PARAM_TYPES, k=rng.randint(1, 6)))
-    nested = "".join(f"{len(part)}{part}" for part in [*scopes, function])
-    return f"_ZN{nested}E{params}"
-
-
-def generate_symbol_sources(src_dir: Path, functions: int) -> tuple[list[Path], float]:
-    """Write the exported functions as SOURCE_FILES C files; return them and the mean
-    name length (printed, since name bytes drive the cost of reading .dynstr)."""
-    rng = random.Random(20240601)
-    per_file = -(-functions // SOURCE_FILES)
-    sources: list[Path] = []
-    total_len = 0
-    for file_index in range(SOURCE_FILES):
-        lines = ["/* Generated by bench/inspect.py: exported functions only. */"]
-        for index in range(file_index * per_file, min(functions, (file_index + 1) * per_file)):
-            name = mangled_name(rng, index)
-            total_len += len(name)
-            # Distinct bodies, so no toolchain can fold them into one.
-            lines.append(f"int {name}(int x) {{ return x * {index % 97 + 3} + {index}; }}")
-        path = src_dir / f"symbols_{file_index:02d}.c"
-        path.write_text("\n".join(lines) + "\n")
-        sources.append(path)
-    return sources, total_len / max(functions, 1)
-
-
-def compile_parallel(sources: Sequence[Path]) -> list[Path]:
-    """Compile the generated C files BUILD_JOBS at a time (gcc is single-threaded)."""
-
-    def compile_one(source: Path) -> Path:
-        obj = source.with_suffix(".o")
-        run_checked(["gcc", "-c", "-O1", "-fPIC", "-w", "-g0", str(source), "-o", str(obj)])
-        return obj
-
-    with ThreadPoolExecutor(max_workers=BUILD_JOBS) as pool:
-        return list(pool.map(compile_one, sources))
-
-
-def build_big_symbols(workdir: Path, functions: int, bulk_mib: int) -> Path | None:
-    """Build big_symbols.so: `functions` exported C++-like functions, five
-    __tvm_ffi_* functions, the 96-byte example blob and `bulk_mib` MiB of .rodata."""
-    lib = workdir / "big_symbols.so"
-    manifest_path = workdir / "big_symbols.json"
-    expected = {"version": GEN_VERSION, "functions": functions, "bulk_mib": bulk_mib}
-    if lib.exists() and load_manifest(manifest_path, expected) is not None:
-        log(f"reusing {lib}")
-        return lib
-    if not check_free_space(workdir, SYMBOLS_MIN_FREE, "big_symbols.so"):
-        return None
-    started = time.perf_counter()
-    build = workdir / "build_symbols"
-    shutil.rmtree(build, ignore_errors=True)
-    build.mkdir()
-    try:
-        sources, mean_len = generate_symbol_sources(build, functions)
-        log(f"generated {functions} functions (mean name length {mean_len:.0f} chars)")
-        bulk = build / "bulk.bin"
-        write_random_file(bulk, bulk_mib * MIB, seed=1)
-        log(f"generated {bulk_mib} MiB of bulk data; compiling with {BUILD_JOBS} jobs")
-        objects = compile_parallel(sources)
-        bulk_obj = build / "bulk.o"
-        incbin_object(bulk, "bench_bulk_data", ".rodata.bench_bulk", bulk_obj)
-        ffi_obj = build / "ffi_exports.o"
-        ffi_exports_object(ffi_obj, embed_example_blob=True)
-        log("linking big_symbols.so")
-        tmp_lib = lib.with_suffix(".so.tmp")
-        run_checked(
-            ["gcc", "-shared", "-o", str(tmp_lib), *map(str, objects), str(bulk_obj), str(ffi_obj)]
-        )
-        tmp_lib.replace(lib)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
-    seconds = time.perf_counter() - started
-    manifest_path.write_text(json.dumps({**expected, "build_seconds": round(seconds, 1)}))
-    log(f"built {lib} ({lib.stat().st_size / MIB:.1f} MiB) in {seconds:.1f}s")
-    return lib
 
 
 def blob_prefix(payload_size: int) -> bytes:
@@ -240,7 +119,7 @@ def build_big_blob(workdir: Path, payload_mib: int) -> tuple[Path, str] | None:
     the payload's sha256 (computed while writing, kept in the manifest for reuse)."""
     lib = workdir / "big_blob.so"
     manifest_path = workdir / "big_blob.json"
-    expected = {"version": GEN_VERSION, "payload_mib": payload_mib}
+    expected = {"version": BLOB_VERSION, "payload_mib": payload_mib}
     manifest = load_manifest(manifest_path, expected)
     if lib.exists() and manifest is not None and isinstance(manifest.get("sha256"), str):
         log(f"reusing {lib}")
@@ -278,37 +157,7 @@ def build_big_blob(workdir: Path, payload_mib: int) -> tuple[Path, str] | None:
     return lib, sha256
 
 
-def find_libtorch() -> Path | None:
-    """libtorch_cpu.so of an installed torch wheel, the real-world reference library.
-
-    find_spec locates the package without importing it: importing torch takes seconds
-    and hundreds of MB that this script does not need.
-    """
-    try:
-        spec = importlib.util.find_spec("torch")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / "lib" / "libtorch_cpu.so"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 # --------------------------------------------------------------------------- measuring
-
-
-def json_libraries(document: Any) -> list[dict[str, Any]]:
-    """All `libraries` entries of an ffitool.inspect/1 document, tolerating gaps."""
-    if not isinstance(document, dict):
-        return []
-    found: list[dict[str, Any]] = []
-    for entry in document.get("files") or []:
-        if isinstance(entry, dict):
-            found.extend(lib for lib in entry.get("libraries") or [] if isinstance(lib, dict))
-    return found
 
 
 def summarize_inspect_output(path: Path) -> str:
@@ -348,8 +197,8 @@ def compare_with_nm(
     wrong answer would make the timing meaningless) and warms the page cache.
     """
     name = f"{label} ffitool/nm"
-    goal = f"<= {RATIO_TARGET}"
-    print(f"\n== {label}: {lib} ({lib.stat().st_size / MIB:.1f} MiB)")
+    goal = f"<= {NM_RATIO_TARGET}"
+    print(f"\n== {label}: {lib}\n    {describe_elf(lib)}")
     sample = workdir / f"{lib.stem}.inspect.json"
     ffitool_argv = [*FFITOOL, "inspect", "--json", str(lib)]
     check = meter.measure(ffitool_argv, stdout=sample)
@@ -375,40 +224,7 @@ def compare_with_nm(
     if floor_s is not None:
         net = (ff_series.median_s - floor_s) / nm_series.median_s
         print(f"    (ffitool minus the interpreter floor, over nm: {net:.2f})")
-    return Target(name, f"{ratio:.2f}", goal, ratio <= RATIO_TARGET, counts)
-
-
-def count_dynamic_symbols(lib: Path) -> int:
-    """`nm -D --defined-only | wc -l`, streamed so 75k lines are never all in memory."""
-    with subprocess.Popen(["nm", "-D", "--defined-only", str(lib)], stdout=subprocess.PIPE) as proc:
-        assert proc.stdout is not None
-        count = sum(1 for _ in proc.stdout)
-    return count
-
-
-def blob_module_report(path: Path, expected_sha256: str, payload_size: int) -> tuple[str, bool]:
-    """Compare the reported bench_payload module with what was generated."""
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        return f"unreadable JSON: {exc}", False
-    for lib in json_libraries(document):
-        blob = lib.get("library_bin")
-        if not isinstance(blob, dict):
-            continue
-        for module in blob.get("modules") or []:
-            if not isinstance(module, dict) or module.get("kind") != PAYLOAD_KIND:
-                continue
-            reported = str(module.get("sha256", "")).lower().removeprefix("sha256:")
-            size = module.get("size")
-            sha_ok = reported == expected_sha256
-            size_note = "OK" if size == payload_size else f"expected {payload_size}"
-            sha_note = "OK" if sha_ok else "MISMATCH"
-            return (
-                f"sha256 {sha_note} ({reported[:16] or 'missing'}...), size {size} ({size_note})",
-                sha_ok,
-            )
-    return f"no module of kind {PAYLOAD_KIND!r} in the JSON", False
+    return Target(name, f"{ratio:.2f}", goal, ratio <= NM_RATIO_TARGET, counts)
 
 
 def bench_big_blob(
@@ -452,7 +268,7 @@ def bench_big_blob(
 # --------------------------------------------------------------------------- main
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, LibShape]:
     """Sizes are options so that a quick smoke run (small libraries) is possible; the
     targets only mean something at the defaults."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -460,29 +276,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--workdir",
         type=Path,
         default=None,
-        help="build and cache the libraries here (kept); default: "
+        help="build the blob library and write outputs here (kept); default: "
         "a directory under the temp dir, removed unless --keep",
     )
     parser.add_argument(
         "--keep",
         action="store_true",
-        help="keep the default work dir, so the next run reuses its libraries",
+        help="keep the default work dir, so the next run reuses its blob library",
     )
-    parser.add_argument("--repeat", type=int, default=5, help="timed runs per command (median)")
+    parser.add_argument("--repeat", type=int, default=7, help="timed runs per command (median)")
     parser.add_argument(
         "--check", action="store_true", help="exit 1 if a target is missed or could not be measured"
-    )
-    parser.add_argument(
-        "--functions",
-        type=int,
-        default=DEFAULT_FUNCTIONS,
-        help="exported functions in big_symbols.so",
-    )
-    parser.add_argument(
-        "--bulk-mib",
-        type=int,
-        default=DEFAULT_BULK_MIB,
-        help="MiB of read-only data in big_symbols.so",
     )
     parser.add_argument(
         "--payload-mib",
@@ -493,42 +297,42 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--build-only",
         action="store_true",
-        help="build (or reuse) the libraries, print their sizes and stop",
+        help="build (or reuse) the libraries, describe them and stop",
     )
+    add_libtorch_argument(parser)
+    add_shape_arguments(parser)
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
-    return args
+    return args, shape_from_args(parser, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Build, measure, report; the return value is the exit status."""
-    args = parse_args(argv)
+    args, shape = parse_args(argv)
     default_dir = args.workdir is None
     workdir: Path = args.workdir or Path(tempfile.gettempdir()) / "ffitool-bench"
     workdir.mkdir(parents=True, exist_ok=True)
     log(f"work dir {workdir}; python {sys.executable}")
     try:
-        return run(args, workdir)
+        return run(args, shape, workdir)
     finally:
         if default_dir and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run(args: argparse.Namespace, workdir: Path) -> int:
+def run(args: argparse.Namespace, shape: LibShape, workdir: Path) -> int:
     """Build (or reuse) the libraries, then measure them in a fixed order: floors first,
     so that every later number can be read against what merely starting costs."""
-    big_symbols = build_big_symbols(workdir, args.functions, args.bulk_mib)
+    cache = cache_root(args.cache_dir)
+    shaped = build_libtorch_shaped(shape, cache)
     big_blob = build_big_blob(workdir, args.payload_mib)
-    libtorch = find_libtorch()
-    for lib in (big_symbols, big_blob[0] if big_blob else None, libtorch):
+    libtorch = real_libtorch(args.libtorch, cache)
+    for lib in (shaped, big_blob[0] if big_blob else None, libtorch):
         if lib is not None:
-            log(
-                f"{lib.name}: {lib.stat().st_size / MIB:.1f} MiB, "
-                f"{count_dynamic_symbols(lib)} defined dynamic symbols"
-            )
-    if libtorch is None:
-        log("torch is not installed: no libtorch_cpu.so comparison")
+            log(f"{lib.name}: {describe_elf(lib)}")
+    if args.libtorch is None:
+        log("the real libtorch_cpu.so is not measured (opt in with --libtorch)")
     if args.build_only:
         return 0
 
@@ -547,20 +351,22 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     floor_s = floor_series.median_s if floor_series.ok else None
 
     targets: list[Target] = []
-    if big_symbols is not None:
+    if shaped is not None:
         targets.append(
             compare_with_nm(
                 meter,
-                "big_symbols",
-                big_symbols,
+                "libtorch-shaped",
+                shaped,
                 repeat=args.repeat,
                 workdir=workdir,
                 floor_s=floor_s,
-                expected="libraries=1 functions=5 blob_modules=2 (_lib, cuda_ptx)",
+                expected="libraries=1 functions=5 blob_modules=0",
             )
         )
     else:
-        targets.append(Target("big_symbols ffitool/nm", "not built", f"<= {RATIO_TARGET}", None))
+        targets.append(
+            Target("libtorch-shaped ffitool/nm", "not built", f"<= {NM_RATIO_TARGET}", None)
+        )
     if libtorch is not None:
         targets.append(
             compare_with_nm(
@@ -570,22 +376,19 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                 repeat=args.repeat,
                 workdir=workdir,
                 floor_s=floor_s,
-                counts=False,
+                expected="libraries=1 functions=0 blob_modules=0",
             )
         )
+    elif args.libtorch is not None:
+        targets.append(Target("libtorch_cpu ffitool/nm", "not had", f"<= {NM_RATIO_TARGET}", None))
     if big_blob is not None:
         lib, sha256 = big_blob
         targets.extend(bench_big_blob(meter, lib, sha256, args.payload_mib * MIB, workdir))
     else:
         targets.append(Target("big_blob peak RSS", "not built", f"< {RSS_TARGET_MB:.0f} MB", None))
 
-    non_default = (args.functions, args.bulk_mib, args.payload_mib) != (
-        DEFAULT_FUNCTIONS,
-        DEFAULT_BULK_MIB,
-        DEFAULT_PAYLOAD_MIB,
-    )
     print_summary(targets)
-    if non_default:
+    if shape != LibShape() or args.payload_mib != DEFAULT_PAYLOAD_MIB:
         print("    (non-default sizes: the targets are defined for the defaults)")
     missed = [t for t in targets if t.counts and t.passed is not True]
     return 1 if args.check and missed else 0
