@@ -2,15 +2,15 @@
 """Benchmark `ffitool pack` on hosts and payloads as large as the ones it must handle.
 
 `ffitool pack LIB --add KIND:FILE -o OUT` writes a copy of LIB with FILE added as a module,
-verifies it, fsyncs it and renames it over OUT. Unit tests on small fixtures cannot show
-what that costs on big inputs; here the promises of issue 6 are checked, ratios always
-between medians measured in the same run:
+verifies it and renames it over OUT (without fsync, like cp, strip and patchelf). Unit tests
+on small fixtures cannot show what that costs on big inputs; here the promises of issue 6
+are checked, ratios always between medians measured in the same run:
 
 * a 1 MiB payload into a host shaped like libtorch_cpu.so (~400 MiB, 75k dynamic
   symbols, a ~530k-entry `.symtab`, a big `.bss`, TLS; see LibShape in _common.py): at
   most 1.5x `cp` of the host, peak RSS under 100 MB whatever the host size;
 * a 1 GiB payload into a small host: at most 1.5x `cp big.bin copy.bin && sync copy.bin`
-  (ffitool fsyncs its output, cp does not), peak RSS under 100 MB;
+  (the disk write a durable copy costs), peak RSS under 100 MB;
 * every packed library loads in tvm_ffi and its loader receives exactly the payload
   (sha256), and `ffitool inspect` of it reports the payload's sha256, so the speed is
   not that of a wrong answer.
@@ -300,9 +300,8 @@ def output_paths(workdir: Path) -> dict[str, Path]:
 def case_commands(host: Path, payload: Path, outputs: dict[str, Path]) -> dict[str, list[str]]:
     """The compared commands on one payload, in the order they run in each round.
 
-    `cp + sync` is cp followed by an fsync of its output (coreutils `sync FILE`): ffitool
-    fsyncs its staged file before renaming it, cp does not, so this row shows how much
-    of the difference is the disk write rather than ffitool's own work.
+    `cp + sync` is cp followed by an fsync of its output (coreutils `sync FILE`): neither
+    cp nor ffitool fsyncs, so this row shows what making the copy durable would add.
     """
     cp_then_sync = 'cp -- "$1" "$2" && sync -- "$2"'
     section = ".tvm_ffi_blob"

@@ -37,7 +37,7 @@ from ffitool.pack.stream import same_bytes
 from ffitool.symbols import LIBRARY_BIN
 
 _MIN_PAGE = 0x1000
-_LOOKUP_SAMPLE = 512
+_LOOKUP_SAMPLE = 256
 _SHF_ALLOC = 0x2
 _SHF_TLS = 0x400
 _CHUNK = 1 << 20
