@@ -179,6 +179,19 @@ def gnu_hash(name: bytes) -> int:
     return h
 
 
+def sysv_entry_format(elf: ElfFile, head: bytes) -> str:
+    """The struct code of DT_HASH entries, from the machine and the table's first 8 bytes.
+
+    32-bit ('I') everywhere except where glibc reads 64-bit ones ('Q'), 64-bit s390 and Alpha,
+    as binutils writes them there; lld writes 32-bit entries even there. Read as two 32-bit
+    words, a 64-bit nbucket shows a zero half, which a real nbucket or nchain never is.
+    """
+    if elf.elfclass != 64 or elf["e_machine"] not in ("EM_S390", "EM_ALPHA") or len(head) < 8:
+        return "I"
+    halves = struct.unpack(("<" if elf.little_endian else ">") + "2I", head[:8])
+    return "Q" if 0 in halves else "I"
+
+
 def sysv_hash(name: bytes) -> int:
     """The System V ABI symbol hash."""
     h = 0
@@ -205,9 +218,6 @@ class _LoaderReader:
             raise DynamicError("no PT_DYNAMIC segment")
         self.endian = "<" if self.elf.little_endian else ">"
         self.word = "Q" if self.elf.elfclass == 64 else "I"
-        # DT_HASH entries are 64-bit on 64-bit s390 and Alpha, 32-bit everywhere else.
-        wide = self.elf.elfclass == 64 and self.elf["e_machine"] in ("EM_S390", "EM_ALPHA")
-        self.hash_word = "Q" if wide else "I"
         # Elf64_Sym: name, info, other, shndx, value, size; Elf32_Sym: name, value, size,
         # info, other, shndx.
         self._sym = struct.Struct(self.endian + ("IBBHQQ" if self.elf.elfclass == 64 else "IIIBBH"))
@@ -223,6 +233,12 @@ class _LoaderReader:
         strtab = self.first("DT_STRTAB")
         strsz = self.first("DT_STRSZ") or 0
         self.strings = self.memory(strtab, strsz) if strtab is not None else b""
+        sysv = self.first("DT_HASH")
+        try:
+            head = self.memory(sysv, 8) if sysv is not None else b""
+        except DynamicError:
+            head = b""
+        self.hash_word = sysv_entry_format(self.elf, head)
 
     def first(self, name: str) -> int | None:
         return next((v for t, v in self.tags if t == _DT[name]), None)

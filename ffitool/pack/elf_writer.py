@@ -33,6 +33,7 @@ from elftools.construct.lib import Container
 
 from ffitool.errors import InputError
 from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
+from ffitool.formats.elf_dynamic import sysv_entry_format
 from ffitool.pack.elf_tables import NATIVE_LITTLE, GnuHashTable, SysvHashTable
 from ffitool.pack.plan import PayloadSource
 from ffitool.pack.stream import copy_payload
@@ -274,11 +275,8 @@ class _SymbolTables:
             table = self._add(_DT_GNU_HASH, gnu, length, host.section_at(gnu, ("SHT_GNU_HASH",)))
             self.gnu = GnuHashTable.parse(table.data, self.count, host.bits, host.little, where)
         sysv = host.tag(_DT_HASH)
-        # 64-bit s390 and Alpha use 64-bit hash table entries; everyone else 32-bit ones.
-        self.sysv_code = (
-            "Q" if host.bits == 64 and host.elf["e_machine"] in ("EM_S390", "EM_ALPHA") else "I"
-        )
         if sysv is not None:
+            self.sysv_code = sysv_entry_format(host.elf, self._memory(sysv, 8, "DT_HASH"))
             word = array(self.sysv_code).itemsize
             head = self._memory(sysv, 2 * word, "DT_HASH")
             length = SysvHashTable.size(head, self.sysv_code, host.little)
@@ -325,10 +323,10 @@ class _SymbolTables:
         if None in found or len(set(found)) != 1:
             return None
         index = found[0]
-        fields = self._fields(index)
+        fields = self.fields(index)
         return index if fields["shndx"] != 0 else None
 
-    def _fields(self, index: int) -> dict[str, int]:
+    def fields(self, index: int) -> dict[str, int]:
         layout = self.host.symbol_layout
         values = layout.unpack_from(self.tables[_DT_SYMTAB].data, index * layout.size)
         if self.host.bits == 64:
@@ -378,7 +376,7 @@ class _SymbolTables:
         """Make the existing entry name the new blob: global, default visibility, in our section."""
         symbols = self.tables[_DT_SYMTAB]
         entry = self.host.symbol_layout.size
-        fields = self._fields(index)
+        fields = self.fields(index)
         fields.update(
             info=_STB_GLOBAL_STT_OBJECT, other=fields["other"] & ~0x3, shndx=shndx,
             value=placement.address, size=placement.size,
@@ -423,7 +421,7 @@ def _reuse_own_segment(
 ) -> ElfEdit | None:
     """Cut off an old blob that ends the last segment and the file's loaded bytes, if it does."""
     ours = _blob_section(host)
-    symbol = tables._fields(index)
+    symbol = tables.fields(index)
     if ours is None or symbol["shndx"] != ours:
         return None
     section = host.sections[ours]
@@ -501,11 +499,8 @@ def _append_segment(
     # Tables change size (adding) or content (re-pointing); the blob's place is only known
     # once the tables are laid out, so lay out with a provisional placement, then patch it.
     provisional = Placement(0, 0, blob_size)
-    if existing is None:
-        inserted = tables.add_symbol(ours, provisional)
-    else:
-        tables.repoint_symbol(existing, ours, provisional)
-        inserted = tables.count  # nothing shifts
+    index = tables.add_symbol(ours, provisional) if existing is None else existing
+    tables.repoint_symbol(index, ours, provisional)
     slot = _make_phdr_slot(host, phdrs)
     moved_blocks = _blocks_to_move(host, tables, slot)
     edit = ElfEdit(copy_length=host.size, placement=provisional, size=0)
@@ -541,11 +536,7 @@ def _append_segment(
     cursor = _align(cursor, _BLOB_ALIGN)
     placement = Placement(cursor, address + cursor - offset, blob_size)
     edit.placement = placement
-    # Now the blob's address is known: write it into the symbol's entry.
-    if existing is None:
-        tables.repoint_symbol(inserted, ours, placement)
-    else:
-        tables.repoint_symbol(existing, ours, placement)
+    tables.repoint_symbol(index, ours, placement)  # now that the blob's address is known
     edit.patches.extend((at, table.data) for at, table in region)
     blob_header.update(sh_addr=placement.address, sh_offset=cursor, sh_size=blob_size)
     cursor += blob_size
@@ -554,9 +545,9 @@ def _append_segment(
         p_filesz=cursor - offset, p_memsz=cursor - offset, p_align=host.page,
     )  # fmt: skip
     slot.place(phdrs, segment)
-    if inserted < tables.count:
+    if existing is None and index < tables.count:  # symbols from `index` on moved up by one
         edit.relocations = _relocation_tables(host)
-        edit.inserted_at = inserted
+        edit.inserted_at = index
     if added is not None:
         _insert_section(headers, added, blob_header)
     _finish(host, edit, phdrs, headers, cursor, added)
