@@ -48,10 +48,16 @@ def payload_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return files
 
 
-def pack(source: Path, output: Path, kind: str, payload: Path) -> None:
-    """`ffitool pack SOURCE --add KIND:PAYLOAD -o OUTPUT`, which must succeed silently on stderr."""
+def pack_outcome(source: Path, output: Path, kind: str, payload: Path) -> tuple[int, str]:
+    """`ffitool pack SOURCE --add KIND:PAYLOAD -o OUTPUT`: its exit code and stderr."""
     result = ffitool("pack", str(source), "--add", f"{kind}:{payload}", "-o", str(output))
-    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    return result.returncode, result.stderr
+
+
+def pack(source: Path, output: Path, kind: str, payload: Path) -> None:
+    """A pack that must succeed with nothing on stderr."""
+    returncode, stderr = pack_outcome(source, output, kind, payload)
+    assert (returncode, stderr) == (0, ""), stderr
 
 
 def apply_post_step(path: Path, step: str, payload_files: dict[str, Path]) -> Path:
@@ -104,15 +110,20 @@ def load_in_child(library: Path, spec: HostSpec, tmp_path: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def packed_hosts(host_cache: HostCache, payload_files: dict[str, Path]):
-    """Pack each host once per session (test_alpha); every post-step starts from a copy of it."""
-    done: dict[str, Path] = {}
+    """Pack each host once per session (test_alpha); every post-step starts from a copy of it.
+
+    A failed pack is remembered too, so each test of that host fails with its message.
+    """
+    done: dict[str, tuple[Path, int, str]] = {}
 
     def get(spec: HostSpec) -> Path:
         if spec.name not in done:
             output = host_cache.directory / f"lib{spec.name}.packed.so"
-            pack(host_cache.host(spec), output, "test_alpha", payload_files["test_alpha"])
-            done[spec.name] = output
-        return done[spec.name]
+            host, payload = host_cache.host(spec), payload_files["test_alpha"]
+            done[spec.name] = (output, *pack_outcome(host, output, "test_alpha", payload))
+        output, returncode, stderr = done[spec.name]
+        assert (returncode, stderr) == (0, ""), stderr
+        return output
 
     return get
 
