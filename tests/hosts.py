@@ -144,7 +144,8 @@ class HostCache:
                 require_tool("gcc"), "-std=c11",
             ]  # fmt: skip
             output = self.directory / name
-            run([*driver, "-O2", "-fPIC", "-Wall", *self._include_flags(), "-c", "-o",
+            # -g: objcopy --strip-debug then has sections to remove and the file to re-lay.
+            run([*driver, "-O2", "-g", "-fPIC", "-Wall", *self._include_flags(), "-c", "-o",
                  str(output), str(source)])  # fmt: skip
             self._built[name] = output
         return self._built[name]

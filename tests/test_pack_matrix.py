@@ -203,13 +203,20 @@ def test_each_host_has_what_its_variant_claims(host_cache: HostCache, spec: Host
             assert [name for name, _ in dynsym].count("ffitool_versioned") == 2
 
 
-def elflint(path: Path) -> set[str]:
-    """`eu-elflint --gnu-ld --quiet` messages, with section indices replaced by N.
+# eu-elflint names sections and program headers by index.  A writer may legitimately shift the
+# index of one it did not touch: section headers it adds, a PT_LOAD it inserts in address order
+# (the ELF spec wants PT_LOADs sorted) before PT_DYNAMIC, PT_GNU_RELRO...  Sections are named next
+# to their index, so only the indices are replaced; addresses, sizes and symbol indices are not
+# (nothing of the input may move).
+ELFLINT_INDICES = (
+    (re.compile(r"section \[\s*\d+\]"), "section [N]"),
+    (re.compile(r"program header entry \d+"), "program header entry N"),
+    (re.compile(r"segment \[\s*\d+\]"), "segment [N]"),
+)
 
-    Sections are named next to their index in every message, and a writer that adds section
-    headers may legitimately shift the index of a section it did not touch; nothing else is
-    normalised (addresses and symbol indices must not move).
-    """
+
+def elflint(path: Path) -> set[str]:
+    """The messages of `eu-elflint --gnu-ld --quiet PATH`, with indices normalised as above."""
     result = subprocess.run(
         [require_tool("eu-elflint"), "--gnu-ld", "--quiet", str(path)],
         capture_output=True,
@@ -217,9 +224,12 @@ def elflint(path: Path) -> set[str]:
         timeout=120,
     )
     assert result.stderr == "", result.stderr
-    return {
-        re.sub(r"section \[\s*\d+\]", "section [N]", line) for line in result.stdout.splitlines()
-    }
+    messages = set()
+    for line in result.stdout.splitlines():
+        for pattern, replacement in ELFLINT_INDICES:
+            line = pattern.sub(replacement, line)
+        messages.add(line)
+    return messages
 
 
 @pytest.mark.parametrize("spec", MATRIX, ids=lambda spec: spec.name)
@@ -230,6 +240,14 @@ def test_elflint_finds_nothing_new(host_cache, packed_hosts, payload_files, tmp_
     again = tmp_path / "repacked.so"
     pack(packed, again, "test_beta", payload_files["test_beta"])
     assert elflint(again) - elflint(packed) == set()
+
+
+@pytest.mark.parametrize("foreign", FOREIGN, ids=lambda foreign: foreign.arch)
+def test_elflint_finds_nothing_new_in_foreign_hosts(host_cache, payload_files, tmp_path, foreign):
+    host = host_cache.foreign_host(foreign)
+    packed = tmp_path / "lib.so"
+    pack(host, packed, "test_alpha", payload_files["test_alpha"])
+    assert elflint(packed) - elflint(host) == set()
 
 
 def fnv1a64(data: bytes) -> int:
