@@ -203,15 +203,17 @@ def test_each_host_has_what_its_variant_claims(host_cache: HostCache, spec: Host
             assert [name for name, _ in dynsym].count("ffitool_versioned") == 2
 
 
-# eu-elflint names sections and program headers by index.  A writer may legitimately shift the
-# index of one it did not touch: section headers it adds, a PT_LOAD it inserts in address order
-# (the ELF spec wants PT_LOADs sorted) before PT_DYNAMIC, PT_GNU_RELRO...  Sections are named next
-# to their index, so only the indices are replaced; addresses, sizes and symbol indices are not
-# (nothing of the input may move).
+# eu-elflint names sections, program headers and symbols by index.  A writer may legitimately
+# shift some of them: section headers it adds; a PT_LOAD it inserts in address order (the ELF
+# spec wants PT_LOADs sorted) before PT_DYNAMIC, PT_GNU_RELRO...; and the position of a symbol
+# in the new .dynsym, which the GNU hash table orders by bucket and which gains the blob symbol.
+# Each of those messages names the section or symbol next to its index, so only the index is
+# replaced.  Addresses, sizes and .symtab indices are left alone: nothing there may move.
 ELFLINT_INDICES = (
     (re.compile(r"section \[\s*\d+\]"), "section [N]"),
     (re.compile(r"program header entry \d+"), "program header entry N"),
     (re.compile(r"segment \[\s*\d+\]"), "segment [N]"),
+    (re.compile(r"('\.dynsym': symbol )\d+ \("), r"\1N ("),
 )
 
 
