@@ -179,6 +179,11 @@ def gnu_hash(name: bytes) -> int:
     return h
 
 
+def wide_hash_machine(elf: ElfFile) -> bool:
+    """64-bit s390 and Alpha: where glibc and libelf read DT_HASH as 64-bit words."""
+    return elf.elfclass == 64 and elf["e_machine"] in ("EM_S390", "EM_ALPHA")
+
+
 def sysv_entry_format(elf: ElfFile, head: bytes) -> str:
     """The struct code of DT_HASH entries, from the machine and the table's first 8 bytes.
 
@@ -186,7 +191,7 @@ def sysv_entry_format(elf: ElfFile, head: bytes) -> str:
     as binutils writes them there; lld writes 32-bit entries even there. Read as two 32-bit
     words, a 64-bit nbucket shows a zero half, which a real nbucket or nchain never is.
     """
-    if elf.elfclass != 64 or elf["e_machine"] not in ("EM_S390", "EM_ALPHA") or len(head) < 8:
+    if not wide_hash_machine(elf) or len(head) < 8:
         return "I"
     halves = struct.unpack(("<" if elf.little_endian else ">") + "2I", head[:8])
     return "Q" if 0 in halves else "I"

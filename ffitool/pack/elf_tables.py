@@ -196,6 +196,10 @@ class SysvHashTable:
         self.buckets[bucket] = position
         self.chains = chains
 
+    def widen(self) -> None:
+        """Use 64-bit entries from now on."""
+        self.buckets, self.chains = array("Q", self.buckets), array("Q", self.chains)
+
     def to_bytes(self) -> bytes:
         header = array(self.chains.typecode, [len(self.buckets), len(self.chains)])
         return b"".join(_raw(part, self.little) for part in (header, self.buckets, self.chains))

@@ -33,7 +33,7 @@ from elftools.construct.lib import Container
 
 from ffitool.errors import InputError
 from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
-from ffitool.formats.elf_dynamic import sysv_entry_format
+from ffitool.formats.elf_dynamic import sysv_entry_format, wide_hash_machine
 from ffitool.pack.elf_tables import NATIVE_LITTLE, GnuHashTable, SysvHashTable
 from ffitool.pack.plan import PayloadSource
 from ffitool.pack.stream import copy_payload
@@ -360,6 +360,10 @@ class _SymbolTables:
         )  # fmt: skip
         symbols.data = symbols.data[: position * entry] + new + symbols.data[position * entry :]
         symbols.changed = True
+        if self.sysv is not None and wide_hash_machine(self.host.elf):
+            # lld writes 32-bit DT_HASH entries even where glibc and libelf read 64-bit ones
+            # (64-bit s390 and Alpha); the rebuilt table takes the width the ABI gives.
+            self.sysv.widen()
         for table, tag in ((self.gnu, _DT_GNU_HASH), (self.sysv, _DT_HASH)):
             if table is not None:
                 table.insert(position, _NAME)
@@ -531,6 +535,8 @@ def _append_segment(
             headers[table.section].update(
                 sh_offset=cursor, sh_addr=new_address, sh_size=len(table.data)
             )
+            if table.tag == _DT_HASH and tables.sysv is not None:
+                headers[table.section]["sh_entsize"] = tables.sysv.chains.itemsize
         table.address = new_address
         cursor += len(table.data)
     cursor = _align(cursor, _BLOB_ALIGN)
