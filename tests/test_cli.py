@@ -100,8 +100,11 @@ def test_archive_has_one_library_per_member():
         ("add_one", "mylib_"),
         ("main", "mylib_"),
     ]
-    assert syslib["library_bin"]["symbol"] == "mylib___tvm_ffi__library_bin"
-    assert [m["kind"] for m in syslib["library_bin"]["modules"]] == ["_lib", "test_sys"]
+    # A prefixed blob is a system-lib blob, in an object as in a shared library.
+    assert syslib["library_bin"] is None
+    (blob,) = syslib["system_lib_bins"]
+    assert (blob["symbol"], blob["prefix"]) == ("mylib___tvm_ffi__library_bin", "mylib_")
+    assert [m["kind"] for m in blob["modules"]] == ["_lib", "test_sys"]
 
 
 def test_blob_decode_json_and_text():

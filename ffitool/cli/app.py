@@ -169,12 +169,20 @@ def pack_command(
 def extract_command(
     library: Annotated[Path, typer.Argument(help="A library with a blob.")],
     directory: Annotated[Path, typer.Option("-d", "--directory", help="Where to write.")],
+    symbol_prefix: Annotated[
+        str | None,
+        typer.Option(
+            "--symbol-prefix",
+            help="Extract <P>__tvm_ffi__library_bin, a system-lib blob (default: the plain"
+            " blob, else the only system-lib blob).",
+        ),
+    ] = None,
 ) -> None:
     """Write each module's payload to DIR and a manifest.json describing the tree."""
     from ffitool.manifest import extract
 
     with _reported():
-        result = extract(library, directory)
+        result = extract(library, directory, symbol_prefix)
     sys.stdout.write(f"wrote {len(result.files)} payloads and {result.manifest}\n")
 
 
