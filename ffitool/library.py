@@ -69,6 +69,9 @@ class LibraryBin:
     """"tvm_ffi" for `__tvm_ffi__library_bin`, "legacy" for `__tvm_dev_mblob`."""
     modules: tuple[ModuleInfo, ...]
     findings: tuple[Finding, ...]
+    prefix: str = ""
+    """The system-lib prefix of `<prefix>__tvm_ffi__library_bin`, under which a constructor
+    registers the blob for `tvm_ffi.system_lib(prefix)`; empty for the plain name."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,11 @@ class Library:
     functions: tuple[Function, ...]
     symbols: tuple[FfiSymbol, ...]
     library_bin: LibraryBin | None
+    """The blob under the plain name (or the legacy one): what `tvm_ffi.load_module` reads."""
     findings: tuple[Finding, ...]
+    system_lib_bins: tuple[LibraryBin, ...] = ()
+    """Blobs with a system-lib prefix, in prefix order: what `tvm_ffi.system_lib(prefix)`
+    reads once they are registered, from an object, an archive or a shared library alike."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +159,17 @@ class _mapping:
 def _library(image: Image, data: memoryview, handle: BinaryIO | None) -> Library:
     ffi_symbols = _merge_tables(image)
     functions = _functions(ffi_symbols, image.loadable)
-    library_bin = _library_bin(image, ffi_symbols, functions, data, handle)
+    blobs = [
+        s
+        for s in ffi_symbols
+        if s.naming.role in (Role.LIBRARY_BIN, Role.LEGACY_BIN) and s.symbol.defined
+    ]
+    # The legacy blob only stands in when there is no tvm-ffi one (False sorts first).
+    plain = sorted(
+        (s for s in blobs if not s.naming.prefix), key=lambda s: s.naming.role is Role.LEGACY_BIN
+    )
+    prefixed = sorted((s for s in blobs if s.naming.prefix), key=lambda s: s.naming.prefix)
+    library_bin = _library_bin(image, plain[0], functions, data, handle) if plain else None
     return Library(
         member=image.member,
         format=image.format,
@@ -165,6 +182,7 @@ def _library(image: Image, data: memoryview, handle: BinaryIO | None) -> Library
         symbols=ffi_symbols,
         library_bin=library_bin,
         findings=tuple(_library_findings(image, ffi_symbols)),
+        system_lib_bins=tuple(_library_bin(image, s, functions, data, handle) for s in prefixed),
     )
 
 
@@ -223,7 +241,13 @@ def _library_findings(image: Image, symbols: Iterable[FfiSymbol]) -> list[Findin
     found = []
     if image.loadable:
         for s in symbols:
-            if s.naming.role is Role.FUNCTION and s.symbol.defined and not s.dynamic:
+            # A system-lib function is registered by a constructor, not looked up by dlsym.
+            if (
+                s.naming.role is Role.FUNCTION
+                and not s.naming.prefix
+                and s.symbol.defined
+                and not s.dynamic
+            ):
                 found.append(
                     Finding(
                         "L210",
@@ -237,23 +261,13 @@ def _library_findings(image: Image, symbols: Iterable[FfiSymbol]) -> list[Findin
 
 def _library_bin(
     image: Image,
-    symbols: tuple[FfiSymbol, ...],
+    chosen: FfiSymbol,
     functions: tuple[Function, ...],
     data: memoryview,
     handle: BinaryIO | None,
-) -> LibraryBin | None:
-    # dlopen-ed libraries are looked up by the plain name; a system-lib prefix belongs to
-    # objects and archives that are linked into something else.
-    candidates = [
-        s
-        for s in symbols
-        if s.naming.role in (Role.LIBRARY_BIN, Role.LEGACY_BIN)
-        and s.symbol.defined
-        and not (image.loadable and s.naming.prefix)
-    ]
-    if not candidates:
-        return None
-    chosen = next((s for s in candidates if s.naming.role is Role.LIBRARY_BIN), candidates[0])
+) -> LibraryBin:
+    """Locate and decode one blob symbol (plain, legacy or system-lib prefixed)."""
+    prefix = chosen.naming.prefix
     findings = _placement_findings(image, chosen)
     location = image.locations.get((chosen.symbol.name, chosen.symbol.table))
     legacy = chosen.naming.role is Role.LEGACY_BIN
@@ -268,7 +282,7 @@ def _library_bin(
                     " is not backed by file bytes",
                 )
             )
-        return LibraryBin(chosen, None, None, layout, (), tuple(findings))
+        return LibraryBin(chosen, None, None, layout, (), tuple(findings), prefix)
     window = data[location.file_offset : location.file_offset + location.available]
     try:
         if legacy:
@@ -282,11 +296,14 @@ def _library_bin(
             modules = _module_infos(decoded, location.file_offset, handle)
             findings.extend(decoded.findings)
             findings.extend(_size_findings(chosen, decoded))
-            findings.extend(_lib_findings(decoded.blob, functions))
+            own = tuple(f for f in functions if f.symbol.naming.prefix == prefix)
+            findings.extend(_lib_findings(decoded.blob, own))
     except BlobError as exc:
         findings.append(Finding("B100", Severity.ERROR, exc.what, exc.offset))
-        return LibraryBin(chosen, location.file_offset, None, layout, (), tuple(findings))
-    return LibraryBin(chosen, location.file_offset, nbytes, layout, modules, tuple(findings))
+        return LibraryBin(chosen, location.file_offset, None, layout, (), tuple(findings), prefix)
+    return LibraryBin(
+        chosen, location.file_offset, nbytes, layout, modules, tuple(findings), prefix
+    )
 
 
 def _placement_findings(image: Image, chosen: FfiSymbol) -> list[Finding]:
@@ -308,7 +325,8 @@ def _placement_findings(image: Image, chosen: FfiSymbol) -> list[Finding]:
                 " time, so the runtime reads nbytes = 0 and fails to load the library",
             )
         )
-    if image.loadable and not chosen.dynamic:
+    if image.loadable and not chosen.dynamic and not chosen.naming.prefix:
+        # A system-lib blob is handed over by address from a constructor: dlsym never looks.
         if symbol.table is SymbolTable.STATIC:
             reason = "only in .symtab, not in the dynamic symbol table"
         else:

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ffitool.blob import LIB_KIND
-from ffitool.errors import InputError
-from ffitool.library import file_sha256, inspect_path, open_regular_file
+from ffitool.errors import InputError, UsageError
+from ffitool.findings import printable
+from ffitool.library import LibraryBin, file_sha256, inspect_path, open_regular_file
 from ffitool.pack.plan import ExistingModule, PayloadSource
 from ffitool.pack.stream import copy_payload
+from ffitool.symbols import LIBRARY_BIN
 
 MANIFEST_SCHEMA = "ffitool.manifest/1"
 MANIFEST_NAME = "manifest.json"
@@ -31,12 +33,14 @@ class Extracted:
     files: tuple[Path, ...]
 
 
-def extract(library: Path, directory: Path) -> Extracted:
-    """Write each payload of the library's blob to `directory`, plus `manifest.json`."""
-    inspected = inspect_path(library)
-    found = next((lib.library_bin for lib in inspected.libraries if lib.library_bin), None)
-    if found is None or found.layout != "tvm_ffi" or found.file_offset is None:
-        raise InputError(f"{library}: no readable __tvm_ffi__library_bin to extract")
+def extract(library: Path, directory: Path, symbol_prefix: str | None = None) -> Extracted:
+    """Write each payload of the library's blob to `directory`, plus `manifest.json`.
+
+    `symbol_prefix` picks `<prefix>__tvm_ffi__library_bin` ("" the plain name); by default
+    the plain blob, the one `load_module` reads and `pack` rewrites, else the only system-lib
+    blob there is.
+    """
+    found = _blob_to_extract(library, symbol_prefix)
     if any(f.code == "B100" for f in found.findings):
         raise InputError(f"{library}: the blob is malformed; see `ffitool inspect`")
     written: list[Path] = []  # payload files, then the manifest
@@ -71,6 +75,31 @@ def extract(library: Path, directory: Path) -> Extracted:
             raise
         raise InputError(f"{directory}: cannot write: {exc.strerror or exc}") from None
     return Extracted(manifest, tuple(written[:-1]))
+
+
+def _blob_to_extract(library: Path, symbol_prefix: str | None) -> LibraryBin:
+    inspected = inspect_path(library)
+    blobs = [
+        blob
+        for lib in inspected.libraries
+        for blob in (lib.library_bin, *lib.system_lib_bins)
+        if blob is not None and blob.layout == "tvm_ffi" and blob.file_offset is not None
+    ]
+    if symbol_prefix is not None:
+        blobs = [blob for blob in blobs if blob.prefix == symbol_prefix]
+    else:
+        blobs = [blob for blob in blobs if not blob.prefix] or blobs
+    if not blobs:
+        name = printable(f"{symbol_prefix or ''}{LIBRARY_BIN}")
+        raise InputError(f"{library}: no readable {name} to extract")
+    prefixes = sorted({blob.prefix for blob in blobs})
+    if len(prefixes) > 1:
+        listed = ", ".join(printable(prefix) for prefix in prefixes)
+        raise UsageError(
+            f"{library}: blobs with the system-lib prefixes {listed}; choose one with"
+            " --symbol-prefix"
+        )
+    return blobs[0]  # in an archive, the first member's
 
 
 def read_manifest(path: Path) -> list[ExistingModule]:

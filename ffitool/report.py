@@ -54,6 +54,7 @@ def library_json(library: Library) -> Json:
         "library_bin": None
         if library.library_bin is None
         else library_bin_json(library.library_bin),
+        "system_lib_bins": [library_bin_json(b) for b in library.system_lib_bins],
         "findings": findings_json(library.findings),
     }
 
@@ -96,6 +97,7 @@ def library_bin_json(library_bin: LibraryBin) -> Json:
     symbol = library_bin.symbol.symbol
     return {
         "symbol": symbol.name,
+        "prefix": library_bin.prefix,
         "layout": library_bin.layout,
         "section": symbol.section,
         "address": symbol.address,

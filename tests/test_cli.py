@@ -100,8 +100,11 @@ def test_archive_has_one_library_per_member():
         ("add_one", "mylib_"),
         ("main", "mylib_"),
     ]
-    assert syslib["library_bin"]["symbol"] == "mylib___tvm_ffi__library_bin"
-    assert [m["kind"] for m in syslib["library_bin"]["modules"]] == ["_lib", "test_sys"]
+    # A prefixed blob is a system-lib blob, in an object as in a shared library.
+    assert syslib["library_bin"] is None
+    (blob,) = syslib["system_lib_bins"]
+    assert (blob["symbol"], blob["prefix"]) == ("mylib___tvm_ffi__library_bin", "mylib_")
+    assert [m["kind"] for m in blob["modules"]] == ["_lib", "test_sys"]
 
 
 def test_blob_decode_json_and_text():
@@ -210,3 +213,40 @@ def test_public_api_is_complete_and_lazy():
         "assert not missing, missing\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["inspect", "--json", "fixtures/bin/libffi_c.so", "fixtures/bin/libffi_static.a"],
+        ["inspect", "./fixtures//bin/syslib.o"],
+        ["inspect", "fixtures/bin/missing.so", "--json", "fixtures/bin/ffi_c.o"],
+    ],
+)
+def test_inspect_without_typer_prints_what_the_typer_command_prints(args):
+    """`inspect` with paths and --json only skips importing typer; nothing else may differ."""
+    fast = ffitool(*args)
+    probe = (
+        "import sys, atexit\n"
+        "atexit.register(lambda: sys.stderr.write(f'typer:{\"typer\" in sys.modules}'))\n"
+        "from ffitool.cli.entry import main\n"
+        "main()\n"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", probe, *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert imported.stderr.endswith("typer:False")
+    # The typer app itself, as every other command line reaches it.
+    typer_route = subprocess.run(
+        [sys.executable, "-c", "from ffitool.cli.app import app; app(prog_name='ffitool')", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "100"},
+    )
+    assert (fast.returncode, fast.stdout, fast.stderr) == (
+        typer_route.returncode,
+        typer_route.stdout,
+        typer_route.stderr,
+    )
+    assert fast.returncode == (3 if "fixtures/bin/missing.so" in args else 0)

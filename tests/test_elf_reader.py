@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 
@@ -180,3 +181,53 @@ def test_scan_of_every_entry_agrees_with_the_index_search(monkeypatch, name):
     searched = ffitool_symbols(path)
     monkeypatch.setattr("ffitool.formats.elf._INDEX_SEARCH_LIMIT", 0)
     assert ffitool_symbols(path) == searched == readelf_symbols(path)
+
+
+@pytest.mark.parametrize("name", ELF_FIXTURES)
+def test_mapped_tables_read_the_same_as_tables_read_into_memory(name):
+    """A file object is mapped; a BytesIO has no descriptor and takes the read path."""
+    path = FIXTURES / name
+    data = path.read_bytes()
+    with open(path, "rb") as handle:
+        mapped = read_object(handle, len(data), name)
+    read = read_object(io.BytesIO(data), len(data), name)
+    assert mapped == read
+    assert any(image.symbols for image in mapped.images) or name == "libplain.so"
+
+
+def test_a_mapped_string_table_finds_every_marker(tmp_path):
+    """Each marker, a system-lib prefix and merged tails, at an offset no page starts at."""
+    from ffitool.formats.elf import _c_string, _candidate_ranges, _map, _memmem
+
+    strings = (
+        b"\0_ZN2at6TensorEv\0__tvm_ffi_add\0mylib___tvm_ffi__library_bin\0"
+        b"x__tvm_dev_mblob\0__tvm_module_ctx\0__tvm_dev_mblob_not\0__tvm_module_ctxx\0"
+        b"___tvm_\0tail__tvm_ffi_f\0"
+    )
+    path = tmp_path / "table"
+    path.write_bytes(b"\xff" * 5003 + strings + b"\xff" * 7)
+    expected = []
+    for name, last in [
+        (b"__tvm_ffi_add", b"__tvm_ffi_"),
+        (b"mylib___tvm_ffi__library_bin", b"__tvm_ffi_"),
+        (b"x__tvm_dev_mblob", b"__tvm_dev_mblob"),
+        (b"__tvm_module_ctx", b"__tvm_module_ctx"),
+        (b"tail__tvm_ffi_f", b"__tvm_ffi_"),
+    ]:
+        start = strings.index(b"\0" + name + b"\0") + 1
+        expected.append((start, start + name.rindex(last)))
+    assert _candidate_ranges(strings) == expected
+    assert _memmem() is not None  # Linux always has it: the fast path is the one tested
+    with open(path, "rb") as handle:
+        table = _map(handle.fileno(), 5003, len(strings))
+        assert table is not None
+        try:
+            assert len(table) == len(strings)
+            assert _candidate_ranges(table) == expected
+            tail = strings.index(b"__tvm_dev_mblob\0")  # the merged tail of x__tvm_dev_mblob
+            assert _c_string(table, tail) == "__tvm_dev_mblob"
+            assert table.find(b"__tvm_", 0, 20) == -1
+            assert table.find(b"\xff") == -1  # the bytes around the table are not in it
+            assert table[1:5] == strings[1:5]
+        finally:
+            table.close()

@@ -7,7 +7,6 @@ Heavy modules (pyelftools, rich) are imported inside the commands so that `--hel
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,9 @@ from typing import Annotated
 
 import typer
 
-from ffitool.errors import EXIT_BAD_INPUT, EXIT_OK, FfitoolError, UsageError
+from ffitool.cli.entry import main as entry_main
+from ffitool.cli.entry import print_error, print_json, run_inspect
+from ffitool.errors import FfitoolError, UsageError
 
 EXIT_CODES_HELP = (
     "Exit codes (the same for every command): 0 success; 1 a check failed; 2 usage error; "
@@ -50,26 +51,7 @@ def inspect_command(
     as_json: JsonOption = False,
 ) -> None:
     """Show the FFI functions, special symbols and embedded module blob of each file."""
-    from ffitool.library import inspect_path
-
-    inspected = []
-    errors: list[tuple[str, str]] = []
-    for path in paths:
-        try:
-            inspected.append(inspect_path(path))
-        except FfitoolError as exc:
-            errors.append((str(path), str(exc)))
-    if as_json:
-        from ffitool.report import inspect_document
-
-        _print_json(inspect_document(inspected, errors))
-    else:
-        from ffitool.cli.render import print_inspected
-
-        print_inspected(inspected)
-    for _, message in errors:
-        _print_error(message)
-    raise typer.Exit(EXIT_BAD_INPUT if errors else EXIT_OK)
+    raise typer.Exit(run_inspect(paths, as_json))
 
 
 @blob_app.command("decode", epilog=EXIT_CODES_HELP)
@@ -87,7 +69,7 @@ def blob_decode_command(
     if as_json:
         from ffitool.report import blob_document
 
-        _print_json(blob_document(report))
+        print_json(blob_document(report))
     else:
         from ffitool.cli.render import print_blob_report
 
@@ -169,12 +151,20 @@ def pack_command(
 def extract_command(
     library: Annotated[Path, typer.Argument(help="A library with a blob.")],
     directory: Annotated[Path, typer.Option("-d", "--directory", help="Where to write.")],
+    symbol_prefix: Annotated[
+        str | None,
+        typer.Option(
+            "--symbol-prefix",
+            help="Extract <P>__tvm_ffi__library_bin, a system-lib blob (default: the plain"
+            " blob, else the only system-lib blob).",
+        ),
+    ] = None,
 ) -> None:
     """Write each module's payload to DIR and a manifest.json describing the tree."""
     from ffitool.manifest import extract
 
     with _reported():
-        result = extract(library, directory)
+        result = extract(library, directory, symbol_prefix)
     sys.stdout.write(f"wrote {len(result.files)} payloads and {result.manifest}\n")
 
 
@@ -230,18 +220,10 @@ def _reported() -> Iterator[None]:
     try:
         yield
     except FfitoolError as exc:
-        _print_error(str(exc))
+        print_error(str(exc))
         raise typer.Exit(exc.exit_code) from None
 
 
-def _print_json(document: object) -> None:
-    sys.stdout.write(json.dumps(document, indent=2) + "\n")
-
-
-def _print_error(message: str) -> None:
-    sys.stderr.write(f"ffitool: error: {message}\n")
-
-
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="ffitool")
+    """The entry point installed before `ffitool.cli.entry` existed; both run the same app."""
+    entry_main()

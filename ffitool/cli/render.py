@@ -118,6 +118,8 @@ def library_view(library: Library) -> Group:
         parts.append(table)
     if library.library_bin is not None:
         parts.extend(_blob_parts(library.library_bin))
+    for system_lib_bin in library.system_lib_bins:
+        parts.extend(_blob_parts(system_lib_bin))
     if library.findings:
         parts.append(_findings_table(library.findings))
     return Group(*parts)
@@ -144,9 +146,10 @@ def _blob_parts(library_bin: LibraryBin) -> list[object]:
     symbol = library_bin.symbol.symbol
     offset = "n/a" if library_bin.file_offset is None else f"{library_bin.file_offset:#x}"
     nbytes = "n/a" if library_bin.nbytes is None else str(library_bin.nbytes)
-    line = Text("Blob ", style="bold")
+    line = Text("System-lib blob " if library_bin.prefix else "Blob ", style="bold")
+    prefix = f"prefix {printable(library_bin.prefix)}, " if library_bin.prefix else ""
     line.append(
-        f"{printable(symbol.name)} ({library_bin.layout}) in {symbol.section}"
+        f"{printable(symbol.name)} ({prefix}{library_bin.layout}) in {symbol.section}"
         f" at {symbol.address:#x}, "
         f"file offset {offset}, symbol size {symbol.size}, nbytes {nbytes}"
     )

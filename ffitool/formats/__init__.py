@@ -34,10 +34,12 @@ def read_object(stream: BinaryIO, size: int, display_name: str) -> ObjectFile:
     """Sniff the format of an open file and read its images; raises InputError if unsupported."""
     stream.seek(0)
     head = stream.read(8)
+    fd = _descriptor(stream)
     if head.startswith(elf.MAGIC):
-        return ObjectFile("ELF", size, (elf.read_elf(stream, size, display_name),))
+        return ObjectFile("ELF", size, (elf.read_elf(stream, size, display_name, fd=fd),))
     if head == archive.MAGIC:
-        return ObjectFile("ar archive", size, tuple(_archive_images(stream, size, display_name)))
+        images = _archive_images(stream, size, display_name, fd)
+        return ObjectFile("ar archive", size, tuple(images))
     if head == archive.THIN_MAGIC:
         raise InputError(f"{display_name}: thin ar archives hold no members to read")
     for magic, name in _OTHER_MAGICS.items():
@@ -46,7 +48,15 @@ def read_object(stream: BinaryIO, size: int, display_name: str) -> ObjectFile:
     raise InputError(f"{display_name}: not an ELF file or ar archive")
 
 
-def _archive_images(stream: BinaryIO, size: int, display_name: str) -> list[Image]:
+def _descriptor(stream: BinaryIO) -> int | None:
+    """The stream's file descriptor, through which the ELF reader maps its tables, if it has one."""
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _archive_images(stream: BinaryIO, size: int, display_name: str, fd: int | None) -> list[Image]:
     images = []
     for member in archive.iter_members(stream, size, display_name):
         stream.seek(member.offset)
@@ -54,7 +64,7 @@ def _archive_images(stream: BinaryIO, size: int, display_name: str) -> list[Imag
             continue
         window = _Window(stream, member.offset, member.size)
         images.append(
-            elf.read_elf(window, member.size, display_name, member.name, base=member.offset)
+            elf.read_elf(window, member.size, display_name, member.name, member.offset, fd)
         )
     return images
 
