@@ -10,6 +10,7 @@ never produces is returned as findings.
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -140,7 +141,7 @@ def decode(data: Buffer) -> DecodedBlob:
             f"{cursor.remaining} left",
             indptr_at,
         )
-    imports = _import_lists(indptr, indptr_first, children, child_first, num_modules)
+    imports, overflow = _import_lists(indptr, indptr_first, children, child_first, num_modules)
     findings: list[Finding] = []
     modules: list[Module] = []
     layouts: list[ModuleLayout] = []
@@ -165,7 +166,10 @@ def decode(data: Buffer) -> DecodedBlob:
         )
     findings.extend(_layout_findings(indptr, indptr_at, len(children), child_at))
     blob = Blob(tuple(modules))
-    findings.extend(tree_findings(blob, first_key_offset=layouts[0].key_offset))
+    if overflow is not None:
+        findings.append(overflow)  # the tree is empty: its shape says nothing
+    else:
+        findings.extend(tree_findings(blob, first_key_offset=layouts[0].key_offset))
     return DecodedBlob(blob, nbytes, tuple(layouts), tuple(findings))
 
 
@@ -179,34 +183,58 @@ def _body(data: Buffer) -> tuple[int, _Cursor]:
     return nbytes, _Cursor(view, _WORD, _WORD + nbytes)
 
 
+EDGE_SLACK = 1 << 16
+"""Import edges a blob may expand to beyond twice its child indices (see `_import_lists`)."""
+
+
 def _import_lists(
     indptr: Sequence[int],
     indptr_first: int,
     children: Sequence[int],
     child_first: int,
     num_modules: int,
-) -> list[tuple[int, ...]]:
-    """Split CSR child indices per module, rejecting every index the runtime would misread."""
-    lists: list[tuple[int, ...]] = []
+) -> tuple[list[tuple[int, ...]], Finding | None]:
+    """Split CSR child indices per module, rejecting every index the runtime would misread.
+
+    Each module's row is a slice of the child array. A canonical CSR hands out each child
+    index once; rows only overlap when indptr goes back, and `[0, C, 0, C, ...]` gives every
+    other module all C children: quadratic in the blob's size (the runtime creates every one
+    of those imports). Past `2 * len(children) + EDGE_SLACK` edges the tree is not expanded:
+    every module is returned without imports and a B209 finding says where the rows passed
+    the bound. Checking runs in time linear in the two arrays, whatever the rows expand to.
+    """
+    bad = [j for j, child in enumerate(children) if child >= num_modules]
+    limit = 2 * len(children) + EDGE_SLACK
+    edges = 0
+    overflow: Finding | None = None
     for i in range(num_modules):
         lo, hi = indptr[i], indptr[i + 1]
         if lo >= hi:
-            lists.append(())
             continue
         if hi > len(children):
             raise BlobError(
                 f"indptr[{i + 1}] = {hi} points past the {len(children)} child indices",
                 indptr_first + (i + 1) * _WORD,
             )
-        row = tuple(children[lo:hi])
-        for j, child in enumerate(row):
-            if child >= num_modules:
-                raise BlobError(
-                    f"module {i} imports module {child}, but there are {num_modules} modules",
-                    child_first + (lo + j) * _WORD,
-                )
-        lists.append(row)
-    return lists
+        first_bad = bisect.bisect_left(bad, lo)
+        if first_bad < len(bad) and bad[first_bad] < hi:
+            j = bad[first_bad]
+            raise BlobError(
+                f"module {i} imports module {children[j]}, but there are {num_modules} modules",
+                child_first + j * _WORD,
+            )
+        edges += hi - lo
+        if edges > limit and overflow is None:
+            overflow = Finding(
+                "B209",
+                Severity.ERROR,
+                f"import rows overlap: by module {i} they expand to more than {limit} edges"
+                f" from {len(children)} child indices; the import tree is not expanded",
+                indptr_first + (i + 1) * _WORD,
+            )
+    if overflow is not None:
+        return [()] * num_modules, overflow
+    return [tuple(children[indptr[i] : indptr[i + 1]]) for i in range(num_modules)], None
 
 
 def _kind_text(key: memoryview, index: int, offset: int, findings: list[Finding]) -> str:
@@ -447,7 +475,10 @@ def decode_legacy(data: Buffer) -> LegacyBlob:
             _, indptr_first, indptr = cursor.u64_vector("indptr")
             _, child_first, children = cursor.u64_vector("child_indices")
             count = max(len(indptr) - 1, 0)
-            imports = tuple(_import_lists(indptr, indptr_first, children, child_first, count))
+            rows, overflow = _import_lists(indptr, indptr_first, children, child_first, count)
+            imports = tuple(rows)
+            if overflow is not None:
+                findings.append(overflow)
             continue
         kinds.append(kind)
         if kind != LIB_KIND:

@@ -68,4 +68,8 @@ def print_json(document: object) -> None:
 
 
 def print_error(message: str) -> None:
-    sys.stderr.write(f"ffitool: error: {message}\n")
+    """One line on stderr. Messages quote paths, section and symbol names from the input:
+    control and bidi characters are escaped so that none reaches the terminal raw."""
+    from ffitool.findings import printable
+
+    sys.stderr.write(f"ffitool: error: {printable(message)}\n")

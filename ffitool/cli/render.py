@@ -14,11 +14,17 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from ffitool.blob import Blob, Module, reachable
 from ffitool.findings import Finding, Severity, printable
 from ffitool.library import BlobReport, InspectedFile, Library, LibraryBin, ModuleInfo
 from ffitool.pack.plan import Plan
 
 PROGRESS_THRESHOLD = 64 << 20
+ROWS_SHOWN = 2000
+"""Rows of a text table, and lines of an import tree. Rich renders about 2000 rows a second,
+so a table of 500k functions would take minutes; `--json` lists everything."""
+IMPORTS_SHOWN = 64
+"""Imports listed in one module's table cell."""
 _SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
 
@@ -27,8 +33,7 @@ def print_inspected(files: Sequence[InspectedFile], console: Console | None = No
     console = console or Console()
     for inspected in files:
         console.print(
-            Text(f"{inspected.path}", style="bold"),
-            Text(f"  {inspected.format}, {_bytes(inspected.size)}"),
+            shown(inspected.path, "bold"), Text(f"  {inspected.format}, {_bytes(inspected.size)}")
         )
         for library in inspected.libraries:
             console.print(library_view(library))
@@ -39,11 +44,11 @@ def print_blob_report(report: BlobReport, console: Console | None = None) -> Non
     """Print a raw blob's modules, tree and findings."""
     console = console or Console()
     console.print(
-        Text(report.path, style="bold"),
+        shown(report.path, "bold"),
         Text(f"  raw blob, {_bytes(report.size)}, nbytes {report.nbytes}"),
     )
     console.print(_modules_table(report.modules))
-    console.print(import_tree(report.modules))
+    console.print(_tree_part(report.modules, report.findings))
     if report.findings:
         console.print(_findings_table(report.findings))
 
@@ -53,21 +58,21 @@ def print_plan(
 ) -> None:
     """What `pack --dry-run` shows: the new tree, where each payload comes from, the size."""
     console = console or Console()
-    console.print(
-        Text(f"{library} -> {destination}", style="bold"), Text(f"  blob of {size} bytes")
+    console.print(shown(f"{library} -> {destination}", "bold"), Text(f"  blob of {size} bytes"))
+    table = _table(
+        f"Planned modules ({len(plan.modules)})",
+        ("index", "kind", "size", "imports", "origin", "source"),
+        len(plan.modules),
     )
-    table = Table(title=f"Planned modules ({len(plan.modules)})", title_justify="left")
-    for column in ("index", "kind", "size", "imports", "origin", "source"):
-        table.add_column(column, overflow="fold")
-    for index, module in enumerate(plan.modules):
+    for index, module in enumerate(plan.modules[:ROWS_SHOWN]):
         source = module.source
         table.add_row(
             str(index),
-            printable(module.kind),
+            shown(module.kind),
             "-" if source is None else str(source.size),
-            ", ".join(map(str, module.imports)) or "-",
-            module.origin,
-            "-" if source is None else f"{source.path}@{source.offset}",
+            _imports_cell(module.imports),
+            shown(module.origin),
+            "-" if source is None else shown(f"{source.path}@{source.offset}"),
         )
     console.print(table)
 
@@ -97,22 +102,24 @@ def library_view(library: Library) -> Group:
     """One library: heading, functions, special symbols, blob and findings."""
     title = f"{library.kind}, {library.machine}, {library.bits}-bit {library.endianness}-endian"
     tables = ", ".join(t.value for t in library.symbol_tables) or "none (stripped)"
-    heading = Text(f"[{printable(library.member)}] " if library.member else "", style="bold")
+    heading = shown(f"[{library.member}] " if library.member else "", "bold")
     heading.append(f"{title}; symbol tables: {tables}")
     parts: list[object] = [heading]
     parts.append(_functions_table(library) if library.functions else Text("No FFI functions."))
     specials = [s for s in library.symbols if s.naming.role.value != "function"]
     if specials:
-        table = Table(title="Special symbols", title_justify="left")
-        for column in ("symbol", "role", "address", "size", "section", "exported"):
-            table.add_column(column, overflow="fold")
-        for s in specials:
+        table = _table(
+            "Special symbols",
+            ("symbol", "role", "address", "size", "section", "exported"),
+            len(specials),
+        )
+        for s in specials[:ROWS_SHOWN]:
             table.add_row(
-                printable(s.symbol.name),
+                shown(s.symbol.name),
                 s.naming.role.value,
                 f"{s.symbol.address:#x}",
                 str(s.symbol.size),
-                s.symbol.section or "UND",
+                shown(s.symbol.section or "UND"),
                 _yes(s.dynamic),
             )
         parts.append(table)
@@ -126,13 +133,15 @@ def library_view(library: Library) -> Group:
 
 
 def _functions_table(library: Library) -> Table:
-    table = Table(title=f"Functions ({len(library.functions)})", title_justify="left")
-    for column in ("name", "symbol", "address", "size", "exported", "metadata", "doc"):
-        table.add_column(column, overflow="fold")
-    for f in library.functions:
+    table = _table(
+        f"Functions ({len(library.functions)})",
+        ("name", "symbol", "address", "size", "exported", "metadata", "doc"),
+        len(library.functions),
+    )
+    for f in library.functions[:ROWS_SHOWN]:
         table.add_row(
-            printable(f.name),
-            printable(f.symbol.symbol.name),
+            shown(f.name),
+            shown(f.symbol.symbol.name),
             f"{f.symbol.symbol.address:#x}",
             str(f.symbol.symbol.size),
             _yes(f.symbol.dynamic),
@@ -147,91 +156,162 @@ def _blob_parts(library_bin: LibraryBin) -> list[object]:
     offset = "n/a" if library_bin.file_offset is None else f"{library_bin.file_offset:#x}"
     nbytes = "n/a" if library_bin.nbytes is None else str(library_bin.nbytes)
     line = Text("System-lib blob " if library_bin.prefix else "Blob ", style="bold")
-    prefix = f"prefix {printable(library_bin.prefix)}, " if library_bin.prefix else ""
+    prefix = f"prefix {library_bin.prefix}, " if library_bin.prefix else ""
     line.append(
-        f"{printable(symbol.name)} ({prefix}{library_bin.layout}) in {symbol.section}"
-        f" at {symbol.address:#x}, "
-        f"file offset {offset}, symbol size {symbol.size}, nbytes {nbytes}"
+        printable(
+            f"{symbol.name} ({prefix}{library_bin.layout}) in {symbol.section}"
+            f" at {symbol.address:#x}, "
+            f"file offset {offset}, symbol size {symbol.size}, nbytes {nbytes}"
+        )
     )
     parts: list[object] = [line]
     if library_bin.modules:
         parts.append(_modules_table(library_bin.modules))
-        parts.append(import_tree(library_bin.modules))
+        parts.append(_tree_part(library_bin.modules, library_bin.findings))
     if library_bin.findings:
         parts.append(_findings_table(library_bin.findings))
     return parts
 
 
 def _modules_table(modules: Sequence[ModuleInfo]) -> Table:
-    table = Table(title=f"Modules ({len(modules)})", title_justify="left")
-    for column in ("index", "kind", "size", "sha256", "imports"):
-        table.add_column(column, overflow="fold")
-    for m in modules:
+    table = _table(
+        f"Modules ({len(modules)})", ("index", "kind", "size", "sha256", "imports"), len(modules)
+    )
+    for m in modules[:ROWS_SHOWN]:
         table.add_row(
             str(m.index),
-            printable(m.kind),
+            shown(m.kind),
             "-" if m.size is None else str(m.size),
             "-" if m.sha256 is None else m.sha256[:16],
-            ", ".join(map(str, m.imports)) or "-",
+            _imports_cell(m.imports),
         )
     return table
 
 
-def import_tree(modules: Sequence[ModuleInfo]) -> Tree:
-    """The import tree from module 0; shared modules expand once, cycles are shown, not followed."""
-    parents: dict[int, int] = {}
+def _table(title: str, columns: Sequence[str], count: int) -> Table:
+    """A table of `count` items, of which the first ROWS_SHOWN are added; says what it left out."""
+    caption = None
+    if count > ROWS_SHOWN:
+        caption = f"{count - ROWS_SHOWN} more not shown; --json lists them all"
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def _imports_cell(imports: Sequence[int]) -> str:
+    """A module's imports, the first IMPORTS_SHOWN of them."""
+    cell = ", ".join(map(str, imports[:IMPORTS_SHOWN])) or "-"
+    if len(imports) > IMPORTS_SHOWN:
+        cell += f" (+{len(imports) - IMPORTS_SHOWN} more)"
+    return cell
+
+
+TREE_DEPTH = 16
+"""Levels of the text import tree: each costs four columns of guide line, and a 100k-deep
+chain would print gigabytes of them."""
+
+
+def import_tree(modules: Sequence[ModuleInfo], max_depth: int = TREE_DEPTH) -> Tree:
+    """The import tree from module 0; shared modules expand once, cycles are shown, not followed.
+
+    Time and output stay linear in modules plus imports: every module expands at most once,
+    the path is tracked in a flag per module rather than a copied tuple per node, and the tree
+    stops at `max_depth` levels and ROWS_SHOWN lines; its last line says how many modules
+    that left out.
+    """
+    parents = [0] * len(modules)
     for m in modules:
         for child in set(m.imports):
-            parents[child] = parents.get(child, 0) + 1
-    expanded: set[int] = set()
+            parents[child] += 1
+    expanded = [False] * len(modules)
+    on_path = [False] * len(modules)
     tree = Tree(Text("Import tree", style="bold"))
+    budget = [ROWS_SHOWN]
 
     def label(index: int, note: str) -> Text:
         module = modules[index]
-        text = Text(f"[{index}] {printable(module.kind)}")
+        text = Text(f"[{index}] ")
+        text.append(shown(module.kind))
         if module.size is not None:
             text.append(f" ({_bytes(module.size)})")
-        if parents.get(index, 0) > 1:
+        if parents[index] > 1:
             text.append(" shared", style="magenta")
         if note:
             text.append(f" {note}", style="dim")
         return text
 
-    def add(node: Tree, index: int, path: tuple[int, ...]) -> None:
-        stack = [(node, index, path)]
-        while stack:
-            parent, current, trail = stack.pop()
-            if current in trail:
+    def add(node: Tree, index: int) -> None:
+        # (parent node, module, depth, leaving): leaving entries take a module off the path.
+        stack = [(node, index, 0, False)]
+        while stack and budget[0] > 0:
+            parent, current, depth, leaving = stack.pop()
+            if leaving:
+                on_path[current] = False
+                continue
+            budget[0] -= 1
+            if on_path[current]:
                 parent.add(label(current, "(cycle: back to an ancestor, not followed)"))
-                continue
-            if current in expanded:
+            elif expanded[current]:
                 parent.add(label(current, "(expanded above)" if modules[current].imports else ""))
-                continue
-            expanded.add(current)
-            branch = parent.add(label(current, ""))
-            for child in reversed(modules[current].imports):
-                stack.append((branch, child, (*trail, current)))
+            elif depth >= max_depth and modules[current].imports:
+                parent.add(label(current, f"(imports not shown past depth {max_depth})"))
+            else:
+                expanded[current] = on_path[current] = True
+                branch = parent.add(label(current, ""))
+                stack.append((branch, current, depth, True))
+                children = reversed(modules[current].imports)
+                stack.extend((branch, child, depth + 1, False) for child in children)
 
     if modules:
-        add(tree, 0, ())
+        add(tree, 0)
+    from_root = reachable(Blob(tuple(Module(m.kind, None, m.imports) for m in modules)))
     for index in range(len(modules)):
-        if index not in expanded:
-            add(tree.add(Text("unreachable from the root", style="yellow")), index, ())
+        if budget[0] <= 0:
+            break
+        if not expanded[index] and index not in from_root:
+            add(tree.add(Text("unreachable from the root", style="yellow")), index)
+    left_out = expanded.count(False)
+    if left_out:
+        tree.add(
+            Text(
+                f"{left_out} module(s) not expanded: the text tree stops at depth {max_depth}"
+                f" and {ROWS_SHOWN} lines; --json lists every import",
+                style="yellow",
+            )
+        )
     return tree
 
 
 def _findings_table(findings: Sequence[Finding]) -> Table:
-    table = Table(title=f"Findings ({len(findings)})", title_justify="left")
-    for column in ("severity", "code", "offset", "message"):
-        table.add_column(column, overflow="fold")
-    for f in findings:
+    table = _table(
+        f"Findings ({len(findings)})", ("severity", "code", "offset", "message"), len(findings)
+    )
+    for f in findings[:ROWS_SHOWN]:
         table.add_row(
             Text(f.severity.value, style=_SEVERITY_STYLE[f.severity]),
             f.code,
             "-" if f.offset is None else str(f.offset),
-            printable(f.message),
+            shown(f.message),
         )
     return table
+
+
+def _tree_part(modules: Sequence[ModuleInfo], findings: Sequence[Finding]) -> Tree | Text:
+    """The import tree, unless the codec declined to expand it (B209)."""
+    if any(f.code == "B209" for f in findings):
+        return Text("Import tree not expanded (B209)", style="yellow")
+    return import_tree(modules)
+
+
+def shown(text: str, style: str = "") -> Text:
+    """A string that came from an input, for the terminal: plain text, never rich markup, with
+    control, bidi and other non-printable characters escaped (`\\x1b`, `\\u202e`).
+
+    Every such string goes through here (tables, trees, headings); errors and warnings go
+    through `findings.printable`, which this wraps.
+    """
+    return Text(printable(text), style=style)
 
 
 def _yes(flag: bool) -> str:
