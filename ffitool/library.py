@@ -25,7 +25,7 @@ from ffitool.symbols import Naming, Role, classify
 _CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FfiSymbol:
     """A symbol with its FFI role; `dynamic` says whether `dlsym` can see it."""
 
@@ -35,7 +35,7 @@ class FfiSymbol:
     in_symtab: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Function:
     """A packed-ABI function that `Module.get_function(name)` resolves."""
 
@@ -45,7 +45,7 @@ class Function:
     has_doc: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ModuleInfo:
     """One module of the blob as stored: size and digest of its payload, its imports."""
 

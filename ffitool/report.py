@@ -5,6 +5,8 @@ The CLI prints exactly these dictionaries; `ffitool/schemas/inspect-1.json` desc
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ffitool.findings import Finding
@@ -24,23 +26,87 @@ BLOB_SCHEMA = "ffitool.blob/1"
 Json = dict[str, Any]
 
 
-def inspect_document(files: list[InspectedFile], errors: list[tuple[str, str]]) -> Json:
-    """The whole `inspect --json` document; `errors` are (path, message) of unreadable inputs."""
-    entries: list[Json] = [file_json(f) for f in files]
+class Rows:
+    """A JSON array whose items are made as `write_json` writes them, for the long ones.
+
+    The dicts of 500k functions and their symbols take a gigabyte at once; made one at a time,
+    they take nothing. Only `write_json` knows this type: `json.dumps` refuses it.
+    """
+
+    def __init__(self, items: Sequence[Any], convert: Callable[[Any], Json]) -> None:
+        self._items = items
+        self._convert = convert
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Json]:
+        return map(self._convert, self._items)
+
+
+def _array(items: Sequence[Any], convert: Callable[[Any], Json], lazy: bool) -> Any:
+    return Rows(items, convert) if lazy else [convert(item) for item in items]
+
+
+def write_json(document: Any, write: Callable[[str], object]) -> None:
+    """Write the text of `json.dumps(document, indent=2)`, expanding `Rows` as it goes."""
+    encoder = json.JSONEncoder(indent=2)
+    pieces: list[str] = []
+    for piece in _json_pieces(document, "", encoder):
+        pieces.append(piece)
+        if len(pieces) >= 1 << 12:
+            write("".join(pieces))
+            pieces.clear()
+    write("".join(pieces))
+
+
+def _json_pieces(value: Any, pad: str, encoder: json.JSONEncoder) -> Iterator[str]:
+    inner = pad + "  "
+    if isinstance(value, dict) and value:
+        opening = "{\n"
+        for key, item in value.items():
+            yield f"{opening}{inner}{json.dumps(key)}: "
+            opening = ",\n"
+            yield from _json_pieces(item, inner, encoder)
+        yield f"\n{pad}}}"
+    elif isinstance(value, (list, Rows)) and len(value):
+        opening = "[\n"
+        for item in value:
+            yield opening + inner
+            opening = ",\n"
+            if isinstance(value, Rows):  # plain data: the standard encoder, re-indented
+                yield encoder.encode(item).replace("\n", "\n" + inner)
+            else:
+                yield from _json_pieces(item, inner, encoder)
+        yield f"\n{pad}]"
+    elif isinstance(value, Rows):
+        yield "[]"
+    else:
+        yield encoder.encode(value)
+
+
+def inspect_document(
+    files: list[InspectedFile], errors: list[tuple[str, str]], *, lazy: bool = False
+) -> Json:
+    """The whole `inspect --json` document; `errors` are (path, message) of unreadable inputs.
+
+    With `lazy`, the long arrays are `Rows`, for `write_json`; otherwise plain lists.
+    """
+    entries: list[Json] = [file_json(f, lazy=lazy) for f in files]
     entries.extend({"path": path, "error": message} for path, message in errors)
     return {"schema": INSPECT_SCHEMA, "files": entries}
 
 
-def file_json(inspected: InspectedFile) -> Json:
+def file_json(inspected: InspectedFile, *, lazy: bool = False) -> Json:
     return {
         "path": inspected.path,
         "format": inspected.format,
         "size": inspected.size,
-        "libraries": [library_json(lib) for lib in inspected.libraries],
+        "libraries": [library_json(lib, lazy=lazy) for lib in inspected.libraries],
     }
 
 
-def library_json(library: Library) -> Json:
+def library_json(library: Library, *, lazy: bool = False) -> Json:
     return {
         "member": library.member,
         "format": library.format,
@@ -49,12 +115,12 @@ def library_json(library: Library) -> Json:
         "bits": library.bits,
         "endianness": library.endianness,
         "symbol_tables": [t.value for t in library.symbol_tables],
-        "functions": [function_json(f) for f in library.functions],
-        "symbols": [symbol_json(s) for s in library.symbols],
+        "functions": _array(library.functions, function_json, lazy),
+        "symbols": _array(library.symbols, symbol_json, lazy),
         "library_bin": None
         if library.library_bin is None
-        else library_bin_json(library.library_bin),
-        "system_lib_bins": [library_bin_json(b) for b in library.system_lib_bins],
+        else library_bin_json(library.library_bin, lazy=lazy),
+        "system_lib_bins": [library_bin_json(b, lazy=lazy) for b in library.system_lib_bins],
         "findings": findings_json(library.findings),
     }
 
@@ -93,7 +159,7 @@ def symbol_json(ffi_symbol: FfiSymbol) -> Json:
     }
 
 
-def library_bin_json(library_bin: LibraryBin) -> Json:
+def library_bin_json(library_bin: LibraryBin, *, lazy: bool = False) -> Json:
     symbol = library_bin.symbol.symbol
     return {
         "symbol": symbol.name,
@@ -104,7 +170,7 @@ def library_bin_json(library_bin: LibraryBin) -> Json:
         "symbol_size": symbol.size,
         "file_offset": library_bin.file_offset,
         "nbytes": library_bin.nbytes,
-        "modules": [module_json(m) for m in library_bin.modules],
+        "modules": _array(library_bin.modules, module_json, lazy),
         "findings": findings_json(library_bin.findings),
     }
 
@@ -124,13 +190,13 @@ def findings_json(findings: tuple[Finding, ...]) -> list[Json]:
     return [f.to_json() for f in findings]
 
 
-def blob_document(report: BlobReport) -> Json:
-    """The `blob decode --json` document."""
+def blob_document(report: BlobReport, *, lazy: bool = False) -> Json:
+    """The `blob decode --json` document (`lazy` as for `inspect_document`)."""
     return {
         "schema": BLOB_SCHEMA,
         "path": report.path,
         "size": report.size,
         "nbytes": report.nbytes,
-        "modules": [module_json(m) for m in report.modules],
+        "modules": _array(report.modules, module_json, lazy),
         "findings": findings_json(report.findings),
     }

@@ -36,7 +36,7 @@ class Role(str, Enum):
     LEGACY_CTX = "legacy_ctx"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Naming:
     """The role of one symbol name, the FFI name it refers to, and its system-lib prefix."""
 

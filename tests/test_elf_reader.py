@@ -159,7 +159,7 @@ def test_archive_member_overrunning_the_file_is_an_error(tmp_path):
 def test_candidate_ranges_stay_linear_and_long_names_stay_cheap():
     from array import array
 
-    from ffitool.formats.elf import _candidate_ranges, _wanted_offsets
+    from ffitool.formats.elf import _candidate_ranges, _offset_filter
 
     long_name = b"__tvm_ffi_" * 200_000  # a 2 MB name made of markers
     strings = b"\0" + long_name + b"\0x__tvm_ffi_a\0plain\0"
@@ -169,9 +169,9 @@ def test_candidate_ranges_stay_linear_and_long_names_stay_cheap():
     tail = 2_000_002
     fields = array("I", [0, 1, 5, 1 + 10 * 199_999, 1 + 10 * 199_999 + 1, tail, tail + 1, tail + 2])
     # Past the expansion bound the ranges are bisected, not expanded: same answer.
-    assert _wanted_offsets(ranges, fields) == {1, 5, 1 + 10 * 199_999, tail, tail + 1}
+    assert _offset_filter(ranges)(fields) == {1, 5, 1 + 10 * 199_999, tail, tail + 1}
     small = [(tail, tail + 1)]
-    assert _wanted_offsets(small, fields) == {tail, tail + 1}
+    assert _offset_filter(small)(fields) == {tail, tail + 1}
 
 
 @pytest.mark.parametrize("name", ["libffi_c.so", "libffi_c.ppc64be.so", "libffi_c.arm32.so"])

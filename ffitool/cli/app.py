@@ -69,7 +69,7 @@ def blob_decode_command(
     if as_json:
         from ffitool.report import blob_document
 
-        print_json(blob_document(report))
+        print_json(blob_document(report, lazy=True))
     else:
         from ffitool.cli.render import print_blob_report
 

@@ -9,7 +9,6 @@ commands, paths that start with a dash) goes through the typer app, which calls 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -53,7 +52,7 @@ def run_inspect(paths: list[Path], as_json: bool) -> int:
     if as_json:
         from ffitool.report import inspect_document
 
-        print_json(inspect_document(inspected, errors))
+        print_json(inspect_document(inspected, errors, lazy=True))
     else:
         from ffitool.cli.render import print_inspected
 
@@ -64,7 +63,11 @@ def run_inspect(paths: list[Path], as_json: bool) -> int:
 
 
 def print_json(document: object) -> None:
-    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    """Print a document from `ffitool.report` (made with `lazy=True`), streamed."""
+    from ffitool.report import write_json
+
+    write_json(document, sys.stdout.write)
+    sys.stdout.write("\n")
 
 
 def print_error(message: str) -> None:

@@ -18,7 +18,7 @@ class SymbolTable(str, Enum):
     STATIC = "symtab"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Symbol:
     """One symbol as the object file records it (names without any format decoration)."""
 

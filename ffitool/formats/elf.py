@@ -24,10 +24,11 @@ import sys
 from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.common.utils import struct_parse
+from elftools.elf import enums as elf_enums
 from elftools.elf.structs import ELFStructs
 
 from ffitool.errors import InputError
@@ -233,7 +234,12 @@ def _ffi_symbols(
     sections: list,
     names: SectionNames,
 ) -> list[tuple[Symbol, object]]:
-    """Decode only the symbols whose names carry an FFI marker, with their raw section index."""
+    """Decode only the symbols whose names carry an FFI marker, with their raw section index.
+
+    The table is walked in slices of `_SYMBOL_SLICE` entries, so memory stays flat whatever
+    size the header claims, and the matching entries are unpacked with `struct` (pyelftools'
+    parser costs 100 us a symbol: a minute for 500k functions).
+    """
     header = sections[index]
     link = header["sh_link"]
     if not 0 < link < len(sections):
@@ -243,18 +249,76 @@ def _ffi_symbols(
         ranges = _candidate_ranges(strings)
         if not ranges:
             return []
-        layout = elf.structs.Elf_Sym
-        entry_size = header["sh_entsize"] or layout.sizeof()
-        if entry_size < layout.sizeof():
+        layout = _symbol_layout(elf.elfclass, elf.little_endian)
+        entry_size = header["sh_entsize"] or layout.size
+        if entry_size < layout.size:
             raise ELFError(f"{names[index]}: entry size {entry_size} is too small")
-        with source.open(header) as entries:
-            fields = _st_name_column(entries[:], entry_size, elf.little_endian)
+        wanted = _offset_filter(ranges)
         result = []
-        for number, offset in _matching_entries(fields, _wanted_offsets(ranges, fields)):
-            raw = struct_parse(layout, elf.stream, header["sh_offset"] + number * entry_size)
-            symbol = _symbol(_c_string(strings, offset), raw, table, sections, names)
-            result.append((symbol, raw["st_shndx"]))
+        with source.open(header) as entries:
+            count = len(entries) // entry_size
+            for first in range(0, count, _SYMBOL_SLICE):
+                last = min(count, first + _SYMBOL_SLICE)
+                data = entries[first * entry_size : last * entry_size]
+                fields = _st_name_column(data, entry_size, elf.little_endian)
+                for number, offset in _matching_entries(fields, wanted(fields)):
+                    raw = _unpack_symbol(layout, data, number * entry_size)
+                    symbol = _symbol(_c_string(strings, offset), raw, table, sections, names)
+                    result.append((symbol, raw.shndx))
         return result
+
+
+_SYMBOL_SLICE = 1 << 16
+"""Symbol-table entries read at a time (1.5 MiB of a 64-bit table)."""
+
+
+class _RawSymbol(NamedTuple):
+    """The fields of one Elf_Sym, named the way pyelftools names them."""
+
+    value: int
+    size: int
+    bind: str
+    type: str
+    visibility: str
+    shndx: int | str
+
+
+def _names(enum: dict, prefix: str, count: int) -> tuple[str, ...]:
+    """Every value of a small field as pyelftools names it, without `prefix`, built once so
+    that a million symbols share a handful of strings."""
+    named = {value: name for name, value in enum.items() if isinstance(value, int)}
+    return tuple(named.get(value, str(value)).removeprefix(prefix) for value in range(count))
+
+
+_BINDS = _names(elf_enums.ENUM_ST_INFO_BIND, "STB_", 16)
+_TYPES = _names(elf_enums.ENUM_ST_INFO_TYPE, "STT_", 16)
+_VISIBILITIES = _names(elf_enums.ENUM_ST_VISIBILITY, "STV_", 8)
+_SPECIAL_SHNDX = {
+    value: name for name, value in elf_enums.ENUM_ST_SHNDX.items() if isinstance(value, int)
+}
+
+
+@functools.cache
+def _symbol_layout(elfclass: int, little: bool) -> struct.Struct:
+    """Elf32_Sym (name, value, size, info, other, shndx) or Elf64_Sym (name, info, other,
+    shndx, value, size)."""
+    order = "<" if little else ">"
+    return struct.Struct(order + ("IIIBBH" if elfclass == 32 else "IBBHQQ"))
+
+
+def _unpack_symbol(layout: struct.Struct, data: bytes, at: int) -> _RawSymbol:
+    if layout.format[1:] == "IIIBBH":
+        _, value, size, info, other, shndx = layout.unpack_from(data, at)
+    else:
+        _, info, other, shndx, value, size = layout.unpack_from(data, at)
+    return _RawSymbol(
+        value,
+        size,
+        _BINDS[info >> 4],
+        _TYPES[info & 0xF],
+        _VISIBILITIES[other & 7],
+        _SPECIAL_SHNDX.get(shndx, shndx),
+    )
 
 
 def entries_named(elf: ElfFile, size: int, header, sections: list, name: str) -> list[int]:
@@ -426,9 +490,10 @@ def _candidate_ranges(strings: _Searchable) -> list[tuple[int, int]]:
         begin = strings.rfind(b"\0", 0, at) + 1
         end = strings.find(b"\0", at)
         end = len(strings) if end == -1 else end
-        last = max(strings.rfind(marker, at, end + 1) for marker in _MARKERS)
+        rest = strings[at : end + 1]  # one slice: 500k names are 4M searches otherwise
+        last = max(rest.rfind(marker) for marker in _MARKERS)
         if last >= 0:
-            ranges.append((begin, last))
+            ranges.append((begin, at + last))
         at = strings.find(_COMMON_MARKER, end)
     return ranges
 
@@ -452,10 +517,10 @@ def _st_name_column(data: bytes, entry_size: int, little: bool) -> array:
     return words[:: entry_size // 4]
 
 
-def _wanted_offsets(ranges: list[tuple[int, int]], fields: array) -> set[int]:
-    """The st_name values that fall in a candidate range.
+def _offset_filter(ranges: list[tuple[int, int]]) -> Callable[[array], set[int]]:
+    """A function from st_name values to those that fall in a candidate range.
 
-    Usually the ranges are a few short names and are expanded into a set. A crafted table
+    Usually the ranges are a few short names and are expanded into a set once. A crafted table
     with megabyte-long names would make that set huge, so past a bound each distinct st_name
     is looked up in the ranges instead.
     """
@@ -463,14 +528,18 @@ def _wanted_offsets(ranges: list[tuple[int, int]], fields: array) -> set[int]:
         starts: set[int] = set()
         for first, last in ranges:
             starts.update(range(first, last + 1))
-        return starts.intersection(fields)
+        return starts.intersection
     firsts = [first for first, _ in ranges]
-    wanted = set()
-    for offset in set(fields):
-        slot = bisect.bisect_right(firsts, offset) - 1
-        if slot >= 0 and offset <= ranges[slot][1]:
-            wanted.add(offset)
-    return wanted
+
+    def in_ranges(fields: array) -> set[int]:
+        wanted = set()
+        for offset in set(fields):
+            slot = bisect.bisect_right(firsts, offset) - 1
+            if slot >= 0 and offset <= ranges[slot][1]:
+                wanted.add(offset)
+        return wanted
+
+    return in_ranges
 
 
 def _matching_entries(fields: array, hits: set[int]) -> list[tuple[int, int]]:
@@ -498,8 +567,10 @@ def _c_string(strings: _Searchable, offset: int) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def _symbol(name: str, raw, table: SymbolTable, sections: list, names: SectionNames) -> Symbol:
-    shndx = raw["st_shndx"]
+def _symbol(
+    name: str, raw: _RawSymbol, table: SymbolTable, sections: list, names: SectionNames
+) -> Symbol:
+    shndx = raw.shndx
     section_name: str | None
     nobits = False
     if shndx == "SHN_UNDEF":
@@ -511,15 +582,14 @@ def _symbol(name: str, raw, table: SymbolTable, sections: list, names: SectionNa
         nobits = sections[shndx]["sh_type"] == "SHT_NOBITS"
     else:
         section_name = f"#{shndx}"
-    info = raw["st_info"]
     return Symbol(
         name=name,
         table=table,
-        binding=str(info["bind"]).removeprefix("STB_"),
-        type=str(info["type"]).removeprefix("STT_"),
-        visibility=str(raw["st_other"]["visibility"]).removeprefix("STV_"),
-        address=raw["st_value"],
-        size=raw["st_size"],
+        binding=raw.bind,
+        type=raw.type,
+        visibility=raw.visibility,
+        address=raw.value,
+        size=raw.size,
         section=section_name,
         nobits=nobits,
     )
@@ -528,8 +598,9 @@ def _symbol(name: str, raw, table: SymbolTable, sections: list, names: SectionNa
 def _locate(
     symbol: Symbol, shndx: object, sections: list, segments: list | None
 ) -> Location | None:
-    """File bytes behind a defined symbol: through PT_LOAD segments, or its section in an object."""
-    if not symbol.defined or symbol.nobits or not isinstance(shndx, int):
+    """File bytes behind a defined data symbol (a blob; functions are never read): through
+    PT_LOAD segments, or its section in an object."""
+    if not symbol.defined or symbol.nobits or symbol.type == "FUNC" or not isinstance(shndx, int):
         return None
     if segments is not None:
         for segment in segments:
