@@ -1,0 +1,177 @@
+"""Small hostile inputs that used to cost quadratic time or memory, each run with a bound.
+
+Each runs ffitool in a child process and reads its peak RSS from `wait4`. The bounds are far
+below what these inputs cost before (2.4 GB and 19 s for the overlapping rows, 126 s for a
+30k-deep chain, 3 GB and 59 s for 500k functions) and generous for a busy 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, ROOT, require_tool
+
+from ffitool.blob import Blob, Module, encode
+from ffitool.library import inspect_path
+
+SECONDS = 20.0
+MEGABYTES = 200
+
+
+def measured(tmp_path: Path, *args: str | Path) -> tuple[int, bytes, float, float]:
+    """Run ffitool; return exit code, stdout, seconds and peak RSS in MB."""
+    out = tmp_path / "stdout"
+    with open(out, "wb") as stdout, open(tmp_path / "stderr", "wb") as stderr:
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ffitool", *map(str, args)],
+            stdout=stdout,
+            stderr=stderr,
+            cwd=ROOT,
+            env={**os.environ, "COLUMNS": "300"},
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.monotonic() - started
+    assert not (tmp_path / "stderr").read_bytes(), (tmp_path / "stderr").read_text()
+    return process.returncode, out.read_bytes(), seconds, usage.ru_maxrss / 1024
+
+
+def overlapping_rows_blob(modules: int, children: int) -> bytes:
+    """indptr [0, C, 0, C, ...]: every other module claims all C children."""
+    indptr = [0 if i % 2 == 0 else children for i in range(modules + 1)]
+    child = [1 + j % (modules - 1) for j in range(children)]
+    body = struct.pack(f"<Q{len(indptr)}Q", len(indptr), *indptr)
+    body += struct.pack(f"<Q{len(child)}Q", len(child), *child)
+    body += (struct.pack("<Q", 4) + b"_lib") * modules
+    return struct.pack("<Q", len(body)) + body
+
+
+# 5000 modules, 10000 child indices: 180 KB that expand to 25M imports.
+HOSTILE = overlapping_rows_blob(5000, 10000)
+# indptr[17]: module 16's row (the ninth full one) takes the edges to 90000 > 2 * 10000 + 65536.
+B209_OFFSET = 8 + 8 + 8 * 17
+
+
+def b209(findings: list[dict]) -> dict:
+    (finding,) = [f for f in findings if f["code"] == "B209"]
+    return finding
+
+
+def test_overlapping_import_rows_are_a_finding_not_a_blowup(tmp_path):
+    path = tmp_path / "rows.blob"
+    path.write_bytes(HOSTILE)
+    code, out, seconds, megabytes = measured(tmp_path, "blob", "decode", "--json", path)
+    assert code == 0
+    document = json.loads(out)
+    assert b209(document["findings"]) == {
+        "code": "B209",
+        "severity": "error",
+        "message": "import rows overlap: by module 16 they expand to more than 85536 edges"
+        " from 10000 child indices; the import tree is not expanded",
+        "offset": B209_OFFSET,
+    }
+    assert [m["imports"] for m in document["modules"]] == [[]] * 5000
+    assert seconds < SECONDS and megabytes < MEGABYTES, (seconds, megabytes)
+
+    code, out, seconds, megabytes = measured(tmp_path, "blob", "decode", path)
+    assert code == 0 and b"Import tree not expanded (B209)" in out
+    assert seconds < SECONDS and megabytes < MEGABYTES, (seconds, megabytes)
+
+
+def test_overlapping_import_rows_in_a_library(tmp_path):
+    gcc = require_tool("gcc")
+    source = tmp_path / "rows.c"
+    source.write_text(
+        '__attribute__((visibility("default"))) const unsigned char blob[]'
+        ' __asm__("__tvm_ffi__library_bin") = {' + ",".join(map(str, HOSTILE)) + "};\n"
+    )
+    library = tmp_path / "librows.so"
+    subprocess.run([gcc, "-shared", "-o", library, source], check=True, capture_output=True)
+    code, out, seconds, megabytes = measured(tmp_path, "inspect", "--json", library)
+    assert code == 0
+    (entry,) = json.loads(out)["files"][0]["libraries"]
+    assert b209(entry["library_bin"]["findings"])["offset"] == B209_OFFSET
+    assert seconds < SECONDS and megabytes < MEGABYTES, (seconds, megabytes)
+
+
+def test_a_deep_chain_prints_a_bounded_tree(tmp_path):
+    depth = 50_000
+    chain = [Module("k", b"x", (i + 1,)) for i in range(depth - 1)] + [Module("k", b"x")]
+    path = tmp_path / "chain.blob"
+    path.write_bytes(encode(Blob(tuple(chain))))
+    code, out, seconds, megabytes = measured(tmp_path, "blob", "decode", path)
+    assert code == 0
+    text = out.decode()
+    assert "[15] k (1 B)" in text and "[16] k (1 B) (imports not shown past depth 16)" in text
+    assert "[17] k" not in text.split("Import tree")[1]
+    assert f"{depth - 16} module(s) not expanded: the text tree stops at depth 16" in text
+    assert f"{depth - 2000} more not shown; --json lists them all" in text
+    assert seconds < SECONDS and megabytes < MEGABYTES, (seconds, megabytes)
+
+
+def test_many_functions_cost_linear_memory(tmp_path):
+    """100k functions (the issue's 500k took 3 GB); the same JSON as the reader's model."""
+    gcc = require_tool("gcc")
+    count = 100_000
+    source = tmp_path / "many.s"
+    with open(source, "w") as out:
+        out.write(".text\n")
+        for i in range(count):
+            out.write(
+                f".globl __tvm_ffi_f{i}\n.type __tvm_ffi_f{i},@function\n__tvm_ffi_f{i}: ret\n"
+            )
+    library = tmp_path / "libmany.so"
+    subprocess.run(
+        [gcc, "-shared", "-nostdlib", "-o", library, source], check=True, capture_output=True
+    )
+    code, out, seconds, megabytes = measured(tmp_path, "inspect", "--json", library)
+    assert code == 0
+    (entry,) = json.loads(out)["files"][0]["libraries"]
+    assert sorted(f["name"] for f in entry["functions"]) == sorted(f"f{i}" for i in range(count))
+    assert len(entry["symbols"]) == count
+    assert seconds < 2 * SECONDS and megabytes < MEGABYTES, (seconds, megabytes)
+
+
+@pytest.mark.parametrize("table", [".strtab", ".symtab"])
+def test_a_sparse_table_claiming_2_gib_is_not_read_into_memory(tmp_path, table):
+    """The table's header points past the end of the data, at a 2 GiB hole in the file."""
+    original = FIXTURES / "libffi_c.so"
+    path = tmp_path / "sparse.so"
+    shutil.copy(original, path)
+    data = original.read_bytes()
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    names_at = struct.unpack_from("<Q", data, shoff + shstrndx * shentsize + 24)[0]
+
+    def name(index: int) -> bytes:
+        start = names_at + struct.unpack_from("<I", data, shoff + index * shentsize)[0]
+        return data[start : data.index(b"\0", start)]
+
+    index = next(i for i in range(shnum) if name(i) == table.encode())
+    start = -(-len(data) // 4096) * 4096
+    with open(path, "r+b") as out:
+        out.seek(shoff + index * shentsize + 24)  # sh_offset, sh_size
+        out.write(struct.pack("<QQ", start, 2 << 30))
+        out.truncate(start + (2 << 30))
+    expected = [f.name for f in inspect_path(original).libraries[0].functions]
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        (library,) = inspect_path(path).libraries
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # The dynamic table still names every exported function; .symtab's names are zeros.
+    assert [f.name for f in library.functions] == expected
+    assert peak < 64 << 20, peak
+    assert time.monotonic() - started < SECONDS
