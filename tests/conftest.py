@@ -117,3 +117,38 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped and exitstatus == 0:
         reporter.write_line(f"FFITOOL_REQUIRE_ALL=1: {len(skipped)} test(s) skipped", red=True)
         session.exitstatus = 1
+
+
+# Runs argv[2:] and writes "exit-code seconds peak-RSS-KiB" to argv[1]. The command is the
+# grandchild of pytest on purpose: Linux carries the RSS high-water mark of the process that
+# execs into the new program's ru_maxrss, and a child spawned straight from pytest would
+# report pytest's own peak (gigabytes, after a test that maps a large file).
+_MEASURE = """
+import os, subprocess, sys, time
+started = time.monotonic()
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+seconds = time.monotonic() - started
+with open(sys.argv[1], "w") as report:
+    report.write(f"{os.waitstatus_to_exitcode(status)} {seconds} {usage.ru_maxrss}")
+"""
+
+
+def run_measured(
+    command: list[str], workdir: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> tuple[int, float, float]:
+    """Run `command` with stdout and stderr in workdir/stdout, workdir/stderr; return its exit
+    code (negative for a signal), seconds and peak RSS in MB."""
+    report = workdir / "measure"
+    with open(workdir / "stdout", "wb") as out, open(workdir / "stderr", "wb") as err:
+        subprocess.run(
+            [sys.executable, "-c", _MEASURE, str(report), *command],
+            stdout=out,
+            stderr=err,
+            cwd=ROOT,
+            env=env,
+            timeout=timeout,
+            check=True,
+        )
+    code, seconds, kilobytes = report.read_text().split()
+    return int(code), float(seconds), int(kilobytes) / 1024

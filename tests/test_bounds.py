@@ -18,7 +18,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, ROOT, require_tool
+from conftest import FIXTURES, require_tool, run_measured
 
 from ffitool.blob import Blob, Module, encode
 from ffitool.library import inspect_path
@@ -29,21 +29,11 @@ MEGABYTES = 200
 
 def measured(tmp_path: Path, *args: str | Path) -> tuple[int, bytes, float, float]:
     """Run ffitool; return exit code, stdout, seconds and peak RSS in MB."""
-    out = tmp_path / "stdout"
-    with open(out, "wb") as stdout, open(tmp_path / "stderr", "wb") as stderr:
-        started = time.monotonic()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ffitool", *map(str, args)],
-            stdout=stdout,
-            stderr=stderr,
-            cwd=ROOT,
-            env={**os.environ, "COLUMNS": "300"},
-        )
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        seconds = time.monotonic() - started
+    command = [sys.executable, "-m", "ffitool", *map(str, args)]
+    env = {**os.environ, "COLUMNS": "300"}
+    code, seconds, megabytes = run_measured(command, tmp_path, env)
     assert not (tmp_path / "stderr").read_bytes(), (tmp_path / "stderr").read_text()
-    return process.returncode, out.read_bytes(), seconds, usage.ru_maxrss / 1024
+    return code, (tmp_path / "stdout").read_bytes(), seconds, megabytes
 
 
 def overlapping_rows_blob(modules: int, children: int) -> bytes:

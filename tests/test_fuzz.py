@@ -10,12 +10,10 @@ signal (a SIGBUS or SIGSEGV shows as a negative exit code) and a bounded peak RS
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import threading
 
 import pytest
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES, run_measured
 
 SECONDS = float(os.environ.get("FFITOOL_FUZZ_SECONDS", "2"))
 SEED = int(os.environ.get("FFITOOL_FUZZ_SEED", "7"))
@@ -104,23 +102,13 @@ def test_fuzzed_inputs_end_cleanly(tmp_path, kind, names):
         hostile = tmp_path / "hostile.blob"
         hostile.write_bytes(_hostile_blob())
         corpus.append(hostile)
-    with open(tmp_path / "out", "wb") as out, open(tmp_path / "err", "wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(SECONDS), str(SEED), kind, tmp_path, *corpus],
-            stdout=out,
-            stderr=err,
-            cwd=ROOT,
-        )
-        watchdog = threading.Timer(SECONDS + 120, process.kill)  # a hang ends as SIGKILL
-        watchdog.start()
-        try:
-            _, status, usage = os.wait4(process.pid, 0)
-        finally:
-            watchdog.cancel()
-    code = os.waitstatus_to_exitcode(status)
-    errors_text = (tmp_path / "err").read_text(errors="replace")
+    command = [sys.executable, "-c", CHILD, str(SECONDS), str(SEED), kind, str(tmp_path)]
+    code, _, megabytes = run_measured(
+        [*command, *map(str, corpus)], tmp_path, timeout=SECONDS + 120
+    )
+    errors_text = (tmp_path / "stderr").read_text(errors="replace")
     assert code == 0, f"exit {code}; reproduce with {tmp_path / 'last'}\n{errors_text}"
     assert not errors_text, errors_text
-    assert usage.ru_maxrss / 1024 < MEGABYTES, usage.ru_maxrss
-    cases, errors = map(int, (tmp_path / "out").read_text().split())
+    assert megabytes < MEGABYTES, megabytes
+    cases, errors = map(int, (tmp_path / "stdout").read_text().split())
     assert cases > 20 * SECONDS and 0 < errors < cases, (cases, errors)
