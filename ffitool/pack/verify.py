@@ -270,15 +270,26 @@ def _check_sections(before: _Headers, after: _Headers, original: Path, staging: 
 
 def _check_segments(before: _Headers, after: _Headers, original: Path, staging: Path) -> None:
     """The input's program headers, plus one PT_LOAD (or one grown, when repacking)."""
-    kept = Counter(tuple(sorted(p.items())) for p in after.phdrs)
+
+    def key(phdr) -> tuple:
+        return tuple(sorted(phdr.items()))
+
+    # PT_PHDR is never matched as it was: it must describe the table, which may have grown.
+    kept = Counter(key(p) for p in after.phdrs if p["p_type"] != "PT_PHDR")
     changed = []
     for phdr in before.phdrs:
-        key = tuple(sorted(phdr.items()))
-        if kept[key]:
-            kept[key] -= 1
+        if phdr["p_type"] != "PT_PHDR" and kept[key(phdr)]:
+            kept[key(phdr)] -= 1
         else:
             changed.append(phdr)
-    new = [p for p in after.phdrs if kept[tuple(sorted(p.items()))]]
+    new = []
+    for phdr in after.phdrs:
+        if phdr["p_type"] == "PT_PHDR":
+            new.append(phdr)
+        elif kept[key(phdr)]:
+            kept[key(phdr)] -= 1
+            new.append(phdr)
+    grown = (len(after.phdrs) - len(before.phdrs)) * before.phentsize
     loads = [p for p in before.phdrs if p["p_type"] == "PT_LOAD"]
     for phdr in changed:
         kind = phdr["p_type"]
@@ -290,10 +301,10 @@ def _check_segments(before: _Headers, after: _Headers, original: Path, staging: 
         twin = twins[0]
         new.remove(twin)
         if kind == "PT_PHDR":
-            if twin["p_filesz"] != phdr["p_filesz"] + before.phentsize or (
-                twin["p_offset"],
-                twin["p_vaddr"],
-            ) != (phdr["p_offset"], phdr["p_vaddr"]):
+            if (twin["p_filesz"], twin["p_memsz"]) != (
+                phdr["p_filesz"] + grown,
+                phdr["p_memsz"] + grown,
+            ) or (twin["p_offset"], twin["p_vaddr"]) != (phdr["p_offset"], phdr["p_vaddr"]):
                 _fail("PT_PHDR does not describe the grown program header table")
         elif kind == "PT_LOAD":  # only the last one grows, when a repack reuses it
             same_start = all(twin[k] == phdr[k] for k in ("p_offset", "p_vaddr", "p_flags"))
