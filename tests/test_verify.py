@@ -25,7 +25,7 @@ from ffitool.formats.elf_dynamic import gnu_hash, read_dynamic, sysv_hash
 from ffitool.pack import pack_library
 from ffitool.pack.elf_writer import Placement
 from ffitool.pack.plan import Edits, PayloadSource, Plan, plan_edits
-from ffitool.pack.verify import VerificationError, verify
+from ffitool.pack.verify import VerificationError, _Headers, _violations, verify
 from ffitool.symbols import LIBRARY_BIN
 
 PAYLOAD = bytes(range(256)) * 40
@@ -239,6 +239,20 @@ def case(host: str) -> Callable[[Damage], Damage]:
 
     def register(damage: Damage) -> Damage:
         CASES.append(pytest.param(host, damage, id=damage.__name__))
+        return damage
+
+    return register
+
+
+LAYOUT_CASES: list = []
+
+
+def layout_case(host: str) -> Callable[[Damage], Damage]:
+    """Register a damage to an existing PT_LOAD: verify() stops it as a changed PT_LOAD, so
+    the layout rule it breaks is shown firing through the layout check itself."""
+
+    def register(damage: Damage) -> Damage:
+        LAYOUT_CASES.append(pytest.param(host, damage, id=damage.__name__))
         return damage
 
     return register
@@ -614,8 +628,7 @@ def new_load_executable(image: Image, packed: Packed) -> str:
 
 
 def _rw_load(image: Image) -> int:
-    """Index among PT_LOADs of the RW one, the input's last: the only one verify() lets change
-    size, because a repack grows it."""
+    """Index among PT_LOADs of the RW one, the input's last."""
     loads = [h for _, h in image.segments() if h["p_type"] == "PT_LOAD"]
     return max(
         (i for i, h in enumerate(loads) if h["p_flags"] & PF_W), key=lambda i: loads[i]["p_vaddr"]
@@ -640,7 +653,7 @@ def new_load_alignment_not_a_page(image: Image, packed: Packed) -> str:
     return exact(f"PT_LOAD at {address:#x} is aligned to 2048, not a page")
 
 
-@case("gnu")
+@layout_case("gnu")
 def rw_load_misaligned(image: Image, packed: Packed) -> str:
     """The RW PT_LOAD's p_align raised to the first power of two its offset and address
     disagree modulo."""
@@ -660,7 +673,7 @@ def new_load_more_file_than_memory(image: Image, packed: Packed) -> str:
     return exact(f"PT_LOAD at {load['p_vaddr']:#x} has more file than memory bytes")
 
 
-@case("gold")
+@layout_case("gold")
 def rw_load_file_reaches_new_load(image: Image, packed: Packed) -> str:
     """The RW PT_LOAD's file part grown 8 bytes into the new segment's file range; with a
     big .bss, its memory still ends below the new segment."""
@@ -671,7 +684,7 @@ def rw_load_file_reaches_new_load(image: Image, packed: Packed) -> str:
     return exact(f"PT_LOADs at {load['p_vaddr']:#x} and {new['p_vaddr']:#x} overlap in the file")
 
 
-@case("gnu")
+@layout_case("gnu")
 def rw_load_memory_reaches_new_load(image: Image, packed: Packed) -> str:
     """The RW PT_LOAD's p_memsz grown 8 bytes into the new segment's addresses."""
     index = _rw_load(image)
@@ -690,7 +703,7 @@ def section_offset_off_its_segment(image: Image, packed: Packed) -> str:
     return exact(f"section .gnu.hash [{start:#x}, {end:#x}) lies outside its segment")
 
 
-@case("gnu")
+@layout_case("gnu")
 def bss_in_file_part(image: Image, packed: Packed) -> str:
     """The RW PT_LOAD's p_filesz grown to its p_memsz: .bss (NOBITS) is no longer in the
     memory-only tail."""
@@ -729,7 +742,25 @@ def test_each_check_fires_on_the_damage_it_is_for(packed, tmp_path, host, damage
 # --- layout rules relative to the input ----------------------------------------------------
 
 
-@pytest.mark.parametrize("damage", [loads_out_of_order, bss_in_file_part, rw_load_misaligned])
+@pytest.mark.parametrize(("host", "damage"), LAYOUT_CASES)
+def test_each_layout_rule_fires_on_the_damage_it_is_for(packed, tmp_path, host, damage):
+    """The layout rule itself, on the damaged output; verify() stops the damage earlier, as a
+    PT_LOAD of the input that changed."""
+    good = packed(host)
+    image = Image(good.output.read_bytes())
+    load = image.segment("PT_LOAD", _rw_load(image))
+    expected = damage(image, good)
+    damaged = tmp_path / "damaged.so"
+    damaged.write_bytes(image.data)
+    with open(good.output, "rb") as before, open(damaged, "rb") as after:
+        clean, broken = _violations(_Headers(before)), _violations(_Headers(after))
+    assert [v for v in broken - clean if re.fullmatch(expected, v)], broken - clean
+    changed = exact(f"PT_LOAD at {load['p_vaddr']:#x} changed")
+    with pytest.raises(VerificationError, match=f"^{PREFIX}{changed}$"):
+        verify(damaged, good.original, good.plan, good.placement)
+
+
+@pytest.mark.parametrize("damage", [loads_out_of_order, rw_load_misaligned])
 def test_a_layout_rule_the_input_already_broke_is_not_charged_to_the_output(
     packed, tmp_path, damage
 ):
@@ -741,8 +772,9 @@ def test_a_layout_rule_the_input_already_broke_is_not_charged_to_the_output(
     paths = {"output": output, "original": original}
     for name, image in paths.items():
         (tmp_path / name).write_bytes(image.data)
-    with pytest.raises(VerificationError, match=f"^{PREFIX}{expected}$"):
-        verify(tmp_path / "output", good.original, good.plan, good.placement)
+    if damage is loads_out_of_order:  # the others change a PT_LOAD, which is caught first
+        with pytest.raises(VerificationError, match=f"^{PREFIX}{expected}$"):
+            verify(tmp_path / "output", good.original, good.plan, good.placement)
     verify(tmp_path / "output", tmp_path / "original", good.plan, good.placement)
 
 
