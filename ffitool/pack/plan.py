@@ -22,6 +22,9 @@ class PayloadSource:
     path: str
     offset: int
     size: int
+    identity: tuple[int, int, int, int] | None = None
+    """(st_dev, st_ino, st_size, st_mtime_ns) of the file when the range was found in it: a
+    writer must not copy the range from a file that no longer matches."""
 
 
 @dataclass(frozen=True)
