@@ -802,3 +802,21 @@ def test_sections_overlapping_in_the_file_behind_a_rule_the_input_broke(packed, 
     overlap = exact("sections .rela.plt and .dynsym overlap in the file")
     with pytest.raises(VerificationError, match=f"^{PREFIX}{overlap}$"):
         verify(tmp_path / "output", tmp_path / "original", good.plan, good.placement)
+
+
+def test_a_segment_ld_so_reads_at_its_address_must_be_mapped_there(packed, tmp_path):
+    """PT_GNU_EH_FRAME moved off its bytes: verify() stops it as a changed program header;
+    the layout rule that ld.so would trip over is shown firing on its own."""
+    good = packed("gnu")
+    image = Image(good.output.read_bytes())
+    frame = image.segment("PT_GNU_EH_FRAME", 0)
+    image.set_segment("PT_GNU_EH_FRAME", 0, p_vaddr=frame["p_vaddr"] + 0x40_0000)
+    damaged = tmp_path / "damaged.so"
+    damaged.write_bytes(image.data)
+    with open(good.output, "rb") as before, open(damaged, "rb") as after:
+        new = _violations(_Headers(after)) - _violations(_Headers(before))
+    where = frame["p_vaddr"] + 0x40_0000
+    assert new == {f"PT_GNU_EH_FRAME at {where:#x} is not mapped from its file offset"}
+    changed = exact(f"program header PT_GNU_EH_FRAME at {frame['p_vaddr']:#x} changed")
+    with pytest.raises(VerificationError, match=f"^{PREFIX}{changed}$"):
+        verify(damaged, good.original, good.plan, good.placement)

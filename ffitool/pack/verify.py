@@ -29,7 +29,7 @@ from typing import BinaryIO, NoReturn
 from ffitool.errors import InputError
 from ffitool.findings import Severity
 from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
-from ffitool.formats.elf_dynamic import DynamicView, read_dynamic
+from ffitool.formats.elf_dynamic import DynamicView, read_dynamic, unmapped_segments
 from ffitool.library import inspect_path
 from ffitool.pack.elf_writer import BLOB_SECTION, Placement
 from ffitool.pack.plan import PayloadSource, Plan
@@ -326,7 +326,7 @@ def _check_segments(before: _Headers, after: _Headers, original: Path, staging: 
 
 def _violations(headers: _Headers) -> set[str]:
     """What ld.so or strip would trip over in this layout, as comparable sentences."""
-    found = set()
+    found = set(unmapped_segments(headers.phdrs))
     loads = [p for p in headers.phdrs if p["p_type"] == "PT_LOAD"]
     addresses = [load["p_vaddr"] for load in loads]
     if addresses != sorted(addresses):
