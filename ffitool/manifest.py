@@ -273,11 +273,11 @@ def _load(path: Path, folder_fd: int) -> object:
         if size > MANIFEST_MAX_BYTES:
             raise InputError(f"{path}: {size} bytes; a manifest may hold at most 16 MiB")
         try:
-            data = handle.read(MANIFEST_MAX_BYTES + 1)
+            data = handle.read(size + 1)  # one more byte shows a file that grew meanwhile
         except OSError as exc:
             raise InputError(f"{path}: read error: {exc.strerror or exc}") from None
-    if len(data) > MANIFEST_MAX_BYTES:
-        raise InputError(f"{path}: grew past 16 MiB while read; a manifest may hold at most that")
+    if len(data) != size:
+        raise InputError(f"{path}: changed while it was read")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -306,7 +306,7 @@ def _deeper_than(text: str, limit: int) -> bool:
 def _known_keys(where: str, entry: dict[str, object], keys: frozenset[str]) -> None:
     unknown = sorted(set(entry) - keys)
     if unknown:
-        raise InputError(f"{where}: unknown key {printable(unknown[0])!r}")
+        raise InputError(f"{where}: unknown key `{printable(unknown[0])}`")
 
 
 def _text(where: str, field: str, value: object) -> str:
@@ -316,7 +316,9 @@ def _text(where: str, field: str, value: object) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InputError(f"{where}: `{field}` {printable(value)!r} is not valid Unicode") from None
+        raise InputError(
+            f"{where}: `{field}` holds a lone surrogate, which UTF-8 cannot encode"
+        ) from None
     return value
 
 
