@@ -398,39 +398,42 @@ _WEIRD: list[object] = [
 
 
 def _mutate(document: object, rng: random.Random) -> object:
-    """Replace, delete or add one value somewhere in the JSON tree (returns a new tree)."""
-    if isinstance(document, dict) and document and rng.random() < 0.7:
-        key = rng.choice(sorted(document))
-        copy = dict(document)
-        action = rng.random()
-        if action < 0.15:
-            del copy[key]
-        elif action < 0.25:
-            copy[rng.choice(["extra", "index", "file", "size", "sha256"])] = rng.choice(_WEIRD)
-        elif action < 0.5:
-            copy[key] = rng.choice(_WEIRD)
-        else:
-            copy[key] = _mutate(document[key], rng)
-        return copy
-    if isinstance(document, list) and document and rng.random() < 0.7:
-        copy = list(document)
-        at = rng.randrange(len(copy))
-        action = rng.random()
-        if action < 0.15:
-            del copy[at]
-        elif action < 0.3:
-            copy.insert(at, rng.choice(_WEIRD))
-        else:
-            copy[at] = _mutate(copy[at], rng)
-        return copy
+    """Delete, replace or add one value at a node picked uniformly from the tree (a new tree)."""
+    copy = json.loads(json.dumps(document))
+    containers: list[dict | list] = []
+    pending: list[object] = [copy]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict | list):
+            containers.append(node)
+            pending.extend(node.values() if isinstance(node, dict) else node)
+    target = rng.choice(containers)
+    keys = list(target) if isinstance(target, dict) else list(range(len(target)))
+    action = rng.random()
+    if keys and action < 0.2:
+        del target[rng.choice(keys)]
+    elif isinstance(target, dict) and action < 0.35:
+        target[rng.choice(["extra", "index", "kind", "file", "size", "sha256"])] = _weird(rng)
+    elif isinstance(target, list) and action < 0.35:
+        target.insert(rng.randrange(len(target) + 1), _weird(rng))
+    elif keys:
+        target[rng.choice(keys)] = _weird(rng)
+    return copy
+
+
+def _weird(rng: random.Random) -> object:
     return rng.choice(_WEIRD)
 
 
 def _text_mutation(text: str, rng: random.Random) -> str:
-    """A byte-level change: truncation, a character swapped for a JSON metacharacter."""
-    if rng.random() < 0.3:
-        return text[: rng.randrange(len(text) + 1)]
+    """A textual change: truncation, a JSON metacharacter, or a value nested very deep."""
     at = rng.randrange(len(text))
+    choice = rng.random()
+    if choice < 0.25:
+        return text[:at]
+    if choice < 0.4:
+        depth = rng.choice([17, 1000, 100_000])
+        return text[:at] + "[" * depth + "0" + "]" * depth + text[at:]
     return text[:at] + rng.choice('[]{}",:\\0-e') + text[at + 1 :]
 
 
