@@ -87,14 +87,14 @@ def extract(
         text = (json.dumps(document, indent=2) + "\n").encode()
         writer.create(MANIFEST_NAME, lambda fd: _write_all(fd, text))
         writer.commit()
-    except (OSError, InputError) as exc:
+    except BaseException as exc:  # Ctrl-C too: no half-extracted directory either way
         writer.discard()
         if created:
             with contextlib.suppress(OSError):
                 os.rmdir(directory)
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"{directory}: cannot write: {exc.strerror or exc}") from None
+        if isinstance(exc, OSError):
+            raise InputError(f"{directory}: cannot write: {exc.strerror or exc}") from None
+        raise
     finally:
         os.close(dir_fd)
     files = tuple(directory / name for name, _ in payloads.values())
@@ -261,7 +261,6 @@ MANIFEST_MAX_DEPTH = 16
 one, and refusing it up front keeps the JSON parser from recursing without bound."""
 _MANIFEST_KEYS = frozenset({"schema", "source", "modules"})
 _MODULE_KEYS = frozenset({"index", "kind", "imports", "file", "size", "sha256"})
-_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -293,11 +292,14 @@ def _load(path: Path, folder_fd: int) -> object:
 def _deeper_than(text: str, limit: int) -> bool:
     """Whether JSON `text` nests brackets more than `limit` deep, in linear time, no recursion.
 
-    Strings are dropped first (their brackets do not nest), then each round deletes every
-    innermost `[]` pair: a pair still left after `limit` rounds lies deeper than `limit`.
-    Mismatched brackets are left for the parser to report.
+    Strings are dropped first (their brackets do not nest): without their escaped backslashes
+    and quotes, every other piece between quotes is outside a string. Then each round deletes
+    every innermost `[]` pair, so a pair still left after `limit` rounds lies deeper. Where the
+    text is not JSON the parser stops at the first error, before any nesting this missed.
     """
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text)).translate({123: "[", 125: "]"})
+    unescaped = text.replace("\\\\", "").replace('\\"', "")
+    outside = "".join(unescaped.split('"')[::2])
+    brackets = _NOT_BRACKET.sub("", outside).translate({123: "[", 125: "]"})
     for _ in range(limit):
         brackets = brackets.replace("[]", "")
     return "[]" in brackets

@@ -272,6 +272,23 @@ def test_deep_nesting_is_refused_without_recursing(tmp_path):
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
 
 
+START = "line 1 column 1 (char 0)"
+
+
+def test_the_nesting_check_stays_linear_on_hostile_text(tmp_path):
+    """10 MB of escaped quotes (quadratic for a string regex) and 8M brackets, each in time."""
+    manifest = tmp_path / "manifest.json"
+    for text, message in (
+        ('"' + '\\"' * 5_000_000, f"not JSON: Unterminated string starting at: {START}"),
+        ("[" * 4_000_000 + "]" * 4_000_000, "JSON nested deeper than 16 levels"),
+    ):
+        manifest.write_text(text)
+        start = time.monotonic()
+        result = ffitool("blob", "encode", str(manifest), "-o", str(tmp_path / "o"))
+        assert time.monotonic() - start < 8
+        refused(result, f"{manifest}: {message}")
+
+
 @pytest.mark.parametrize(
     ("modules", "message"),
     [
