@@ -159,12 +159,20 @@ def extract_command(
             " blob, else the only system-lib blob).",
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Write into a directory that is not empty, replacing manifest.json and the"
+            " NNN-kind.bin files (earlier ones too); other files stay.",
+        ),
+    ] = False,
 ) -> None:
     """Write each module's payload to DIR and a manifest.json describing the tree."""
     from ffitool.manifest import extract
 
     with _reported():
-        result = extract(library, directory, symbol_prefix)
+        result = extract(library, directory, symbol_prefix, force)
     sys.stdout.write(f"wrote {len(result.files)} payloads and {result.manifest}\n")
 
 
