@@ -23,7 +23,7 @@ from ffitool.blob import LIB_KIND
 from ffitool.errors import InputError, UsageError
 from ffitool.findings import printable
 from ffitool.library import LibraryBin, file_sha256, inspect_path, open_regular_file
-from ffitool.pack.plan import ExistingModule, PayloadSource
+from ffitool.pack.plan import ExistingModule, PayloadSource, file_identity
 from ffitool.pack.stream import copy_payload
 from ffitool.symbols import LIBRARY_BIN
 
@@ -356,6 +356,7 @@ def _module(path: Path, folder_fd: int, number: int, entry: object, count: int) 
     payload = path.parent / name
     handle, size = _open_inside(folder_fd, payload, parts)
     with handle:
+        identity = file_identity(os.fstat(handle.fileno()))
         digest = file_sha256(handle, 0, size) if want is not None else None
     shown = printable(str(payload))
     if size == 0:
@@ -364,7 +365,8 @@ def _module(path: Path, folder_fd: int, number: int, entry: object, count: int) 
         raise InputError(f"{shown}: {size} bytes, the manifest says {expected}")
     if digest is not None and digest != want:
         raise InputError(f"{shown}: sha256 differs from the manifest's")
-    return ExistingModule(kind, PayloadSource(str(payload), 0, size), tuple(imports))
+    source = PayloadSource(str(payload), 0, size, identity)
+    return ExistingModule(kind, source, tuple(imports))
 
 
 def _open_inside(folder_fd: int, payload: Path, parts: tuple[str, ...]) -> tuple[BinaryIO, int]:

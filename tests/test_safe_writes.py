@@ -297,15 +297,17 @@ def test_a_library_modified_while_packed_is_not_replaced(host):
     from ffitool.pack import pack_library
 
     lib, payload = host
+    host_without_blob = FIXTURES / "libpack_host_gnu.so"  # no kept modules to copy from it
+    shutil.copyfile(host_without_blob, lib)
 
     def meddle(_: int) -> None:  # called while the blob is written, once per payload chunk
-        if lib.stat().st_size == (FIXTURES / "libffi_c.so").stat().st_size:
+        if lib.stat().st_size == host_without_blob.stat().st_size:
             with open(lib, "ab") as handle:
                 handle.write(b"\0")
 
     with pytest.raises(InputError, match="changed while it was being packed; nothing was written"):
         pack_library(lib, _plan(lib, payload), progress=meddle)
-    assert lib.read_bytes() == (FIXTURES / "libffi_c.so").read_bytes() + b"\0"
+    assert lib.read_bytes() == host_without_blob.read_bytes() + b"\0"
     assert sorted(p.name for p in lib.parent.iterdir()) == ["lib.so", "payload.bin"]
 
 
@@ -325,3 +327,25 @@ def test_a_library_modified_while_its_blob_is_read_is_refused(host, monkeypatch)
     monkeypatch.setattr(pack, "_shared_library", read_then_meddle)
     with pytest.raises(InputError, match="changed while its blob was read"):
         pack.existing_modules(lib)
+
+
+@pytest.mark.parametrize("swap", ["symlink", "new file"])
+def test_a_payload_swapped_after_it_was_checked_is_not_embedded(host, tmp_path, swap):
+    """Between the check of a payload (or a manifest's file) and the copy, its path is
+    pointed elsewhere: the copy refuses what it did not check."""
+    from ffitool.errors import InputError
+    from ffitool.pack import pack_library
+
+    lib, payload = host
+    plan = _plan(lib, payload)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not for the blob")
+    payload.unlink()
+    if swap == "symlink":
+        payload.symlink_to(secret)
+    else:
+        payload.write_bytes(b"payload")  # same bytes, another file
+    before = lib.read_bytes()
+    with pytest.raises(InputError, match=r"payload\.bin: changed after it was checked"):
+        pack_library(lib, plan)
+    assert lib.read_bytes() == before

@@ -17,7 +17,7 @@ from ffitool.errors import InputError
 from ffitool.formats.elf import PARSE_ERRORS
 from ffitool.library import Library, inspect_path, open_regular_file
 from ffitool.pack.elf_writer import Placement, plan_edit, write_edit
-from ffitool.pack.plan import ExistingModule, PayloadSource, Plan
+from ffitool.pack.plan import ExistingModule, PayloadSource, Plan, file_identity
 from ffitool.pack.stream import Progress, blob_size, write_blob
 from ffitool.pack.verify import VerificationError, verify
 from ffitool.staging import Ownership, descriptor_path, staged
@@ -63,10 +63,11 @@ def existing_modules(path: Path) -> list[ExistingModule] | None:
 def payload_source(path: str) -> PayloadSource:
     """A whole file as a payload, checked now so that nothing is written for a bad argument."""
     handle, size = open_regular_file(path)
-    handle.close()
+    with handle:
+        identity = file_identity(os.fstat(handle.fileno()))
     if size == 0:
         raise InputError(f"{path}: empty payload; the runtime rejects empty modules")
-    return PayloadSource(str(path), 0, size)
+    return PayloadSource(str(path), 0, size, identity)
 
 
 def pack_library(
@@ -119,26 +120,18 @@ def _lock(handle: BinaryIO, library: Path) -> None:
         pass  # a file system without flock: the identity check before the rename remains
 
 
-def file_identity(info: os.stat_result) -> tuple[int, int, int, int]:
-    """What tells a file, and a modification of it, apart: device, inode, size, mtime."""
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
-
-
 def _check_sources(plan: Plan, library: Path, locked: tuple[int, int, int, int]) -> None:
     """Modules kept from the library's blob must come from the file now locked, unchanged.
 
     Another pack may have replaced the library between reading its blob and taking the lock;
-    copying the old ranges out of the new file would lose that pack's modules.
+    copying the old ranges out of the new file would lose that pack's modules. (Payload files
+    are checked where they are copied, on the descriptor that reads them.)
     """
     for module in plan.modules:
         source = module.source
-        if source is None or source.identity is None:
+        if source is None or source.identity is None or Path(source.path) != library:
             continue
-        try:
-            now = file_identity(os.stat(source.path))
-        except OSError:
-            now = None
-        if now != source.identity or (source.identity[:2] == locked[:2] and locked != now):
+        if source.identity != locked:
             raise InputError(f"{library}: changed since its blob was read; nothing was written")
 
 
