@@ -54,6 +54,10 @@ def descriptor_path(fd: int) -> Path | None:
     return path if path.exists() else None
 
 
+STDOUT = Path("-")
+"""The destination that means standard output, as `-o -` names it."""
+
+
 @contextlib.contextmanager
 def staged(destination: Path, ownership: Ownership) -> Iterator[StagedFile]:
     """A new file that replaces `destination` only if the block completes.
@@ -64,6 +68,10 @@ def staged(destination: Path, ownership: Ownership) -> Iterator[StagedFile]:
     handed to whoever runs ffitool. On any failure (signals included, see `cli.entry`) the new
     file is removed and the destination is as it was; OS errors become one-line InputErrors.
     """
+    if destination == STDOUT:
+        with _staged_for_stdout() as staging:
+            yield staging
+        return
     name = destination.name
     try:
         directory = os.open(destination.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -93,6 +101,27 @@ def staged(destination: Path, ownership: Ownership) -> Iterator[StagedFile]:
         if fd >= 0:
             os.close(fd)
         os.close(directory)
+
+
+@contextlib.contextmanager
+def _staged_for_stdout() -> Iterator[StagedFile]:
+    """An unnamed temporary file, copied to standard output once the block completes: what
+    goes out is complete and verified, as a file would be before its rename."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as handle:
+        fd = handle.fileno()
+        yield StagedFile(fd, descriptor_path(fd) or Path(handle.name))
+        size = os.fstat(fd).st_size
+        done = 0
+        while done < size:
+            data = os.pread(fd, min(1 << 20, size - done), done)
+            if not data:
+                break
+            view = memoryview(data)
+            while view:
+                view = view[os.write(1, view) :]
+            done += len(data)
 
 
 def _refuse_special(destination: Path, directory: int) -> None:

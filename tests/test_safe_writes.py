@@ -349,3 +349,26 @@ def test_a_payload_swapped_after_it_was_checked_is_not_embedded(host, tmp_path, 
     with pytest.raises(InputError, match=r"payload\.bin: changed after it was checked"):
         pack_library(lib, plan)
     assert lib.read_bytes() == before
+
+
+def test_dash_writes_the_verified_output_to_stdout(tmp_path):
+    """`-o -`: the bytes a file output would get go to standard output, the summary to stderr."""
+    directory = tmp_path / "parts"
+    assert finished(ffitool("extract", str(FIXTURES / "libffi_c.so"), "-d", str(directory)))[0] == 0
+    manifest = directory / "manifest.json"
+    library = str(FIXTURES / "libffi_c.so")
+    for args in (
+        ["blob", "encode", str(manifest)],
+        ["blob", "emit-c", str(manifest)],
+        ["pack", library, "--manifest", str(manifest)],
+    ):
+        as_file = tmp_path / "out"
+        assert finished(ffitool(*args, "-o", str(as_file)))[0] == 0
+        process = subprocess.run(
+            [sys.executable, "-m", "ffitool", *args, "-o", "-"], cwd=ROOT, capture_output=True
+        )
+        assert process.returncode == 0, process.stderr
+        assert process.stdout == as_file.read_bytes()
+        assert process.stderr.decode().endswith(" -\n")
+        as_file.unlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts"]

@@ -17,6 +17,7 @@ import typer
 from ffitool.cli.entry import main as entry_main
 from ffitool.cli.entry import print_error, print_json, run_inspect
 from ffitool.errors import FfitoolError, UsageError
+from ffitool.staging import STDOUT
 
 EXIT_CODES_HELP = (
     "Exit codes (the same for every command): 0 success; 1 a check failed; 2 usage error; "
@@ -99,7 +100,8 @@ def pack_command(
         Path | None, typer.Option("--manifest", help="Replace the blob with a manifest's.")
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Write here instead of in place.")
+        Path | None,
+        typer.Option("-o", "--output", help="Write here (- for stdout) instead of in place."),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or summary.")] = False,
@@ -142,7 +144,8 @@ def pack_command(
         with progress_bar(size, enabled=not quiet) as progress:
             result = pack_library(library, plan, output, progress)
     if not quiet:
-        sys.stdout.write(
+        summary = sys.stderr if output == STDOUT else sys.stdout  # stdout holds the library
+        summary.write(
             f"packed {len(plan.modules)} modules ({size} bytes) into {result.destination}\n"
         )
 
@@ -179,7 +182,9 @@ def extract_command(
 @blob_app.command("encode", epilog=EXIT_CODES_HELP)
 def blob_encode_command(
     manifest: Annotated[Path, typer.Argument(help="An ffitool.manifest/1 file.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The raw blob to write.")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="The raw blob to write (- for stdout).")
+    ],
 ) -> None:
     """Write the raw blob a manifest describes."""
     from ffitool.emit import write_raw_blob
@@ -188,13 +193,15 @@ def blob_encode_command(
 
     with _reported():
         size = write_raw_blob(plan_from_modules(read_manifest(manifest)), output)
-    sys.stdout.write(f"wrote {size} bytes to {output}\n")
+    (sys.stderr if output == STDOUT else sys.stdout).write(f"wrote {size} bytes to {output}\n")
 
 
 @blob_app.command("emit-c", epilog=EXIT_CODES_HELP)
 def blob_emit_c_command(
     manifest: Annotated[Path, typer.Argument(help="An ffitool.manifest/1 file.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The C file to write.")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="The C file to write (- for stdout).")
+    ],
     symbol_prefix: Annotated[
         str, typer.Option("--symbol-prefix", help="C symbol prefix of a system library.")
     ] = "",
@@ -211,7 +218,8 @@ def blob_emit_c_command(
     with _reported():
         plan = plan_from_modules(read_manifest(manifest))
         size = write_c_source(plan, output, symbol_prefix, system_lib)
-    sys.stdout.write(f"wrote a {size}-byte blob as C to {output}\n")
+    summary = sys.stderr if output == STDOUT else sys.stdout
+    summary.write(f"wrote a {size}-byte blob as C to {output}\n")
 
 
 def _split_spec(spec: str, option: str) -> tuple[str, str]:
