@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -157,7 +156,7 @@ def _create(destination: Path, directory: int) -> tuple[int, str | None]:
 
 
 def _fresh_name(name: str) -> str:
-    return f".{name}.{secrets.token_hex(6)}.ffitool"
+    return f".{name}.{os.urandom(6).hex()}.ffitool"
 
 
 def _link(fd: int, directory: int, name: str) -> str:
