@@ -8,21 +8,29 @@ before anything is written.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import re
+import secrets
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ffitool.blob import LIB_KIND
 from ffitool.errors import InputError, UsageError
 from ffitool.findings import printable
 from ffitool.library import LibraryBin, file_sha256, inspect_path, open_regular_file
-from ffitool.pack.plan import ExistingModule, PayloadSource
+from ffitool.pack.plan import ExistingModule, PayloadSource, file_identity
 from ffitool.pack.stream import copy_payload
 from ffitool.symbols import LIBRARY_BIN
 
 MANIFEST_SCHEMA = "ffitool.manifest/1"
 MANIFEST_NAME = "manifest.json"
+_PAYLOAD_NAME = re.compile(r"[0-9]{3,}-[A-Za-z0-9_.-]+\.bin")
+"""The names `extract` gives payload files (see `_file_safe`): what `--force` may replace."""
 
 
 @dataclass(frozen=True)
@@ -33,19 +41,36 @@ class Extracted:
     files: tuple[Path, ...]
 
 
-def extract(library: Path, directory: Path, symbol_prefix: str | None = None) -> Extracted:
+def extract(
+    library: Path, directory: Path, symbol_prefix: str | None = None, force: bool = False
+) -> Extracted:
     """Write each payload of the library's blob to `directory`, plus `manifest.json`.
 
     `symbol_prefix` picks `<prefix>__tvm_ffi__library_bin` ("" the plain name); by default
     the plain blob, the one `load_module` reads and `pack` rewrites, else the only system-lib
     blob there is.
+
+    Every file is created exclusively through the directory's descriptor, so neither a symlink
+    already in `directory` nor one swapped in for it redirects a write. A directory that is not
+    empty is refused unless `force`: then only the names extract writes (`manifest.json` and
+    `NNN-kind.bin`, earlier ones included) are replaced, each renamed over from a fresh file.
+    On failure only what this call created is removed.
     """
     found = _blob_to_extract(library, symbol_prefix)
     if any(f.code == "B100" for f in found.findings):
         raise InputError(f"{library}: the blob is malformed; see `ffitool inspect`")
-    written: list[Path] = []  # payload files, then the manifest
+    payloads = {
+        module.index: (
+            f"{module.index:03d}-{_file_safe(module.kind)}.bin",
+            PayloadSource(str(library), found.file_offset + module.payload_offset, module.size),
+        )
+        for module in found.modules
+        if module.payload_offset is not None and module.size is not None
+    }
+    created, dir_fd = _open_target(directory)
+    writer = _Writer(dir_fd, directory, force)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        writer.check_target([name for name, _ in payloads.values()] + [MANIFEST_NAME])
         entries = []
         for module in found.modules:
             entry: dict[str, object] = {
@@ -53,28 +78,124 @@ def extract(library: Path, directory: Path, symbol_prefix: str | None = None) ->
                 "kind": module.kind,
                 "imports": list(module.imports),
             }
-            if module.payload_offset is not None and module.size is not None:
-                name = f"{module.index:03d}-{_file_safe(module.kind)}.bin"
-                written.append(directory / name)
-                source = PayloadSource(
-                    str(library), found.file_offset + module.payload_offset, module.size
-                )
-                with open(directory / name, "wb") as out:
-                    copy_payload(source, out.fileno(), 0)
+            if module.index in payloads:
+                name, source = payloads[module.index]
+                writer.create(name, lambda fd, source=source: copy_payload(source, fd, 0))
                 entry.update(file=name, size=module.size, sha256=module.sha256)
             entries.append(entry)
-        manifest = directory / MANIFEST_NAME
-        written.append(manifest)
         document = {"schema": MANIFEST_SCHEMA, "source": str(library), "modules": entries}
-        manifest.write_text(json.dumps(document, indent=2) + "\n")
-    except (OSError, InputError) as exc:
-        for path in written:  # no half-extracted directory: what was written goes again
+        text = (json.dumps(document, indent=2) + "\n").encode()
+        writer.create(MANIFEST_NAME, lambda fd: _write_all(fd, text))
+        writer.commit()
+    except BaseException as exc:  # Ctrl-C too: no half-extracted directory either way
+        writer.discard()
+        if created:
             with contextlib.suppress(OSError):
-                path.unlink()
-        if isinstance(exc, InputError):
-            raise
+                os.rmdir(directory)
+        if isinstance(exc, OSError):
+            raise InputError(f"{directory}: cannot write: {exc.strerror or exc}") from None
+        raise
+    finally:
+        os.close(dir_fd)
+    files = tuple(directory / name for name, _ in payloads.values())
+    return Extracted(directory / MANIFEST_NAME, files)
+
+
+def _open_target(directory: Path) -> tuple[bool, int]:
+    """Create `directory` if missing (True) and open it; a symlink in its place is refused."""
+    created = False
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory)
+            created = True
+        return created, os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if os.path.islink(directory):
+            raise InputError(
+                f"{directory}: is a symbolic link; give the directory it names"
+            ) from None
         raise InputError(f"{directory}: cannot write: {exc.strerror or exc}") from None
-    return Extracted(manifest, tuple(written[:-1]))
+
+
+class _Writer:
+    """Files created in one directory through its descriptor, removable again on failure.
+
+    Without `force` each file is created under its own name with O_EXCL|O_NOFOLLOW: whatever
+    appears there first (a symlink included) makes the extract fail rather than be written
+    through. With `force` each is created the same way under a temporary name and renamed over
+    its name at `commit`, which replaces a symlink itself, never the file it points to.
+    """
+
+    def __init__(self, dir_fd: int, directory: Path, force: bool) -> None:
+        self._fd = dir_fd
+        self._directory = directory
+        self._force = force
+        self._pending: list[tuple[str, str]] = []  # (name on disk, name it gets), for `force`
+        self._created: list[str] = []  # on disk now, and not there before this call
+
+    def check_target(self, names: list[str]) -> None:
+        """Refuse a non-empty directory without `force`, and with it a directory in the way."""
+        present = set(os.listdir(self._fd))
+        if present and not self._force:
+            raise InputError(
+                f"{self._directory}: directory is not empty; use --force to replace"
+                " the files extract writes"
+            )
+        for name in names:
+            if name in present and stat.S_ISDIR(self._lstat(name).st_mode):
+                raise InputError(
+                    f"{self._directory / name}: cannot replace: {os.strerror(errno.EISDIR)}"
+                )
+
+    def create(self, name: str, fill: Callable[[int], None]) -> None:
+        """Create `name` (or its stand-in with `force`) exclusively and let `fill` write it."""
+        on_disk = f".{name}.{secrets.token_hex(6)}.tmp" if self._force else name
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(on_disk, flags, 0o666, dir_fd=self._fd)
+        except FileExistsError:
+            raise InputError(f"{self._directory / name}: appeared while extracting") from None
+        self._created.append(on_disk)
+        if self._force:
+            self._pending.append((on_disk, name))
+        try:
+            fill(fd)
+        finally:
+            os.close(fd)
+
+    def commit(self) -> None:
+        """With `force`, rename each file over its name, then remove stale payload files."""
+        if not self._force:
+            self._created = []
+            return
+        before = set(os.listdir(self._fd))
+        for on_disk, name in self._pending:
+            os.rename(on_disk, name, src_dir_fd=self._fd, dst_dir_fd=self._fd)
+            self._created.remove(on_disk)
+            if name not in before:
+                self._created.append(name)
+        written = {name for _, name in self._pending}
+        self._created = []  # the new extract is in place: from here on nothing is undone
+        for name in sorted(before - written):
+            if _PAYLOAD_NAME.fullmatch(name) and not stat.S_ISDIR(self._lstat(name).st_mode):
+                os.unlink(name, dir_fd=self._fd)
+
+    def discard(self) -> None:
+        """Remove what this call created; files that were there before stay as they were."""
+        for name in self._created:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=self._fd)
+        self._created = []
+
+    def _lstat(self, name: str) -> os.stat_result:
+        return os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _blob_to_extract(library: Path, symbol_prefix: str | None) -> LibraryBin:
@@ -103,53 +224,187 @@ def _blob_to_extract(library: Path, symbol_prefix: str | None) -> LibraryBin:
 
 
 def read_manifest(path: Path) -> list[ExistingModule]:
-    """The modules a manifest describes, each file checked against its size and sha256."""
+    """The modules a manifest describes, each file checked against its size and sha256.
+
+    A manifest is read like a payload: a regular file (a FIFO or device is refused without
+    blocking), at most MANIFEST_MAX_BYTES, nested at most MANIFEST_MAX_DEPTH levels, every
+    field of the expected type. Its files are opened through its folder's descriptor one
+    component at a time, never through a symlink, so they cannot lie outside that folder.
+    """
+    path = Path(path)
     try:
-        document = json.loads(path.read_text())
+        folder_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise InputError(f"{path}: cannot open: {exc.strerror or exc}") from None
+    try:
+        document = _load(path, folder_fd)
+        if not isinstance(document, dict) or document.get("schema") != MANIFEST_SCHEMA:
+            raise InputError(f"{path}: not an {MANIFEST_SCHEMA} manifest")
+        _known_keys(str(path), document, _MANIFEST_KEYS)
+        if not isinstance(document.get("source", ""), str):
+            raise InputError(f"{path}: `source` must be a string")
+        entries = document.get("modules")
+        if not isinstance(entries, list) or not entries:
+            raise InputError(f"{path}: `modules` must be a non-empty list")
+        return [
+            _module(path, folder_fd, number, entry, len(entries))
+            for number, entry in enumerate(entries)
+        ]
+    finally:
+        os.close(folder_fd)
+
+
+MANIFEST_MAX_BYTES = 16 << 20
+"""A manifest names files, it does not hold data: 16 MiB is room for ~100k modules."""
+MANIFEST_MAX_DEPTH = 16
+"""A manifest nests 4 levels (document, modules, module, imports); anything far deeper is not
+one, and refusing it up front keeps the JSON parser from recursing without bound."""
+_MANIFEST_KEYS = frozenset({"schema", "source", "modules"})
+_MODULE_KEYS = frozenset({"index", "kind", "imports", "file", "size", "sha256"})
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _load(path: Path, folder_fd: int) -> object:
+    """The manifest's JSON, read through `folder_fd` with the size and depth limits."""
+    handle, size = open_regular_file(path, within=(folder_fd, path.name), follow=True)
+    with handle:
+        if size > MANIFEST_MAX_BYTES:
+            raise InputError(f"{path}: {size} bytes; a manifest may hold at most 16 MiB")
+        try:
+            data = handle.read(size + 1)  # one more byte shows a file that grew meanwhile
+        except OSError as exc:
+            raise InputError(f"{path}: read error: {exc.strerror or exc}") from None
+    if len(data) != size:
+        raise InputError(f"{path}: changed while it was read")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 at byte {exc.start}") from None
+    if _deeper_than(text, MANIFEST_MAX_DEPTH):
+        raise InputError(f"{path}: JSON nested deeper than {MANIFEST_MAX_DEPTH} levels")
+    try:
+        return json.loads(text)
     except ValueError as exc:
         raise InputError(f"{path}: not JSON: {exc}") from None
-    if not isinstance(document, dict) or document.get("schema") != MANIFEST_SCHEMA:
-        raise InputError(f"{path}: not an {MANIFEST_SCHEMA} manifest")
-    entries = document.get("modules")
-    if not isinstance(entries, list) or not entries:
-        raise InputError(f"{path}: `modules` must be a non-empty list")
-    modules = [_module(path, number, entry, len(entries)) for number, entry in enumerate(entries)]
-    return modules
 
 
-def _module(path: Path, number: int, entry: object, count: int) -> ExistingModule:
+def _deeper_than(text: str, limit: int) -> bool:
+    """Whether JSON `text` nests brackets more than `limit` deep, in linear time, no recursion.
+
+    Strings are dropped first (their brackets do not nest): without their escaped backslashes
+    and quotes, every other piece between quotes is outside a string. Then each round deletes
+    every innermost `[]` pair, so a pair still left after `limit` rounds lies deeper. Where the
+    text is not JSON the parser stops at the first error, before any nesting this missed.
+    """
+    unescaped = text.replace("\\\\", "").replace('\\"', "")
+    outside = "".join(unescaped.split('"')[::2])
+    brackets = _NOT_BRACKET.sub("", outside).translate({123: "[", 125: "]"})
+    for _ in range(limit):
+        brackets = brackets.replace("[]", "")
+    return "[]" in brackets
+
+
+def _known_keys(where: str, entry: dict[str, object], keys: frozenset[str]) -> None:
+    unknown = sorted(set(entry) - keys)
+    if unknown:
+        raise InputError(f"{where}: unknown key `{printable(unknown[0])}`")
+
+
+def _text(where: str, field: str, value: object) -> str:
+    """A string field that UTF-8 can hold (JSON lets `\\ud800` through, a blob cannot)."""
+    if not isinstance(value, str):
+        raise InputError(f"{where}: `{field}` must be a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(
+            f"{where}: `{field}` holds a lone surrogate, which UTF-8 cannot encode"
+        ) from None
+    return value
+
+
+def _index(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _module(path: Path, folder_fd: int, number: int, entry: object, count: int) -> ExistingModule:
     where = f"{path}: module {number}"
-    if not isinstance(entry, dict) or entry.get("index") != number:
+    if not isinstance(entry, dict) or not _index(entry.get("index")) or entry["index"] != number:
         raise InputError(f"{where}: entries must be objects listed in index order")
-    kind, imports = entry.get("kind"), entry.get("imports", [])
-    if not isinstance(kind, str):
-        raise InputError(f"{where}: `kind` must be a string")
-    if not isinstance(imports, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < count for i in imports
-    ):
+    _known_keys(where, entry, _MODULE_KEYS)
+    kind = _text(where, "kind", entry.get("kind"))
+    imports = entry.get("imports", [])
+    if not isinstance(imports, list) or not all(_index(i) and 0 <= i < count for i in imports):
         raise InputError(f"{where}: `imports` must list module indices below {count}")
     if kind == LIB_KIND:
-        if "file" in entry:
+        if "file" in entry or "size" in entry or "sha256" in entry:
             raise InputError(f"{where}: `_lib` has no payload file")
         return ExistingModule(kind, None, tuple(imports))
     if not kind:
         raise InputError(f"{where}: `kind` cannot be empty")
-    name = entry.get("file")
-    if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
-        raise InputError(f"{where}: `file` must be a path relative to the manifest")
+    name = _text(where, "file", entry.get("file"))
+    parts = Path(name).parts
+    if not parts or "\0" in name or Path(name).is_absolute() or ".." in parts:
+        raise InputError(f"{where}: `file` must be a path inside the manifest's folder")
+    expected = entry.get("size")
+    if expected is not None and not (_index(expected) and expected >= 0):
+        raise InputError(f"{where}: `size` must be a byte count")
+    want = entry.get("sha256")
+    if want is not None and not (isinstance(want, str) and _SHA256.fullmatch(want)):
+        raise InputError(f"{where}: `sha256` must be 64 lowercase hex digits")
     payload = path.parent / name
-    handle, size = open_regular_file(payload)
+    handle, size = _open_inside(folder_fd, payload, parts)
     with handle:
-        digest = file_sha256(handle, 0, size) if "sha256" in entry else None
+        identity = file_identity(os.fstat(handle.fileno()))
+        digest = file_sha256(handle, 0, size) if want is not None else None
+    shown = printable(str(payload))
     if size == 0:
-        raise InputError(f"{payload}: empty payload; the runtime rejects empty modules")
-    if "size" in entry and entry["size"] != size:
-        raise InputError(f"{payload}: {size} bytes, the manifest says {entry['size']}")
-    if digest is not None and digest != entry["sha256"]:
-        raise InputError(f"{payload}: sha256 differs from the manifest's")
-    return ExistingModule(kind, PayloadSource(str(payload), 0, size), tuple(imports))
+        raise InputError(f"{shown}: empty payload; the runtime rejects empty modules")
+    if expected is not None and expected != size:
+        raise InputError(f"{shown}: {size} bytes, the manifest says {expected}")
+    if digest is not None and digest != want:
+        raise InputError(f"{shown}: sha256 differs from the manifest's")
+    source = PayloadSource(str(payload), 0, size, identity)
+    return ExistingModule(kind, source, tuple(imports))
+
+
+def _open_inside(folder_fd: int, payload: Path, parts: tuple[str, ...]) -> tuple[BinaryIO, int]:
+    """Open a manifest's file below its folder, one component at a time, following no symlink.
+
+    Each directory on the way is opened relative to the one before with O_NOFOLLOW, so a
+    symlink anywhere on the path (including one swapped in while this runs) is refused rather
+    than followed out of the folder.
+    """
+    shown = printable(str(payload))
+    fd = folder_fd
+    try:
+        for part in parts[:-1]:
+            _refuse_symlink(fd, part, shown)
+            try:
+                inner = os.open(
+                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                )
+            except OSError as exc:
+                raise InputError(f"{shown}: cannot open: {exc.strerror or exc}") from None
+            if fd != folder_fd:
+                os.close(fd)
+            fd = inner
+        _refuse_symlink(fd, parts[-1], shown)
+        return open_regular_file(shown, within=(fd, parts[-1]), follow=False)
+    finally:
+        if fd != folder_fd:
+            os.close(fd)
+
+
+def _refuse_symlink(dir_fd: int, name: str, shown: str) -> None:
+    """Name the problem when the path goes through a symlink (O_NOFOLLOW then guards a swap)."""
+    with contextlib.suppress(OSError):  # a missing name is reported by the open that follows
+        if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            raise InputError(
+                f"{shown}: goes through a symbolic link; a manifest names only files"
+                " inside its folder"
+            )
 
 
 def _file_safe(kind: str) -> str:

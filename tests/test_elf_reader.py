@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 from conftest import ELF_FIXTURES, FIXTURES, require_tool
+from elftools.common.exceptions import ELFError
 
 from ffitool.errors import InputError
 from ffitool.formats import SymbolTable, read_object
@@ -184,28 +185,27 @@ def test_scan_of_every_entry_agrees_with_the_index_search(monkeypatch, name):
 
 
 @pytest.mark.parametrize("name", ELF_FIXTURES)
-def test_mapped_tables_read_the_same_as_tables_read_into_memory(name):
-    """A file object is mapped; a BytesIO has no descriptor and takes the read path."""
+def test_windowed_tables_read_the_same_as_tables_read_into_memory(name):
+    """A file object is read in windows; a BytesIO has no descriptor and takes the read path."""
     path = FIXTURES / name
     data = path.read_bytes()
     with open(path, "rb") as handle:
-        mapped = read_object(handle, len(data), name)
+        windowed = read_object(handle, len(data), name)
     read = read_object(io.BytesIO(data), len(data), name)
-    assert mapped == read
-    assert any(image.symbols for image in mapped.images) or name == "libplain.so"
+    assert windowed == read
+    assert any(image.symbols for image in windowed.images) or name == "libplain.so"
 
 
-def test_a_mapped_string_table_finds_every_marker(tmp_path):
-    """Each marker, a system-lib prefix and merged tails, at an offset no page starts at."""
-    from ffitool.formats.elf import _c_string, _candidate_ranges, _map, _memmem
+def test_a_windowed_string_table_finds_every_marker(tmp_path):
+    """Each marker, a system-lib prefix and merged tails, at an offset no window starts at,
+    and markers and names straddling the borders of the growing windows."""
+    from ffitool.formats.elf import _c_string, _candidate_ranges, _memmem, _WindowedTable
 
     strings = (
         b"\0_ZN2at6TensorEv\0__tvm_ffi_add\0mylib___tvm_ffi__library_bin\0"
         b"x__tvm_dev_mblob\0__tvm_module_ctx\0__tvm_dev_mblob_not\0__tvm_module_ctxx\0"
         b"___tvm_\0tail__tvm_ffi_f\0"
     )
-    path = tmp_path / "table"
-    path.write_bytes(b"\xff" * 5003 + strings + b"\xff" * 7)
     expected = []
     for name, last in [
         (b"__tvm_ffi_add", b"__tvm_ffi_"),
@@ -217,17 +217,29 @@ def test_a_mapped_string_table_finds_every_marker(tmp_path):
         start = strings.index(b"\0" + name + b"\0") + 1
         expected.append((start, start + name.rindex(last)))
     assert _candidate_ranges(strings) == expected
+    # Windows of 4, 8, 16... KiB: a marker across the first border, a 9 KiB name whose start
+    # lies two windows back from its marker, a marker across a later border.
+    long_name = b"_ZN" + b"x" * 9000 + b"__tvm_ffi_long"
+    straddling = b"\0" * (4096 - 3) + b"__tvm_ffi_edge\0" + long_name + b"\0"
+    straddling += b"\0" * (4096 + 8192 - 2 - len(straddling)) + b"__tvm_ffi_far\0"
+    big = strings + straddling
     assert _memmem() is not None  # Linux always has it: the fast path is the one tested
+    path = tmp_path / "table"
+    path.write_bytes(b"\xff" * 5003 + big + b"\xff" * 7)
     with open(path, "rb") as handle:
-        table = _map(handle.fileno(), 5003, len(strings))
-        assert table is not None
-        try:
-            assert len(table) == len(strings)
-            assert _candidate_ranges(table) == expected
-            tail = strings.index(b"__tvm_dev_mblob\0")  # the merged tail of x__tvm_dev_mblob
-            assert _c_string(table, tail) == "__tvm_dev_mblob"
-            assert table.find(b"__tvm_", 0, 20) == -1
-            assert table.find(b"\xff") == -1  # the bytes around the table are not in it
-            assert table[1:5] == strings[1:5]
-        finally:
-            table.close()
+        table = _WindowedTable(handle.fileno(), 5003, len(big))
+        assert len(table) == len(big)
+        assert _candidate_ranges(table) == _candidate_ranges(big)
+        assert len(_candidate_ranges(big)) == len(expected) + 3
+        tail = strings.index(b"__tvm_dev_mblob\0")  # the merged tail of x__tvm_dev_mblob
+        assert _c_string(table, tail) == "__tvm_dev_mblob"
+        assert _c_string(table, big.index(long_name)) == long_name.decode()
+        assert table.find(b"__tvm_", 0, 20) == -1
+        assert table.find(b"\xff") == -1  # the bytes around the table are not in it
+        assert table.rfind(b"\xff") == -1
+        assert table[1:5] == big[1:5]
+    path.write_bytes(b"\xff" * 5003 + big[:100])  # shorter than the table now says
+    with open(path, "rb") as handle:
+        table = _WindowedTable(handle.fileno(), 5003, len(big))
+        with pytest.raises(ELFError, match="the file shrank while it was being read"):
+            _candidate_ranges(table)

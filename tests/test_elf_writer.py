@@ -214,7 +214,15 @@ REFUSALS = {
             lambda e: e.phdr(2) + 8,
             lambda e: struct.unpack_from("<Q", e.data, e.phdr(2) + 8)[0] + 16,
         ),
-        "PT_DYNAMIC says file offset",
+        "is not mapped from its file offset; the headers contradict each other",
+    ),
+    "RELRO past the segments": (
+        _set("<Q", lambda e: e.phdr(0x6474E552) + 40, 1 << 32),  # PT_GNU_RELRO's p_memsz
+        "lies outside every PT_LOAD; the headers contradict each other",
+    ),
+    "EH_FRAME address off its offset": (
+        _set("<Q", lambda e: e.phdr(0x6474E550) + 16, lambda e: 0x10_0000),  # p_vaddr
+        "PT_GNU_EH_FRAME at 0x100000 is not mapped from its file offset",
     ),
     "section past the end": (
         _set("<Q", lambda e: e.sections[".comment"] + 32, 1 << 40),

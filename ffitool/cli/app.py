@@ -17,6 +17,8 @@ import typer
 from ffitool.cli.entry import main as entry_main
 from ffitool.cli.entry import print_error, print_json, run_inspect
 from ffitool.errors import FfitoolError, UsageError
+from ffitool.findings import printable
+from ffitool.staging import STDOUT
 
 EXIT_CODES_HELP = (
     "Exit codes (the same for every command): 0 success; 1 a check failed; 2 usage error; "
@@ -99,7 +101,8 @@ def pack_command(
         Path | None, typer.Option("--manifest", help="Replace the blob with a manifest's.")
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Write here instead of in place.")
+        Path | None,
+        typer.Option("-o", "--output", help="Write here (- for stdout) instead of in place."),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or summary.")] = False,
@@ -142,8 +145,10 @@ def pack_command(
         with progress_bar(size, enabled=not quiet) as progress:
             result = pack_library(library, plan, output, progress)
     if not quiet:
-        sys.stdout.write(
-            f"packed {len(plan.modules)} modules ({size} bytes) into {result.destination}\n"
+        summary = sys.stderr if output == STDOUT else sys.stdout  # stdout holds the library
+        summary.write(
+            f"packed {len(plan.modules)} modules ({size} bytes)"
+            f" into {printable(str(result.destination))}\n"
         )
 
 
@@ -159,19 +164,29 @@ def extract_command(
             " blob, else the only system-lib blob).",
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Write into a directory that is not empty, replacing manifest.json and the"
+            " NNN-kind.bin files (earlier ones too); other files stay.",
+        ),
+    ] = False,
 ) -> None:
     """Write each module's payload to DIR and a manifest.json describing the tree."""
     from ffitool.manifest import extract
 
     with _reported():
-        result = extract(library, directory, symbol_prefix)
-    sys.stdout.write(f"wrote {len(result.files)} payloads and {result.manifest}\n")
+        result = extract(library, directory, symbol_prefix, force)
+    sys.stdout.write(f"wrote {len(result.files)} payloads and {printable(str(result.manifest))}\n")
 
 
 @blob_app.command("encode", epilog=EXIT_CODES_HELP)
 def blob_encode_command(
     manifest: Annotated[Path, typer.Argument(help="An ffitool.manifest/1 file.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The raw blob to write.")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="The raw blob to write (- for stdout).")
+    ],
 ) -> None:
     """Write the raw blob a manifest describes."""
     from ffitool.emit import write_raw_blob
@@ -180,13 +195,17 @@ def blob_encode_command(
 
     with _reported():
         size = write_raw_blob(plan_from_modules(read_manifest(manifest)), output)
-    sys.stdout.write(f"wrote {size} bytes to {output}\n")
+    (sys.stderr if output == STDOUT else sys.stdout).write(
+        f"wrote {size} bytes to {printable(str(output))}\n"
+    )
 
 
 @blob_app.command("emit-c", epilog=EXIT_CODES_HELP)
 def blob_emit_c_command(
     manifest: Annotated[Path, typer.Argument(help="An ffitool.manifest/1 file.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The C file to write.")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="The C file to write (- for stdout).")
+    ],
     symbol_prefix: Annotated[
         str, typer.Option("--symbol-prefix", help="C symbol prefix of a system library.")
     ] = "",
@@ -203,7 +222,8 @@ def blob_emit_c_command(
     with _reported():
         plan = plan_from_modules(read_manifest(manifest))
         size = write_c_source(plan, output, symbol_prefix, system_lib)
-    sys.stdout.write(f"wrote a {size}-byte blob as C to {output}\n")
+    summary = sys.stderr if output == STDOUT else sys.stdout
+    summary.write(f"wrote a {size}-byte blob as C to {printable(str(output))}\n")
 
 
 def _split_spec(spec: str, option: str) -> tuple[str, str]:

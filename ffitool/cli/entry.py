@@ -10,6 +10,7 @@ commands, paths that start with a dash) goes through the typer app, which calls 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ffitool.errors import EXIT_BAD_INPUT, EXIT_OK, FfitoolError
 
 def main() -> None:
     """Console-script entry point."""
+    _exit_cleanly_on(signal.SIGTERM, signal.SIGHUP)
     args = sys.argv[1:]
     paths = [a for a in args[1:] if a != "--json"]
     plain = paths and not any(p.startswith("-") for p in paths) and args.count("--json") <= 1
@@ -36,6 +38,17 @@ def main() -> None:
     from ffitool.cli.app import app
 
     app(prog_name="ffitool")
+
+
+def _exit_cleanly_on(*signals: signal.Signals) -> None:
+    """Turn these signals into SystemExit, as ^C is turned into KeyboardInterrupt: the
+    `finally` blocks that remove a half-written file then run before the process ends."""
+
+    def leave(number: int, _frame: object) -> None:
+        raise SystemExit(128 + number)
+
+    for number in signals:
+        signal.signal(number, leave)
 
 
 def run_inspect(paths: list[Path], as_json: bool) -> int:

@@ -4,20 +4,18 @@ pyelftools parses the structure (headers, sections, segments). Symbol tables are
 without building an object per symbol: the string table is searched for the FFI marker in C,
 and only the symbols whose name offset falls inside a matching string are decoded.
 
-The string tables of a libtorch-sized library hold 80 MB of names. They are memory-mapped and
-searched in place with the C library's `memmem` (through ctypes), which skips over mangled
-names four times faster than `bytes.find` does with a needle ending in `_`, their most frequent
-byte; reading them into memory first would cost as much again. A file truncated by another
-process while it is mapped makes the kernel raise SIGBUS, which no Python code can catch: the
-extent is checked against the file's current size right before mapping, which leaves only a
-truncation during the scan itself (milliseconds) as a risk.
+The string tables of a libtorch-sized library hold 80 MB of names. They are read through the
+file descriptor a window at a time (at most 1 MiB) and searched with the C library's `memmem`
+(through ctypes), which skips over mangled names four times faster than `bytes.find` does with
+a needle ending in `_`, their most frequent byte. Memory stays bounded whatever the table's
+size, and nothing is mapped: a mapped page of a file that another process truncates raises
+SIGBUS, which no Python code can catch, where a short read here is an ordinary error.
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
-import mmap
 import os
 import struct
 import sys
@@ -377,7 +375,7 @@ class _Searchable(Protocol):
 
 
 class _TableSource:
-    """Opens sections of one image as searchable tables: mapped given a descriptor, else read."""
+    """Opens sections of one image as searchable tables: read in windows given a descriptor."""
 
     def __init__(self, elf: ElfFile, size: int, fd: int | None, base: int) -> None:
         self.elf = elf
@@ -389,53 +387,36 @@ class _TableSource:
     def open(self, header) -> Iterator[_Searchable]:
         """The section's bytes, after checking that its extent lies inside the image."""
         offset, length = _extent(header, self._size)
-        mapped = _map(self._fd, self._base + offset, length) if self._fd is not None else None
-        if mapped is None:
+        if self._fd is None:
             yield section_bytes(self.elf, header, self._size)
-            return
-        try:
-            yield mapped
-        finally:
-            mapped.close()
+        else:
+            yield _WindowedTable(self._fd, self._base + offset, length)
 
 
-def _map(fd: int, start: int, length: int) -> _MappedTable | None:
-    """Map `length` bytes at file offset `start`, or None when mapping is not possible."""
-    if not length:
-        return None
-    aligned = start - start % mmap.ALLOCATIONGRANULARITY
-    try:
-        # Against the size now, not at open: a mapped page past the end of the file raises
-        # SIGBUS when touched, which would kill the process.
-        if start + length > os.fstat(fd).st_size:
-            raise ELFError("the file shrank while it was being read")
-        # Private (copy-on-write) so that ctypes may take its address for memmem; the
-        # descriptor is read-only and nothing ever writes to the mapping.
-        mapping = mmap.mmap(fd, start + length - aligned, access=mmap.ACCESS_COPY, offset=aligned)
-    except (OSError, ValueError, OverflowError):
-        return None
-    return _MappedTable(mapping, start - aligned, length)
+_FIRST_WINDOW = 4 << 10
+_LAST_WINDOW = 1 << 20
 
 
-class _MappedTable:
-    """One section's bytes, mapped: `bytes`-like find, rfind and slicing, searched in place."""
+class _WindowedTable:
+    """One section's bytes with `bytes`-like find, rfind and slicing, read as needed.
 
-    def __init__(self, mapping: mmap.mmap, start: int, length: int) -> None:
-        self._map = mapping
+    A search reads windows that start small (a name's terminator is usually near) and double
+    up to 1 MiB, overlapping by the needle's length so that no match is missed at a border.
+    """
+
+    def __init__(self, fd: int, start: int, length: int) -> None:
+        self._fd = fd
         self._start = start
         self._length = length
-        search = _memmem()
-        self._memmem = search
-        self._address = 0
-        if search is not None:
-            import ctypes
-
-            anchor = ctypes.c_char.from_buffer(mapping)
-            self._address = ctypes.addressof(anchor) + start
-            del anchor  # the address stays valid until close(); the export must not
 
     def __len__(self) -> int:
         return self._length
+
+    def _read(self, at: int, count: int) -> bytes:
+        data = os.pread(self._fd, count, self._start + at)
+        if len(data) != count:
+            raise ELFError("the file shrank while it was being read")
+        return data
 
     def _bounds(self, start: int, end: int | None) -> tuple[int, int]:
         end = self._length if end is None else min(end, self._length)
@@ -443,25 +424,47 @@ class _MappedTable:
 
     def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
         start, end = self._bounds(start, end)
-        if self._memmem is None or len(sub) < 2:  # one byte: Python's memchr is as fast
-            at = self._map.find(sub, self._start + start, self._start + end)
-            return at - self._start if at != -1 else -1
-        if end - start < len(sub):
-            return -1
-        found = self._memmem(self._address + start, end - start, sub, len(sub))
-        return -1 if found is None else found - self._address
+        window = _FIRST_WINDOW
+        while end - start >= len(sub):
+            high = min(end, start + window)
+            at = _search(self._read(start, high - start), sub)
+            if at != -1:
+                return start + at
+            if high == end:
+                break
+            start = high - len(sub) + 1
+            window = min(2 * window, _LAST_WINDOW)
+        return -1
 
     def rfind(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
         start, end = self._bounds(start, end)
-        at = self._map.rfind(sub, self._start + start, self._start + end)
-        return at - self._start if at != -1 else -1
+        window = _FIRST_WINDOW
+        while end - start >= len(sub):
+            low = max(start, end - window)
+            at = self._read(low, end - low).rfind(sub)
+            if at != -1:
+                return low + at
+            if low == start:
+                break
+            end = low + len(sub) - 1
+            window = min(2 * window, _LAST_WINDOW)
+        return -1
 
     def __getitem__(self, key: slice) -> bytes:
         begin, end, _ = key.indices(self._length)
-        return self._map[self._start + begin : self._start + max(begin, end)]
+        return self._read(begin, max(begin, end) - begin)
 
-    def close(self) -> None:
-        self._map.close()
+
+def _search(data: bytes, sub: bytes) -> int:
+    """`data.find(sub)`, with the C library's memmem where there is one."""
+    memmem = _memmem()
+    if memmem is None or len(sub) < 2 or len(data) < len(sub):  # one byte: memchr is as fast
+        return data.find(sub)
+    import ctypes  # loaded by _memmem already; imported lazily to keep start-up small
+
+    base = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+    found = memmem(data, len(data), sub, len(sub))
+    return -1 if found is None or base is None else found - base
 
 
 @functools.cache
@@ -474,7 +477,7 @@ def _memmem() -> Callable[[int, int, bytes, int], int | None] | None:
     except (ImportError, OSError, AttributeError, TypeError):
         return None
     function.restype = ctypes.c_void_p
-    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+    function.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
     return function
 
 

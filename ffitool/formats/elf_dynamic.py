@@ -179,6 +179,51 @@ def gnu_hash(name: bytes) -> int:
     return h
 
 
+# Segments the loader (or the kernel) reads at their address, with the bytes the file has there:
+# each must lie in what a PT_LOAD maps, at the matching offset. PT_GNU_RELRO is a memory range.
+_READ_AT_ADDRESS = (
+    "PT_DYNAMIC", "PT_INTERP", "PT_NOTE", "PT_PHDR", "PT_TLS", "PT_GNU_EH_FRAME",
+    "PT_GNU_PROPERTY",
+)  # fmt: skip
+
+
+def _page_end(address: int, load) -> int:
+    page = max(load["p_align"], 0x1000)
+    return -(-address // page) * page
+
+
+def unmapped_segments(phdrs: list) -> list[str]:
+    """The program headers whose bytes no PT_LOAD maps where they say they are, described.
+
+    ld.so reads PT_DYNAMIC, PT_TLS's template, notes and PT_PHDR at their addresses and
+    protects PT_GNU_RELRO's range: a header whose address and offset disagree, or that points
+    outside every loaded segment, makes a library that maps wrongly or not at all.
+    """
+    loads = [p for p in phdrs if p["p_type"] == "PT_LOAD"]
+    found = []
+    for phdr in phdrs:
+        kind, start = phdr["p_type"], phdr["p_vaddr"]
+        if kind == "PT_GNU_RELRO" and phdr["p_memsz"]:
+            end = start + phdr["p_memsz"]
+            # lld rounds the range up to a page: ld.so protects whole pages, and the loaded
+            # segment's last page is mapped to its end.
+            if not any(
+                p["p_vaddr"] <= start and end <= _page_end(p["p_vaddr"] + p["p_memsz"], p)
+                for p in loads
+            ):
+                found.append(f"{kind} at {start:#x} lies outside every PT_LOAD")
+        elif kind in _READ_AT_ADDRESS and phdr["p_filesz"]:
+            end = start + phdr["p_filesz"]
+            if not any(
+                p["p_vaddr"] <= start
+                and end <= p["p_vaddr"] + p["p_filesz"]
+                and start - p["p_vaddr"] == phdr["p_offset"] - p["p_offset"]
+                for p in loads
+            ):
+                found.append(f"{kind} at {start:#x} is not mapped from its file offset")
+    return found
+
+
 def wide_hash_machine(elf: ElfFile) -> bool:
     """64-bit s390 and Alpha: where glibc and libelf read DT_HASH as 64-bit words."""
     return elf.elfclass == 64 and elf["e_machine"] in ("EM_S390", "EM_ALPHA")

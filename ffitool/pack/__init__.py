@@ -7,18 +7,20 @@ failure the staged file is removed and the input is byte-identical.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ffitool.errors import InputError
 from ffitool.formats.elf import PARSE_ERRORS
 from ffitool.library import Library, inspect_path, open_regular_file
 from ffitool.pack.elf_writer import Placement, plan_edit, write_edit
-from ffitool.pack.plan import ExistingModule, PayloadSource, Plan
+from ffitool.pack.plan import ExistingModule, PayloadSource, Plan, file_identity
 from ffitool.pack.stream import Progress, blob_size, write_blob
 from ffitool.pack.verify import VerificationError, verify
-from ffitool.staging import Ownership, staged
+from ffitool.staging import Ownership, descriptor_path, staged
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,10 @@ def existing_modules(path: Path) -> list[ExistingModule] | None:
     A blob the runtime rejects cannot be kept module by module: that is an error (a manifest
     can still replace it whole). A legacy `__tvm_dev_mblob` is ignored, as tvm-ffi does.
     """
+    before = file_identity(os.stat(path))
     found = _shared_library(path).library_bin
+    if file_identity(os.stat(path)) != before:
+        raise InputError(f"{path}: changed while its blob was read")
     if found is None or found.layout != "tvm_ffi":
         return None
     broken = [f for f in found.findings if f.code == "B100"]
@@ -48,7 +53,7 @@ def existing_modules(path: Path) -> list[ExistingModule] | None:
             m.kind,
             None
             if m.payload_offset is None or m.size is None
-            else PayloadSource(str(path), found.file_offset + m.payload_offset, m.size),
+            else PayloadSource(str(path), found.file_offset + m.payload_offset, m.size, before),
             m.imports,
         )
         for m in found.modules
@@ -58,10 +63,11 @@ def existing_modules(path: Path) -> list[ExistingModule] | None:
 def payload_source(path: str) -> PayloadSource:
     """A whole file as a payload, checked now so that nothing is written for a bad argument."""
     handle, size = open_regular_file(path)
-    handle.close()
+    with handle:
+        identity = file_identity(os.fstat(handle.fileno()))
     if size == 0:
         raise InputError(f"{path}: empty payload; the runtime rejects empty modules")
-    return PayloadSource(str(path), 0, size)
+    return PayloadSource(str(path), 0, size, identity)
 
 
 def pack_library(
@@ -70,32 +76,74 @@ def pack_library(
     """Write `library` with the planned blob to `output` (default: in place), verified first.
 
     In place follows a symlink to the file it names, as patchelf does, and keeps the file's
-    owner, group and mode; with `-o` the output gets the input's permission bits.
+    owner, group and mode; with `-o` the output gets the input's permission bits. The input
+    is read through one descriptor, locked against a concurrent pack, and must still be the
+    file at its path when the output replaces anything.
     """
     library = Path(library)
     _shared_library(library)
     in_place = output is None
     destination = output or Path(os.path.realpath(library))
     with open(library, "rb") as handle:
+        _lock(handle, library)
         info = os.fstat(handle.fileno())
+        _check_sources(plan, library, file_identity(info))
+        source = str(descriptor_path(handle.fileno()) or library)
         try:
             edit = plan_edit(handle, info.st_size, str(library), blob_size(plan))
         except PARSE_ERRORS as exc:
             raise InputError(f"{library}: malformed ELF: {exc}") from None
-    ownership = Ownership.of(info) if in_place else Ownership(Ownership.of(info).mode)
-    with staged(destination, ownership) as staging:
+        ownership = Ownership.of(info) if in_place else Ownership(Ownership.of(info).mode)
+        with staged(destination, ownership) as staging:
 
-        def blob(fd: int, offset: int) -> None:
-            write_blob(fd, offset, plan, progress)
+            def blob(fd: int, offset: int) -> None:
+                write_blob(fd, offset, plan, progress)
 
-        # No fsync, as with cp, strip, objcopy and patchelf: on a 400 MB host it would cost
-        # more than the whole rewrite. Durability is left to the file system (and `sync`).
-        write_edit(str(library), staging.fd, edit, blob)
-        try:
-            verify(staging.path, library, plan, edit.placement)
-        except PARSE_ERRORS as exc:
-            raise VerificationError(f"packed file failed verification: {exc}") from None
+            # No fsync, as with cp, strip, objcopy and patchelf: on a 400 MB host it would
+            # cost more than the whole rewrite. Durability is left to the file system.
+            write_edit(source, staging.fd, edit, blob)
+            try:
+                verify(staging.path, Path(source), plan, edit.placement)
+            except PARSE_ERRORS as exc:
+                raise VerificationError(f"packed file failed verification: {exc}") from None
+            _check_unchanged(handle, library, info)
     return PackResult(destination, plan, edit.placement)
+
+
+def _lock(handle: BinaryIO, library: Path) -> None:
+    """An exclusive advisory lock on the input: a second pack of it fails instead of racing."""
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise InputError(f"{library}: another ffitool pack is rewriting it; try again") from None
+    except OSError:
+        pass  # a file system without flock: the identity check before the rename remains
+
+
+def _check_sources(plan: Plan, library: Path, locked: tuple[int, int, int, int]) -> None:
+    """Modules kept from the library's blob must come from the file now locked, unchanged.
+
+    Another pack may have replaced the library between reading its blob and taking the lock;
+    copying the old ranges out of the new file would lose that pack's modules. (Payload files
+    are checked where they are copied, on the descriptor that reads them.)
+    """
+    for module in plan.modules:
+        source = module.source
+        if source is None or source.identity is None or Path(source.path) != library:
+            continue
+        if source.identity != locked:
+            raise InputError(f"{library}: changed since its blob was read; nothing was written")
+
+
+def _check_unchanged(handle: BinaryIO, library: Path, before: os.stat_result) -> None:
+    """The path still names the file read, unmodified: else replacing it would lose a change."""
+    try:
+        now = os.stat(library)
+    except OSError as exc:
+        raise InputError(f"{library}: disappeared while packing: {exc.strerror}") from None
+    ours = os.fstat(handle.fileno())
+    if not file_identity(now) == file_identity(ours) == file_identity(before):
+        raise InputError(f"{library}: changed while it was being packed; nothing was written")
 
 
 def _shared_library(path: Path) -> Library:

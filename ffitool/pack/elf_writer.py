@@ -33,7 +33,11 @@ from elftools.construct.lib import Container
 
 from ffitool.errors import InputError
 from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
-from ffitool.formats.elf_dynamic import sysv_entry_format, wide_hash_machine
+from ffitool.formats.elf_dynamic import (
+    sysv_entry_format,
+    unmapped_segments,
+    wide_hash_machine,
+)
 from ffitool.pack.elf_tables import NATIVE_LITTLE, GnuHashTable, SysvHashTable
 from ffitool.pack.plan import PayloadSource
 from ffitool.pack.stream import copy_payload
@@ -174,6 +178,8 @@ class _Host:
                 self.fail(f"a {phdr['p_type']} segment extends past the end of the file")
             if phdr["p_type"] == "PT_LOAD" and phdr["p_filesz"] > phdr["p_memsz"]:
                 self.fail(f"the PT_LOAD at {phdr['p_vaddr']:#x} has more file than memory bytes")
+        for problem in unmapped_segments(self.phdrs):
+            self.fail(f"{problem}; the headers contradict each other")
 
     def fail(self, message: str):
         raise InputError(f"{self.display}: {message}")
@@ -197,12 +203,9 @@ class _Host:
         if not found:
             self.fail("no dynamic section, so dlsym could never find a blob")
         segment = found[0]
+        # Read where ld.so reads it, at its address (unmapped_segments has checked that its
+        # offset agrees).
         at = self.file_offset(segment["p_vaddr"], segment["p_filesz"], "PT_DYNAMIC")
-        if at != segment["p_offset"]:
-            self.fail(
-                f"PT_DYNAMIC says file offset {segment['p_offset']:#x} but its address maps to"
-                f" {at:#x}; the headers contradict each other"
-            )
         entry = struct.Struct(self.end + self.word * 2)
         raw = self.read(at, segment["p_filesz"])
         entries = []

@@ -7,6 +7,7 @@ test, and the writer streams each source exactly once.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,14 @@ class PayloadSource:
     path: str
     offset: int
     size: int
+    identity: tuple[int, int, int, int] | None = None
+    """(st_dev, st_ino, st_size, st_mtime_ns) of the file when the range was found in it: a
+    writer must not copy the range from a file that no longer matches."""
+
+
+def file_identity(info: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells a file, and a modification of it, apart: device, inode, size, mtime."""
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from ffitool.blob import frame, shapes_size
 from ffitool.errors import InputError
-from ffitool.pack.plan import PayloadSource, Plan
+from ffitool.pack.plan import PayloadSource, Plan, file_identity
 
 _CHUNK = 1 << 20
 _KERNEL_CHUNK = 64 << 20
@@ -45,7 +45,10 @@ def copy_payload(
 ) -> None:
     """Copy the source's bytes to `out_fd` at `position`."""
     with open(source.path, "rb") as handle:
-        if os.fstat(handle.fileno()).st_size < source.offset + source.size:
+        info = os.fstat(handle.fileno())
+        if source.identity is not None and file_identity(info) != source.identity:
+            raise InputError(f"{source.path}: changed after it was checked; nothing was written")
+        if info.st_size < source.offset + source.size:
             raise InputError(f"{source.path}: shorter than the payload it should hold")
         done = 0
         kernel = True

@@ -24,12 +24,12 @@ import sys
 from array import array
 from collections import Counter
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 from ffitool.errors import InputError
 from ffitool.findings import Severity
 from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
-from ffitool.formats.elf_dynamic import DynamicView, read_dynamic
+from ffitool.formats.elf_dynamic import DynamicView, read_dynamic, unmapped_segments
 from ffitool.library import inspect_path
 from ffitool.pack.elf_writer import BLOB_SECTION, Placement
 from ffitool.pack.plan import PayloadSource, Plan
@@ -74,7 +74,7 @@ def verify(staging: Path, original: Path, plan: Plan, placement: Placement) -> N
     _check_layout(old_file, new_file)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     raise VerificationError(f"packed file failed verification: {message}")
 
 
@@ -96,7 +96,6 @@ def _check_blob(staging: Path, plan: Plan, placement: Placement) -> None:
     found = library.library_bin
     if found is None or found.symbol.symbol.name != LIBRARY_BIN:
         _fail("no __tvm_ffi__library_bin")
-        return
     if not found.symbol.dynamic:
         _fail("__tvm_ffi__library_bin is not exported")
     errors = [f.message for f in found.findings if f.severity is Severity.ERROR]
@@ -130,7 +129,6 @@ def _check_lookup(after: DynamicView, placement: Placement) -> None:
         symbol = lookup(LIBRARY_BIN)
         if symbol is None or (symbol.value, symbol.size) != (placement.address, placement.size):
             _fail(f"{label} lookup of {LIBRARY_BIN} gives {symbol}, not the new blob")
-            return
         if symbol.version is not None and (symbol.version & 0x7FFF == 0 or symbol.version & 0x8000):
             _fail(f"{LIBRARY_BIN} has symbol version {symbol.version:#x}: local or hidden")
 
@@ -195,9 +193,8 @@ def _check_relocations(before: DynamicView, after: DynamicView, inserted: int | 
     With the symbol tables equal but for the blob entry at `inserted` (None: nothing was
     inserted), a relocation's symbol index must be the original's, plus one from there on.
     """
-    old_tables, new_tables = before.relocation_tables(), after.relocation_tables()
-    if old_tables != new_tables:
-        _fail(f"relocation tables moved: {old_tables} became {new_tables}")
+    # The same tables in the output: _check_preserved found their DT_* entries unchanged.
+    old_tables = before.relocation_tables()
     code = before.word_format
     width = 32 if code == "Q" else 8
     swap = (before.endian == "<") != (sys.byteorder == "little")
@@ -270,15 +267,26 @@ def _check_sections(before: _Headers, after: _Headers, original: Path, staging: 
 
 def _check_segments(before: _Headers, after: _Headers, original: Path, staging: Path) -> None:
     """The input's program headers, plus one PT_LOAD (or one grown, when repacking)."""
-    kept = Counter(tuple(sorted(p.items())) for p in after.phdrs)
+
+    def key(phdr) -> tuple:
+        return tuple(sorted(phdr.items()))
+
+    # PT_PHDR is never matched as it was: it must describe the table, which may have grown.
+    kept = Counter(key(p) for p in after.phdrs if p["p_type"] != "PT_PHDR")
     changed = []
     for phdr in before.phdrs:
-        key = tuple(sorted(phdr.items()))
-        if kept[key]:
-            kept[key] -= 1
+        if phdr["p_type"] != "PT_PHDR" and kept[key(phdr)]:
+            kept[key(phdr)] -= 1
         else:
             changed.append(phdr)
-    new = [p for p in after.phdrs if kept[tuple(sorted(p.items()))]]
+    new = []
+    for phdr in after.phdrs:
+        if phdr["p_type"] == "PT_PHDR":
+            new.append(phdr)
+        elif kept[key(phdr)]:
+            kept[key(phdr)] -= 1
+            new.append(phdr)
+    grown = (len(after.phdrs) - len(before.phdrs)) * before.phentsize
     loads = [p for p in before.phdrs if p["p_type"] == "PT_LOAD"]
     for phdr in changed:
         kind = phdr["p_type"]
@@ -290,14 +298,16 @@ def _check_segments(before: _Headers, after: _Headers, original: Path, staging: 
         twin = twins[0]
         new.remove(twin)
         if kind == "PT_PHDR":
-            if twin["p_filesz"] != phdr["p_filesz"] + before.phentsize or (
-                twin["p_offset"],
-                twin["p_vaddr"],
-            ) != (phdr["p_offset"], phdr["p_vaddr"]):
+            if (twin["p_filesz"], twin["p_memsz"]) != (
+                phdr["p_filesz"] + grown,
+                phdr["p_memsz"] + grown,
+            ) or (twin["p_offset"], twin["p_vaddr"]) != (phdr["p_offset"], phdr["p_vaddr"]):
                 _fail("PT_PHDR does not describe the grown program header table")
-        elif kind == "PT_LOAD":  # only the last one grows, when a repack reuses it
-            same_start = all(twin[k] == phdr[k] for k in ("p_offset", "p_vaddr", "p_flags"))
-            if not same_start or phdr is not max(loads, key=lambda p: p["p_vaddr"]):
+        elif kind == "PT_LOAD":  # only the last one, in size, when a repack reuses it
+            fixed = ("p_offset", "p_vaddr", "p_paddr", "p_flags", "p_align")
+            reused = len(loads) == sum(p["p_type"] == "PT_LOAD" for p in after.phdrs)
+            last = phdr is max(loads, key=lambda p: p["p_vaddr"])
+            if not (reused and last) or any(twin[k] != phdr[k] for k in fixed):
                 _fail(f"PT_LOAD at {phdr['p_vaddr']:#x} changed")
         elif kind in _MOVABLE_SEGMENTS:
             source = PayloadSource(str(original), phdr["p_offset"], phdr["p_filesz"])
@@ -316,7 +326,7 @@ def _check_segments(before: _Headers, after: _Headers, original: Path, staging: 
 
 def _violations(headers: _Headers) -> set[str]:
     """What ld.so or strip would trip over in this layout, as comparable sentences."""
-    found = set()
+    found = set(unmapped_segments(headers.phdrs))
     loads = [p for p in headers.phdrs if p["p_type"] == "PT_LOAD"]
     addresses = [load["p_vaddr"] for load in loads]
     if addresses != sorted(addresses):

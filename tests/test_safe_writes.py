@@ -1,0 +1,374 @@
+"""Writes nobody can redirect, and that a signal or a concurrent pack cannot corrupt.
+
+These run as root, as CI and many build machines do: the attacks come from an unprivileged
+process (uid `nobody`) forked from the test, which shares the directory the output goes to.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, ROOT, require
+
+from ffitool.library import inspect_path
+
+NOBODY = 65534
+
+
+def ffitool(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ffitool", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def finished(process: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=300)
+    return process.returncode, out, err
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory anyone may write to, like a shared build or upload area (pytest's own
+    temporary directories are private to root, so `nobody` could not reach one inside)."""
+    require(os.geteuid() == 0, "these attacks need root to run the victim and `nobody` as attacker")
+    directory = Path(tempfile.mkdtemp(prefix="ffitool-shared-", dir="/tmp"))
+    directory.chmod(0o777)
+    yield directory
+    shutil.rmtree(directory)
+
+
+def as_nobody(work) -> int:
+    """Run `work()` in a forked child that has dropped to uid/gid nobody; returns its pid."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            work()
+            code = 0
+        except BaseException as exc:  # shown in the test's captured stderr
+            sys.stderr.write(f"as nobody: {exc!r}\n")
+        finally:
+            os._exit(code)
+    return pid
+
+
+def test_swapping_staged_names_for_symlinks_redirects_nothing(shared_dir, tmp_path):
+    """While root packs, `nobody` replaces every temporary name in the directory with a
+    symlink to a root-only file; that file must stay untouched and the library a file."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root only\n")
+    secret.chmod(0o600)
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(os.urandom(8 << 20))  # a few hundred ms of writing: a wide window
+    lib = shared_dir / "lib.so"
+    for attempt in range(5):
+        shutil.copyfile(FIXTURES / "libffi_cpp.so", lib)
+
+        def attack() -> None:
+            (shared_dir / "attacker-ran").touch()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                for entry in os.listdir(shared_dir):
+                    if entry.endswith(".ffitool"):
+                        target = shared_dir / entry
+                        try:
+                            target.unlink()
+                            target.symlink_to(secret)
+                        except OSError:
+                            pass
+                if (shared_dir / "stop").exists():
+                    return
+
+        attacker = as_nobody(attack)
+        try:
+            code, _, err = finished(ffitool("pack", str(lib), "--add", f"test_alpha:{payload}"))
+        finally:
+            (shared_dir / "stop").touch()
+            _, status = os.waitpid(attacker, 0)
+            (shared_dir / "stop").unlink()
+        assert os.waitstatus_to_exitcode(status) == 0  # the attacker could reach the directory
+        (shared_dir / "attacker-ran").unlink()
+        assert secret.read_bytes() == b"root only\n", attempt
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+        assert not lib.is_symlink() and lib.is_file()
+        assert code in (0, 3), err
+        if code == 0:
+            (library,) = inspect_path(lib).libraries
+            assert [m.kind for m in library.library_bin.modules][-1] == "test_alpha"
+        for entry in os.listdir(shared_dir):  # only the attacker's own symlinks may remain
+            assert entry == "lib.so" or (shared_dir / entry).is_symlink(), entry
+            if entry != "lib.so":
+                (shared_dir / entry).unlink()
+
+
+@pytest.mark.parametrize("command", ["pack", "encode", "emit-c"])
+@pytest.mark.parametrize("kind", ["device", "fifo", "symlink"])
+def test_an_output_that_is_not_a_regular_file_is_refused(tmp_path, command, kind):
+    require(os.geteuid() == 0, "mknod needs root")
+    node = tmp_path / "out"
+    if kind == "device":
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a second /dev/null
+    elif kind == "fifo":
+        os.mkfifo(node)
+    else:
+        (tmp_path / "elsewhere").write_bytes(b"kept")
+        node.symlink_to(tmp_path / "elsewhere")
+    before = os.lstat(node)
+    directory = tmp_path / "parts"
+    assert finished(ffitool("extract", str(FIXTURES / "libffi_c.so"), "-d", str(directory)))[0] == 0
+    manifest = directory / "manifest.json"
+    args = {
+        "pack": ["pack", str(FIXTURES / "libffi_c.so"), "--manifest", str(manifest)],
+        "encode": ["blob", "encode", str(manifest)],
+        "emit-c": ["blob", "emit-c", str(manifest)],
+    }[command]
+    code, _, err = finished(ffitool(*args, "-o", str(node)))
+    assert code == 3, err
+    expected = "is a symbolic link" if kind == "symlink" else "exists and is not a regular file"
+    assert err.startswith(f"ffitool: error: {node}: ") and expected in err
+    assert len(err.splitlines()) == 1
+    after = os.lstat(node)
+    assert (after.st_mode, after.st_ino, after.st_rdev) == (
+        before.st_mode,
+        before.st_ino,
+        before.st_rdev,
+    )
+    if kind == "symlink":
+        assert (tmp_path / "elsewhere").read_bytes() == b"kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["out", "parts", *(["elsewhere"] if kind == "symlink" else [])]
+    )
+
+
+def test_setuid_bits_go_only_to_the_owner_they_belonged_to(shared_dir):
+    """Root keeps a setuid file's owner; a user who cannot keep it gets no setuid bit."""
+    lib = shared_dir / "libsetuid.so"
+    shutil.copyfile(FIXTURES / "libffi_c.so", lib)
+    os.chown(lib, NOBODY, NOBODY)
+    lib.chmod(0o4755)
+    payload = shared_dir / "payload.bin"
+    payload.write_bytes(b"payload")
+    payload.chmod(0o644)
+    code, _, err = finished(ffitool("pack", str(lib), "--add", f"test_alpha:{payload}"))
+    assert code == 0, err
+    info = lib.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (NOBODY, NOBODY, 0o4755)
+    # Now the file belongs to root (setgid, group-writable dir) and `nobody` packs it.
+    os.chown(lib, 0, 0)
+    lib.chmod(0o6755)
+
+    def pack(path: Path) -> None:
+        from ffitool.pack import existing_modules, pack_library, payload_source
+        from ffitool.pack.plan import Edits, plan_edits
+
+        plan = plan_edits(
+            existing_modules(path), Edits(add=(("test_beta", payload_source(str(payload))),))
+        )
+        pack_library(path, plan)
+
+    # Once as root on a scratch copy: `nobody` cannot import from root's Python installation,
+    # so every module the pack needs must be loaded before the fork.
+    scratch = shared_dir / "scratch.so"
+    shutil.copyfile(FIXTURES / "libffi_c.so", scratch)
+    pack(scratch)
+    _, status = os.waitpid(as_nobody(lambda: pack(lib)), 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    info = lib.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (NOBODY, NOBODY, 0o755)
+
+
+def test_concurrent_packs_never_lose_a_module(tmp_path):
+    """Two packs of one file at once: both modules end up in it, or the loser says why."""
+    lib = tmp_path / "conc.so"
+    outcomes = set()
+    for _ in range(10):
+        shutil.copyfile(FIXTURES / "libffi_c.so", lib)
+        payloads = []
+        for kind in ("test_alpha", "test_beta"):
+            payloads.append(tmp_path / f"{kind}.bin")
+            payloads[-1].write_bytes(os.urandom(4 << 20))
+        first, second = (
+            ffitool("pack", str(lib), "--add", f"{kind}:{path}")
+            for kind, path in zip(("test_alpha", "test_beta"), payloads, strict=True)
+        )
+        results = [finished(first), finished(second)]
+        kinds = [m.kind for m in inspect_path(lib).libraries[0].library_bin.modules]
+        codes = [code for code, _, _ in results]
+        if codes == [0, 0]:
+            assert {"test_alpha", "test_beta"} <= set(kinds)  # one ran after the other
+            outcomes.add("both")
+            continue
+        assert sorted(codes) == [0, 3], results
+        loser = results[codes.index(3)][2]
+        assert (
+            "another ffitool pack is rewriting it" in loser
+            or "changed while it was being packed" in loser
+            or "changed since its blob was read" in loser
+        ), loser
+        winner = ("test_alpha", "test_beta")[codes.index(0)]
+        assert winner in kinds
+        outcomes.add("refused")
+        assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".ffitool")] == []
+    assert "refused" in outcomes  # the race did happen at least once
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_in_the_middle_of_a_large_pack_leaves_nothing_behind(tmp_path, sig):
+    lib = tmp_path / "big.so"
+    shutil.copyfile(FIXTURES / "libffi_c.so", lib)
+    original = lib.read_bytes()
+    payload = tmp_path / "payload.bin"
+    with open(payload, "wb") as handle:
+        handle.truncate(1 << 30)  # sparse: cheap to make, a second or more to copy and verify
+    process = ffitool("pack", str(lib), "--add", f"test_alpha:{payload}")
+    time.sleep(0.8)
+    process.send_signal(sig)
+    code, _, err = finished(process)
+    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 128 + sig), err
+    assert lib.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.so", "payload.bin"]
+    if sig != signal.SIGKILL:
+        assert "Traceback" not in err
+
+
+def _plan(lib: Path, payload: Path):
+    from ffitool.pack import existing_modules, payload_source
+    from ffitool.pack.plan import Edits, plan_edits
+
+    return plan_edits(
+        existing_modules(lib), Edits(add=(("test_beta", payload_source(str(payload))),))
+    )
+
+
+@pytest.fixture
+def host(tmp_path):
+    lib = tmp_path / "lib.so"
+    shutil.copyfile(FIXTURES / "libffi_c.so", lib)
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(b"payload")
+    return lib, payload
+
+
+def test_a_library_locked_by_another_pack_is_refused(host):
+    import fcntl
+
+    lib, payload = host
+    with open(lib, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        code, _, err = finished(ffitool("pack", str(lib), "--add", f"test_alpha:{payload}"))
+    assert (code, err) == (
+        3,
+        f"ffitool: error: {lib}: another ffitool pack is rewriting it; try again\n",
+    )
+
+
+def test_a_plan_made_from_an_older_library_is_refused(host):
+    """The blob was read, then the library was replaced: its old ranges must not be copied."""
+    from ffitool.errors import InputError
+    from ffitool.pack import pack_library
+
+    lib, payload = host
+    stale = _plan(lib, payload)
+    pack_library(lib, _plan(lib, payload))  # another pack lands first
+    before = lib.read_bytes()
+    with pytest.raises(InputError, match="changed since its blob was read; nothing was written"):
+        pack_library(lib, stale)
+    assert lib.read_bytes() == before
+
+
+def test_a_library_modified_while_packed_is_not_replaced(host):
+    from ffitool.errors import InputError
+    from ffitool.pack import pack_library
+
+    lib, payload = host
+    host_without_blob = FIXTURES / "libpack_host_gnu.so"  # no kept modules to copy from it
+    shutil.copyfile(host_without_blob, lib)
+
+    def meddle(_: int) -> None:  # called while the blob is written, once per payload chunk
+        if lib.stat().st_size == host_without_blob.stat().st_size:
+            with open(lib, "ab") as handle:
+                handle.write(b"\0")
+
+    with pytest.raises(InputError, match="changed while it was being packed; nothing was written"):
+        pack_library(lib, _plan(lib, payload), progress=meddle)
+    assert lib.read_bytes() == host_without_blob.read_bytes() + b"\0"
+    assert sorted(p.name for p in lib.parent.iterdir()) == ["lib.so", "payload.bin"]
+
+
+def test_a_library_modified_while_its_blob_is_read_is_refused(host, monkeypatch):
+    import ffitool.pack as pack
+    from ffitool.errors import InputError
+
+    lib, _ = host
+    reader = pack._shared_library
+
+    def read_then_meddle(path: Path):
+        found = reader(path)
+        with open(lib, "ab") as handle:
+            handle.write(b"\0")
+        return found
+
+    monkeypatch.setattr(pack, "_shared_library", read_then_meddle)
+    with pytest.raises(InputError, match="changed while its blob was read"):
+        pack.existing_modules(lib)
+
+
+@pytest.mark.parametrize("swap", ["symlink", "new file"])
+def test_a_payload_swapped_after_it_was_checked_is_not_embedded(host, tmp_path, swap):
+    """Between the check of a payload (or a manifest's file) and the copy, its path is
+    pointed elsewhere: the copy refuses what it did not check."""
+    from ffitool.errors import InputError
+    from ffitool.pack import pack_library
+
+    lib, payload = host
+    plan = _plan(lib, payload)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not for the blob")
+    payload.unlink()
+    if swap == "symlink":
+        payload.symlink_to(secret)
+    else:
+        payload.write_bytes(b"payload")  # same bytes, another file
+    before = lib.read_bytes()
+    with pytest.raises(InputError, match=r"payload\.bin: changed after it was checked"):
+        pack_library(lib, plan)
+    assert lib.read_bytes() == before
+
+
+def test_dash_writes_the_verified_output_to_stdout(tmp_path):
+    """`-o -`: the bytes a file output would get go to standard output, the summary to stderr."""
+    directory = tmp_path / "parts"
+    assert finished(ffitool("extract", str(FIXTURES / "libffi_c.so"), "-d", str(directory)))[0] == 0
+    manifest = directory / "manifest.json"
+    library = str(FIXTURES / "libffi_c.so")
+    for args in (
+        ["blob", "encode", str(manifest)],
+        ["blob", "emit-c", str(manifest)],
+        ["pack", library, "--manifest", str(manifest)],
+    ):
+        as_file = tmp_path / "out"
+        assert finished(ffitool(*args, "-o", str(as_file)))[0] == 0
+        process = subprocess.run(
+            [sys.executable, "-m", "ffitool", *args, "-o", "-"], cwd=ROOT, capture_output=True
+        )
+        assert process.returncode == 0, process.stderr
+        assert process.stdout == as_file.read_bytes()
+        assert process.stderr.decode().endswith(" -\n")
+        as_file.unlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts"]
