@@ -27,6 +27,11 @@ _WORD = _U64.size
 Buffer = bytes | bytearray | memoryview
 
 
+UNKEEPABLE = frozenset({"B100", "B209"})
+"""Findings after which the decoded modules do not describe the blob (rejected, or its import
+tree not expanded): it cannot be kept or extracted module by module."""
+
+
 @dataclass(frozen=True)
 class Module:
     """One module of a blob: its kind, its payload (None for `_lib`) and its imports in order."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ffitool.blob import LIB_KIND
+from ffitool.blob import LIB_KIND, UNKEEPABLE
 from ffitool.errors import InputError, UsageError
 from ffitool.findings import printable
 from ffitool.library import LibraryBin, file_sha256, inspect_path, open_regular_file
@@ -57,8 +57,12 @@ def extract(
     On failure only what this call created is removed.
     """
     found = _blob_to_extract(library, symbol_prefix)
-    if any(f.code == "B100" for f in found.findings):
-        raise InputError(f"{library}: the blob is malformed; see `ffitool inspect`")
+    unkeepable = [f for f in found.findings if f.code in UNKEEPABLE]
+    if unkeepable:
+        raise InputError(
+            f"{library}: the blob cannot be extracted ({unkeepable[0].code}: "
+            f"{unkeepable[0].message}); see `ffitool inspect`"
+        )
     payloads = {
         module.index: (
             f"{module.index:03d}-{_file_safe(module.kind)}.bin",

@@ -92,6 +92,22 @@ def test_overlapping_import_rows_in_a_library(tmp_path):
     (entry,) = json.loads(out)["files"][0]["libraries"]
     assert b209(entry["library_bin"]["findings"])["offset"] == B209_OFFSET
     assert seconds < SECONDS and megabytes < MEGABYTES, (seconds, megabytes)
+    # A tree that was not expanded cannot be kept module by module: pack and extract refuse.
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(b"payload")
+    before = library.read_bytes()
+    for args, message in (
+        (["pack", library, "--add", f"test_alpha:{payload}"], "the existing blob cannot be read"),
+        (["extract", library, "-d", tmp_path / "out"], "the blob cannot be extracted (B209: "),
+    ):
+        command = [sys.executable, "-m", "ffitool", *map(str, args)]
+        code, seconds, megabytes = run_measured(command, tmp_path)
+        assert code == 3
+        assert seconds < SECONDS and megabytes < MEGABYTES, (seconds, megabytes)
+        error = (tmp_path / "stderr").read_text()
+        assert message in error and len(error.splitlines()) == 1, error
+    assert library.read_bytes() == before
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_a_deep_chain_prints_a_bounded_tree(tmp_path):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ffitool.blob import UNKEEPABLE
 from ffitool.errors import InputError
 from ffitool.formats.elf import PARSE_ERRORS
 from ffitool.library import Library, inspect_path, open_regular_file
@@ -44,7 +45,7 @@ def existing_modules(path: Path) -> list[ExistingModule] | None:
         raise InputError(f"{path}: changed while its blob was read")
     if found is None or found.layout != "tvm_ffi":
         return None
-    broken = [f for f in found.findings if f.code == "B100"]
+    broken = [f for f in found.findings if f.code in UNKEEPABLE]
     if broken or found.file_offset is None:
         reason = broken[0].message if broken else "it has no bytes in the file"
         raise InputError(f"{path}: the existing blob cannot be read ({reason}); use --manifest")
