@@ -395,6 +395,7 @@ class _TableSource:
 
 _FIRST_WINDOW = 4 << 10
 _LAST_WINDOW = 1 << 20
+_CACHED_WINDOW = 64 << 10
 
 
 class _WindowedTable:
@@ -408,15 +409,24 @@ class _WindowedTable:
         self._fd = fd
         self._start = start
         self._length = length
+        self._cached_at = 0
+        self._cached = b""
 
     def __len__(self) -> int:
         return self._length
 
     def _read(self, at: int, count: int) -> bytes:
-        data = os.pread(self._fd, count, self._start + at)
-        if len(data) != count:
+        """`count` bytes at `at`, from the last window read when it holds them: with many
+        marked names close together (100k functions), each costs a slice, not a pread."""
+        offset = at - self._cached_at
+        if offset >= 0 and offset + count <= len(self._cached):
+            return self._cached[offset : offset + count]
+        span = min(max(count, _CACHED_WINDOW), self._length - at)
+        data = os.pread(self._fd, span, self._start + at)
+        if len(data) != span:
             raise ELFError("the file shrank while it was being read")
-        return data
+        self._cached_at, self._cached = at, data
+        return data[:count]
 
     def _bounds(self, start: int, end: int | None) -> tuple[int, int]:
         end = self._length if end is None else min(end, self._length)
