@@ -9,6 +9,7 @@ memory used does not grow with the blob.
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import stat
@@ -117,7 +118,7 @@ def inspect_path(path: str | os.PathLike[str], *, digests: bool = True) -> Inspe
     with handle:
         try:
             obj = read_object(handle, size, display)
-            with _mapping(handle, size) as data:
+            with _BlobBytes(handle, size) as data:
                 hasher = handle if digests else None
                 libraries = tuple(_library(image, data, hasher) for image in obj.images)
         except OSError as exc:
@@ -158,26 +159,53 @@ def open_regular_file(
         raise InputError(f"{display}: cannot open: {exc.strerror or exc}") from None
 
 
-class _mapping:
-    """A read-only memory map of the whole file (or empty bytes for an empty file)."""
+_READ_LIMIT = 16 << 20
+
+
+class _BlobBytes:
+    """Where blobs are decoded from: read into memory, or a read-only mapping for big ones.
+
+    A blob of up to 16 MiB (most are) is read with pread, so that a file truncated by another
+    process meanwhile is a short read, not a SIGBUS from a mapped page that no longer exists.
+    Larger blobs are decoded from a mapping, which keeps memory flat for a 1 GiB blob (only
+    the headers are touched; payloads are hashed with pread): for them the race remains.
+    """
 
     def __init__(self, handle: BinaryIO, size: int) -> None:
-        self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        self._fd = handle.fileno()
+        self._size = size
+        self._map: mmap.mmap | None = None
+        self._view: memoryview | None = None
 
-    def __enter__(self) -> memoryview:
-        self._view = memoryview(self._map if self._map is not None else b"")
-        return self._view
+    def __enter__(self) -> _BlobBytes:
+        return self
+
+    def window(self, offset: int, available: int) -> codec.Buffer:
+        """The bytes from `offset` that a blob there may occupy (at most `available`)."""
+        head = os.pread(self._fd, 8, offset)
+        wanted = 8 + int.from_bytes(head, "little") if len(head) == 8 else available
+        if wanted <= min(available, _READ_LIMIT):
+            data = os.pread(self._fd, wanted, offset)
+            if len(data) != wanted:
+                raise OSError(errno.EIO, "the file shrank while it was being read")
+            return data
+        if self._view is None:
+            if not self._size:
+                return b""
+            self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
+            self._view = memoryview(self._map)
+        return self._view[offset : offset + available]
 
     def __exit__(self, *exc: object) -> None:
-        self._view.release()
-        if self._map is None:
-            return
-        # A traceback in flight may still hold payload views; the map then closes when they go.
-        with contextlib.suppress(BufferError):
-            self._map.close()
+        if self._view is not None:
+            self._view.release()
+        if self._map is not None:
+            # A traceback in flight may still hold payload views; the map closes when they go.
+            with contextlib.suppress(BufferError):
+                self._map.close()
 
 
-def _library(image: Image, data: memoryview, handle: BinaryIO | None) -> Library:
+def _library(image: Image, data: _BlobBytes, handle: BinaryIO | None) -> Library:
     ffi_symbols = _merge_tables(image)
     functions = _functions(ffi_symbols, image.loadable)
     blobs = [
@@ -284,7 +312,7 @@ def _library_bin(
     image: Image,
     chosen: FfiSymbol,
     functions: tuple[Function, ...],
-    data: memoryview,
+    data: _BlobBytes,
     handle: BinaryIO | None,
 ) -> LibraryBin:
     """Locate and decode one blob symbol (plain, legacy or system-lib prefixed)."""
@@ -304,7 +332,7 @@ def _library_bin(
                 )
             )
         return LibraryBin(chosen, None, None, layout, (), tuple(findings), prefix)
-    window = data[location.file_offset : location.file_offset + location.available]
+    window = data.window(location.file_offset, location.available)
     try:
         if legacy:
             decoded_legacy = codec.decode_legacy(window)
@@ -460,9 +488,9 @@ def inspect_blob_file(path: str | os.PathLike[str]) -> BlobReport:
     """
     display = str(path)
     handle, size = open_regular_file(path)
-    with handle, _mapping(handle, size) as data:
+    with handle, _BlobBytes(handle, size) as data:
         try:
-            decoded = codec.decode(data)
+            decoded = codec.decode(data.window(0, size))
         except BlobError as exc:
             raise BlobError(f"{display}: {exc.what}", exc.offset) from None
         modules = _module_infos(decoded, 0, handle)

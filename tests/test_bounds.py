@@ -181,3 +181,42 @@ def test_a_sparse_table_claiming_2_gib_is_not_read_into_memory(tmp_path, table):
     assert [f.name for f in library.functions] == expected
     assert peak < 64 << 20, peak
     assert time.monotonic() - started < SECONDS
+
+
+def test_truncating_a_library_while_it_is_inspected_is_an_error_not_a_signal(tmp_path):
+    """Another process truncates the file mid-scan: a one-line error (or a full result from
+    before the truncation), never SIGBUS."""
+    gcc = require_tool("gcc")
+    source = tmp_path / "many.s"
+    with open(source, "w") as out:  # 50k names: seconds of scanning to truncate in
+        out.write(".text\n")
+        for i in range(50_000):
+            out.write(
+                f".globl __tvm_ffi_f{i}\n.type __tvm_ffi_f{i},@function\n__tvm_ffi_f{i}: ret\n"
+            )
+        blob_symbol = "__tvm_ffi__library_bin"
+        out.write(f".section .rodata\n.globl {blob_symbol}\n.type {blob_symbol},@object\n")
+        out.write(f"{blob_symbol}:\n")
+        blob = overlapping_rows_blob(4, 2)
+        out.write(".byte " + ",".join(map(str, blob)) + "\n")
+    built = tmp_path / "libmany.so"
+    subprocess.run([gcc, "-shared", "-nostdlib", "-o", built, source], check=True)
+    library = tmp_path / "victim.so"
+    outcomes = set()
+    for delay in (0.3, 0.8, 1.5, 2.5):
+        library.write_bytes(built.read_bytes())
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ffitool", "inspect", "--json", str(library)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(delay)
+        os.truncate(library, built.stat().st_size // 3)
+        _, err = process.communicate(timeout=120)
+        assert process.returncode in (0, 3), (delay, process.returncode, err)
+        if process.returncode == 3:
+            assert err.startswith(f"ffitool: error: {library}: ") and len(err.splitlines()) == 1
+            assert "Traceback" not in err
+        outcomes.add(process.returncode)
+    assert 3 in outcomes  # the truncation did land while the file was being read
