@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,19 @@ ELF_FIXTURES = [
 
 # CI sets FFITOOL_REQUIRE_ALL=1: a missing tool then fails the test instead of skipping it.
 REQUIRE_ALL = os.environ.get("FFITOOL_REQUIRE_ALL") == "1"
+
+
+def ffitool(*args: str, **options: Any) -> subprocess.CompletedProcess[str]:
+    """Run the real command line, as a user would, from the repository root; `options` go
+    to subprocess.run (env, preexec_fn...)."""
+    options.setdefault("timeout", 300)
+    return subprocess.run(
+        [sys.executable, "-m", "ffitool", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        **options,
+    )
 
 
 def require(condition: bool, why: str) -> None:

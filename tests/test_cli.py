@@ -11,20 +11,14 @@ from importlib import resources
 import jsonschema
 import pytest
 from conftest import ELF_FIXTURES, FIXTURES, ROOT, golden
+from conftest import ffitool as run_ffitool
 
 
 def ffitool(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real console entry point, as a user would, from the repository root."""
     base = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR", "TERM")}
     base.update({"COLUMNS": "100", **(env or {})})
-    return subprocess.run(
-        [sys.executable, "-m", "ffitool", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=base,
-        timeout=120,
-    )
+    return run_ffitool(*args, env=base, timeout=120)
 
 
 def schema(name: str) -> dict:

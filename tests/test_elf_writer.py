@@ -19,19 +19,13 @@ from array import array
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, require_tool
+from conftest import ffitool, require_tool
 
 from ffitool.errors import InputError
 from ffitool.formats.elf_dynamic import gnu_hash, sysv_hash
 from ffitool.pack.elf_tables import GnuHashTable, SysvHashTable, shifted
 
 PAYLOAD = b"\x00writer payload\xff" * 3
-
-
-def ffitool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ffitool", *args], capture_output=True, text=True, cwd=ROOT
-    )
 
 
 def build(directory: Path, name: str, source: str, *flags: str) -> Path:

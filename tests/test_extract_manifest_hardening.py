@@ -14,13 +14,13 @@ import random
 import resource
 import shutil
 import subprocess
-import sys
 import time
 import tracemalloc
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES
+from conftest import ffitool as run_ffitool
 
 from ffitool.errors import FfitoolError
 from ffitool.manifest import read_manifest
@@ -44,11 +44,8 @@ def ffitool(*args: str, limit_file_size: int | None = None) -> subprocess.Comple
         assert limit_file_size is not None
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size, limit_file_size))
 
-    return subprocess.run(
-        [sys.executable, "-m", "ffitool", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+    return run_ffitool(
+        *args,
         timeout=60,  # a FIFO manifest used to hang: fail the test rather than the run
         preexec_fn=None if limit_file_size is None else limit,
     )

@@ -17,23 +17,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, ROOT, require, require_tool, require_zig
+from conftest import FIXTURES, ffitool, require, require_tool, require_zig
 
 from ffitool.library import inspect_path
 
 ALPHA = b"alpha payload \x00\x01\x02"
 BETA = bytes(range(256)) * 40
 GAMMA = b"gamma"
-
-
-def ffitool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ffitool", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
 
 
 def pack_ok(*args: str) -> None:

@@ -12,12 +12,11 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import FIXTURES, ROOT, require_tool
+from conftest import FIXTURES, ROOT, ffitool, require_tool
 
 from ffitool.library import inspect_path
 
@@ -25,16 +24,6 @@ GAMMA = b"gamma \x00 system-lib payload"
 SYS = bytes(range(255, 0, -1)) * 3
 PLAIN = b"the plain blob's payload"
 SRC = FIXTURES.parent / "src"
-
-
-def ffitool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ffitool", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
 
 
 def manifest(directory: Path, payloads: list[tuple[str, bytes]]) -> Path:
