@@ -14,6 +14,7 @@ import bisect
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from ffitool.errors import BlobError
 from ffitool.findings import Finding, Severity, printable
@@ -33,11 +34,50 @@ tree not expanded): it cannot be kept or extracted module by module."""
 
 
 @dataclass(frozen=True)
+class Span:
+    """A payload left where it is: `length` bytes at `offset` of a `ByteSource`."""
+
+    offset: int
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class ByteSource(Protocol):
+    """Bytes the codec reads a piece at a time instead of all at once (a file, with pread).
+
+    `read` returns exactly the bytes asked for, which the codec has checked lie inside
+    `len(source)`; a source whose bytes vanished meanwhile raises an OSError. Payloads are
+    not read: `span` only says where they are.
+    """
+
+    def __len__(self) -> int: ...
+    def read(self, start: int, length: int) -> Buffer: ...
+    def span(self, start: int, length: int) -> Buffer | Span: ...
+
+
+class _InMemory:
+    """A ByteSource over bytes already in memory: reads and payloads are zero-copy views."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def read(self, start: int, length: int) -> memoryview:
+        return self._view[start : start + length]
+
+    span = read
+
+
+@dataclass(frozen=True)
 class Module:
     """One module of a blob: its kind, its payload (None for `_lib`) and its imports in order."""
 
     kind: str
-    payload: Buffer | None = None
+    payload: Buffer | Span | None = None
     imports: tuple[int, ...] = ()
 
     @property
@@ -80,7 +120,7 @@ class DecodedBlob:
 class _Cursor:
     """Reads u64 fields from a window of a buffer, checking every length before using it."""
 
-    def __init__(self, data: memoryview, start: int, end: int) -> None:
+    def __init__(self, data: ByteSource, start: int, end: int) -> None:
         self.data = data
         self.pos = start
         self.end = end
@@ -92,7 +132,7 @@ class _Cursor:
     def u64(self, what: str) -> int:
         if self.remaining < _WORD:
             raise BlobError(f"truncated {what}: need 8 bytes, {self.remaining} left", self.pos)
-        (value,) = _U64.unpack_from(self.data, self.pos)
+        (value,) = _U64.unpack(self.data.read(self.pos, _WORD))
         self.pos += _WORD
         return value
 
@@ -105,13 +145,14 @@ class _Cursor:
                 f"{what} count {count} needs {count * _WORD} bytes, {self.remaining} left",
                 count_offset,
             )
-        items = struct.unpack_from(f"<{count}Q", self.data, self.pos)
+        items = struct.unpack(f"<{count}Q", self.data.read(self.pos, count * _WORD))
         first = self.pos
         self.pos += count * _WORD
         return count_offset, first, items
 
-    def sized(self, what: str) -> tuple[int, memoryview]:
-        """Read `<size: u64><size bytes>`; the runtime rejects size 0, and so do we."""
+    def sized(self, what: str, payload: bool = False) -> tuple[int, Buffer | Span]:
+        """Read `<size: u64><size bytes>` (a payload's bytes only located); the runtime rejects
+        size 0, and so do we."""
         size_offset = self.pos
         size = self.u64(f"{what} size")
         if size > self.remaining:
@@ -120,13 +161,14 @@ class _Cursor:
             )
         if size == 0:
             raise BlobError(f"{what} is empty, which the runtime's reader rejects", size_offset)
-        view = self.data[self.pos : self.pos + size]
+        found = (self.data.span if payload else self.data.read)(self.pos, size)
         self.pos += size
-        return size_offset, view
+        return size_offset, found
 
 
-def decode(data: Buffer) -> DecodedBlob:
-    """Decode a blob from the start of `data`; payloads are zero-copy views into it.
+def decode(data: Buffer | ByteSource) -> DecodedBlob:
+    """Decode a blob from the start of `data`; payloads are zero-copy views into it (or, from a
+    ByteSource, spans that say where they are).
 
     `data` ends where the bytes the runtime could read end (for a blob in a library: the
     file-backed rest of its segment). Raises `BlobError` for anything the runtime rejects.
@@ -157,7 +199,9 @@ def decode(data: Buffer) -> DecodedBlob:
             modules.append(Module(kind, None, imports[index]))
             layouts.append(ModuleLayout(key_offset, None, 0))
             continue
-        size_offset, payload = cursor.sized(f"module {index} ({printable(kind)}) payload")
+        size_offset, payload = cursor.sized(
+            f"module {index} ({printable(kind)}) payload", payload=True
+        )
         modules.append(Module(kind, payload, imports[index]))
         layouts.append(ModuleLayout(key_offset, size_offset + _WORD, len(payload)))
     if cursor.remaining:
@@ -178,14 +222,15 @@ def decode(data: Buffer) -> DecodedBlob:
     return DecodedBlob(blob, nbytes, tuple(layouts), tuple(findings))
 
 
-def _body(data: Buffer) -> tuple[int, _Cursor]:
+def _body(data: Buffer | ByteSource) -> tuple[int, _Cursor]:
     """Read the `nbytes` header and return a cursor confined to the bytes it announces."""
-    view = memoryview(data).cast("B")
-    header = _Cursor(view, 0, len(view))
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = _InMemory(memoryview(data).cast("B"))
+    header = _Cursor(data, 0, len(data))
     nbytes = header.u64("nbytes header")
     if nbytes > header.remaining:
         raise BlobError(f"nbytes {nbytes} exceeds the {header.remaining} bytes available", 0)
-    return nbytes, _Cursor(view, _WORD, _WORD + nbytes)
+    return nbytes, _Cursor(data, _WORD, _WORD + nbytes)
 
 
 EDGE_SLACK = 1 << 16
@@ -242,7 +287,7 @@ def _import_lists(
     return [tuple(children[indptr[i] : indptr[i + 1]]) for i in range(num_modules)], None
 
 
-def _kind_text(key: memoryview, index: int, offset: int, findings: list[Finding]) -> str:
+def _kind_text(key: Buffer | Span, index: int, offset: int, findings: list[Finding]) -> str:
     """Decode a key as UTF-8; undecodable bytes survive as surrogates so encoding is exact."""
     raw = bytes(key)
     try:
@@ -440,8 +485,8 @@ def encode_chunks(blob: Blob) -> list[Buffer]:
 
 
 def _payload(module: Module) -> Buffer:
-    if module.payload is None:
-        raise ValueError(f"module {printable(module.kind)!r} needs a payload")
+    if module.payload is None or isinstance(module.payload, Span):
+        raise ValueError(f"module {printable(module.kind)!r} needs a payload in memory")
     return module.payload
 
 
@@ -466,7 +511,7 @@ class LegacyBlob:
     findings: tuple[Finding, ...]
 
 
-def decode_legacy(data: Buffer) -> LegacyBlob:
+def decode_legacy(data: Buffer | ByteSource) -> LegacyBlob:
     """Read a legacy blob as far as the format allows, reporting where and why it stopped."""
     nbytes, cursor = _body(data)
     num_entries = cursor.u64("entry count")

@@ -8,9 +8,7 @@ memory used does not grow with the blob.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import mmap
 import os
 import stat
 from collections.abc import Iterable
@@ -163,46 +161,57 @@ _READ_LIMIT = 16 << 20
 
 
 class _BlobBytes:
-    """Where blobs are decoded from: read into memory, or a read-only mapping for big ones.
+    """Where blobs are decoded from, through the file's descriptor and never a mapping.
 
-    A blob of up to 16 MiB (most are) is read with pread, so that a file truncated by another
-    process meanwhile is a short read, not a SIGBUS from a mapped page that no longer exists.
-    Larger blobs are decoded from a mapping, which keeps memory flat for a 1 GiB blob (only
-    the headers are touched; payloads are hashed with pread): for them the race remains.
+    A mapped page of a file that another process truncates raises SIGBUS, which Python cannot
+    catch; a short read is an ordinary error. A blob of up to 16 MiB (most are) is read whole
+    after its nbytes header; a larger one is decoded through `_FileRange`, which reads its
+    headers and keys piece by piece and leaves payloads where they are (they are hashed
+    with pread), so memory stays flat for a 1 GiB blob.
     """
 
     def __init__(self, handle: BinaryIO, size: int) -> None:
         self._fd = handle.fileno()
         self._size = size
-        self._map: mmap.mmap | None = None
-        self._view: memoryview | None = None
 
     def __enter__(self) -> _BlobBytes:
         return self
 
-    def window(self, offset: int, available: int) -> codec.Buffer:
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def window(self, offset: int, available: int) -> codec.Buffer | codec.ByteSource:
         """The bytes from `offset` that a blob there may occupy (at most `available`)."""
         head = os.pread(self._fd, 8, offset)
         wanted = 8 + int.from_bytes(head, "little") if len(head) == 8 else available
         if wanted <= min(available, _READ_LIMIT):
-            data = os.pread(self._fd, wanted, offset)
-            if len(data) != wanted:
-                raise OSError(errno.EIO, "the file shrank while it was being read")
-            return data
-        if self._view is None:
-            if not self._size:
-                return b""
-            self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
-            self._view = memoryview(self._map)
-        return self._view[offset : offset + available]
+            return _read_exactly(self._fd, offset, wanted)
+        return _FileRange(self._fd, offset, min(available, self._size - offset))
 
-    def __exit__(self, *exc: object) -> None:
-        if self._view is not None:
-            self._view.release()
-        if self._map is not None:
-            # A traceback in flight may still hold payload views; the map closes when they go.
-            with contextlib.suppress(BufferError):
-                self._map.close()
+
+def _read_exactly(fd: int, offset: int, length: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise OSError(errno.EIO, "the file shrank while it was being read")
+    return data
+
+
+class _FileRange:
+    """`length` bytes of a file at `offset`, as the codec's ByteSource: read on demand."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self._fd = fd
+        self._offset = offset
+        self._length = max(length, 0)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, start: int, length: int) -> bytes:
+        return _read_exactly(self._fd, self._offset + start, length)
+
+    def span(self, start: int, length: int) -> codec.Span:
+        return codec.Span(start, length)
 
 
 def _library(image: Image, data: _BlobBytes, handle: BinaryIO | None) -> Library:
@@ -495,7 +504,6 @@ def inspect_blob_file(path: str | os.PathLike[str]) -> BlobReport:
             raise BlobError(f"{display}: {exc.what}", exc.offset) from None
         modules = _module_infos(decoded, 0, handle)
         report = BlobReport(display, size, decoded.nbytes, modules, decoded.findings)
-        del decoded  # its payload views must go before the map can close
     return report
 
 

@@ -18,7 +18,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, require_tool, run_measured
+from conftest import FIXTURES, ROOT, require_tool, run_measured
 
 from ffitool.blob import Blob, Module, encode
 from ffitool.library import inspect_path
@@ -220,3 +220,42 @@ def test_truncating_a_library_while_it_is_inspected_is_an_error_not_a_signal(tmp
             assert "Traceback" not in err
         outcomes.add(process.returncode)
     assert 3 in outcomes  # the truncation did land while the file was being read
+
+
+def test_a_big_blob_is_decoded_without_a_mapping_so_truncation_is_an_error(tmp_path):
+    """A blob over 16 MiB is read piece by piece: the file truncated between locating the blob
+    and decoding it gives a one-line error (through the CLI too), where a mapping gave SIGBUS.
+    Run in a child process, so that a signal fails this test instead of killing pytest."""
+    from ffitool.blob import Blob, Module, encode
+
+    payload = bytes(20 << 20)
+    blob = encode(Blob((Module("_lib", None, (1, 2)), Module("k", payload), Module("k", payload))))
+    path = tmp_path / "big.blob"
+    path.write_bytes(blob)
+    script = (
+        "import os, sys\n"
+        "from ffitool import blob as codec\n"
+        "from ffitool.library import _BlobBytes\n"
+        "path = sys.argv[1]\n"
+        "with open(path, 'rb') as handle:\n"
+        "    source = _BlobBytes(handle, os.path.getsize(path)).window(0, os.path.getsize(path))\n"
+        "    assert not isinstance(source, (bytes, memoryview)), type(source)\n"
+        "    os.truncate(path, 1000)\n"
+        "    try:\n"
+        "        codec.decode(source)\n"
+        "    except OSError as exc:\n"
+        "        print(exc.strerror)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert (run.returncode, run.stdout) == (0, "the file shrank while it was being read\n"), run
+    path.write_bytes(blob)
+    decoded = subprocess.run(
+        [sys.executable, "-m", "ffitool", "blob", "decode", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert decoded.returncode == 0, decoded.stderr
+    assert [m["size"] for m in json.loads(decoded.stdout)["modules"]] == [None, 20 << 20, 20 << 20]
