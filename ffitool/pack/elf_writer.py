@@ -81,6 +81,8 @@ _MOVABLE_TAGS = (
     _DT_VERDEF,
     _DT_VERNEED,
 )
+RETAGGED = frozenset({*_MOVABLE_TAGS, _DT_STRSZ})
+"""The only dynamic tags whose values an edit changes (DT_STRSZ grows with .dynstr)."""
 # Program headers that name a range of bytes without mapping it: they follow a moved range.
 _FOLLOWING_SEGMENTS = ("PT_NOTE", "PT_GNU_PROPERTY", "PT_INTERP")
 

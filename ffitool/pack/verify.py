@@ -31,7 +31,7 @@ from ffitool.findings import Severity
 from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
 from ffitool.formats.elf_dynamic import DynamicView, read_dynamic, unmapped_segments
 from ffitool.library import inspect_path
-from ffitool.pack.elf_writer import BLOB_SECTION, Placement
+from ffitool.pack.elf_writer import BLOB_SECTION, RETAGGED, Placement
 from ffitool.pack.plan import PayloadSource, Plan
 from ffitool.pack.stream import same_bytes
 from ffitool.symbols import LIBRARY_BIN
@@ -41,8 +41,6 @@ _LOOKUP_SAMPLE = 256
 _SHF_ALLOC = 0x2
 _SHF_TLS = 0x400
 _CHUNK = 1 << 20
-# Dynamic tags whose tables the writer may re-place (and DT_STRSZ, which grows with .dynstr).
-_RETAGGED = {4, 5, 6, 10, 0x6FFFFEF5, 0x6FFFFFF0, 0x6FFFFFFC, 0x6FFFFFFE}
 # Sections the writer may re-place: their new copies are checked by content or meaning.
 _REPLACEABLE = (
     "SHT_DYNSYM", "SHT_STRTAB", "SHT_GNU_HASH", "SHT_HASH", "SHT_GNU_versym",
@@ -147,7 +145,7 @@ def _check_preserved(before: DynamicView, after: DynamicView, placement: Placeme
     if [t for t, _ in old_tags] != [t for t, _ in new_tags]:
         _fail("the dynamic section's tags changed")
     for (tag, was), (_, now) in zip(old_tags, new_tags, strict=True):
-        if tag not in _RETAGGED and was != now:
+        if tag not in RETAGGED and was != now:
             _fail(f"dynamic entry {tag:#x} changed from {was:#x} to {now:#x}")
     (old_strings, old_size), (new_strings, new_size) = before.string_table, after.string_table
     if new_size < old_size or before.memory(old_strings, old_size) != after.memory(
