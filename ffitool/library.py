@@ -116,9 +116,9 @@ def inspect_path(path: str | os.PathLike[str], *, digests: bool = True) -> Inspe
     with handle:
         try:
             obj = read_object(handle, size, display)
-            with _BlobBytes(handle, size) as data:
-                hasher = handle if digests else None
-                libraries = tuple(_library(image, data, hasher) for image in obj.images)
+            data = _BlobBytes(handle, size)
+            hasher = handle if digests else None
+            libraries = tuple(_library(image, data, hasher) for image in obj.images)
         except OSError as exc:
             raise InputError(f"{display}: read error: {exc.strerror or exc}") from None
     return InspectedFile(display, obj.format, size, libraries)
@@ -173,12 +173,6 @@ class _BlobBytes:
     def __init__(self, handle: BinaryIO, size: int) -> None:
         self._fd = handle.fileno()
         self._size = size
-
-    def __enter__(self) -> _BlobBytes:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
     def window(self, offset: int, available: int) -> codec.Buffer | codec.ByteSource:
         """The bytes from `offset` that a blob there may occupy (at most `available`)."""
@@ -497,9 +491,9 @@ def inspect_blob_file(path: str | os.PathLike[str]) -> BlobReport:
     """
     display = str(path)
     handle, size = open_regular_file(path)
-    with handle, _BlobBytes(handle, size) as data:
+    with handle:
         try:
-            decoded = codec.decode(data.window(0, size))
+            decoded = codec.decode(_BlobBytes(handle, size).window(0, size))
         except BlobError as exc:
             raise BlobError(f"{display}: {exc.what}", exc.offset) from None
         modules = _module_infos(decoded, 0, handle)

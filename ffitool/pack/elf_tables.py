@@ -203,3 +203,19 @@ class SysvHashTable:
     def to_bytes(self) -> bytes:
         header = array(self.chains.typecode, [len(self.buckets), len(self.chains)])
         return b"".join(_raw(part, self.little) for part in (header, self.buckets, self.chains))
+
+
+def renumbered_relocations(
+    raw: bytes, entry_size: int, bits: int, little: bool, position: int
+) -> bytes:
+    """REL/RELA entries with every r_info symbol index at or past `position` raised by one.
+
+    r_info holds the index in its high 32 bits (ELFCLASS64) or high 24 bits (ELFCLASS32),
+    the relocation type below; offsets and addends are left alone.
+    """
+    words = _words(raw, "Q" if bits == 64 else "I", little)
+    width = 32 if bits == 64 else 8
+    for number in range(1, len(words), entry_size // (bits // 8)):
+        if words[number] >> width >= position:
+            words[number] += 1 << width
+    return _raw(words, little)

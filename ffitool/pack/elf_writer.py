@@ -34,11 +34,17 @@ from elftools.construct.lib import Container
 from ffitool.errors import InputError
 from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
 from ffitool.formats.elf_dynamic import (
+    read_dynamic,
     sysv_entry_format,
     unmapped_segments,
     wide_hash_machine,
 )
-from ffitool.pack.elf_tables import NATIVE_LITTLE, GnuHashTable, SysvHashTable
+from ffitool.pack.elf_tables import (
+    NATIVE_LITTLE,
+    GnuHashTable,
+    SysvHashTable,
+    renumbered_relocations,
+)
 from ffitool.pack.plan import PayloadSource
 from ffitool.pack.stream import copy_payload
 from ffitool.symbols import LIBRARY_BIN
@@ -50,20 +56,11 @@ _RELOCATION_CHUNK = 1 << 20
 _NAME = LIBRARY_BIN.encode()
 
 _DT_NULL = 0
-_DT_PLTRELSZ = 2
 _DT_HASH = 4
 _DT_STRTAB = 5
 _DT_SYMTAB = 6
-_DT_RELA = 7
-_DT_RELASZ = 8
-_DT_RELAENT = 9
 _DT_STRSZ = 10
 _DT_SYMENT = 11
-_DT_REL = 17
-_DT_RELSZ = 18
-_DT_RELENT = 19
-_DT_PLTREL = 20
-_DT_JMPREL = 23
 _DT_SYMTAB_SHNDX = 34
 _DT_ANDROID_REL = 0x6000000F
 _DT_ANDROID_RELA = 0x60000011
@@ -756,21 +753,10 @@ def _relocation_tables(host: _Host) -> list[RelocationTable]:
     """REL/RELA tables whose symbol indices must follow an inserted symbol, overlaps merged."""
     if host.tag(_DT_ANDROID_REL) is not None or host.tag(_DT_ANDROID_RELA) is not None:
         host.fail("Android packed relocations are not supported")
-    found = []
-    for table, size, entry in (
-        (_DT_RELA, _DT_RELASZ, _DT_RELAENT),
-        (_DT_REL, _DT_RELSZ, _DT_RELENT),
-    ):
-        address = host.tag(table)
-        if address is not None:
-            length = host.tag(size) or 0
-            step = host.tag(entry) or (3 if table == _DT_RELA else 2) * host.bits // 8
-            found.append((host.file_offset(address, length, "relocations"), length, step))
-    plt = host.tag(_DT_JMPREL)
-    if plt is not None:
-        length = host.tag(_DT_PLTRELSZ) or 0
-        step = (3 if host.tag(_DT_PLTREL) == _DT_RELA else 2) * host.bits // 8
-        found.append((host.file_offset(plt, length, "PLT relocations"), length, step))
+    found = [
+        (host.file_offset(address, length, "relocations"), length, step)
+        for address, length, step in read_dynamic(host.handle, host.size).relocation_tables()
+    ]
     merged: list[list[int]] = []
     for start, length, step in sorted(found):
         if merged and start < merged[-1][0] + merged[-1][1]:
@@ -839,23 +825,11 @@ def write_edit(
 
 def _shift_relocations(out_fd: int, table: RelocationTable, position: int) -> None:
     """Renumber r_info symbol indices at or past `position`, a bounded chunk at a time."""
-    little, bits = table.little, table.bits
-    code = "Q" if bits == 64 else "I"
-    width = 32 if bits == 64 else 8
-    per_entry = table.entry_size // (bits // 8)
-    swap = little != NATIVE_LITTLE
-    chunk = max(1, _RELOCATION_CHUNK // table.entry_size) * table.entry_size
-    for start in range(0, table.size - table.size % table.entry_size, chunk):
-        length = min(chunk, table.size - table.size % table.entry_size - start)
-        words = array(code, os.pread(out_fd, length, table.file_offset + start))
-        if swap:
-            words.byteswap()
-        changed = False
-        for number in range(1, len(words), per_entry):
-            if words[number] >> width >= position:
-                words[number] += 1 << width
-                changed = True
-        if changed:
-            if swap:
-                words.byteswap()
-            os.pwrite(out_fd, words.tobytes(), table.file_offset + start)
+    step = max(1, _RELOCATION_CHUNK // table.entry_size) * table.entry_size
+    whole = table.size - table.size % table.entry_size
+    for start in range(0, whole, step):
+        at = table.file_offset + start
+        raw = os.pread(out_fd, min(step, whole - start), at)
+        new = renumbered_relocations(raw, table.entry_size, table.bits, table.little, position)
+        if new != raw:
+            os.pwrite(out_fd, new, at)

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
-from array import array
 from collections import Counter
 from pathlib import Path
 from typing import BinaryIO, NoReturn
@@ -31,6 +29,7 @@ from ffitool.findings import Severity
 from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
 from ffitool.formats.elf_dynamic import DynamicView, read_dynamic, unmapped_segments
 from ffitool.library import inspect_path
+from ffitool.pack.elf_tables import renumbered_relocations
 from ffitool.pack.elf_writer import BLOB_SECTION, RETAGGED, Placement
 from ffitool.pack.plan import PayloadSource, Plan
 from ffitool.pack.stream import same_bytes
@@ -193,11 +192,9 @@ def _check_relocations(before: DynamicView, after: DynamicView, inserted: int | 
     """
     # The same tables in the output: _check_preserved found their DT_* entries unchanged.
     old_tables = before.relocation_tables()
-    code = before.word_format
-    width = 32 if code == "Q" else 8
-    swap = (before.endian == "<") != (sys.byteorder == "little")
+    bits = 8 * struct.calcsize(before.word_format)
+    little = before.endian == "<"
     for address, size, entry in old_tables:
-        per_entry = entry // struct.calcsize(code)
         step = max(1, _CHUNK // entry) * entry
         whole = size - size % entry
         for start in range(0, whole, step):
@@ -205,15 +202,7 @@ def _check_relocations(before: DynamicView, after: DynamicView, inserted: int | 
             was = before.memory(address + start, length)
             now = after.memory(address + start, length)
             if inserted is not None:
-                words = array(code, was)
-                if swap:
-                    words.byteswap()
-                for number in range(1, len(words), per_entry):
-                    if words[number] >> width >= inserted:
-                        words[number] += 1 << width
-                if swap:
-                    words.byteswap()
-                was = words.tobytes()
+                was = renumbered_relocations(was, entry, bits, little, inserted)
             if was != now:
                 _fail(f"a relocation in [{address + start:#x}, +{length:#x}) changed")
 
