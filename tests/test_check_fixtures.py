@@ -1,0 +1,180 @@
+"""The check corpus, fixtures/bin/check/: each library breaks exactly one rule, named by its
+file name's prefix (`b100_truncated.so` -> B100, `ok.so` -> nothing).
+
+The corpus is discovered by globbing, so a new fixture is a new file, not an edit here. The
+expected blob offsets come from the table in fixtures/README.md, which must list every fixture:
+the documentation and the binaries cannot drift apart. The runtime tests load the libraries
+with the real tvm_ffi, each in its own child process, and show what the code claims.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FIXTURES, ROOT, ffitool, require_tvm_ffi
+
+CHECK = FIXTURES / "check"
+CORPUS = sorted(CHECK.glob("*.so"))
+
+# Rules that only `ffitool check` implements: `inspect` must report nothing for their fixtures.
+CHECK_ONLY = {"L211", "L212"}
+
+# A row of the corpus table in fixtures/README.md:
+# | `check/NAME.so` | what is broken | CODE | OFFSET | runtime |
+_ROW = re.compile(r"^\| `check/([^`]+\.so)` \|[^|]*\| (none|[BL]\d{3}) \| (\d+|-) \|", re.M)
+
+
+def expected_code(library: Path) -> str | None:
+    """The one code a fixture must produce: its name's prefix, upper-cased; none for `ok`."""
+    prefix = library.stem.split("_", 1)[0]
+    return None if prefix == "ok" else prefix.upper()
+
+
+def readme_table() -> dict[str, tuple[str | None, int | None]]:
+    """file name -> (code, blob offset) as fixtures/README.md documents them."""
+    text = (ROOT / "fixtures" / "README.md").read_text()
+    return {
+        name: (None if code == "none" else code, None if offset == "-" else int(offset))
+        for name, code, offset in _ROW.findall(text)
+    }
+
+
+def inspected(library: Path) -> dict[str, Any]:
+    """The single library record `ffitool inspect --json` gives for a fixture."""
+    result = ffitool("inspect", "--json", str(library))
+    assert (result.returncode, result.stderr) == (0, "")
+    (record,) = json.loads(result.stdout)["files"]
+    (lib,) = record["libraries"]
+    return lib
+
+
+def all_findings(lib: dict[str, Any]) -> list[dict[str, Any]]:
+    """The library's findings and those of every blob in it."""
+    blobs = [lib["library_bin"], *lib["system_lib_bins"]]
+    return [*lib["findings"], *(f for blob in blobs if blob for f in blob["findings"])]
+
+
+def test_the_corpus_is_there_and_documented() -> None:
+    assert len(CORPUS) == 16
+    table = readme_table()
+    assert sorted(table) == [p.name for p in CORPUS]
+    for library in CORPUS:
+        assert table[library.name][0] == expected_code(library), library.name
+
+
+@pytest.mark.parametrize("library", CORPUS, ids=[p.stem for p in CORPUS])
+def test_inspect_reports_exactly_the_fixtures_code(library: Path) -> None:
+    code = expected_code(library)
+    _, offset = readme_table()[library.name]
+    findings = all_findings(inspected(library))
+    if code is None or code in CHECK_ONLY:
+        assert findings == []
+        return
+    assert [(f["code"], f["offset"]) for f in findings] == [(code, offset)]
+
+
+def test_ok_holds_what_the_requirement_options_look_for() -> None:
+    lib = inspected(CHECK / "ok.so")
+    assert [f["name"] for f in lib["functions"]] == ["add_one"]
+    blob = lib["library_bin"]
+    assert [(m["kind"], m["imports"]) for m in blob["modules"]] == [("_lib", [1]), ("cuda_ptx", [])]
+    assert (blob["nbytes"], blob["symbol_size"]) == (136, 144)
+
+
+# Loads argv[1] with tvm_ffi after registering a `cuda_ptx` loader that records each payload
+# and returns a fresh load of libffi_legacy.so (a library module without any FFI function, so
+# a function found below really comes from the fixture). Prints one JSON line.
+_LOAD = """
+import json, sys
+import tvm_ffi
+stand_in, path = sys.argv[1], sys.argv[2]
+payloads = []
+def load(payload):
+    payloads.append(bytes(payload).hex())
+    return tvm_ffi.load_module(stand_in)
+tvm_ffi.register_global_func("ffi.Module.load_from_bytes.cuda_ptx", load, override=True)
+try:
+    module = tvm_ffi.load_module(path)
+except Exception as error:
+    print(json.dumps({"error": str(error).splitlines()[0], "payloads": payloads}))
+    sys.exit(0)
+found = {}
+for name in ("add_one", "hidden_add_one", "not_a_function", "ghost"):
+    try:
+        module.get_function(name)
+        found[name] = True
+    except AttributeError:
+        found[name] = False
+add_one = module["add_one"](5) if found["add_one"] else None
+print(json.dumps({"imports": len(module.imports), "payloads": payloads, "found": found,
+                  "add_one": add_one}))
+"""
+
+
+def load_in_child(library: Path) -> dict[str, Any]:
+    require_tvm_ffi()
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD, str(FIXTURES / "libffi_legacy.so"), str(library)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+OK_BLOB = (CHECK / "ok.blob").read_bytes()
+PTX = OK_BLOB[92:144]  # the cuda_ptx payload (fixtures/README.md: offset 92, to the end)
+NONE_FOUND = {"add_one": False, "hidden_add_one": False, "not_a_function": False, "ghost": False}
+ADD_ONE_ONLY = {**NONE_FOUND, "add_one": True}
+
+
+def loaded(imports: int, payloads: list[bytes], found: dict[str, bool]) -> dict[str, Any]:
+    return {
+        "imports": imports,
+        "payloads": [p.hex() for p in payloads],
+        "found": found,
+        "add_one": 6 if found["add_one"] else None,
+    }
+
+
+# What the real runtime does with each fixture (b100_truncated is left out: the runtime reads
+# whatever memory follows its symbol, so the outcome depends on the layout of the process).
+RUNTIME = {
+    "ok": loaded(1, [PTX], ADD_ONE_ONLY),
+    # Errors that the runtime refuses.
+    "b100_child_out_of_range": {
+        "error": "Check failed: (child_index < modules.size()) is false: ",
+        "payloads": [PTX.hex()],
+    },
+    "l103_bss_blob": {
+        "error": "Check failed: (stream.Read(&import_tree_indptr)) is false: ",
+        "payloads": [],
+    },
+    # An error the runtime does not refuse: a short string read is zero-filled.
+    "b100_length_past_end": loaded(1, [PTX + bytes(1000 - len(PTX))], ADD_ONE_ONLY),
+    # L101: the blob is invisible, so the library loads without its modules.
+    "l101_hidden_blob": loaded(0, [], ADD_ONE_ONLY),
+    # Warnings load.
+    "b201_trailing": loaded(1, [PTX], ADD_ONE_ONLY),
+    "b202_cycle": loaded(1, [PTX + b"1", PTX + b"2"], ADD_ONE_ONLY),
+    "b207_indptr_decreasing": loaded(4, [PTX + bytes([i]) for i in range(1, 5)], ADD_ONE_ONLY),
+    "l102_small_symbol": loaded(1, [PTX], ADD_ONE_ONLY),
+    "l105_no_lib": loaded(0, [PTX], NONE_FOUND),  # the root is the cuda_ptx module
+    "l210_hidden_function": loaded(1, [PTX], ADD_ONE_ONLY),
+    "l211_data_object": loaded(1, [PTX], {**ADD_ONE_ONLY, "not_a_function": True}),
+    "l212_orphan_getter": loaded(1, [PTX], ADD_ONE_ONLY),
+    "l300_legacy": loaded(0, [], NONE_FOUND),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUNTIME))
+def test_the_runtime_does_what_the_code_says(name: str) -> None:
+    assert load_in_child(CHECK / f"{name}.so") == RUNTIME[name]
