@@ -61,7 +61,7 @@ def all_findings(lib: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_the_corpus_is_there_and_documented() -> None:
-    assert len(CORPUS) == 16
+    assert len(CORPUS) == 20
     table = readme_table()
     assert sorted(table) == [p.name for p in CORPUS]
     for library in CORPUS:
@@ -166,6 +166,10 @@ RUNTIME = {
     "b201_trailing": loaded(1, [PTX], ADD_ONE_ONLY),
     "b202_cycle": loaded(1, [PTX + b"1", PTX + b"2"], ADD_ONE_ONLY),
     "b207_indptr_decreasing": loaded(4, [PTX + bytes([i]) for i in range(1, 5)], ADD_ONE_ONLY),
+    "b203_backward_import": loaded(2, [PTX + b"1", PTX + b"2"], ADD_ONE_ONLY),
+    "b204_unsorted_imports": loaded(2, [PTX + b"1", PTX + b"2"], ADD_ONE_ONLY),
+    "b205_two_libs": loaded(2, [PTX], ADD_ONE_ONLY),
+    "b206_unreachable": loaded(1, [PTX + b"1", PTX + b"2"], ADD_ONE_ONLY),
     "l102_small_symbol": loaded(1, [PTX], ADD_ONE_ONLY),
     "l105_no_lib": loaded(0, [PTX], NONE_FOUND),  # the root is the cuda_ptx module
     "l210_hidden_function": loaded(1, [PTX], ADD_ONE_ONLY),
