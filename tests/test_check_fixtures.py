@@ -61,8 +61,8 @@ def all_findings(lib: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_the_corpus_is_there_and_documented() -> None:
-    assert len(CORPUS) == 20
     table = readme_table()
+    assert "ok.so" in table  # the table was found; it must name exactly the files globbed
     assert sorted(table) == [p.name for p in CORPUS]
     for library in CORPUS:
         assert table[library.name][0] == expected_code(library), library.name
