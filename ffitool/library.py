@@ -17,8 +17,9 @@ from typing import BinaryIO
 
 from ffitool import blob as codec
 from ffitool.errors import BlobError, InputError
-from ffitool.findings import Finding, Severity
+from ffitool.findings import Finding
 from ffitool.formats import Image, Symbol, SymbolTable, read_object
+from ffitool.rules import finding
 from ffitool.symbols import Naming, Role, classify
 
 _CHUNK = 1 << 20
@@ -301,9 +302,8 @@ def _library_findings(image: Image, symbols: Iterable[FfiSymbol]) -> list[Findin
                 and not s.dynamic
             ):
                 found.append(
-                    Finding(
+                    finding(
                         "L210",
-                        Severity.WARNING,
                         f"function {s.symbol.name} is not exported dynamically;"
                         " the runtime will not find it",
                     )
@@ -327,9 +327,8 @@ def _library_bin(
     if location is None:
         if not chosen.symbol.nobits:
             findings.append(
-                Finding(
+                finding(
                     "L104",
-                    Severity.ERROR,
                     f"{chosen.symbol.name} at {chosen.symbol.address:#x}"
                     " is not backed by file bytes",
                 )
@@ -351,7 +350,7 @@ def _library_bin(
             own = tuple(f for f in functions if f.symbol.naming.prefix == prefix)
             findings.extend(_lib_findings(decoded.blob, own))
     except BlobError as exc:
-        findings.append(Finding("B100", Severity.ERROR, exc.what, exc.offset))
+        findings.append(finding("B100", exc.what, exc.offset))
         return LibraryBin(chosen, location.file_offset, None, layout, (), tuple(findings), prefix)
     return LibraryBin(
         chosen, location.file_offset, nbytes, layout, modules, tuple(findings), prefix
@@ -363,16 +362,11 @@ def _placement_findings(image: Image, chosen: FfiSymbol) -> list[Finding]:
     symbol = chosen.symbol
     found: list[Finding] = []
     if chosen.naming.role is Role.LEGACY_BIN:
-        found.append(
-            Finding(
-                "L300", Severity.INFO, f"{symbol.name} is the pre-tvm-ffi blob; tvm-ffi ignores it"
-            )
-        )
+        found.append(finding("L300", f"{symbol.name} is the pre-tvm-ffi blob; tvm-ffi ignores it"))
     if symbol.nobits:
         found.append(
-            Finding(
+            finding(
                 "L103",
-                Severity.ERROR,
                 f"{symbol.name} is in the NOBITS section {symbol.section}: it is all zeros at load"
                 " time, so the runtime reads nbytes = 0 and fails to load the library",
             )
@@ -384,9 +378,8 @@ def _placement_findings(image: Image, chosen: FfiSymbol) -> list[Finding]:
         else:
             reason = f"{symbol.binding} binding and {symbol.visibility} visibility"
         found.append(
-            Finding(
+            finding(
                 "L101",
-                Severity.ERROR,
                 f"{symbol.name} is {reason}: dlsym, and so the runtime, will not find it",
             )
         )
@@ -397,9 +390,8 @@ def _size_findings(chosen: FfiSymbol, decoded: codec.DecodedBlob) -> list[Findin
     symbol = chosen.symbol
     if symbol.size and symbol.size < decoded.size:
         return [
-            Finding(
+            finding(
                 "L102",
-                Severity.WARNING,
                 f"symbol size {symbol.size} is smaller than the {decoded.size} bytes the blob"
                 " occupies (8 + nbytes)",
                 0,
@@ -411,9 +403,8 @@ def _size_findings(chosen: FfiSymbol, decoded: codec.DecodedBlob) -> list[Findin
 def _lib_findings(blob: codec.Blob, functions: tuple[Function, ...]) -> list[Finding]:
     if functions and not any(m.is_lib for m in blob.modules):
         return [
-            Finding(
+            finding(
                 "L105",
-                Severity.WARNING,
                 "the library exports functions but its blob has no `_lib` module: "
                 "they are unreachable from the loaded module",
             )
