@@ -382,3 +382,15 @@ def test_usage_errors():
         2,
         "ffitool: error: --format 'xml': choose one of text, json, sarif, github\n",
     )
+
+
+def test_workers_print_the_same_bytes_as_one_process(tmp_path):
+    junk = tmp_path / "junk.so"
+    junk.write_bytes(b"junk")
+    targets = [str(p) for p in sorted(FIXTURES.glob("*.so"))] * 2 + [str(junk)]
+    assert len(targets) > 8  # enough for the pool to be used
+    one = check("--format", "json", "-j", "1", *targets)
+    two = check("--format", "json", "-j", "2", *targets)
+    assert one.returncode == two.returncode == 3
+    assert (one.stdout, one.stderr) == (two.stdout, two.stderr)
+    assert len(json.loads(one.stdout)["files"]) == len(targets) - 1

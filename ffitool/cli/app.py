@@ -98,6 +98,10 @@ def check_command(
         Path | None,
         typer.Option("--config", help="Read [tool.ffitool.check] from this file."),
     ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option("--jobs", "-j", min=0, help="Worker processes (0: one per core, up to 8)."),
+    ] = 0,
     list_rules: Annotated[
         bool, typer.Option("--list-rules", help="List every rule and exit.")
     ] = False,
@@ -136,7 +140,7 @@ def check_command(
             "strict": strict,
         }
         settings = resolve(given, config, search_from=Path.cwd())
-        code = checking.run_check(paths, settings, output_format)
+        code = checking.run_check(paths, settings, output_format, jobs)
     raise typer.Exit(code)
 
 
