@@ -1,9 +1,10 @@
 """Checks: the rules that are judgements over the model rather than facts met while reading it.
 
-Reading a library already reports what it finds in the bytes (the blob codes, and how the blob
-and functions are placed); `check_file` adds the rules below, each one small function over a
-`Library`, and places every finding of a file at a byte offset in it where there is one. The
-requirement rules (R1xx) only speak when a requirement was configured.
+Decoding a blob reports what it finds in the bytes (the B codes, and the L1xx codes of how the
+blob is placed), with offsets; the rules below are small functions over a `Library` (L210,
+L211, L212), which `inspect` shows too. `check_file` joins both and places every finding of a
+file at a byte offset in it where there is one. The requirement rules (R1xx) only speak when
+a requirement was configured.
 
 Requirements are met per loadable image (a shared library or executable, which is loaded on
 its own), and over all images of a file otherwise: an object or the members of a static
@@ -34,6 +35,9 @@ class Requirements:
     require_ffi: bool = False
 
 
+_NOTHING = Requirements()
+
+
 @dataclass(frozen=True)
 class Reported:
     """A finding with where it is: the target's name, the archive member, a file offset."""
@@ -45,9 +49,6 @@ class Reported:
     """Absolute byte offset in the file (the blob offset plus where the blob starts)."""
 
 
-_OBJECT = "relocatable object"
-"""The image kind that is linked, not loaded: its requirements are met by the whole file."""
-
 LibraryCheck = Callable[[Library, Requirements], Iterator[Finding]]
 _LIBRARY_CHECKS: list[LibraryCheck] = []
 
@@ -57,22 +58,25 @@ def _library_check(check: LibraryCheck) -> LibraryCheck:
     return check
 
 
+def library_findings(library: Library, requirements: Requirements = _NOTHING) -> list[Finding]:
+    """What the checks find in one library (`inspect` shows these with no requirements)."""
+    return [found for check in _LIBRARY_CHECKS for found in check(library, requirements)]
+
+
 def check_file(inspected: InspectedFile, requirements: Requirements) -> list[Reported]:
-    """Every finding of one inspected file: what reading found, then each check's."""
+    """Every finding of one inspected file: the blobs' (found while reading them), then the
+    checks', then the requirements'."""
     reported: list[Reported] = []
     for library in inspected.libraries:
-        for found in library.findings:
-            reported.append(Reported(inspected.path, library.member, found, None))
         for blob in _blobs(library):
             for found in blob.findings:
                 reported.append(
                     Reported(inspected.path, library.member, found, _file_offset(blob, found))
                 )
-        for check in _LIBRARY_CHECKS:
-            for found in check(library, requirements):
-                reported.append(Reported(inspected.path, library.member, found, None))
-    groups = [(lib.member, (lib,)) for lib in inspected.libraries if lib.kind != _OBJECT]
-    linked = tuple(lib for lib in inspected.libraries if lib.kind == _OBJECT)
+        for found in library_findings(library, requirements):
+            reported.append(Reported(inspected.path, library.member, found, None))
+    groups = [(lib.member, (lib,)) for lib in inspected.libraries if lib.loadable]
+    linked = tuple(lib for lib in inspected.libraries if not lib.loadable)
     if linked or not inspected.libraries:
         groups.append((None, linked))
     for member, libraries in groups:
@@ -97,6 +101,25 @@ def _file_offset(blob: LibraryBin, found: Finding) -> int | None:
     if blob.file_offset is None:
         return None
     return blob.file_offset + (found.offset or 0)
+
+
+@_library_check
+def function_not_exported(library: Library, _: Requirements) -> Iterator[Finding]:
+    """L210: `Module.get_function` finds functions with dlsym, in a loaded library only.
+
+    A system-lib function is registered by a constructor, not looked up by dlsym.
+    """
+    if not library.loadable:
+        return
+    for ffi in library.symbols:
+        naming = ffi.naming
+        function = naming.role is Role.FUNCTION and not naming.prefix and ffi.symbol.defined
+        if function and not ffi.dynamic:
+            yield finding(
+                "L210",
+                f"function {ffi.symbol.name} is not exported dynamically;"
+                " the runtime will not find it",
+            )
 
 
 @_library_check

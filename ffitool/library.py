@@ -84,12 +84,13 @@ class Library:
     machine: str
     bits: int
     endianness: str
+    loadable: bool
+    """Loaded by `dlopen` (only what `dlsym` sees counts), rather than linked."""
     symbol_tables: tuple[SymbolTable, ...]
     functions: tuple[Function, ...]
     symbols: tuple[FfiSymbol, ...]
     library_bin: LibraryBin | None
     """The blob under the plain name (or the legacy one): what `tvm_ffi.load_module` reads."""
-    findings: tuple[Finding, ...]
     system_lib_bins: tuple[LibraryBin, ...] = ()
     """Blobs with a system-lib prefix, in prefix order: what `tvm_ffi.system_lib(prefix)`
     reads once they are registered, from an object, an archive or a shared library alike."""
@@ -230,11 +231,11 @@ def _library(image: Image, data: _BlobBytes, handle: BinaryIO | None) -> Library
         machine=image.machine,
         bits=image.bits,
         endianness=image.endianness,
+        loadable=image.loadable,
         symbol_tables=image.tables,
         functions=functions,
         symbols=ffi_symbols,
         library_bin=library_bin,
-        findings=tuple(_library_findings(image, ffi_symbols)),
         system_lib_bins=tuple(_library_bin(image, s, functions, data, handle) for s in prefixed),
     )
 
@@ -288,27 +289,6 @@ def _functions(symbols: Iterable[FfiSymbol], loadable: bool) -> tuple[Function, 
     ]
     functions.sort(key=lambda f: (f.symbol.naming.prefix, f.name))
     return tuple(functions)
-
-
-def _library_findings(image: Image, symbols: Iterable[FfiSymbol]) -> list[Finding]:
-    found = []
-    if image.loadable:
-        for s in symbols:
-            # A system-lib function is registered by a constructor, not looked up by dlsym.
-            if (
-                s.naming.role is Role.FUNCTION
-                and not s.naming.prefix
-                and s.symbol.defined
-                and not s.dynamic
-            ):
-                found.append(
-                    finding(
-                        "L210",
-                        f"function {s.symbol.name} is not exported dynamically;"
-                        " the runtime will not find it",
-                    )
-                )
-    return found
 
 
 def _library_bin(
