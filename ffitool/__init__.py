@@ -7,6 +7,8 @@ The public API, which the command line is a thin layer over:
 - `decode(data)` / `encode(blob)`: the `__tvm_ffi__library_bin` codec.
 - `pack_library(path, plan_edits(existing_modules(path), Edits(add=...)))`: embed modules.
 - `extract(path, directory)` / `read_manifest(path)`: payload files and their manifest.
+- `check_file(inspect_path(path), Requirements(functions=("add_one",)))`: the findings that
+  `ffitool check` reports, each with its rule in `RULES`.
 
 Submodules load on first use, so `import ffitool` stays cheap.
 """
@@ -29,6 +31,10 @@ _EXPORTS = {
     "FfitoolError": "ffitool.errors",
     "InputError": "ffitool.errors",
     "UsageError": "ffitool.errors",
+    "Requirements": "ffitool.checks",
+    "check_file": "ffitool.checks",
+    "library_findings": "ffitool.checks",
+    "RULES": "ffitool.rules",
     "Finding": "ffitool.findings",
     "Severity": "ffitool.findings",
     "InspectedFile": "ffitool.library",
@@ -47,6 +53,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "RULES",
     "Blob",
     "BlobError",
     "DecodedBlob",
@@ -57,10 +64,12 @@ __all__ = [
     "InspectedFile",
     "Library",
     "Module",
+    "Requirements",
     "Role",
     "Severity",
     "UsageError",
     "__version__",
+    "check_file",
     "decode",
     "decode_legacy",
     "encode",
@@ -68,6 +77,7 @@ __all__ = [
     "extract",
     "inspect_blob_file",
     "inspect_path",
+    "library_findings",
     "pack_library",
     "payload_source",
     "plan_edits",
@@ -77,12 +87,14 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ffitool.blob import Blob, DecodedBlob, Module, decode, decode_legacy, encode
+    from ffitool.checks import Requirements, check_file, library_findings
     from ffitool.errors import BlobError, FfitoolError, InputError, UsageError
     from ffitool.findings import Finding, Severity
     from ffitool.library import InspectedFile, Library, inspect_blob_file, inspect_path
     from ffitool.manifest import extract, read_manifest
     from ffitool.pack import existing_modules, pack_library, payload_source
     from ffitool.pack.plan import Edits, plan_edits, plan_from_modules
+    from ffitool.rules import RULES
     from ffitool.symbols import Role
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ffitool.errors import BlobError
-from ffitool.findings import Finding, Severity, printable
+from ffitool.findings import Finding, printable
+from ffitool.rules import finding
 
 LIB_KIND = "_lib"
 """Key of the module that stands for the shared library itself; it carries no payload."""
@@ -206,9 +207,8 @@ def decode(data: Buffer | ByteSource) -> DecodedBlob:
         layouts.append(ModuleLayout(key_offset, size_offset + _WORD, len(payload)))
     if cursor.remaining:
         findings.append(
-            Finding(
+            finding(
                 "B201",
-                Severity.WARNING,
                 f"{cursor.remaining} trailing bytes after the last module (inside nbytes)",
                 cursor.pos,
             )
@@ -275,9 +275,8 @@ def _import_lists(
             )
         edges += hi - lo
         if edges > limit and overflow is None:
-            overflow = Finding(
+            overflow = finding(
                 "B209",
-                Severity.ERROR,
                 f"import rows overlap: by module {i} they expand to more than {limit} edges"
                 f" from {len(children)} child indices; the import tree is not expanded",
                 indptr_first + (i + 1) * _WORD,
@@ -293,9 +292,7 @@ def _kind_text(key: Buffer | Span, index: int, offset: int, findings: list[Findi
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        findings.append(
-            Finding("B208", Severity.WARNING, f"module {index} kind is not valid UTF-8", offset)
-        )
+        findings.append(finding("B208", f"module {index} kind is not valid UTF-8", offset))
         return raw.decode("utf-8", "surrogateescape")
 
 
@@ -305,15 +302,12 @@ def _layout_findings(
     """CSR shapes the runtime tolerates but TVM never writes (and `encode` cannot reproduce)."""
     found: list[Finding] = []
     if indptr[0] != 0:
-        found.append(
-            Finding("B207", Severity.WARNING, f"indptr starts at {indptr[0]}, not 0", indptr_at)
-        )
+        found.append(finding("B207", f"indptr starts at {indptr[0]}, not 0", indptr_at))
     for i in range(len(indptr) - 1):
         if indptr[i + 1] < indptr[i]:
             found.append(
-                Finding(
+                finding(
                     "B207",
-                    Severity.WARNING,
                     f"indptr decreases at entry {i + 1} ({indptr[i]} -> {indptr[i + 1]})",
                     indptr_at + _WORD * (i + 2),
                 )
@@ -321,9 +315,8 @@ def _layout_findings(
             break
     if indptr[-1] < num_children:
         found.append(
-            Finding(
+            finding(
                 "B207",
-                Severity.WARNING,
                 f"{num_children - indptr[-1]} child indices are not referenced by indptr",
                 child_at,
             )
@@ -341,7 +334,7 @@ def tree_findings(blob: Blob, *, first_key_offset: int | None = None) -> list[Fi
     modules = blob.modules
 
     def add(code: str, message: str) -> None:
-        found.append(Finding(code, Severity.WARNING, message, first_key_offset))
+        found.append(finding(code, message, first_key_offset))
 
     for index, module in enumerate(modules):
         if list(module.imports) != sorted(set(module.imports)):
@@ -533,9 +526,8 @@ def decode_legacy(data: Buffer | ByteSource) -> LegacyBlob:
         kinds.append(kind)
         if kind != LIB_KIND:
             findings.append(
-                Finding(
+                finding(
                     "B301",
-                    Severity.INFO,
                     f"legacy module '{printable(kind)}' has no length prefix; stopped reading here",
                     key_offset,
                 )

@@ -17,8 +17,9 @@ from typing import BinaryIO
 
 from ffitool import blob as codec
 from ffitool.errors import BlobError, InputError
-from ffitool.findings import Finding, Severity
+from ffitool.findings import Finding
 from ffitool.formats import Image, Symbol, SymbolTable, read_object
+from ffitool.rules import finding
 from ffitool.symbols import Naming, Role, classify
 
 _CHUNK = 1 << 20
@@ -83,12 +84,13 @@ class Library:
     machine: str
     bits: int
     endianness: str
+    loadable: bool
+    """Loaded by `dlopen` (only what `dlsym` sees counts), rather than linked."""
     symbol_tables: tuple[SymbolTable, ...]
     functions: tuple[Function, ...]
     symbols: tuple[FfiSymbol, ...]
     library_bin: LibraryBin | None
     """The blob under the plain name (or the legacy one): what `tvm_ffi.load_module` reads."""
-    findings: tuple[Finding, ...]
     system_lib_bins: tuple[LibraryBin, ...] = ()
     """Blobs with a system-lib prefix, in prefix order: what `tvm_ffi.system_lib(prefix)`
     reads once they are registered, from an object, an archive or a shared library alike."""
@@ -229,11 +231,11 @@ def _library(image: Image, data: _BlobBytes, handle: BinaryIO | None) -> Library
         machine=image.machine,
         bits=image.bits,
         endianness=image.endianness,
+        loadable=image.loadable,
         symbol_tables=image.tables,
         functions=functions,
         symbols=ffi_symbols,
         library_bin=library_bin,
-        findings=tuple(_library_findings(image, ffi_symbols)),
         system_lib_bins=tuple(_library_bin(image, s, functions, data, handle) for s in prefixed),
     )
 
@@ -289,28 +291,6 @@ def _functions(symbols: Iterable[FfiSymbol], loadable: bool) -> tuple[Function, 
     return tuple(functions)
 
 
-def _library_findings(image: Image, symbols: Iterable[FfiSymbol]) -> list[Finding]:
-    found = []
-    if image.loadable:
-        for s in symbols:
-            # A system-lib function is registered by a constructor, not looked up by dlsym.
-            if (
-                s.naming.role is Role.FUNCTION
-                and not s.naming.prefix
-                and s.symbol.defined
-                and not s.dynamic
-            ):
-                found.append(
-                    Finding(
-                        "L210",
-                        Severity.WARNING,
-                        f"function {s.symbol.name} is not exported dynamically;"
-                        " the runtime will not find it",
-                    )
-                )
-    return found
-
-
 def _library_bin(
     image: Image,
     chosen: FfiSymbol,
@@ -327,9 +307,8 @@ def _library_bin(
     if location is None:
         if not chosen.symbol.nobits:
             findings.append(
-                Finding(
+                finding(
                     "L104",
-                    Severity.ERROR,
                     f"{chosen.symbol.name} at {chosen.symbol.address:#x}"
                     " is not backed by file bytes",
                 )
@@ -351,7 +330,7 @@ def _library_bin(
             own = tuple(f for f in functions if f.symbol.naming.prefix == prefix)
             findings.extend(_lib_findings(decoded.blob, own))
     except BlobError as exc:
-        findings.append(Finding("B100", Severity.ERROR, exc.what, exc.offset))
+        findings.append(finding("B100", exc.what, exc.offset))
         return LibraryBin(chosen, location.file_offset, None, layout, (), tuple(findings), prefix)
     return LibraryBin(
         chosen, location.file_offset, nbytes, layout, modules, tuple(findings), prefix
@@ -363,16 +342,11 @@ def _placement_findings(image: Image, chosen: FfiSymbol) -> list[Finding]:
     symbol = chosen.symbol
     found: list[Finding] = []
     if chosen.naming.role is Role.LEGACY_BIN:
-        found.append(
-            Finding(
-                "L300", Severity.INFO, f"{symbol.name} is the pre-tvm-ffi blob; tvm-ffi ignores it"
-            )
-        )
+        found.append(finding("L300", f"{symbol.name} is the pre-tvm-ffi blob; tvm-ffi ignores it"))
     if symbol.nobits:
         found.append(
-            Finding(
+            finding(
                 "L103",
-                Severity.ERROR,
                 f"{symbol.name} is in the NOBITS section {symbol.section}: it is all zeros at load"
                 " time, so the runtime reads nbytes = 0 and fails to load the library",
             )
@@ -384,9 +358,8 @@ def _placement_findings(image: Image, chosen: FfiSymbol) -> list[Finding]:
         else:
             reason = f"{symbol.binding} binding and {symbol.visibility} visibility"
         found.append(
-            Finding(
+            finding(
                 "L101",
-                Severity.ERROR,
                 f"{symbol.name} is {reason}: dlsym, and so the runtime, will not find it",
             )
         )
@@ -397,9 +370,8 @@ def _size_findings(chosen: FfiSymbol, decoded: codec.DecodedBlob) -> list[Findin
     symbol = chosen.symbol
     if symbol.size and symbol.size < decoded.size:
         return [
-            Finding(
+            finding(
                 "L102",
-                Severity.WARNING,
                 f"symbol size {symbol.size} is smaller than the {decoded.size} bytes the blob"
                 " occupies (8 + nbytes)",
                 0,
@@ -411,9 +383,8 @@ def _size_findings(chosen: FfiSymbol, decoded: codec.DecodedBlob) -> list[Findin
 def _lib_findings(blob: codec.Blob, functions: tuple[Function, ...]) -> list[Finding]:
     if functions and not any(m.is_lib for m in blob.modules):
         return [
-            Finding(
+            finding(
                 "L105",
-                Severity.WARNING,
                 "the library exports functions but its blob has no `_lib` module: "
                 "they are unreachable from the loaded module",
             )

@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from ffitool.checks import library_findings
 from ffitool.findings import Finding
 from ffitool.library import (
     BlobReport,
@@ -151,7 +152,7 @@ def library_json(library: Library, *, lazy: bool = False) -> Json:
         if library.library_bin is None
         else library_bin_json(library.library_bin, lazy=lazy),
         "system_lib_bins": [library_bin_json(b, lazy=lazy) for b in library.system_lib_bins],
-        "findings": findings_json(library.findings),
+        "findings": findings_json(tuple(library_findings(library))),
     }
 
 

@@ -40,12 +40,9 @@ def ffitool(*args: str, **options: Any) -> subprocess.CompletedProcess[str]:
     """Run the real command line, as a user would, from the repository root; `options` go
     to subprocess.run (env, preexec_fn...)."""
     options.setdefault("timeout", 300)
+    options.setdefault("cwd", ROOT)
     return subprocess.run(
-        [sys.executable, "-m", "ffitool", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        **options,
+        [sys.executable, "-m", "ffitool", *args], capture_output=True, text=True, **options
     )
 
 

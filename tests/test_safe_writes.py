@@ -197,7 +197,11 @@ def test_concurrent_packs_never_lose_a_module(tmp_path):
     """Two packs of one file at once: both modules end up in it, or the loser says why."""
     lib = tmp_path / "conc.so"
     outcomes = set()
-    for _ in range(10):
+    # The race is timing-dependent: on a loaded machine the two packs may run one after the
+    # other many times in a row, so try until it has happened (each round is also checked).
+    for round_ in range(40):
+        if "refused" in outcomes and round_ >= 10:
+            break
         shutil.copyfile(FIXTURES / "libffi_c.so", lib)
         payloads = []
         for kind in ("test_alpha", "test_beta"):

@@ -56,6 +56,101 @@ def inspect_command(
     raise typer.Exit(run_inspect(paths, as_json))
 
 
+@app.command("check", epilog=EXIT_CODES_HELP)
+def check_command(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Libraries, objects or static archives.")
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", metavar="text|json|sarif|github", help="Output format.")
+    ] = "text",
+    require_function: Annotated[
+        list[str] | None,
+        typer.Option("--require-function", metavar="NAME", help="Must export __tvm_ffi_NAME."),
+    ] = None,
+    require_kind: Annotated[
+        list[str] | None,
+        typer.Option("--require-kind", metavar="KIND", help="A module of KIND must be embedded."),
+    ] = None,
+    allow_kind: Annotated[
+        list[str] | None,
+        typer.Option("--allow-kind", metavar="KIND", help="Only these module kinds (and _lib)."),
+    ] = None,
+    max_blob_size: Annotated[
+        str | None, typer.Option("--max-blob-size", metavar="SIZE", help="e.g. 64MiB.")
+    ] = None,
+    require_ffi: Annotated[
+        bool | None,
+        typer.Option("--require-ffi/--no-require-ffi", help="Fail files without FFI symbols."),
+    ] = None,
+    select: Annotated[
+        list[str] | None,
+        typer.Option("--select", metavar="CODES", help="Report only these codes or prefixes."),
+    ] = None,
+    ignore: Annotated[
+        list[str] | None,
+        typer.Option("--ignore", metavar="CODES", help="Do not report these codes or prefixes."),
+    ] = None,
+    strict: Annotated[
+        bool | None, typer.Option("--strict/--no-strict", help="Warnings fail too.")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="Read [tool.ffitool.check] from this file."),
+    ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option("--jobs", "-j", min=0, help="Worker processes (0: one per core, up to 8)."),
+    ] = 0,
+    list_rules: Annotated[
+        bool, typer.Option("--list-rules", help="List every rule and exit.")
+    ] = False,
+    explain: Annotated[
+        str | None, typer.Option("--explain", metavar="CODE", help="Explain one rule and exit.")
+    ] = None,
+) -> None:
+    """Check libraries for CI: exit 1 when a finding fails (errors; warnings with --strict)."""
+    from ffitool.check_config import resolve
+    from ffitool.cli import check as checking
+    from ffitool.rules import RULES
+
+    with _reported():
+        if list_rules:
+            checking.print_rules()
+            return
+        if explain is not None:
+            if explain.upper() not in RULES:
+                raise UsageError(f"--explain {explain!r}: no rule has this code")
+            sys.stdout.write(checking.explain(explain.upper()))
+            return
+        if output_format not in checking.FORMATS:
+            raise UsageError(
+                f"--format {output_format!r}: choose one of {', '.join(checking.FORMATS)}"
+            )
+        if not paths:
+            raise UsageError("nothing to check: give files or directories")
+        given = {
+            "require-function": require_function,
+            "require-kind": require_kind,
+            "allow-kind": allow_kind,
+            "max-blob-size": max_blob_size,
+            "require-ffi": require_ffi,
+            "select": _comma_list(select),
+            "ignore": _comma_list(ignore),
+            "strict": strict,
+        }
+        settings = resolve(given, config, search_from=Path.cwd())
+        code = checking.run_check(paths, settings, output_format, jobs)
+    raise typer.Exit(code)
+
+
+def _comma_list(values: list[str] | None) -> list[str] | None:
+    """`--select B1,L101 --select R` -> ["B1", "L101", "R"], as ruff spells selections."""
+    if values is None:
+        return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
 @blob_app.command("decode", epilog=EXIT_CODES_HELP)
 def blob_decode_command(
     path: Annotated[

@@ -15,6 +15,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from ffitool.blob import Blob, Module, reachable
+from ffitool.checks import library_findings
 from ffitool.findings import Finding, Severity, printable
 from ffitool.library import BlobReport, InspectedFile, Library, LibraryBin, ModuleInfo
 from ffitool.pack.plan import Plan
@@ -127,8 +128,9 @@ def library_view(library: Library) -> Group:
         parts.extend(_blob_parts(library.library_bin))
     for system_lib_bin in library.system_lib_bins:
         parts.extend(_blob_parts(system_lib_bin))
-    if library.findings:
-        parts.append(_findings_table(library.findings))
+    findings = library_findings(library)
+    if findings:
+        parts.append(_findings_table(tuple(findings)))
     return Group(*parts)
 
 

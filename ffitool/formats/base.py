@@ -33,6 +33,9 @@ class Symbol:
     """Section name, or None for an undefined symbol."""
     nobits: bool = False
     """The symbol lives in a section with no file contents (`.bss`)."""
+    executable: bool | None = None
+    """The symbol's section holds code (ELF SHF_EXECINSTR); None when the reader cannot
+    tell (a special section index, or no section headers)."""
 
     @property
     def defined(self) -> bool:

@@ -266,6 +266,9 @@ def _ffi_symbols(
         return result
 
 
+_SHF_EXECINSTR = 0x4
+"""sh_flags bit of sections that hold machine code."""
+
 _SYMBOL_SLICE = 1 << 16
 """Symbol-table entries read at a time (1.5 MiB of a 64-bit table)."""
 
@@ -586,6 +589,7 @@ def _symbol(
     shndx = raw.shndx
     section_name: str | None
     nobits = False
+    executable = None
     if shndx == "SHN_UNDEF":
         section_name = None
     elif isinstance(shndx, str):
@@ -593,6 +597,7 @@ def _symbol(
     elif 0 <= shndx < len(sections):
         section_name = names[shndx]
         nobits = sections[shndx]["sh_type"] == "SHT_NOBITS"
+        executable = bool(sections[shndx]["sh_flags"] & _SHF_EXECINSTR)
     else:
         section_name = f"#{shndx}"
     return Symbol(
@@ -605,6 +610,7 @@ def _symbol(
         size=raw.size,
         section=section_name,
         nobits=nobits,
+        executable=executable,
     )
 
 

@@ -1,0 +1,170 @@
+"""Settings of `ffitool check`: the command line over `[tool.ffitool.check]` of a pyproject.toml.
+
+Keys are spelled like the long options (`require-function = ["add_one"]`,
+`max-blob-size = "64MiB"`), as ruff does, so a setting moves between a CI script and the
+project file unchanged. An option given on the command line replaces the file's value (lists
+too: `--select B` is the whole selection, not an addition). Unknown keys, codes that match
+no rule and sizes that do not parse are usage errors: a typo must not turn a check off.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ffitool.checks import Requirements
+from ffitool.errors import InputError, UsageError
+from ffitool.rules import RULES, matching
+
+TABLE = ("tool", "ffitool", "check")
+
+_LISTS = ("require-function", "require-kind", "allow-kind", "select", "ignore")
+_FLAGS = ("strict", "require-ffi")
+KEYS = (*_LISTS, "max-blob-size", *_FLAGS)
+"""Every setting, by the name of its long option."""
+
+_CONFIG_LIMIT = 1 << 20
+"""A pyproject.toml larger than 1 MiB is not a project file."""
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """What to check and what fails: the result of the file and the command line."""
+
+    requirements: Requirements
+    reported: frozenset[str]
+    """Codes that are reported (selected and not ignored)."""
+    strict: bool
+    """Warnings fail too."""
+    config: Path | None
+    """The file the settings came from, if any."""
+
+
+def find_config(start: Path) -> Path | None:
+    """The closest pyproject.toml from `start` upwards that has a `[tool.ffitool.check]` table."""
+    for folder in (start, *start.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file() and TABLE[-1] in _table(read_toml(candidate), TABLE[:-1]):
+            return candidate
+    return None
+
+
+def read_toml(path: Path) -> dict[str, object]:
+    """Parse a TOML file; a file that cannot be read is exit 3, bad TOML is a usage error."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    from ffitool.library import open_regular_file
+
+    handle, size = open_regular_file(path)
+    with handle:
+        if size > _CONFIG_LIMIT:
+            raise InputError(f"{path}: {size} bytes is too large for a configuration file")
+        text = handle.read(_CONFIG_LIMIT)
+    try:
+        return tomllib.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+
+
+def config_table(path: Path, document: Mapping[str, object]) -> dict[str, object]:
+    """The `[tool.ffitool.check]` table of a parsed file, with every key and type checked."""
+    table = _table(document, TABLE)
+    for key, value in table.items():
+        if key not in KEYS:
+            raise UsageError(
+                f"{path}: unknown key {key!r} in [tool.ffitool.check] (known: {', '.join(KEYS)})"
+            )
+        if key in _LISTS:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise UsageError(f"{path}: {key} must be a list of strings")
+        elif key in _FLAGS:
+            if not isinstance(value, bool):
+                raise UsageError(f"{path}: {key} must be true or false")
+        elif isinstance(value, bool) or not isinstance(value, str | int):
+            raise UsageError(f'{path}: {key} must be a size such as "64MiB" or a byte count')
+    return table
+
+
+def _table(document: Mapping[str, object], keys: tuple[str, ...]) -> dict[str, object]:
+    node: object = document
+    for key in keys:
+        node = node.get(key, {}) if isinstance(node, dict) else {}
+    return node if isinstance(node, dict) else {}
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gib": 1 << 30,
+    "t": 1 << 40,
+    "tib": 1 << 40,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
+
+
+def parse_size(text: str | int, where: str) -> int:
+    """`64MiB`, `1.5G`, `100kB` or a byte count -> bytes. `K`, `M`, `G` are binary, as in
+    binutils and dd; `kB`, `MB`, `GB` decimal."""
+    if isinstance(text, int):
+        if text < 0:
+            raise UsageError(f"{where}: a size cannot be negative")
+        return text
+    match = _SIZE.fullmatch(text.strip().lower())
+    if match is None or match.group(2) not in _UNITS:
+        raise UsageError(
+            f"{where}: {text!r} is not a size (a byte count, or a number with B, KiB, MiB,"
+            " GiB, TiB, kB, MB, GB or TB)"
+        )
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def resolve(
+    given: Mapping[str, object], config: Path | None, *, search_from: Path | None = None
+) -> CheckSettings:
+    """Merge the command line (`given`, keyed like KEYS, None where not given) over the file.
+
+    `config` is an explicit `--config`; without one, the closest pyproject.toml with the
+    table is used, searched from `search_from` (the current directory).
+    """
+    if config is None and search_from is not None:
+        config = find_config(search_from)
+    table = config_table(config, read_toml(config)) if config is not None else {}
+    where = str(config) if config is not None else "command line"
+    merged = {key: given.get(key) if given.get(key) is not None else table.get(key) for key in KEYS}
+
+    def codes(key: str) -> set[str]:
+        selectors = tuple(merged[key] or ())  # type: ignore[arg-type]
+        try:
+            return matching(selectors)
+        except ValueError as exc:
+            raise UsageError(f"{where}: {key}: {str(exc)!r} matches no rule code") from None
+
+    select = codes("select") if merged["select"] else set(RULES)
+    size = merged["max-blob-size"]
+    allowed = merged["allow-kind"]
+    return CheckSettings(
+        requirements=Requirements(
+            functions=tuple(merged["require-function"] or ()),  # type: ignore[arg-type]
+            kinds=tuple(merged["require-kind"] or ()),  # type: ignore[arg-type]
+            allowed_kinds=tuple(allowed) if allowed is not None else None,  # type: ignore[arg-type]
+            max_blob_size=None if size is None else parse_size(size, where),  # type: ignore[arg-type]
+            require_ffi=bool(merged["require-ffi"]),
+        ),
+        reported=frozenset(select - codes("ignore")),
+        strict=bool(merged["strict"]),
+        config=config,
+    )

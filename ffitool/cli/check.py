@@ -1,0 +1,155 @@
+"""The `check` command's body: settings, targets, the checks, then one format to print.
+
+Text output goes through rich for colour on a terminal and is never wrapped: a path or a
+symbol name stays on one line, so piping it to grep finds it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ffitool.check_config import CheckSettings
+from ffitool.check_report import CheckOutcome, check_document, github_lines, sarif_document
+from ffitool.checks import Reported, Requirements, check_file
+from ffitool.errors import FfitoolError
+from ffitool.findings import Severity, printable
+from ffitool.library import inspect_path
+from ffitool.rules import RULES
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+FORMATS = ("text", "json", "sarif", "github")
+
+
+def run_check(
+    paths: Sequence[Path], settings: CheckSettings, output_format: str, jobs: int = 0
+) -> int:
+    """Check every target, print the outcome in `output_format`; returns the exit code."""
+    from ffitool.cli.entry import print_error, print_json
+
+    outcome = CheckOutcome(settings)
+    for path, result in _checked(paths, settings.requirements, jobs):
+        if isinstance(result, str):
+            outcome.unreadable.append((path, result))
+        else:
+            outcome.add(path, result)
+    if output_format == "json":
+        print_json(check_document(outcome))
+    elif output_format == "sarif":
+        print_json(sarif_document(outcome, _version()))
+    elif output_format == "github":
+        sys.stdout.writelines(f"{line}\n" for line in github_lines(outcome))
+    else:
+        _print_text(outcome)
+    for _, error in outcome.unreadable:
+        print_error(error)
+    return outcome.exit_code
+
+
+_PARALLEL_FROM = 8
+"""Fewer targets than this are checked in this process: a worker costs more than they do."""
+
+
+def _checked(
+    paths: Sequence[Path], requirements: Requirements, jobs: int
+) -> Iterator[tuple[str, list[Reported] | str]]:
+    """(name, findings or the one-line error) per target, in the order given.
+
+    With more than one job the targets are spread over forked worker processes in chunks;
+    `map` hands the results back in order, so every format prints the same bytes whatever
+    the number of workers.
+    """
+    workers = jobs or min(os.cpu_count() or 1, 8)
+    if workers <= 1 or len(paths) < _PARALLEL_FROM:
+        for path in paths:
+            yield _check_one(path, requirements)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("fork")
+    chunk = max(1, min(64, len(paths) // (workers * 4)))
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        yield from pool.map(_check_one, paths, itertools.repeat(requirements), chunksize=chunk)
+
+
+def _check_one(path: Path, requirements: Requirements) -> tuple[str, list[Reported] | str]:
+    try:
+        inspected = inspect_path(path, digests=False)
+    except FfitoolError as exc:
+        return str(path), str(exc)
+    return inspected.path, check_file(inspected, requirements)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ffitool")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+_STYLES = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+
+
+def _print_text(outcome: CheckOutcome) -> None:
+    """Findings grouped by target, then one summary line; files without findings are counted."""
+    from rich.text import Text
+
+    console = _console()
+    for path, reported in outcome.checked:
+        if not reported:
+            continue
+        console.print(Text(printable(path), style="bold"))
+        for item in reported:
+            found = item.finding
+            line = Text("  ")
+            line.append(found.code, style=_STYLES[found.severity])
+            line.append(f" {found.severity.value}: ")
+            if item.member is not None:
+                line.append(f"{printable(item.member)}: ")
+            line.append(printable(found.message))
+            if item.file_offset is not None:
+                line.append(f" (file offset {item.file_offset:#x})")
+            console.print(line)
+    counts = outcome.counts()
+    summary = (
+        f"{len(outcome.checked)} {_plural(len(outcome.checked), 'file')} checked:"
+        f" {counts['error']} {_plural(counts['error'], 'error')},"
+        f" {counts['warning']} {_plural(counts['warning'], 'warning')},"
+        f" {counts['info']} info"
+    )
+    if outcome.unreadable:
+        summary += f", {len(outcome.unreadable)} unreadable"
+    verdict = "failed" if outcome.exit_code else "passed"
+    console.print(Text(f"{summary}; {verdict}", style="bold red" if outcome.exit_code else ""))
+
+
+def _plural(count: int, noun: str) -> str:
+    return noun if count == 1 else f"{noun}s"
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(soft_wrap=True, highlight=False, markup=False, emoji=False)
+
+
+def print_rules(codes: Iterable[str] = RULES) -> None:
+    """`--list-rules`: code, severity and title, one rule a line."""
+    for code in codes:
+        rule = RULES[code]
+        sys.stdout.write(f"{rule.code}  {rule.severity.value:<7}  {rule.title}\n")
+
+
+def explain(code: str) -> str:
+    """`--explain CODE`: the rule's title, severity and explanation."""
+    rule = RULES[code]
+    return f"{rule.code} ({rule.severity.value}): {rule.title}\n\n{rule.explanation}\n"

@@ -1,0 +1,241 @@
+"""The rule registry: every finding ffitool reports is built here, from one of these rules.
+
+A rule is a stable code with a fixed severity, a one-line title and an explanation that says
+how to fix what it found. Codes are what CI configurations select, ignore and explain, so a
+code never changes meaning; the README's findings table is checked against this registry.
+
+Prefixes group the rules by what they look at:
+- B: the blob's bytes (the codec reports them while decoding, with the byte offset);
+- L: how the library holds its symbols and blob (what `dlsym` and the loader will see);
+- R: requirements a project states (`--require-function`, `--allow-kind`, ...), only
+  reported when asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ffitool.findings import Finding, Severity
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One kind of finding: its code, how bad it is, and what to do about it."""
+
+    code: str
+    severity: Severity
+    title: str
+    explanation: str
+
+
+_ERROR, _WARNING, _INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
+
+_RULES = (
+    Rule(
+        "B100",
+        _ERROR,
+        "the runtime rejects the blob",
+        "A field is truncated, a length runs past the end, a key or payload is empty, a child"
+        " index is out of range or there is no module. `tvm_ffi.load_module` raises on this"
+        " library. The message says what was being read and the offset where. Regenerate the"
+        " blob with TVM's PackImportsToBytes or `ffitool pack`.",
+    ),
+    Rule(
+        "B201",
+        _WARNING,
+        "trailing bytes after the last module",
+        "nbytes covers bytes that no module uses. The runtime ignores them, but the blob cannot"
+        " be reproduced from its modules (`extract` then `pack --manifest` drops them).",
+    ),
+    Rule(
+        "B202",
+        _WARNING,
+        "import cycle",
+        "A module imports itself through its imports. The runtime loads it, and the modules on"
+        " the cycle hold references to each other and are never freed.",
+    ),
+    Rule(
+        "B203",
+        _WARNING,
+        "a module imports an earlier module",
+        "TVM writes children after their parents; a backward import means the blob was not"
+        " written by TVM's serializer. It loads, but check the tool that wrote it.",
+    ),
+    Rule(
+        "B204",
+        _WARNING,
+        "a module's imports are unsorted or duplicated",
+        "Each module's import list is expected in ascending order without repeats. A duplicate"
+        " makes the runtime import the same module twice.",
+    ),
+    Rule(
+        "B205",
+        _WARNING,
+        "more than one `_lib` module",
+        "Only one module can stand for the library's own functions; the others resolve the same"
+        " symbols again. Keep one `_lib` module.",
+    ),
+    Rule(
+        "B206",
+        _WARNING,
+        "modules not reachable from the root",
+        "The runtime creates every module but nothing imports these, so their functions cannot"
+        " be found. Import them from the root or drop them (`ffitool pack --remove`).",
+    ),
+    Rule(
+        "B207",
+        _WARNING,
+        "non-canonical CSR",
+        "The import table's indptr does not start at 0, goes back, or leaves child entries"
+        " unused. The runtime reads it, but `extract` then `pack --manifest` writes a canonical"
+        " table, so the blob does not round-trip byte for byte.",
+    ),
+    Rule(
+        "B208",
+        _WARNING,
+        "a kind that is not valid UTF-8",
+        "The runtime looks the kind up as `ffi.Module.load_from_bytes.<kind>`; no loader is"
+        " registered under a name that is not text. Fix the tool that wrote the kind.",
+    ),
+    Rule(
+        "B209",
+        _ERROR,
+        "import rows overlap into an excessive number of imports",
+        "indptr goes back so that the rows expand to more than 2 x the child indices + 65,536"
+        " imports, which the runtime would all create: a small blob that costs gigabytes."
+        " The offset is the indptr entry where the bound is passed.",
+    ),
+    Rule(
+        "B301",
+        _INFO,
+        "legacy blob read up to a module without a length prefix",
+        "Old TVM blobs store some payloads without a length; reading stops there. Nothing after"
+        " it is listed.",
+    ),
+    Rule(
+        "L101",
+        _ERROR,
+        "the blob symbol is not visible to dlsym",
+        "The runtime finds `__tvm_ffi__library_bin` with dlsym, which only sees the dynamic"
+        " symbol table's global or weak symbols of default or protected visibility. Export it:"
+        ' no `static`, default visibility (`__attribute__((visibility("default")))`), not'
+        " hidden by a version script.",
+    ),
+    Rule(
+        "L102",
+        _WARNING,
+        "the blob symbol's size is smaller than 8 + nbytes",
+        "The symbol claims fewer bytes than the blob occupies. The runtime reads nbytes and"
+        " ignores the symbol size, but tools that copy the symbol cut the blob short. Declare"
+        " the array with its full size.",
+    ),
+    Rule(
+        "L103",
+        _ERROR,
+        "the blob lives in a NOBITS section (.bss)",
+        "A zero-initialised array has no bytes in the file; at load time it is all zeros, the"
+        " runtime reads nbytes = 0 and fails. Give the array its contents (an initialiser).",
+    ),
+    Rule(
+        "L104",
+        _ERROR,
+        "the blob symbol's address is not backed by file bytes",
+        "The symbol points outside every loaded segment's file bytes, so what the runtime reads"
+        " there is not the blob. The library is malformed; relink it.",
+    ),
+    Rule(
+        "L105",
+        _WARNING,
+        "the library exports functions but its blob has no `_lib` module",
+        "Functions are reached through the `_lib` module of the blob; without one the loaded"
+        " module cannot call them. Add `_lib` as module 0 (what `ffitool pack` does).",
+    ),
+    Rule(
+        "L210",
+        _WARNING,
+        "a `__tvm_ffi_` function that is not exported dynamically",
+        "`Module.get_function(name)` looks `__tvm_ffi_<name>` up with dlsym; a hidden, local or"
+        " .symtab-only function is never found. Export it with default visibility.",
+    ),
+    Rule(
+        "L211",
+        _ERROR,
+        "a `__tvm_ffi_` function symbol that is not a function in code",
+        "The runtime calls every `__tvm_ffi_<name>` it resolves as a packed function; a data"
+        " object, or a symbol outside an executable section, crashes the caller. Rename the"
+        " object or make it a function.",
+    ),
+    Rule(
+        "L212",
+        _WARNING,
+        "a metadata or doc getter without its function",
+        "`__tvm_ffi__metadata_<name>` and `__tvm_ffi__doc_<name>` describe `__tvm_ffi_<name>`;"
+        " without that function they describe nothing. Export the function or drop the getter.",
+    ),
+    Rule(
+        "L300",
+        _INFO,
+        "a legacy `__tvm_dev_mblob` blob, which tvm-ffi ignores",
+        "TVM before tvm-ffi embedded modules under `__tvm_dev_mblob`; `tvm_ffi.load_module`"
+        " does not read it. Rebuild with a tvm-ffi based TVM, or move the modules with"
+        " `ffitool extract` and `ffitool pack`.",
+    ),
+    Rule(
+        "R100",
+        _ERROR,
+        "no FFI symbols at all (--require-ffi)",
+        "The library defines no `__tvm_ffi_` function, getter or blob: the build produced"
+        " something other than an FFI library. Reported only with `require-ffi`.",
+    ),
+    Rule(
+        "R101",
+        _ERROR,
+        "a required function is missing (--require-function)",
+        "No exported `__tvm_ffi_<name>` function carries the required name, so"
+        " `Module.get_function(name)` fails. Check the export list of the build.",
+    ),
+    Rule(
+        "R102",
+        _ERROR,
+        "a required module kind is missing (--require-kind)",
+        "No module of the blob has the required kind, e.g. the device code was not embedded."
+        " Add it with `ffitool pack --add KIND:FILE` or fix the build.",
+    ),
+    Rule(
+        "R103",
+        _ERROR,
+        "a module kind outside the allowed kinds (--allow-kind)",
+        "The blob holds a module whose kind is not in the allowed list; a runtime without that"
+        " loader fails to load the library. `_lib` is always allowed.",
+    ),
+    Rule(
+        "R104",
+        _ERROR,
+        "a blob over the size limit (--max-blob-size)",
+        "8 + nbytes exceeds the configured maximum. Large blobs are loaded into memory whole by"
+        " the runtime; ship the big payloads separately or raise the limit.",
+    ),
+)
+
+RULES: dict[str, Rule] = {rule.code: rule for rule in _RULES}
+"""Every rule, by code, in code order."""
+
+
+def finding(code: str, message: str, offset: int | None = None) -> Finding:
+    """A finding of a registered rule; its severity is the rule's, never chosen at the site."""
+    return Finding(code, RULES[code].severity, message, offset)
+
+
+def matching(selectors: tuple[str, ...]) -> set[str]:
+    """The codes that a list of codes or prefixes (`B2`, `L101`, `R`) names; unknown ones fail.
+
+    Raises ValueError naming the first selector that matches no rule, so that a typo in a
+    CI configuration is an error rather than a check that silently never runs.
+    """
+    chosen: set[str] = set()
+    for selector in selectors:
+        hits = {code for code in RULES if code.startswith(selector.upper())}
+        if not selector or not hits:
+            raise ValueError(selector)
+        chosen |= hits
+    return chosen

@@ -1,0 +1,396 @@
+"""`ffitool check`: the rule registry, each check over the model, settings and their sources,
+and the four output formats (JSON and SARIF validated against their schemas)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+from conftest import FIXTURES, ROOT, ffitool, require_tool
+
+from ffitool.rules import RULES, matching
+
+SCHEMAS = ROOT / "ffitool" / "schemas"
+SARIF_SCHEMA = json.loads((ROOT / "tests" / "schemas" / "sarif-schema-2.1.0.json").read_text())
+
+
+def check(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return ffitool("check", *args, cwd=cwd)
+
+
+def check_json(*args: str, cwd: Path = ROOT) -> tuple[dict, int]:
+    result = check("--format", "json", *args, cwd=cwd)
+    document = json.loads(result.stdout)
+    jsonschema.validate(document, json.loads((SCHEMAS / "check-1.json").read_text()))
+    assert document["exit_code"] == result.returncode
+    return document, result.returncode
+
+
+def codes(document: dict) -> list[str]:
+    return [f["code"] for file in document["files"] for f in file["findings"]]
+
+
+def build(tmp_path: Path, name: str, source: str, suffix: str = ".c") -> Path:
+    """A shared library built with gcc from `source` (C, or assembly with suffix .s)."""
+    gcc = require_tool("gcc")
+    src = tmp_path / f"{name}{suffix}"
+    src.write_text(source)
+    out = tmp_path / f"{name}.so"
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", out, src], check=True, capture_output=True)
+    return out
+
+
+# --- the registry -----------------------------------------------------------------------
+
+
+def test_readme_findings_table_is_the_registry():
+    readme = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| ([BLR]\d{3}) \| (\w+) \| (.+) \|$", readme, re.MULTILINE)
+    expected = [(r.code, r.severity.value, r.title) for r in RULES.values()]
+    assert rows == expected
+
+
+def test_every_code_in_the_package_is_registered_and_every_rule_is_used():
+    used: set[str] = set()
+    for path in (ROOT / "ffitool").rglob("*.py"):
+        if path.name != "rules.py":
+            used |= set(re.findall(r'"([BLR]\d{3})"', path.read_text()))
+    assert used == set(RULES)
+
+
+def test_selectors_are_codes_or_prefixes_and_unknown_ones_fail():
+    assert matching(("b2", "L101")) == {c for c in RULES if c.startswith("B2")} | {"L101"}
+    with pytest.raises(ValueError, match="X1"):
+        matching(("X1",))
+    with pytest.raises(ValueError):
+        matching(("",))
+
+
+def test_list_rules_and_explain():
+    listed = check("--list-rules")
+    assert listed.returncode == 0
+    assert [line.split()[:2] for line in listed.stdout.splitlines()] == [
+        [r.code, r.severity.value] for r in RULES.values()
+    ]
+    explained = check("--explain", "l103")
+    assert explained.returncode == 0
+    assert explained.stdout.startswith("L103 (error): the blob lives in a NOBITS section")
+    assert RULES["L103"].explanation in explained.stdout
+    unknown = check("--explain", "L999")
+    assert (unknown.returncode, unknown.stderr) == (
+        2,
+        "ffitool: error: --explain 'L999': no rule has this code\n",
+    )
+
+
+# --- checks over the model --------------------------------------------------------------
+
+
+def test_l211_data_object_named_like_a_function(tmp_path):
+    lib = build(tmp_path, "data", "int __tvm_ffi_counter = 1;\n")
+    document, code = check_json(str(lib))
+    assert codes(document) == ["L211"]
+    assert (
+        "__tvm_ffi_counter is a OBJECT symbol in .data"
+        in document["files"][0]["findings"][0]["message"]
+    )
+    assert code == 1
+
+
+def test_l211_function_outside_code(tmp_path):
+    # A FUNC symbol in a writable, non-executable section: only assembly can say that.
+    asm = (
+        '.section .data.fn,"aw"\n.globl __tvm_ffi_f\n.type __tvm_ffi_f,@function\n'
+        "__tvm_ffi_f:\n.byte 0xc3\n.size __tvm_ffi_f,1\n"
+    )
+    lib = build(tmp_path, "notcode", asm, ".s")
+    document, code = check_json(str(lib))
+    assert codes(document) == ["L211"]
+    assert document["files"][0]["findings"][0]["message"] == (
+        "__tvm_ffi_f is in .data, which is not an executable section"
+    )
+    assert code == 1
+
+
+def test_l212_getter_without_function(tmp_path):
+    source = (
+        'const char* __tvm_ffi__doc_gone(void) { return "x"; }\n'
+        "int __tvm_ffi_here(void*a,const void*b,int c,void*d){return 0;}\n"
+        'const char* __tvm_ffi__doc_here(void) { return "y"; }\n'
+    )
+    lib = build(tmp_path, "getter", source)
+    document, code = check_json(str(lib))
+    assert codes(document) == ["L212"]
+    assert document["files"][0]["findings"][0]["message"] == (
+        "__tvm_ffi__doc_gone describes __tvm_ffi_gone, which is not defined"
+    )
+    assert code == 0  # a warning
+    assert check("--strict", str(lib)).returncode == 1
+
+
+# --- requirements -----------------------------------------------------------------------
+
+LIB = "fixtures/bin/libffi_c.so"
+
+
+def test_requirements_met_report_nothing():
+    document, code = check_json(
+        LIB,
+        "--require-function",
+        "add_one",
+        "--require-kind",
+        "test_alpha",
+        "--allow-kind",
+        "test_alpha",
+        "--allow-kind",
+        "test_beta",
+        "--max-blob-size",
+        "459",
+        "--require-ffi",
+    )
+    assert (codes(document), code) == ([], 0)
+
+
+def test_requirements_missed_each_report_their_code():
+    document, code = check_json(
+        LIB,
+        "--require-function",
+        "nope",
+        "--require-kind",
+        "cuda_ptx",
+        "--allow-kind",
+        "test_alpha",
+        "--max-blob-size",
+        "458",
+    )
+    assert code == 1
+    findings = document["files"][0]["findings"]
+    assert [(f["code"], f["message"]) for f in findings] == [
+        ("R101", "required function nope (__tvm_ffi_nope) is not exported"),
+        ("R102", "no module of kind cuda_ptx in any blob"),
+        ("R104", "__tvm_ffi__library_bin occupies 459 bytes, over the limit of 458"),
+        ("R103", "module 2 of __tvm_ffi__library_bin has kind test_beta, which is not allowed"),
+    ]
+    blob_start = findings[2]["file_offset"]
+    # The R103 offset is module 2's payload, at the offset the codec gives it in the blob.
+    assert findings[3]["file_offset"] == blob_start + findings[3]["offset"]
+    data = (FIXTURES / "libffi_c.so").read_bytes()
+    assert data[blob_start : blob_start + 8] == (451).to_bytes(8, "little")
+
+
+def test_require_ffi_on_a_plain_library():
+    document, code = check_json("fixtures/bin/libplain.so", "--require-ffi")
+    assert (codes(document), code) == (["R100"], 1)
+    document, code = check_json("fixtures/bin/libplain.so")
+    assert (codes(document), code) == ([], 0)
+
+
+def test_requirements_of_an_archive_are_met_by_any_member():
+    # add_one is in ffi_c.o, not in syslib.o: the members are linked together.
+    document, code = check_json(
+        "fixtures/bin/libffi_static.a", "--require-function", "add_one", "--require-ffi"
+    )
+    assert (codes(document), code) == ([], 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("64MiB", 64 << 20), ("1.5G", 3 << 29), ("100kB", 100_000), ("459", 459), ("2 k", 2048)],
+)
+def test_sizes(text, size):
+    from ffitool.check_config import parse_size
+
+    assert parse_size(text, "x") == size
+
+
+def test_bad_size_is_a_usage_error():
+    result = check(LIB, "--max-blob-size", "64 parsecs")
+    assert result.returncode == 2
+    assert result.stderr.startswith("ffitool: error: command line: '64 parsecs' is not a size")
+
+
+# --- selection and severity -------------------------------------------------------------
+
+
+def test_select_and_ignore_by_prefix():
+    lib = "fixtures/bin/libffi_legacy.so"  # L300 and B301, both info
+    assert codes(check_json(lib)[0]) == ["L300", "B301"]
+    assert codes(check_json(lib, "--select", "B")[0]) == ["B301"]
+    assert codes(check_json(lib, "--ignore", "B3,L")[0]) == []
+    bad = check(lib, "--select", "Q1")
+    assert (bad.returncode, bad.stderr) == (
+        2,
+        "ffitool: error: command line: select: 'Q1' matches no rule code\n",
+    )
+
+
+def test_errors_fail_warnings_fail_only_when_strict(tmp_path):
+    assert check("fixtures/bin/libffi_hidden_blob.so").returncode == 1  # L101
+    assert check("fixtures/bin/libffi_legacy.so", "--strict").returncode == 0  # info only
+    ignored = check("fixtures/bin/libffi_hidden_blob.so", "--ignore", "L101")
+    assert ignored.returncode == 0
+
+
+# --- pyproject.toml ---------------------------------------------------------------------
+
+
+def project(tmp_path: Path, table: str) -> Path:
+    (tmp_path / "pyproject.toml").write_text(
+        f"[project]\nname='x'\n\n[tool.ffitool.check]\n{table}"
+    )
+    nested = tmp_path / "build" / "out"
+    nested.mkdir(parents=True)
+    return nested
+
+
+def test_pyproject_settings_are_found_upwards_and_the_command_line_wins(tmp_path):
+    cwd = project(tmp_path, 'require-function = ["nope"]\nmax-blob-size = "1KiB"\nstrict = true\n')
+    lib = str(FIXTURES / "libffi_c.so")
+    document, code = check_json(lib, cwd=cwd)
+    assert (codes(document), code) == (["R101"], 1)
+    assert document["config"] == str(tmp_path / "pyproject.toml")
+    assert document["strict"] is True
+    document, code = check_json(lib, "--require-function", "add_one", cwd=cwd)
+    assert (codes(document), code) == ([], 0)
+    document, _ = check_json(lib, "--max-blob-size", "400", "--no-strict", cwd=cwd)
+    assert codes(document) == ["R101", "R104"]
+    assert document["strict"] is False
+
+
+def test_a_pyproject_without_the_table_is_passed_over(tmp_path):
+    cwd = project(tmp_path, 'require-function = ["nope"]\n')
+    (cwd / "pyproject.toml").write_text("[tool.ruff]\nline-length = 1\n")
+    document, code = check_json(str(FIXTURES / "libffi_c.so"), cwd=cwd)
+    assert (codes(document), code) == (["R101"], 1)
+
+
+def test_explicit_config_file(tmp_path):
+    config = tmp_path / "ci.toml"
+    config.write_text('[tool.ffitool.check]\nrequire-kind = ["cuda_ptx"]\n')
+    document, _ = check_json(LIB, "--config", str(config))
+    assert codes(document) == ["R102"]
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('require-functions = ["x"]\n', "unknown key 'require-functions' in [tool.ffitool.check]"),
+        ("select = 'B'\n", "select must be a list of strings"),
+        ("strict = 1\n", "strict must be true or false"),
+        ("max-blob-size = true\n", 'max-blob-size must be a size such as "64MiB"'),
+        ('ignore = ["Z"]\n', "ignore: 'Z' matches no rule code"),
+        ("strict = \n", "not valid TOML"),
+    ],
+)
+def test_bad_settings_are_usage_errors(tmp_path, table, message):
+    cwd = project(tmp_path, table)
+    result = check(str(FIXTURES / "libffi_c.so"), cwd=cwd)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"ffitool: error: {tmp_path / 'pyproject.toml'}: ")
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+# --- formats and exit codes -------------------------------------------------------------
+
+
+def test_unreadable_input_is_exit_3_and_the_rest_is_still_checked(tmp_path):
+    junk = tmp_path / "junk.so"
+    junk.write_bytes(b"\x7fELF" + b"\0" * 10)
+    document, code = check_json(str(junk), "fixtures/bin/libffi_hidden_blob.so")
+    assert code == 3
+    assert [e["path"] for e in document["errors"]] == [str(junk)]
+    assert codes(document) == ["L101"]
+
+
+def test_sarif_validates_against_the_official_schema_and_places_blob_findings(tmp_path):
+    junk = tmp_path / "junk.so"
+    junk.write_bytes(b"nothing")
+    result = check(
+        "--format", "sarif", "fixtures/bin/libffi_legacy.so", "fixtures/bin/libffi_static.a",
+        str(junk), "--allow-kind", "test_alpha", "--strict",
+    )  # fmt: skip
+    assert result.returncode == 3
+    log = json.loads(result.stdout)
+    jsonschema.Draft4Validator(SARIF_SCHEMA).validate(log)
+    run = log["runs"][0]
+    assert [r["id"] for r in run["tool"]["driver"]["rules"]] == list(RULES)
+    results = run["results"]
+    assert [(r["ruleId"], r["level"]) for r in results] == [
+        ("L300", "note"),
+        ("B301", "note"),
+        ("R103", "error"),
+        ("R103", "error"),
+    ]
+    for result_ in results:
+        assert run["tool"]["driver"]["rules"][result_["ruleIndex"]]["id"] == result_["ruleId"]
+    legacy = results[0]["locations"][0]["physicalLocation"]
+    assert legacy == {
+        "artifactLocation": {"uri": "fixtures/bin/libffi_legacy.so"},
+        "region": {"byteOffset": 0x2000, "byteLength": 1},
+    }
+    member = results[2]["locations"][0]
+    assert member["logicalLocations"] == [{"name": "ffi_c.o", "kind": "module"}]
+    assert results[2]["message"]["text"].startswith("ffi_c.o: module 2 of")
+    assert results[3]["message"]["text"].startswith("syslib.o: module 1 of mylib___tvm_ffi__")
+    invocation = run["invocations"][0]
+    assert invocation["executionSuccessful"] is False
+    assert [n["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for n in
+            invocation["toolExecutionNotifications"]] == [f"file://{junk}"]  # fmt: skip
+
+
+def test_github_annotations_escape_what_came_from_the_input(tmp_path):
+    hostile = tmp_path / "a,b:c%\n::warning::owned.so"
+    hostile.write_bytes((FIXTURES / "libffi_hidden_blob.so").read_bytes())
+    result = check("--format", "github", str(hostile))
+    assert result.returncode == 1
+    escaped = str(tmp_path).replace(":", "%3A").replace(",", "%2C")
+    assert result.stdout.splitlines() == [
+        f"::error file={escaped}/a%2Cb%3Ac%25\\n%3A%3Awarning%3A%3Aowned.so,title=L101::"
+        "__tvm_ffi__library_bin is only in .symtab, not in the dynamic symbol table: dlsym,"
+        " and so the runtime, will not find it"
+    ]
+
+
+def test_text_groups_by_file_and_never_wraps():
+    result = ffitool(
+        "check", "fixtures/bin/libffi_hidden_blob.so", "fixtures/bin/libffi_c.so",
+        "fixtures/bin/libffi_legacy.so", env={"COLUMNS": "40", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stdout == (
+        "fixtures/bin/libffi_hidden_blob.so\n"
+        "  L101 error: __tvm_ffi__library_bin is only in .symtab, not in the dynamic symbol table:"
+        " dlsym, and so the runtime, will not find it (file offset 0x2040)\n"
+        "fixtures/bin/libffi_legacy.so\n"
+        "  L300 info: __tvm_dev_mblob is the pre-tvm-ffi blob; tvm-ffi ignores it"
+        " (file offset 0x2000)\n"
+        "  B301 info: legacy module 'legacy_unknown' has no length prefix; stopped reading here"
+        " (file offset 0x2060)\n"
+        "3 files checked: 1 error, 0 warnings, 2 info; failed\n"
+    )
+
+
+def test_usage_errors():
+    assert check().returncode == 2
+    bad = check("--format", "xml", LIB)
+    assert (bad.returncode, bad.stderr) == (
+        2,
+        "ffitool: error: --format 'xml': choose one of text, json, sarif, github\n",
+    )
+
+
+def test_workers_print_the_same_bytes_as_one_process(tmp_path):
+    junk = tmp_path / "junk.so"
+    junk.write_bytes(b"junk")
+    targets = [str(p) for p in sorted(FIXTURES.glob("*.so"))] * 2 + [str(junk)]
+    assert len(targets) > 8  # enough for the pool to be used
+    one = check("--format", "json", "-j", "1", *targets)
+    two = check("--format", "json", "-j", "2", *targets)
+    assert one.returncode == two.returncode == 3
+    assert (one.stdout, one.stderr) == (two.stdout, two.stderr)
+    assert len(json.loads(one.stdout)["files"]) == len(targets) - 1
