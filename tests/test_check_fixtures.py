@@ -1,5 +1,6 @@
 """The check corpus, fixtures/bin/check/: each library breaks exactly one rule, named by its
-file name's prefix (`b100_truncated.so` -> B100, `ok.so` -> nothing).
+file name's prefix (`b100_truncated.so` -> B100, `ok.so` -> nothing), and both `ffitool check`
+and `ffitool inspect` report exactly that code.
 
 The corpus is discovered by globbing, so a new fixture is a new file, not an edit here. The
 expected blob offsets come from the table in fixtures/README.md, which must list every fixture:
@@ -21,9 +22,6 @@ from conftest import FIXTURES, ROOT, ffitool, require_tvm_ffi
 
 CHECK = FIXTURES / "check"
 CORPUS = sorted(CHECK.glob("*.so"))
-
-# Rules that only `ffitool check` implements: `inspect` must report nothing for their fixtures.
-CHECK_ONLY = {"L211", "L212"}
 
 # A row of the corpus table in fixtures/README.md:
 # | `check/NAME.so` | what is broken | CODE | OFFSET | runtime |
@@ -73,10 +71,44 @@ def test_inspect_reports_exactly_the_fixtures_code(library: Path) -> None:
     code = expected_code(library)
     _, offset = readme_table()[library.name]
     findings = all_findings(inspected(library))
-    if code is None or code in CHECK_ONLY:
-        assert findings == []
+    expected = [] if code is None else [(code, offset)]
+    assert [(f["code"], f["offset"]) for f in findings] == expected
+
+
+# Severities as the README's Findings table documents them (| CODE | severity | meaning |).
+_SEVERITY = re.compile(r"^\| ([BLR]\d{3}) \| (error|warning|info) \|", re.M)
+
+
+def documented_severity(code: str) -> str:
+    return dict(_SEVERITY.findall((ROOT / "README.md").read_text()))[code]
+
+
+def checked(library: Path, *options: str) -> tuple[int, list[dict[str, Any]]]:
+    """Exit code and findings of `ffitool check --format json` on one fixture."""
+    result = ffitool("check", "--format", "json", *options, str(library))
+    assert result.stderr == ""
+    document = json.loads(result.stdout)
+    assert document["exit_code"] == result.returncode
+    (record,) = document["files"]
+    assert record["path"] == str(library)
+    return result.returncode, record["findings"]
+
+
+@pytest.mark.parametrize("library", CORPUS, ids=[p.stem for p in CORPUS])
+def test_check_reports_exactly_the_fixtures_code(library: Path) -> None:
+    code = expected_code(library)
+    _, offset = readme_table()[library.name]
+    returncode, findings = checked(library)
+    if code is None:
+        assert (returncode, findings) == (0, [])
+        assert checked(library, "--strict") == (0, [])
         return
-    assert [(f["code"], f["offset"]) for f in findings] == [(code, offset)]
+    severity = documented_severity(code)
+    assert [(f["code"], f["severity"], f["offset"]) for f in findings] == [(code, severity, offset)]
+    # Errors fail; warnings fail only with --strict; info never does.
+    assert returncode == (1 if severity == "error" else 0)
+    strict_code, _ = checked(library, "--strict")
+    assert strict_code == (0 if severity == "info" else 1)
 
 
 def test_ok_holds_what_the_requirement_options_look_for() -> None:
