@@ -2,6 +2,9 @@
 file name's prefix (`b100_truncated.so` -> B100, `ok.so` -> nothing), and both `ffitool check`
 and `ffitool inspect` report exactly that code.
 
+Every output format of `check` names the same one code, and per fixture and format a golden
+under tests/golden/check/ holds the exit code, stdout and stderr.
+
 The corpus is discovered by globbing, so a new fixture is a new file, not an edit here. The
 expected blob offsets come from the table in fixtures/README.md, which must list every fixture:
 the documentation and the binaries cannot drift apart. The runtime tests load the libraries
@@ -18,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIXTURES, ROOT, ffitool, require_tvm_ffi
+from conftest import FIXTURES, GOLDEN, ROOT, ffitool, golden, require_tvm_ffi
+
+from ffitool.rules import RULES
 
 CHECK = FIXTURES / "check"
 CORPUS = sorted(CHECK.glob("*.so"))
@@ -109,6 +114,78 @@ def test_check_reports_exactly_the_fixtures_code(library: Path) -> None:
     assert returncode == (1 if severity == "error" else 0)
     strict_code, _ = checked(library, "--strict")
     assert strict_code == (0 if severity == "info" else 1)
+
+
+FORMATS = ("text", "json", "sarif", "github")
+
+# Where each format names a finding's code: text `  CODE severity: ...`, SARIF `ruleId`, GitHub
+# `::level file=...,title=CODE::...`.
+_TEXT_CODE = re.compile(r"^  ([BLR]\d{3}) (?:error|warning|info): ", re.M)
+_GITHUB_CODE = re.compile(r"^::(?:error|warning|notice) file=[^,]*,title=([BLR]\d{3})::", re.M)
+
+
+def codes_in(fmt: str, stdout: str) -> list[str]:
+    """The finding codes one output format names, in order."""
+    if fmt == "text":
+        return _TEXT_CODE.findall(stdout)
+    if fmt == "github":
+        return _GITHUB_CODE.findall(stdout)
+    document = json.loads(stdout)
+    if fmt == "json":
+        return [f["code"] for record in document["files"] for f in record["findings"]]
+    return [result["ruleId"] for result in document["runs"][0]["results"]]
+
+
+def golden_text(fmt: str, relative: str, result: subprocess.CompletedProcess[str]) -> str:
+    """What a golden holds: the command, its exit code, stdout and stderr. In SARIF the
+    driver's rule metadata is the whole registry, the same for every fixture: it is replaced by
+    the rule ids (asserted to be the registry's) so that a reworded rule is one golden edit, not
+    one per fixture."""
+    stdout = result.stdout
+    if fmt == "sarif":
+        document = json.loads(stdout)
+        driver = document["runs"][0]["tool"]["driver"]
+        assert [rule["id"] for rule in driver["rules"]] == list(RULES)
+        driver["rules"] = "<the ids of RULES, in order>"
+        stdout = json.dumps(document, indent=2) + "\n"
+    return (
+        f"$ ffitool check --format {fmt} {relative}\n"
+        f"exit code: {result.returncode}\n"
+        f"--- stdout\n{stdout}--- stderr\n{result.stderr}"
+    )
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("library", CORPUS, ids=[p.stem for p in CORPUS])
+def test_every_format_reports_the_one_code_as_its_golden_holds(library: Path, fmt: str) -> None:
+    relative = library.relative_to(ROOT).as_posix()
+    result = ffitool("check", "--format", fmt, relative)
+    code = expected_code(library)
+    assert codes_in(fmt, result.stdout) == ([] if code is None else [code])
+    failing = code is not None and documented_severity(code) == "error"
+    assert result.returncode == (1 if failing else 0)
+    golden(f"check/{library.stem}.{fmt}", golden_text(fmt, relative, result))
+
+
+def test_no_golden_without_its_fixture() -> None:
+    expected = {f"{p.stem}.{fmt}" for p in CORPUS for fmt in FORMATS}
+    assert {p.name for p in (GOLDEN / "check").iterdir()} == expected
+
+
+def test_blob_offsets_are_the_same_byte_in_json_sarif_and_inspect() -> None:
+    """A blob finding's file offset is where the blob starts plus the README's blob offset,
+    and SARIF's region starts there."""
+    for library in CORPUS:
+        _, offset = readme_table()[library.name]
+        if offset is None:
+            continue
+        blob_at = inspected(library)["library_bin"]["file_offset"]
+        _, findings = checked(library)
+        assert [f["file_offset"] for f in findings] == [blob_at + offset], library.name
+        sarif = json.loads(ffitool("check", "--format", "sarif", str(library)).stdout)
+        (result,) = sarif["runs"][0]["results"]
+        region = result["locations"][0]["physicalLocation"]["region"]
+        assert region["byteOffset"] == blob_at + offset, library.name
 
 
 def test_ok_holds_what_the_requirement_options_look_for() -> None:
