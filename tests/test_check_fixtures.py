@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -226,15 +227,19 @@ print(json.dumps({"imports": len(module.imports), "payloads": payloads, "found":
 """
 
 
-def load_in_child(library: Path) -> dict[str, Any]:
+def run_loader(library: Path) -> subprocess.CompletedProcess[str]:
     require_tvm_ffi()
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", _LOAD, str(FIXTURES / "libffi_legacy.so"), str(library)],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=120,
     )
+
+
+def load_in_child(library: Path) -> dict[str, Any]:
+    result = run_loader(library)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -291,3 +296,9 @@ RUNTIME = {
 @pytest.mark.parametrize("name", sorted(RUNTIME))
 def test_the_runtime_does_what_the_code_says(name: str) -> None:
     assert load_in_child(CHECK / f"{name}.so") == RUNTIME[name]
+
+
+def test_an_unbacked_blob_crashes_the_runtime() -> None:
+    """L104: dlsym hands the runtime the absolute address 0x100000, which nothing maps."""
+    result = run_loader(CHECK / "l104_absolute_blob.so")
+    assert (result.returncode, result.stdout) == (-signal.SIGSEGV, "")
