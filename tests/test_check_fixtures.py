@@ -272,6 +272,12 @@ RUNTIME = {
         "error": "Check failed: (stream.Read(&import_tree_indptr)) is false: ",
         "payloads": [],
     },
+    # B208 is a warning, but no loader can be registered from Python under a kind that is not
+    # text, and the runtime's error message, which quotes the kind, does not even decode.
+    "b208_kind_not_utf8": {
+        "error": "'utf-8' codec can't decode byte 0xff in position 39: invalid start byte",
+        "payloads": [],
+    },
     # An error the runtime does not refuse: a short string read is zero-filled.
     "b100_length_past_end": loaded(1, [PTX + bytes(1000 - len(PTX))], ADD_ONE_ONLY),
     # L101: the blob is invisible, so the library loads without its modules.
