@@ -150,6 +150,21 @@ def test_a_bad_kind_is_escaped_once(tmp_path):
     assert sha256(lib) == before
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "nothing to do: give --add, --replace, --remove or --manifest"),
+        (["--cascade"], "--parent and --cascade only qualify --add and --remove"),
+        (["--remove", "0"], "--remove: module 0 is the root that load_module returns"),
+        (["--add", "noseparator"], "--add 'noseparator': expected KIND:FILE"),
+        (["--replace", "9:fixtures/bin/ffi_c.blob"], "--replace 9: there are 3 modules"),
+    ],
+)
+def test_pack_usage_errors_name_the_library(tmp_path, args, message):
+    lib = copy_fixture(tmp_path, "libffi_c.so")
+    refused(ffitool("pack", str(lib), *args), 2, f"ffitool: error: {lib}: {message}\n")
+
+
 def test_an_orphaning_removal_names_the_library(tmp_path):
     lib = copy_fixture(tmp_path, "libpack_host_gnu.so")
     for edit in (["--add", "test_alpha:fixtures/bin/ffi_c.blob"],
