@@ -440,7 +440,7 @@ def frame(shapes: Sequence[ModuleShape]) -> list[bytes | int]:
             continue
         if not shape.payload_size:
             raise ValueError(
-                f"module {printable(shape.kind)!r} has an empty or missing payload,"
+                f"module '{printable(shape.kind)}' has an empty or missing payload,"
                 " which the runtime rejects"
             )
         pieces.append(_U64.pack(shape.payload_size))
@@ -479,7 +479,7 @@ def encode_chunks(blob: Blob) -> list[Buffer]:
 
 def _payload(module: Module) -> Buffer:
     if module.payload is None or isinstance(module.payload, Span):
-        raise ValueError(f"module {printable(module.kind)!r} needs a payload in memory")
+        raise ValueError(f"module '{printable(module.kind)}' needs a payload in memory")
     return module.payload
 
 

@@ -20,6 +20,7 @@ from ffitool.findings import Finding
 from ffitool.library import InspectedFile, Library, LibraryBin
 from ffitool.rules import finding
 from ffitool.symbols import Role
+from ffitool.units import format_size
 
 
 @dataclass(frozen=True)
@@ -189,9 +190,11 @@ def _blob_requirement_findings(
             where = blob.symbol.symbol.name
             limit = requirements.max_blob_size
             if limit is not None and blob.nbytes is not None and 8 + blob.nbytes > limit:
+                size = 8 + blob.nbytes
                 found = finding(
                     "R104",
-                    f"{where} occupies {8 + blob.nbytes} bytes, over the limit of {limit}",
+                    f"{where} occupies {format_size(size)} ({size} bytes), over the limit of"
+                    f" {format_size(limit)} ({limit} bytes)",
                     0,
                 )
                 yield Reported(inspected.path, library.member, found, _file_offset(blob, found))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ffitool.blob import frame
 from ffitool.errors import InputError, UsageError
+from ffitool.findings import printable
 from ffitool.pack.plan import Plan
 from ffitool.pack.stream import blob_size, write_blob
 from ffitool.staging import Ownership, staged
@@ -37,7 +38,9 @@ def write_c_source(
     under the prefixed name, which is where `tvm_ffi.system_lib(prefix)` looks for it.
     """
     if symbol_prefix and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", symbol_prefix):
-        raise UsageError(f"--symbol-prefix {symbol_prefix!r}: not the start of a C identifier")
+        raise UsageError(
+            f"--symbol-prefix '{printable(symbol_prefix)}': not the start of a C identifier"
+        )
     symbol = f"{symbol_prefix}{LIBRARY_BIN}"
     size = blob_size(plan)
     with (

@@ -18,7 +18,7 @@ from typing import BinaryIO
 from ffitool import blob as codec
 from ffitool.errors import BlobError, InputError
 from ffitool.findings import Finding
-from ffitool.formats import Image, Symbol, SymbolTable, read_object
+from ffitool.formats import Image, Symbol, SymbolTable, archive, elf, read_object
 from ffitool.rules import finding
 from ffitool.symbols import Naming, Role, classify
 
@@ -463,6 +463,11 @@ def inspect_blob_file(path: str | os.PathLike[str]) -> BlobReport:
     display = str(path)
     handle, size = open_regular_file(path)
     with handle:
+        container = _object_container(os.pread(handle.fileno(), 8, 0))
+        if container is not None:
+            raise InputError(
+                f"{display}: this is {container}, not a raw blob; use 'ffitool inspect {display}'"
+            )
         try:
             decoded = codec.decode(_BlobBytes(handle, size).window(0, size))
         except BlobError as exc:
@@ -470,6 +475,16 @@ def inspect_blob_file(path: str | os.PathLike[str]) -> BlobReport:
         modules = _module_infos(decoded, 0, handle)
         report = BlobReport(display, size, decoded.nbytes, modules, decoded.findings)
     return report
+
+
+def _object_container(head: bytes) -> str | None:
+    """What an object file's first bytes say it is, or None. A raw blob starts with its nbytes:
+    read as one, these magics are above 2**48, so no blob of a real size is mistaken."""
+    if head.startswith(elf.MAGIC):
+        return "an ELF shared library/object file"
+    if head in (archive.MAGIC, archive.THIN_MAGIC):
+        return "a static (ar) archive"
+    return None
 
 
 __all__ = [

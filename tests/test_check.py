@@ -172,7 +172,11 @@ def test_requirements_missed_each_report_their_code():
     assert [(f["code"], f["message"]) for f in findings] == [
         ("R101", "required function nope (__tvm_ffi_nope) is not exported"),
         ("R102", "no module of kind cuda_ptx in any blob"),
-        ("R104", "__tvm_ffi__library_bin occupies 459 bytes, over the limit of 458"),
+        (
+            "R104",
+            "__tvm_ffi__library_bin occupies 459 B (459 bytes),"
+            " over the limit of 458 B (458 bytes)",
+        ),
         ("R103", "module 2 of __tvm_ffi__library_bin has kind test_beta, which is not allowed"),
     ]
     blob_start = findings[2]["file_offset"]

@@ -36,11 +36,14 @@ def escaped(text: str) -> bytes:
     ).encode()
 
 
-def run_in_terminal(*args: str | Path, timeout: float = 60) -> tuple[int, bytes]:
-    """Run ffitool with stdin, stdout and stderr on a pseudo-terminal; return its bytes."""
+def run_in_terminal(
+    *args: str | Path, timeout: float = 60, columns: int = 400
+) -> tuple[int, bytes]:
+    """Run ffitool with stdin, stdout and stderr on a pseudo-terminal `columns` wide; return
+    its bytes."""
     master, slave = pty.openpty()
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
-    env.update(TERM="xterm-256color", COLUMNS="400", LINES="50")
+    env.update(TERM="xterm-256color", COLUMNS=str(columns), LINES="50")
     process = subprocess.Popen(
         [sys.executable, "-m", "ffitool", *map(str, args)],
         stdin=slave,

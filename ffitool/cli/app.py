@@ -19,6 +19,7 @@ from ffitool.cli.entry import print_error, print_json, run_inspect
 from ffitool.errors import FfitoolError, UsageError
 from ffitool.findings import printable
 from ffitool.staging import STDOUT
+from ffitool.units import format_size
 
 EXIT_CODES_HELP = (
     "Exit codes (the same for every command): 0 success; 1 a check failed; 2 usage error; "
@@ -32,9 +33,10 @@ app = typer.Typer(
     help="Inspect and rewrite binaries that follow the Apache TVM FFI ABI, without loading them.",
     epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    # Inherited by every subcommand's context.
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 blob_app = typer.Typer(
     help="Work on raw `__tvm_ffi__library_bin` blobs.",
@@ -45,6 +47,35 @@ blob_app = typer.Typer(
 app.add_typer(blob_app, name="blob")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _print_version(requested: bool) -> None:
+    """`--version`: the installed distribution's version, as pip reports it."""
+    if not requested:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        number = version("ffitool")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from ffitool import __version__ as number
+    sys.stdout.write(f"ffitool {number}\n")
+    raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Options before the command name; typer needs this callback to offer `--version`."""
 
 
 @app.command("inspect", epilog=EXIT_CODES_HELP)
@@ -210,7 +241,7 @@ def pack_command(
     from ffitool.pack.stream import blob_size
 
     edits_given = bool(add or replace or remove or parent is not None or cascade)
-    with _reported():
+    with _reported(library):
         if manifest is not None and edits_given:
             raise UsageError("--manifest replaces the whole blob; it cannot be combined with edits")
         if manifest is None and not edits_given:
@@ -242,7 +273,7 @@ def pack_command(
     if not quiet:
         summary = sys.stderr if output == STDOUT else sys.stdout  # stdout holds the library
         summary.write(
-            f"packed {len(plan.modules)} modules ({size} bytes)"
+            f"packed {len(plan.modules)} modules ({format_size(size)})"
             f" into {printable(str(result.destination))}\n"
         )
 
@@ -291,7 +322,7 @@ def blob_encode_command(
     with _reported():
         size = write_raw_blob(plan_from_modules(read_manifest(manifest)), output)
     (sys.stderr if output == STDOUT else sys.stdout).write(
-        f"wrote {size} bytes to {printable(str(output))}\n"
+        f"wrote {format_size(size)} to {printable(str(output))}\n"
     )
 
 
@@ -314,28 +345,36 @@ def blob_emit_c_command(
     from ffitool.manifest import read_manifest
     from ffitool.pack.plan import plan_from_modules
 
-    with _reported():
+    with _reported(manifest):
         plan = plan_from_modules(read_manifest(manifest))
         size = write_c_source(plan, output, symbol_prefix, system_lib)
     summary = sys.stderr if output == STDOUT else sys.stdout
-    summary.write(f"wrote a {size}-byte blob as C to {printable(str(output))}\n")
+    summary.write(f"wrote a {format_size(size)} blob as C to {printable(str(output))}\n")
 
 
 def _split_spec(spec: str, option: str) -> tuple[str, str]:
     """`KIND:FILE` -> (KIND, FILE); kinds contain no ':', so the first one separates."""
     selector, colon, path = spec.partition(":")
     if not colon or not selector or not path:
-        raise UsageError(f"{option} {spec!r}: expected KIND:FILE")
+        raise UsageError(f"{option} '{printable(spec)}': expected KIND:FILE")
     return selector, path
 
 
 @contextlib.contextmanager
-def _reported() -> Iterator[None]:
-    """An FfitoolError becomes its one-line message on stderr and its exit code."""
+def _reported(subject: Path | None = None) -> Iterator[None]:
+    """An FfitoolError becomes its one-line message on stderr and its exit code.
+
+    `subject` is the file the command works on: usage errors, which name an option rather than
+    a file (`--remove 2 would orphan ...`), are prefixed with it so that every error reads
+    `ffitool: error: PATH: what went wrong`.
+    """
     try:
         yield
     except FfitoolError as exc:
-        print_error(str(exc))
+        message = str(exc)
+        if subject is not None and isinstance(exc, UsageError):
+            message = f"{subject}: {message}"
+        print_error(message)
         raise typer.Exit(exc.exit_code) from None
 
 

@@ -35,9 +35,41 @@ def main() -> None:
             sys.stderr.write("Aborted!\n")
             code = 1
         sys.exit(code)
+    sys.exit(run_app())
+
+
+def run_app() -> int:
+    """Run the typer app; click's usage errors become one line, like ours, with exit 2.
+
+    Click would print a usage block, a hint and `Error: ...`; here the same message reads
+    `ffitool: error: pack: No such option: --bogus (see 'ffitool pack -h')`. Help
+    shown for a command given no arguments keeps click's form.
+    """
+    import typer
+
     from ffitool.cli.app import app
 
-    app(prog_name="ffitool")
+    # The click typer runs on: `click` itself, or the copy typer 0.26 vendors as typer._click.
+    click = sys.modules[typer.Exit.__module__]
+    no_args_is_help = getattr(click, "NoArgsIsHelpError", ())  # click < 8.2 exits 0 itself
+    try:
+        code = app(prog_name="ffitool", standalone_mode=False)
+    except no_args_is_help as exc:
+        exc.show()
+        return exc.exit_code
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "ffitool"
+        subject = command.partition(" ")[2]  # the subcommand: `pack`, `blob decode`
+        message = f"{exc.format_message().rstrip('.')} (see '{command} -h')"
+        print_error(f"{subject}: {message}" if subject else message)
+        return exc.exit_code
+    except click.ClickException as exc:
+        print_error(exc.format_message())
+        return exc.exit_code
+    except click.Abort:
+        sys.stderr.write("Aborted!\n")
+        return 1
+    return code if isinstance(code, int) else EXIT_OK
 
 
 def _exit_cleanly_on(*signals: signal.Signals) -> None:

@@ -1,15 +1,18 @@
 """Rich rendering of inspect and blob reports for people.
 
-Colour follows rich's rules: none when stdout is not a terminal or NO_COLOR is set.
+Colour follows rich's rules: none when stdout is not a terminal or NO_COLOR is set. Without a
+terminal nothing is wrapped either (see `output_console`), so `grep` finds every name whole.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from rich.console import Console, Group
+from rich.progress import BarColumn, Progress, ProgressColumn, Task
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -19,6 +22,7 @@ from ffitool.checks import library_findings
 from ffitool.findings import Finding, Severity, printable
 from ffitool.library import BlobReport, InspectedFile, Library, LibraryBin, ModuleInfo
 from ffitool.pack.plan import Plan
+from ffitool.units import format_size
 
 PROGRESS_THRESHOLD = 64 << 20
 ROWS_SHOWN = 2000
@@ -27,14 +31,32 @@ so a table of 500k functions would take minutes; `--json` lists everything."""
 IMPORTS_SHOWN = 64
 """Imports listed in one module's table cell."""
 _SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+UNWRAPPED_WIDTH = 1 << 20
+"""The console width when stdout is not a terminal: wider than any line ffitool prints (rows
+are capped at ROWS_SHOWN cells of bounded count), so rich never folds a cell or a heading."""
+
+
+def output_console() -> Console:
+    """The console for stdout: the terminal's width on a terminal, else UNWRAPPED_WIDTH.
+
+    Rich otherwise wraps piped output at $COLUMNS or 80 and folds table cells, which splits
+    symbol names across lines for `grep` and `cut`. The test is the stream itself, not rich's
+    `is_terminal`, which FORCE_COLOR and TTY_COMPATIBLE turn on without a terminal.
+    """
+    try:
+        terminal = sys.stdout.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stdout
+        terminal = False
+    return Console(width=None if terminal else UNWRAPPED_WIDTH)
 
 
 def print_inspected(files: Sequence[InspectedFile], console: Console | None = None) -> None:
     """Print every library of every file."""
-    console = console or Console()
+    console = console or output_console()
     for inspected in files:
         console.print(
-            shown(inspected.path, "bold"), Text(f"  {inspected.format}, {_bytes(inspected.size)}")
+            shown(inspected.path, "bold"),
+            Text(f"  {inspected.format}, {format_size(inspected.size)}"),
         )
         for library in inspected.libraries:
             console.print(library_view(library))
@@ -43,10 +65,10 @@ def print_inspected(files: Sequence[InspectedFile], console: Console | None = No
 
 def print_blob_report(report: BlobReport, console: Console | None = None) -> None:
     """Print a raw blob's modules, tree and findings."""
-    console = console or Console()
+    console = console or output_console()
     console.print(
         shown(report.path, "bold"),
-        Text(f"  raw blob, {_bytes(report.size)}, nbytes {report.nbytes}"),
+        Text(f"  raw blob, {format_size(report.size)}, nbytes {report.nbytes}"),
     )
     console.print(_modules_table(report.modules))
     console.print(_tree_part(report.modules, report.findings))
@@ -58,8 +80,10 @@ def print_plan(
     library: Path, destination: Path, plan: Plan, size: int, console: Console | None = None
 ) -> None:
     """What `pack --dry-run` shows: the new tree, where each payload comes from, the size."""
-    console = console or Console()
-    console.print(shown(f"{library} -> {destination}", "bold"), Text(f"  blob of {size} bytes"))
+    console = console or output_console()
+    console.print(
+        shown(f"{library} -> {destination}", "bold"), Text(f"  blob of {format_size(size)}")
+    )
     table = _table(
         f"Planned modules ({len(plan.modules)})",
         ("index", "kind", "size", "imports", "origin", "source"),
@@ -85,18 +109,33 @@ def progress_bar(total: int, enabled: bool) -> Iterator[Callable[[int], None] | 
     if not enabled or total <= PROGRESS_THRESHOLD or not console.is_terminal:
         yield None
         return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        SizeColumn(),
+        SpeedColumn(),
         console=console,
         transient=True,
     ) as progress:
         task = progress.add_task("packing", total=total)
         yield lambda done: progress.advance(task, done)
+
+
+class SizeColumn(ProgressColumn):
+    """`done/total` in `format_size` units; rich's DownloadColumn would say `MB` (decimal)."""
+
+    def render(self, task: Task) -> Text:
+        total = "?" if task.total is None else format_size(int(task.total))
+        return Text(f"{format_size(int(task.completed))}/{total}", style="progress.download")
+
+
+class SpeedColumn(ProgressColumn):
+    """Bytes per second in `format_size` units, where rich's TransferSpeedColumn says `MB/s`."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        shown_speed = "?" if speed is None else f"{format_size(int(speed))}/s"
+        return Text(shown_speed, style="progress.data.speed")
 
 
 def library_view(library: Library) -> Group:
@@ -236,7 +275,7 @@ def import_tree(modules: Sequence[ModuleInfo], max_depth: int = TREE_DEPTH) -> T
         text = Text(f"[{index}] ")
         text.append(shown(module.kind))
         if module.size is not None:
-            text.append(f" ({_bytes(module.size)})")
+            text.append(f" ({format_size(module.size)})")
         if parents[index] > 1:
             text.append(" shared", style="magenta")
         if note:
@@ -318,7 +357,3 @@ def shown(text: str, style: str = "") -> Text:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
-
-
-def _bytes(size: int) -> str:
-    return f"{size} B" if size < 1024 else f"{size} B ({size / 1024:.1f} KiB)"

@@ -106,7 +106,11 @@ def pack_library(
             try:
                 verify(staging.path, Path(source), plan, edit.placement)
             except PARSE_ERRORS as exc:
-                raise VerificationError(f"packed file failed verification: {exc}") from None
+                raise VerificationError(
+                    f"{library}: packed file failed verification: {exc}; nothing was written"
+                ) from None
+            except VerificationError as exc:  # verify() does not know the library's name
+                raise VerificationError(f"{library}: {exc}; nothing was written") from None
             _check_unchanged(handle, library, info)
     return PackResult(destination, plan, edit.placement)
 

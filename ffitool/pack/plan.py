@@ -84,7 +84,7 @@ def validate_kind(kind: str) -> str:
     if kind == LIB_KIND:
         raise UsageError("`_lib` is the library itself, not a kind that can be added")
     if not kind.isprintable() or ":" in kind:
-        raise UsageError(f"invalid kind {printable(kind)!r}: use printable characters, no ':'")
+        raise UsageError(f"invalid kind '{printable(kind)}': use printable characters, no ':'")
     return kind
 
 
