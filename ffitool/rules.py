@@ -36,9 +36,10 @@ _RULES = (
         _ERROR,
         "the runtime rejects the blob",
         "A field is truncated, a length runs past the end, a key or payload is empty, a child"
-        " index is out of range or there is no module. `tvm_ffi.load_module` raises on this"
-        " library. The message says what was being read and the offset where. Regenerate the"
-        " blob with TVM's PackImportsToBytes or `ffitool pack`.",
+        " index is out of range or there is no module. The runtime refuses the blob, or reads"
+        " bytes that are not in it (a length past the end is padded with zeros; an nbytes past"
+        " the symbol copies whatever memory follows). The message says what was being read and"
+        " the offset where. Regenerate the blob with TVM's PackImportsToBytes or `ffitool pack`.",
     ),
     Rule(
         "B201",
