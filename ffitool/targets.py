@@ -236,10 +236,10 @@ def _central_directory(fd: int, size: int) -> Iterator[_Entry]:
     count, cd_size, cd_offset, end = _end_record(fd, size)
     if cd_offset + cd_size > end:
         raise _BadZip(f"central directory of {cd_size} bytes at {cd_offset} overruns the file")
-    if count > MAX_ENTRIES:
-        raise _BadZip(f"central directory claims {count} entries; at most {MAX_ENTRIES} are read")
     if count * _CENTRAL.size > cd_size:
         raise _BadZip(f"central directory claims {count} entries in only {cd_size} bytes")
+    if count > MAX_ENTRIES:
+        raise _BadZip(f"central directory claims {count} entries; at most {MAX_ENTRIES} are read")
     position, stop = cd_offset, cd_offset + cd_size
     for _ in range(count):
         if position + _CENTRAL.size > stop:
