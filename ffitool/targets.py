@@ -89,15 +89,14 @@ def iter_targets(paths: Sequence[Path]) -> Iterator[Target]:
     """Read each path (file, directory or wheel), yielding one result per object found."""
     for path in paths:
         display = str(path)
-        if os.path.isdir(path):
-            found = False
-            for target in _walk(display):
-                found = found or not isinstance(target, Skipped)
-                yield target
-            if not found:  # a CI job pointed at the wrong directory should hear of it
-                yield Skipped(display, "no ELF file, ar archive or wheel in this directory")
-        else:
-            yield from _read_file(display, explicit=True)
+        directory = os.path.isdir(path)
+        found = False
+        for target in _walk(display) if directory else _read_file(display, explicit=True):
+            found = found or not isinstance(target, Skipped)
+            yield target
+        if not found:  # a CI job pointed at the wrong directory or wheel should hear of it
+            what = "ELF file, ar archive or wheel in this directory"
+            yield Skipped(display, f"no {what if directory else 'ELF file or ar archive in it'}")
 
 
 def _walk(root: str) -> Iterator[Target]:
@@ -358,12 +357,13 @@ def _deflated(fd: int, start: int, entry: _Entry, display: str) -> Iterator[Targ
         if refusal:
             yield Unreadable(display, f"{display}: {refusal}")
             return
-        with _memory_file(display) as copy:
+        with _memory_file() as copy:
             copy.write(head)
-            while chunk := stream.read(min(_CHUNK, entry.size + 1 - stream.produced)):
+            # One byte past the declared size is enough to call it a lie.
+            while stream.produced <= entry.size and (
+                chunk := stream.read(min(_CHUNK, entry.size + 1 - stream.produced))
+            ):
                 copy.write(chunk)
-                if stream.produced > entry.size:
-                    break
             problem = _mismatch(stream, entry)
             if problem:
                 yield Unreadable(display, f"{display}: {problem}")
@@ -400,7 +400,7 @@ def _mismatch(stream: _Inflater, entry: _Entry) -> str | None:
     return None
 
 
-def _memory_file(display: str) -> BinaryIO:
+def _memory_file() -> BinaryIO:
     """An anonymous file in memory, gone when closed: nothing of the wheel reaches the disk."""
     create = getattr(os, "memfd_create", None)
     if create is None:  # not Linux: an unnamed temporary file is the nearest thing
@@ -420,6 +420,7 @@ class _Inflater:
         self._end = start + size
         self._inflate = zlib.decompressobj(-15)
         self._pending = b""
+        self._chunk = 4 << 10  # sniffing needs 8 bytes: read small, then more as it goes on
         self.produced = 0
         self.crc = 0
 
@@ -431,7 +432,9 @@ class _Inflater:
         """At most `limit` bytes of output, b"" only at the end of the stream or input."""
         while True:
             if not self._pending and self._at < self._end and not self._inflate.eof:
-                self._pending = os.pread(self._fd, min(_CHUNK, self._end - self._at), self._at)
+                count = min(self._chunk, self._end - self._at)
+                self._pending = os.pread(self._fd, count, self._at)
+                self._chunk = min(2 * self._chunk, _CHUNK)
                 if not self._pending:
                     raise OSError(errno.EIO, "the file shrank while it was being read")
                 self._at += len(self._pending)

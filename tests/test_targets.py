@@ -217,6 +217,14 @@ def test_a_wheel_is_read_member_by_member_without_extracting(tmp_path):
     ]
 
 
+def test_a_wheel_without_libraries_is_a_note(tmp_path):
+    wheel = tmp_path / "pure-1.0-py3-none-any.whl"
+    build_wheel(wheel, [("pure/__init__.py", b"", zipfile.ZIP_DEFLATED)])
+    result = ffitool("inspect", str(wheel))
+    assert (result.returncode, result.stdout) == (0, "")
+    assert result.stderr == f"ffitool: note: {wheel}: skipped: no ELF file or ar archive in it\n"
+
+
 def test_a_zip_that_is_not_named_whl_is_not_opened_in_a_directory(tmp_path):
     build_wheel(
         tmp_path / "demo.zip", [("libffi_c.so", (FIXTURES / "libffi_c.so").read_bytes(), 0)]
@@ -322,6 +330,10 @@ def test_zip_bombs_and_lying_sizes_are_refused_with_bounded_memory(tmp_path):
             ("liar-stored.so", 0, library, crc, len(library) * 3),
             ("huge.so", 8, small, crc, 3 << 30),
             ("bad-crc.so", 8, small, crc ^ 1, len(library)),
+            ("liar-tiny.so", 8, bomb, bomb_crc, 4),  # less than the 8 bytes sniffed
+            ("cut.so", 8, small[: len(small) // 2], crc, len(library)),
+            ("garbage.so", 8, b"\xff" * 64, crc, len(library)),
+            ("bzip2.so", 12, small, crc, len(library)),
             ("good.so", 8, small, crc, len(library)),
         ],
     )
@@ -339,6 +351,10 @@ def test_zip_bombs_and_lying_sizes_are_refused_with_bounded_memory(tmp_path):
         f" declares {len(library) * 3}",
         "huge.so": f"declares {3 << 30} bytes, more than the 2 GiB read from a wheel",
         "bad-crc.so": f"CRC-32 {crc:08x} does not match the recorded {crc ^ 1:08x}",
+        "liar-tiny.so": "lying size: decompresses to more than the 4 bytes it declares",
+        "cut.so": "compressed data ends early",
+        "garbage.so": "bad deflate data: Error -3 while decompressing data: invalid block type",
+        "bzip2.so": "compression method 12 is not supported (wheels use stored or deflate)",
     }
     assert [f["path"] for f in files if "error" not in f] == [f"{wheel}!good.so"]
     assert len(stderr.splitlines()) == len(errors)
