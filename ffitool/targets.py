@@ -21,7 +21,8 @@ anything: symlink loops, FIFOs, thousands of source files, a zip bomb. So:
   reported from the start of the member, as in the file a user would extract.
 
 Every failure is one `Unreadable` result for the file or member concerned; the rest is
-still read.
+still read. `iter_targets` is `iter_sources` (the walk, which only sniffs) followed by
+`read_source` on each source, which is where the time goes and what workers can share.
 """
 
 from __future__ import annotations
@@ -85,21 +86,66 @@ class Skipped:
 Target = Inspected | Unreadable | Skipped
 
 
-def iter_targets(paths: Sequence[Path]) -> Iterator[Target]:
-    """Read each path (file, directory or wheel), yielding one result per object found."""
+@dataclass(frozen=True)
+class Source:
+    """A file to read: one given explicitly, or an object file or wheel found in a directory.
+
+    Sources are cheap to list (a walk opens each file only to read its first 8 bytes) and
+    independent to read, so `check` can spread `read_source` over worker processes.
+    """
+
+    path: str
+    explicit: bool
+
+
+def iter_targets(paths: Sequence[Path], *, digests: bool = True) -> Iterator[Target]:
+    """Read each path (file, directory or wheel), yielding one result per object found.
+
+    Without `digests`, payloads are not hashed (as `inspect_path` without them).
+    """
+    for item in iter_sources(paths):
+        if isinstance(item, Source):
+            yield from read_source(item, digests=digests)
+        else:
+            yield item
+
+
+def iter_sources(paths: Sequence[Path]) -> Iterator[Source | Unreadable | Skipped]:
+    """The files `iter_targets` reads, in its order, and the notes and errors of the walks."""
     for path in paths:
         display = str(path)
-        directory = os.path.isdir(path)
+        if not os.path.isdir(path):
+            yield Source(display, explicit=True)
+            continue
         found = False
-        for target in _walk(display) if directory else _read_file(display, explicit=True):
-            found = found or not isinstance(target, Skipped)
-            yield target
-        if not found:  # a CI job pointed at the wrong directory or wheel should hear of it
-            what = "ELF file, ar archive or wheel in this directory"
-            yield Skipped(display, f"no {what if directory else 'ELF file or ar archive in it'}")
+        for item in _walk(display):
+            found = found or not isinstance(item, Skipped)
+            yield item
+        if not found:  # a CI job pointed at the wrong directory should hear of it
+            yield Skipped(display, "no ELF file, ar archive or wheel in this directory")
 
 
-def _walk(root: str) -> Iterator[Target]:
+def read_source(source: Source, *, digests: bool = True) -> Iterator[Target]:
+    """Read one file: a wheel member by member, an object file, or (found in a directory and
+    no longer an object file) nothing."""
+    opened = _open_sniffed(source.path, follow=source.explicit)
+    if isinstance(opened, Unreadable):
+        yield opened
+        return
+    handle, size, kind = opened
+    with handle:
+        if kind == "wheel":
+            found = False
+            for target in _wheel(handle, size, source.path, digests):
+                found = found or not isinstance(target, Skipped)
+                yield target
+            if source.explicit and not found:
+                yield Skipped(source.path, "no ELF file or ar archive in it")
+        elif source.explicit or kind == "object":
+            yield _inspect(handle, size, source.path, digests)
+
+
+def _walk(root: str) -> Iterator[Source | Unreadable | Skipped]:
     """Depth-first over `root` in sorted order; the stack holds one listing per level."""
     inside = os.path.realpath(root)
     listing = _listing(root)
@@ -120,7 +166,7 @@ def _walk(root: str) -> Iterator[Target]:
         elif entry.is_symlink():
             yield from _symlink(entry.path, inside)
         elif entry.is_file(follow_symlinks=False):
-            yield from _read_file(entry.path, explicit=False)
+            yield from _candidate(entry.path)
         else:
             yield from _special(entry)
 
@@ -155,32 +201,43 @@ def _special(entry: os.DirEntry[str]) -> Iterator[Skipped]:
     yield Skipped(entry.path, kind)
 
 
-def _read_file(display: str, *, explicit: bool) -> Iterator[Target]:
-    """A file: a wheel, an object file, or (only when found in a directory) nothing."""
-    try:
-        handle, size = open_regular_file(display, follow=explicit)
-    except InputError as exc:
-        yield Unreadable(display, str(exc))
+def _candidate(path: str) -> Iterator[Source | Unreadable]:
+    """A regular file in a directory: a source if its content makes it one."""
+    opened = _open_sniffed(path, follow=False)
+    if isinstance(opened, Unreadable):
+        yield opened
         return
-    with handle:
-        try:
-            head = os.pread(handle.fileno(), 8, 0)
-        except OSError as exc:
-            yield Unreadable(display, f"{display}: read error: {exc.strerror or exc}")
-            return
-        if head.startswith(_ZIP_MAGICS) and display.endswith(".whl"):
-            yield from _wheel(handle, size, display)
-        elif explicit or _is_object(head):
-            yield _inspect(handle, size, display)
+    handle, _, kind = opened
+    handle.close()
+    if kind is not None:
+        yield Source(path, explicit=False)
+
+
+def _open_sniffed(display: str, *, follow: bool) -> tuple[BinaryIO, int, str | None] | Unreadable:
+    """The open file, its size, and "wheel", "object" or None by its first bytes."""
+    try:
+        handle, size = open_regular_file(display, follow=follow)
+    except InputError as exc:
+        return Unreadable(display, str(exc))
+    try:
+        head = os.pread(handle.fileno(), 8, 0)
+    except OSError as exc:
+        handle.close()
+        return Unreadable(display, f"{display}: read error: {exc.strerror or exc}")
+    if head.startswith(_ZIP_MAGICS) and display.endswith(".whl"):
+        return handle, size, "wheel"
+    return handle, size, "object" if _is_object(head) else None
 
 
 def _is_object(head: bytes) -> bool:
     return head.startswith(elf.MAGIC) or head == archive.MAGIC
 
 
-def _inspect(handle: BinaryIO, size: int, display: str, base: int = 0) -> Inspected | Unreadable:
+def _inspect(
+    handle: BinaryIO, size: int, display: str, digests: bool, base: int = 0
+) -> Inspected | Unreadable:
     try:
-        return Inspected(inspect_open(handle, size, display, base))
+        return Inspected(inspect_open(handle, size, display, base, digests=digests))
     except InputError as exc:
         return Unreadable(display, str(exc))
 
@@ -212,11 +269,11 @@ class _Entry:
     local: int
 
 
-def _wheel(handle: BinaryIO, size: int, display: str) -> Iterator[Target]:
+def _wheel(handle: BinaryIO, size: int, display: str, digests: bool) -> Iterator[Target]:
     fd = handle.fileno()
     try:
         for entry in _central_directory(fd, size):
-            yield from _member(handle, size, display, entry)
+            yield from _member(handle, size, display, entry, digests)
     except _BadZip as exc:
         yield Unreadable(display, f"{display}: not a readable wheel: {exc}")
     except OSError as exc:
@@ -308,7 +365,9 @@ def _zip64_sizes(extra: bytes, length: int, compressed: int, local: int) -> tupl
     raise _BadZip("zip64 sizes missing")
 
 
-def _member(handle: BinaryIO, size: int, wheel: str, entry: _Entry) -> Iterator[Target]:
+def _member(
+    handle: BinaryIO, size: int, wheel: str, entry: _Entry, digests: bool
+) -> Iterator[Target]:
     """One wheel member: sniffed by content, read when it is an ELF file or ar archive."""
     display = f"{wheel}!{entry.name}"
     fd = handle.fileno()
@@ -336,9 +395,9 @@ def _member(handle: BinaryIO, size: int, wheel: str, entry: _Entry) -> Iterator[
                 f" declares {entry.size}",
             )
             return
-        yield _inspect(handle, entry.size, display, start)
+        yield _inspect(handle, entry.size, display, digests, start)
     elif entry.method == _DEFLATED:
-        yield from _deflated(fd, start, entry, display)
+        yield from _deflated(fd, start, entry, display, digests)
     else:
         yield Unreadable(
             display,
@@ -347,7 +406,7 @@ def _member(handle: BinaryIO, size: int, wheel: str, entry: _Entry) -> Iterator[
         )
 
 
-def _deflated(fd: int, start: int, entry: _Entry, display: str) -> Iterator[Target]:
+def _deflated(fd: int, start: int, entry: _Entry, display: str, digests: bool) -> Iterator[Target]:
     stream = _Inflater(fd, start, entry.compressed)
     try:
         head = stream.read_fully(8)
@@ -369,7 +428,7 @@ def _deflated(fd: int, start: int, entry: _Entry, display: str) -> Iterator[Targ
                 yield Unreadable(display, f"{display}: {problem}")
                 return
             copy.flush()
-            yield _inspect(copy, stream.produced, display)
+            yield _inspect(copy, stream.produced, display, digests)
     except zlib.error as exc:
         yield Unreadable(display, f"{display}: bad deflate data: {exc}")
 
@@ -458,6 +517,10 @@ __all__ = [
     "MEMBER_LIMIT",
     "Inspected",
     "Skipped",
+    "Source",
+    "Target",
     "Unreadable",
+    "iter_sources",
     "iter_targets",
+    "read_source",
 ]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import socket
@@ -11,11 +12,14 @@ import struct
 import sys
 import zipfile
 import zlib
+from functools import partial
 from pathlib import Path
 
 import jsonschema
 import pytest
 from conftest import FIXTURES, ROOT, ffitool, run_measured
+
+from ffitool.targets import Inspected, Skipped, Source, Unreadable, iter_sources, read_source
 
 SECONDS = 30.0
 MEGABYTES = 200
@@ -110,6 +114,35 @@ def test_a_directory_is_walked_in_order_and_skips_loops_and_special_files(tmp_pa
     assert text.stderr.splitlines()[-1] == (
         f"ffitool: error: {tree}/src/main.c: not an ELF file or ar archive"
     )
+
+
+def test_sources_are_listed_by_sniffing_and_read_in_any_process(tmp_path):
+    """`check` lists sources in one process and reads them in workers: same results."""
+    shutil.copy(FIXTURES / "libffi_c.so", tmp_path / "b.so")
+    shutil.copy(FIXTURES / "libffi_static.a", tmp_path / "a.a")
+    (tmp_path / "c.so").write_text("text\n")
+    os.mkfifo(tmp_path / "d")
+    sources = list(iter_sources([tmp_path, tmp_path / "c.so"]))
+    assert sources == [
+        Source(str(tmp_path / "a.a"), explicit=False),
+        Source(str(tmp_path / "b.so"), explicit=False),
+        Skipped(str(tmp_path / "d"), "FIFO"),
+        Source(str(tmp_path / "c.so"), explicit=True),
+    ]
+    readable = [s for s in sources if isinstance(s, Source)]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        in_workers = pool.map(partial(read_all, digests=False), readable)
+    assert in_workers == [read_all(s, digests=False) for s in readable]
+    (archive,), (library,), (text,) = in_workers
+    assert isinstance(archive, Inspected) and isinstance(library, Inspected)
+    assert library.file.libraries[0].library_bin.modules[1].sha256 is None  # not hashed
+    assert text == Unreadable(
+        str(tmp_path / "c.so"), f"{tmp_path / 'c.so'}: not an ELF file or ar archive"
+    )
+
+
+def read_all(source: Source, digests: bool) -> list:
+    return list(read_source(source, digests=digests))
 
 
 def test_an_unreadable_file_in_a_directory_is_an_error_and_the_rest_is_read(tmp_path):
