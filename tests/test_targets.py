@@ -439,3 +439,51 @@ def test_a_wheel_of_100k_members_streams(tmp_path):
     assert (code, stderr) == (0, "")
     assert [f["path"] for f in files] == [f"{wheel}!pkg/lib/libplain.so"]
     assert as_fixture(files[0], "libplain.so") == direct("libplain.so")
+
+
+# --- check over the same targets ----------------------------------------------------------
+
+
+def test_check_reads_a_wheel_and_a_hostile_directory(tmp_path):
+    wheel = tmp_path / "tree" / "demo-1.0-cp311-cp311-linux_x86_64.whl"
+    wheel.parent.mkdir()
+    build_wheel(
+        wheel,
+        [
+            ("pkg/lib/libffi_c.so", (FIXTURES / "libffi_c.so").read_bytes(), zipfile.ZIP_STORED),
+            (
+                "pkg/lib/libhidden.so",
+                (FIXTURES / "libffi_hidden_blob.so").read_bytes(),
+                zipfile.ZIP_DEFLATED,
+            ),
+        ],
+    )
+    zeros, crc, size = deflate_zeros(b"", 1024)
+    raw_zip(wheel.parent / "bomb-1.0-py3-none-any.whl", [("zeros.bin", 8, zeros, crc, size)])
+    for i in range(10):  # enough sources for worker processes
+        shutil.copy(FIXTURES / "libffi_c.so", wheel.parent / f"libffi_c_{i}.so")
+    (wheel.parent / "loop").symlink_to("loop")
+    os.mkfifo(wheel.parent / "fifo")
+    command = [sys.executable, "-m", "ffitool", "check", "--format", "json", "--jobs", "2"]
+    code, seconds, megabytes = run_measured([*command, str(wheel.parent)], tmp_path)
+    assert seconds < SECONDS and megabytes < MEGABYTES, (seconds, megabytes)
+    document = json.loads((tmp_path / "stdout").read_text())
+    assert (code, document["exit_code"]) == (1, 1)
+    assert [f["path"] for f in document["files"]] == [
+        f"{wheel}!pkg/lib/libffi_c.so",
+        f"{wheel}!pkg/lib/libhidden.so",
+        *(f"{wheel.parent}/libffi_c_{i}.so" for i in range(10)),
+    ]
+    failing = [(f["path"], x["code"]) for f in document["files"] for x in f["findings"]]
+    assert failing == [(f"{wheel}!pkg/lib/libhidden.so", "L101")]
+    assert (document["errors"], document["skipped"]) == (
+        [],
+        [
+            {"path": f"{wheel.parent}/fifo", "reason": "FIFO"},
+            {"path": f"{wheel.parent}/loop", "reason": "symbolic link loop"},
+        ],
+    )
+    assert (tmp_path / "stderr").read_text().splitlines() == [
+        f"ffitool: note: {wheel.parent}/fifo: skipped: FIFO",
+        f"ffitool: note: {wheel.parent}/loop: skipped: symbolic link loop",
+    ]
