@@ -271,13 +271,34 @@ class _Entry:
 
 def _wheel(handle: BinaryIO, size: int, display: str, digests: bool) -> Iterator[Target]:
     fd = handle.fileno()
+    budget = _Budget(max(RATIO_FLOOR, MAX_RATIO * size))
     try:
         for entry in _central_directory(fd, size):
-            yield from _member(handle, size, display, entry, digests)
+            yield from _member(handle, size, display, entry, budget, digests)
     except _BadZip as exc:
         yield Unreadable(display, f"{display}: not a readable wheel: {exc}")
     except OSError as exc:
         yield Unreadable(display, f"{display}: read error: {exc.strerror or exc}")
+
+
+class _Budget:
+    """The bytes all object members of one wheel may expand to, together.
+
+    Each member is bounded on its own, but central directory entries can all point at the
+    same member data (the overlapping zip bomb): without a total, 100k entries would each
+    decompress the same 2 GiB.
+    """
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+    def take(self, size: int) -> None:
+        if size > self.left:
+            raise _BadZip(
+                f"its libraries expand to more than {MAX_RATIO} times its size"
+                " (members overlapping?)"
+            )
+        self.left -= size
 
 
 def _read_at(fd: int, length: int, offset: int) -> bytes:
@@ -366,7 +387,7 @@ def _zip64_sizes(extra: bytes, length: int, compressed: int, local: int) -> tupl
 
 
 def _member(
-    handle: BinaryIO, size: int, wheel: str, entry: _Entry, digests: bool
+    handle: BinaryIO, size: int, wheel: str, entry: _Entry, budget: _Budget, digests: bool
 ) -> Iterator[Target]:
     """One wheel member: sniffed by content, read when it is an ELF file or ar archive."""
     display = f"{wheel}!{entry.name}"
@@ -395,9 +416,10 @@ def _member(
                 f" declares {entry.size}",
             )
             return
+        budget.take(entry.size)
         yield _inspect(handle, entry.size, display, digests, start)
     elif entry.method == _DEFLATED:
-        yield from _deflated(fd, start, entry, display, digests)
+        yield from _deflated(fd, start, entry, display, budget, digests)
     else:
         yield Unreadable(
             display,
@@ -406,7 +428,9 @@ def _member(
         )
 
 
-def _deflated(fd: int, start: int, entry: _Entry, display: str, digests: bool) -> Iterator[Target]:
+def _deflated(
+    fd: int, start: int, entry: _Entry, display: str, budget: _Budget, digests: bool
+) -> Iterator[Target]:
     stream = _Inflater(fd, start, entry.compressed)
     try:
         head = stream.read_fully(8)
@@ -416,6 +440,7 @@ def _deflated(fd: int, start: int, entry: _Entry, display: str, digests: bool) -
         if refusal:
             yield Unreadable(display, f"{display}: {refusal}")
             return
+        budget.take(entry.size)
         with _memory_file() as copy:
             copy.write(head)
             # One byte past the declared size is enough to call it a lie.

@@ -293,16 +293,20 @@ def test_hostile_member_names_are_display_names_only(tmp_path):
 # --- hostile wheels, with bounds ----------------------------------------------------------
 
 
-def raw_zip(path: Path, members: list[tuple[str, int, bytes, int, int]]) -> None:
+def raw_zip(path: Path, members: list[tuple[str, int, bytes | None, int, int]]) -> None:
     """A zip written field by field, so that sizes can lie: (name, method, data as stored,
-    crc, declared uncompressed size) per member."""
+    crc, declared uncompressed size) per member; data None points the entry at the previous
+    member's data, as an overlapping zip bomb does."""
     records = []
+    offset = stored = 0
     with open(path, "wb") as out:
         for name, method, data, crc, size in members:
             encoded = name.encode()
-            offset = out.tell()
-            fields = (20, 0x800, method, 0, 0x21, crc, len(data), size, len(encoded), 0)
-            out.write(struct.pack("<4s5H3I2H", b"PK\x03\x04", *fields) + encoded + data)
+            if data is not None:
+                offset, stored = out.tell(), len(data)
+            fields = (20, 0x800, method, 0, 0x21, crc, stored, size, len(encoded), 0)
+            if data is not None:
+                out.write(struct.pack("<4s5H3I2H", b"PK\x03\x04", *fields) + encoded + data)
             lengths = (len(encoded), 0, 0, 0, 0)  # name, extra, comment, disk, attributes
             head = struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 20, *fields[:8], *lengths, 0, offset)
             records.append(head + encoded)
@@ -391,6 +395,33 @@ def test_zip_bombs_and_lying_sizes_are_refused_with_bounded_memory(tmp_path):
     }
     assert [f["path"] for f in files if "error" not in f] == [f"{wheel}!good.so"]
     assert len(stderr.splitlines()) == len(errors)
+
+
+def test_overlapping_members_share_one_budget(tmp_path):
+    """Every entry points at the same deflated library: together they may not expand to
+    more than 200 times the wheel, so 1000 entries end in one error, not 1000 reads."""
+    library = (FIXTURES / "libffi_c.so").read_bytes()
+    packed = zlib.compressobj(9, zlib.DEFLATED, -15)
+    data = packed.compress(library) + packed.flush()
+    crc = zlib.crc32(library)
+    members = [
+        (f"lib{i:04d}.so", 8, data if i == 0 else None, crc, len(library)) for i in range(1000)
+    ]
+    wheel = tmp_path / "overlap.whl"
+    raw_zip(wheel, members)
+    code, files, stderr = measured_inspect(tmp_path, wheel)
+    read = (200 * wheel.stat().st_size) // len(library)
+    assert code == 3
+    assert [f["path"] for f in files] == [
+        *(f"{wheel}!lib{i:04d}.so" for i in range(read)),
+        str(wheel),
+    ]
+    message = (
+        f"{wheel}: not a readable wheel: its libraries expand to more than 200 times its size"
+        " (members overlapping?)"
+    )
+    assert files[-1]["error"] == message
+    assert stderr == f"ffitool: error: {message}\n"
 
 
 def test_a_central_directory_claiming_10m_entries_is_refused(tmp_path):
