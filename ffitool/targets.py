@@ -17,8 +17,10 @@ anything: symlink loops, FIFOs, thousands of source files, a zip bomb. So:
 - a wheel is read through its central directory, one entry at a time, never extracted to
   disk. A member stored uncompressed is read where it lies in the wheel; a deflated one is
   decompressed into an anonymous memory file (`memfd`), refused when it would exceed
-  `MEMBER_LIMIT`, its declared size, or `MAX_RATIO` times its compressed size. Offsets are
-  reported from the start of the member, as in the file a user would extract.
+  `MEMBER_LIMIT`, its declared size, or `MAX_RATIO` times its compressed size; all of a
+  wheel's libraries together may not exceed `MAX_RATIO` times the wheel (entries that share
+  one member's data cannot multiply the work). Offsets are reported from the start of the
+  member, as in the file a user would extract.
 
 Every failure is one `Unreadable` result for the file or member concerned; the rest is
 still read. `iter_targets` is `iter_sources` (the walk, which only sniffs) followed by
@@ -44,7 +46,8 @@ from ffitool.library import InspectedFile, inspect_open, open_regular_file
 MEMBER_LIMIT = 2 << 30
 """The largest wheel member decompressed (into memory), in bytes."""
 MAX_RATIO = 200
-"""A deflated member expanding more than this (real libraries: under 10) is a zip bomb..."""
+"""A deflated member expanding more than this (real libraries: under 10) is a zip bomb...
+and the libraries of one wheel may not expand, together, to more than this times its size."""
 RATIO_FLOOR = 1 << 20
 """...unless it stays below this size, which costs nothing to decompress."""
 MAX_ENTRIES = 1_000_000
