@@ -18,7 +18,7 @@ from typing import BinaryIO
 from ffitool import blob as codec
 from ffitool.errors import BlobError, InputError
 from ffitool.findings import Finding
-from ffitool.formats import Image, Symbol, SymbolTable, archive, elf, read_object
+from ffitool.formats import Image, Symbol, SymbolTable, Window, archive, elf, read_object
 from ffitool.rules import finding
 from ffitool.symbols import Naming, Role, classify
 
@@ -116,13 +116,29 @@ def inspect_path(path: str | os.PathLike[str], *, digests: bool = True) -> Inspe
     display = str(path)
     handle, size = open_regular_file(path)
     with handle:
-        try:
-            obj = read_object(handle, size, display)
-            data = _BlobBytes(handle, size)
-            hasher = handle if digests else None
-            libraries = tuple(_library(image, data, hasher) for image in obj.images)
-        except OSError as exc:
-            raise InputError(f"{display}: read error: {exc.strerror or exc}") from None
+        return inspect_open(handle, size, display, digests=digests)
+
+
+def inspect_open(
+    handle: BinaryIO, size: int, display: str, base: int = 0, *, digests: bool = True
+) -> InspectedFile:
+    """`inspect_path` for an object that is `size` bytes at `base` of an open file.
+
+    A wheel member stored without compression is such a byte range, and is read where it lies
+    rather than copied out. With a `base`, the file is read through a window and offsets are
+    reported from the start of the object, as in the file a user would extract; the tables are
+    then read through the window rather than the descriptor's fast path.
+    """
+    stream = handle
+    if base:
+        stream = Window(handle, base, size, display)  # type: ignore[assignment]
+    try:
+        obj = read_object(stream, size, display)
+        data = _BlobBytes(handle, size, base)
+        hasher = stream if digests else None
+        libraries = tuple(_library(image, data, hasher) for image in obj.images)
+    except OSError as exc:
+        raise InputError(f"{display}: read error: {exc.strerror or exc}") from None
     return InspectedFile(display, obj.format, size, libraries)
 
 
@@ -172,17 +188,20 @@ class _BlobBytes:
     with pread), so memory stays flat for a 1 GiB blob.
     """
 
-    def __init__(self, handle: BinaryIO, size: int) -> None:
+    def __init__(self, handle: BinaryIO, size: int, base: int = 0) -> None:
         self._fd = handle.fileno()
         self._size = size
+        self._base = base
 
     def window(self, offset: int, available: int) -> codec.Buffer | codec.ByteSource:
-        """The bytes from `offset` that a blob there may occupy (at most `available`)."""
-        head = os.pread(self._fd, 8, offset)
+        """The bytes from `offset` (from `base`) that a blob there may occupy (at most
+        `available`)."""
+        at = self._base + offset
+        head = os.pread(self._fd, 8, at)
         wanted = 8 + int.from_bytes(head, "little") if len(head) == 8 else available
         if wanted <= min(available, _READ_LIMIT):
-            return _read_exactly(self._fd, offset, wanted)
-        return _FileRange(self._fd, offset, min(available, self._size - offset))
+            return _read_exactly(self._fd, at, wanted)
+        return _FileRange(self._fd, at, min(available, self._size - offset))
 
 
 def _read_exactly(fd: int, offset: int, length: int) -> bytes:
@@ -497,6 +516,7 @@ __all__ = [
     "ModuleInfo",
     "file_sha256",
     "inspect_blob_file",
+    "inspect_open",
     "inspect_path",
     "open_regular_file",
 ]

@@ -47,6 +47,10 @@ blob_app = typer.Typer(
 app.add_typer(blob_app, name="blob")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+TARGETS_HELP = (
+    "Libraries, objects, static archives, wheels (.whl) or directories (walked recursively;"
+    " object files recognised by content)."
+)
 
 
 def _print_version(requested: bool) -> None:
@@ -80,7 +84,7 @@ def main_options(
 
 @app.command("inspect", epilog=EXIT_CODES_HELP)
 def inspect_command(
-    paths: Annotated[list[Path], typer.Argument(help="Libraries, objects or static archives.")],
+    paths: Annotated[list[Path], typer.Argument(help=TARGETS_HELP)],
     as_json: JsonOption = False,
 ) -> None:
     """Show the FFI functions, special symbols and embedded module blob of each file."""
@@ -89,9 +93,7 @@ def inspect_command(
 
 @app.command("check", epilog=EXIT_CODES_HELP)
 def check_command(
-    paths: Annotated[
-        list[Path] | None, typer.Argument(help="Libraries, objects or static archives.")
-    ] = None,
+    paths: Annotated[list[Path] | None, typer.Argument(help=TARGETS_HELP)] = None,
     output_format: Annotated[
         str, typer.Option("--format", metavar="text|json|sarif|github", help="Output format.")
     ] = "text",

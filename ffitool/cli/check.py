@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING
 from ffitool.check_config import CheckSettings
 from ffitool.check_report import CheckOutcome, check_document, github_lines, sarif_document
 from ffitool.checks import Reported, Requirements, check_file
-from ffitool.errors import FfitoolError
 from ffitool.findings import Severity, printable
-from ffitool.library import inspect_path
 from ffitool.rules import RULES
+from ffitool.targets import Inspected, Skipped, Source, Unreadable, iter_sources, read_source
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -31,11 +30,14 @@ def run_check(
     paths: Sequence[Path], settings: CheckSettings, output_format: str, jobs: int = 0
 ) -> int:
     """Check every target, print the outcome in `output_format`; returns the exit code."""
-    from ffitool.cli.entry import print_error, print_json
+    from ffitool.cli.entry import print_error, print_json, print_note
 
     outcome = CheckOutcome(settings)
     for path, result in _checked(paths, settings.requirements, jobs):
-        if isinstance(result, str):
+        if isinstance(result, Skipped):
+            outcome.skipped.append((path, result.reason))
+            print_note(f"{path}: skipped: {result.reason}")
+        elif isinstance(result, str):
             outcome.unreadable.append((path, result))
         else:
             outcome.add(path, result)
@@ -56,35 +58,48 @@ _PARALLEL_FROM = 8
 """Fewer targets than this are checked in this process: a worker costs more than they do."""
 
 
-def _checked(
-    paths: Sequence[Path], requirements: Requirements, jobs: int
-) -> Iterator[tuple[str, list[Reported] | str]]:
-    """(name, findings or the one-line error) per target, in the order given.
+def _checked(paths: Sequence[Path], requirements: Requirements, jobs: int) -> Iterator[Checked]:
+    """(name, findings, the one-line error or why it was skipped) per target, in order.
 
-    With more than one job the targets are spread over forked worker processes in chunks;
-    `map` hands the results back in order, so every format prints the same bytes whatever
-    the number of workers.
+    Directories are walked first (the walk only sniffs each file's first bytes); the files
+    and wheels found are what takes time to read. With more than one job they are spread
+    over forked worker processes in chunks; `map` hands the results back in order, so every
+    format prints the same bytes whatever the number of workers.
     """
+    items = list(iter_sources(paths))
     workers = jobs or min(os.cpu_count() or 1, 8)
-    if workers <= 1 or len(paths) < _PARALLEL_FROM:
-        for path in paths:
-            yield _check_one(path, requirements)
+    if workers <= 1 or len(items) < _PARALLEL_FROM:
+        for item in items:
+            yield from _check_one(item, requirements)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("fork")
-    chunk = max(1, min(64, len(paths) // (workers * 4)))
+    chunk = max(1, min(64, len(items) // (workers * 4)))
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        yield from pool.map(_check_one, paths, itertools.repeat(requirements), chunksize=chunk)
+        for results in pool.map(_check_one, items, itertools.repeat(requirements), chunksize=chunk):
+            yield from results
 
 
-def _check_one(path: Path, requirements: Requirements) -> tuple[str, list[Reported] | str]:
-    try:
-        inspected = inspect_path(path, digests=False)
-    except FfitoolError as exc:
-        return str(path), str(exc)
-    return inspected.path, check_file(inspected, requirements)
+Checked = tuple[str, list[Reported] | str | Skipped]
+
+
+def _check_one(item: Source | Unreadable | Skipped, requirements: Requirements) -> list[Checked]:
+    """The results of one source (a wheel has one per member), or a walk's note or error."""
+    if isinstance(item, Skipped):
+        return [(item.name, item)]
+    if isinstance(item, Unreadable):
+        return [(item.name, item.message)]
+    results: list[Checked] = []
+    for target in read_source(item, digests=False):
+        if isinstance(target, Inspected):
+            results.append((target.file.path, check_file(target.file, requirements)))
+        elif isinstance(target, Unreadable):
+            results.append((target.name, target.message))
+        else:
+            results.append((target.name, target))
+    return results
 
 
 def _version() -> str:

@@ -14,7 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ffitool.errors import EXIT_BAD_INPUT, EXIT_OK, FfitoolError
+from ffitool.errors import EXIT_BAD_INPUT, EXIT_OK
 
 
 def main() -> None:
@@ -84,16 +84,19 @@ def _exit_cleanly_on(*signals: signal.Signals) -> None:
 
 
 def run_inspect(paths: list[Path], as_json: bool) -> int:
-    """Inspect each path, print the report and the errors; returns the exit code."""
-    from ffitool.library import inspect_path
+    """Inspect each path (file, directory or wheel), print the report, the notes about what
+    was skipped and the errors; returns the exit code."""
+    from ffitool.targets import Inspected, Skipped, iter_targets
 
     inspected = []
     errors: list[tuple[str, str]] = []
-    for path in paths:
-        try:
-            inspected.append(inspect_path(path))
-        except FfitoolError as exc:
-            errors.append((str(path), str(exc)))
+    for target in iter_targets(paths):
+        if isinstance(target, Inspected):
+            inspected.append(target.file)
+        elif isinstance(target, Skipped):
+            print_note(f"{target.name}: skipped: {target.reason}")
+        else:
+            errors.append((target.name, target.message))
     if as_json:
         from ffitool.report import inspect_document
 
@@ -113,6 +116,13 @@ def print_json(document: object) -> None:
 
     write_json(document, sys.stdout.write)
     sys.stdout.write("\n")
+
+
+def print_note(message: str) -> None:
+    """One line on stderr about something left out on purpose: not an error."""
+    from ffitool.findings import printable
+
+    sys.stderr.write(f"ffitool: note: {printable(message)}\n")
 
 
 def print_error(message: str) -> None:

@@ -10,7 +10,7 @@ from ffitool.errors import InputError
 from ffitool.formats import archive, elf
 from ffitool.formats.base import Image, Location, Symbol, SymbolTable
 
-__all__ = ["Image", "Location", "ObjectFile", "Symbol", "SymbolTable", "read_object"]
+__all__ = ["Image", "Location", "ObjectFile", "Symbol", "SymbolTable", "Window", "read_object"]
 
 _OTHER_MAGICS = {
     b"\xcf\xfa\xed\xfe": "Mach-O",
@@ -62,18 +62,20 @@ def _archive_images(stream: BinaryIO, size: int, display_name: str, fd: int | No
         stream.seek(member.offset)
         if stream.read(4) != elf.MAGIC:
             continue
-        window = _Window(stream, member.offset, member.size)
+        window = Window(stream, member.offset, member.size)
         images.append(
             elf.read_elf(window, member.size, display_name, member.name, member.offset, fd)
         )
     return images
 
 
-class _Window(io.RawIOBase):
-    """A read-only view of `size` bytes of `base` starting at `start`, for per-member parsing."""
+class Window(io.RawIOBase):
+    """A read-only view of `size` bytes of `base` starting at `start`, for per-member parsing;
+    `name` names it in messages, as a file's name does."""
 
-    def __init__(self, base: BinaryIO, start: int, size: int) -> None:
+    def __init__(self, base: BinaryIO, start: int, size: int, name: str = "") -> None:
         super().__init__()
+        self.name = name
         self._base = base
         self._start = start
         self._size = size
