@@ -104,6 +104,8 @@ class InspectedFile:
     format: str
     size: int
     libraries: tuple[Library, ...]
+    unreadable: tuple[tuple[str, str], ...] = ()
+    """(member, one-line error) of each archive member that could not be read."""
 
 
 def inspect_path(path: str | os.PathLike[str], *, digests: bool = True) -> InspectedFile:
@@ -139,7 +141,7 @@ def inspect_open(
         libraries = tuple(_library(image, data, hasher) for image in obj.images)
     except OSError as exc:
         raise InputError(f"{display}: read error: {exc.strerror or exc}") from None
-    return InspectedFile(display, obj.format, size, libraries)
+    return InspectedFile(display, obj.format, size, libraries, obj.unreadable)
 
 
 def open_regular_file(

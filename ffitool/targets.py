@@ -145,7 +145,7 @@ def read_source(source: Source, *, digests: bool = True) -> Iterator[Target]:
             if source.explicit and not found:
                 yield Skipped(source.path, "no ELF file or ar archive in it")
         elif source.explicit or kind == "object":
-            yield _inspect(handle, size, source.path, digests)
+            yield from _inspect(handle, size, source.path, digests)
 
 
 def _walk(root: str) -> Iterator[Source | Unreadable | Skipped]:
@@ -238,11 +238,16 @@ def _is_object(head: bytes) -> bool:
 
 def _inspect(
     handle: BinaryIO, size: int, display: str, digests: bool, base: int = 0
-) -> Inspected | Unreadable:
+) -> Iterator[Inspected | Unreadable]:
+    """The object, then each archive member that could not be read (the others were)."""
     try:
-        return Inspected(inspect_open(handle, size, display, base, digests=digests))
+        inspected = inspect_open(handle, size, display, base, digests=digests)
     except InputError as exc:
-        return Unreadable(display, str(exc))
+        yield Unreadable(display, str(exc))
+        return
+    yield Inspected(inspected)
+    for member, message in inspected.unreadable:
+        yield Unreadable(f"{display}({member})", message)
 
 
 # --- wheels -------------------------------------------------------------------------------
@@ -420,7 +425,7 @@ def _member(
             )
             return
         budget.take(entry.size)
-        yield _inspect(handle, entry.size, display, digests, start)
+        yield from _inspect(handle, entry.size, display, digests, start)
     elif entry.method == _DEFLATED:
         yield from _deflated(fd, start, entry, display, budget, digests)
     else:
@@ -456,7 +461,7 @@ def _deflated(
                 yield Unreadable(display, f"{display}: {problem}")
                 return
             copy.flush()
-            yield _inspect(copy, stream.produced, display, digests)
+            yield from _inspect(copy, stream.produced, display, digests)
     except zlib.error as exc:
         yield Unreadable(display, f"{display}: bad deflate data: {exc}")
 

@@ -398,3 +398,40 @@ def test_workers_print_the_same_bytes_as_one_process(tmp_path):
     assert one.returncode == two.returncode == 3
     assert (one.stdout, one.stderr) == (two.stdout, two.stderr)
     assert len(json.loads(one.stdout)["files"]) == len(targets) - 1
+
+
+def test_a_corrupt_archive_member_is_reported_and_the_others_still_read(tmp_path):
+    ar = require_tool("ar")
+    (tmp_path / "good.o").write_bytes((FIXTURES / "ffi_c.o").read_bytes())
+    (tmp_path / "bad.o").write_bytes(b"\x7fELF\x02\x01\x01" + b"junk" * 6)
+    subprocess.run([ar, "rcS", "t.a", "good.o", "bad.o"], cwd=tmp_path, check=True)
+    message = "t.a(bad.o): malformed ELF: expected 8, found 7"
+    document, code = check_json("t.a", "--require-function", "add_one", cwd=tmp_path)
+    assert code == 3
+    assert document["errors"] == [{"path": "t.a(bad.o)", "error": message}]
+    assert [f["path"] for f in document["files"]] == ["t.a"]
+    assert codes(document) == []  # good.o exports add_one
+    inspected = ffitool("inspect", "--json", "t.a", cwd=tmp_path)
+    assert inspected.returncode == 3
+    assert inspected.stderr == f"ffitool: error: {message}\n"
+    files = json.loads(inspected.stdout)["files"]
+    assert [f["path"] for f in files] == ["t.a", "t.a(bad.o)"]
+    assert [lib["member"] for lib in files[0]["libraries"]] == ["good.o"]
+
+
+def test_a_blob_section_past_the_end_of_the_file_is_l104_not_a_crash(tmp_path):
+    """An object whose blob section claims an offset beyond the file: nothing to read there."""
+    from elftools.elf.elffile import ELFFile
+
+    data = bytearray((FIXTURES / "ffi_c.o").read_bytes())
+    with (FIXTURES / "ffi_c.o").open("rb") as handle:
+        elf = ELFFile(handle)
+        (blob,) = elf.get_section_by_name(".symtab").get_symbol_by_name("__tvm_ffi__library_bin")
+        header = elf["e_shoff"] + blob["st_shndx"] * elf["e_shentsize"]
+    sh_offset = header + 24  # Elf64_Shdr: name, type (4 each), flags, addr (8 each), offset
+    data[sh_offset : sh_offset + 8] = (1 << 63).to_bytes(8, "little")
+    broken = tmp_path / "far.o"
+    broken.write_bytes(bytes(data))
+    document, code = check_json(str(broken))
+    assert codes(document) == ["L104"]
+    assert code == 1

@@ -28,6 +28,8 @@ class ObjectFile:
     """The container: "ELF" or "ar archive"."""
     size: int
     images: tuple[Image, ...]
+    unreadable: tuple[tuple[str, str], ...] = ()
+    """(member, one-line error) of each archive member that could not be read."""
 
 
 def read_object(stream: BinaryIO, size: int, display_name: str) -> ObjectFile:
@@ -38,8 +40,8 @@ def read_object(stream: BinaryIO, size: int, display_name: str) -> ObjectFile:
     if head.startswith(elf.MAGIC):
         return ObjectFile("ELF", size, (elf.read_elf(stream, size, display_name, fd=fd),))
     if head == archive.MAGIC:
-        images = _archive_images(stream, size, display_name, fd)
-        return ObjectFile("ar archive", size, tuple(images))
+        images, unreadable = _archive_images(stream, size, display_name, fd)
+        return ObjectFile("ar archive", size, tuple(images), tuple(unreadable))
     if head == archive.THIN_MAGIC:
         raise InputError(f"{display_name}: thin ar archives hold no members to read")
     for magic, name in _OTHER_MAGICS.items():
@@ -56,17 +58,25 @@ def _descriptor(stream: BinaryIO) -> int | None:
         return None
 
 
-def _archive_images(stream: BinaryIO, size: int, display_name: str, fd: int | None) -> list[Image]:
+def _archive_images(
+    stream: BinaryIO, size: int, display_name: str, fd: int | None
+) -> tuple[list[Image], list[tuple[str, str]]]:
+    """The members' images, and (member, error) for each member that is not a readable ELF
+    file: one corrupt object does not hide what the other members hold."""
     images = []
+    unreadable = []
     for member in archive.iter_members(stream, size, display_name):
         stream.seek(member.offset)
         if stream.read(4) != elf.MAGIC:
             continue
         window = Window(stream, member.offset, member.size)
-        images.append(
-            elf.read_elf(window, member.size, display_name, member.name, member.offset, fd)
-        )
-    return images
+        try:
+            images.append(
+                elf.read_elf(window, member.size, display_name, member.name, member.offset, fd)
+            )
+        except InputError as exc:
+            unreadable.append((member.name, str(exc)))
+    return images, unreadable
 
 
 class Window(io.RawIOBase):

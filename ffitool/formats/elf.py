@@ -163,7 +163,7 @@ def _read(elf: ElfFile, size: int, member: str | None, base: int, fd: int | None
         tables.append(table)
         for symbol, shndx in _ffi_symbols(source, index, table, sections, names):
             symbols.append(symbol)
-            where = _locate(symbol, shndx, sections, segments)
+            where = _locate(symbol, shndx, sections, segments, size)
             if where is not None:
                 locations[(symbol.name, table)] = Location(
                     where.file_offset + base, where.available
@@ -615,10 +615,21 @@ def _symbol(
 
 
 def _locate(
-    symbol: Symbol, shndx: object, sections: list, segments: list | None
+    symbol: Symbol, shndx: object, sections: list, segments: list | None, size: int
 ) -> Location | None:
     """File bytes behind a defined data symbol (a blob; functions are never read): through
-    PT_LOAD segments, or its section in an object."""
+    PT_LOAD segments, or its section in an object; None unless they start inside the image's
+    `size` bytes, and never more than the image holds."""
+    found = _located(symbol, shndx, sections, segments)
+    if found is None or not 0 <= found.file_offset < size:
+        return None
+    return Location(found.file_offset, min(found.available, size - found.file_offset))
+
+
+def _located(
+    symbol: Symbol, shndx: object, sections: list, segments: list | None
+) -> Location | None:
+    """Where the headers say a symbol's bytes are, before checking the file holds them."""
     if not symbol.defined or symbol.nobits or symbol.type == "FUNC" or not isinstance(shndx, int):
         return None
     if segments is not None:
