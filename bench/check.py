@@ -295,8 +295,8 @@ def wheel_reference(wheel: Path) -> list[str]:
     else:
         extract = f'"{sys.executable}" -m zipfile -e "$1" "$d"'
     script = (
-        f'd=$(mktemp -d) && {extract} && for f in "$d"/{WHEEL_LIB_DIR}/*; do'
-        ' nm -D "$f" >/dev/null || { rm -rf "$d"; exit 1; }; done; rm -rf "$d"'
+        f"d=$(mktemp -d) || exit 1; trap 'rm -rf \"$d\"' EXIT; {extract} || exit 1;"
+        f' for f in "$d"/{WHEEL_LIB_DIR}/*; do nm -D "$f" >/dev/null || exit 1; done'
     )
     return ["sh", "-c", script, "sh", str(wheel)]
 
