@@ -6,7 +6,8 @@ libraries and on a wheel of 200, it checks at least as many files per second as 
 `nm -D` once per file, as a shell loop would, in the same run. For the wheel the reference
 is extracting its members with unzip (or Python's zipfile) and then `nm -D` on each. Worker
 processes are how ffitool gets there on small files, so `--jobs 1` and `--jobs 2` are both
-measured and the speedup of two workers over one is reported.
+measured and the speedup of two workers over one is reported, next to what two CPU-bound
+processes gain over one on the machine at that moment (its ceiling on a shared machine).
 
 The libraries are built here with gcc (bench/gen/ffi_exports.c and bench/gen/check_findings.c):
 a handful of objects compiled once, linked into 1,000 variants that differ in their FFI part
@@ -301,6 +302,29 @@ def wheel_reference(wheel: Path) -> list[str]:
     return ["sh", "-c", script, "sh", str(wheel)]
 
 
+BURN = f'"{sys.executable}" -c "sum(range(20_000_000))"'
+
+
+def free_cores(meter: Meter, repeat: int) -> Target:
+    """How much two CPU-bound processes gain over one on this machine right now: the
+    ceiling for the speedup of --jobs 2, which other load on a shared machine lowers."""
+    series = time_series(
+        meter,
+        {
+            "2 CPU burns, one after the other": ["sh", "-c", f"{BURN}; {BURN}"],
+            "2 CPU burns, side by side": ["sh", "-c", f"{BURN} & {BURN}; wait"],
+        },
+        repeat,
+    )
+    print_series(series)
+    serial, parallel = series.values()
+    if not (serial.ok and parallel.ok):
+        return Target("free cores (2 burns)", "failed", "-", None, False)
+    gain = serial.median_s / parallel.median_s
+    print(f"    two processes side by side gain {gain:.2f}x: the ceiling for --jobs 2")
+    return Target("free cores (2 burns)", f"{gain:.2f}x", "-", None, False)
+
+
 def bench_directory(meter: Meter, libs: Path, repeat: int, jobs: bool) -> list[Target]:
     """ffitool check on the directory (default jobs, and 1 and 2 workers) against the
     nm loop over the same files."""
@@ -333,8 +357,10 @@ def bench_directory(meter: Meter, libs: Path, repeat: int, jobs: bool) -> list[T
             )
     default = series["ffitool check DIR"]
     if default.ok:
+        # wait4 folds the peaks of reaped workers into their parent's: this is the
+        # largest single process, not the sum over the workers.
         targets.append(
-            Target("dir peak RSS (parent)", f"{default.peak_rss_mb:.1f} MB", "-", None, False)
+            Target("dir peak RSS (default jobs)", f"{default.peak_rss_mb:.1f} MB", "-", None, False)
         )
     return targets
 
@@ -406,7 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ffitool --help": [*FFITOOL, "--help"],
         }
         print_series(time_series(meter, floors, args.repeat))
-        targets = bench_directory(meter, libs, args.repeat, supports_jobs())
+        parallelism = free_cores(meter, args.repeat)
+        targets = [parallelism, *bench_directory(meter, libs, args.repeat, supports_jobs())]
         targets += bench_wheel(meter, wheel, args.wheel_members, args.repeat)
     print_summary(targets)
     if args.libraries != DEFAULT_LIBRARIES or args.wheel_members != DEFAULT_WHEEL_MEMBERS:
