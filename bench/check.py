@@ -4,7 +4,9 @@
 The performance promise of `ffitool check` (issue 8): on a directory of 1,000 small FFI
 libraries and on a wheel of 200, it checks at least as many files per second as running
 `nm -D` once per file, as a shell loop would, in the same run. For the wheel the reference
-is extracting its members with unzip (or Python's zipfile) and then `nm -D` on each. Worker
+is extracting its members with unzip (or Python's zipfile) and then `nm -D` on each.
+`readelf --dyn-syms` per file is shown too (not a target): GNU nm's cost per file is mostly
+loading BFD plugins, which readelf does not, so it shows how much margin that leaves. Worker
 processes are how ffitool gets there on small files, so `--jobs 1` and `--jobs 2` are both
 measured and the speedup of two workers over one is reported, next to what two CPU-bound
 processes gain over one on the machine at that moment (its ceiling on a shared machine).
@@ -286,6 +288,10 @@ def ratio_target(
 
 
 NM_LOOP = 'for f; do nm -D "$f" >/dev/null || exit 1; done'
+# GNU nm opens every BFD plugin it finds for each file (LLVMgold.so alone costs ~20 ms
+# where LLVM is installed); readelf loads none, so it shows the margin without them.
+READELF = "readelf --dyn-syms, per file"
+READELF_LOOP = 'for f; do readelf --dyn-syms "$f" >/dev/null || exit 1; done'
 
 
 def wheel_reference(wheel: Path) -> list[str]:
@@ -333,6 +339,7 @@ def bench_directory(meter: Meter, libs: Path, repeat: int, jobs: bool) -> list[T
     sanity_check(meter, libs, len(files), expected_findings(range(len(files))))
     commands = {
         "nm -D, one process per file": ["sh", "-c", NM_LOOP, "sh", *files],
+        READELF: ["sh", "-c", READELF_LOOP, "sh", *files],
         "ffitool check DIR": [*FFITOOL, "check", str(libs)],
     }
     if jobs:
@@ -345,6 +352,7 @@ def bench_directory(meter: Meter, libs: Path, repeat: int, jobs: bool) -> list[T
     print_rates(series, len(files))
     nm = "nm -D, one process per file"
     targets = [ratio_target("dir ffitool/nm", series, "ffitool check DIR", nm)]
+    targets.append(ratio_target("dir ffitool/readelf", series, "ffitool check DIR", READELF, False))
     one, two = series.get("ffitool check --jobs 1 DIR"), series.get("ffitool check --jobs 2 DIR")
     if one is not None and two is not None:
         targets.append(ratio_target("dir --jobs 1 ffitool/nm", series, one.label, nm, counts=False))
