@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, require_tool
+from conftest import FIXTURES, ROOT, require_tool
 
 from ffitool.blob import Blob, Module, encode
 
@@ -153,3 +154,13 @@ def test_errors_escape_the_path_they_quote(tmp_path):
     assert out == line, out
     for raw in RAW:
         assert raw not in out
+
+
+def test_check_on_a_narrow_terminal_keeps_each_finding_on_one_line():
+    code, output = run_in_terminal("check", FIXTURES / "libffi_hidden_blob.so", columns=40)
+    assert code == 1
+    plain = re.sub(rb"\x1b\[[0-9;]*m", b"", output).decode()
+    assert (
+        "  L101 error: __tvm_ffi__library_bin is only in .symtab, not in the dynamic symbol"
+        " table: dlsym, and so the runtime, will not find it (file offset 0x2040)\r\n"
+    ) in plain

@@ -11,7 +11,6 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ffitool.check_config import CheckSettings
 from ffitool.check_report import CheckOutcome, check_document, github_lines, sarif_document
@@ -19,9 +18,6 @@ from ffitool.checks import Reported, Requirements, check_file
 from ffitool.findings import Severity, printable
 from ffitool.rules import RULES
 from ffitool.targets import Inspected, Skipped, Source, Unreadable, iter_sources, read_source
-
-if TYPE_CHECKING:
-    from rich.console import Console
 
 FORMATS = ("text", "json", "sarif", "github")
 
@@ -118,11 +114,13 @@ def _print_text(outcome: CheckOutcome) -> None:
     """Findings grouped by target, then one summary line; files without findings are counted."""
     from rich.text import Text
 
-    console = _console()
+    from ffitool.cli.render import output_console
+
+    console = output_console()
     for path, reported in outcome.checked:
         if not reported:
             continue
-        console.print(Text(printable(path), style="bold"))
+        console.print(Text(printable(path), style="bold"), soft_wrap=True)
         for item in reported:
             found = item.finding
             line = Text("  ")
@@ -133,7 +131,7 @@ def _print_text(outcome: CheckOutcome) -> None:
             line.append(printable(found.message))
             if item.file_offset is not None:
                 line.append(f" (file offset {item.file_offset:#x})")
-            console.print(line)
+            console.print(line, soft_wrap=True)
     counts = outcome.counts()
     summary = (
         f"{len(outcome.checked)} {_plural(len(outcome.checked), 'file')} checked:"
@@ -149,12 +147,6 @@ def _print_text(outcome: CheckOutcome) -> None:
 
 def _plural(count: int, noun: str) -> str:
     return noun if count == 1 else f"{noun}s"
-
-
-def _console() -> Console:
-    from rich.console import Console
-
-    return Console(soft_wrap=True, highlight=False, markup=False, emoji=False)
 
 
 def print_rules(codes: Iterable[str] = RULES) -> None:
