@@ -271,19 +271,15 @@ def _merge_tables(image: Image) -> tuple[FfiSymbol, ...]:
     merged = []
     for name, records in by_name.items():
         dynamic = [r for r in records if r.table is SymbolTable.DYNAMIC and r.defined]
-        chosen = dynamic[0] if dynamic else next((r for r in records if r.defined), records[0])
-        visible = bool(dynamic) and _visible(dynamic[0]) if image.loadable else False
+        exported = [r for r in records if r.exported]
+        # A format without a dynamic table (Mach-O) marks the record its loader finds.
+        loaded = dynamic or exported
+        chosen = loaded[0] if loaded else next((r for r in records if r.defined), records[0])
+        visible = bool(loaded) and chosen.exported
         in_symtab = any(r.table is SymbolTable.STATIC for r in records)
         merged.append(FfiSymbol(chosen, namings[name], visible, in_symtab))
     merged.sort(key=lambda s: (s.symbol.address, s.symbol.name))
     return tuple(merged)
-
-
-def _visible(symbol: Symbol) -> bool:
-    return symbol.binding in ("GLOBAL", "WEAK", "GNU_UNIQUE") and symbol.visibility in (
-        "DEFAULT",
-        "PROTECTED",
-    )
 
 
 def _functions(symbols: Iterable[FfiSymbol], loadable: bool) -> tuple[Function, ...]:
@@ -293,9 +289,7 @@ def _functions(symbols: Iterable[FfiSymbol], loadable: bool) -> tuple[Function, 
     defined global function (the linker decides later what gets exported).
     """
     pool = [
-        s
-        for s in symbols
-        if s.symbol.defined and (s.dynamic if loadable else s.symbol.binding in ("GLOBAL", "WEAK"))
+        s for s in symbols if s.symbol.defined and (s.dynamic if loadable else s.symbol.external)
     ]
     helpers = {(s.naming.role, s.naming.name) for s in pool}
     functions = [
@@ -374,14 +368,11 @@ def _placement_findings(image: Image, chosen: FfiSymbol) -> list[Finding]:
         )
     if image.loadable and not chosen.dynamic and not chosen.naming.prefix:
         # A system-lib blob is handed over by address from a constructor: dlsym never looks.
-        if symbol.table is SymbolTable.STATIC:
-            reason = "only in .symtab, not in the dynamic symbol table"
-        else:
-            reason = f"{symbol.binding} binding and {symbol.visibility} visibility"
         found.append(
             finding(
                 "L101",
-                f"{symbol.name} is {reason}: dlsym, and so the runtime, will not find it",
+                f"{symbol.name} is {symbol.hidden_because}: dlsym, and so the runtime,"
+                " will not find it",
             )
         )
     return found

@@ -1,8 +1,13 @@
 """What every object-format reader hands to the model: images, symbols, file locations.
 
 An *image* is one thing with its own symbol table: a shared library, an object, one member of
-a static archive (later: one Mach-O slice). Readers keep only FFI-related symbols, so the model
-never sees the thousands of others.
+a static archive, one slice of a Mach-O universal file. Readers keep only FFI-related symbols,
+so the model never sees the thousands of others.
+
+What the model needs to know about a symbol's reach is format-neutral and decided by the
+reader (`exported`, `external`, `hidden_because`): each format has its own rules for what a
+dynamic loader finds (ELF: binding, visibility and the dynamic table; Mach-O: N_EXT, N_PEXT
+and the export trie). Binding, visibility and type stay as the format spells them, for display.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from enum import Enum
 
 
 class SymbolTable(str, Enum):
-    """Where a symbol was listed; only the dynamic table is visible to `dlsym`."""
+    """Where a symbol was listed. ELF's dynamic table is what `dlsym` searches; a Mach-O
+    image has one symbol table (STATIC), whose exported entries the export trie confirms."""
 
     DYNAMIC = "dynsym"
     STATIC = "symtab"
@@ -25,6 +31,7 @@ class Symbol:
     name: str
     table: SymbolTable
     binding: str
+    """The format's own word for the symbol's linkage (ELF STB_*, Mach-O EXTERNAL/...)."""
     type: str
     visibility: str
     address: int
@@ -36,6 +43,14 @@ class Symbol:
     executable: bool | None = None
     """The symbol's section holds code (ELF SHF_EXECINSTR); None when the reader cannot
     tell (a special section index, or no section headers)."""
+    exported: bool = False
+    """A loadable image's dynamic loader finds this record (`dlsym` resolves it); always
+    False in objects and archive members, which nothing loads."""
+    external: bool = False
+    """Visible to the static linker outside its object (ELF GLOBAL/WEAK, Mach-O N_EXT): what
+    counts as a function of an object or archive member."""
+    hidden_because: str = ""
+    """Why a loader would not find this record, in words for a finding; empty if exported."""
 
     @property
     def defined(self) -> bool:

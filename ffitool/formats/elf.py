@@ -161,7 +161,7 @@ def _read(elf: ElfFile, size: int, member: str | None, base: int, fd: int | None
         if table is None:
             continue
         tables.append(table)
-        for symbol, shndx in _ffi_symbols(source, index, table, sections, names):
+        for symbol, shndx in _ffi_symbols(source, index, table, sections, names, loadable):
             symbols.append(symbol)
             where = _locate(symbol, shndx, sections, segments, size)
             if where is not None:
@@ -231,6 +231,7 @@ def _ffi_symbols(
     table: SymbolTable,
     sections: list,
     names: SectionNames,
+    loadable: bool,
 ) -> list[tuple[Symbol, object]]:
     """Decode only the symbols whose names carry an FFI marker, with their raw section index.
 
@@ -261,7 +262,9 @@ def _ffi_symbols(
                 fields = _st_name_column(data, entry_size, elf.little_endian)
                 for number, offset in _matching_entries(fields, wanted(fields)):
                     raw = _unpack_symbol(layout, data, number * entry_size)
-                    symbol = _symbol(_c_string(strings, offset), raw, table, sections, names)
+                    symbol = _symbol(
+                        _c_string(strings, offset), raw, table, sections, names, loadable
+                    )
                     result.append((symbol, raw.shndx))
         return result
 
@@ -584,7 +587,12 @@ def _c_string(strings: _Searchable, offset: int) -> str:
 
 
 def _symbol(
-    name: str, raw: _RawSymbol, table: SymbolTable, sections: list, names: SectionNames
+    name: str,
+    raw: _RawSymbol,
+    table: SymbolTable,
+    sections: list,
+    names: SectionNames,
+    loadable: bool,
 ) -> Symbol:
     shndx = raw.shndx
     section_name: str | None
@@ -611,7 +619,28 @@ def _symbol(
         section=section_name,
         nobits=nobits,
         executable=executable,
+        exported=loadable
+        and table is SymbolTable.DYNAMIC
+        and section_name is not None
+        and _dlsym_finds(raw),
+        external=raw.bind in ("GLOBAL", "WEAK"),
+        hidden_because=_hidden_because(raw, table),
     )
+
+
+def _dlsym_finds(raw: _RawSymbol) -> bool:
+    """The dynamic linker resolves a dynamic-table entry by name only if it is global (or
+    weak, or GNU unique) and neither hidden nor internal."""
+    return raw.bind in ("GLOBAL", "WEAK", "GNU_UNIQUE") and raw.visibility in (
+        "DEFAULT",
+        "PROTECTED",
+    )
+
+
+def _hidden_because(raw: _RawSymbol, table: SymbolTable) -> str:
+    if table is SymbolTable.STATIC:
+        return "only in .symtab, not in the dynamic symbol table"
+    return f"{raw.bind} binding and {raw.visibility} visibility"
 
 
 def _locate(
