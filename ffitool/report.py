@@ -160,7 +160,7 @@ def function_json(function: Function) -> Json:
     symbol = function.symbol.symbol
     return {
         "name": function.name,
-        "symbol": symbol.name,
+        "symbol": symbol.file_name,
         "prefix": function.symbol.naming.prefix,
         "address": symbol.address,
         "size": symbol.size,
@@ -173,7 +173,7 @@ def function_json(function: Function) -> Json:
 def symbol_json(ffi_symbol: FfiSymbol) -> Json:
     symbol = ffi_symbol.symbol
     return {
-        "symbol": symbol.name,
+        "symbol": symbol.file_name,
         "role": ffi_symbol.naming.role.value,
         "name": ffi_symbol.naming.name,
         "prefix": ffi_symbol.naming.prefix,
@@ -193,7 +193,7 @@ def symbol_json(ffi_symbol: FfiSymbol) -> Json:
 def library_bin_json(library_bin: LibraryBin, *, lazy: bool = False) -> Json:
     symbol = library_bin.symbol.symbol
     return {
-        "symbol": symbol.name,
+        "symbol": symbol.file_name,
         "prefix": library_bin.prefix,
         "layout": library_bin.layout,
         "section": symbol.section,

@@ -11,8 +11,9 @@ from conftest import ROOT, require_tool, require_tvm_ffi, require_zig
 
 
 def test_build_script_reproduces_every_committed_binary(tmp_path):
-    for tool in ("gcc", "g++", "ar", "strip"):
+    for tool in ("gcc", "g++", "ar", "strip", "llvm-ar"):
         require_tool(tool)
+    require_tool("llvm-lipo-14" if shutil.which("llvm-lipo") is None else "llvm-lipo")
     require_tvm_ffi()
     require_zig()
     copy = tmp_path / "fixtures"
@@ -23,6 +24,7 @@ def test_build_script_reproduces_every_committed_binary(tmp_path):
     committed = _files(ROOT / "fixtures" / "bin")
     rebuilt = _files(copy / "bin")
     assert "check/ok.so" in committed  # the check corpus in its subfolder is covered too
+    assert "macho/libffi_macho.universal.dylib" in committed  # and the Mach-O fixtures
     assert sorted(rebuilt) == sorted(committed)
     differing = [name for name in committed if committed[name] != rebuilt[name]]
     assert differing == []

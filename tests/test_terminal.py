@@ -150,7 +150,11 @@ def test_errors_escape_the_path_they_quote(tmp_path):
     path.write_bytes(b"not an object file")
     code, out = run_in_terminal("inspect", path)
     assert code == 3
-    line = b"ffitool: error: " + escaped(str(path)) + b": not an ELF file or ar archive\r\n"
+    line = (
+        b"ffitool: error: "
+        + escaped(str(path))
+        + b": not an ELF file, Mach-O file or ar archive\r\n"
+    )
     assert out == line, out
     for raw in RAW:
         assert raw not in out

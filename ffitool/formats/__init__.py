@@ -7,15 +7,13 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ffitool.errors import InputError
-from ffitool.formats import archive, elf
+from ffitool.formats import archive, elf, macho
 from ffitool.formats.base import Image, Location, Symbol, SymbolTable
 
 __all__ = ["Image", "Location", "ObjectFile", "Symbol", "SymbolTable", "Window", "read_object"]
 
 _OTHER_MAGICS = {
-    b"\xcf\xfa\xed\xfe": "Mach-O",
-    b"\xce\xfa\xed\xfe": "Mach-O",
-    b"\xca\xfe\xba\xbe": "Mach-O universal",
+    macho.MAGIC_32: "32-bit Mach-O",
     b"MZ": "PE",
 }
 
@@ -25,7 +23,7 @@ class ObjectFile:
     """An input file split into the images that have their own symbol tables."""
 
     format: str
-    """The container: "ELF" or "ar archive"."""
+    """The container: "ELF", "Mach-O", "Mach-O universal" or "ar archive"."""
     size: int
     images: tuple[Image, ...]
     unreadable: tuple[tuple[str, str], ...] = ()
@@ -39,6 +37,9 @@ def read_object(stream: BinaryIO, size: int, display_name: str) -> ObjectFile:
     fd = _descriptor(stream)
     if head.startswith(elf.MAGIC):
         return ObjectFile("ELF", size, (elf.read_elf(stream, size, display_name, fd=fd),))
+    if head.startswith(macho.MAGIC_64) or macho.is_universal(head):
+        container = "Mach-O universal" if macho.is_universal(head) else "Mach-O"
+        return ObjectFile(container, size, macho.read_macho(stream, size, display_name, fd=fd))
     if head == archive.MAGIC:
         images, unreadable = _archive_images(stream, size, display_name, fd)
         return ObjectFile("ar archive", size, tuple(images), tuple(unreadable))
@@ -47,7 +48,7 @@ def read_object(stream: BinaryIO, size: int, display_name: str) -> ObjectFile:
     for magic, name in _OTHER_MAGICS.items():
         if head.startswith(magic):
             raise InputError(f"{display_name}: {name} files are not supported yet")
-    raise InputError(f"{display_name}: not an ELF file or ar archive")
+    raise InputError(f"{display_name}: not an ELF file, Mach-O file or ar archive")
 
 
 def _descriptor(stream: BinaryIO) -> int | None:
@@ -61,19 +62,25 @@ def _descriptor(stream: BinaryIO) -> int | None:
 def _archive_images(
     stream: BinaryIO, size: int, display_name: str, fd: int | None
 ) -> tuple[list[Image], list[tuple[str, str]]]:
-    """The members' images, and (member, error) for each member that is not a readable ELF
-    file: one corrupt object does not hide what the other members hold."""
+    """The members' images, and (member, error) for each member that is not a readable ELF or
+    Mach-O file: one corrupt object does not hide what the other members hold."""
     images = []
     unreadable = []
     for member in archive.iter_members(stream, size, display_name):
         stream.seek(member.offset)
-        if stream.read(4) != elf.MAGIC:
-            continue
+        magic = stream.read(4)
         window = Window(stream, member.offset, member.size)
         try:
-            images.append(
-                elf.read_elf(window, member.size, display_name, member.name, member.offset, fd)
-            )
+            if magic == elf.MAGIC:
+                images.append(
+                    elf.read_elf(window, member.size, display_name, member.name, member.offset, fd)
+                )
+            elif magic == macho.MAGIC_64:
+                images.extend(
+                    macho.read_macho(
+                        window, member.size, display_name, member.name, member.offset, fd
+                    )
+                )
         except InputError as exc:
             unreadable.append((member.name, str(exc)))
     return images, unreadable

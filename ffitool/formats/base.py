@@ -51,6 +51,14 @@ class Symbol:
     counts as a function of an object or archive member."""
     hidden_because: str = ""
     """Why a loader would not find this record, in words for a finding; empty if exported."""
+    raw_name: str = ""
+    """The name as the file spells it when the format decorates C names (Mach-O prepends
+    `_`); empty when it is `name`."""
+
+    @property
+    def file_name(self) -> str:
+        """The name in the file's own spelling: what `nm` prints."""
+        return self.raw_name or self.name
 
     @property
     def defined(self) -> bool:
@@ -83,3 +91,6 @@ class Image:
     """Symbol tables present in the image (an empty tuple for a fully stripped file)."""
     locations: dict[tuple[str, SymbolTable], Location] = field(default_factory=dict)
     """File locations of the data symbols the model may need to read, keyed by name and table."""
+    signature: str | None = None
+    """Code-signature state of a Mach-O image: "none", "ad-hoc", "linker-signed",
+    "certificate" (or "unknown" flags); None for formats that have no signatures."""

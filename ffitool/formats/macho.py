@@ -1,0 +1,483 @@
+"""Mach-O reader: FFI symbols of 64-bit dylibs, bundles and objects, thin or universal.
+
+Every count and offset the file states is checked against the size of its image before
+anything is read, and tables are read through the file descriptor in windows, so a lying
+header ends in a one-line error, never in a huge allocation. The symbol table is scanned the
+way the ELF reader scans its tables (the string table is searched for the FFI marker, and only
+the entries that name a marked string are decoded); the export trie is walked once, with a
+visited set, so a trie whose edges form a cycle terminates.
+
+Mach-O has no dynamic symbol table: dyld resolves names through the export trie. A symbol is
+exported when it is external (N_EXT), not private extern (N_PEXT), defined, and, if the image
+has a trie, listed in it. C names carry a leading underscore in the file; `Symbol.name` is the
+C name and `Symbol.raw_name` keeps the spelling of the file.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from elftools.common.exceptions import ELFError
+
+from ffitool.errors import InputError
+from ffitool.formats.base import Image, Location, Symbol, SymbolTable
+from ffitool.formats.elf import (
+    _SYMBOL_SLICE,
+    _c_string,
+    _candidate_ranges,
+    _matching_entries,
+    _offset_filter,
+    _st_name_column,
+    _WindowedTable,
+)
+
+MAGIC_64 = b"\xcf\xfa\xed\xfe"
+"""MH_MAGIC_64 as a little-endian file stores it (x86-64 and arm64 are both little-endian)."""
+MAGIC_32 = b"\xce\xfa\xed\xfe"
+FAT_MAGIC = b"\xca\xfe\xba\xbe"
+FAT_MAGIC_64 = b"\xca\xfe\xba\xbf"
+
+_HEADER = struct.Struct("<IiiIIIII")
+_LOAD_COMMAND = struct.Struct("<II")
+_SEGMENT = struct.Struct("<16sQQQQiiII")
+_SECTION = struct.Struct("<16s16sQQIIIIIIII")
+_NLIST = struct.Struct("<IBBHQ")
+_FAT_HEADER = struct.Struct(">II")
+_FAT_ARCH = struct.Struct(">iiIII")
+_FAT_ARCH_64 = struct.Struct(">iiQQII")
+
+_LC_SYMTAB = 0x2
+_LC_SEGMENT_64 = 0x19
+_LC_CODE_SIGNATURE = 0x1D
+_LC_DYLD_INFO = 0x22
+_LC_DYLD_INFO_ONLY = 0x80000022
+_LC_DYLD_EXPORTS_TRIE = 0x80000033
+
+_KINDS = {
+    1: ("relocatable object", False),
+    2: ("executable", True),
+    6: ("shared library", True),
+    8: ("bundle", True),
+    10: ("debug companion (dSYM)", False),
+}
+_MACHINES = {0x01000007: "x86-64", 0x0100000C: "aarch64", 7: "x86", 12: "arm"}
+
+_N_STAB = 0xE0
+_N_PEXT = 0x10
+_N_TYPE = 0x0E
+_N_EXT = 0x01
+_N_SECT = 0xE
+_N_WEAK_DEF = 0x80
+_TYPE_NAMES = {0x0: "UNDF", 0x2: "ABS", 0xE: "SECT", 0xC: "PBUD", 0xA: "INDR"}
+
+_SECTION_TYPE = 0xFF
+_ZEROFILL_TYPES = {0x1, 0xC, 0x12}  # S_ZEROFILL, S_GB_ZEROFILL, S_THREAD_LOCAL_ZEROFILL
+_CODE_ATTRIBUTES = 0x80000400  # S_ATTR_PURE_INSTRUCTIONS | S_ATTR_SOME_INSTRUCTIONS
+
+_MAX_COMMANDS_SIZE = 16 << 20
+_MAX_SLICES = 64
+_MAX_TRIE_DEPTH = 4096
+_MARKER = b"__tvm_"
+_EXPORT_REEXPORT = 0x08
+_EXPORT_STUB_AND_RESOLVER = 0x10
+
+_CSMAGIC_EMBEDDED_SIGNATURE = 0xFADE0CC0
+_CSMAGIC_CODEDIRECTORY = 0xFADE0C02
+_CSSLOT_CODEDIRECTORY = 0
+_CSSLOT_SIGNATURESLOT = 0x10000
+_CS_ADHOC = 0x2
+_CS_LINKER_SIGNED = 0x20000
+
+
+class _Malformed(Exception):
+    """A structural problem, turned into one InputError naming the file (and member)."""
+
+
+def is_universal(head: bytes) -> bool:
+    return head[:4] in (FAT_MAGIC, FAT_MAGIC_64)
+
+
+def read_macho(
+    stream: BinaryIO,
+    size: int,
+    display_name: str,
+    member: str | None = None,
+    base: int = 0,
+    fd: int | None = None,
+) -> tuple[Image, ...]:
+    """Read a thin Mach-O image, or every slice of a universal file, of `size` bytes.
+
+    `base` is where `stream` starts in the file behind `fd` (an archive member); locations
+    are absolute file offsets, a slice's offset included.
+    """
+    where = f"{display_name}({member})" if member else display_name
+    source = _Source(stream, fd, base, size)
+    try:
+        head = source.read(0, 4)
+        if is_universal(head):
+            return tuple(
+                _read_thin(source, offset, length, member) for offset, length in _slices(source)
+            )
+        return (_read_thin(source, 0, size, member),)
+    except (_Malformed, ELFError) as exc:
+        raise InputError(f"{where}: malformed Mach-O: {exc}") from None
+    except OSError as exc:
+        raise InputError(f"{where}: read error: {exc.strerror or exc}") from None
+
+
+class _Source:
+    """Bytes of one image, read by offset with every range checked against its size."""
+
+    def __init__(self, stream: BinaryIO, fd: int | None, base: int, size: int) -> None:
+        self.stream = stream
+        self.fd = fd
+        self.base = base
+        self.size = size
+
+    def check(self, offset: int, count: int, what: str) -> None:
+        if offset < 0 or count < 0 or offset + count > self.size:
+            raise _Malformed(
+                f"{what} ({count} bytes at offset {offset}) extends past the end of the file"
+                f" ({self.size} bytes)"
+            )
+
+    def read(self, offset: int, count: int, what: str = "header") -> bytes:
+        self.check(offset, count, what)
+        if self.fd is not None:
+            data = os.pread(self.fd, count, self.base + offset)
+        else:
+            self.stream.seek(offset)
+            data = self.stream.read(count)
+        if len(data) != count:
+            raise _Malformed("the file shrank while it was being read")
+        return data
+
+    def table(self, offset: int, count: int, what: str):
+        """A searchable view of a table (string table, trie): windowed through the fd."""
+        self.check(offset, count, what)
+        if self.fd is not None:
+            return _WindowedTable(self.fd, self.base + offset, count)
+        return self.read(offset, count, what)
+
+
+def _slices(source: _Source) -> list[tuple[int, int]]:
+    """(offset, size) of each slice of a universal file, checked against the file."""
+    magic, count = _FAT_HEADER.unpack(source.read(0, _FAT_HEADER.size))
+    layout = _FAT_ARCH_64 if magic == 0xCAFEBABF else _FAT_ARCH
+    if count == 0 or count > _MAX_SLICES:
+        raise _Malformed(f"universal header claims {count} architectures (at most {_MAX_SLICES})")
+    table = source.read(_FAT_HEADER.size, count * layout.size, "universal header")
+    slices = []
+    for index in range(count):
+        fields = layout.unpack_from(table, index * layout.size)
+        offset, length = fields[2], fields[3]
+        source.check(offset, length, f"slice {index}")
+        slices.append((offset, length))
+    return slices
+
+
+@dataclass(frozen=True)
+class _Section:
+    segment: str
+    name: str
+    address: int
+    size: int
+    offset: int
+    flags: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.segment},{self.name}"
+
+    @property
+    def zerofill(self) -> bool:
+        return self.flags & _SECTION_TYPE in _ZEROFILL_TYPES
+
+
+@dataclass
+class _Commands:
+    """What the reader needs from the load commands of one slice."""
+
+    sections: list[_Section]
+    symtab: tuple[int, int, int, int] | None = None
+    trie: tuple[int, int] | None = None
+    signature: tuple[int, int] | None = None
+
+
+def _read_thin(source: _Source, start: int, length: int, member: str | None) -> Image:
+    if length < _HEADER.size:
+        raise _Malformed(f"slice at offset {start} is too small for a Mach-O header")
+    header = source.read(start, _HEADER.size)
+    if header[:4] != MAGIC_64:
+        kind = "32-bit Mach-O" if header[:4] == MAGIC_32 else "not a 64-bit little-endian Mach-O"
+        raise _Malformed(f"slice at offset {start}: {kind} images are not supported")
+    _, cputype, _, filetype, ncmds, sizeofcmds, _, _ = _HEADER.unpack(header)
+    if filetype not in _KINDS:
+        raise _Malformed(f"unsupported Mach-O file type {filetype}")
+    kind, loadable = _KINDS[filetype]
+    if sizeofcmds > min(length - _HEADER.size, _MAX_COMMANDS_SIZE):
+        raise _Malformed(f"load commands claim {sizeofcmds} bytes, the image has {length}")
+    if ncmds * _LOAD_COMMAND.size > sizeofcmds:
+        raise _Malformed(f"{ncmds} load commands cannot fit in {sizeofcmds} bytes")
+    commands = _load_commands(source.read(start + _HEADER.size, sizeofcmds), ncmds, length)
+    symbols, locations = _symbols(source, start, commands, loadable)
+    return Image(
+        member=member,
+        format="Mach-O",
+        kind=kind,
+        loadable=loadable,
+        machine=_MACHINES.get(cputype, f"cputype {cputype:#x}"),
+        bits=64,
+        endianness="little",
+        symbols=tuple(symbols),
+        tables=(SymbolTable.STATIC,) if commands.symtab else (),
+        locations=locations,
+        signature=_signature(source, start, commands.signature),
+    )
+
+
+def _load_commands(data: bytes, ncmds: int, length: int) -> _Commands:
+    commands = _Commands([])
+    at = 0
+    for index in range(ncmds):
+        if at + _LOAD_COMMAND.size > len(data):
+            raise _Malformed(f"load command {index} starts past the end of the load commands")
+        cmd, cmdsize = _LOAD_COMMAND.unpack_from(data, at)
+        if cmdsize < _LOAD_COMMAND.size or at + cmdsize > len(data):
+            raise _Malformed(f"load command {index} has a bad size {cmdsize}")
+        body = data[at : at + cmdsize]
+        if cmd == _LC_SEGMENT_64:
+            commands.sections.extend(_segment_sections(body, index))
+        elif cmd == _LC_SYMTAB:
+            commands.symtab = _fields(body, "<4I", index)
+        elif cmd in (_LC_DYLD_INFO, _LC_DYLD_INFO_ONLY):
+            info = _fields(body, "<10I", index)
+            if info[9]:
+                commands.trie = (info[8], info[9])
+        elif cmd == _LC_DYLD_EXPORTS_TRIE:
+            commands.trie = _fields(body, "<2I", index)
+        elif cmd == _LC_CODE_SIGNATURE:
+            commands.signature = _fields(body, "<2I", index)
+        at += cmdsize
+    return commands
+
+
+def _fields(body: bytes, layout: str, index: int) -> tuple[int, ...]:
+    fields = struct.Struct(layout)
+    if len(body) < 8 + fields.size:
+        raise _Malformed(f"load command {index} is too short ({len(body)} bytes)")
+    return fields.unpack_from(body, 8)
+
+
+def _segment_sections(body: bytes, index: int) -> list[_Section]:
+    if len(body) < 8 + _SEGMENT.size:
+        raise _Malformed(f"segment command {index} is too short ({len(body)} bytes)")
+    nsects = _SEGMENT.unpack_from(body, 8)[7]
+    if 8 + _SEGMENT.size + nsects * _SECTION.size > len(body):
+        raise _Malformed(f"segment command {index} claims {nsects} sections it does not hold")
+    sections = []
+    for number in range(nsects):
+        raw = _SECTION.unpack_from(body, 8 + _SEGMENT.size + number * _SECTION.size)
+        sections.append(
+            _Section(_text(raw[1]), _text(raw[0]), raw[2], raw[3], raw[4], raw[8] & 0xFFFFFFFF)
+        )
+    return sections
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+
+
+def _symbols(
+    source: _Source, start: int, commands: _Commands, loadable: bool
+) -> tuple[list[Symbol], dict[tuple[str, SymbolTable], Location]]:
+    """The FFI-marked entries of the symbol table, with the file bytes behind data symbols."""
+    if commands.symtab is None:
+        return [], {}
+    symoff, nsyms, stroff, strsize = commands.symtab
+    source.check(start + symoff, nsyms * _NLIST.size, "symbol table")
+    strings = source.table(start + stroff, strsize, "string table")
+    ranges = _candidate_ranges(strings)
+    if not ranges:
+        return [], {}
+    trie = _exports(source, start, commands.trie) if loadable and commands.trie else None
+    wanted = _offset_filter(ranges)
+    symbols: list[Symbol] = []
+    locations: dict[tuple[str, SymbolTable], Location] = {}
+    for first in range(0, nsyms, _SYMBOL_SLICE):
+        last = min(nsyms, first + _SYMBOL_SLICE)
+        data = source.read(
+            start + symoff + first * _NLIST.size, (last - first) * _NLIST.size, "symbol table"
+        )
+        fields = _st_name_column(data, _NLIST.size, True)
+        for number, offset in _matching_entries(fields, wanted(fields)):
+            _, n_type, n_sect, n_desc, n_value = _NLIST.unpack_from(data, number * _NLIST.size)
+            if n_type & _N_STAB:
+                continue
+            raw_name = _c_string(strings, offset)
+            section = None
+            if n_type & _N_TYPE == _N_SECT:
+                if not 0 < n_sect <= len(commands.sections):
+                    raise _Malformed(f"symbol {raw_name!r} names section {n_sect}, which is absent")
+                section = commands.sections[n_sect - 1]
+            symbol = _symbol(raw_name, n_type, n_desc, n_value, section, loadable, trie)
+            symbols.append(symbol)
+            location = _locate(source, start, symbol, section)
+            if location is not None:
+                locations[(symbol.name, SymbolTable.STATIC)] = location
+    return symbols, locations
+
+
+def _symbol(
+    raw_name: str,
+    n_type: int,
+    n_desc: int,
+    n_value: int,
+    section: _Section | None,
+    loadable: bool,
+    trie: set[str] | None,
+) -> Symbol:
+    kind = n_type & _N_TYPE
+    external = bool(n_type & _N_EXT)
+    private = bool(n_type & _N_PEXT)
+    defined = kind != 0
+    if private:
+        binding = "PRIVATE_EXTERNAL"
+        hidden = "private extern (N_PEXT, hidden visibility)"
+    elif not external:
+        binding = "LOCAL"
+        hidden = "a local symbol (no N_EXT)"
+    else:
+        binding = "WEAK" if n_desc & _N_WEAK_DEF else "EXTERNAL"
+        hidden = "" if trie is None or raw_name in trie else "not in the export trie"
+    exported = loadable and defined and external and not private and not hidden
+    if not loadable:
+        hidden = "in an object, which nothing loads"
+    return Symbol(
+        name=raw_name[1:] if raw_name.startswith("_") else raw_name,
+        raw_name=raw_name,
+        table=SymbolTable.STATIC,
+        binding=binding,
+        type=_symbol_type(kind, section),
+        visibility="HIDDEN" if private else "DEFAULT",
+        address=n_value,
+        size=0,
+        section=_section_name(kind, section),
+        nobits=bool(section and section.zerofill),
+        executable=bool(section.flags & _CODE_ATTRIBUTES) if section else None,
+        exported=exported,
+        external=external and not private,
+        hidden_because="" if exported else hidden,
+    )
+
+
+def _symbol_type(kind: int, section: _Section | None) -> str:
+    """Mach-O has no symbol types: a symbol in a code section is a function (FUNC), in any
+    other section data (OBJECT), as `nm` tells T from D; otherwise the nlist type's name."""
+    if section is not None:
+        return "FUNC" if section.flags & _CODE_ATTRIBUTES else "OBJECT"
+    return _TYPE_NAMES.get(kind, hex(kind))
+
+
+def _section_name(kind: int, section: _Section | None) -> str | None:
+    """ "segment,section" as the Mach-O tools print it; None when the symbol is undefined."""
+    if section is not None:
+        return section.label
+    return None if kind == 0 else f"*{_TYPE_NAMES.get(kind, hex(kind))}*"
+
+
+def _locate(
+    source: _Source, start: int, symbol: Symbol, section: _Section | None
+) -> Location | None:
+    """File bytes from a data symbol to the end of its section (Mach-O has no symbol sizes)."""
+    if section is None or section.zerofill or symbol.executable:
+        return None
+    delta = symbol.address - section.address
+    if not 0 <= delta < section.size:
+        return None
+    source.check(start + section.offset, section.size, f"section {section.label}")
+    return Location(source.base + start + section.offset + delta, section.size - delta)
+
+
+def _exports(source: _Source, start: int, where: tuple[int, int]) -> set[str]:
+    """Names in the export trie that carry the FFI marker (as the file spells them).
+
+    Each node is visited at most once and the walk stops at a depth bound, so a trie whose
+    child offsets loop back, or that claims absurd lengths, still terminates.
+    """
+    offset, size = where
+    data = bytes(source.read(start + offset, size, "export trie"))
+    found: set[str] = set()
+    visited: set[int] = set()
+    stack: list[tuple[int, bytes, int]] = [(0, b"", 0)]
+    while stack:
+        node, prefix, depth = stack.pop()
+        if node in visited:
+            continue
+        if node >= size or depth > _MAX_TRIE_DEPTH:
+            raise _Malformed(f"export trie node at {node} is out of bounds or too deep")
+        visited.add(node)
+        terminal, at = _uleb(data, node)
+        children_at = at + terminal
+        if terminal and _MARKER in prefix:
+            flags, _ = _uleb(data, at)
+            if not flags & _EXPORT_REEXPORT:
+                found.add(prefix.decode("utf-8", "backslashreplace"))
+        if children_at >= size:
+            raise _Malformed(f"export trie node at {node} runs past the trie")
+        count = data[children_at]
+        at = children_at + 1
+        for _ in range(count):
+            end = data.find(b"\0", at)
+            if end == -1:
+                raise _Malformed(f"export trie edge at {at} is not terminated")
+            label = data[at:end]
+            child, at = _uleb(data, end + 1)
+            stack.append((child, prefix + label, depth + 1))
+    return found
+
+
+def _uleb(data: bytes, at: int) -> tuple[int, int]:
+    """A ULEB128 number at `at` and the offset after it (at most 10 bytes: 64 bits)."""
+    value = shift = 0
+    for index in range(at, min(at + 10, len(data))):
+        byte = data[index]
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, index + 1
+        shift += 7
+    raise _Malformed(f"bad ULEB128 number at trie offset {at}")
+
+
+def _signature(source: _Source, start: int, where: tuple[int, int] | None) -> str:
+    """none, ad-hoc, linker-signed or certificate, from the embedded code signature."""
+    if where is None:
+        return "none"
+    offset, size = where
+    data = source.read(start + offset, size, "code signature")
+    if len(data) < 12:
+        raise _Malformed("code signature is too short")
+    magic, _, count = struct.unpack_from(">III", data)
+    if magic != _CSMAGIC_EMBEDDED_SIGNATURE or 12 + 8 * count > len(data):
+        raise _Malformed("code signature is not an embedded signature super blob")
+    flags = None
+    certificate = False
+    for index in range(count):
+        slot, blob = struct.unpack_from(">II", data, 12 + 8 * index)
+        if blob + 16 > len(data):
+            raise _Malformed(f"code signature slot {index} points past the signature")
+        blob_magic, blob_length = struct.unpack_from(">II", data, blob)
+        if slot == _CSSLOT_CODEDIRECTORY and blob_magic == _CSMAGIC_CODEDIRECTORY:
+            flags = struct.unpack_from(">I", data, blob + 12)[0]
+        elif slot == _CSSLOT_SIGNATURESLOT and blob_length > 8:
+            certificate = True
+    if certificate:
+        return "certificate"
+    if flags is None:
+        raise _Malformed("code signature has no code directory")
+    if flags & _CS_LINKER_SIGNED:
+        return "linker-signed"
+    return "ad-hoc" if flags & _CS_ADHOC else "unknown"
