@@ -344,12 +344,13 @@ def _symbol(
     external = bool(n_type & _N_EXT)
     private = bool(n_type & _N_PEXT)
     defined = kind != 0
-    if private:
-        binding = "PRIVATE_EXTERNAL"
-        hidden = "private extern (N_PEXT, hidden visibility)"
-    elif not external:
+    if not external:
         binding = "LOCAL"
-        hidden = "a local symbol (no N_EXT)"
+        # The static linker turns private externs (hidden visibility) into locals.
+        hidden = "a local symbol" + (" (hidden visibility)" if private else "")
+    elif private:
+        binding = "PRIVATE_EXTERNAL"
+        hidden = "private extern (N_PEXT: hidden visibility)"
     else:
         binding = "WEAK" if n_desc & _N_WEAK_DEF else "EXTERNAL"
         hidden = "" if trie is None or raw_name in trie else "not in the export trie"

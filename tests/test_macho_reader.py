@@ -1,0 +1,237 @@
+"""The Mach-O reader against LLVM's own Mach-O tools, on zig-built macOS fixtures.
+
+llvm-nm and llvm-objdump parse Mach-O independently of ffitool: what they list as external
+defined symbols and as the export trie must be what ffitool reports, for each architecture of
+the universal file and each member of the archive. Then hostile edits of the load commands,
+the universal header and the export trie end in a result or one clean error.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import subprocess
+
+import pytest
+from conftest import FIXTURES, require_tool
+
+from ffitool.errors import InputError
+from ffitool.formats import read_object
+from ffitool.library import inspect_path
+
+MACHO = FIXTURES / "macho"
+THIN = {"x86-64": "libffi_macho.x86_64.dylib", "aarch64": "libffi_macho.arm64.dylib"}
+LLVM_ARCH = {"x86-64": "x86_64", "aarch64": "arm64"}
+BLOB = (FIXTURES / "ffi_c.blob").read_bytes()
+FFI_EXTERNALS = {
+    "___tvm_ffi__library_bin",
+    "___tvm_ffi__library_ctx",
+    "___tvm_ffi__metadata_add_one",
+    "___tvm_ffi_add_one",
+    "___tvm_ffi_main",
+}
+
+
+def images(path):
+    with open(path, "rb") as handle:
+        return read_object(handle, path.stat().st_size, str(path)).images
+
+
+def llvm(tool: str, *args: str) -> str:
+    return subprocess.run(
+        [require_tool(tool), *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def nm_externals(path, arch: str) -> dict[str | None, set[tuple[str, int]]]:
+    """`llvm-nm --extern-only --defined-only` per archive member (None for a whole file)."""
+    listing = llvm("llvm-nm", "--extern-only", "--defined-only", *_arch(path, arch), str(path))
+    found: dict[str | None, set[tuple[str, int]]] = {}
+    member = None
+    for line in listing.splitlines():
+        header = re.fullmatch(r".*\((.+)\):", line)
+        if header:
+            member = header.group(1)
+        elif "__tvm_" in line:
+            address, _, name = line.split()
+            found.setdefault(member, set()).add((name, int(address, 16)))
+    return found
+
+
+def _arch(path, arch: str) -> list[str]:
+    """The slice option for a universal file (llvm-nm rejects it for anything else)."""
+    return [f"--arch={arch}"] if "universal" in path.name else []
+
+
+def trie_exports(path, arch: str) -> set[str]:
+    listing = llvm("llvm-objdump", "--macho", "--exports-trie", *_arch(path, arch), str(path))
+    return {line.split()[1] for line in listing.splitlines() if "__tvm_" in line}
+
+
+def reader_externals(image) -> set[tuple[str, int]]:
+    return {(s.file_name, s.address) for s in image.symbols if s.defined and s.binding != "LOCAL"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [*THIN.values(), "libffi_macho.universal.dylib", "ffi_macho.arm64.o", "libffi_macho.a"],
+)
+def test_symbols_and_exports_agree_with_llvm(name):
+    path = MACHO / name
+    found = images(path)
+    assert found
+    for image in found:
+        arch = LLVM_ARCH[image.machine]
+        expected = nm_externals(path, arch)
+        key = image.member if name.endswith(".a") else None
+        assert reader_externals(image) == expected[key]
+        names = {n for n, _ in expected[key]}
+        if image.kind == "relocatable object":
+            # The hidden function is private extern: external to nm, not a linkable export.
+            assert names == FFI_EXTERNALS | {"___tvm_ffi_hidden"}
+            assert {s.file_name for s in image.symbols if s.external} == FFI_EXTERNALS
+            assert not any(s.exported for s in image.symbols)
+        else:
+            assert names == FFI_EXTERNALS
+            assert {s.file_name for s in image.symbols if s.exported} == trie_exports(path, arch)
+            hidden = [s for s in image.symbols if s.name == "__tvm_ffi_hidden"]
+            assert [(s.binding, s.exported) for s in hidden] == [("LOCAL", False)]
+
+
+@pytest.mark.parametrize(
+    "name", [*THIN.values(), "libffi_macho.universal.dylib", "ffi_macho.arm64.o", "libffi_macho.a"]
+)
+def test_blob_at_the_reported_offset_is_the_oracle_blob(name):
+    path = MACHO / name
+    data = path.read_bytes()
+    inspected = inspect_path(path)
+    assert inspected.libraries
+    for library in inspected.libraries:
+        blob = library.library_bin
+        assert blob is not None and blob.nbytes == len(BLOB) - 8
+        assert data[blob.file_offset : blob.file_offset + len(BLOB)] == BLOB
+        assert blob.findings == ()
+        assert [f.name for f in library.functions] == ["add_one", "main"]
+        assert [f.has_metadata for f in library.functions] == [True, False]
+        assert blob.symbol.symbol.file_name == "___tvm_ffi__library_bin"
+        assert blob.symbol.symbol.name == "__tvm_ffi__library_bin"
+
+
+def test_universal_file_gives_one_library_per_slice_at_absolute_offsets():
+    path = MACHO / "libffi_macho.universal.dylib"
+    inspected = inspect_path(path)
+    assert inspected.format == "Mach-O universal"
+    assert [lib.machine for lib in inspected.libraries] == ["x86-64", "aarch64"]
+    headers = llvm("llvm-objdump", "--macho", "--universal-headers", str(path))
+    offsets = [int(v) for v in re.findall(r"^\s*offset (\d+)$", headers, re.MULTILINE)]
+    assert len(offsets) == 2
+    for library, offset in zip(inspected.libraries, offsets, strict=True):
+        thin = inspect_path(MACHO / THIN[library.machine]).libraries[0]
+        assert library.kind == "shared library" and library.loadable
+        assert library.library_bin.file_offset == offset + thin.library_bin.file_offset
+        assert [f.symbol.symbol.address for f in library.functions] == [
+            f.symbol.symbol.address for f in thin.functions
+        ]
+
+
+def test_code_signature_state_per_slice():
+    # zig signs arm64 output ad hoc as the platform linker does (linker-signed); x86-64 not.
+    assert [i.signature for i in images(MACHO / "libffi_macho.universal.dylib")] == [
+        "none",
+        "linker-signed",
+    ]
+    assert [i.signature for i in images(MACHO / THIN["aarch64"])] == ["linker-signed"]
+    assert [i.signature for i in images(MACHO / "ffi_macho.arm64.o")] == ["none"]
+
+
+# --- hostile inputs ----------------------------------------------------------------------
+
+
+def _header(data: bytes) -> tuple[int, int]:
+    """(ncmds, sizeofcmds) of a thin 64-bit image."""
+    return struct.unpack_from("<II", data, 16)
+
+
+def _load_command(data: bytes, wanted: set[int]) -> int:
+    """Offset of the first load command whose cmd is in `wanted`."""
+    ncmds, _ = _header(data)
+    at = 32
+    for _ in range(ncmds):
+        cmd, size = struct.unpack_from("<II", data, at)
+        if cmd in wanted:
+            return at
+        at += size
+    raise AssertionError(f"no load command in {wanted}")
+
+
+def _outcome(tmp_path, data: bytes, name: str = "mutant.dylib"):
+    """inspect's result, or its error message, which must be one line naming the file."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    try:
+        return inspect_path(path)
+    except InputError as exc:
+        message = str(exc)
+        assert message.startswith(f"{path}: ") and "\n" not in message, message
+        return message
+
+
+def test_truncated_load_commands_are_one_line_errors(tmp_path):
+    data = (MACHO / THIN["aarch64"]).read_bytes()
+    _, sizeofcmds = _header(data)
+    for end in range(0, 32 + sizeofcmds, 7):
+        outcome = _outcome(tmp_path, data[:end])
+        assert isinstance(outcome, str), end
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (16, 0xFFFFFFFF, "4294967295 load commands cannot fit in"),
+        (20, 0xFFFFFFF0, "load commands claim 4294967280 bytes"),
+        (20, 64, "15 load commands cannot fit in 64 bytes"),
+        (36, 0, "load command 0 has a bad size 0"),
+        (36, 0xFFFF, "load command 0 has a bad size 65535"),
+    ],
+)
+def test_lying_command_counts_are_one_line_errors(tmp_path, field, value, message):
+    data = bytearray((MACHO / THIN["x86-64"]).read_bytes())
+    struct.pack_into("<I", data, field, value)
+    outcome = _outcome(tmp_path, bytes(data))
+    assert isinstance(outcome, str) and message in outcome, outcome
+
+
+def test_export_trie_with_a_cycle_terminates(tmp_path):
+    data = bytearray((MACHO / THIN["aarch64"]).read_bytes())
+    at = _load_command(data, {0x80000033, 0x22, 0x80000022})
+    cmd = struct.unpack_from("<I", data, at)[0]
+    offset, size = struct.unpack_from("<II", data, at + (8 if cmd == 0x80000033 else 40))
+    # Root: not terminal, two children: "___tvm_ffi_add_one" at node 0 (itself, a cycle) and
+    # "_x" at node 3, whose only child is the root again.
+    head = b"\x00\x02" + b"___tvm_ffi_add_one\0" + b"\x00" + b"_x\0"
+    root = head + bytes([len(head) + 1])
+    trie = root + b"\x00\x01" + b"y\0" + b"\x00"
+    assert len(trie) <= size
+    data[offset : offset + size] = trie.ljust(size, b"\0")
+    outcome = _outcome(tmp_path, bytes(data))
+    assert not isinstance(outcome, str), outcome
+    (library,) = outcome.libraries
+    # No terminal node: nothing is exported, so the runtime finds no function.
+    assert library.functions == ()
+    exported = {s.symbol.file_name: s.dynamic for s in library.symbols if s.symbol.external}
+    assert exported == dict.fromkeys(FFI_EXTERNALS, False)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (4, 0xFFFFFFFF, "universal header claims 4294967295 architectures"),
+        (8 + 8, 1 << 30, "slice 0 (17087 bytes at offset 1073741824) extends past the end"),
+        (8 + 12, 1 << 30, "slice 0 (1073741824 bytes at offset"),
+    ],
+)
+def test_universal_header_pointing_past_the_end_is_an_error(tmp_path, field, value, message):
+    data = bytearray((MACHO / "libffi_macho.universal.dylib").read_bytes())
+    struct.pack_into(">I", data, field, value)
+    outcome = _outcome(tmp_path, bytes(data))
+    assert isinstance(outcome, str) and message in outcome, outcome
