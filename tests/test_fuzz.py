@@ -94,6 +94,7 @@ def _hostile_blob() -> bytes:
     [
         ("blob", ["ffi_c.blob", "syslib.blob", "legacy.blob"]),
         ("library", ["libffi_c.so", "libffi_static.a", "libffi_cpp.so", "libffi_c.ppc64be.so"]),
+        ("library", ["macho/libffi_macho.universal.dylib", "macho/libffi_macho.arm64.dylib"]),
     ],
 )
 def test_fuzzed_inputs_end_cleanly(tmp_path, kind, names):

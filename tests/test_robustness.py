@@ -102,11 +102,20 @@ def library_mutants(data: bytes, rng: random.Random, count: int):
         yield bytes(mutant)
 
 
-@pytest.mark.parametrize("name", ["libffi_c.so", "libffi_static.a", "libffi_cpp.so"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "libffi_c.so",
+        "libffi_static.a",
+        "libffi_cpp.so",
+        "macho/libffi_macho.universal.dylib",
+        "macho/libffi_macho.a",
+    ],
+)
 def test_mutated_libraries_end_cleanly(tmp_path, name):
     data = (FIXTURES / name).read_bytes()
     rng = random.Random(name)
-    path = tmp_path / name
+    path = tmp_path / name.rpartition("/")[2]
     outcomes = {"ok": 0, "error": 0}
     tracemalloc.start()
     try:

@@ -212,8 +212,8 @@ def _read_thin(source: _Source, start: int, length: int, member: str | None) -> 
         raise _Malformed(f"slice at offset {start} is too small for a Mach-O header")
     header = source.read(start, _HEADER.size)
     if header[:4] != MAGIC_64:
-        kind = "32-bit Mach-O" if header[:4] == MAGIC_32 else "not a 64-bit little-endian Mach-O"
-        raise _Malformed(f"slice at offset {start}: {kind} images are not supported")
+        what = "a 32-bit Mach-O image" if header[:4] == MAGIC_32 else "not a 64-bit Mach-O image"
+        raise _Malformed(f"slice at offset {start} is {what}, which is not supported")
     _, cputype, _, filetype, ncmds, sizeofcmds, _, _ = _HEADER.unpack(header)
     if filetype not in _KINDS:
         raise _Malformed(f"unsupported Mach-O file type {filetype}")
