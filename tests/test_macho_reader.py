@@ -8,12 +8,16 @@ the universal header and the export trie end in a result or one clean error.
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 import subprocess
+import sys
+from importlib import resources
 
+import jsonschema
 import pytest
-from conftest import FIXTURES, require_tool
+from conftest import FIXTURES, ROOT, require_tool
 
 from ffitool.errors import InputError
 from ffitool.formats import read_object
@@ -115,6 +119,28 @@ def test_blob_at_the_reported_offset_is_the_oracle_blob(name):
         assert [f.has_metadata for f in library.functions] == [True, False]
         assert blob.symbol.symbol.file_name == "___tvm_ffi__library_bin"
         assert blob.symbol.symbol.name == "__tvm_ffi__library_bin"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in MACHO.iterdir()))
+def test_inspect_json_of_every_fixture_follows_the_schema(name):
+    result = subprocess.run(
+        [sys.executable, "-m", "ffitool", "inspect", "--json", f"fixtures/bin/macho/{name}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    document = json.loads(result.stdout)
+    schema = resources.files("ffitool").joinpath("schemas", "inspect-1.json").read_text()
+    jsonschema.validate(document, json.loads(schema))
+    (entry,) = document["files"]
+    for library in entry["libraries"]:
+        # JSON names symbols as the file spells them; function names are the FFI names.
+        assert [(f["name"], f["symbol"]) for f in library["functions"]] == [
+            ("add_one", "___tvm_ffi_add_one"),
+            ("main", "___tvm_ffi_main"),
+        ]
 
 
 def test_universal_file_gives_one_library_per_slice_at_absolute_offsets():
@@ -235,3 +261,22 @@ def test_universal_header_pointing_past_the_end_is_an_error(tmp_path, field, val
     struct.pack_into(">I", data, field, value)
     outcome = _outcome(tmp_path, bytes(data))
     assert isinstance(outcome, str) and message in outcome, outcome
+
+
+def test_blob_extent_is_bounded_by_the_end_of_its_section(tmp_path):
+    """Mach-O has no symbol sizes: nbytes may reach the end of __const, not the next section."""
+    path = MACHO / THIN["aarch64"]
+    blob = inspect_path(path).libraries[0].library_bin
+    (image,) = images(path)
+    location = image.locations[("__tvm_ffi__library_bin", blob.symbol.symbol.table)]
+    assert location.file_offset == blob.file_offset
+    assert location.available == len(BLOB)  # the blob ends its section in this fixture
+    data = bytearray(path.read_bytes())
+    assert len(data) > blob.file_offset + len(BLOB) + 64  # other bytes follow the section
+    struct.pack_into("<Q", data, blob.file_offset, len(BLOB) - 8 + 1)
+    outcome = _outcome(tmp_path, bytes(data))
+    mutated = outcome.libraries[0].library_bin
+    assert mutated.nbytes is None
+    assert [(f.code, f.message) for f in mutated.findings] == [
+        ("B100", f"nbytes {len(BLOB) - 7} exceeds the {len(BLOB) - 8} bytes available")
+    ]
