@@ -8,6 +8,7 @@ the universal header and the export trie end in a result or one clean error.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import struct
@@ -280,3 +281,12 @@ def test_blob_extent_is_bounded_by_the_end_of_its_section(tmp_path):
     assert [(f.code, f.message) for f in mutated.findings] == [
         ("B100", f"nbytes {len(BLOB) - 7} exceeds the {len(BLOB) - 8} bytes available")
     ]
+
+
+@pytest.mark.parametrize("name", ["libffi_macho.universal.dylib", "libffi_macho.a"])
+def test_a_stream_without_a_descriptor_reads_the_same(name):
+    """Without a file descriptor tables are read through the stream, at the same offsets."""
+    path = MACHO / name
+    data = path.read_bytes()
+    from_stream = read_object(io.BytesIO(data), len(data), str(path)).images
+    assert from_stream == images(path)

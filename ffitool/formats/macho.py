@@ -119,9 +119,10 @@ def read_macho(
         head = source.read(0, 4)
         if is_universal(head):
             return tuple(
-                _read_thin(source, offset, length, member) for offset, length in _slices(source)
+                _read_thin(source.slice(offset, length), member)
+                for offset, length in _slices(source)
             )
-        return (_read_thin(source, 0, size, member),)
+        return (_read_thin(source, member),)
     except (_Malformed, ELFError) as exc:
         raise InputError(f"{where}: malformed Mach-O: {exc}") from None
     except OSError as exc:
@@ -129,27 +130,48 @@ def read_macho(
 
 
 class _Source:
-    """Bytes of one image, read by offset with every range checked against its size."""
+    """Bytes of one image (a file, a member, a slice), read by offset relative to its start
+    with every range checked against its size: a slice's tables must lie inside the slice."""
 
-    def __init__(self, stream: BinaryIO, fd: int | None, base: int, size: int) -> None:
+    def __init__(
+        self,
+        stream: BinaryIO,
+        fd: int | None,
+        base: int,
+        size: int,
+        origin: int = 0,
+        label: str = "file",
+    ) -> None:
         self.stream = stream
         self.fd = fd
         self.base = base
+        """Where `stream` starts in the file behind `fd`."""
         self.size = size
+        self.origin = origin
+        """Where this image starts in `stream`."""
+        self.label = label
+
+    def slice(self, offset: int, size: int) -> _Source:
+        label = f"slice at offset {offset}"
+        return _Source(self.stream, self.fd, self.base, size, self.origin + offset, label)
+
+    def file_offset(self, offset: int) -> int:
+        """An offset in this image as an absolute offset in the file."""
+        return self.base + self.origin + offset
 
     def check(self, offset: int, count: int, what: str) -> None:
         if offset < 0 or count < 0 or offset + count > self.size:
             raise _Malformed(
-                f"{what} ({count} bytes at offset {offset}) extends past the end of the file"
-                f" ({self.size} bytes)"
+                f"{what} ({count} bytes at offset {offset}) extends past the end of the"
+                f" {self.label} ({self.size} bytes)"
             )
 
     def read(self, offset: int, count: int, what: str = "header") -> bytes:
         self.check(offset, count, what)
         if self.fd is not None:
-            data = os.pread(self.fd, count, self.base + offset)
+            data = os.pread(self.fd, count, self.file_offset(offset))
         else:
-            self.stream.seek(offset)
+            self.stream.seek(self.origin + offset)
             data = self.stream.read(count)
         if len(data) != count:
             raise _Malformed("the file shrank while it was being read")
@@ -159,7 +181,7 @@ class _Source:
         """A searchable view of a table (string table, trie): windowed through the fd."""
         self.check(offset, count, what)
         if self.fd is not None:
-            return _WindowedTable(self.fd, self.base + offset, count)
+            return _WindowedTable(self.fd, self.file_offset(offset), count)
         return self.read(offset, count, what)
 
 
@@ -207,23 +229,21 @@ class _Commands:
     signature: tuple[int, int] | None = None
 
 
-def _read_thin(source: _Source, start: int, length: int, member: str | None) -> Image:
-    if length < _HEADER.size:
-        raise _Malformed(f"slice at offset {start} is too small for a Mach-O header")
-    header = source.read(start, _HEADER.size)
+def _read_thin(source: _Source, member: str | None) -> Image:
+    header = source.read(0, _HEADER.size)
     if header[:4] != MAGIC_64:
         what = "a 32-bit Mach-O image" if header[:4] == MAGIC_32 else "not a 64-bit Mach-O image"
-        raise _Malformed(f"slice at offset {start} is {what}, which is not supported")
+        raise _Malformed(f"the {source.label} is {what}, which is not supported")
     _, cputype, _, filetype, ncmds, sizeofcmds, _, _ = _HEADER.unpack(header)
     if filetype not in _KINDS:
         raise _Malformed(f"unsupported Mach-O file type {filetype}")
     kind, loadable = _KINDS[filetype]
-    if sizeofcmds > min(length - _HEADER.size, _MAX_COMMANDS_SIZE):
-        raise _Malformed(f"load commands claim {sizeofcmds} bytes, the image has {length}")
+    if sizeofcmds > min(source.size - _HEADER.size, _MAX_COMMANDS_SIZE):
+        raise _Malformed(f"load commands claim {sizeofcmds} bytes, the image has {source.size}")
     if ncmds * _LOAD_COMMAND.size > sizeofcmds:
         raise _Malformed(f"{ncmds} load commands cannot fit in {sizeofcmds} bytes")
-    commands = _load_commands(source.read(start + _HEADER.size, sizeofcmds), ncmds, length)
-    symbols, locations = _symbols(source, start, commands, loadable)
+    commands = _load_commands(source.read(_HEADER.size, sizeofcmds), ncmds)
+    symbols, locations = _symbols(source, commands, loadable)
     return Image(
         member=member,
         format="Mach-O",
@@ -235,11 +255,11 @@ def _read_thin(source: _Source, start: int, length: int, member: str | None) -> 
         symbols=tuple(symbols),
         tables=(SymbolTable.STATIC,) if commands.symtab else (),
         locations=locations,
-        signature=_signature(source, start, commands.signature),
+        signature=_signature(source, commands.signature),
     )
 
 
-def _load_commands(data: bytes, ncmds: int, length: int) -> _Commands:
+def _load_commands(data: bytes, ncmds: int) -> _Commands:
     commands = _Commands([])
     at = 0
     for index in range(ncmds):
@@ -292,25 +312,25 @@ def _text(field: bytes) -> str:
 
 
 def _symbols(
-    source: _Source, start: int, commands: _Commands, loadable: bool
+    source: _Source, commands: _Commands, loadable: bool
 ) -> tuple[list[Symbol], dict[tuple[str, SymbolTable], Location]]:
     """The FFI-marked entries of the symbol table, with the file bytes behind data symbols."""
     if commands.symtab is None:
         return [], {}
     symoff, nsyms, stroff, strsize = commands.symtab
-    source.check(start + symoff, nsyms * _NLIST.size, "symbol table")
-    strings = source.table(start + stroff, strsize, "string table")
+    source.check(symoff, nsyms * _NLIST.size, "symbol table")
+    strings = source.table(stroff, strsize, "string table")
     ranges = _candidate_ranges(strings)
     if not ranges:
         return [], {}
-    trie = _exports(source, start, commands.trie) if loadable and commands.trie else None
+    trie = _exports(source, commands.trie) if loadable and commands.trie else None
     wanted = _offset_filter(ranges)
     symbols: list[Symbol] = []
     locations: dict[tuple[str, SymbolTable], Location] = {}
     for first in range(0, nsyms, _SYMBOL_SLICE):
         last = min(nsyms, first + _SYMBOL_SLICE)
         data = source.read(
-            start + symoff + first * _NLIST.size, (last - first) * _NLIST.size, "symbol table"
+            symoff + first * _NLIST.size, (last - first) * _NLIST.size, "symbol table"
         )
         fields = _st_name_column(data, _NLIST.size, True)
         for number, offset in _matching_entries(fields, wanted(fields)):
@@ -325,7 +345,7 @@ def _symbols(
                 section = commands.sections[n_sect - 1]
             symbol = _symbol(raw_name, n_type, n_desc, n_value, section, loadable, trie)
             symbols.append(symbol)
-            location = _locate(source, start, symbol, section)
+            location = _locate(source, symbol, section)
             if location is not None:
                 locations[(symbol.name, SymbolTable.STATIC)] = location
     return symbols, locations
@@ -390,27 +410,25 @@ def _section_name(kind: int, section: _Section | None) -> str | None:
     return None if kind == 0 else f"*{_TYPE_NAMES.get(kind, hex(kind))}*"
 
 
-def _locate(
-    source: _Source, start: int, symbol: Symbol, section: _Section | None
-) -> Location | None:
+def _locate(source: _Source, symbol: Symbol, section: _Section | None) -> Location | None:
     """File bytes from a data symbol to the end of its section (Mach-O has no symbol sizes)."""
     if section is None or section.zerofill or symbol.executable:
         return None
     delta = symbol.address - section.address
     if not 0 <= delta < section.size:
         return None
-    source.check(start + section.offset, section.size, f"section {section.label}")
-    return Location(source.base + start + section.offset + delta, section.size - delta)
+    source.check(section.offset, section.size, f"section {section.label}")
+    return Location(source.file_offset(section.offset + delta), section.size - delta)
 
 
-def _exports(source: _Source, start: int, where: tuple[int, int]) -> set[str]:
+def _exports(source: _Source, where: tuple[int, int]) -> set[str]:
     """Names in the export trie that carry the FFI marker (as the file spells them).
 
     Each node is visited at most once and the walk stops at a depth bound, so a trie whose
     child offsets loop back, or that claims absurd lengths, still terminates.
     """
     offset, size = where
-    data = bytes(source.read(start + offset, size, "export trie"))
+    data = bytes(source.read(offset, size, "export trie"))
     found: set[str] = set()
     visited: set[int] = set()
     stack: list[tuple[int, bytes, int]] = [(0, b"", 0)]
@@ -453,12 +471,12 @@ def _uleb(data: bytes, at: int) -> tuple[int, int]:
     raise _Malformed(f"bad ULEB128 number at trie offset {at}")
 
 
-def _signature(source: _Source, start: int, where: tuple[int, int] | None) -> str:
+def _signature(source: _Source, where: tuple[int, int] | None) -> str:
     """none, ad-hoc, linker-signed or certificate, from the embedded code signature."""
     if where is None:
         return "none"
     offset, size = where
-    data = source.read(start + offset, size, "code signature")
+    data = source.read(offset, size, "code signature")
     if len(data) < 12:
         raise _Malformed("code signature is too short")
     magic, _, count = struct.unpack_from(">III", data)
