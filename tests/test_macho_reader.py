@@ -290,3 +290,19 @@ def test_a_stream_without_a_descriptor_reads_the_same(name):
     data = path.read_bytes()
     from_stream = read_object(io.BytesIO(data), len(data), str(path)).images
     assert from_stream == images(path)
+
+
+def test_a_section_beyond_the_file_leaves_the_blob_unbacked(tmp_path):
+    """A blob whose section claims an offset past the end is L104, the rest is still read."""
+    data = bytearray((MACHO / THIN["x86-64"]).read_bytes())
+    blob = inspect_path(MACHO / THIN["x86-64"]).libraries[0].library_bin
+    at = _load_command(data, {0x19})  # the first LC_SEGMENT_64 holds __TEXT,__const
+    sections = [at + 72 + 80 * n for n in range(struct.unpack_from("<I", data, at + 64)[0])]
+    (const,) = [s for s in sections if data[s : s + 8] == b"__const\0"]
+    struct.pack_into("<I", data, const + 48, len(data) + 4096)  # section_64.offset
+    outcome = _outcome(tmp_path, bytes(data))
+    (library,) = outcome.libraries
+    assert library.library_bin.file_offset is None
+    assert [f.code for f in library.library_bin.findings] == ["L104"]
+    assert [f.name for f in library.functions] == ["add_one", "main"]
+    assert blob.file_offset is not None and not blob.findings

@@ -411,14 +411,17 @@ def _section_name(kind: int, section: _Section | None) -> str | None:
 
 
 def _locate(source: _Source, symbol: Symbol, section: _Section | None) -> Location | None:
-    """File bytes from a data symbol to the end of its section (Mach-O has no symbol sizes)."""
+    """File bytes from a data symbol to the end of its section (Mach-O has no symbol sizes);
+    None unless they start inside the image, and never more than the image holds (a blob
+    the file does not back is then L104, as for ELF)."""
     if section is None or section.zerofill or symbol.executable:
         return None
     delta = symbol.address - section.address
-    if not 0 <= delta < section.size:
+    start = section.offset + delta
+    if not 0 <= delta < section.size or not 0 <= start < source.size:
         return None
-    source.check(section.offset, section.size, f"section {section.label}")
-    return Location(source.file_offset(section.offset + delta), section.size - delta)
+    available = min(section.size - delta, source.size - start)
+    return Location(source.file_offset(start), available)
 
 
 def _exports(source: _Source, where: tuple[int, int]) -> set[str]:
