@@ -79,8 +79,6 @@ _CODE_ATTRIBUTES = 0x80000400  # S_ATTR_PURE_INSTRUCTIONS | S_ATTR_SOME_INSTRUCT
 
 _MAX_COMMANDS_SIZE = 16 << 20
 _MAX_SLICES = 64
-_MAX_TRIE_DEPTH = 4096
-_MARKER = b"__tvm_"
 _EXPORT_REEXPORT = 0x08
 _EXPORT_STUB_AND_RESOLVER = 0x10
 
@@ -323,7 +321,7 @@ def _symbols(
     ranges = _candidate_ranges(strings)
     if not ranges:
         return [], {}
-    trie = _exports(source, commands.trie) if loadable and commands.trie else None
+    trie = _Trie(source, commands.trie) if loadable and commands.trie else None
     wanted = _offset_filter(ranges)
     symbols: list[Symbol] = []
     locations: dict[tuple[str, SymbolTable], Location] = {}
@@ -343,7 +341,9 @@ def _symbols(
                 if not 0 < n_sect <= len(commands.sections):
                     raise _Malformed(f"symbol {raw_name!r} names section {n_sect}, which is absent")
                 section = commands.sections[n_sect - 1]
-            symbol = _symbol(raw_name, n_type, n_desc, n_value, section, loadable, trie)
+            exportable = n_type & (_N_TYPE | _N_EXT | _N_PEXT) == _N_SECT | _N_EXT
+            in_trie = None if trie is None else exportable and trie.exports(raw_name)
+            symbol = _symbol(raw_name, n_type, n_desc, n_value, section, loadable, in_trie)
             symbols.append(symbol)
             location = _locate(source, symbol, section)
             if location is not None:
@@ -358,7 +358,7 @@ def _symbol(
     n_value: int,
     section: _Section | None,
     loadable: bool,
-    trie: set[str] | None,
+    in_trie: bool | None,
 ) -> Symbol:
     kind = n_type & _N_TYPE
     external = bool(n_type & _N_EXT)
@@ -373,7 +373,7 @@ def _symbol(
         hidden = "private extern (N_PEXT: hidden visibility)"
     else:
         binding = "WEAK" if n_desc & _N_WEAK_DEF else "EXTERNAL"
-        hidden = "" if trie is None or raw_name in trie else "not in the export trie"
+        hidden = "not in the export trie" if in_trie is False else ""
     exported = loadable and defined and external and not private and not hidden
     if not loadable:
         hidden = "in an object, which nothing loads"
@@ -424,42 +424,48 @@ def _locate(source: _Source, symbol: Symbol, section: _Section | None) -> Locati
     return Location(source.file_offset(start), available)
 
 
-def _exports(source: _Source, where: tuple[int, int]) -> set[str]:
-    """Names in the export trie that carry the FFI marker (as the file spells them).
+class _Trie:
+    """The export trie of one image, read whole (it is bounded by the file) and searched
+    name by name: a library with 75k exports and a few FFI functions costs a few lookups,
+    not a walk over every node."""
 
-    Each node is visited at most once and the walk stops at a depth bound, so a trie whose
-    child offsets loop back, or that claims absurd lengths, still terminates.
-    """
-    offset, size = where
-    data = bytes(source.read(offset, size, "export trie"))
-    found: set[str] = set()
-    visited: set[int] = set()
-    stack: list[tuple[int, bytes, int]] = [(0, b"", 0)]
-    while stack:
-        node, prefix, depth = stack.pop()
-        if node in visited:
-            continue
-        if node >= size or depth > _MAX_TRIE_DEPTH:
-            raise _Malformed(f"export trie node at {node} is out of bounds or too deep")
-        visited.add(node)
-        terminal, at = _uleb(data, node)
-        children_at = at + terminal
-        if terminal and _MARKER in prefix:
-            flags, _ = _uleb(data, at)
-            if not flags & _EXPORT_REEXPORT:
-                found.add(prefix.decode("utf-8", "backslashreplace"))
-        if children_at >= size:
-            raise _Malformed(f"export trie node at {node} runs past the trie")
-        count = data[children_at]
-        at = children_at + 1
-        for _ in range(count):
-            end = data.find(b"\0", at)
-            if end == -1:
-                raise _Malformed(f"export trie edge at {at} is not terminated")
-            label = data[at:end]
-            child, at = _uleb(data, end + 1)
-            stack.append((child, prefix + label, depth + 1))
-    return found
+    def __init__(self, source: _Source, where: tuple[int, int]) -> None:
+        offset, size = where
+        self._data = source.read(offset, size, "export trie")
+
+    def exports(self, raw_name: str) -> bool:
+        """Whether the trie exports `raw_name` from this image (a re-export does not count).
+
+        Every edge followed must consume part of the name and no node is visited twice, so
+        a trie whose child offsets loop back, or whose labels are empty, still terminates.
+        """
+        data = self._data
+        name = raw_name.encode("utf-8", "backslashreplace")
+        node = position = 0
+        visited: set[int] = set()
+        while node not in visited:
+            visited.add(node)
+            if node >= len(data):
+                raise _Malformed(f"export trie node at {node} is past the trie")
+            terminal, at = _uleb(data, node)
+            if position == len(name):
+                return bool(terminal) and not _uleb(data, at)[0] & _EXPORT_REEXPORT
+            at += terminal
+            if at >= len(data):
+                raise _Malformed(f"export trie node at {node} runs past the trie")
+            count, at = data[at], at + 1
+            for _ in range(count):
+                end = data.find(b"\0", at)
+                if end == -1:
+                    raise _Malformed(f"export trie edge at {at} is not terminated")
+                label = data[at:end]
+                child, at = _uleb(data, end + 1)
+                if label and name.startswith(label, position):
+                    node, position = child, position + len(label)
+                    break
+            else:
+                return False
+        return False
 
 
 def _uleb(data: bytes, at: int) -> tuple[int, int]:
