@@ -155,7 +155,7 @@ def library_view(library: Library) -> Group:
         )
         for s in specials[:ROWS_SHOWN]:
             table.add_row(
-                shown(s.symbol.name),
+                shown(s.symbol.file_name),
                 s.naming.role.value,
                 f"{s.symbol.address:#x}",
                 str(s.symbol.size),
@@ -182,7 +182,7 @@ def _functions_table(library: Library) -> Table:
     for f in library.functions[:ROWS_SHOWN]:
         table.add_row(
             shown(f.name),
-            shown(f.symbol.symbol.name),
+            shown(f.symbol.symbol.file_name),
             f"{f.symbol.symbol.address:#x}",
             str(f.symbol.symbol.size),
             _yes(f.symbol.dynamic),
@@ -200,7 +200,7 @@ def _blob_parts(library_bin: LibraryBin) -> list[object]:
     prefix = f"prefix {library_bin.prefix}, " if library_bin.prefix else ""
     line.append(
         printable(
-            f"{symbol.name} ({prefix}{library_bin.layout}) in {symbol.section}"
+            f"{symbol.file_name} ({prefix}{library_bin.layout}) in {symbol.section}"
             f" at {symbol.address:#x}, "
             f"file offset {offset}, symbol size {symbol.size}, nbytes {nbytes}"
         )
