@@ -6,8 +6,8 @@ anything: symlink loops, FIFOs, thousands of source files, a zip bomb. So:
 - a path given explicitly that is a file is read as `inspect_path` reads it (anything that
   is not an object file is an error there);
 - a directory is walked depth-first in sorted order, one directory's entries in memory at a
-  time. Files are recognised by content (ELF magic or `!<arch>\\n`; a wheel by the zip
-  magic and a `.whl` name), and anything else is ignored without a word, so a source tree
+  time. Files are recognised by content (ELF or Mach-O magic, `!<arch>\\n`; a wheel by the
+  zip magic and a `.whl` name), and anything else is ignored without a word, so a source tree
   does not flood the output. Symbolic links are never followed inside a directory: a link to
   a directory is not descended (no loop can recur, nothing outside the tree is walked); a
   link to a file inside the tree is not read twice (`libx.so -> libx.so.1` is reported once,
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ffitool.errors import InputError
-from ffitool.formats import archive, elf
+from ffitool.formats import archive, elf, macho
 from ffitool.library import InspectedFile, inspect_open, open_regular_file
 
 MEMBER_LIMIT = 2 << 30
@@ -233,7 +233,7 @@ def _open_sniffed(display: str, *, follow: bool) -> tuple[BinaryIO, int, str | N
 
 
 def _is_object(head: bytes) -> bool:
-    return head.startswith(elf.MAGIC) or head == archive.MAGIC
+    return head.startswith(elf.MAGIC) or head == archive.MAGIC or macho.looks_like_macho(head)
 
 
 def _inspect(

@@ -112,7 +112,7 @@ def test_a_directory_is_walked_in_order_and_skips_loops_and_special_files(tmp_pa
         (f"{tree}/src/objectfile", "ELF"),
     ]
     assert text.stderr.splitlines()[-1] == (
-        f"ffitool: error: {tree}/src/main.c: not an ELF file or ar archive"
+        f"ffitool: error: {tree}/src/main.c: not an ELF file, Mach-O file or ar archive"
     )
 
 
@@ -120,6 +120,9 @@ def test_sources_are_listed_by_sniffing_and_read_in_any_process(tmp_path):
     """`check` lists sources in one process and reads them in workers: same results."""
     shutil.copy(FIXTURES / "libffi_c.so", tmp_path / "b.so")
     shutil.copy(FIXTURES / "libffi_static.a", tmp_path / "a.a")
+    shutil.copy(FIXTURES / "macho" / "libffi_macho.universal.dylib", tmp_path / "e.dylib")
+    # A Java class file shares the universal magic; its version makes it no Mach-O file.
+    (tmp_path / "f.class").write_bytes(b"\xca\xfe\xba\xbe\x00\x00\x00\x41" + bytes(64))
     (tmp_path / "c.so").write_text("text\n")
     os.mkfifo(tmp_path / "d")
     sources = list(iter_sources([tmp_path, tmp_path / "c.so"]))
@@ -127,17 +130,20 @@ def test_sources_are_listed_by_sniffing_and_read_in_any_process(tmp_path):
         Source(str(tmp_path / "a.a"), explicit=False),
         Source(str(tmp_path / "b.so"), explicit=False),
         Skipped(str(tmp_path / "d"), "FIFO"),
+        Source(str(tmp_path / "e.dylib"), explicit=False),
         Source(str(tmp_path / "c.so"), explicit=True),
     ]
     readable = [s for s in sources if isinstance(s, Source)]
     with multiprocessing.get_context("fork").Pool(2) as pool:
         in_workers = pool.map(partial(read_all, digests=False), readable)
     assert in_workers == [read_all(s, digests=False) for s in readable]
-    (archive,), (library,), (text,) = in_workers
+    (archive,), (library,), (universal,), (text,) = in_workers
+    assert isinstance(universal, Inspected)
+    assert [lib.machine for lib in universal.file.libraries] == ["x86-64", "aarch64"]
     assert isinstance(archive, Inspected) and isinstance(library, Inspected)
     assert library.file.libraries[0].library_bin.modules[1].sha256 is None  # not hashed
     assert text == Unreadable(
-        str(tmp_path / "c.so"), f"{tmp_path / 'c.so'}: not an ELF file or ar archive"
+        str(tmp_path / "c.so"), f"{tmp_path / 'c.so'}: not an ELF file, Mach-O file or ar archive"
     )
 
 

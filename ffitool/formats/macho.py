@@ -98,6 +98,17 @@ def is_universal(head: bytes) -> bool:
     return head[:4] in (FAT_MAGIC, FAT_MAGIC_64)
 
 
+def looks_like_macho(head: bytes) -> bool:
+    """Whether the first 8 bytes start a 64-bit Mach-O file, for sniffing among other files.
+
+    A Java class file starts with the universal magic too, followed by its version (major
+    45 or more), where a universal file has its architecture count: few, as file(1) assumes.
+    """
+    if head.startswith(MAGIC_64):
+        return True
+    return is_universal(head) and 0 < int.from_bytes(head[4:8], "big") < 45
+
+
 def read_macho(
     stream: BinaryIO,
     size: int,
