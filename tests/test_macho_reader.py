@@ -306,3 +306,22 @@ def test_a_section_beyond_the_file_leaves_the_blob_unbacked(tmp_path):
     assert [f.code for f in library.library_bin.findings] == ["L104"]
     assert [f.name for f in library.functions] == ["add_one", "main"]
     assert blob.file_offset is not None and not blob.findings
+
+
+def test_a_fat64_header_reads_like_the_fat_one(tmp_path):
+    """fat64 (0xcafebabf) spells the same slices with 64-bit offsets and sizes."""
+    path = MACHO / "libffi_macho.universal.dylib"
+    data = bytearray(path.read_bytes())
+    count = struct.unpack_from(">I", data, 4)[0]
+    arches = [struct.unpack_from(">iiIII", data, 8 + 20 * n) for n in range(count)]
+    header = struct.pack(">II", 0xCAFEBABF, count) + b"".join(
+        struct.pack(">iiQQII", *arch, 0) for arch in arches
+    )
+    assert len(header) <= min(arch[2] for arch in arches)  # the slices stay where they are
+    data[: len(header)] = header
+    outcome = _outcome(tmp_path, bytes(data))
+    original = inspect_path(path)
+    assert outcome.format == "Mach-O universal"
+    assert [(lib.machine, lib.library_bin.file_offset) for lib in outcome.libraries] == [
+        (lib.machine, lib.library_bin.file_offset) for lib in original.libraries
+    ]

@@ -80,7 +80,6 @@ _CODE_ATTRIBUTES = 0x80000400  # S_ATTR_PURE_INSTRUCTIONS | S_ATTR_SOME_INSTRUCT
 _MAX_COMMANDS_SIZE = 16 << 20
 _MAX_SLICES = 64
 _EXPORT_REEXPORT = 0x08
-_EXPORT_STUB_AND_RESOLVER = 0x10
 
 _CSMAGIC_EMBEDDED_SIGNATURE = 0xFADE0CC0
 _CSMAGIC_CODEDIRECTORY = 0xFADE0C02
@@ -95,6 +94,7 @@ class _Malformed(Exception):
 
 
 def is_universal(head: bytes) -> bool:
+    """Whether the bytes start with a universal (fat or fat64) header."""
     return head[:4] in (FAT_MAGIC, FAT_MAGIC_64)
 
 
@@ -197,7 +197,7 @@ class _Source:
 def _slices(source: _Source) -> list[tuple[int, int]]:
     """(offset, size) of each slice of a universal file, checked against the file."""
     magic, count = _FAT_HEADER.unpack(source.read(0, _FAT_HEADER.size))
-    layout = _FAT_ARCH_64 if magic == 0xCAFEBABF else _FAT_ARCH
+    layout = _FAT_ARCH_64 if magic == int.from_bytes(FAT_MAGIC_64, "big") else _FAT_ARCH
     if count == 0 or count > _MAX_SLICES:
         raise _Malformed(f"universal header claims {count} architectures (at most {_MAX_SLICES})")
     table = source.read(_FAT_HEADER.size, count * layout.size, "universal header")
