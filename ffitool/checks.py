@@ -45,6 +45,7 @@ class Reported:
 
     path: str
     member: str | None
+    """The archive member, or the architecture of a universal file's slice."""
     finding: Finding
     file_offset: int | None
     """Absolute byte offset in the file (the blob offset plus where the blob starts)."""
@@ -69,23 +70,27 @@ def check_file(inspected: InspectedFile, requirements: Requirements) -> list[Rep
     checks', then the requirements'."""
     reported: list[Reported] = []
     for library in inspected.libraries:
-        for blob in _blobs(library):
-            for found in blob.findings:
-                reported.append(
-                    Reported(inspected.path, library.member, found, _file_offset(blob, found))
-                )
-        for found in library_findings(library, requirements):
-            reported.append(Reported(inspected.path, library.member, found, None))
-    groups = [(lib.member, (lib,)) for lib in inspected.libraries if lib.loadable]
+        located = [(f, _file_offset(blob, f)) for blob in _blobs(library) for f in blob.findings]
+        located += [(f, None) for f in library_findings(library, requirements)]
+        located += _blob_requirement_findings(library, requirements)
+        part = _part(inspected, library)
+        reported += [Reported(inspected.path, part, f, offset) for f, offset in located]
+    groups = [(_part(inspected, lib), (lib,)) for lib in inspected.libraries if lib.loadable]
     linked = tuple(lib for lib in inspected.libraries if not lib.loadable)
     if linked or not inspected.libraries:
         groups.append((None, linked))
-    for member, libraries in groups:
+    for part, libraries in groups:
         for found in _requirement_findings(libraries, requirements):
-            reported.append(Reported(inspected.path, member, found, None))
-    for blob_finding in _blob_requirement_findings(inspected, requirements):
-        reported.append(blob_finding)
+            reported.append(Reported(inspected.path, part, found, None))
     return reported
+
+
+def _part(inspected: InspectedFile, library: Library) -> str | None:
+    """Which part of the file a finding is in: the archive member, or for a universal file
+    (several images, no member names) the slice's architecture; None for a plain file."""
+    if library.member is not None or len(inspected.libraries) == 1:
+        return library.member
+    return library.machine
 
 
 def _blobs(library: Library) -> tuple[LibraryBin, ...]:
@@ -182,32 +187,30 @@ def _requirement_findings(
 
 
 def _blob_requirement_findings(
-    inspected: InspectedFile, requirements: Requirements
-) -> Iterator[Reported]:
-    """R103-R104, placed at the module or blob they are about."""
-    for library in inspected.libraries:
-        for blob in _loaded_blobs(library):
-            where = blob.symbol.symbol.name
-            limit = requirements.max_blob_size
-            if limit is not None and blob.nbytes is not None and 8 + blob.nbytes > limit:
-                size = 8 + blob.nbytes
-                found = finding(
-                    "R104",
-                    f"{where} occupies {format_size(size)} ({size} bytes), over the limit of"
-                    f" {format_size(limit)} ({limit} bytes)",
-                    0,
+    library: Library, requirements: Requirements
+) -> list[tuple[Finding, int | None]]:
+    """R103-R104, each with the file offset of the module or blob it is about."""
+    found: list[tuple[Finding, int | None]] = []
+    for blob in _loaded_blobs(library):
+        where = blob.symbol.symbol.name
+        limit = requirements.max_blob_size
+        if limit is not None and blob.nbytes is not None and 8 + blob.nbytes > limit:
+            size = 8 + blob.nbytes
+            over = finding(
+                "R104",
+                f"{where} occupies {format_size(size)} ({size} bytes), over the limit of"
+                f" {format_size(limit)} ({limit} bytes)",
+                0,
+            )
+            found.append((over, _file_offset(blob, over)))
+        allowed = requirements.allowed_kinds
+        for module in blob.modules if allowed is not None else ():
+            if module.kind != "_lib" and module.kind not in allowed:
+                odd = finding(
+                    "R103",
+                    f"module {module.index} of {where} has kind {module.kind},"
+                    " which is not allowed",
+                    module.payload_offset,
                 )
-                yield Reported(inspected.path, library.member, found, _file_offset(blob, found))
-            allowed = requirements.allowed_kinds
-            if allowed is None:
-                continue
-            for module in blob.modules:
-                if module.kind != "_lib" and module.kind not in allowed:
-                    found = finding(
-                        "R103",
-                        f"module {module.index} of {where} has kind {module.kind},"
-                        f" which is not allowed",
-                        module.payload_offset,
-                    )
-                    offset = _file_offset(blob, found) if found.offset is not None else None
-                    yield Reported(inspected.path, library.member, found, offset)
+                found.append((odd, _file_offset(blob, odd) if odd.offset is not None else None))
+    return found
