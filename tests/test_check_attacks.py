@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, ffitool, run_measured
+from conftest import FIXTURES, ROOT, ffitool, run_measured
 
 LIB = FIXTURES / "libffi_c.so"
 MISSING = ("--require-function", "zz_missing")
@@ -133,6 +134,107 @@ def test_config_that_is_not_a_file(tmp_path, kind):
 def test_explain_an_escape_sequence_is_escaped():
     result = check("--explain", "X\x1b[2J\u202e")
     one_line_error(result, 2, "ffitool: error: --explain 'X\\x1b[2J\\u202e': no rule has this code")
+
+
+# --- workers -------------------------------------------------------------------------------
+
+_KILLED_WORKER = """
+import os, signal, sys
+import ffitool.cli.check as checking
+from ffitool.cli.entry import main
+
+checking_one = checking._check_one
+
+def dies(item, requirements):
+    # What the kernel's OOM killer does to a worker: SIGKILL, no exception, no goodbye.
+    if getattr(item, "path", "").endswith("l5.so"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return checking_one(item, requirements)
+
+checking._check_one = dies
+sys.argv = ["ffitool", *sys.argv[1:]]
+main()
+"""
+
+
+def copies(folder: Path, count: int) -> Path:
+    folder.mkdir()
+    for index in range(count):
+        shutil.copy(LIB, folder / f"l{index}.so")
+    return folder
+
+
+def test_a_worker_killed_by_a_signal_is_one_line_exit_3(tmp_path):
+    tree = copies(tmp_path / "tree", 10)
+    result = subprocess.run(
+        [sys.executable, "-c", _KILLED_WORKER, "check", "-j", "2", str(tree)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert (result.returncode, result.stdout) == (3, "")
+    assert result.stderr == (
+        "ffitool: error: a worker process died (killed by a signal?) while checking;"
+        " --jobs 1 checks in this process\n"
+    )
+
+
+def test_more_jobs_than_files(tmp_path):
+    tree = copies(tmp_path / "tree", 10)
+    code, seconds, megabytes = run_measured(
+        [sys.executable, "-m", "ffitool", "check", "-j", "64", str(tree)], tmp_path
+    )
+    assert code == 0
+    summary = (tmp_path / "stdout").read_text().splitlines()[-1]
+    assert summary == "10 files checked: 0 errors, 0 warnings, 0 info; passed"
+    assert seconds < 30 and megabytes < 200
+
+
+@pytest.mark.parametrize(
+    ("number", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)]
+)
+def test_an_interrupted_parallel_run_ends_quietly_and_leaves_no_workers(tmp_path, number, code):
+    tree = copies(tmp_path / "tree", 1500)  # about 3 s with two workers
+
+    def session() -> None:
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a test runner may ignore it
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ffitool", "check", "-j", "2", str(tree)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=session,
+    )
+    workers: list[str] = []
+    for _ in range(100):  # until the pool has started
+        found = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True)
+        workers = found.stdout.split()
+        if len(workers) == 2:
+            break
+        subprocess.run(["sleep", "0.05"], check=True)
+    assert len(workers) == 2
+    os.killpg(process.pid, number)  # as ^C in a terminal, or a CI runner: the whole group
+    out, err = process.communicate(timeout=60)
+    assert (process.returncode, out, b"Traceback" in err) == (code, b"", False), err.decode()
+    assert len(err.splitlines()) <= 1
+    assert not [w for w in workers if running(w)]
+
+
+def running(pid: str) -> bool:
+    """Whether a process is there and not a zombie; one just killed gets a moment to die."""
+    for _ in range(50):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return False
+        if state in "ZX":
+            return False
+        subprocess.run(["sleep", "0.1"], check=True)
+    print(pid, state, Path(f"/proc/{pid}/cmdline").read_bytes())
+    return True
 
 
 # --- directories ---------------------------------------------------------------------------
