@@ -67,8 +67,10 @@ def read_toml(path: Path) -> dict[str, object]:
         text = handle.read(_CONFIG_LIMIT)
     try:
         return tomllib.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except ValueError as exc:  # bad UTF-8, bad TOML, or int() of an integer of 4300+ digits
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise UsageError(f"{path}: not valid TOML: nested too deeply") from None
 
 
 def config_table(path: Path, document: Mapping[str, object]) -> dict[str, object]:
@@ -113,6 +115,8 @@ _UNITS = {
     "gb": 10**9,
     "tb": 10**12,
 }
+_SIZE_LIMIT = 1 << 63
+"""No file is larger (off_t): a size past it is a typo, or an attempt on the float parse."""
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
 
 
@@ -129,7 +133,10 @@ def parse_size(text: str | int, where: str) -> int:
             f"{where}: {text!r} is not a size (a byte count, or a number with B, KiB, MiB,"
             " GiB, TiB, kB, MB, GB or TB)"
         )
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
+    size = float(match.group(1)) * _UNITS[match.group(2)]
+    if size >= _SIZE_LIMIT:  # 400 digits are inf, which int() refuses with OverflowError
+        raise UsageError(f"{where}: {text!r} is too large a size")
+    return int(size)
 
 
 def resolve(

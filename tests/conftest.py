@@ -38,9 +38,11 @@ REQUIRE_ALL = os.environ.get("FFITOOL_REQUIRE_ALL") == "1"
 
 def ffitool(*args: str, **options: Any) -> subprocess.CompletedProcess[str]:
     """Run the real command line, as a user would, from the repository root; `options` go
-    to subprocess.run (env, preexec_fn...)."""
+    to subprocess.run (env, preexec_fn...). PYTHONPATH names this checkout, so a test run
+    from another directory (`cwd=tmp_path`) still runs this code, not the installed one."""
     options.setdefault("timeout", 300)
     options.setdefault("cwd", ROOT)
+    options["env"] = {"PYTHONPATH": str(ROOT), **options.get("env", os.environ)}
     return subprocess.run(
         [sys.executable, "-m", "ffitool", *args], capture_output=True, text=True, **options
     )

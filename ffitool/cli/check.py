@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from ffitool.check_config import CheckSettings
 from ffitool.check_report import CheckOutcome, check_document, github_lines, sarif_document
 from ffitool.checks import Reported, Requirements, check_file
+from ffitool.errors import FfitoolError
 from ffitool.findings import Severity, printable
 from ffitool.rules import RULES
 from ffitool.targets import Inspected, Skipped, Source, Unreadable, iter_sources, read_source
@@ -70,12 +72,58 @@ def _checked(paths: Sequence[Path], requirements: Requirements, jobs: int) -> It
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context("fork")
     chunk = max(1, min(64, len(items) // (workers * 4)))
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        for results in pool.map(_check_one, items, itertools.repeat(requirements), chunksize=chunk):
-            yield from results
+    try:
+        with ProcessPoolExecutor(workers, context, _worker_start) as pool:
+            # The workers are forked by the first submit, with these signals blocked: none
+            # can reach a worker before it has left the process group (see _worker_start).
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
+            try:
+                every = pool.map(_check_one, items, itertools.repeat(requirements), chunksize=chunk)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            for results in every:
+                yield from results
+    except BrokenProcessPool:  # a worker was killed: the OOM killer, a kill by hand
+        raise FfitoolError(
+            "a worker process died (killed by a signal?) while checking;"
+            " --jobs 1 checks in this process"
+        ) from None
+
+
+_STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_PR_SET_PDEATHSIG = 1
+"""prctl(2): the signal a process receives when its parent dies (Linux)."""
+
+
+def _worker_start() -> None:
+    """Leave signals to the main process, and let the pool end a worker with SIGTERM.
+
+    A worker is forked after `main` turned SIGTERM and SIGHUP into SystemExit. When one
+    worker dies, the pool terminates the others with SIGTERM: a SystemExit would leave them
+    waiting forever on a queue lock the dead one held, and `check` with them; so SIGTERM
+    kills again. And so that ^C or a kill of the process group does not kill workers under
+    a pool that is still handing them work (whose thread then fails with a traceback), a
+    worker is in a process group of its own: the main process is interrupted, cancels what
+    is queued, and the workers end when their current chunk is done. Outside the group, a
+    worker would outlive a main process killed with SIGKILL: the kernel kills it then
+    (PR_SET_PDEATHSIG), and one whose parent is already gone ends at once.
+    """
+    import ctypes
+
+    parent = os.getppid()
+    os.setpgid(0, 0)
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+    for number in _STOPPING:  # SIG_IGN drops what was sent to the group before setpgid
+        signal.signal(number, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPPING)
 
 
 Checked = tuple[str, list[Reported] | str | Skipped]
