@@ -8,7 +8,6 @@ import subprocess
 
 import pytest
 from conftest import ELF_FIXTURES, FIXTURES, require_tool
-from elftools.common.exceptions import ELFError
 
 from ffitool.errors import InputError
 from ffitool.formats import SymbolTable, read_object
@@ -161,19 +160,19 @@ def test_archive_member_overrunning_the_file_is_an_error(tmp_path):
 def test_candidate_ranges_stay_linear_and_long_names_stay_cheap():
     from array import array
 
-    from ffitool.formats.elf import _candidate_ranges, _offset_filter
+    from ffitool.formats.strtab import candidate_ranges, offset_filter
 
     long_name = b"__tvm_ffi_" * 200_000  # a 2 MB name made of markers
     strings = b"\0" + long_name + b"\0x__tvm_ffi_a\0plain\0"
-    ranges = _candidate_ranges(strings)
+    ranges = candidate_ranges(strings)
     # One range per string, up to its last marker; the plain string has none.
     assert ranges == [(1, 1 + 10 * 199_999), (2_000_002, 2_000_003)]
     tail = 2_000_002
     fields = array("I", [0, 1, 5, 1 + 10 * 199_999, 1 + 10 * 199_999 + 1, tail, tail + 1, tail + 2])
     # Past the expansion bound the ranges are bisected, not expanded: same answer.
-    assert _offset_filter(ranges)(fields) == {1, 5, 1 + 10 * 199_999, tail, tail + 1}
+    assert offset_filter(ranges)(fields) == {1, 5, 1 + 10 * 199_999, tail, tail + 1}
     small = [(tail, tail + 1)]
-    assert _offset_filter(small)(fields) == {tail, tail + 1}
+    assert offset_filter(small)(fields) == {tail, tail + 1}
 
 
 @pytest.mark.parametrize("name", ["libffi_c.so", "libffi_c.ppc64be.so", "libffi_c.arm32.so"])
@@ -181,7 +180,7 @@ def test_scan_of_every_entry_agrees_with_the_index_search(monkeypatch, name):
     """Many candidate names switch to a pass over all st_name fields; both must agree."""
     path = FIXTURES / name
     searched = ffitool_symbols(path)
-    monkeypatch.setattr("ffitool.formats.elf._INDEX_SEARCH_LIMIT", 0)
+    monkeypatch.setattr("ffitool.formats.strtab._INDEX_SEARCH_LIMIT", 0)
     assert ffitool_symbols(path) == searched == readelf_symbols(path)
 
 
@@ -200,7 +199,7 @@ def test_windowed_tables_read_the_same_as_tables_read_into_memory(name):
 def test_a_windowed_string_table_finds_every_marker(tmp_path):
     """Each marker, a system-lib prefix and merged tails, at an offset no window starts at,
     and markers and names straddling the borders of the growing windows."""
-    from ffitool.formats.elf import _c_string, _candidate_ranges, _memmem, _WindowedTable
+    from ffitool.formats.strtab import WindowedTable, _memmem, c_string, candidate_ranges
 
     strings = (
         b"\0_ZN2at6TensorEv\0__tvm_ffi_add\0mylib___tvm_ffi__library_bin\0"
@@ -217,7 +216,7 @@ def test_a_windowed_string_table_finds_every_marker(tmp_path):
     ]:
         start = strings.index(b"\0" + name + b"\0") + 1
         expected.append((start, start + name.rindex(last)))
-    assert _candidate_ranges(strings) == expected
+    assert candidate_ranges(strings) == expected
     # Windows of 4, 8, 16... KiB: a marker across the first border, a 9 KiB name whose start
     # lies two windows back from its marker, a marker across a later border.
     long_name = b"_ZN" + b"x" * 9000 + b"__tvm_ffi_long"
@@ -228,19 +227,19 @@ def test_a_windowed_string_table_finds_every_marker(tmp_path):
     path = tmp_path / "table"
     path.write_bytes(b"\xff" * 5003 + big + b"\xff" * 7)
     with open(path, "rb") as handle:
-        table = _WindowedTable(handle.fileno(), 5003, len(big))
+        table = WindowedTable(handle.fileno(), 5003, len(big))
         assert len(table) == len(big)
-        assert _candidate_ranges(table) == _candidate_ranges(big)
-        assert len(_candidate_ranges(big)) == len(expected) + 3
+        assert candidate_ranges(table) == candidate_ranges(big)
+        assert len(candidate_ranges(big)) == len(expected) + 3
         tail = strings.index(b"__tvm_dev_mblob\0")  # the merged tail of x__tvm_dev_mblob
-        assert _c_string(table, tail) == "__tvm_dev_mblob"
-        assert _c_string(table, big.index(long_name)) == long_name.decode()
+        assert c_string(table, tail) == "__tvm_dev_mblob"
+        assert c_string(table, big.index(long_name)) == long_name.decode()
         assert table.find(b"__tvm_", 0, 20) == -1
         assert table.find(b"\xff") == -1  # the bytes around the table are not in it
         assert table.rfind(b"\xff") == -1
         assert table[1:5] == big[1:5]
     path.write_bytes(b"\xff" * 5003 + big[:100])  # shorter than the table now says
     with open(path, "rb") as handle:
-        table = _WindowedTable(handle.fileno(), 5003, len(big))
-        with pytest.raises(ELFError, match="the file shrank while it was being read"):
-            _candidate_ranges(table)
+        table = WindowedTable(handle.fileno(), 5003, len(big))
+        with pytest.raises(OSError, match="the file shrank while it was being read"):
+            candidate_ranges(table)

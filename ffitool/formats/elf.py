@@ -1,28 +1,18 @@
 """ELF reader: FFI symbols of shared libraries, executables and relocatable objects.
 
 pyelftools parses the structure (headers, sections, segments). Symbol tables are scanned
-without building an object per symbol: the string table is searched for the FFI marker in C,
-and only the symbols whose name offset falls inside a matching string are decoded.
-
-The string tables of a libtorch-sized library hold 80 MB of names. They are read through the
-file descriptor a window at a time (at most 1 MiB) and searched with the C library's `memmem`
-(through ctypes), which skips over mangled names four times faster than `bytes.find` does with
-a needle ending in `_`, their most frequent byte. Memory stays bounded whatever the table's
-size, and nothing is mapped: a mapped page of a file that another process truncates raises
-SIGBUS, which no Python code can catch, where a short read here is an ordinary error.
+without building an object per symbol, with the string-table scan of `formats/strtab.py`
+(windows read through the descriptor, searched with memmem; memory stays bounded whatever
+the table's size, and nothing is mapped).
 """
 
 from __future__ import annotations
 
-import bisect
 import functools
-import os
 import struct
-import sys
-from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO, NamedTuple, Protocol
+from typing import BinaryIO, NamedTuple
 
 from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.common.utils import struct_parse
@@ -31,12 +21,19 @@ from elftools.elf.structs import ELFStructs
 
 from ffitool.errors import InputError
 from ffitool.formats.base import Image, Location, Symbol, SymbolTable
-from ffitool.symbols import FFI_PREFIX, LEGACY_BIN, LEGACY_CTX
+from ffitool.formats.strtab import (
+    SYMBOL_SLICE,
+    Searchable,
+    WindowedTable,
+    c_string,
+    candidate_ranges,
+    matching_entries,
+    offset_filter,
+    st_name_column,
+)
 
 MAGIC = b"\x7fELF"
 
-_MARKERS = (FFI_PREFIX.encode(), LEGACY_BIN.encode() + b"\0", LEGACY_CTX.encode() + b"\0")
-_COMMON_MARKER = b"__tvm_"  # the prefix all markers share: one pass over the string table
 _KINDS = {
     "ET_DYN": "shared library",
     "ET_EXEC": "executable",
@@ -57,8 +54,6 @@ _MACHINES = {
 _TABLES = {"SHT_DYNSYM": SymbolTable.DYNAMIC, "SHT_SYMTAB": SymbolTable.STATIC}
 SHF_COMPRESSED = 0x800
 _SHN_XINDEX = 0xFFFF
-_INDEX_SEARCH_LIMIT = 64
-_EXPANSION_LIMIT = 1 << 16
 _SHN_NAMES = {"SHN_ABS": "*ABS*", "SHN_COMMON": "*COM*"}
 
 # Errors pyelftools (and the struct parsing under it) raise for malformed input.
@@ -86,8 +81,8 @@ def read_elf(
 ) -> Image:
     """Read one ELF image of `size` bytes from `stream`; `base` is where it starts in the file.
 
-    Given `fd`, a descriptor of that file, the string and symbol tables are memory-mapped
-    instead of read (the fast path `inspect` takes).
+    Given `fd`, a descriptor of that file, the string and symbol tables are read through it in
+    windows (the fast path `inspect` takes) instead of whole through `stream`.
     """
     try:
         return _read(ElfFile(stream), size, member, base, fd)
@@ -222,7 +217,7 @@ class SectionNames:
 
     def __getitem__(self, index: int) -> str:
         offset = self._sections[index]["sh_name"]
-        return _c_string(self._table, offset) if offset < len(self._table) else f"#{index}"
+        return c_string(self._table, offset) if offset < len(self._table) else f"#{index}"
 
 
 def _ffi_symbols(
@@ -235,7 +230,7 @@ def _ffi_symbols(
 ) -> list[tuple[Symbol, object]]:
     """Decode only the symbols whose names carry an FFI marker, with their raw section index.
 
-    The table is walked in slices of `_SYMBOL_SLICE` entries, so memory stays flat whatever
+    The table is walked in slices of `SYMBOL_SLICE` entries, so memory stays flat whatever
     size the header claims, and the matching entries are unpacked with `struct` (pyelftools'
     parser costs 100 us a symbol: a minute for 500k functions).
     """
@@ -245,25 +240,25 @@ def _ffi_symbols(
         raise ELFError(f"{names[index]}: string table index {link} is out of range")
     elf = source.elf
     with source.open(sections[link]) as strings:
-        ranges = _candidate_ranges(strings)
+        ranges = candidate_ranges(strings)
         if not ranges:
             return []
         layout = _symbol_layout(elf.elfclass, elf.little_endian)
         entry_size = header["sh_entsize"] or layout.size
         if entry_size < layout.size:
             raise ELFError(f"{names[index]}: entry size {entry_size} is too small")
-        wanted = _offset_filter(ranges)
+        wanted = offset_filter(ranges)
         result = []
         with source.open(header) as entries:
             count = len(entries) // entry_size
-            for first in range(0, count, _SYMBOL_SLICE):
-                last = min(count, first + _SYMBOL_SLICE)
+            for first in range(0, count, SYMBOL_SLICE):
+                last = min(count, first + SYMBOL_SLICE)
                 data = entries[first * entry_size : last * entry_size]
-                fields = _st_name_column(data, entry_size, elf.little_endian)
-                for number, offset in _matching_entries(fields, wanted(fields)):
+                fields = st_name_column(data, entry_size, elf.little_endian)
+                for number, offset in matching_entries(fields, wanted(fields)):
                     raw = _unpack_symbol(layout, data, number * entry_size)
                     symbol = _symbol(
-                        _c_string(strings, offset), raw, table, sections, names, loadable
+                        c_string(strings, offset), raw, table, sections, names, loadable
                     )
                     result.append((symbol, raw.shndx))
         return result
@@ -271,9 +266,6 @@ def _ffi_symbols(
 
 _SHF_EXECINSTR = 0x4
 """sh_flags bit of sections that hold machine code."""
-
-_SYMBOL_SLICE = 1 << 16
-"""Symbol-table entries read at a time (1.5 MiB of a 64-bit table)."""
 
 
 class _RawSymbol(NamedTuple):
@@ -343,8 +335,8 @@ def entries_named(elf: ElfFile, size: int, header, sections: list, name: str) ->
     entry_size = header["sh_entsize"] or elf.structs.Elf_Sym.sizeof()
     if entry_size < elf.structs.Elf_Sym.sizeof():
         raise ELFError(f"symbol entry size {entry_size} is too small")
-    fields = _st_name_column(section_bytes(elf, header, size), entry_size, elf.little_endian)
-    return [number for number, _ in _matching_entries(fields, starts.intersection(fields))]
+    fields = st_name_column(section_bytes(elf, header, size), entry_size, elf.little_endian)
+    return [number for number, _ in matching_entries(fields, starts.intersection(fields))]
 
 
 def section_bytes(elf: ElfFile, header, size: int) -> bytes:
@@ -371,15 +363,6 @@ def _extent(header, size: int) -> tuple[int, int]:
     return offset, length
 
 
-class _Searchable(Protocol):
-    """What the string-table scan needs: bytes has it, and so has a mapped table."""
-
-    def __len__(self) -> int: ...
-    def find(self, sub: bytes, start: int = ..., end: int | None = ...) -> int: ...
-    def rfind(self, sub: bytes, start: int = ..., end: int | None = ...) -> int: ...
-    def __getitem__(self, key: slice) -> bytes: ...
-
-
 class _TableSource:
     """Opens sections of one image as searchable tables: read in windows given a descriptor."""
 
@@ -390,200 +373,13 @@ class _TableSource:
         self._base = base
 
     @contextmanager
-    def open(self, header) -> Iterator[_Searchable]:
+    def open(self, header) -> Iterator[Searchable]:
         """The section's bytes, after checking that its extent lies inside the image."""
         offset, length = _extent(header, self._size)
         if self._fd is None:
             yield section_bytes(self.elf, header, self._size)
         else:
-            yield _WindowedTable(self._fd, self._base + offset, length)
-
-
-_FIRST_WINDOW = 4 << 10
-_LAST_WINDOW = 1 << 20
-_CACHED_WINDOW = 64 << 10
-
-
-class _WindowedTable:
-    """One section's bytes with `bytes`-like find, rfind and slicing, read as needed.
-
-    A search reads windows that start small (a name's terminator is usually near) and double
-    up to 1 MiB, overlapping by the needle's length so that no match is missed at a border.
-    """
-
-    def __init__(self, fd: int, start: int, length: int) -> None:
-        self._fd = fd
-        self._start = start
-        self._length = length
-        self._cached_at = 0
-        self._cached = b""
-
-    def __len__(self) -> int:
-        return self._length
-
-    def _read(self, at: int, count: int) -> bytes:
-        """`count` bytes at `at`, from the last window read when it holds them: with many
-        marked names close together (100k functions), each costs a slice, not a pread."""
-        offset = at - self._cached_at
-        if offset >= 0 and offset + count <= len(self._cached):
-            return self._cached[offset : offset + count]
-        span = min(max(count, _CACHED_WINDOW), self._length - at)
-        data = os.pread(self._fd, span, self._start + at)
-        if len(data) != span:
-            raise ELFError("the file shrank while it was being read")
-        self._cached_at, self._cached = at, data
-        return data[:count]
-
-    def _bounds(self, start: int, end: int | None) -> tuple[int, int]:
-        end = self._length if end is None else min(end, self._length)
-        return max(start, 0), end
-
-    def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
-        start, end = self._bounds(start, end)
-        window = _FIRST_WINDOW
-        while end - start >= len(sub):
-            high = min(end, start + window)
-            at = _search(self._read(start, high - start), sub)
-            if at != -1:
-                return start + at
-            if high == end:
-                break
-            start = high - len(sub) + 1
-            window = min(2 * window, _LAST_WINDOW)
-        return -1
-
-    def rfind(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
-        start, end = self._bounds(start, end)
-        window = _FIRST_WINDOW
-        while end - start >= len(sub):
-            low = max(start, end - window)
-            at = self._read(low, end - low).rfind(sub)
-            if at != -1:
-                return low + at
-            if low == start:
-                break
-            end = low + len(sub) - 1
-            window = min(2 * window, _LAST_WINDOW)
-        return -1
-
-    def __getitem__(self, key: slice) -> bytes:
-        begin, end, _ = key.indices(self._length)
-        return self._read(begin, max(begin, end) - begin)
-
-
-def _search(data: bytes, sub: bytes) -> int:
-    """`data.find(sub)`, with the C library's memmem where there is one."""
-    memmem = _memmem()
-    if memmem is None or len(sub) < 2 or len(data) < len(sub):  # one byte: memchr is as fast
-        return data.find(sub)
-    import ctypes  # loaded by _memmem already; imported lazily to keep start-up small
-
-    base = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
-    found = memmem(data, len(data), sub, len(sub))
-    return -1 if found is None or base is None else found - base
-
-
-@functools.cache
-def _memmem() -> Callable[[int, int, bytes, int], int | None] | None:
-    """The C library's memmem, or None where there is none to be had (Windows)."""
-    try:
-        import ctypes
-
-        function = ctypes.CDLL(None).memmem
-    except (ImportError, OSError, AttributeError, TypeError):
-        return None
-    function.restype = ctypes.c_void_p
-    function.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
-    return function
-
-
-def _candidate_ranges(strings: _Searchable) -> list[tuple[int, int]]:
-    """Ranges (first, last) of string-table offsets where a name with an FFI marker may start.
-
-    Linkers merge string tails, so a symbol's name may start anywhere inside a stored string:
-    every offset from the start of the string up to its last marker is a candidate.
-    """
-    ranges = []
-    at = strings.find(_COMMON_MARKER)
-    while at != -1:
-        begin = strings.rfind(b"\0", 0, at) + 1
-        end = strings.find(b"\0", at)
-        end = len(strings) if end == -1 else end
-        rest = strings[at : end + 1]  # one slice: 500k names are 4M searches otherwise
-        last = max(rest.rfind(marker) for marker in _MARKERS)
-        if last >= 0:
-            ranges.append((begin, at + last))
-        at = strings.find(_COMMON_MARKER, end)
-    return ranges
-
-
-def _st_name_column(data: bytes, entry_size: int, little: bool) -> array:
-    """The st_name field (first 4 bytes of every entry, both classes) of each symbol."""
-    count = len(data) // entry_size
-    order = "little" if little else "big"
-    if entry_size % 4:
-        return array(
-            "I",
-            (
-                int.from_bytes(data[i * entry_size : i * entry_size + 4], order)
-                for i in range(count)
-            ),
-        )
-    words = array("I")
-    words.frombytes(data[: count * entry_size])
-    if little != (sys.byteorder == "little"):
-        words.byteswap()
-    return words[:: entry_size // 4]
-
-
-def _offset_filter(ranges: list[tuple[int, int]]) -> Callable[[array], set[int]]:
-    """A function from st_name values to those that fall in a candidate range.
-
-    Usually the ranges are a few short names and are expanded into a set once. A crafted table
-    with megabyte-long names would make that set huge, so past a bound each distinct st_name
-    is looked up in the ranges instead.
-    """
-    if sum(last - first + 1 for first, last in ranges) <= _EXPANSION_LIMIT:
-        starts: set[int] = set()
-        for first, last in ranges:
-            starts.update(range(first, last + 1))
-        return starts.intersection
-    firsts = [first for first, _ in ranges]
-
-    def in_ranges(fields: array) -> set[int]:
-        wanted = set()
-        for offset in set(fields):
-            slot = bisect.bisect_right(firsts, offset) - 1
-            if slot >= 0 and offset <= ranges[slot][1]:
-                wanted.add(offset)
-        return wanted
-
-    return in_ranges
-
-
-def _matching_entries(fields: array, hits: set[int]) -> list[tuple[int, int]]:
-    """(index, st_name) of the entries whose st_name is one of `hits`.
-
-    A few hits are located by byte search in the column, in C; many with one pass in Python.
-    """
-    if len(hits) > _INDEX_SEARCH_LIMIT:
-        return [(number, offset) for number, offset in enumerate(fields) if offset in hits]
-    column = fields.tobytes()  # 4 bytes an entry, in native order like the patterns below
-    found = []
-    for offset in hits:
-        pattern = array("I", [offset]).tobytes()
-        at = column.find(pattern)
-        while at != -1:
-            if at % 4 == 0:
-                found.append((at // 4, offset))
-            at = column.find(pattern, at + 1)
-    return sorted(found)
-
-
-def _c_string(strings: _Searchable, offset: int) -> str:
-    end = strings.find(b"\0", offset)
-    raw = strings[offset : end if end != -1 else len(strings)]
-    return raw.decode("utf-8", "backslashreplace")
+            yield WindowedTable(self._fd, self._base + offset, length)
 
 
 def _symbol(

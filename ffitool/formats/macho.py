@@ -20,18 +20,16 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from elftools.common.exceptions import ELFError
-
 from ffitool.errors import InputError
 from ffitool.formats.base import Image, Location, Symbol, SymbolTable
-from ffitool.formats.elf import (
-    _SYMBOL_SLICE,
-    _c_string,
-    _candidate_ranges,
-    _matching_entries,
-    _offset_filter,
-    _st_name_column,
-    _WindowedTable,
+from ffitool.formats.strtab import (
+    SYMBOL_SLICE,
+    WindowedTable,
+    c_string,
+    candidate_ranges,
+    matching_entries,
+    offset_filter,
+    st_name_column,
 )
 
 MAGIC_64 = b"\xcf\xfa\xed\xfe"
@@ -132,7 +130,7 @@ def read_macho(
                 for offset, length in _slices(source)
             )
         return (_read_thin(source, member),)
-    except (_Malformed, ELFError) as exc:
+    except _Malformed as exc:
         raise InputError(f"{where}: malformed Mach-O: {exc}") from None
     except OSError as exc:
         raise InputError(f"{where}: read error: {exc.strerror or exc}") from None
@@ -190,7 +188,7 @@ class _Source:
         """A searchable view of a table (string table, trie): windowed through the fd."""
         self.check(offset, count, what)
         if self.fd is not None:
-            return _WindowedTable(self.fd, self.file_offset(offset), count)
+            return WindowedTable(self.fd, self.file_offset(offset), count)
         return self.read(offset, count, what)
 
 
@@ -329,24 +327,24 @@ def _symbols(
     symoff, nsyms, stroff, strsize = commands.symtab
     source.check(symoff, nsyms * _NLIST.size, "symbol table")
     strings = source.table(stroff, strsize, "string table")
-    ranges = _candidate_ranges(strings)
+    ranges = candidate_ranges(strings)
     if not ranges:
         return [], {}
     trie = _Trie(source, commands.trie) if loadable and commands.trie else None
-    wanted = _offset_filter(ranges)
+    wanted = offset_filter(ranges)
     symbols: list[Symbol] = []
     locations: dict[tuple[str, SymbolTable], Location] = {}
-    for first in range(0, nsyms, _SYMBOL_SLICE):
-        last = min(nsyms, first + _SYMBOL_SLICE)
+    for first in range(0, nsyms, SYMBOL_SLICE):
+        last = min(nsyms, first + SYMBOL_SLICE)
         data = source.read(
             symoff + first * _NLIST.size, (last - first) * _NLIST.size, "symbol table"
         )
-        fields = _st_name_column(data, _NLIST.size, True)
-        for number, offset in _matching_entries(fields, wanted(fields)):
+        fields = st_name_column(data, _NLIST.size, True)
+        for number, offset in matching_entries(fields, wanted(fields)):
             _, n_type, n_sect, n_desc, n_value = _NLIST.unpack_from(data, number * _NLIST.size)
             if n_type & _N_STAB:
                 continue
-            raw_name = _c_string(strings, offset)
+            raw_name = c_string(strings, offset)
             section = None
             if n_type & _N_TYPE == _N_SECT:
                 if not 0 < n_sect <= len(commands.sections):
