@@ -42,12 +42,15 @@ class CheckSettings:
     """The file the settings came from, if any."""
 
 
-def find_config(start: Path) -> Path | None:
-    """The closest pyproject.toml from `start` upwards that has a `[tool.ffitool.check]` table."""
+def find_config(start: Path) -> tuple[Path, dict[str, object]] | None:
+    """The closest pyproject.toml from `start` upwards that has a `[tool.ffitool.check]`
+    table, with its parsed contents (so that it is read once)."""
     for folder in (start, *start.parents):
         candidate = folder / "pyproject.toml"
-        if candidate.is_file() and TABLE[-1] in _table(read_toml(candidate), TABLE[:-1]):
-            return candidate
+        if candidate.is_file():
+            document = read_toml(candidate)
+            if TABLE[-1] in _table(document, TABLE[:-1]):
+                return candidate, document
     return None
 
 
@@ -147,9 +150,13 @@ def resolve(
     `config` is an explicit `--config`; without one, the closest pyproject.toml with the
     table is used, searched from `search_from` (the current directory).
     """
-    if config is None and search_from is not None:
-        config = find_config(search_from)
-    table = config_table(config, read_toml(config)) if config is not None else {}
+    found = None
+    if config is not None:
+        found = config, read_toml(config)
+    elif search_from is not None:
+        found = find_config(search_from)
+    config = found[0] if found is not None else None
+    table = config_table(*found) if found is not None else {}
     where = str(config) if config is not None else "command line"
     merged = {key: given.get(key) if given.get(key) is not None else table.get(key) for key in KEYS}
 
