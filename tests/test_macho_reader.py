@@ -136,12 +136,39 @@ def test_inspect_json_of_every_fixture_follows_the_schema(name):
     schema = resources.files("ffitool").joinpath("schemas", "inspect-1.json").read_text()
     jsonschema.validate(document, json.loads(schema))
     (entry,) = document["files"]
+    expected = MANY_FUNCTIONS if name.startswith("libmany.") else ["add_one", "main"]
     for library in entry["libraries"]:
         # JSON names symbols as the file spells them; function names are the FFI names.
         assert [(f["name"], f["symbol"]) for f in library["functions"]] == [
-            ("add_one", "___tvm_ffi_add_one"),
-            ("main", "___tvm_ffi_main"),
+            (n, f"___tvm_ffi_{n}") for n in expected
         ]
+
+
+MANY_FUNCTIONS = [f"many_{n:04d}" for n in range(2000)]
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_all_2000_exports_of_a_large_dylib_agree_with_llvm(arch):
+    """libmany: 2,000 FFI functions, two plain functions and two data symbols. Every FFI
+    function is read, at the address llvm-nm gives and exported as the trie says; the plain
+    names are in nm's list but none is an FFI function."""
+    path = MACHO / f"libmany.{arch}.dylib"
+    (image,) = images(path)
+    assert reader_externals(image) == nm_externals(path, arch)[None]
+    exported = {s.file_name for s in image.symbols if s.exported}
+    assert exported == trie_exports(path, arch)
+    assert exported == {f"___tvm_ffi_{n}" for n in MANY_FUNCTIONS}
+    listing = llvm("llvm-nm", "--extern-only", "--defined-only", str(path))
+    plain = {line.split()[2] for line in listing.splitlines() if "_many_" in line}
+    assert plain - exported == {
+        "_many_plain_first",
+        "_many_plain_second",
+        "_many_table",
+        "_many_counter",
+    }
+    (library,) = inspect_path(path).libraries
+    assert [f.name for f in library.functions] == MANY_FUNCTIONS
+    assert library.library_bin is None
 
 
 def test_universal_file_gives_one_library_per_slice_at_absolute_offsets():
