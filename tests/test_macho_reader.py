@@ -19,6 +19,9 @@ from importlib import resources
 import jsonschema
 import pytest
 from conftest import FIXTURES, ROOT, require_tool
+from macholib import mach_o
+from macholib.MachO import MachO
+from macholib.SymbolTable import SymbolTable
 
 from ffitool.errors import InputError
 from ffitool.formats import read_object
@@ -352,3 +355,120 @@ def test_a_fat64_header_reads_like_the_fat_one(tmp_path):
     assert [(lib.machine, lib.library_bin.file_offset) for lib in outcome.libraries] == [
         (lib.machine, lib.library_bin.file_offset) for lib in original.libraries
     ]
+
+
+# --- a second parser: macholib and llvm-readobj ------------------------------------------
+
+
+def _name(field: bytes) -> str:
+    return field.rstrip(b"\0").decode()
+
+
+def macholib_view(path, tmp_path) -> list[dict]:
+    """Per image (slice of a universal file, member of an archive, or the file), what macholib
+    reads: where the image starts, its segments, sections by number, FFI-marked nlist entries
+    and whether it has a code signature. Archive members are extracted with llvm-ar first
+    (macholib does not read archives) and found in the archive by their bytes."""
+    if path.suffix == ".a":
+        members = tmp_path / "members"
+        members.mkdir()
+        subprocess.run([require_tool("llvm-ar"), "x", str(path)], cwd=members, check=True)
+        archive = path.read_bytes()
+        files = [(m, archive.index(m.read_bytes())) for m in sorted(members.iterdir())]
+        files.sort(key=lambda item: item[1])
+    else:
+        files = [(path, 0)]
+    views = []
+    for file, start in files:
+        macho = MachO(str(file))
+        for header in macho.headers:
+            segments, sections, signed = [], [], False
+            for load, command, data in header.commands:
+                if load.cmd == mach_o.LC_SEGMENT_64:
+                    name = _name(command.segname)
+                    place = (command.vmaddr, command.vmsize, command.fileoff, command.filesize)
+                    segments.append((name, *place))
+                    sections += [
+                        (_name(s.segname), _name(s.sectname), s.addr, s.size, s.offset)
+                        for s in data
+                    ]
+                signed = signed or load.cmd == mach_o.LC_CODE_SIGNATURE
+            nlists = SymbolTable(macho, header).nlists
+            marked = {
+                name.decode(): entry
+                for entry, name in nlists
+                if b"__tvm_" in name and not entry.n_type & 0xE0
+            }
+            member = file.name if path.suffix == ".a" else None
+            views.append(
+                dict(
+                    member=member,
+                    start=start + header.offset,
+                    segments=segments,
+                    sections=sections,
+                    symbols=marked,
+                    signed=signed,
+                )
+            )
+    return views
+
+
+def readobj_segments(path) -> list[list[tuple[str, int, int, int, int]]]:
+    """`llvm-readobj --macho-segment`: per image, in file order, (name, vmaddr, vmsize,
+    fileoff, filesize) of each segment."""
+    listing = llvm("llvm-readobj", "--macho-segment", str(path))
+    images_found: list[list[tuple[str, int, int, int, int]]] = []
+    for block in re.split(r"^File: ", listing, flags=re.MULTILINE)[1:]:
+        segments = []
+        for segment in re.findall(r"Segment \{(.*?)\}", block, re.DOTALL):
+            fields = dict(re.findall(r"^\s*(\w+): (.*)$", segment, re.MULTILINE))
+            segments.append(
+                (
+                    fields["Name"].strip(),
+                    int(fields["vmaddr"], 16),
+                    int(fields["vmsize"], 16),
+                    int(fields["fileoff"]),
+                    int(fields["filesize"]),
+                )
+            )
+        images_found.append(segments)
+    return images_found
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in MACHO.iterdir()))
+def test_macholib_and_readobj_agree_with_the_reader(name, tmp_path):
+    """Two parsers that share no code with ffitool: macholib for load commands and the symbol
+    table, llvm-readobj for segments. Every FFI-marked symbol ffitool reads is the nlist
+    entry macholib reads (address, section, external), no marked entry is missed, every blob
+    location is the file offset macholib's section table gives, and each symbol lies in the
+    segment its section belongs to, with the segments llvm-readobj lists."""
+    path = MACHO / name
+    found = images(path)
+    views = macholib_view(path, tmp_path)
+    segments = readobj_segments(path)
+    assert len(found) == len(views) == len(segments)
+    for image, view, readobj in zip(found, views, segments, strict=True):
+        assert image.member == view["member"]
+        assert view["segments"] == readobj
+        assert (image.signature != "none") == view["signed"]
+        symbols = {s.file_name: s for s in image.symbols}
+        assert view["symbols"] and set(symbols) == set(view["symbols"])
+        for raw_name, entry in view["symbols"].items():
+            symbol = symbols[raw_name]
+            assert symbol.address == entry.n_value, raw_name
+            assert (symbol.binding == "LOCAL") == (not entry.n_type & 0x01), raw_name
+            assert symbol.external == (entry.n_type & 0x11 == 0x01), raw_name
+            if entry.n_type & 0x0E != 0x0E:
+                assert symbol.section is None or symbol.section.startswith("*")
+                continue
+            segment, section, address, size, offset = view["sections"][entry.n_sect - 1]
+            assert symbol.section == f"{segment},{section}", raw_name
+            assert address <= entry.n_value <= address + size
+            # A linked image's segment by name; an object has one unnamed segment.
+            (home,) = [s for s in readobj if s[0] in (segment, "")]
+            assert home[1] <= entry.n_value < home[1] + home[2], raw_name
+            location = image.locations.get((symbol.name, symbol.table))
+            if location is not None:
+                expected = view["start"] + offset + entry.n_value - address
+                assert location.file_offset == expected, raw_name
+        assert image.locations or not any("__tvm_ffi__library_bin" in n for n in view["symbols"])
