@@ -321,15 +321,15 @@ def test_a_library_modified_while_its_blob_is_read_is_refused(host, monkeypatch)
     from ffitool.errors import InputError
 
     lib, _ = host
-    reader = pack._shared_library
+    reader = pack._packable
 
-    def read_then_meddle(path: Path):
-        found = reader(path)
+    def read_then_meddle(path: Path, **options):
+        found = reader(path, **options)
         with open(lib, "ab") as handle:
             handle.write(b"\0")
         return found
 
-    monkeypatch.setattr(pack, "_shared_library", read_then_meddle)
+    monkeypatch.setattr(pack, "_packable", read_then_meddle)
     with pytest.raises(InputError, match="changed while its blob was read"):
         pack.existing_modules(lib)
 

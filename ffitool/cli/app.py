@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from ffitool.cli.entry import main as entry_main
-from ffitool.cli.entry import print_error, print_json, run_inspect
+from ffitool.cli.entry import print_error, print_json, print_warning, run_inspect
 from ffitool.errors import FfitoolError, UsageError
 from ffitool.findings import printable
 from ffitool.staging import STDOUT
@@ -232,18 +232,36 @@ def pack_command(
         Path | None,
         typer.Option("-o", "--output", help="Write here (- for stdout) instead of in place."),
     ] = None,
+    arch: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--arch", metavar="ARCH", help="Mach-O: pack only this slice (x86_64, arm64)."
+        ),
+    ] = None,
+    signature: Annotated[
+        str,
+        typer.Option(
+            "--signature",
+            metavar="adhoc|remove",
+            help="Mach-O: sign each packed slice again ad hoc (default) or leave it unsigned.",
+        ),
+    ] = "adhoc",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or summary.")] = False,
 ) -> None:
-    """Embed, replace or remove module blobs in an ELF shared library, verified before renaming."""
+    """Embed, replace or remove module blobs in an ELF shared library or a Mach-O dylib or
+    bundle (thin or universal), verified before renaming."""
     from ffitool.cli.render import print_plan, progress_bar
     from ffitool.manifest import read_manifest
-    from ffitool.pack import existing_modules, pack_library, payload_source
+    from ffitool.pack import SIGNATURE_MODES, existing_modules, pack_library, payload_source
     from ffitool.pack.plan import Edits, plan_edits, plan_from_modules, validate_kind
     from ffitool.pack.stream import blob_size
 
     edits_given = bool(add or replace or remove or parent is not None or cascade)
+    arches = tuple(arch or ())
     with _reported(library):
+        if signature not in SIGNATURE_MODES:
+            raise UsageError(f"--signature must be one of {', '.join(SIGNATURE_MODES)}")
         if manifest is not None and edits_given:
             raise UsageError("--manifest replaces the whole blob; it cannot be combined with edits")
         if manifest is None and not edits_given:
@@ -265,13 +283,17 @@ def pack_command(
                 parent=parent,
                 cascade=cascade,
             )
-            plan = plan_edits(existing_modules(library), edits)
+            plan = plan_edits(existing_modules(library, arches), edits)
         size = blob_size(plan)
         if dry_run:
             print_plan(library, output or library, plan, size)
             return
         with progress_bar(size, enabled=not quiet) as progress:
-            result = pack_library(library, plan, output, progress)
+            result = pack_library(
+                library, plan, output, progress, arches=arches, signature=signature
+            )
+    for warning in result.warnings:
+        print_warning(f"{library}: {warning}")
     if not quiet:
         summary = sys.stderr if output == STDOUT else sys.stdout  # stdout holds the library
         summary.write(

@@ -125,6 +125,13 @@ def print_note(message: str) -> None:
     sys.stderr.write(f"ffitool: note: {printable(message)}\n")
 
 
+def print_warning(message: str) -> None:
+    """One line on stderr about the output that the user must act on: not an error."""
+    from ffitool.findings import printable
+
+    sys.stderr.write(f"ffitool: warning: {printable(message)}\n")
+
+
 def print_error(message: str) -> None:
     """One line on stderr. Messages quote paths, section and symbol names from the input:
     control and bidi characters are escaped so that none reaches the terminal raw."""

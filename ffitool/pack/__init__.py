@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ffitool.blob import UNKEEPABLE
-from ffitool.errors import InputError
+from ffitool.errors import InputError, UsageError
 from ffitool.formats.elf import PARSE_ERRORS
-from ffitool.library import Library, inspect_path, open_regular_file
+from ffitool.library import InspectedFile, Library, inspect_path, open_regular_file
 from ffitool.pack.elf_writer import Placement, plan_edit, write_edit
+from ffitool.pack.macho_writer import SlicePlacement, plan_macho_edit, write_macho_edit
 from ffitool.pack.plan import ExistingModule, PayloadSource, Plan, file_identity
 from ffitool.pack.stream import Progress, blob_size, write_blob
 from ffitool.pack.verify import VerificationError, verify
@@ -30,17 +31,34 @@ class PackResult:
 
     destination: Path
     plan: Plan
-    placement: Placement
+    placement: Placement | list[SlicePlacement]
+    """The ELF blob's place, or one per packed Mach-O slice."""
+    warnings: tuple[str, ...] = ()
+    """What the user must know about the output (a certificate signature replaced)."""
 
 
-def existing_modules(path: Path) -> list[ExistingModule] | None:
+MACHO_ARCHES = {"x86-64": "x86_64", "aarch64": "arm64"}
+"""The reader's machine names as lipo and `--arch` spell them."""
+SIGNATURE_MODES = ("adhoc", "remove")
+
+
+def existing_modules(path: Path, arches: tuple[str, ...] = ()) -> list[ExistingModule] | None:
     """The modules of the library's current blob with their file ranges, or None without one.
 
     A blob the runtime rejects cannot be kept module by module: that is an error (a manifest
-    can still replace it whole). A legacy `__tvm_dev_mblob` is ignored, as tvm-ffi does.
+    can still replace it whole). A legacy `__tvm_dev_mblob` is ignored, as tvm-ffi does. The
+    slices of a universal file that are packed must carry the same blob (or none), since one
+    plan serves them all.
     """
     before = file_identity(os.stat(path))
-    found = _shared_library(path).library_bin
+    slices = _packed_libraries(_packable(path, digests=False), arches)
+    if sum(library.library_bin is not None for library in slices) > 1:  # compare payloads
+        slices = _packed_libraries(_packable(path, digests=True), arches)
+    found = slices[0].library_bin
+    if len({_blob_identity(library) for library in slices}) > 1:
+        raise InputError(
+            f"{path}: its slices carry different blobs; pack them one at a time with --arch"
+        )
     if file_identity(os.stat(path)) != before:
         raise InputError(f"{path}: changed while its blob was read")
     if found is None or found.layout != "tvm_ffi":
@@ -72,17 +90,32 @@ def payload_source(path: str) -> PayloadSource:
 
 
 def pack_library(
-    library: Path, plan: Plan, output: Path | None = None, progress: Progress | None = None
+    library: Path,
+    plan: Plan,
+    output: Path | None = None,
+    progress: Progress | None = None,
+    *,
+    arches: tuple[str, ...] = (),
+    signature: str = "adhoc",
 ) -> PackResult:
     """Write `library` with the planned blob to `output` (default: in place), verified first.
 
     In place follows a symlink to the file it names, as patchelf does, and keeps the file's
     owner, group and mode; with `-o` the output gets the input's permission bits. The input
     is read through one descriptor, locked against a concurrent pack, and must still be the
-    file at its path when the output replaces anything.
+    file at its path when the output replaces anything. `arches` and `signature` apply to
+    Mach-O files: the slices to pack (default all) and whether each is signed again ad hoc
+    or left unsigned.
     """
     library = Path(library)
-    _shared_library(library)
+    inspected = _packable(library, digests=False)
+    if inspected.format != "ELF":
+        _packed_libraries(inspected, arches)
+        if signature not in SIGNATURE_MODES:
+            raise UsageError(f"--signature must be one of {', '.join(SIGNATURE_MODES)}")
+        return _pack_macho(library, plan, output, progress, arches, signature == "remove")
+    if arches or signature != "adhoc":
+        raise UsageError("--arch and --signature apply to Mach-O files only")
     in_place = output is None
     destination = output or Path(os.path.realpath(library))
     with open(library, "rb") as handle:
@@ -151,9 +184,73 @@ def _check_unchanged(handle: BinaryIO, library: Path, before: os.stat_result) ->
         raise InputError(f"{library}: changed while it was being packed; nothing was written")
 
 
-def _shared_library(path: Path) -> Library:
+def _packable(path: Path, *, digests: bool) -> InspectedFile:
     """Read the input with the inspecting reader: unreadable or unsupported files end here."""
-    inspected = inspect_path(path, digests=False)
-    if inspected.format != "ELF" or inspected.libraries[0].kind != "shared library":
-        raise InputError(f"{path}: only ELF shared libraries can be packed")
-    return inspected.libraries[0]
+    inspected = inspect_path(path, digests=digests)
+    kinds = {library.kind for library in inspected.libraries}
+    if inspected.format == "ELF" and kinds == {"shared library"}:
+        return inspected
+    if inspected.format.startswith("Mach-O") and kinds <= {"shared library", "bundle"}:
+        return inspected
+    raise InputError(
+        f"{path}: only ELF shared libraries and Mach-O dylibs and bundles can be packed"
+    )
+
+
+def _packed_libraries(inspected: InspectedFile, arches: tuple[str, ...]) -> list[Library]:
+    """The images a pack rewrites: all, or the Mach-O slices named by `--arch`."""
+    if not arches:
+        return list(inspected.libraries)
+    names = [MACHO_ARCHES.get(library.machine, library.machine) for library in inspected.libraries]
+    unknown = sorted(set(arches) - set(names))
+    if unknown:
+        raise UsageError(f"no {', '.join(unknown)} slice (it has {', '.join(names)})")
+    return [lib for lib, name in zip(inspected.libraries, names, strict=True) if name in arches]
+
+
+def _blob_identity(library: Library) -> tuple:
+    """What must agree between the slices of one pack: the blob's modules, byte for byte."""
+    found = library.library_bin
+    if found is None or found.layout != "tvm_ffi":
+        return ()
+    return tuple((m.kind, m.imports, m.size, m.sha256) for m in found.modules)
+
+
+def _pack_macho(
+    library: Path,
+    plan: Plan,
+    output: Path | None,
+    progress: Progress | None,
+    arches: tuple[str, ...],
+    remove_signature: bool,
+) -> PackResult:
+    """`pack_library` for a Mach-O file, thin or universal."""
+    from ffitool.pack.macho_verify import verify_macho
+
+    in_place = output is None
+    destination = output or Path(os.path.realpath(library))
+    with open(library, "rb") as handle:
+        _lock(handle, library)
+        info = os.fstat(handle.fileno())
+        _check_sources(plan, library, file_identity(info))
+        source = str(descriptor_path(handle.fileno()) or library)
+        edit = plan_macho_edit(
+            handle.fileno(), info.st_size, str(library), blob_size(plan), arches, remove_signature
+        )
+        ownership = Ownership.of(info) if in_place else Ownership(Ownership.of(info).mode)
+        with staged(destination, ownership) as staging:
+            written = 0
+
+            def blob(fd: int, offset: int) -> None:
+                nonlocal written
+                # One progress bar over every slice's copy of the blob.
+                write_blob(fd, offset, plan, progress if written == 0 else None)
+                written += 1
+
+            write_macho_edit(source, staging.fd, edit, blob)
+            try:
+                verify_macho(staging.path, Path(source), plan, edit)
+            except VerificationError as exc:
+                raise VerificationError(f"{library}: {exc}; nothing was written") from None
+            _check_unchanged(handle, library, info)
+    return PackResult(destination, plan, edit.placements, tuple(edit.warnings))

@@ -28,7 +28,7 @@ from ffitool.errors import InputError
 from ffitool.findings import Severity
 from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
 from ffitool.formats.elf_dynamic import DynamicView, read_dynamic, unmapped_segments
-from ffitool.library import inspect_path
+from ffitool.library import Library, inspect_path
 from ffitool.pack.elf_tables import renumbered_relocations
 from ffitool.pack.elf_writer import BLOB_SECTION, RETAGGED, Placement
 from ffitool.pack.plan import PayloadSource, Plan
@@ -57,7 +57,8 @@ class VerificationError(InputError):
 
 def verify(staging: Path, original: Path, plan: Plan, placement: Placement) -> None:
     """Raise VerificationError, naming the first difference, unless `staging` is right."""
-    _check_blob(staging, plan, placement)
+    (library,) = inspect_path(staging, digests=False).libraries  # bytes are compared below
+    check_blob(library, staging, plan, placement.file_offset)
     with open(original, "rb") as old, open(staging, "rb") as new:
         before = read_dynamic(old, os.fstat(old.fileno()).st_size)
         after = read_dynamic(new, os.fstat(new.fileno()).st_size)
@@ -71,7 +72,7 @@ def verify(staging: Path, original: Path, plan: Plan, placement: Placement) -> N
     _check_layout(old_file, new_file)
 
 
-def _fail(message: str) -> NoReturn:
+def fail(message: str) -> NoReturn:
     raise VerificationError(f"packed file failed verification: {message}")
 
 
@@ -88,35 +89,34 @@ class _Headers:
         self.names = [names[i] for i in range(len(self.sections))]
 
 
-def _check_blob(staging: Path, plan: Plan, placement: Placement) -> None:
-    (library,) = inspect_path(staging, digests=False).libraries  # bytes are compared below
+def check_blob(library: Library, staging: Path, plan: Plan, file_offset: int) -> None:
+    """The library's blob is exported, at `file_offset`, and holds exactly the planned modules
+    with exactly their source's bytes."""
     found = library.library_bin
     if found is None or found.symbol.symbol.name != LIBRARY_BIN:
-        _fail("no __tvm_ffi__library_bin")
+        fail("no __tvm_ffi__library_bin")
     if not found.symbol.dynamic:
-        _fail("__tvm_ffi__library_bin is not exported")
+        fail("__tvm_ffi__library_bin is not exported")
     errors = [f.message for f in found.findings if f.severity is Severity.ERROR]
     if errors:
-        _fail("; ".join(errors))
-    if found.file_offset != placement.file_offset:
-        _fail(f"blob at file offset {found.file_offset}, planned {placement.file_offset}")
+        fail("; ".join(errors))
+    if found.file_offset != file_offset:
+        fail(f"blob at file offset {found.file_offset}, planned {file_offset}")
     got = [(m.kind, m.imports, m.size) for m in found.modules]
     want = [(m.kind, m.imports, None if m.source is None else m.source.size) for m in plan.modules]
     if got != want:
-        _fail(f"modules {got} differ from the plan {want}")
+        fail(f"modules {got} differ from the plan {want}")
     for module, planned in zip(found.modules, plan.modules, strict=True):
         if planned.source is None or module.payload_offset is None:
             continue
-        if not same_bytes(
-            planned.source, str(staging), placement.file_offset + module.payload_offset
-        ):
-            _fail(f"module {module.index} ({module.kind}) payload bytes differ from the source")
+        if not same_bytes(planned.source, str(staging), file_offset + module.payload_offset):
+            fail(f"module {module.index} ({module.kind}) payload bytes differ from the source")
 
 
 def _check_lookup(after: DynamicView, placement: Placement) -> None:
     """Find the blob as ld.so does: through every hash table the file has."""
     if not (after.has_gnu_hash or after.has_sysv_hash):
-        _fail("no DT_GNU_HASH or DT_HASH: dlsym could not find anything")
+        fail("no DT_GNU_HASH or DT_HASH: dlsym could not find anything")
     for label, present, lookup in (
         ("DT_GNU_HASH", after.has_gnu_hash, after.lookup_gnu),
         ("DT_HASH", after.has_sysv_hash, after.lookup_sysv),
@@ -125,9 +125,9 @@ def _check_lookup(after: DynamicView, placement: Placement) -> None:
             continue
         symbol = lookup(LIBRARY_BIN)
         if symbol is None or (symbol.value, symbol.size) != (placement.address, placement.size):
-            _fail(f"{label} lookup of {LIBRARY_BIN} gives {symbol}, not the new blob")
+            fail(f"{label} lookup of {LIBRARY_BIN} gives {symbol}, not the new blob")
         if symbol.version is not None and (symbol.version & 0x7FFF == 0 or symbol.version & 0x8000):
-            _fail(f"{LIBRARY_BIN} has symbol version {symbol.version:#x}: local or hidden")
+            fail(f"{LIBRARY_BIN} has symbol version {symbol.version:#x}: local or hidden")
 
 
 def _check_preserved(before: DynamicView, after: DynamicView, placement: Placement) -> int:
@@ -139,18 +139,18 @@ def _check_preserved(before: DynamicView, after: DynamicView, placement: Placeme
     """
     for label in ("needed", "soname", "rpath", "runpath"):
         if getattr(before, label) != getattr(after, label):
-            _fail(f"{label} changed from {getattr(before, label)} to {getattr(after, label)}")
+            fail(f"{label} changed from {getattr(before, label)} to {getattr(after, label)}")
     old_tags, new_tags = before.entries, after.entries
     if [t for t, _ in old_tags] != [t for t, _ in new_tags]:
-        _fail("the dynamic section's tags changed")
+        fail("the dynamic section's tags changed")
     for (tag, was), (_, now) in zip(old_tags, new_tags, strict=True):
         if tag not in RETAGGED and was != now:
-            _fail(f"dynamic entry {tag:#x} changed from {was:#x} to {now:#x}")
+            fail(f"dynamic entry {tag:#x} changed from {was:#x} to {now:#x}")
     (old_strings, old_size), (new_strings, new_size) = before.string_table, after.string_table
     if new_size < old_size or before.memory(old_strings, old_size) != after.memory(
         new_strings, old_size
     ):
-        _fail(".dynstr does not start with the original's strings")
+        fail(".dynstr does not start with the original's strings")
     found = after.lookup_gnu(LIBRARY_BIN) if after.has_gnu_hash else after.lookup_sysv(LIBRARY_BIN)
     index = 0 if found is None else found.index
     for tag, size in (("DT_SYMTAB", before.symbol_entry_size), ("DT_VERSYM", 2)):
@@ -164,7 +164,7 @@ def _check_preserved(before: DynamicView, after: DynamicView, placement: Placeme
                 + new[(index + 1) * size :]
             )
         if new != old:
-            _fail(f"{tag} holds other symbols than the original's and the blob's")
+            fail(f"{tag} holds other symbols than the original's and the blob's")
     lookup_before = before.lookup_gnu if before.has_gnu_hash else before.lookup_sysv
     lookup_after = after.lookup_gnu if after.has_gnu_hash else after.lookup_sysv
     # The tables are equal; the hash tables, walked in Python, are probed with an evenly
@@ -180,7 +180,7 @@ def _check_preserved(before: DynamicView, after: DynamicView, placement: Placeme
         was = lookup_before(name)
         now = lookup_after(name)
         if was is not None and now != was:
-            _fail(f"dynamic symbol {name} is no longer found through the hash table")
+            fail(f"dynamic symbol {name} is no longer found through the hash table")
     return index
 
 
@@ -204,19 +204,19 @@ def _check_relocations(before: DynamicView, after: DynamicView, inserted: int | 
             if inserted is not None:
                 was = renumbered_relocations(was, entry, bits, little, inserted)
             if was != now:
-                _fail(f"a relocation in [{address + start:#x}, +{length:#x}) changed")
+                fail(f"a relocation in [{address + start:#x}, +{length:#x}) changed")
 
 
 def _section_map(before: _Headers, after: _Headers) -> list[int]:
     """The output index of each input section: the same, past the one section ffitool adds."""
     extra = len(after.sections) - len(before.sections)
     if extra not in (0, 1):
-        _fail(f"{extra} sections were added")
+        fail(f"{extra} sections were added")
     added = next((i for i, name in enumerate(after.names) if extra and name == BLOB_SECTION), None)
     mapping = [i if added is None or i < added else i + 1 for i in range(len(before.sections))]
     for index, target in enumerate(mapping):
         if before.names[index] != after.names[target]:
-            _fail(f"section {before.names[index]} became {after.names[target]}")
+            fail(f"section {before.names[index]} became {after.names[target]}")
     return mapping
 
 
@@ -227,10 +227,10 @@ def _check_sections(before: _Headers, after: _Headers, original: Path, staging: 
         if name == BLOB_SECTION:
             continue  # the old blob's section now holds the new blob, checked on its own
         if old["sh_type"] != new["sh_type"] or old["sh_flags"] != new["sh_flags"]:
-            _fail(f"section {name} changed its type or flags")
+            fail(f"section {name} changed its type or flags")
         if old["sh_type"] == "SHT_NOBITS" or not old["sh_size"]:
             if (old["sh_addr"], old["sh_size"]) != (new["sh_addr"], new["sh_size"]):
-                _fail(f"section {name} moved or changed size")
+                fail(f"section {name} moved or changed size")
             continue
         moved = (old["sh_addr"], old["sh_offset"], old["sh_size"]) != (
             new["sh_addr"],
@@ -240,16 +240,16 @@ def _check_sections(before: _Headers, after: _Headers, original: Path, staging: 
         allocated = old["sh_flags"] & _SHF_ALLOC
         replaceable = old["sh_type"] in _REPLACEABLE or name == ".interp" or not allocated
         if moved and not replaceable:
-            _fail(f"section {name} moved from {old['sh_addr']:#x}, offset {old['sh_offset']:#x}")
+            fail(f"section {name} moved from {old['sh_addr']:#x}, offset {old['sh_offset']:#x}")
         growable = ("SHT_STRTAB", "SHT_GNU_HASH", "SHT_HASH", "SHT_DYNSYM", "SHT_GNU_versym")
         if old["sh_size"] != new["sh_size"] and old["sh_type"] not in growable:
-            _fail(f"section {name} changed size")
+            fail(f"section {name} changed size")
         if old["sh_type"] in _PATCHED or old["sh_type"] in ("SHT_GNU_HASH", "SHT_HASH"):
             continue  # rewritten or patched: checked through the dynamic view
         # Others keep their bytes; a grown string table starts with the old one.
         source = PayloadSource(str(original), old["sh_offset"], old["sh_size"])
         if not same_bytes(source, str(staging), new["sh_offset"]):
-            _fail(f"section {name} has different bytes")
+            fail(f"section {name} has different bytes")
 
 
 def _check_segments(before: _Headers, after: _Headers, original: Path, staging: Path) -> None:
@@ -281,7 +281,7 @@ def _check_segments(before: _Headers, after: _Headers, original: Path, staging: 
         if kind == "PT_NULL":
             continue
         if not twins:
-            _fail(f"program header {kind} at {phdr['p_vaddr']:#x} was lost")
+            fail(f"program header {kind} at {phdr['p_vaddr']:#x} was lost")
         twin = twins[0]
         new.remove(twin)
         if kind == "PT_PHDR":
@@ -289,26 +289,26 @@ def _check_segments(before: _Headers, after: _Headers, original: Path, staging: 
                 phdr["p_filesz"] + grown,
                 phdr["p_memsz"] + grown,
             ) or (twin["p_offset"], twin["p_vaddr"]) != (phdr["p_offset"], phdr["p_vaddr"]):
-                _fail("PT_PHDR does not describe the grown program header table")
+                fail("PT_PHDR does not describe the grown program header table")
         elif kind == "PT_LOAD":  # only the last one, in size, when a repack reuses it
             fixed = ("p_offset", "p_vaddr", "p_paddr", "p_flags", "p_align")
             reused = len(loads) == sum(p["p_type"] == "PT_LOAD" for p in after.phdrs)
             last = phdr is max(loads, key=lambda p: p["p_vaddr"])
             if not (reused and last) or any(twin[k] != phdr[k] for k in fixed):
-                _fail(f"PT_LOAD at {phdr['p_vaddr']:#x} changed")
+                fail(f"PT_LOAD at {phdr['p_vaddr']:#x} changed")
         elif kind in _MOVABLE_SEGMENTS:
             source = PayloadSource(str(original), phdr["p_offset"], phdr["p_filesz"])
             if twin["p_filesz"] != phdr["p_filesz"] or not same_bytes(
                 source, str(staging), twin["p_offset"]
             ):
-                _fail(f"{kind} does not hold the bytes it held")
+                fail(f"{kind} does not hold the bytes it held")
         else:
-            _fail(f"program header {kind} at {phdr['p_vaddr']:#x} changed")
+            fail(f"program header {kind} at {phdr['p_vaddr']:#x} changed")
     if [p["p_type"] for p in new] not in ([], ["PT_LOAD"]):
-        _fail(f"program headers added: {[p['p_type'] for p in new]}")
+        fail(f"program headers added: {[p['p_type'] for p in new]}")
     for phdr in new:
         if phdr["p_flags"] & 0x3:
-            _fail("the new PT_LOAD is writable or executable")
+            fail("the new PT_LOAD is writable or executable")
 
 
 def _violations(headers: _Headers) -> set[str]:
@@ -387,4 +387,4 @@ def _check_layout(before: _Headers, after: _Headers) -> None:
     """The output breaks no layout rule that the input kept."""
     new = _violations(after) - _violations(before)
     if new:
-        _fail(sorted(new)[0])
+        fail(sorted(new)[0])

@@ -1,0 +1,909 @@
+"""Give a Mach-O dylib or bundle an exported `___tvm_ffi__library_bin`, moving no code or data.
+
+Each packed slice gets one new read-only segment, `__TVM_FFI` with the single section
+`__tvm_ffi_blob`, at the address and file offset where `__LINKEDIT` began; `__LINKEDIT` follows
+it, one page-rounded blob later. `__LINKEDIT` holds no addressed content (the load commands
+find its tables by file offset), so it is the only segment whose address changes, and every
+section, symbol value, code and data byte of the other segments stays where it was. This is
+what the linker would have produced had the blob been linked in as the last segment.
+
+`__LINKEDIT` is rebuilt piece by piece in its original order: tables the edit does not touch
+are copied verbatim, and the symbol table (one external symbol added among the external
+definitions), the string table (its name appended), the export trie (re-encoded with the new
+entry; every old entry keeps its bytes), the indirect symbol table and the external
+relocations (symbol indices renumbered past the insertion) are written new. The code
+signature, which covers every byte before it, is laid out last and computed once the rest of
+the slice is written (`write_macho_edit`).
+
+Repacking a slice whose last segment before `__LINKEDIT` is ffitool's `__TVM_FFI` reuses that
+segment in place. In a universal file every slice (or those `--arch` names) is packed;
+others are copied unchanged, and slices are laid out again at their alignment.
+
+Everything is decided from the input's load commands and `__LINKEDIT` before a byte is written
+(`plan_macho_edit`); only the tables of `__LINKEDIT` are read into memory, never code or data.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ffitool.errors import InputError
+from ffitool.pack.macho_sign import (
+    AdhocSignature,
+    build_signature,
+    resign_parameters,
+    signature_size,
+    signature_state,
+)
+from ffitool.pack.macho_trie import TrieError, decode_trie, encode_trie, regular_export
+from ffitool.pack.plan import PayloadSource
+from ffitool.pack.stream import copy_payload
+from ffitool.symbols import LIBRARY_BIN
+
+SEGMENT_NAME = "__TVM_FFI"
+SECTION_NAME = "__tvm_ffi_blob"
+RAW_NAME = b"_" + LIBRARY_BIN.encode()
+"""The blob's name as the file spells it: C names carry a leading underscore."""
+
+MAGIC_64 = 0xFEEDFACF
+FAT_MAGIC = 0xCAFEBABE
+FAT_MAGIC_64 = 0xCAFEBABF
+CPU_X86_64 = 0x01000007
+CPU_ARM64 = 0x0100000C
+ARCH_NAMES = {CPU_X86_64: "x86_64", CPU_ARM64: "arm64"}
+_PAGE = {CPU_X86_64: 0x1000, CPU_ARM64: 0x4000}
+"""Segment alignment: the page size of the platform's kernel (16 KiB on Apple silicon)."""
+_MH_DYLIB = 6
+_MH_BUNDLE = 8
+_PACKABLE = {_MH_DYLIB: "dylib", _MH_BUNDLE: "bundle"}
+
+HEADER = struct.Struct("<IiiIIIII")
+SEGMENT = struct.Struct("<II16sQQQQiiII")
+SECTION = struct.Struct("<16s16sQQIIIIIIII")
+NLIST = struct.Struct("<IBBHQ")
+FAT_HEADER = struct.Struct(">II")
+FAT_ARCH = struct.Struct(">iiIII")
+FAT_ARCH_64 = struct.Struct(">iiQQII")
+
+LC_SYMTAB = 0x2
+LC_DYSYMTAB = 0xB
+LC_SEGMENT_64 = 0x19
+LC_CODE_SIGNATURE = 0x1D
+LC_DYLD_INFO = 0x22
+LC_DYLD_INFO_ONLY = 0x80000022
+LC_DYLD_EXPORTS_TRIE = 0x80000033
+LC_DYLD_CHAINED_FIXUPS = 0x80000034
+LC_TWOLEVEL_HINTS = 0x16
+LC_NOTE = 0x31
+LC_ID_DYLIB = 0xD
+# linkedit_data_command: (dataoff, datasize) at bytes 8 and 12.
+_LINKEDIT_DATA = {
+    LC_CODE_SIGNATURE: "code signature",
+    0x1E: "segment split info",
+    0x26: "function starts",
+    0x29: "data in code",
+    0x2B: "code signing DRs",
+    0x2E: "linker optimization hints",
+    LC_DYLD_EXPORTS_TRIE: "export trie",
+    LC_DYLD_CHAINED_FIXUPS: "chained fixups",
+    0x36: "atom info",
+}
+_DYLD_INFO_TABLES = ("rebase", "bind", "weak bind", "lazy bind", "export trie")
+
+N_EXT = 0x01
+N_PEXT = 0x10
+N_TYPE = 0x0E
+N_SECT = 0x0E
+N_STAB = 0xE0
+_INDIRECT_SPECIAL = 0xC0000000  # INDIRECT_SYMBOL_LOCAL | INDIRECT_SYMBOL_ABS
+_R_EXTERN = 1 << 27
+_R_SYMBOLNUM = 0xFFFFFF
+
+_VM_PROT_READ = 0x1
+_BLOB_ALIGN_LOG2 = 4
+_MAX_COMMANDS = 16 << 20
+_SIGNATURE_ALIGN = 16
+_TABLE_ALIGN = 8
+_CS_LINKER_SIGNED = 0x20000
+
+
+@dataclass(frozen=True)
+class SlicePlacement:
+    """Where one slice's blob went, and what became of its signature."""
+
+    arch: str
+    slice_offset: int
+    """The slice's start in the output (0 for a thin file)."""
+    file_offset: int
+    """The blob's first byte, absolute in the output file."""
+    address: int
+    size: int
+    signature: str
+    """The slice's signature state after packing: "none", "ad-hoc" or "linker-signed"."""
+
+
+@dataclass(frozen=True)
+class _Signing:
+    """A signature to compute once the slice is written."""
+
+    slice_offset: int
+    code_limit: int
+    parameters: AdhocSignature
+
+
+@dataclass
+class MachoEdit:
+    """Everything the writer does, decided before a byte is written."""
+
+    copies: list[tuple[int, int, int]] = field(default_factory=list)
+    """(input offset, length, output offset)."""
+    patches: list[tuple[int, bytes]] = field(default_factory=list)
+    """New bytes at output offsets."""
+    placements: list[SlicePlacement] = field(default_factory=list)
+    signings: list[_Signing] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    size: int = 0
+    slices: list[tuple[int, int, int, int, SlicePlacement | None]] = field(default_factory=list)
+    """Every slice in file order: (input offset, input size, output offset, output size,
+    its placement, or None for a slice copied unchanged)."""
+
+
+def _align(value: int, alignment: int) -> int:
+    return -(-value // alignment) * alignment
+
+
+class _Fail(Exception):
+    """A reason the slice cannot be packed; turned into one InputError naming the file."""
+
+
+@dataclass
+class Command:
+    """One load command: its type and raw bytes."""
+
+    cmd: int
+    data: bytes
+
+    def field(self, offset: int, fmt: str = "<I") -> int:
+        return struct.unpack_from(fmt, self.data, offset)[0]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A 64-bit segment command, decoded."""
+
+    index: int
+    """Position among the load commands."""
+    name: str
+    vmaddr: int
+    vmsize: int
+    fileoff: int
+    filesize: int
+    nsects: int
+
+
+@dataclass
+class MachoSlice:
+    """The load commands of one thin 64-bit image, and reads of its bytes by slice offset.
+
+    Shared by the writer and its verifier: both need every command's raw bytes, which the
+    inspecting reader does not keep.
+    """
+
+    fd: int
+    start: int
+    size: int
+    cputype: int
+    filetype: int
+    commands: list[Command]
+    sizeofcmds: int
+    header: bytes
+
+    @classmethod
+    def read(cls, fd: int, start: int, size: int) -> MachoSlice:
+        if size < HEADER.size:
+            raise _Fail("too short for a Mach-O header")
+        header = os.pread(fd, HEADER.size, start)
+        magic, cputype, _, filetype, ncmds, sizeofcmds, _, _ = HEADER.unpack(header)
+        if magic != MAGIC_64:
+            raise _Fail("not a 64-bit Mach-O image")
+        if sizeofcmds > min(size - HEADER.size, _MAX_COMMANDS):
+            raise _Fail(f"load commands claim {sizeofcmds} bytes, the image has {size}")
+        data = os.pread(fd, sizeofcmds, start + HEADER.size)
+        if len(data) != sizeofcmds:
+            raise _Fail("the file shrank while it was being read")
+        commands, at = [], 0
+        for index in range(ncmds):
+            if at + 8 > sizeofcmds:
+                raise _Fail(f"load command {index} starts past the load commands")
+            cmd, cmdsize = struct.unpack_from("<II", data, at)
+            if cmdsize < 8 or at + cmdsize > sizeofcmds:
+                raise _Fail(f"load command {index} has a bad size {cmdsize}")
+            commands.append(Command(cmd, data[at : at + cmdsize]))
+            at += cmdsize
+        return cls(fd, start, size, cputype, filetype, commands, sizeofcmds, header)
+
+    def pread(self, offset: int, length: int, what: str) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise _Fail(f"{what} ({length} bytes at {offset}) extends past the end of the image")
+        data = os.pread(self.fd, length, self.start + offset)
+        if len(data) != length:
+            raise _Fail("the file shrank while it was being read")
+        return data
+
+    def segments(self) -> list[Segment]:
+        found = []
+        for index, command in enumerate(self.commands):
+            if command.cmd != LC_SEGMENT_64:
+                continue
+            if len(command.data) < SEGMENT.size:
+                raise _Fail(f"segment command {index} is too short")
+            _, _, name, vmaddr, vmsize, fileoff, filesize, _, _, nsects, _ = SEGMENT.unpack_from(
+                command.data
+            )
+            if SEGMENT.size + nsects * SECTION.size > len(command.data):
+                raise _Fail(f"segment command {index} claims {nsects} sections it does not hold")
+            text = name.split(b"\0", 1)[0].decode("ascii", "replace")
+            found.append(Segment(index, text, vmaddr, vmsize, fileoff, filesize, nsects))
+        return found
+
+    def sections(self) -> list[tuple[str, str, int, int, int, int]]:
+        """(segment, section, address, size, offset, flags) in n_sect order."""
+        found = []
+        for segment in self.segments():
+            data = self.commands[segment.index].data
+            for number in range(segment.nsects):
+                raw = SECTION.unpack_from(data, SEGMENT.size + number * SECTION.size)
+                names = [n.split(b"\0", 1)[0].decode("ascii", "replace") for n in raw[:2]]
+                found.append((names[1], names[0], raw[2], raw[3], raw[4], raw[8]))
+        return found
+
+    def command(self, cmd: int) -> Command | None:
+        matches = [c for c in self.commands if c.cmd == cmd]
+        if len(matches) > 1:
+            raise _Fail(f"more than one load command {cmd:#x}")
+        return matches[0] if matches else None
+
+    def trie_command(self) -> tuple[Command, int] | None:
+        """The command holding the export trie and the byte offset of its (offset, size)."""
+        for cmd in (LC_DYLD_INFO, LC_DYLD_INFO_ONLY):
+            found = self.command(cmd)
+            if found is not None and found.field(44):
+                return found, 40
+        found = self.command(LC_DYLD_EXPORTS_TRIE)
+        if found is not None:
+            return found, 8
+        return None
+
+    def trie(self) -> dict[bytes, bytes]:
+        where = self.trie_command()
+        if where is None:
+            return {}
+        command, at = where
+        offset, size = struct.unpack_from("<II", command.data, at)
+        try:
+            return decode_trie(self.pread(offset, size, "export trie"))
+        except TrieError as exc:
+            raise _Fail(str(exc)) from None
+
+    def symtab(self) -> tuple[int, int, int, int]:
+        command = self.command(LC_SYMTAB)
+        if command is None or len(command.data) < 24:
+            raise _Fail("no symbol table (LC_SYMTAB)")
+        return struct.unpack_from("<4I", command.data, 8)
+
+    def dysymtab(self) -> list[int]:
+        command = self.command(LC_DYSYMTAB)
+        if command is None or len(command.data) < 80:
+            raise _Fail("no dynamic symbol table command (LC_DYSYMTAB)")
+        return list(struct.unpack_from("<18I", command.data, 8))
+
+    def symbols(self) -> tuple[bytes, bytes]:
+        """The raw nlist array and string table."""
+        symoff, nsyms, stroff, strsize = self.symtab()
+        return (
+            self.pread(symoff, nsyms * NLIST.size, "symbol table"),
+            self.pread(stroff, strsize, "string table"),
+        )
+
+    def signature(self) -> tuple[int, int] | None:
+        command = self.command(LC_CODE_SIGNATURE)
+        return None if command is None else struct.unpack_from("<II", command.data, 8)
+
+    def install_name(self) -> bytes | None:
+        command = self.command(LC_ID_DYLIB)
+        if command is None or len(command.data) < 24:
+            return None
+        offset = command.field(8)
+        if not 24 <= offset < len(command.data):
+            return None
+        return command.data[offset:].split(b"\0", 1)[0]
+
+
+def symbol_name(strings: bytes, offset: int) -> bytes:
+    """The NUL-terminated name at `offset` of a string table (empty when out of range)."""
+    if not 0 <= offset < len(strings):
+        return b""
+    end = strings.find(b"\0", offset)
+    return strings[offset : end if end != -1 else len(strings)]
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """A table of `__LINKEDIT` named by a load command field."""
+
+    command: int
+    """Index of the load command."""
+    at: int
+    """Byte offset of the (uint32 offset, uint32 count) pair in the command."""
+    unit: int
+    """Bytes per counted entry (1 when the count is a size)."""
+    offset: int
+    length: int
+    what: str
+
+
+def _pieces(image: MachoSlice) -> list[_Piece]:
+    """Every `__LINKEDIT` table that a load command points at."""
+    pieces = []
+    for index, command in enumerate(image.commands):
+        fields: list[tuple[int, int, str]] = []
+        if command.cmd == LC_SYMTAB:
+            fields = [(8, NLIST.size, "symbol table"), (16, 1, "string table")]
+        elif command.cmd == LC_DYSYMTAB:
+            dysymtab = image.dysymtab()
+            for count_at, what in ((36, "table of contents"), (44, "module table"),
+                                   (52, "external reference table")):  # fmt: skip
+                if dysymtab[(count_at - 8) // 4]:
+                    raise _Fail(f"it has a {what}, which only old static linkers wrote")
+            fields = [(56, 4, "indirect symbol table"), (64, 8, "external relocations"),
+                      (72, 8, "local relocations")]  # fmt: skip
+        elif command.cmd in (LC_DYLD_INFO, LC_DYLD_INFO_ONLY):
+            if len(command.data) < 48:
+                raise _Fail("LC_DYLD_INFO is too short")
+            fields = [(8 + 8 * n, 1, what) for n, what in enumerate(_DYLD_INFO_TABLES)]
+        elif command.cmd in _LINKEDIT_DATA:
+            if len(command.data) < 16:
+                raise _Fail(f"load command {index} is too short")
+            fields = [(8, 1, _LINKEDIT_DATA[command.cmd])]
+        elif command.cmd == LC_TWOLEVEL_HINTS:
+            fields = [(8, 4, "two-level hints")]
+        elif command.cmd == LC_NOTE:
+            raise _Fail("it has an LC_NOTE, whose data ffitool does not relocate")
+        for at, unit, what in fields:
+            offset, count = struct.unpack_from("<II", command.data, at)
+            pieces.append(_Piece(index, at, unit, offset, count * unit, what))
+    return pieces
+
+
+@dataclass
+class _SliceOutput:
+    """One packed slice: its bytes as copies and patches relative to the slice's start."""
+
+    copies: list[tuple[int, int, int]]
+    patches: list[tuple[int, bytes]]
+    blob_offset: int
+    address: int
+    blob_size: int
+    size: int
+    signing: tuple[int, AdhocSignature] | None
+    signature: str
+    warning: str | None
+
+
+def plan_macho_edit(
+    fd: int,
+    size: int,
+    display: str,
+    blob_size: int,
+    arches: Sequence[str] = (),
+    remove_signature: bool = False,
+) -> MachoEdit:
+    """Lay out the packed file: every slice (or those named in `arches`) gets the blob."""
+    edit = MachoEdit()
+    try:
+        head = os.pread(fd, 8, 0)
+        magic = int.from_bytes(head[:4], "big") if len(head) >= 4 else 0
+        if magic in (FAT_MAGIC, FAT_MAGIC_64):
+            _plan_universal(fd, size, magic, blob_size, arches, remove_signature, edit)
+        else:
+            image = MachoSlice.read(fd, 0, size)
+            arch = ARCH_NAMES.get(image.cputype, f"cputype {image.cputype:#x}")
+            if arches and arch not in arches:
+                raise _Fail(f"it is a thin {arch} file; --arch names {', '.join(arches)}")
+            out = _plan_slice(image, blob_size, remove_signature, display)
+            _add_slice(edit, out, 0, arch)
+            edit.size = out.size
+            edit.slices.append((0, size, 0, out.size, edit.placements[-1]))
+    except _Fail as exc:
+        raise InputError(f"{display}: cannot pack this Mach-O file: {exc}") from None
+    return edit
+
+
+def _add_slice(edit: MachoEdit, out: _SliceOutput, at: int, arch: str) -> None:
+    edit.copies += [(start, length, at + to) for start, length, to in out.copies]
+    edit.patches += [(at + to, data) for to, data in out.patches]
+    if out.signing is not None:
+        code_limit, parameters = out.signing
+        edit.signings.append(_Signing(at, code_limit, parameters))
+    if out.warning:
+        edit.warnings.append(f"{arch}: {out.warning}")
+    edit.placements.append(
+        SlicePlacement(arch, at, at + out.blob_offset, out.address, out.blob_size, out.signature)
+    )
+
+
+def _plan_universal(
+    fd: int,
+    size: int,
+    magic: int,
+    blob_size: int,
+    arches: Sequence[str],
+    remove_signature: bool,
+    edit: MachoEdit,
+) -> None:
+    layout = FAT_ARCH_64 if magic == FAT_MAGIC_64 else FAT_ARCH
+    count = FAT_HEADER.unpack(os.pread(fd, FAT_HEADER.size, 0))[1]
+    table_size = FAT_HEADER.size + count * layout.size
+    if not 0 < count <= 64 or table_size > size:
+        raise _Fail(f"the universal header claims {count} architectures")
+    table = os.pread(fd, table_size, 0)
+    entries = [
+        list(layout.unpack_from(table, FAT_HEADER.size + n * layout.size)) for n in range(count)
+    ]
+    names = [ARCH_NAMES.get(e[0], f"cputype {e[0]:#x}") for e in entries]
+    unknown = sorted(set(arches) - set(names))
+    if unknown:
+        raise _Fail(f"no {', '.join(unknown)} slice (it has {', '.join(names)})")
+    cursor = table_size
+    for entry, arch in zip(entries, names, strict=True):
+        offset, length, align = entry[2], entry[3], entry[4]
+        if offset < table_size or offset + length > size or align > 16:
+            raise _Fail(f"the {arch} slice lies outside the file")
+        at = _align(cursor, 1 << align)
+        if arches and arch not in arches:
+            edit.copies.append((offset, length, at))
+            edit.slices.append((offset, length, at, length, None))
+            new_length = length
+        else:
+            image = MachoSlice.read(fd, offset, length)
+            if image.cputype != entry[0]:
+                raise _Fail(f"the {arch} slice holds an image of cputype {image.cputype:#x}")
+            out = _plan_slice(image, blob_size, remove_signature, arch)
+            _add_slice(edit, out, at, arch)
+            new_length = out.size
+            edit.slices.append((offset, length, at, new_length, edit.placements[-1]))
+        if magic == FAT_MAGIC and at + new_length > 0xFFFFFFFF:
+            raise _Fail(
+                "the packed slices would pass 4 GiB, which a 32-bit universal header cannot address"
+            )
+        entry[2], entry[3] = at, new_length
+        cursor = at + new_length
+    header = FAT_HEADER.pack(magic, count) + b"".join(layout.pack(*e) for e in entries)
+    edit.patches.insert(0, (0, header))
+    edit.size = cursor
+
+
+def _plan_slice(
+    image: MachoSlice, blob_size: int, remove_signature: bool, label: str
+) -> _SliceOutput:
+    """The output of one thin image, relative to its start."""
+    if image.filetype not in _PACKABLE:
+        raise _Fail(f"only dylibs and bundles can be packed (file type {image.filetype})")
+    page = _PAGE.get(image.cputype)
+    if page is None:
+        raise _Fail(f"unsupported CPU type {image.cputype:#x}")
+    segments = image.segments()
+    linkedit = next((s for s in segments if s.name == "__LINKEDIT"), None)
+    if linkedit is None or segments[-1] is not linkedit:
+        raise _Fail("__LINKEDIT is not its last segment")
+    for segment in segments[:-1]:
+        if (
+            segment.fileoff + segment.filesize > linkedit.fileoff
+            or segment.vmaddr + segment.vmsize > linkedit.vmaddr
+        ):
+            raise _Fail(f"segment {segment.name} lies past __LINKEDIT")
+    if linkedit.fileoff % page or linkedit.vmaddr % page:
+        raise _Fail("__LINKEDIT is not page-aligned")
+    end = linkedit.fileoff + linkedit.filesize
+    if end != image.size:
+        raise _Fail(f"{image.size - end} bytes follow __LINKEDIT, which ffitool would not carry")
+    reused = segments[-2] if len(segments) > 1 and segments[-2].name == SEGMENT_NAME else None
+    start = reused.fileoff if reused else linkedit.fileoff
+    address = reused.vmaddr if reused else linkedit.vmaddr
+    grown = _align(blob_size, page)
+    text = next((s for s in segments if s.name == "__TEXT" and s.fileoff == 0), None)
+    if text is None:
+        raise _Fail("no __TEXT segment maps the Mach-O header")
+
+    pieces = _pieces(image)
+    symbols = _SymbolEdit(image)
+    sections = len(image.sections())
+    symbols.place(sections if reused else sections + 1, address)
+    trie_where = image.trie_command()
+    if trie_where is None:
+        raise _Fail("it has no export trie to add the blob's name to")
+    entries = image.trie()
+    entries[RAW_NAME] = regular_export(address - text.vmaddr)
+
+    existing = image.signature()
+    blob = image.pread(*existing, "code signature") if existing else None
+    old_state = "none" if blob is None else signature_state(blob)
+    warning = None
+    if old_state == "certificate":
+        replacement = "removed" if remove_signature else "replaced by an ad hoc signature"
+        warning = f"its certificate signature was {replacement}; sign it again to distribute it"
+    # arm64 macOS loads no unsigned code, so an arm64 slice is always signed (as its linker
+    # does); an unsigned x86-64 slice stays unsigned.
+    sign = not remove_signature and (blob is not None or image.cputype == CPU_ARM64)
+
+    # Load commands: the new segment's before __LINKEDIT's; the signature's changes or goes.
+    segment_command = _segment_command(address, grown, start, blob_size)
+    new_commands: list[bytearray | None] = [bytearray(c.data) for c in image.commands]
+    extra = 0 if reused else len(segment_command)
+    if reused:
+        new_commands[reused.index] = bytearray(segment_command)
+    signature_index = _command_index(image, LC_CODE_SIGNATURE)
+    if signature_index is not None and not sign:
+        new_commands[signature_index] = None
+        extra -= len(image.commands[signature_index].data)
+    add_signature_command = sign and signature_index is None
+    if add_signature_command:
+        extra += 16
+    room = _first_content(image, segments)
+    if HEADER.size + image.sizeofcmds + extra > room:
+        free = room - HEADER.size - image.sizeofcmds
+        raise _Fail(
+            f"no room for {extra} more bytes of load commands ({free} free before the first"
+            " section); relink it with -headerpad_max_install_names"
+        )
+
+    # __LINKEDIT, piece by piece, then the signature.
+    new_linkedit = start + grown
+    replaced = {
+        _find(pieces, LC_SYMTAB, 8, image): symbols.table,
+        _find(pieces, LC_SYMTAB, 16, image): symbols.strings,
+        _find(pieces, trie_where[0].cmd, trie_where[1], image): encode_trie(entries),
+    }
+    chained = image.command(LC_DYLD_CHAINED_FIXUPS)
+    if chained is not None and not reused:
+        number = _find(pieces, LC_DYLD_CHAINED_FIXUPS, 8, image)
+        data = image.pread(pieces[number].offset, pieces[number].length, "chained fixups")
+        replaced[number] = with_segment_start(data, len(segments) - 1)
+    if symbols.inserted is not None:
+        for at, renumbered in ((56, symbols.indirect), (64, symbols.external_relocations)):
+            number = _find(pieces, LC_DYSYMTAB, at, image)
+            if pieces[number].length:
+                replaced[number] = renumbered(image)
+    layout = _layout_linkedit(image, pieces, linkedit, new_linkedit, replaced)
+    end = layout.end
+    signing = None
+    state = "none"
+    if sign:
+        code_limit = _align(end, _SIGNATURE_ALIGN)
+        parameters = resign_parameters(
+            blob,
+            identifier=_identifier(image, label),
+            text_segment=(text.fileoff, text.filesize),
+            executable=False,
+            cputype=image.cputype,
+        )
+        length = signature_size(parameters, code_limit)
+        signing = (code_limit, parameters)
+        end = code_limit + length
+        state = signature_state_of(parameters)
+        if signature_index is not None:
+            layout.fields[(signature_index, 8)] = (code_limit, length)
+    for (index, at), values in layout.fields.items():
+        command = new_commands[index]
+        if command is not None:
+            struct.pack_into("<II", command, at, *values)
+    linkedit_size = end - new_linkedit
+    symbols.patch_dysymtab(new_commands[_command_index(image, LC_DYSYMTAB)])
+    struct.pack_into(
+        "<QQQQ", new_commands[linkedit.index], 24,
+        address + grown, _align(linkedit_size, page), new_linkedit, linkedit_size,
+    )  # fmt: skip
+    ordered: list[bytes] = []
+    for index, command in enumerate(new_commands):
+        if index == linkedit.index and not reused:
+            ordered.append(segment_command)
+        if command is not None:
+            ordered.append(bytes(command))
+    if add_signature_command:
+        assert signing is not None
+        ordered.append(struct.pack("<IIII", LC_CODE_SIGNATURE, 16, signing[0], end - signing[0]))
+    body = b"".join(ordered)
+    magic, cputype, subtype, filetype, _, _, flags, reserved = HEADER.unpack(image.header)
+    header = HEADER.pack(
+        magic, cputype, subtype, filetype, len(ordered), len(body), flags, reserved
+    )
+    head = header + body + bytes(max(0, image.sizeofcmds - len(body)))
+    return _SliceOutput(
+        # The bytes after the load commands up to the blob: every segment but __LINKEDIT.
+        copies=[(image.start + len(head), start - len(head), len(head)), *layout.copies],
+        patches=[(0, head), *layout.patches],
+        blob_offset=start,
+        address=address,
+        blob_size=blob_size,
+        size=end,
+        signing=signing,
+        signature=state,
+        warning=warning,
+    )
+
+
+_CHAINED_HEADER = struct.Struct("<7I")
+
+
+def with_segment_start(data: bytes, index: int) -> bytes:
+    """Chained fixups with an empty entry for a segment inserted at `index`.
+
+    dyld requires the fixups' `dyld_chained_starts_in_image` to list exactly one entry per
+    segment. The entry (0: no fixups) goes into the array; 8 bytes are inserted after the
+    array, so that what follows keeps its 8-byte alignment, and every offset that points
+    past the array moves by those 8 bytes.
+    """
+    if len(data) < _CHAINED_HEADER.size:
+        raise _Fail("its chained fixups header is truncated")
+    header = list(_CHAINED_HEADER.unpack_from(data))
+    starts = header[1]
+    if starts + 4 > len(data):
+        raise _Fail("its chained fixups starts lie past the fixups")
+    count = struct.unpack_from("<I", data, starts)[0]
+    end = starts + 4 + 4 * count
+    if end > len(data) or not 0 <= index <= count:
+        raise _Fail(f"its chained fixups list {count} segments")
+    offsets = list(struct.unpack_from(f"<{count}I", data, starts + 4))
+    offsets = [o + 8 if o else 0 for o in offsets]
+    offsets.insert(index, 0)
+    for number in (2, 3):  # imports_offset, symbols_offset
+        if header[number] >= end:
+            header[number] += 8
+    array = struct.pack(f"<I{count + 1}I", count + 1, *offsets) + bytes(4)
+    return _CHAINED_HEADER.pack(*header) + data[_CHAINED_HEADER.size : starts] + array + data[end:]
+
+
+def _command_index(image: MachoSlice, cmd: int) -> int | None:
+    return next((i for i, c in enumerate(image.commands) if c.cmd == cmd), None)
+
+
+def _segment_command(address: int, vmsize: int, fileoff: int, size: int) -> bytes:
+    """LC_SEGMENT_64 of `__TVM_FFI` with its one section, read-only, blob-aligned."""
+    segment = SEGMENT.pack(
+        LC_SEGMENT_64, SEGMENT.size + SECTION.size, SEGMENT_NAME.encode(),
+        address, vmsize, fileoff, size, _VM_PROT_READ, _VM_PROT_READ, 1, 0,
+    )  # fmt: skip
+    section = SECTION.pack(
+        SECTION_NAME.encode(), SEGMENT_NAME.encode(), address, size, fileoff,
+        _BLOB_ALIGN_LOG2, 0, 0, 0, 0, 0, 0,
+    )  # fmt: skip
+    return segment + section
+
+
+def _first_content(image: MachoSlice, segments: list[Segment]) -> int:
+    """Where the first byte after the load commands is used: the end of the header pad."""
+    starts = [s.fileoff for s in segments if s.fileoff > 0 and s.filesize > 0]
+    starts += [
+        offset
+        for _, _, _, size, offset, flags in image.sections()
+        if size and offset and flags & 0xFF not in (0x1, 0xC, 0x12)  # not zero-fill
+    ]
+    return min(starts, default=image.size)
+
+
+def _identifier(image: MachoSlice, label: str) -> bytes:
+    """A new signature's identifier: the install name's file name, as the linker records the
+    output's name; else the file's."""
+    name = image.install_name()
+    if name:
+        return name.rsplit(b"/", 1)[-1]
+    return os.path.basename(label).encode("utf-8", "surrogateescape")
+
+
+def _find(pieces: list[_Piece], cmd: int, at: int, image: MachoSlice) -> int:
+    for number, piece in enumerate(pieces):
+        if image.commands[piece.command].cmd == cmd and piece.at == at:
+            return number
+    raise _Fail(f"load command {cmd:#x} is missing")
+
+
+@dataclass
+class _Layout:
+    copies: list[tuple[int, int, int]]
+    patches: list[tuple[int, bytes]]
+    fields: dict[tuple[int, int], tuple[int, int]]
+    """(command index, byte offset) -> the new (offset, count) pair."""
+    end: int
+    """Slice offset after the last table (where a signature may follow)."""
+
+
+def _layout_linkedit(
+    image: MachoSlice,
+    pieces: list[_Piece],
+    linkedit: Segment,
+    new_start: int,
+    replaced: dict[int, bytes],
+) -> _Layout:
+    """Copy `__LINKEDIT` to `new_start`, writing `replaced` pieces new.
+
+    Bytes between tables are carried as they are; a table that grows pushes everything after
+    it by its growth rounded up to 8 bytes, so every table keeps its alignment. The code
+    signature is left out: it is laid out after the rest.
+    """
+    old_start = linkedit.fileoff
+    old_end = old_start + linkedit.filesize
+    signature = _find_optional(pieces, LC_CODE_SIGNATURE, image)
+    solid = sorted(
+        (n for n, p in enumerate(pieces) if (p.length or n in replaced) and n != signature),
+        key=lambda n: (pieces[n].offset, pieces[n].length),
+    )
+    previous_end = old_start
+    for number in solid:
+        piece = pieces[number]
+        if piece.offset < previous_end or piece.offset + piece.length > old_end:
+            raise _Fail(f"{piece.what}: overlaps another table or lies outside __LINKEDIT")
+        previous_end = piece.offset + piece.length
+    if signature is not None and pieces[signature].length:
+        piece = pieces[signature]
+        if piece.offset < previous_end or piece.offset + piece.length != old_end:
+            raise _Fail("its code signature is not the last thing in __LINKEDIT")
+        old_end = piece.offset
+    copies: list[tuple[int, int, int]] = []
+    patches: list[tuple[int, bytes]] = []
+    shifts: list[tuple[int, int, int, int]] = []  # replaced: (start, end, shift before, after)
+    cursor, shift = old_start, new_start - old_start
+    for number in solid:
+        piece = pieces[number]
+        if number not in replaced:
+            continue
+        data = replaced[number]
+        copies.append((image.start + cursor, piece.offset - cursor, cursor + shift))
+        growth = _align(max(0, len(data) - piece.length), _TABLE_ALIGN)
+        patches.append((piece.offset + shift, data + bytes(piece.length + growth - len(data))))
+        cursor = piece.offset + piece.length
+        shifts.append((piece.offset, cursor, shift, shift + growth))
+        shift += growth
+    copies.append((image.start + cursor, old_end - cursor, cursor + shift))
+    end = old_end + shift
+    fields = {}
+    for number, piece in enumerate(pieces):
+        if number == signature:
+            continue
+        count = piece.length // piece.unit
+        if number in replaced:
+            count = len(replaced[number]) // piece.unit
+        offset = piece.offset
+        if old_start <= offset <= old_end:
+            offset += _shift_at(shifts, offset, new_start - old_start)
+        fields[(piece.command, piece.at)] = (offset, count)
+    if signature is not None:
+        fields[(pieces[signature].command, pieces[signature].at)] = (end, 0)
+    return _Layout(copies, patches, fields, end)
+
+
+def _find_optional(pieces: list[_Piece], cmd: int, image: MachoSlice) -> int | None:
+    return next((n for n, p in enumerate(pieces) if image.commands[p.command].cmd == cmd), None)
+
+
+def _shift_at(shifts: list[tuple[int, int, int, int]], offset: int, base: int) -> int:
+    """How far an old `__LINKEDIT` offset moves: past a replaced table's end, by the shift
+    after its growth; at or inside its start, by the shift before it."""
+    moved = base
+    for start, end, before, after in shifts:
+        if offset >= end and end > start:
+            moved = after
+        elif offset >= start:
+            moved = before
+    return moved
+
+
+def signature_state_of(parameters: AdhocSignature) -> str:
+    return "linker-signed" if parameters.flags & _CS_LINKER_SIGNED else "ad-hoc"
+
+
+class _SymbolEdit:
+    """The symbol table with `___tvm_ffi__library_bin` defined in the blob's section.
+
+    An external definition of that name is re-pointed; otherwise one is inserted among the
+    external definitions at its place in name order (where the linker sorts them), and
+    every symbol index from there on (indirect symbols, external relocations, the start of
+    the undefined symbols) moves up by one.
+    """
+
+    def __init__(self, image: MachoSlice) -> None:
+        self.table, self.strings = image.symbols()
+        self.dysymtab = image.dysymtab()
+        ilocal, nlocal, iextdef, nextdef, iundef, nundef = self.dysymtab[:6]
+        nsyms = len(self.table) // NLIST.size
+        if not (ilocal + nlocal <= iextdef and iextdef + nextdef <= iundef
+                and iundef + nundef <= nsyms):  # fmt: skip
+            raise _Fail("LC_DYSYMTAB's symbol ranges do not fit the symbol table")
+        self.inserted: int | None = None
+
+    def _name(self, index: int) -> bytes:
+        return symbol_name(self.strings, NLIST.unpack_from(self.table, index * NLIST.size)[0])
+
+    def place(self, section: int, address: int) -> None:
+        iextdef, nextdef = self.dysymtab[2], self.dysymtab[3]
+        for index in range(iextdef, iextdef + nextdef):
+            if self._name(index) == RAW_NAME:
+                at = index * NLIST.size
+                strx, _, _, desc, _ = NLIST.unpack_from(self.table, at)
+                entry = NLIST.pack(strx, N_SECT | N_EXT, section, desc, address)
+                self.table = self.table[:at] + entry + self.table[at + NLIST.size :]
+                return
+        names = _Names(self, iextdef, nextdef)
+        index = iextdef + bisect.bisect_left(names, RAW_NAME)
+        strings = self.strings + RAW_NAME + b"\0"
+        self.strings = strings + bytes(-len(strings) % _TABLE_ALIGN)
+        entry = NLIST.pack(len(strings) - len(RAW_NAME) - 1, N_SECT | N_EXT, section, 0, address)
+        at = index * NLIST.size
+        self.table = self.table[:at] + entry + self.table[at:]
+        self.inserted = index
+
+    def indirect(self, image: MachoSlice) -> bytes:
+        """The indirect symbol table with indices past the insertion moved up."""
+        offset, count = self.dysymtab[12], self.dysymtab[13]
+        values = struct.unpack(f"<{count}I", image.pread(offset, count * 4, "indirect symbols"))
+        position = self.inserted
+        assert position is not None
+        return struct.pack(
+            f"<{count}I",
+            *(v + 1 if not v & _INDIRECT_SPECIAL and v >= position else v for v in values),
+        )
+
+    def external_relocations(self, image: MachoSlice) -> bytes:
+        """External relocations with symbol numbers past the insertion moved up."""
+        offset, count = self.dysymtab[14], self.dysymtab[15]
+        raw = image.pread(offset, count * 8, "external relocations")
+        words = list(struct.unpack(f"<{2 * count}I", raw))
+        position = self.inserted
+        assert position is not None
+        for index in range(1, len(words), 2):
+            info = words[index]
+            if info & _R_EXTERN and info & _R_SYMBOLNUM >= position:
+                if info & _R_SYMBOLNUM == _R_SYMBOLNUM:
+                    raise _Fail("an external relocation's symbol number would overflow")
+                words[index] = info + 1
+        return struct.pack(f"<{2 * count}I", *words)
+
+    def patch_dysymtab(self, command: bytearray | None) -> None:
+        if self.inserted is None or command is None:
+            return
+        struct.pack_into("<I", command, 20, self.dysymtab[3] + 1)  # nextdefsym
+        struct.pack_into("<I", command, 24, self.dysymtab[4] + 1)  # iundefsym
+
+
+class _Names(Sequence[bytes]):
+    """The names of a range of symbols, read on demand: bisect looks at a few of them."""
+
+    def __init__(self, symbols: _SymbolEdit, first: int, count: int) -> None:
+        self._symbols, self._first, self._count = symbols, first, count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self._symbols._name(self._first + index)
+
+
+def write_macho_edit(
+    source: str, out_fd: int, edit: MachoEdit, write_blob: Callable[[int, int], None]
+) -> None:
+    """Write the packed file to `out_fd`: copies, new tables, blobs, then each signature,
+    computed over the slice's bytes as written."""
+    os.ftruncate(out_fd, edit.size)
+    for start, length, at in edit.copies:
+        if length:
+            copy_payload(PayloadSource(source, start, length), out_fd, at)
+    for at, data in edit.patches:
+        os.pwrite(out_fd, data, at)
+    for placement in edit.placements:
+        write_blob(out_fd, placement.file_offset)
+    for signing in edit.signings:
+        data = build_signature(out_fd, signing.slice_offset, signing.code_limit, signing.parameters)
+        os.pwrite(out_fd, data, signing.slice_offset + signing.code_limit)

@@ -1,0 +1,497 @@
+"""Packing Mach-O dylibs, checked by parsers that are not ffitool's.
+
+Every zig-built fixture (thin x86-64 and arm64, universal, 2,000 exports) is packed; then
+llvm-nm, llvm-objdump, llvm-readobj and macholib must agree that everything the input had is
+still there at the same address (exports, symbols, segments, sections, indirect symbols), that
+`___tvm_ffi__library_bin` is an external defined symbol in the export trie, and that the bytes
+at the blob section's file offset decode to the planned tree. Then each promise of the
+verifier is broken on purpose, one at a time, and must be caught.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, ffitool, require_tool
+from macholib.mach_o import LC_DYSYMTAB, LC_SEGMENT_64, LC_SYMTAB
+from macholib.MachO import MachO
+from macholib.SymbolTable import SymbolTable
+
+from ffitool.blob import decode
+from ffitool.pack import existing_modules, pack_library, payload_source
+from ffitool.pack.macho_verify import verify_macho
+from ffitool.pack.macho_writer import plan_macho_edit, write_macho_edit
+from ffitool.pack.plan import Edits, plan_edits
+from ffitool.pack.stream import blob_size, write_blob
+from ffitool.pack.verify import VerificationError
+
+MACHO = FIXTURES / "macho"
+THIN = ["libffi_macho.x86_64.dylib", "libffi_macho.arm64.dylib", "libffi_macho.lld.arm64.dylib"]
+LLD = "libffi_macho.lld.arm64.dylib"
+"""Linked by ld64.lld: chained fixups and LC_DYLD_EXPORTS_TRIE, as Apple's current ld."""
+MANY = ["libmany.x86_64.dylib", "libmany.arm64.dylib"]
+UNIVERSAL = "libffi_macho.universal.dylib"
+ARCHES = {"libffi_macho.universal.dylib": ["x86_64", "arm64"]}
+PAYLOAD = bytes(range(256)) * 37 + b"tail"
+BLOB_NAME = "___tvm_ffi__library_bin"
+ORIGINAL_BLOB = (FIXTURES / "ffi_c.blob").read_bytes()
+"""The blob the ffi_macho fixtures were built with."""
+
+
+def llvm(tool: str, *args: str) -> str:
+    return subprocess.run(
+        [require_tool(tool), *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def arches_of(name: str) -> list[str | None]:
+    return ARCHES.get(name, [None])
+
+
+def _arch(arch: str | None) -> list[str]:
+    return [f"--arch={arch}"] if arch else []
+
+
+def nm_defined(path: Path, arch: str | None) -> set[tuple[str, str, int]]:
+    """Every defined symbol as llvm-nm prints it: (name, type letter, address)."""
+    found = set()
+    for line in llvm("llvm-nm", "--defined-only", *_arch(arch), str(path)).splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            found.add((parts[2], parts[1], int(parts[0], 16)))
+    return found
+
+
+def nm_undefined(path: Path, arch: str | None) -> set[str]:
+    return set(llvm("llvm-nm", "--undefined-only", "-j", *_arch(arch), str(path)).split())
+
+
+def trie(path: Path, arch: str | None) -> set[tuple[str, int]]:
+    # LLVM 14 does not read LC_DYLD_EXPORTS_TRIE (ld64.lld's and Apple's current ld's).
+    listing = llvm("llvm-objdump-16", "--macho", "--exports-trie", *_arch(arch), str(path))
+    return {
+        (parts[1], int(parts[0], 16))
+        for parts in (line.split() for line in listing.splitlines())
+        if len(parts) >= 2 and parts[0].startswith("0x")
+    }
+
+
+def indirect(path: Path, arch: str | None) -> list[tuple[str, str]]:
+    """(address, name) of every indirect symbol entry, as llvm-objdump resolves them."""
+    listing = llvm("llvm-objdump", "--macho", "--indirect-symbols", *_arch(arch), str(path))
+    return [
+        (parts[0], parts[-1])
+        for parts in (line.split() for line in listing.splitlines())
+        if parts and parts[0].startswith("0x")
+    ]
+
+
+def segments(path: Path) -> list[dict]:
+    """Every segment and section of every slice, from macholib."""
+    found = []
+    for header in MachO(str(path)).headers:
+        for command, body, sections in header.commands:
+            if command.cmd == LC_SEGMENT_64:
+                found.append(
+                    {
+                        "slice": header.header.cputype,
+                        "name": body.segname.rstrip(b"\0"),
+                        "vmaddr": body.vmaddr,
+                        "vmsize": body.vmsize,
+                        "fileoff": body.fileoff,
+                        "filesize": body.filesize,
+                        "sections": [
+                            (s.sectname.rstrip(b"\0"), s.addr, s.size, s.offset) for s in sections
+                        ],
+                    }
+                )
+    return found
+
+
+def tree(data: bytes) -> list[tuple[str, tuple[int, ...], bytes | None]]:
+    """(kind, imports, payload) of each module of the blob at the start of `data`."""
+    return [
+        (m.kind, m.imports, None if m.payload is None else bytes(m.payload))
+        for m in decode(data).blob.modules
+    ]
+
+
+def pack(source: Path, out: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    payload = out.parent / "payload.bin"
+    payload.write_bytes(PAYLOAD)
+    return ffitool("pack", str(source), "--add", f"cuda_ptx:{payload}", "-o", str(out), *options)
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory) -> dict[str, Path]:
+    """Every fixture packed once with the default options."""
+    out = tmp_path_factory.mktemp("packed")
+    results = {}
+    for name in [*THIN, *MANY, UNIVERSAL]:
+        result = pack(MACHO / name, out / name, "--signature", "remove")  # TEMP
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""
+        results[name] = out / name
+    return results
+
+
+@pytest.mark.parametrize("name", [*THIN, *MANY, UNIVERSAL])
+def test_llvm_sees_everything_at_the_same_address_plus_the_blob(packed, name):
+    for arch in arches_of(name):
+        before, after = MACHO / name, packed[name]
+        new = nm_defined(after, arch)
+        blob = {s for s in new if s[0] == BLOB_NAME}
+        assert len(blob) == 1, blob
+        (_, letter, address) = blob.pop()
+        assert letter == "S"  # external, in a section that is neither text nor data
+        old = {s for s in nm_defined(before, arch) if s[0] != BLOB_NAME}
+        assert old <= new and len(new - old) == 1
+        assert nm_undefined(after, arch) == nm_undefined(before, arch)
+        old_trie = {e for e in trie(before, arch) if e[0] != BLOB_NAME}
+        assert trie(after, arch) == old_trie | {(BLOB_NAME, address)}
+        assert indirect(after, arch) == indirect(before, arch)
+        if "many" in name:
+            assert len(old_trie) == 2000 + 6  # plain functions, data and the header symbols
+
+
+@pytest.mark.parametrize("name", [*THIN, *MANY, UNIVERSAL])
+def test_no_segment_or_section_moves(packed, name):
+    before, after = segments(MACHO / name), segments(packed[name])
+    kept = [s for s in after if s["name"] not in (b"__TVM_FFI", b"__LINKEDIT")]
+    assert kept == [s for s in before if s["name"] != b"__LINKEDIT"]
+    added = [s for s in after if s["name"] == b"__TVM_FFI"]
+    assert len(added) == len(arches_of(name))
+    for segment in added:
+        (section,) = segment["sections"]
+        assert section[0] == b"__tvm_ffi_blob"
+        assert (section[1], section[3]) == (segment["vmaddr"], segment["fileoff"])
+
+
+@pytest.mark.parametrize("name", [*THIN, *MANY, UNIVERSAL])
+def test_macholib_reads_the_symbol_tables_consistently(packed, name):
+    for header in MachO(str(packed[name])).headers:
+        table = SymbolTable(MachO(str(packed[name])), header)
+        ext = [name for _, name in table.extdefsyms]
+        assert ext.count(BLOB_NAME.encode()) == 1
+        counts = {c[0].cmd: c[1] for c in header.commands if c[0].cmd in (LC_SYMTAB, LC_DYSYMTAB)}
+        symtab, dysymtab = counts[LC_SYMTAB], counts[LC_DYSYMTAB]
+        assert dysymtab.iundefsym + dysymtab.nundefsym == symtab.nsyms
+        assert dysymtab.iextdefsym + dysymtab.nextdefsym == dysymtab.iundefsym
+
+
+@pytest.mark.parametrize("name", [*THIN, UNIVERSAL])
+def test_bytes_at_the_blob_section_decode_to_the_planned_tree(packed, name):
+    data = packed[name].read_bytes()
+    machos = MachO(str(packed[name]))
+    for header in machos.headers:
+        sections = [s for c in header.commands if c[0].cmd == LC_SEGMENT_64 for s in c[2]]
+        (blob,) = [s for s in sections if s.sectname.rstrip(b"\0") == b"__tvm_ffi_blob"]
+        start = header.offset + blob.offset
+        modules = tree(data[start : start + blob.size])
+        assert [(kind, imports) for kind, imports, _ in modules] == [
+            ("_lib", (1, 2, 3)),
+            ("test_alpha", (2,)),
+            ("test_beta", ()),
+            ("cuda_ptx", ()),
+        ]
+        assert modules[-1][2] == PAYLOAD
+        original = tree(ORIGINAL_BLOB)
+        assert modules[1:3] == original[1:3]
+
+
+def test_chained_fixups_gain_an_empty_entry_for_the_new_segment(packed):
+    # LLVM 16's objdump decodes chained fixups (LLVM 14's cannot).
+    def listing(path: Path, option: str) -> list[str]:
+        return llvm("llvm-objdump-16", "--macho", option, str(path)).splitlines()[1:]
+
+    before, after = MACHO / LLD, packed[LLD]
+    assert listing(after, "--dyld-info") == listing(before, "--dyld-info")
+    old, new = listing(before, "--chained-fixups"), listing(after, "--chained-fixups")
+    assert "  seg_count = 4" in old and "  seg_count = 5" in new
+    assert "    seg_offset[3] = 0 (__LINKEDIT)" in old
+    assert "    seg_offset[3] = 0 (__TVM_FFI)" in new
+    assert "    seg_offset[4] = 0 (__LINKEDIT)" in new
+    assert "    seg_offset[1] = 24 (__DATA_CONST)" in old
+    assert "    seg_offset[1] = 32 (__DATA_CONST)" in new
+
+
+def test_packing_without_a_signature_removes_it(tmp_path):
+    out = tmp_path / "out.dylib"
+    assert pack(MACHO / "libffi_macho.arm64.dylib", out, "--signature", "remove").returncode == 0
+    listing = llvm("llvm-objdump", "--macho", "--private-headers", str(out))
+    assert "LC_CODE_SIGNATURE" not in listing
+    assert "LC_CODE_SIGNATURE" in llvm(
+        "llvm-objdump", "--macho", "--private-headers", str(MACHO / "libffi_macho.arm64.dylib")
+    )
+
+
+def test_repacking_reuses_the_segment(tmp_path):
+    once, twice = tmp_path / "once.dylib", tmp_path / "twice.dylib"
+    assert pack(MACHO / "libmany.arm64.dylib", once).returncode == 0
+    assert pack(once, twice).returncode == 0
+    names = [s["name"] for s in segments(twice)]
+    assert names.count(b"__TVM_FFI") == 1
+    assert names[-2:] == [b"__TVM_FFI", b"__LINKEDIT"]
+    assert twice.stat().st_size - once.stat().st_size < 2 * len(PAYLOAD) + 0x4000
+    assert tree(_blob_bytes(twice)) == [
+        ("_lib", (1, 2), None),
+        ("cuda_ptx", (), PAYLOAD),
+        ("cuda_ptx", (), PAYLOAD),
+    ]
+
+
+def _blob_bytes(path: Path) -> bytes:
+    (header,) = MachO(str(path)).headers
+    (blob,) = [
+        s
+        for c in header.commands
+        if c[0].cmd == LC_SEGMENT_64
+        for s in c[2]
+        if s.sectname.rstrip(b"\0") == b"__tvm_ffi_blob"
+    ]
+    return path.read_bytes()[blob.offset : blob.offset + blob.size]
+
+
+def test_one_slice_of_a_universal_file(tmp_path):
+    out = tmp_path / "out.dylib"
+    assert pack(MACHO / UNIVERSAL, out, "--arch", "arm64").returncode == 0
+    names = [(s["slice"], s["name"]) for s in segments(out)]
+    assert names.count((0x0100000C, b"__TVM_FFI")) == 1
+    assert names.count((0x01000007, b"__TVM_FFI")) == 0
+    # The x86-64 slice is the original's, byte for byte, at the same offset.
+    before = MachO(str(MACHO / UNIVERSAL)).headers[0]
+    after = MachO(str(out)).headers[0]
+    assert before.offset == after.offset
+    assert (
+        out.read_bytes()[after.offset : after.offset + before.size]
+        == (MACHO / UNIVERSAL).read_bytes()[before.offset : before.offset + before.size]
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--arch", "ppc"], "no ppc slice (it has x86_64, arm64)"),
+        (["--signature", "keep"], "--signature must be one of adhoc, remove"),
+    ],
+)
+def test_bad_options_are_usage_errors(tmp_path, options, message):
+    result = pack(MACHO / UNIVERSAL, tmp_path / "out.dylib", *options)
+    assert result.returncode == 2
+    assert result.stderr == f"ffitool: error: {MACHO / UNIVERSAL}: {message}\n"
+    assert not (tmp_path / "out.dylib").exists()
+
+
+def _mutant(tmp_path: Path, name: str, edit) -> Path:
+    data = bytearray((MACHO / name).read_bytes())
+    edit(data)
+    path = tmp_path / name
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _commands(data: bytes) -> list[tuple[int, int, int]]:
+    """(offset, cmd, cmdsize) of each load command of a thin image."""
+    ncmds = struct.unpack_from("<I", data, 16)[0]
+    found, at = [], 32
+    for _ in range(ncmds):
+        cmd, size = struct.unpack_from("<II", data, at)
+        found.append((at, cmd, size))
+        at += size
+    return found
+
+
+def _first_section_offset(data: bytearray, value: int) -> None:
+    """Make __text (the first section of __TEXT) start right after the load commands."""
+    at = next(a for a, cmd, _ in _commands(data) if cmd == 0x19)
+    struct.pack_into("<I", data, at + 72 + 48, value)
+
+
+@pytest.mark.parametrize(
+    ("name", "edit", "message"),
+    [
+        (
+            "libffi_macho.x86_64.dylib",
+            lambda d: _first_section_offset(d, 32 + struct.unpack_from("<I", d, 20)[0] + 8),
+            "no room for 152 more bytes of load commands (8 free before the first section);"
+            " relink it with -headerpad_max_install_names",
+        ),
+        (
+            "libffi_macho.x86_64.dylib",
+            lambda d: struct.pack_into(
+                "<I", d, next(a for a, c, _ in _commands(d) if c == 0x26), 0x31
+            ),
+            "it has an LC_NOTE, whose data ffitool does not relocate",
+        ),
+        (
+            LLD,
+            lambda d: struct.pack_into(
+                "<I", d, next(a for a, c, _ in _commands(d) if c == 0x80000034) + 12, 8
+            ),
+            "its chained fixups header is truncated",
+        ),
+        (
+            "libffi_macho.x86_64.dylib",
+            lambda d: d.extend(b"trailing"),
+            "8 bytes follow __LINKEDIT, which ffitool would not carry",
+        ),
+    ],
+)
+def test_unpackable_inputs_are_one_line_errors_and_left_intact(tmp_path, name, edit, message):
+    path = _mutant(tmp_path, name, edit)
+    before = path.read_bytes()
+    result = pack(path, path)  # in place
+    assert result.returncode == 3
+    assert result.stderr == f"ffitool: error: {path}: cannot pack this Mach-O file: {message}\n"
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "payload.bin"])
+
+
+# --- the verifier: each promise broken on purpose -------------------------------------------
+
+
+def _write(tmp_path: Path, name: str):
+    """A packed copy written by the writer, with what verify_macho needs to judge it."""
+    source = MACHO / name
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(PAYLOAD)
+    plan = plan_edits(
+        existing_modules(source), Edits(add=(("cuda_ptx", payload_source(str(payload))),))
+    )
+    out = tmp_path / f"staged-{name}"
+    with open(source, "rb") as handle, open(out, "w+b") as staged:
+        edit = plan_macho_edit(
+            handle.fileno(), os.fstat(handle.fileno()).st_size, str(source), blob_size(plan)
+        )
+        write_macho_edit(
+            str(source), staged.fileno(), edit, lambda fd, offset: write_blob(fd, offset, plan)
+        )
+    verify_macho(out, source, plan, edit)  # the unbroken file passes
+    return source, out, plan, edit
+
+
+def _at(path: Path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(data)
+
+
+def _segment(path: Path, name: bytes, slice_index: int = 0):
+    header = MachO(str(path)).headers[slice_index]
+    for command, body, sections in header.commands:
+        if command.cmd == LC_SEGMENT_64 and body.segname.rstrip(b"\0") == name:
+            return header, body, sections
+    raise AssertionError(name)
+
+
+def _flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0x55]))
+
+
+def _break_code(path: Path) -> None:
+    header, _, sections = _segment(path, b"__TEXT")
+    _flip(path, header.offset + sections[0].offset + 3)
+
+
+def _break_payload(path: Path) -> None:
+    header, body, _ = _segment(path, b"__TVM_FFI")
+    _flip(path, header.offset + body.fileoff + body.filesize - 1)
+
+
+def _break_dysymtab(path: Path) -> None:
+    data = path.read_bytes()
+    at = next(a for a, c, _ in _commands(data) if c == 0xB)
+    iundef = struct.unpack_from("<I", data, at + 24)[0]
+    _at(path, at + 24, struct.pack("<I", iundef - 1))
+
+
+def _break_indirect(path: Path) -> None:
+    data = path.read_bytes()
+    at = next(a for a, c, _ in _commands(data) if c == 0xB)
+    offset = struct.unpack_from("<I", data, at + 56)[0]
+    value = struct.unpack_from("<I", data, offset)[0]
+    _at(path, offset, struct.pack("<I", value - 1))
+
+
+def _break_segment_address(path: Path) -> None:
+    data = path.read_bytes()
+    at = next(a for a, c, _ in _commands(data) if c == 0x19 and b"__DATA\0" in data[a + 8 : a + 24])
+    _at(path, at + 24, struct.pack("<Q", struct.unpack_from("<Q", data, at + 24)[0] + 0x1000))
+
+
+def _break_symbol_value(path: Path) -> None:
+    data = path.read_bytes()
+    at = next(a for a, c, _ in _commands(data) if c == 0x2)
+    symoff = struct.unpack_from("<I", data, at + 8)[0]
+    _at(path, symoff + 8, struct.pack("<Q", 0x1234))  # the first symbol's n_value
+
+
+@pytest.mark.parametrize(
+    ("breaker", "message"),
+    [
+        (_break_code, "the bytes of segment __TEXT changed"),
+        (_break_payload, "payload bytes differ from the source"),
+        (_break_dysymtab, "LC_DYSYMTAB's ranges do not cover the symbol table"),
+        (_break_indirect, "its indirect symbols name other symbols than before"),
+        (_break_segment_address, "load commands other than the writer's differ"),
+        (_break_symbol_value, "symbols other than the blob's changed"),
+    ],
+)
+def test_the_verifier_catches_each_broken_promise(tmp_path, breaker, message):
+    source, out, plan, edit = _write(tmp_path, "libmany.x86_64.dylib")
+    breaker(out)
+    with pytest.raises(VerificationError, match=message):
+        verify_macho(out, source, plan, edit)
+
+
+def test_the_verifier_catches_a_changed_unpacked_slice(tmp_path):
+    source = tmp_path / "u.dylib"
+    shutil.copy(MACHO / UNIVERSAL, source)
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(PAYLOAD)
+    plan = plan_edits(
+        existing_modules(source, ("arm64",)),
+        Edits(add=(("cuda_ptx", payload_source(str(payload))),)),
+    )
+    out = tmp_path / "out.dylib"
+    with open(source, "rb") as handle, open(out, "w+b") as staged:
+        edit = plan_macho_edit(
+            handle.fileno(), source.stat().st_size, str(source), blob_size(plan), ("arm64",)
+        )
+        write_macho_edit(
+            str(source), staged.fileno(), edit, lambda fd, offset: write_blob(fd, offset, plan)
+        )
+    verify_macho(out, source, plan, edit)
+    header = MachO(str(out)).headers[0]
+    _flip(out, header.offset + 100)
+    with pytest.raises(VerificationError, match="a slice that was not packed changed"):
+        verify_macho(out, source, plan, edit)
+
+
+def test_python_api_packs_in_place_and_reports_each_slice(tmp_path):
+    library = tmp_path / "lib.dylib"
+    shutil.copy(MACHO / UNIVERSAL, library)
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(PAYLOAD)
+    plan = plan_edits(
+        existing_modules(library), Edits(add=(("cuda_ptx", payload_source(str(payload))),))
+    )
+    result = pack_library(library, plan, signature="remove")
+    assert [(p.arch, p.signature) for p in result.placement] == [
+        ("x86_64", "none"),
+        ("arm64", "none"),
+    ]
+    assert result.warnings == ()
+    data = library.read_bytes()
+    for placement in result.placement:
+        blob = data[placement.file_offset : placement.file_offset + placement.size]
+        assert tree(blob)[-1] == ("cuda_ptx", (), PAYLOAD)
