@@ -121,6 +121,19 @@ def tree(data: bytes) -> list[tuple[str, tuple[int, ...], bytes | None]]:
     ]
 
 
+def readobj_segments(path: Path) -> list[dict[str, str]]:
+    """Every segment of every slice as `llvm-readobj --macho-segment` prints it."""
+    found: list[dict[str, str]] = []
+    for line in llvm("llvm-readobj", "--macho-segment", str(path)).splitlines():
+        line = line.strip()
+        if line.startswith("Segment {"):
+            found.append({})
+        elif found and ": " in line:
+            key, value = line.split(": ", 1)
+            found[-1][key] = value
+    return found
+
+
 def pack(source: Path, out: Path, *options: str) -> subprocess.CompletedProcess[str]:
     payload = out.parent / "payload.bin"
     payload.write_bytes(PAYLOAD)
@@ -164,6 +177,10 @@ def test_no_segment_or_section_moves(packed, name):
     before, after = segments(MACHO / name), segments(packed[name])
     kept = [s for s in after if s["name"] not in (b"__TVM_FFI", b"__LINKEDIT")]
     assert kept == [s for s in before if s["name"] != b"__LINKEDIT"]
+    readobj_after = readobj_segments(packed[name])
+    readobj_kept = [s for s in readobj_after if s["Name"] not in ("__TVM_FFI", "__LINKEDIT")]
+    assert readobj_kept == [s for s in readobj_segments(MACHO / name) if s["Name"] != "__LINKEDIT"]
+    assert next(s for s in readobj_after if s["Name"] == "__TVM_FFI")["maxprot"] == "r--"
     added = [s for s in after if s["name"] == b"__TVM_FFI"]
     assert len(added) == len(arches_of(name))
     for segment in added:
@@ -495,3 +512,56 @@ def test_python_api_packs_in_place_and_reports_each_slice(tmp_path):
     for placement in result.placement:
         blob = data[placement.file_offset : placement.file_offset + placement.size]
         assert tree(blob)[-1] == ("cuda_ptx", (), PAYLOAD)
+
+
+def _with_certificate_slot(data: bytearray) -> None:
+    """Give the arm64 dylib's signature a CMS blob slot, as `codesign -s IDENTITY` leaves: the
+    superblob grows at the end of __LINKEDIT, with the file."""
+    commands = _commands(data)
+    at = next(a for a, c, _ in commands if c == 0x1D)
+    offset, _size = struct.unpack_from("<II", data, at + 8)
+    magic, _, count = struct.unpack_from(">III", data, offset)
+    assert (magic, count) == (0xFADE0CC0, 1)
+    _slot, start = struct.unpack_from(">II", data, offset + 12)
+    length = struct.unpack_from(">I", data, offset + start + 4)[0]
+    directory = bytes(data[offset + start : offset + start + length])
+    cms = struct.pack(">II", 0xFADE0B01, 8 + 64) + bytes(range(64))
+    head = 12 + 2 * 8
+    blob = (
+        struct.pack(">III", 0xFADE0CC0, head + len(directory) + len(cms), 2)
+        + struct.pack(">II", 0, head)
+        + struct.pack(">II", 0x10000, head + len(directory))
+        + directory
+        + cms
+    )
+    blob += bytes(-len(blob) % 16)
+    del data[offset:]
+    data += blob
+    struct.pack_into("<I", data, at + 12, len(blob))
+    linkedit = next(
+        a for a, c, _ in commands if c == 0x19 and data[a + 8 : a + 18] == b"__LINKEDIT"
+    )
+    fileoff = struct.unpack_from("<Q", data, linkedit + 40)[0]
+    struct.pack_into("<Q", data, linkedit + 48, len(data) - fileoff)
+
+
+def test_a_certificate_signature_is_replaced_with_a_warning(tmp_path):
+    from ffitool.library import inspect_path
+
+    source = _mutant(tmp_path, "libffi_macho.arm64.dylib", _with_certificate_slot)
+    assert [lib.signature for lib in inspect_path(source).libraries] == ["certificate"]
+    out = tmp_path / "out.dylib"
+    result = pack(source, out)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        f"ffitool: warning: {source}: arm64: its certificate signature was replaced by an ad"
+        " hoc signature; sign it again to distribute it\n"
+    )
+    assert [lib.signature for lib in inspect_path(out).libraries] == ["ad-hoc"]
+    removed = tmp_path / "removed.dylib"
+    result = pack(source, removed, "--signature", "remove")
+    assert result.stderr == (
+        f"ffitool: warning: {source}: arm64: its certificate signature was removed; sign it"
+        " again to distribute it\n"
+    )
+    assert [lib.signature for lib in inspect_path(removed).libraries] == ["none"]
