@@ -255,23 +255,11 @@ def test_repacking_reuses_the_segment(tmp_path):
     assert names.count(b"__TVM_FFI") == 1
     assert names[-2:] == [b"__TVM_FFI", b"__LINKEDIT"]
     assert twice.stat().st_size - once.stat().st_size < 2 * len(PAYLOAD) + 0x4000
-    assert tree(_blob_bytes(twice)) == [
+    assert tree(_slice_blob(twice, 0)) == [
         ("_lib", (1, 2), None),
         ("cuda_ptx", (), PAYLOAD),
         ("cuda_ptx", (), PAYLOAD),
     ]
-
-
-def _blob_bytes(path: Path) -> bytes:
-    (header,) = MachO(str(path)).headers
-    (blob,) = [
-        s
-        for c in header.commands
-        if c[0].cmd == LC_SEGMENT_64
-        for s in c[2]
-        if s.sectname.rstrip(b"\0") == b"__tvm_ffi_blob"
-    ]
-    return path.read_bytes()[blob.offset : blob.offset + blob.size]
 
 
 def test_one_slice_of_a_universal_file(tmp_path):
@@ -565,3 +553,33 @@ def test_a_certificate_signature_is_replaced_with_a_warning(tmp_path):
         " again to distribute it\n"
     )
     assert [lib.signature for lib in inspect_path(removed).libraries] == ["none"]
+
+
+def test_slices_with_different_blobs_are_packed_one_at_a_time(tmp_path):
+    once = tmp_path / "once.dylib"
+    assert (
+        pack(MACHO / UNIVERSAL, once, "--arch", "x86_64", "--signature", "remove").returncode == 0
+    )
+    result = pack(once, tmp_path / "twice.dylib", "--signature", "remove")
+    assert result.returncode == 3
+    assert result.stderr == (
+        f"ffitool: error: {once}: its slices carry different blobs; pack them one at a time"
+        " with --arch\n"
+    )
+    arm = tmp_path / "arm.dylib"
+    assert pack(once, arm, "--arch", "arm64", "--signature", "remove").returncode == 0
+    trees = [tree(_slice_blob(arm, index)) for index in range(2)]
+    assert trees[0] == trees[1]  # each slice: the original blob plus one added payload
+
+
+def _slice_blob(path: Path, index: int) -> bytes:
+    header = MachO(str(path)).headers[index]
+    (blob,) = [
+        s
+        for c in header.commands
+        if c[0].cmd == LC_SEGMENT_64
+        for s in c[2]
+        if s.sectname.rstrip(b"\0") == b"__tvm_ffi_blob"
+    ]
+    start = header.offset + blob.offset
+    return path.read_bytes()[start : start + blob.size]
