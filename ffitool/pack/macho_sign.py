@@ -112,6 +112,12 @@ class AdhocSignature:
     blobs: tuple[tuple[int, bytes], ...] = ()
     """(slot type, bytes) of blobs kept verbatim after the code directory, in slot order:
     the requirements, entitlements and empty CMS wrapper of a codesign-made ad hoc signature."""
+    directory_alignment: int = 1
+    """The code directory starts at the end of the super blob's index rounded up to this: 8
+    as lld writes it, 1 (right after the index) as ld64, zig and codesign do."""
+    hash_alignment: int = 1
+    """Zero bytes after the identifier put the hash table at a multiple of this in the super
+    blob: 16 as lld writes it, 1 (none) as the others do."""
     reserve: int = 0
     """Zero bytes after the aligned super blob: the room codesign reserves (18,000 bytes on
     the Apple-signed dylibs measured), kept for a codesign-made ad hoc signature (at most
@@ -158,33 +164,66 @@ def resign_parameters(
     padded = _aligned(SUPERBLOB.unpack_from(existing)[1], alignment)
     reserve = min(max(0, len(existing) - padded), MAX_RESERVE)
     return AdhocSignature(
-        directory.identifier, page_size, flags, exec_segment, alignment, kept, reserve
-    )
+        directory.identifier, page_size, flags, exec_segment, alignment, kept,
+        *_lld_alignments(directory, len(index)), reserve,
+    )  # fmt: skip
 
 
-def _code_directory_size(signature: AdhocSignature, code_limit: int) -> int:
-    pages = -(-code_limit // signature.page_size)
-    slots = signature.special_slots + pages
-    return CODE_DIRECTORY.size + len(signature.identifier) + 1 + slots * _HASH_SIZE
+def _lld_alignments(directory: CodeDirectory, count: int) -> tuple[int, int]:
+    """(directory_alignment, hash_alignment) that reproduce where the existing signature put
+    its code directory and hash table: lld's 8 and 16 when its padding shows, else 1 and 1."""
+    index_end = SUPERBLOB.size + count * BLOB_INDEX.size
+    directory_alignment = 8 if directory.offset == _aligned(index_end, 8) != index_end else 1
+    padding = directory.hash_offset - directory.ident_offset - len(directory.identifier) - 1
+    padding -= directory.special_slots * directory.hash_size
+    hashes = directory.offset + directory.hash_offset
+    hash_alignment = 16 if 0 < padding < 16 and hashes % 16 == 0 else 1
+    return directory_alignment, hash_alignment
 
 
-def _superblob_size(signature: AdhocSignature, code_limit: int) -> int:
-    count = 1 + len(signature.blobs)
+@dataclass(frozen=True)
+class _Layout:
+    """Where the parts of a signature go, for a slice whose signed code has `pages` pages."""
+
+    directory_offset: int
+    """Where the code directory starts in the super blob."""
+    identifier: bytes
+    """The identifier, its NUL and the zero bytes that align the hash table after it."""
+    pages: int
+    special_slots: int
+
+    @property
+    def hash_offset(self) -> int:
+        return CODE_DIRECTORY.size + len(self.identifier) + self.special_slots * _HASH_SIZE
+
+    @property
+    def directory_size(self) -> int:
+        return self.hash_offset + self.pages * _HASH_SIZE
+
+
+def _layout(signature: AdhocSignature, code_limit: int) -> _Layout:
+    if not 0 < code_limit < 1 << 32:
+        raise ValueError(f"code limit {code_limit} is out of the 32-bit range of a slice")
+    index_end = SUPERBLOB.size + (1 + len(signature.blobs)) * BLOB_INDEX.size
+    directory_offset = _aligned(index_end, signature.directory_alignment)
+    special = signature.special_slots
+    hashes = directory_offset + CODE_DIRECTORY.size + len(signature.identifier) + 1
+    hashes += special * _HASH_SIZE
+    padding = _aligned(hashes, signature.hash_alignment) - hashes
+    identifier = signature.identifier + bytes(1 + padding)
+    return _Layout(directory_offset, identifier, -(-code_limit // signature.page_size), special)
+
+
+def _superblob_size(signature: AdhocSignature, layout: _Layout) -> int:
     extra = sum(len(blob) for _, blob in signature.blobs)
-    return (
-        SUPERBLOB.size
-        + count * BLOB_INDEX.size
-        + _code_directory_size(signature, code_limit)
-        + extra
-    )
+    return layout.directory_offset + layout.directory_size + extra
 
 
 def signature_size(signature: AdhocSignature, code_limit: int) -> int:
     """The LC_CODE_SIGNATURE datasize the blob occupies (including the linker's padding), so
     the writer can lay out __LINKEDIT before hashing."""
-    if not 0 < code_limit < 1 << 32:
-        raise ValueError(f"code limit {code_limit} is out of the 32-bit range of a slice")
-    return _aligned(_superblob_size(signature, code_limit), signature.alignment) + signature.reserve
+    size = _superblob_size(signature, _layout(signature, code_limit))
+    return _aligned(size, signature.alignment) + signature.reserve
 
 
 def _aligned(size: int, alignment: int) -> int:
@@ -196,34 +235,35 @@ def build_signature(fd: int, start: int, code_limit: int, signature: AdhocSignat
     offset `start` of the file open at `fd` and whose signed code is its first `code_limit`
     bytes; pages are read with os.pread in bounded chunks, never the whole file at once."""
     size = signature_size(signature, code_limit)
-    identifier = signature.identifier + b"\0"
-    special = signature.special_slots
-    hash_offset = CODE_DIRECTORY.size + len(identifier) + special * _HASH_SIZE
-    pages = -(-code_limit // signature.page_size)
-    directory_size = _code_directory_size(signature, code_limit)
+    layout = _layout(signature, code_limit)
     header = CODE_DIRECTORY.pack(
-        CSMAGIC_CODEDIRECTORY, directory_size, CODE_DIRECTORY_VERSION, signature.flags,
-        hash_offset, CODE_DIRECTORY.size, special, pages, code_limit,
+        CSMAGIC_CODEDIRECTORY, layout.directory_size, CODE_DIRECTORY_VERSION, signature.flags,
+        layout.hash_offset, CODE_DIRECTORY.size, layout.special_slots, layout.pages, code_limit,
         _HASH_SIZE, CS_HASHTYPE_SHA256, 0, signature.page_size.bit_length() - 1,
         0, 0, 0, 0, 0, *signature.exec_segment,
     )  # fmt: skip
     kept = dict(signature.blobs)
     special_hashes = b"".join(
         hashlib.sha256(kept[slot]).digest() if slot in kept else bytes(_HASH_SIZE)
-        for slot in range(special, 0, -1)
-    )
-    directory = b"".join(
-        [header, identifier, special_hashes, *_page_hashes(fd, start, code_limit, signature)]
+        for slot in range(layout.special_slots, 0, -1)
     )
     count = 1 + len(signature.blobs)
-    at = SUPERBLOB.size + count * BLOB_INDEX.size
-    index = [BLOB_INDEX.pack(CSSLOT_CODEDIRECTORY, at)]
-    at += len(directory)
+    index = [BLOB_INDEX.pack(CSSLOT_CODEDIRECTORY, layout.directory_offset)]
+    at = layout.directory_offset + layout.directory_size
     for slot, blob in signature.blobs:
         index.append(BLOB_INDEX.pack(slot, at))
         at += len(blob)
-    head = SUPERBLOB.pack(CSMAGIC_EMBEDDED_SIGNATURE, at, count)
-    data = b"".join([head, *index, directory, *(blob for _, blob in signature.blobs)])
+    head = b"".join([SUPERBLOB.pack(CSMAGIC_EMBEDDED_SIGNATURE, at, count), *index])
+    data = b"".join(
+        [
+            head.ljust(layout.directory_offset, b"\0"),
+            header,
+            layout.identifier,
+            special_hashes,
+            *_page_hashes(fd, start, code_limit, signature),
+            *(blob for _, blob in signature.blobs),
+        ]
+    )
     return data.ljust(size, b"\0")
 
 
