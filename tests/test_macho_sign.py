@@ -181,6 +181,29 @@ def test_resigning_an_unmodified_zig_dylib_reproduces_the_linkers_bytes(where: s
     assert sign_in_place(path, start, signature, dataoff) == existing
 
 
+@pytest.mark.parametrize(
+    ("name", "page_size", "layout"),
+    [
+        ("libmany.arm64.dylib", 16384, (16, 1, 1)),  # zig; its 512 bytes read as 16-aligned
+        ("libffi_macho.lld.arm64.dylib", 4096, (16, 8, 16)),  # ld64.lld-16
+    ],
+)
+def test_resigning_other_linkers_output_reproduces_their_bytes(
+    name: str, page_size: int, layout: tuple[int, int, int]
+) -> None:
+    """lld puts the code directory at an 8-aligned offset and pads the identifier so the
+    hashes start 16-aligned; the parameters read that back from the existing signature."""
+    image = (MACHO / name).read_bytes()
+    existing = existing_signature(image)
+    signature = parameters(image, existing)
+    assert (signature.page_size, signature.flags) == (page_size, 0x20002)
+    alignments = (signature.alignment, signature.directory_alignment, signature.hash_alignment)
+    assert alignments == layout
+    dataoff = commands(image)["signature"][1]
+    assert sign_in_place(MACHO / name, 0, signature, dataoff) == existing
+    assert problems(MACHO / name) == []
+
+
 def test_fresh_signature_of_a_signed_arm64_dylib_recomputed_independently(tmp_path: Path) -> None:
     image = ARM64.read_bytes()
     signature = parameters(image, existing_signature(image))
