@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 from ffitool.errors import InputError
 from ffitool.formats.base import Image, Location, Symbol, SymbolTable
+from ffitool.formats.codesign import LC_CODE_SIGNATURE, SignatureError, signature_state
 from ffitool.formats.strtab import (
     SYMBOL_SLICE,
     WindowedTable,
@@ -49,7 +50,6 @@ _FAT_ARCH_64 = struct.Struct(">iiQQII")
 
 _LC_SYMTAB = 0x2
 _LC_SEGMENT_64 = 0x19
-_LC_CODE_SIGNATURE = 0x1D
 _LC_DYLD_INFO = 0x22
 _LC_DYLD_INFO_ONLY = 0x80000022
 _LC_DYLD_EXPORTS_TRIE = 0x80000033
@@ -78,13 +78,6 @@ _CODE_ATTRIBUTES = 0x80000400  # S_ATTR_PURE_INSTRUCTIONS | S_ATTR_SOME_INSTRUCT
 _MAX_COMMANDS_SIZE = 16 << 20
 _MAX_SLICES = 64
 _EXPORT_REEXPORT = 0x08
-
-_CSMAGIC_EMBEDDED_SIGNATURE = 0xFADE0CC0
-_CSMAGIC_CODEDIRECTORY = 0xFADE0C02
-_CSSLOT_CODEDIRECTORY = 0
-_CSSLOT_SIGNATURESLOT = 0x10000
-_CS_ADHOC = 0x2
-_CS_LINKER_SIGNED = 0x20000
 
 
 class _Malformed(Exception):
@@ -286,7 +279,7 @@ def _load_commands(data: bytes, ncmds: int) -> _Commands:
                 commands.trie = (info[8], info[9])
         elif cmd == _LC_DYLD_EXPORTS_TRIE:
             commands.trie = _fields(body, "<2I", index)
-        elif cmd == _LC_CODE_SIGNATURE:
+        elif cmd == LC_CODE_SIGNATURE:
             commands.signature = _fields(body, "<2I", index)
         at += cmdsize
     return commands
@@ -493,28 +486,7 @@ def _signature(source: _Source, where: tuple[int, int] | None) -> str:
     """none, ad-hoc, linker-signed or certificate, from the embedded code signature."""
     if where is None:
         return "none"
-    offset, size = where
-    data = source.read(offset, size, "code signature")
-    if len(data) < 12:
-        raise _Malformed("code signature is too short")
-    magic, _, count = struct.unpack_from(">III", data)
-    if magic != _CSMAGIC_EMBEDDED_SIGNATURE or 12 + 8 * count > len(data):
-        raise _Malformed("code signature is not an embedded signature super blob")
-    flags = None
-    certificate = False
-    for index in range(count):
-        slot, blob = struct.unpack_from(">II", data, 12 + 8 * index)
-        if blob + 16 > len(data):
-            raise _Malformed(f"code signature slot {index} points past the signature")
-        blob_magic, blob_length = struct.unpack_from(">II", data, blob)
-        if slot == _CSSLOT_CODEDIRECTORY and blob_magic == _CSMAGIC_CODEDIRECTORY:
-            flags = struct.unpack_from(">I", data, blob + 12)[0]
-        elif slot == _CSSLOT_SIGNATURESLOT and blob_length > 8:
-            certificate = True
-    if certificate:
-        return "certificate"
-    if flags is None:
-        raise _Malformed("code signature has no code directory")
-    if flags & _CS_LINKER_SIGNED:
-        return "linker-signed"
-    return "ad-hoc" if flags & _CS_ADHOC else "unknown"
+    try:
+        return signature_state(source.read(where[0], where[1], "code signature"))
+    except SignatureError as exc:
+        raise _Malformed(f"code signature: {exc}") from None
