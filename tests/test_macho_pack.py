@@ -146,7 +146,7 @@ def packed(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("packed")
     results = {}
     for name in [*THIN, *MANY, UNIVERSAL]:
-        result = pack(MACHO / name, out / name, "--signature", "remove")  # TEMP
+        result = pack(MACHO / name, out / name)
         assert result.returncode == 0, result.stderr
         assert result.stderr == ""
         results[name] = out / name
@@ -583,3 +583,29 @@ def _slice_blob(path: Path, index: int) -> bytes:
     ]
     start = header.offset + blob.offset
     return path.read_bytes()[start : start + blob.size]
+
+
+@pytest.mark.parametrize(
+    "name", ["libffi_macho.arm64.dylib", LLD, "libmany.arm64.dylib", UNIVERSAL]
+)
+def test_every_page_hash_of_a_resigned_slice_recomputed_independently(packed, name):
+    from test_macho_sign import check_independently, existing_signature
+
+    from ffitool.formats.codesign import blobs, primary_code_directory
+
+    original, data = (MACHO / name).read_bytes(), packed[name].read_bytes()
+    after_headers = MachO(str(packed[name])).headers
+    for index, header in enumerate(MachO(str(MACHO / name)).headers):
+        if header.header.cputype != 0x0100000C:
+            continue  # an unsigned x86-64 slice stays unsigned
+        old = original[header.offset : header.offset + header.size]
+        new_header = after_headers[index]
+        new = data[new_header.offset : new_header.offset + new_header.size]
+        before = existing_signature(old)
+        directory = primary_code_directory(before, blobs(before))
+        after = existing_signature(new)
+        # The linker's identifier, flags (linker-signed) and page size are kept.
+        check_independently(
+            new, after, directory.identifier, directory.flags, 1 << directory.page_shift
+        )
+        assert directory.flags == 0x20002

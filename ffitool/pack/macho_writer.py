@@ -32,12 +32,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ffitool.errors import InputError
+from ffitool.formats.codesign import CS_LINKER_SIGNED, SignatureError, signature_state
 from ffitool.pack.macho_sign import (
     AdhocSignature,
     build_signature,
     resign_parameters,
     signature_size,
-    signature_state,
 )
 from ffitool.pack.macho_trie import TrieError, decode_trie, encode_trie, regular_export
 from ffitool.pack.plan import PayloadSource
@@ -108,7 +108,6 @@ _BLOB_ALIGN_LOG2 = 4
 _MAX_COMMANDS = 16 << 20
 _SIGNATURE_ALIGN = 16
 _TABLE_ALIGN = 8
-_CS_LINKER_SIGNED = 0x20000
 
 
 @dataclass(frozen=True)
@@ -531,7 +530,10 @@ def _plan_slice(
 
     existing = image.signature()
     blob = image.pread(*existing, "code signature") if existing else None
-    old_state = "none" if blob is None else signature_state(blob)
+    try:
+        old_state = "none" if blob is None else signature_state(blob)
+    except SignatureError as exc:
+        raise _Fail(f"its code signature is malformed: {exc}") from None
     warning = None
     if old_state == "certificate":
         replacement = "removed" if remove_signature else "replaced by an ad hoc signature"
@@ -584,13 +586,16 @@ def _plan_slice(
     state = "none"
     if sign:
         code_limit = _align(end, _SIGNATURE_ALIGN)
-        parameters = resign_parameters(
-            blob,
-            identifier=_identifier(image, label),
-            text_segment=(text.fileoff, text.filesize),
-            executable=False,
-            cputype=image.cputype,
-        )
+        try:
+            parameters = resign_parameters(
+                blob,
+                identifier=_identifier(image, label),
+                text_segment=(text.fileoff, text.filesize),
+                executable=False,
+                cputype=image.cputype,
+            )
+        except ValueError as exc:  # SignatureError included
+            raise _Fail(f"its code signature cannot be renewed: {exc}") from None
         length = signature_size(parameters, code_limit)
         signing = (code_limit, parameters)
         end = code_limit + length
@@ -802,7 +807,7 @@ def _shift_at(shifts: list[tuple[int, int, int, int]], offset: int, base: int) -
 
 
 def signature_state_of(parameters: AdhocSignature) -> str:
-    return "linker-signed" if parameters.flags & _CS_LINKER_SIGNED else "ad-hoc"
+    return "linker-signed" if parameters.flags & CS_LINKER_SIGNED else "ad-hoc"
 
 
 class _SymbolEdit:
