@@ -18,7 +18,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, require_tool
+from conftest import FIXTURES, ffitool, require_tool
 
 from ffitool.pack.macho_sign import (
     AdhocSignature,
@@ -389,6 +389,20 @@ def test_signature_not_at_the_end_of_linkedit(tmp_path: Path) -> None:
         "the signature ends at 50184, not at the end of __LINKEDIT (50200)",
         "code directory at 20: the hash of page 0 (of 4) does not match",  # the edited header
     ]
+
+
+def test_inspect_reports_a_broken_signature_in_one_line(tmp_path: Path) -> None:
+    """The reader classifies signatures with the same parser: a bad magic is one error line."""
+    data = bytearray(ARM64.read_bytes())
+    data[49920] ^= 0x01
+    path = tmp_path / "bad.dylib"
+    path.write_bytes(bytes(data))
+    result = ffitool("inspect", str(path))
+    assert (result.returncode, result.stdout) == (3, "")
+    assert result.stderr == (
+        f"ffitool: error: {path}: malformed Mach-O: code signature:"
+        " bad super blob magic 0xfbde0cc0\n"
+    )
 
 
 HOSTILE = {

@@ -71,7 +71,8 @@ __all__ = [
 
 DEFAULT_PAGE_SIZE = 4096
 _HASH_SIZE = 32
-_CPU_TYPES = {0x01000007: "x86-64", 0x0100000C: "arm64"}
+_CPU_TYPES = (0x01000007, 0x0100000C)
+"""x86-64 and arm64: the slices the writer packs, whose signatures this module makes."""
 _KEPT_SLOTS = (
     CSSLOT_REQUIREMENTS,
     CSSLOT_ENTITLEMENTS,
@@ -151,7 +152,9 @@ def resign_parameters(
         return AdhocSignature(identifier, DEFAULT_PAGE_SIZE, CS_ADHOC, exec_segment)
     index = blobs(existing)
     directory = primary_code_directory(existing, index)
-    page_size = 1 << directory.page_shift if directory.page_shift in _PAGE_SHIFTS else 4096
+    page_size = (
+        1 << directory.page_shift if directory.page_shift in _PAGE_SHIFTS else DEFAULT_PAGE_SIZE
+    )
     alignment = 8 if len(existing) % 16 else 16
     if is_certificate(index):
         return AdhocSignature(directory.identifier, page_size, CS_ADHOC, exec_segment, alignment)
