@@ -320,7 +320,8 @@ def _library_bin(
     legacy = chosen.naming.role is Role.LEGACY_BIN
     layout = "legacy" if legacy else "tvm_ffi"
     if location is None:
-        if not chosen.symbol.nobits:
+        # A debug companion has no data by design: the blob is in the library it describes.
+        if not chosen.symbol.nobits and not image.debug_only:
             findings.append(
                 finding(
                     "L104",

@@ -18,7 +18,7 @@ from importlib import resources
 
 import jsonschema
 import pytest
-from conftest import FIXTURES, ROOT, require_tool
+from conftest import FIXTURES, ROOT, ffitool, require_tool
 from macholib import mach_o
 from macholib.MachO import MachO
 from macholib.SymbolTable import SymbolTable
@@ -471,4 +471,40 @@ def test_macholib_and_readobj_agree_with_the_reader(name, tmp_path):
             if location is not None:
                 expected = view["start"] + offset + entry.n_value - address
                 assert location.file_offset == expected, raw_name
-        assert image.locations or not any("__tvm_ffi__library_bin" in n for n in view["symbols"])
+        assert (
+            image.locations
+            or image.debug_only
+            or not any("__tvm_ffi__library_bin" in n for n in view["symbols"])
+        )
+
+
+DSYM = MACHO / "libffi_macho.arm64.dylib.dwarf"
+
+
+def test_a_dsym_is_a_debug_companion_never_loadable():
+    """dsymutil's flat dSYM (MH_DSYM, file type 10) keeps the symbol table and section headers
+    of its library but none of their bytes: the symbols are read, at nm's addresses, nothing
+    is exported or located, and the blob, which lives in the library, is no finding."""
+    assert MachO(str(DSYM)).headers[0].header.filetype == mach_o.MH_DSYM
+    (image,) = images(DSYM)
+    assert (image.kind, image.loadable, image.debug_only) == ("debug companion (dSYM)", False, True)
+    assert image.locations == {}
+    assert reader_externals(image) == nm_externals(DSYM, "arm64")[None]
+    assert not any(s.exported for s in image.symbols)
+    assert {s.hidden_because for s in image.symbols if s.external} == {
+        "in a debug companion (dSYM), which nothing loads"
+    }
+    (library,) = inspect_path(DSYM).libraries
+    assert [f.name for f in library.functions] == ["add_one", "main"]
+    blob = library.library_bin
+    assert (blob.file_offset, blob.nbytes, blob.findings) == (None, None, ())
+
+
+def test_check_does_not_report_a_dsym_as_a_broken_library():
+    result = ffitool("check", f"fixtures/bin/macho/{DSYM.name}")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines()[-1] == "1 file checked: 0 errors, 0 warnings, 0 info; passed"
+    document = json.loads(ffitool("inspect", "--json", f"fixtures/bin/macho/{DSYM.name}").stdout)
+    (library,) = document["files"][0]["libraries"]
+    assert library["kind"] == "debug companion (dSYM)"
+    assert library["findings"] == [] and library["library_bin"]["findings"] == []

@@ -94,3 +94,6 @@ class Image:
     signature: str | None = None
     """Code-signature state of a Mach-O image: "none", "ad-hoc", "linker-signed",
     "certificate" (or "unknown" flags); None for formats that have no signatures."""
+    debug_only: bool = False
+    """A debug companion (a dSYM): the symbol table and section headers of a library kept
+    elsewhere, and debug info, but none of its code or data; never loaded, never linked."""

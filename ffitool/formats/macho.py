@@ -54,12 +54,13 @@ _LC_DYLD_INFO = 0x22
 _LC_DYLD_INFO_ONLY = 0x80000022
 _LC_DYLD_EXPORTS_TRIE = 0x80000033
 
+_MH_DSYM = 10
 _KINDS = {
     1: ("relocatable object", False),
     2: ("executable", True),
     6: ("shared library", True),
     8: ("bundle", True),
-    10: ("debug companion (dSYM)", False),
+    _MH_DSYM: ("debug companion (dSYM)", False),
 }
 _MACHINES = {0x01000007: "x86-64", 0x0100000C: "aarch64", 7: "x86", 12: "arm"}
 
@@ -216,6 +217,10 @@ class _Section:
     size: int
     offset: int
     flags: int
+    in_file: bool
+    """Whether the file holds the section's bytes: inside its segment's file range. A dSYM
+    keeps its library's section headers with the bytes left out (offset 0, or a segment
+    with no file size)."""
 
     @property
     def label(self) -> str:
@@ -250,7 +255,7 @@ def _read_thin(source: _Source, member: str | None) -> Image:
     if ncmds * _LOAD_COMMAND.size > sizeofcmds:
         raise _Malformed(f"{ncmds} load commands cannot fit in {sizeofcmds} bytes")
     commands = _load_commands(source.read(_HEADER.size, sizeofcmds), ncmds)
-    symbols, locations = _symbols(source, commands, loadable)
+    symbols, locations = _symbols(source, commands, kind, loadable)
     return Image(
         member=member,
         format="Mach-O",
@@ -263,6 +268,7 @@ def _read_thin(source: _Source, member: str | None) -> Image:
         tables=(SymbolTable.STATIC,) if commands.symtab else (),
         locations=locations,
         signature=_signature(source, commands.signature),
+        debug_only=filetype == _MH_DSYM,
     )
 
 
@@ -302,15 +308,16 @@ def _fields(body: bytes, layout: str, index: int) -> tuple[int, ...]:
 def _segment_sections(body: bytes, index: int) -> list[_Section]:
     if len(body) < 8 + _SEGMENT.size:
         raise _Malformed(f"segment command {index} is too short ({len(body)} bytes)")
-    nsects = _SEGMENT.unpack_from(body, 8)[7]
+    _, _, _, fileoff, filesize, _, _, nsects, _ = _SEGMENT.unpack_from(body, 8)
     if 8 + _SEGMENT.size + nsects * _SECTION.size > len(body):
         raise _Malformed(f"segment command {index} claims {nsects} sections it does not hold")
     sections = []
     for number in range(nsects):
         raw = _SECTION.unpack_from(body, 8 + _SEGMENT.size + number * _SECTION.size)
-        sections.append(
-            _Section(_text(raw[1]), _text(raw[0]), raw[2], raw[3], raw[4], raw[8] & 0xFFFFFFFF)
-        )
+        size, offset = raw[3], raw[4]
+        in_file = fileoff <= offset and offset + size <= fileoff + filesize
+        names = _text(raw[1]), _text(raw[0])
+        sections.append(_Section(*names, raw[2], size, offset, raw[8] & 0xFFFFFFFF, in_file))
     return sections
 
 
@@ -319,7 +326,7 @@ def _text(field: bytes) -> str:
 
 
 def _symbols(
-    source: _Source, commands: _Commands, loadable: bool
+    source: _Source, commands: _Commands, kind: str, loadable: bool
 ) -> tuple[list[Symbol], dict[tuple[str, SymbolTable], Location]]:
     """The FFI-marked entries of the symbol table, with the file bytes behind data symbols."""
     if commands.symtab is None:
@@ -352,7 +359,7 @@ def _symbols(
                 section = commands.sections[n_sect - 1]
             exportable = n_type & (_N_TYPE | _N_EXT | _N_PEXT) == _N_SECT | _N_EXT
             in_trie = None if trie is None else exportable and trie.exports(raw_name)
-            symbol = _symbol(raw_name, n_type, n_desc, n_value, section, loadable, in_trie)
+            symbol = _symbol(raw_name, n_type, n_desc, n_value, section, kind, loadable, in_trie)
             symbols.append(symbol)
             location = _locate(source, symbol, section)
             if location is not None:
@@ -366,6 +373,7 @@ def _symbol(
     n_desc: int,
     n_value: int,
     section: _Section | None,
+    image_kind: str,
     loadable: bool,
     in_trie: bool | None,
 ) -> Symbol:
@@ -385,7 +393,7 @@ def _symbol(
         hidden = "not in the export trie" if in_trie is False else ""
     exported = loadable and defined and external and not private and not hidden
     if not loadable:
-        hidden = "in an object, which nothing loads"
+        hidden = f"in a {image_kind}, which nothing loads"
     return Symbol(
         name=raw_name[1:] if raw_name.startswith("_") else raw_name,
         raw_name=raw_name,
@@ -423,7 +431,7 @@ def _locate(source: _Source, symbol: Symbol, section: _Section | None) -> Locati
     """File bytes from a data symbol to the end of its section (Mach-O has no symbol sizes);
     None unless they start inside the image, and never more than the image holds (a blob
     the file does not back is then L104, as for ELF)."""
-    if section is None or section.zerofill or symbol.executable:
+    if section is None or section.zerofill or not section.in_file or symbol.executable:
         return None
     delta = symbol.address - section.address
     start = section.offset + delta
