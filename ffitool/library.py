@@ -18,7 +18,7 @@ from typing import BinaryIO
 from ffitool import blob as codec
 from ffitool.errors import BlobError, InputError
 from ffitool.findings import Finding
-from ffitool.formats import Image, Symbol, SymbolTable, Window, archive, elf, read_object
+from ffitool.formats import Image, Slice, Symbol, SymbolTable, Window, archive, elf, read_object
 from ffitool.rules import finding
 from ffitool.symbols import Naming, Role, classify
 
@@ -94,6 +94,10 @@ class Library:
     system_lib_bins: tuple[LibraryBin, ...] = ()
     """Blobs with a system-lib prefix, in prefix order: what `tvm_ffi.system_lib(prefix)`
     reads once they are registered, from an object, an archive or a shared library alike."""
+    signature: str | None = None
+    """Code-signature state (Mach-O): none, ad-hoc, linker-signed, certificate; None for ELF."""
+    slice: Slice | None = None
+    """Where the image lies in a universal file, and its architecture's name there."""
 
 
 @dataclass(frozen=True)
@@ -258,6 +262,8 @@ def _library(image: Image, data: _BlobBytes, handle: BinaryIO | None) -> Library
         symbols=ffi_symbols,
         library_bin=library_bin,
         system_lib_bins=tuple(_library_bin(image, s, functions, data, handle) for s in prefixed),
+        signature=image.signature,
+        slice=image.slice,
     )
 
 

@@ -136,7 +136,7 @@ def test_inspect_json_of_every_fixture_follows_the_schema(name):
     )
     assert (result.returncode, result.stderr) == (0, "")
     document = json.loads(result.stdout)
-    schema = resources.files("ffitool").joinpath("schemas", "inspect-1.json").read_text()
+    schema = resources.files("ffitool").joinpath("schemas", "inspect-2.json").read_text()
     jsonschema.validate(document, json.loads(schema))
     (entry,) = document["files"]
     expected = MANY_FUNCTIONS if name.startswith("libmany.") else ["add_one", "main"]
@@ -506,5 +506,33 @@ def test_check_does_not_report_a_dsym_as_a_broken_library():
     assert result.stdout.splitlines()[-1] == "1 file checked: 0 errors, 0 warnings, 0 info; passed"
     document = json.loads(ffitool("inspect", "--json", f"fixtures/bin/macho/{DSYM.name}").stdout)
     (library,) = document["files"][0]["libraries"]
-    assert library["kind"] == "debug companion (dSYM)"
+    assert (library["kind"], library["loadable"]) == ("debug companion (dSYM)", False)
     assert library["findings"] == [] and library["library_bin"]["findings"] == []
+
+
+def test_inspect_json_gives_each_slice_its_architecture_place_and_signature():
+    """inspect/2: a universal file's slices as llvm-lipo names them, at the offsets and sizes
+    of the universal header (llvm-objdump), each with its own code-signature state."""
+    path = MACHO / "libffi_macho.universal.dylib"
+    document = json.loads(ffitool("inspect", "--json", f"fixtures/bin/macho/{path.name}").stdout)
+    assert document["schema"] == "ffitool.inspect/2"
+    libraries = document["files"][0]["libraries"]
+    headers = llvm("llvm-objdump", "--macho", "--universal-headers", str(path))
+    places = re.findall(
+        r"^architecture (\S+)\n(?:\s+.*\n)*?\s+offset (\d+)\n\s+size (\d+)$",
+        headers,
+        re.MULTILINE,
+    )
+    assert len(places) == 2
+    assert [lib["slice"] for lib in libraries] == [
+        {"arch": arch, "offset": int(offset), "size": int(size)} for arch, offset, size in places
+    ]
+    assert [(lib["machine"], lib["signature"], lib["loadable"]) for lib in libraries] == [
+        ("x86-64", "none", True),
+        ("aarch64", "linker-signed", True),
+    ]
+    thin = json.loads(ffitool("inspect", "--json", f"fixtures/bin/macho/{THIN['aarch64']}").stdout)
+    (library,) = thin["files"][0]["libraries"]
+    assert (library["slice"], library["signature"]) == (None, "linker-signed")
+    text = ffitool("inspect", f"fixtures/bin/macho/{path.name}").stdout
+    assert "slice arm64 at offset 0x8000 (49.0 KiB); code signature: linker-signed" in text

@@ -8,9 +8,18 @@ from typing import BinaryIO
 
 from ffitool.errors import InputError
 from ffitool.formats import archive, elf, macho
-from ffitool.formats.base import Image, Location, Symbol, SymbolTable
+from ffitool.formats.base import Image, Location, Slice, Symbol, SymbolTable
 
-__all__ = ["Image", "Location", "ObjectFile", "Symbol", "SymbolTable", "Window", "read_object"]
+__all__ = [
+    "Image",
+    "Location",
+    "ObjectFile",
+    "Slice",
+    "Symbol",
+    "SymbolTable",
+    "Window",
+    "read_object",
+]
 
 _OTHER_MAGICS = {
     macho.MAGIC_32: "32-bit Mach-O",

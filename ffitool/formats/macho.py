@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ffitool.errors import InputError
-from ffitool.formats.base import Image, Location, Symbol, SymbolTable
+from ffitool.formats.base import Image, Location, Slice, Symbol, SymbolTable
 from ffitool.formats.strtab import (
     SYMBOL_SLICE,
     WindowedTable,
@@ -63,6 +63,14 @@ _KINDS = {
     _MH_DSYM: ("debug companion (dSYM)", False),
 }
 _MACHINES = {0x01000007: "x86-64", 0x0100000C: "aarch64", 7: "x86", 12: "arm"}
+_ARCH_NAMES = {
+    (0x01000007, 3): "x86_64",
+    (0x01000007, 8): "x86_64h",
+    (0x0100000C, 0): "arm64",
+    (0x0100000C, 1): "arm64",  # CPU_SUBTYPE_ARM64_V8
+    (0x0100000C, 2): "arm64e",
+}
+"""(cputype, cpusubtype without its capability bits) to the name lipo gives the slice."""
 
 _N_STAB = 0xE0
 _N_PEXT = 0x10
@@ -127,8 +135,9 @@ def read_macho(
         head = source.read(0, 4)
         if is_universal(head):
             return tuple(
-                _read_thin(source.slice(offset, length), member)
-                for offset, length in _slices(source)
+                _read_thin(source.slice(offset, size), member, Slice(arch, absolute, size))
+                for offset, size, arch in _slices(source)
+                for absolute in (source.file_offset(offset),)
             )
         return (_read_thin(source, member),)
     except _Malformed as exc:
@@ -193,8 +202,9 @@ class _Source:
         return self.read(offset, count, what)
 
 
-def _slices(source: _Source) -> list[tuple[int, int]]:
-    """(offset, size) of each slice of a universal file, checked against the file."""
+def _slices(source: _Source) -> list[tuple[int, int, str]]:
+    """(offset, size, architecture name) of each slice of a universal file, checked against
+    the file."""
     magic, count = _FAT_HEADER.unpack(source.read(0, _FAT_HEADER.size))
     layout = _FAT_ARCH_64 if magic == int.from_bytes(FAT_MAGIC_64, "big") else _FAT_ARCH
     if count == 0 or count > _MAX_SLICES:
@@ -203,9 +213,11 @@ def _slices(source: _Source) -> list[tuple[int, int]]:
     slices = []
     for index in range(count):
         fields = layout.unpack_from(table, index * layout.size)
-        offset, length = fields[2], fields[3]
+        cputype, cpusubtype, offset, length = fields[:4]
         source.check(offset, length, f"slice {index}")
-        slices.append((offset, length))
+        subtype = cpusubtype & 0x00FFFFFF
+        arch = _ARCH_NAMES.get((cputype, subtype), f"cputype {cputype:#x} subtype {subtype}")
+        slices.append((offset, length, arch))
     return slices
 
 
@@ -241,7 +253,7 @@ class _Commands:
     signature: tuple[int, int] | None = None
 
 
-def _read_thin(source: _Source, member: str | None) -> Image:
+def _read_thin(source: _Source, member: str | None, place: Slice | None = None) -> Image:
     header = source.read(0, _HEADER.size)
     if header[:4] != MAGIC_64:
         what = "a 32-bit Mach-O image" if header[:4] == MAGIC_32 else "not a 64-bit Mach-O image"
@@ -268,6 +280,7 @@ def _read_thin(source: _Source, member: str | None) -> Image:
         tables=(SymbolTable.STATIC,) if commands.symtab else (),
         locations=locations,
         signature=_signature(source, commands.signature),
+        slice=place,
         debug_only=filetype == _MH_DSYM,
     )
 
