@@ -56,9 +56,9 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------- building
 
 
-def run_checked(argv: Sequence[str]) -> None:
+def run_checked(argv: Sequence[str], env: dict[str, str] | None = None) -> None:
     """Run a build step; a failed build aborts with the tool's own message."""
-    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    proc = subprocess.run(list(argv), capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise RuntimeError(
             f"command failed ({proc.returncode}): {' '.join(argv)}\n{proc.stderr[-4000:]}"
