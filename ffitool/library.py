@@ -18,7 +18,8 @@ from typing import BinaryIO
 from ffitool import blob as codec
 from ffitool.errors import BlobError, InputError
 from ffitool.findings import Finding
-from ffitool.formats import Image, Slice, Symbol, SymbolTable, Window, archive, elf, read_object
+from ffitool.formats import Image, Slice, Symbol, SymbolTable, Window, archive, read_object
+from ffitool.formats.base import ELF_MAGIC
 from ffitool.rules import finding
 from ffitool.symbols import Naming, Role, classify
 
@@ -499,7 +500,7 @@ def inspect_blob_file(path: str | os.PathLike[str]) -> BlobReport:
 def _object_container(head: bytes) -> str | None:
     """What an object file's first bytes say it is, or None. A raw blob starts with its nbytes:
     read as one, these magics are above 2**48, so no blob of a real size is mistaken."""
-    if head.startswith(elf.MAGIC):
+    if head.startswith(ELF_MAGIC):
         return "an ELF shared library/object file"
     if head in (archive.MAGIC, archive.THIN_MAGIC):
         return "a static (ar) archive"
