@@ -735,14 +735,15 @@ def fmt_s(seconds: float) -> str:
 def print_series(series: dict[str, Series]) -> None:
     """Median time and worst peak RSS per command: the median resists a noisy run, the
     peak is what a memory target is about."""
+    width = max(34, *(len(s.label) for s in series.values()))
     for s in series.values():
         if s.ok:
             print(
-                f"    {s.label:<34} median {fmt_s(s.median_s)}   peak RSS "
+                f"    {s.label:<{width}} median {fmt_s(s.median_s)}   peak RSS "
                 f"{s.peak_rss_mb:7.1f} MB   ({len(s.runs)} runs)"
             )
         else:
-            print(f"    {s.label:<34} FAILED")
+            print(f"    {s.label:<{width}} FAILED")
 
 
 def print_summary(targets: list[Target]) -> None:
