@@ -56,9 +56,9 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------- building
 
 
-def run_checked(argv: Sequence[str]) -> None:
+def run_checked(argv: Sequence[str], env: dict[str, str] | None = None) -> None:
     """Run a build step; a failed build aborts with the tool's own message."""
-    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    proc = subprocess.run(list(argv), capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise RuntimeError(
             f"command failed ({proc.returncode}): {' '.join(argv)}\n{proc.stderr[-4000:]}"
@@ -553,7 +553,7 @@ def describe_elf(path: Path) -> str:
 
 
 def json_libraries(document: Any) -> list[dict[str, Any]]:
-    """All `libraries` entries of an ffitool.inspect/1 document, tolerating gaps."""
+    """All `libraries` entries of an ffitool.inspect/2 document, tolerating gaps."""
     if not isinstance(document, dict):
         return []
     found: list[dict[str, Any]] = []
@@ -735,14 +735,15 @@ def fmt_s(seconds: float) -> str:
 def print_series(series: dict[str, Series]) -> None:
     """Median time and worst peak RSS per command: the median resists a noisy run, the
     peak is what a memory target is about."""
+    width = max(34, *(len(s.label) for s in series.values()))
     for s in series.values():
         if s.ok:
             print(
-                f"    {s.label:<34} median {fmt_s(s.median_s)}   peak RSS "
+                f"    {s.label:<{width}} median {fmt_s(s.median_s)}   peak RSS "
                 f"{s.peak_rss_mb:7.1f} MB   ({len(s.runs)} runs)"
             )
         else:
-            print(f"    {s.label:<34} FAILED")
+            print(f"    {s.label:<{width}} FAILED")
 
 
 def print_summary(targets: list[Target]) -> None:

@@ -9,7 +9,10 @@ cannot show them:
   `inspect --json` costs at most 1.0x what `nm -D --defined-only` costs on it, in the
   same run: ffitool reads no more of the file than nm does;
 * inspecting a library whose TVM FFI blob holds a 1 GiB module keeps peak RSS under
-  100 MB, i.e. module payloads are hashed in a streaming way, never read whole.
+  100 MB, i.e. module payloads are hashed in a streaming way, never read whole;
+* on a macOS arm64 dylib with 75k exports (Itanium-mangled names, as a C++ library's;
+  built with zig, cached like the libtorch-shaped library), `inspect --json` costs at most
+  1.0x `llvm-nm --extern-only --defined-only` on it, in the same run (skip: --no-macho).
 
 The libraries are built here with gcc from generated sources (plus bench/gen/), so the
 benchmark needs no downloaded artifacts; the libtorch-shaped one is cached between runs
@@ -19,11 +22,13 @@ the real libtorch_cpu.so of the torch 2.13.0 wheel is measured as well.
 Usage (from the repo root, with a python in which ffitool is installed):
 
     python bench/inspect.py [--workdir DIR] [--keep] [--repeat N] [--check] [--libtorch [WHEEL]]
+                            [--no-macho] [--macho-exports N]
 
 The output is a report: the exit status is 0 unless --check is given and a target is
 missed (a target that could not be measured counts as missed under --check).
 Only the standard library is used, so the script runs before ffitool's own
-dependencies are settled. Linux (ELF, gcc, nm) is assumed.
+dependencies are settled. Linux (ELF, gcc, nm) is assumed; the Mach-O case also needs
+the `ziglang` package and llvm-nm (Debian package llvm).
 """
 
 import os
@@ -41,16 +46,22 @@ sys.path.append(os.path.dirname(os.path.realpath(__file__)))
 
 import argparse
 import hashlib
+import importlib.util
 import json
+import os
+import random
 import shutil
 import struct
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import (
+    BUILD_JOBS,
+    FFI_EXPORTS_SOURCE,
     FFITOOL,
     GIB,
     MIB,
@@ -72,6 +83,7 @@ from _common import (
     json_libraries,
     load_manifest,
     log,
+    mangled_name,
     print_series,
     print_summary,
     real_libtorch,
@@ -90,6 +102,12 @@ BLOB_MIN_FREE = 4 * GIB
 
 NM_RATIO_TARGET = 1.0
 RSS_TARGET_MB = 100.0
+
+# Bump when what build_macho_dylib produces changes, so cached dylibs are rebuilt.
+MACHO_VERSION = 1
+DEFAULT_MACHO_EXPORTS = 75_000
+MACHO_SOURCES = 2  # one compiler per core: zig takes ~1 min per 40k functions
+LLVM_NM = ["--extern-only", "--defined-only"]
 
 
 def blob_prefix(payload_size: int) -> bytes:
@@ -157,6 +175,80 @@ def build_big_blob(workdir: Path, payload_mib: int) -> tuple[Path, str] | None:
     return lib, sha256
 
 
+def llvm_nm() -> str | None:
+    """llvm-nm by its plain name or Debian's versioned one (bookworm: llvm-nm-14 too)."""
+    found = shutil.which("llvm-nm")
+    if found:
+        return found
+    versioned = sorted(Path("/usr/bin").glob("llvm-nm-[0-9]*"), key=lambda p: p.name)
+    return str(versioned[-1]) if versioned else None
+
+
+def build_macho_dylib(cache: Path, exports: int) -> Path | None:
+    """An arm64 macOS dylib with `exports` exported C functions named like a C++ library's
+    symbols, plus the FFI functions and 96-byte example blob of bench/gen/ffi_exports.c;
+    built with zig (no macOS SDK needed) once, then reused from `cache`. None if zig is
+    missing or the build fails."""
+    if importlib.util.find_spec("ziglang") is None:
+        log("SKIP Mach-O: the ziglang package is not installed")
+        return None
+    key = hashlib.sha256(FFI_EXPORTS_SOURCE.read_bytes())
+    key.update(json.dumps({"version": MACHO_VERSION, "exports": exports}).encode())
+    directory = cache / f"macho-{key.hexdigest()[:12]}"
+    lib = directory / "libbench_macho.dylib"
+    manifest_path = directory / "manifest.json"
+    expected = {"version": MACHO_VERSION, "exports": exports}
+    manifest = load_manifest(manifest_path, expected)
+    if lib.is_file() and manifest is not None:
+        log(f"reusing {lib} (its build took {manifest.get('build_seconds')} s)")
+        return lib
+    directory.mkdir(parents=True, exist_ok=True)
+    log(f"building {lib} with zig (~2 min on 2 idle cores)")
+    started = time.perf_counter()
+    build = Path(tempfile.mkdtemp(prefix="build-", dir=directory))
+    env = {**os.environ, "ZIG_GLOBAL_CACHE_DIR": str(build / "zig-global")}
+    env["ZIG_LOCAL_CACHE_DIR"] = str(build / "zig-local")
+    zig_cc = [sys.executable, "-m", "ziglang", "cc", "-target", "aarch64-macos"]
+    try:
+        rng = random.Random("exported")
+        names = [mangled_name(rng, i, 0) for i in range(exports)]
+        sources = [build / f"exports_{n}.c" for n in range(MACHO_SOURCES)]
+        for index, source in enumerate(sources):
+            # Mangled names are valid C identifiers: C compiles far faster than C++.
+            lines = [
+                f"int {name}(int x) {{ return x + {i}; }}\n"
+                for i, name in enumerate(names)
+                if i % MACHO_SOURCES == index
+            ]
+            source.write_text("".join(lines))
+        objects = [source.with_suffix(".o") for source in sources]
+        commands = [
+            [*zig_cc, "-O1", "-fPIC", "-w", "-c", str(src), "-o", str(obj)]
+            for src, obj in zip(sources, objects, strict=True)
+        ]
+        ffi_obj = build / "ffi_exports.o"
+        blob_flag = "-DBENCH_EMBED_EXAMPLE_BLOB"
+        ffi_source = str(FFI_EXPORTS_SOURCE)
+        commands.append(
+            [*zig_cc, "-O1", "-fPIC", "-w", blob_flag, "-c", ffi_source, "-o", str(ffi_obj)]
+        )
+        with ThreadPoolExecutor(max_workers=BUILD_JOBS) as pool:
+            list(pool.map(lambda argv: run_checked(argv, env=env), commands))
+        staged = build / lib.name
+        link = ["-shared", f"-Wl,-install_name,@rpath/{lib.name}", "-o", str(staged)]
+        run_checked([*zig_cc, *link, *map(str, objects), str(ffi_obj)], env=env)
+        staged.replace(lib)
+    except (OSError, RuntimeError) as exc:
+        log(f"SKIP Mach-O: the build failed: {exc}")
+        return None
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    seconds = time.perf_counter() - started
+    manifest_path.write_text(json.dumps({**expected, "build_seconds": round(seconds, 1)}))
+    log(f"built {lib} ({lib.stat().st_size / MIB:.1f} MiB) in {seconds:.1f} s")
+    return lib
+
+
 # --------------------------------------------------------------------------- measuring
 
 
@@ -190,15 +282,18 @@ def compare_with_nm(
     floor_s: float | None,
     expected: str = "",
     counts: bool = True,
+    nm: Sequence[str] = ("nm", "-D", "--defined-only"),
+    description: str | None = None,
 ) -> Target:
-    """Time nm and ffitool on `lib`, print both medians and make the summary row.
+    """Time nm (the `nm` command line, without the file) and ffitool on `lib`, print both
+    medians and make the summary row.
 
     One unmeasured ffitool run first saves its JSON for a sanity check (a fast but
     wrong answer would make the timing meaningless) and warms the page cache.
     """
     name = f"{label} ffitool/nm"
     goal = f"<= {NM_RATIO_TARGET}"
-    print(f"\n== {label}: {lib}\n    {describe_elf(lib)}")
+    print(f"\n== {label}: {lib}\n    {description or describe_elf(lib)}")
     sample = workdir / f"{lib.stem}.inspect.json"
     ffitool_argv = [*FFITOOL, "inspect", "--json", str(lib)]
     check = meter.measure(ffitool_argv, stdout=sample)
@@ -208,12 +303,13 @@ def compare_with_nm(
             print(f"    expected:      {expected}")
     else:
         log(f"FAILED ffitool on {lib.name}: {describe_failure(check)}")
-    commands = {"nm -D --defined-only": ["nm", "-D", "--defined-only", str(lib)]}
+    nm_label = " ".join([Path(nm[0]).name, *nm[1:]])
+    commands = {nm_label: [*nm, str(lib)]}
     if check.ok:
         commands["ffitool inspect --json"] = ffitool_argv
     series = time_series(meter, commands, repeat)
     print_series(series)
-    nm_series = series["nm -D --defined-only"]
+    nm_series = series[nm_label]
     ff_series = series.get("ffitool inspect --json")
     if not nm_series.ok:
         return Target(name, "nm failed", goal, None, counts)
@@ -225,6 +321,31 @@ def compare_with_nm(
         net = (ff_series.median_s - floor_s) / nm_series.median_s
         print(f"    (ffitool minus the interpreter floor, over nm: {net:.2f})")
     return Target(name, f"{ratio:.2f}", goal, ratio <= NM_RATIO_TARGET, counts)
+
+
+def bench_macho(
+    meter: Meter, lib: Path | None, args: argparse.Namespace, workdir: Path, floor_s: float | None
+) -> Target:
+    """ffitool against llvm-nm on the Mach-O dylib, in this run."""
+    name = "macho ffitool/llvm-nm"
+    nm = llvm_nm()
+    if lib is None or nm is None:
+        log("SKIP Mach-O: " + ("llvm-nm is not installed" if lib else "no dylib"))
+        return Target(
+            name, "not built" if lib is None else "no llvm-nm", f"<= {NM_RATIO_TARGET}", None
+        )
+    size = lib.stat().st_size / MIB
+    return compare_with_nm(
+        meter,
+        "macho",
+        lib,
+        repeat=args.repeat,
+        workdir=workdir,
+        floor_s=floor_s,
+        expected="libraries=1 functions=5 blob_modules=2",
+        nm=[nm, *LLVM_NM],
+        description=f"Mach-O arm64 dylib, {size:.1f} MiB, {args.macho_exports} exports + 5 FFI",
+    )
 
 
 def bench_big_blob(
@@ -299,6 +420,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, LibShape
         action="store_true",
         help="build (or reuse) the libraries, describe them and stop",
     )
+    parser.add_argument(
+        "--no-macho", action="store_true", help="skip the Mach-O dylib (needs zig and llvm-nm)"
+    )
+    parser.add_argument(
+        "--macho-exports",
+        type=int,
+        default=DEFAULT_MACHO_EXPORTS,
+        help="exported functions of the Mach-O dylib",
+    )
     add_libtorch_argument(parser)
     add_shape_arguments(parser)
     args = parser.parse_args(argv)
@@ -328,6 +458,7 @@ def run(args: argparse.Namespace, shape: LibShape, workdir: Path) -> int:
     shaped = build_libtorch_shaped(shape, cache)
     big_blob = build_big_blob(workdir, args.payload_mib)
     libtorch = real_libtorch(args.libtorch, cache)
+    macho = None if args.no_macho else build_macho_dylib(cache, args.macho_exports)
     for lib in (shaped, big_blob[0] if big_blob else None, libtorch):
         if lib is not None:
             log(f"{lib.name}: {describe_elf(lib)}")
@@ -381,6 +512,8 @@ def run(args: argparse.Namespace, shape: LibShape, workdir: Path) -> int:
         )
     elif args.libtorch is not None:
         targets.append(Target("libtorch_cpu ffitool/nm", "not had", f"<= {NM_RATIO_TARGET}", None))
+    if not args.no_macho:
+        targets.append(bench_macho(meter, macho, args, workdir, floor_s))
     if big_blob is not None:
         lib, sha256 = big_blob
         targets.extend(bench_big_blob(meter, lib, sha256, args.payload_mib * MIB, workdir))
@@ -388,7 +521,10 @@ def run(args: argparse.Namespace, shape: LibShape, workdir: Path) -> int:
         targets.append(Target("big_blob peak RSS", "not built", f"< {RSS_TARGET_MB:.0f} MB", None))
 
     print_summary(targets)
-    if shape != LibShape() or args.payload_mib != DEFAULT_PAYLOAD_MIB:
+    defaults = (
+        args.payload_mib == DEFAULT_PAYLOAD_MIB and args.macho_exports == DEFAULT_MACHO_EXPORTS
+    )
+    if shape != LibShape() or not defaults:
         print("    (non-default sizes: the targets are defined for the defaults)")
     missed = [t for t in targets if t.counts and t.passed is not True]
     return 1 if args.check and missed else 0

@@ -18,7 +18,8 @@ from typing import BinaryIO
 from ffitool import blob as codec
 from ffitool.errors import BlobError, InputError
 from ffitool.findings import Finding
-from ffitool.formats import Image, Symbol, SymbolTable, Window, archive, elf, read_object
+from ffitool.formats import Image, Slice, Symbol, SymbolTable, Window, archive, read_object
+from ffitool.formats.base import ELF_MAGIC
 from ffitool.rules import finding
 from ffitool.symbols import Naming, Role, classify
 
@@ -94,6 +95,10 @@ class Library:
     system_lib_bins: tuple[LibraryBin, ...] = ()
     """Blobs with a system-lib prefix, in prefix order: what `tvm_ffi.system_lib(prefix)`
     reads once they are registered, from an object, an archive or a shared library alike."""
+    signature: str | None = None
+    """Code-signature state (Mach-O): none, ad-hoc, linker-signed, certificate; None for ELF."""
+    slice: Slice | None = None
+    """Where the image lies in a universal file, and its architecture's name there."""
 
 
 @dataclass(frozen=True)
@@ -258,6 +263,8 @@ def _library(image: Image, data: _BlobBytes, handle: BinaryIO | None) -> Library
         symbols=ffi_symbols,
         library_bin=library_bin,
         system_lib_bins=tuple(_library_bin(image, s, functions, data, handle) for s in prefixed),
+        signature=image.signature,
+        slice=image.slice,
     )
 
 
@@ -320,7 +327,8 @@ def _library_bin(
     legacy = chosen.naming.role is Role.LEGACY_BIN
     layout = "legacy" if legacy else "tvm_ffi"
     if location is None:
-        if not chosen.symbol.nobits:
+        # A debug companion has no data by design: the blob is in the library it describes.
+        if not chosen.symbol.nobits and not image.debug_only:
             findings.append(
                 finding(
                     "L104",
@@ -492,7 +500,7 @@ def inspect_blob_file(path: str | os.PathLike[str]) -> BlobReport:
 def _object_container(head: bytes) -> str | None:
     """What an object file's first bytes say it is, or None. A raw blob starts with its nbytes:
     read as one, these magics are above 2**48, so no blob of a real size is mistaken."""
-    if head.startswith(elf.MAGIC):
+    if head.startswith(ELF_MAGIC):
         return "an ELF shared library/object file"
     if head in (archive.MAGIC, archive.THIN_MAGIC):
         return "a static (ar) archive"

@@ -1,12 +1,13 @@
-"""The model as plain JSON-ready data: the `ffitool.inspect/1` schema, one place for both.
+"""The model as plain JSON-ready data: the `ffitool.inspect/2` schema, one place for both.
 
-The CLI prints exactly these dictionaries; `ffitool/schemas/inspect-1.json` describes them.
+The CLI prints exactly these dictionaries; `ffitool/schemas/inspect-2.json` describes them.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from ffitool.checks import library_findings
@@ -21,7 +22,7 @@ from ffitool.library import (
     ModuleInfo,
 )
 
-INSPECT_SCHEMA = "ffitool.inspect/1"
+INSPECT_SCHEMA = "ffitool.inspect/2"
 BLOB_SCHEMA = "ffitool.blob/1"
 
 Json = dict[str, Any]
@@ -142,9 +143,12 @@ def library_json(library: Library, *, lazy: bool = False) -> Json:
         "member": library.member,
         "format": library.format,
         "kind": library.kind,
+        "loadable": library.loadable,
         "machine": library.machine,
         "bits": library.bits,
         "endianness": library.endianness,
+        "slice": None if library.slice is None else asdict(library.slice),
+        "signature": library.signature,
         "symbol_tables": [t.value for t in library.symbol_tables],
         "functions": _array(library.functions, function_json, lazy),
         "symbols": _array(library.symbols, symbol_json, lazy),

@@ -31,8 +31,8 @@ def test_inspect_json_is_valid_and_matches_golden(name):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     document = json.loads(result.stdout)
-    jsonschema.validate(document, schema("inspect-1.json"))
-    assert document["schema"] == "ffitool.inspect/1"
+    jsonschema.validate(document, schema("inspect-2.json"))
+    assert document["schema"] == "ffitool.inspect/2"
     golden(f"inspect-{name}.json", result.stdout)
 
 
@@ -136,7 +136,7 @@ def test_json_reports_unreadable_inputs_next_to_good_ones(tmp_path):
     result = ffitool("inspect", "--json", "fixtures/bin/libplain.so", missing)
     assert result.returncode == 3
     document = json.loads(result.stdout)
-    jsonschema.validate(document, schema("inspect-1.json"))
+    jsonschema.validate(document, schema("inspect-2.json"))
     assert document["files"][1] == {
         "path": missing,
         "error": f"{missing}: cannot open: No such file or directory",

@@ -18,7 +18,7 @@ from importlib import resources
 
 import jsonschema
 import pytest
-from conftest import FIXTURES, ROOT, require_tool
+from conftest import FIXTURES, ROOT, ffitool, require_tool
 from macholib import mach_o
 from macholib.MachO import MachO
 from macholib.SymbolTable import SymbolTable
@@ -136,7 +136,7 @@ def test_inspect_json_of_every_fixture_follows_the_schema(name):
     )
     assert (result.returncode, result.stderr) == (0, "")
     document = json.loads(result.stdout)
-    schema = resources.files("ffitool").joinpath("schemas", "inspect-1.json").read_text()
+    schema = resources.files("ffitool").joinpath("schemas", "inspect-2.json").read_text()
     jsonschema.validate(document, json.loads(schema))
     (entry,) = document["files"]
     expected = MANY_FUNCTIONS if name.startswith("libmany.") else ["add_one", "main"]
@@ -471,4 +471,68 @@ def test_macholib_and_readobj_agree_with_the_reader(name, tmp_path):
             if location is not None:
                 expected = view["start"] + offset + entry.n_value - address
                 assert location.file_offset == expected, raw_name
-        assert image.locations or not any("__tvm_ffi__library_bin" in n for n in view["symbols"])
+        assert (
+            image.locations
+            or image.debug_only
+            or not any("__tvm_ffi__library_bin" in n for n in view["symbols"])
+        )
+
+
+DSYM = MACHO / "libffi_macho.arm64.dylib.dwarf"
+
+
+def test_a_dsym_is_a_debug_companion_never_loadable():
+    """dsymutil's flat dSYM (MH_DSYM, file type 10) keeps the symbol table and section headers
+    of its library but none of their bytes: the symbols are read, at nm's addresses, nothing
+    is exported or located, and the blob, which lives in the library, is no finding."""
+    assert MachO(str(DSYM)).headers[0].header.filetype == mach_o.MH_DSYM
+    (image,) = images(DSYM)
+    assert (image.kind, image.loadable, image.debug_only) == ("debug companion (dSYM)", False, True)
+    assert image.locations == {}
+    assert reader_externals(image) == nm_externals(DSYM, "arm64")[None]
+    assert not any(s.exported for s in image.symbols)
+    assert {s.hidden_because for s in image.symbols if s.external} == {
+        "in a debug companion (dSYM), which nothing loads"
+    }
+    (library,) = inspect_path(DSYM).libraries
+    assert [f.name for f in library.functions] == ["add_one", "main"]
+    blob = library.library_bin
+    assert (blob.file_offset, blob.nbytes, blob.findings) == (None, None, ())
+
+
+def test_check_does_not_report_a_dsym_as_a_broken_library():
+    result = ffitool("check", f"fixtures/bin/macho/{DSYM.name}")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines()[-1] == "1 file checked: 0 errors, 0 warnings, 0 info; passed"
+    document = json.loads(ffitool("inspect", "--json", f"fixtures/bin/macho/{DSYM.name}").stdout)
+    (library,) = document["files"][0]["libraries"]
+    assert (library["kind"], library["loadable"]) == ("debug companion (dSYM)", False)
+    assert library["findings"] == [] and library["library_bin"]["findings"] == []
+
+
+def test_inspect_json_gives_each_slice_its_architecture_place_and_signature():
+    """inspect/2: a universal file's slices as llvm-lipo names them, at the offsets and sizes
+    of the universal header (llvm-objdump), each with its own code-signature state."""
+    path = MACHO / "libffi_macho.universal.dylib"
+    document = json.loads(ffitool("inspect", "--json", f"fixtures/bin/macho/{path.name}").stdout)
+    assert document["schema"] == "ffitool.inspect/2"
+    libraries = document["files"][0]["libraries"]
+    headers = llvm("llvm-objdump", "--macho", "--universal-headers", str(path))
+    places = re.findall(
+        r"^architecture (\S+)\n(?:\s+.*\n)*?\s+offset (\d+)\n\s+size (\d+)$",
+        headers,
+        re.MULTILINE,
+    )
+    assert len(places) == 2
+    assert [lib["slice"] for lib in libraries] == [
+        {"arch": arch, "offset": int(offset), "size": int(size)} for arch, offset, size in places
+    ]
+    assert [(lib["machine"], lib["signature"], lib["loadable"]) for lib in libraries] == [
+        ("x86-64", "none", True),
+        ("aarch64", "linker-signed", True),
+    ]
+    thin = json.loads(ffitool("inspect", "--json", f"fixtures/bin/macho/{THIN['aarch64']}").stdout)
+    (library,) = thin["files"][0]["libraries"]
+    assert (library["slice"], library["signature"]) == (None, "linker-signed")
+    text = ffitool("inspect", f"fixtures/bin/macho/{path.name}").stdout
+    assert "slice arm64 at offset 0x8000 (49.0 KiB); code signature: linker-signed" in text

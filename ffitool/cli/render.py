@@ -141,6 +141,11 @@ class SpeedColumn(ProgressColumn):
 def library_view(library: Library) -> Group:
     """One library: heading, functions, special symbols, blob and findings."""
     title = f"{library.kind}, {library.machine}, {library.bits}-bit {library.endianness}-endian"
+    if library.slice is not None:
+        place = library.slice
+        title += f"; slice {place.arch} at offset {place.offset:#x} ({format_size(place.size)})"
+    if library.signature is not None:
+        title += f"; code signature: {library.signature}"
     tables = ", ".join(t.value for t in library.symbol_tables) or "none (stripped)"
     heading = shown(f"[{library.member}] " if library.member else "", "bold")
     heading.append(f"{title}; symbol tables: {tables}")

@@ -7,10 +7,19 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ffitool.errors import InputError
-from ffitool.formats import archive, elf, macho
-from ffitool.formats.base import Image, Location, Symbol, SymbolTable
+from ffitool.formats import archive, macho
+from ffitool.formats.base import ELF_MAGIC, Image, Location, Slice, Symbol, SymbolTable
 
-__all__ = ["Image", "Location", "ObjectFile", "Symbol", "SymbolTable", "Window", "read_object"]
+__all__ = [
+    "Image",
+    "Location",
+    "ObjectFile",
+    "Slice",
+    "Symbol",
+    "SymbolTable",
+    "Window",
+    "read_object",
+]
 
 _OTHER_MAGICS = {
     macho.MAGIC_32: "32-bit Mach-O",
@@ -35,7 +44,9 @@ def read_object(stream: BinaryIO, size: int, display_name: str) -> ObjectFile:
     stream.seek(0)
     head = stream.read(8)
     fd = _descriptor(stream)
-    if head.startswith(elf.MAGIC):
+    if head.startswith(ELF_MAGIC):
+        from ffitool.formats import elf  # imported when first needed: see ELF_MAGIC
+
         return ObjectFile("ELF", size, (elf.read_elf(stream, size, display_name, fd=fd),))
     if head.startswith(macho.MAGIC_64) or macho.is_universal(head):
         container = "Mach-O universal" if macho.is_universal(head) else "Mach-O"
@@ -71,7 +82,9 @@ def _archive_images(
         magic = stream.read(4)
         window = Window(stream, member.offset, member.size)
         try:
-            if magic == elf.MAGIC:
+            if magic == ELF_MAGIC:
+                from ffitool.formats import elf  # imported when first needed: see ELF_MAGIC
+
                 images.append(
                     elf.read_elf(window, member.size, display_name, member.name, member.offset, fd)
                 )

@@ -73,6 +73,21 @@ class Location:
     available: int
 
 
+ELF_MAGIC = b"\x7fELF"
+"""The ELF identification, here so that telling formats apart needs no ELF reader: the
+reader imports pyelftools, a fifth of ffitool's start-up, which a Mach-O input never uses."""
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Where one architecture's image lies in a universal (fat) Mach-O file."""
+
+    arch: str
+    """The architecture as lipo and `--arch` name it: x86_64, x86_64h, arm64, arm64e."""
+    offset: int
+    size: int
+
+
 @dataclass(frozen=True)
 class Image:
     """One symbol-table-bearing unit of an input file, as a reader sees it."""
@@ -94,3 +109,8 @@ class Image:
     signature: str | None = None
     """Code-signature state of a Mach-O image: "none", "ad-hoc", "linker-signed",
     "certificate" (or "unknown" flags); None for formats that have no signatures."""
+    slice: Slice | None = None
+    """The image's place in a universal file; None for a thin file or an archive member."""
+    debug_only: bool = False
+    """A debug companion (a dSYM): the symbol table and section headers of a library kept
+    elsewhere, and debug info, but none of its code or data; never loaded, never linked."""

@@ -20,7 +20,7 @@ from elftools.elf import enums as elf_enums
 from elftools.elf.structs import ELFStructs
 
 from ffitool.errors import InputError
-from ffitool.formats.base import Image, Location, Symbol, SymbolTable
+from ffitool.formats.base import ELF_MAGIC, Image, Location, Symbol, SymbolTable
 from ffitool.formats.strtab import (
     SYMBOL_SLICE,
     Searchable,
@@ -32,7 +32,7 @@ from ffitool.formats.strtab import (
     st_name_column,
 )
 
-MAGIC = b"\x7fELF"
+MAGIC = ELF_MAGIC
 
 _KINDS = {
     "ET_DYN": "shared library",

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ffitool.errors import InputError
-from ffitool.formats.base import Image, Location, Symbol, SymbolTable
+from ffitool.formats.base import Image, Location, Slice, Symbol, SymbolTable
 from ffitool.formats.codesign import LC_CODE_SIGNATURE, SignatureError, signature_state
 from ffitool.formats.strtab import (
     SYMBOL_SLICE,
@@ -54,14 +54,23 @@ _LC_DYLD_INFO = 0x22
 _LC_DYLD_INFO_ONLY = 0x80000022
 _LC_DYLD_EXPORTS_TRIE = 0x80000033
 
+_MH_DSYM = 10
 _KINDS = {
     1: ("relocatable object", False),
     2: ("executable", True),
     6: ("shared library", True),
     8: ("bundle", True),
-    10: ("debug companion (dSYM)", False),
+    _MH_DSYM: ("debug companion (dSYM)", False),
 }
 _MACHINES = {0x01000007: "x86-64", 0x0100000C: "aarch64", 7: "x86", 12: "arm"}
+_ARCH_NAMES = {
+    (0x01000007, 3): "x86_64",
+    (0x01000007, 8): "x86_64h",
+    (0x0100000C, 0): "arm64",
+    (0x0100000C, 1): "arm64",  # CPU_SUBTYPE_ARM64_V8
+    (0x0100000C, 2): "arm64e",
+}
+"""(cputype, cpusubtype without its capability bits) to the name lipo gives the slice."""
 
 _N_STAB = 0xE0
 _N_PEXT = 0x10
@@ -119,8 +128,9 @@ def read_macho(
         head = source.read(0, 4)
         if is_universal(head):
             return tuple(
-                _read_thin(source.slice(offset, length), member)
-                for offset, length in _slices(source)
+                _read_thin(source.slice(offset, size), member, Slice(arch, absolute, size))
+                for offset, size, arch in _slices(source)
+                for absolute in (source.file_offset(offset),)
             )
         return (_read_thin(source, member),)
     except _Malformed as exc:
@@ -185,8 +195,9 @@ class _Source:
         return self.read(offset, count, what)
 
 
-def _slices(source: _Source) -> list[tuple[int, int]]:
-    """(offset, size) of each slice of a universal file, checked against the file."""
+def _slices(source: _Source) -> list[tuple[int, int, str]]:
+    """(offset, size, architecture name) of each slice of a universal file, checked against
+    the file."""
     magic, count = _FAT_HEADER.unpack(source.read(0, _FAT_HEADER.size))
     layout = _FAT_ARCH_64 if magic == int.from_bytes(FAT_MAGIC_64, "big") else _FAT_ARCH
     if count == 0 or count > _MAX_SLICES:
@@ -195,9 +206,11 @@ def _slices(source: _Source) -> list[tuple[int, int]]:
     slices = []
     for index in range(count):
         fields = layout.unpack_from(table, index * layout.size)
-        offset, length = fields[2], fields[3]
+        cputype, cpusubtype, offset, length = fields[:4]
         source.check(offset, length, f"slice {index}")
-        slices.append((offset, length))
+        subtype = cpusubtype & 0x00FFFFFF
+        arch = _ARCH_NAMES.get((cputype, subtype), f"cputype {cputype:#x} subtype {subtype}")
+        slices.append((offset, length, arch))
     return slices
 
 
@@ -209,6 +222,10 @@ class _Section:
     size: int
     offset: int
     flags: int
+    in_file: bool
+    """Whether the file holds the section's bytes: inside its segment's file range. A dSYM
+    keeps its library's section headers with the bytes left out (offset 0, or a segment
+    with no file size)."""
 
     @property
     def label(self) -> str:
@@ -229,7 +246,7 @@ class _Commands:
     signature: tuple[int, int] | None = None
 
 
-def _read_thin(source: _Source, member: str | None) -> Image:
+def _read_thin(source: _Source, member: str | None, place: Slice | None = None) -> Image:
     header = source.read(0, _HEADER.size)
     if header[:4] != MAGIC_64:
         what = "a 32-bit Mach-O image" if header[:4] == MAGIC_32 else "not a 64-bit Mach-O image"
@@ -243,7 +260,7 @@ def _read_thin(source: _Source, member: str | None) -> Image:
     if ncmds * _LOAD_COMMAND.size > sizeofcmds:
         raise _Malformed(f"{ncmds} load commands cannot fit in {sizeofcmds} bytes")
     commands = _load_commands(source.read(_HEADER.size, sizeofcmds), ncmds)
-    symbols, locations = _symbols(source, commands, loadable)
+    symbols, locations = _symbols(source, commands, kind, loadable)
     return Image(
         member=member,
         format="Mach-O",
@@ -256,6 +273,8 @@ def _read_thin(source: _Source, member: str | None) -> Image:
         tables=(SymbolTable.STATIC,) if commands.symtab else (),
         locations=locations,
         signature=_signature(source, commands.signature),
+        slice=place,
+        debug_only=filetype == _MH_DSYM,
     )
 
 
@@ -295,15 +314,16 @@ def _fields(body: bytes, layout: str, index: int) -> tuple[int, ...]:
 def _segment_sections(body: bytes, index: int) -> list[_Section]:
     if len(body) < 8 + _SEGMENT.size:
         raise _Malformed(f"segment command {index} is too short ({len(body)} bytes)")
-    nsects = _SEGMENT.unpack_from(body, 8)[7]
+    _, _, _, fileoff, filesize, _, _, nsects, _ = _SEGMENT.unpack_from(body, 8)
     if 8 + _SEGMENT.size + nsects * _SECTION.size > len(body):
         raise _Malformed(f"segment command {index} claims {nsects} sections it does not hold")
     sections = []
     for number in range(nsects):
         raw = _SECTION.unpack_from(body, 8 + _SEGMENT.size + number * _SECTION.size)
-        sections.append(
-            _Section(_text(raw[1]), _text(raw[0]), raw[2], raw[3], raw[4], raw[8] & 0xFFFFFFFF)
-        )
+        size, offset = raw[3], raw[4]
+        in_file = fileoff <= offset and offset + size <= fileoff + filesize
+        names = _text(raw[1]), _text(raw[0])
+        sections.append(_Section(*names, raw[2], size, offset, raw[8] & 0xFFFFFFFF, in_file))
     return sections
 
 
@@ -312,7 +332,7 @@ def _text(field: bytes) -> str:
 
 
 def _symbols(
-    source: _Source, commands: _Commands, loadable: bool
+    source: _Source, commands: _Commands, kind: str, loadable: bool
 ) -> tuple[list[Symbol], dict[tuple[str, SymbolTable], Location]]:
     """The FFI-marked entries of the symbol table, with the file bytes behind data symbols."""
     if commands.symtab is None:
@@ -345,7 +365,7 @@ def _symbols(
                 section = commands.sections[n_sect - 1]
             exportable = n_type & (_N_TYPE | _N_EXT | _N_PEXT) == _N_SECT | _N_EXT
             in_trie = None if trie is None else exportable and trie.exports(raw_name)
-            symbol = _symbol(raw_name, n_type, n_desc, n_value, section, loadable, in_trie)
+            symbol = _symbol(raw_name, n_type, n_desc, n_value, section, kind, loadable, in_trie)
             symbols.append(symbol)
             location = _locate(source, symbol, section)
             if location is not None:
@@ -359,6 +379,7 @@ def _symbol(
     n_desc: int,
     n_value: int,
     section: _Section | None,
+    image_kind: str,
     loadable: bool,
     in_trie: bool | None,
 ) -> Symbol:
@@ -378,7 +399,7 @@ def _symbol(
         hidden = "not in the export trie" if in_trie is False else ""
     exported = loadable and defined and external and not private and not hidden
     if not loadable:
-        hidden = "in an object, which nothing loads"
+        hidden = f"in a {image_kind}, which nothing loads"
     return Symbol(
         name=raw_name[1:] if raw_name.startswith("_") else raw_name,
         raw_name=raw_name,
@@ -416,7 +437,7 @@ def _locate(source: _Source, symbol: Symbol, section: _Section | None) -> Locati
     """File bytes from a data symbol to the end of its section (Mach-O has no symbol sizes);
     None unless they start inside the image, and never more than the image holds (a blob
     the file does not back is then L104, as for ELF)."""
-    if section is None or section.zerofill or symbol.executable:
+    if section is None or section.zerofill or not section.in_file or symbol.executable:
         return None
     delta = symbol.address - section.address
     start = section.offset + delta
