@@ -146,6 +146,9 @@ class MachoEdit:
     signings: list[_Signing] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     size: int = 0
+    exports: dict[int, dict[bytes, bytes]] = field(default_factory=dict)
+    """The export trie entries of each packed slice as the writer wrote them, by the slice's
+    output offset (decoded once, for the writer and its verifier)."""
     slices: list[tuple[int, int, int, int, SlicePlacement | None]] = field(default_factory=list)
     """Every slice in file order: (input offset, input size, output offset, output size,
     its placement, or None for a slice copied unchanged)."""
@@ -391,6 +394,7 @@ class _SliceOutput:
     signing: tuple[int, AdhocSignature] | None
     signature: str
     warning: str | None
+    exports: dict[bytes, bytes]
 
 
 def plan_macho_edit(
@@ -428,6 +432,7 @@ def _add_slice(edit: MachoEdit, out: _SliceOutput, at: int, arch: str) -> None:
     if out.signing is not None:
         code_limit, parameters = out.signing
         edit.signings.append(_Signing(at, code_limit, parameters))
+    edit.exports[at] = out.exports
     if out.warning:
         edit.warnings.append(f"{arch}: {out.warning}")
     edit.placements.append(
@@ -638,6 +643,7 @@ def _plan_slice(
         signing=signing,
         signature=state,
         warning=warning,
+        exports=entries,
     )
 
 
@@ -834,7 +840,9 @@ class _SymbolEdit:
 
     def place(self, section: int, address: int) -> None:
         iextdef, nextdef = self.dysymtab[2], self.dysymtab[3]
-        for index in range(iextdef, iextdef + nextdef):
+        # Only a table that holds the name at all can have an entry for it.
+        present = RAW_NAME + b"\0" in self.strings
+        for index in range(iextdef, iextdef + nextdef if present else iextdef):
             if self._name(index) == RAW_NAME:
                 at = index * NLIST.size
                 strx, _, _, desc, _ = NLIST.unpack_from(self.table, at)
