@@ -375,6 +375,8 @@ def _pieces(image: MachoSlice) -> list[_Piece]:
             fields = [(8, 4, "two-level hints")]
         elif command.cmd == LC_NOTE:
             raise _Fail("it has an LC_NOTE, whose data ffitool does not relocate")
+        if fields and len(command.data) < fields[-1][0] + 8:
+            raise _Fail(f"load command {index} is too short")
         for at, unit, what in fields:
             offset, count = struct.unpack_from("<II", command.data, at)
             pieces.append(_Piece(index, at, unit, offset, count * unit, what))

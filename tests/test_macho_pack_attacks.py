@@ -1,0 +1,119 @@
+"""Hostile Mach-O inputs to `pack`: each one once made the writer crash, or write a file that dyld
+would misread while the verifier passed it.
+
+A refused input must end in exit 3 with one line `ffitool: error: PATH: ...`, the input
+byte-identical and nothing left next to it. Inputs that the inspecting reader already refuses
+are driven through `plan_macho_edit` directly, which must refuse them on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, ffitool
+
+from ffitool.errors import InputError
+from ffitool.pack.macho_writer import plan_macho_edit
+
+MACHO = FIXTURES / "macho"
+X86 = "libffi_macho.x86_64.dylib"
+LLD = "libffi_macho.lld.arm64.dylib"
+PAYLOAD = bytes(range(256)) * 37 + b"tail"
+
+Commands = list[bytes]
+
+
+def _commands(data: bytes) -> Commands:
+    """The raw load commands of a thin image."""
+    ncmds = struct.unpack_from("<I", data, 16)[0]
+    found, at = [], 32
+    for _ in range(ncmds):
+        size = struct.unpack_from("<I", data, at + 4)[0]
+        found.append(data[at : at + size])
+        at += size
+    return found
+
+
+def _with_commands(data: bytes, edit: Callable[[Commands], None]) -> bytes:
+    """`data` with its load commands edited in place (they may shrink or grow into the pad)."""
+    commands = _commands(data)
+    edit(commands)
+    body = b"".join(commands)
+    old = struct.unpack_from("<I", data, 20)[0]
+    out = bytearray(data)
+    out[32 : 32 + max(old, len(body))] = body.ljust(old, b"\0")
+    struct.pack_into("<II", out, 16, len(commands), len(body))
+    return bytes(out)
+
+
+def _index(commands: Commands, cmd: int, segment: bytes | None = None) -> int:
+    return next(
+        n
+        for n, c in enumerate(commands)
+        if struct.unpack_from("<I", c)[0] == cmd
+        and (segment is None or c[8:24].rstrip(b"\0") == segment)
+    )
+
+
+def _set(commands: Commands, index: int, offset: int, fmt: str, *values: int) -> None:
+    command = bytearray(commands[index])
+    struct.pack_into(fmt, command, offset, *values)
+    commands[index] = bytes(command)
+
+
+def _pack_in_place(tmp_path: Path, data: bytes, *options: str):
+    path = tmp_path / "lib.dylib"
+    path.write_bytes(data)
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(PAYLOAD)
+    add = ["--add", f"cuda_ptx:{payload}"] if "--manifest" not in options else []
+    result = ffitool("pack", str(path), *add, "--signature", "remove", *options)
+    return path, result
+
+
+def _refused(tmp_path: Path, data: bytes, message: str, *options: str) -> None:
+    path, result = _pack_in_place(tmp_path, data, *options)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr == f"ffitool: error: {path}: cannot pack this Mach-O file: {message}\n"
+    assert path.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".json") == [
+        "lib.dylib",
+        "payload.bin",
+    ]
+
+
+def _plan_refuses(tmp_path: Path, data: bytes, message: str, blob_size: int = 4096) -> None:
+    path = tmp_path / "lib.dylib"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(InputError) as caught:
+            plan_macho_edit(fd, len(data), str(path), blob_size, remove_signature=True)
+    finally:
+        os.close(fd)
+    assert str(caught.value) == f"{path}: cannot pack this Mach-O file: {message}"
+
+
+# --- load commands shorter than the fields the writer reads ----------------------------------
+
+
+def test_a_short_two_level_hints_command_is_refused(tmp_path):
+    def add_hints(commands: Commands) -> None:  # the reader does not look at LC_TWOLEVEL_HINTS
+        commands.insert(5, struct.pack("<II", 0x16, 8))
+
+    data = _with_commands((MACHO / X86).read_bytes(), add_hints)
+    _refused(tmp_path, data, "load command 5 is too short")
+
+
+@pytest.mark.parametrize("size", [8, 16])
+def test_a_short_symtab_command_is_refused_by_the_writer_too(tmp_path, size):
+    def shorten(commands: Commands) -> None:
+        index = _index(commands, 0x2)
+        commands[index] = struct.pack("<II", 0x2, size) + commands[index][8:size]
+
+    data = _with_commands((MACHO / X86).read_bytes(), shorten)
+    _plan_refuses(tmp_path, data, "load command 7 is too short")
