@@ -117,3 +117,28 @@ def test_a_short_symtab_command_is_refused_by_the_writer_too(tmp_path, size):
 
     data = _with_commands((MACHO / X86).read_bytes(), shorten)
     _plan_refuses(tmp_path, data, "load command 7 is too short")
+
+
+# --- __LINKEDIT tables the writer did not know --------------------------------------------------
+
+
+def test_function_variants_tables_move_with_linkedit(tmp_path):
+    """LC_FUNCTION_VARIANTS (0x37) points into __LINKEDIT like LC_FUNCTION_STARTS: left alone, it
+    would name bytes of the blob once __LINKEDIT moves, and the verifier, which compares the
+    commands it does not own byte for byte, would pass it."""
+    original = (MACHO / LLD).read_bytes()
+    commands = _commands(original)
+    starts = _index(commands, 0x26)
+    offset, size = struct.unpack_from("<II", commands[starts], 8)
+    table = original[offset : offset + size]
+    assert len(table) == 8
+
+    data = _with_commands(original, lambda c: _set(c, starts, 0, "<I", 0x37))
+    path, result = _pack_in_place(tmp_path, data)
+    assert result.returncode == 0, result.stderr
+    packed = path.read_bytes()
+    variants = _commands(packed)[_index(_commands(packed), 0x37)]
+    new_offset, new_size = struct.unpack_from("<II", variants, 8)
+    assert new_size == size
+    assert new_offset >= offset + 0x4000  # __LINKEDIT moved one 16 KiB page for the blob
+    assert packed[new_offset : new_offset + new_size] == table

@@ -91,6 +91,8 @@ _LINKEDIT_DATA = {
     LC_DYLD_EXPORTS_TRIE: "export trie",
     LC_DYLD_CHAINED_FIXUPS: "chained fixups",
     0x36: "atom info",
+    0x37: "function variants",
+    0x38: "function variant fixups",
 }
 _DYLD_INFO_TABLES = ("rebase", "bind", "weak bind", "lazy bind", "export trie")
 
