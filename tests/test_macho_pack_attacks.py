@@ -142,3 +142,21 @@ def test_function_variants_tables_move_with_linkedit(tmp_path):
     assert new_size == size
     assert new_offset >= offset + 0x4000  # __LINKEDIT moved one 16 KiB page for the blob
     assert packed[new_offset : new_offset + new_size] == table
+
+
+# --- the export trie ----------------------------------------------------------------------------
+
+
+def _with_trie(data: bytes, trie: bytes) -> bytes:
+    """The x86-64 fixture with `trie` over its export trie (LC_DYLD_INFO_ONLY), zero-padded."""
+    commands = _commands(data)
+    offset, size = struct.unpack_from("<II", commands[_index(commands, 0x80000022)], 40)
+    assert len(trie) <= size
+    return data[:offset] + trie.ljust(size, b"\0") + data[offset + size :]
+
+
+def test_a_trie_whose_root_exports_an_empty_name_is_refused(tmp_path):
+    # root: terminal (flags 0, address 0x10), one edge "_a" to a leaf at 8 (terminal at 0x20)
+    trie = b"\x02\x00\x10\x01_a\0\x08\x02\x00\x20\x00"
+    data = _with_trie((MACHO / X86).read_bytes(), trie)
+    _refused(tmp_path, data, "its export trie root exports an empty name")

@@ -535,6 +535,8 @@ def _plan_slice(
     if trie_where is None:
         raise _Fail("it has no export trie to add the blob's name to")
     entries = image.trie()
+    if b"" in entries:  # a terminal at the root, which no trie encoder writes back
+        raise _Fail("its export trie root exports an empty name")
     entries[RAW_NAME] = regular_export(address - text.vmaddr)
 
     existing = image.signature()
