@@ -160,3 +160,48 @@ def test_a_trie_whose_root_exports_an_empty_name_is_refused(tmp_path):
     trie = b"\x02\x00\x10\x01_a\0\x08\x02\x00\x20\x00"
     data = _with_trie((MACHO / X86).read_bytes(), trie)
     _refused(tmp_path, data, "its export trie root exports an empty name")
+
+
+# --- limits of the fields the writer fills in ---------------------------------------------------
+
+
+def _junk_segment(sections: int) -> bytes:
+    """An empty segment command with `sections` empty sections."""
+    command = struct.pack(
+        "<II16sQQQQiiII", 0x19, 72 + 80 * sections, b"__JUNK", 0, 0, 0, 0, 1, 1, sections, 0
+    )
+    section = struct.pack("<16s16sQQIIIIIIII", b"__s", b"__JUNK", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    return command + section * sections
+
+
+def test_an_image_with_255_sections_is_refused(tmp_path):
+    """A symbol's n_sect is one byte: the blob's section cannot be number 256. (The added
+    load commands cover __TEXT's bytes, which planning does not read.)"""
+    original = (MACHO / LLD).read_bytes()
+    have = sum(
+        struct.unpack_from("<I", c, 64)[0] for c in _commands(original) if c[:4] == b"\x19\0\0\0"
+    )
+    data = _with_commands(original, lambda c: c.insert(3, _junk_segment(255 - have)))
+    _plan_refuses(tmp_path, data, "it has 255 sections; a symbol cannot name a new one past 255")
+
+
+def test_a_linkedit_at_the_top_of_the_address_space_is_refused(tmp_path):
+    def move(commands: Commands) -> None:
+        _set(commands, _index(commands, 0x19, b"__LINKEDIT"), 24, "<Q", 2**64 - 0x1000)
+
+    data = _with_commands((MACHO / X86).read_bytes(), move)
+    _refused(tmp_path, data, "the moved __LINKEDIT would end past the 64-bit address space")
+
+
+def test_a_blob_that_pushes_linkedit_past_4_gib_is_refused(tmp_path):
+    """Symbol, string and every other __LINKEDIT table offset is 32 bits."""
+    _plan_refuses(
+        tmp_path,
+        (MACHO / X86).read_bytes(),
+        "the packed image would pass 4 GiB, which 32-bit table offsets cannot reach",
+        blob_size=1 << 32,
+    )
+
+
+def test_a_universal_magic_alone_is_refused(tmp_path):
+    _plan_refuses(tmp_path, b"\xca\xfe\xba\xbe", "too short for a universal header")

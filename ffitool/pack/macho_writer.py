@@ -454,6 +454,8 @@ def _plan_universal(
     edit: MachoEdit,
 ) -> None:
     layout = FAT_ARCH_64 if magic == FAT_MAGIC_64 else FAT_ARCH
+    if size < FAT_HEADER.size:
+        raise _Fail("too short for a universal header")
     count = FAT_HEADER.unpack(os.pread(fd, FAT_HEADER.size, 0))[1]
     table_size = FAT_HEADER.size + count * layout.size
     if not 0 < count <= 64 or table_size > size:
@@ -530,6 +532,8 @@ def _plan_slice(
     pieces = _pieces(image)
     symbols = _SymbolEdit(image)
     sections = len(image.sections())
+    if not reused and sections >= 255:
+        raise _Fail(f"it has {sections} sections; a symbol cannot name a new one past 255")
     symbols.place(sections if reused else sections + 1, address)
     trie_where = image.trie_command()
     if trie_where is None:
@@ -613,6 +617,10 @@ def _plan_slice(
         state = signature_state_of(parameters)
         if signature_index is not None:
             layout.fields[(signature_index, 8)] = (code_limit, length)
+    if end > 0xFFFFFFFF:
+        raise _Fail("the packed image would pass 4 GiB, which 32-bit table offsets cannot reach")
+    if address + grown + _align(end - new_linkedit, page) > 1 << 64:
+        raise _Fail("the moved __LINKEDIT would end past the 64-bit address space")
     for (index, at), values in layout.fields.items():
         command = new_commands[index]
         if command is not None:
