@@ -205,3 +205,31 @@ def test_a_blob_that_pushes_linkedit_past_4_gib_is_refused(tmp_path):
 
 def test_a_universal_magic_alone_is_refused(tmp_path):
     _plan_refuses(tmp_path, b"\xca\xfe\xba\xbe", "too short for a universal header")
+
+
+# --- a __TVM_FFI segment the input brings along -------------------------------------------------
+
+
+def _planted(commands: Commands, fields: tuple[int, int, int, int], nsects: int) -> None:
+    """A __TVM_FFI segment (vmaddr, vmsize, fileoff, filesize) right before __LINKEDIT, where
+    a repack reuses ffitool's own."""
+    command = struct.pack(
+        "<II16sQQQQiiII", 0x19, 72 + 80 * nsects, b"__TVM_FFI", *fields, 1, 1, nsects, 0
+    )
+    section = struct.pack("<16s16sQQIIIIIIII", b"__tvm_ffi_blob", b"__TVM_FFI", *[0] * 10)
+    commands.insert(_index(commands, 0x19, b"__LINKEDIT"), command + section * nsects)
+
+
+@pytest.mark.parametrize(
+    ("fields", "nsects"),
+    [
+        ((0x3000, 0x1000, 0x3000, 0x10), 1),  # over __DATA: the blob would overwrite it
+        ((0, 0x1000, 0, 0x10), 1),  # over the Mach-O header
+        ((0x4000, 0, 0x4000, 0), 0),  # no section: the blob's symbol would name __DATA's last
+    ],
+)
+def test_a_planted_tvm_ffi_segment_is_not_reused(tmp_path, fields, nsects):
+    """The planner refuses them: before, the writer reused the segment, and only the verifier
+    caught the damage (\"packed file failed verification\")."""
+    data = _with_commands((MACHO / X86).read_bytes(), lambda c: _planted(c, fields, nsects))
+    _refused(tmp_path, data, "its __TVM_FFI segment is not one that ffitool wrote")

@@ -522,6 +522,16 @@ def _plan_slice(
     if end != image.size:
         raise _Fail(f"{image.size - end} bytes follow __LINKEDIT, which ffitool would not carry")
     reused = segments[-2] if len(segments) > 1 and segments[-2].name == SEGMENT_NAME else None
+    if reused is not None and (
+        reused.nsects != 1
+        or reused.fileoff % page
+        or reused.vmaddr % page
+        or any(
+            s.fileoff + s.filesize > reused.fileoff or s.vmaddr + s.vmsize > reused.vmaddr
+            for s in segments[:-2]
+        )
+    ):  # reusing it would write the blob over other segments, or renumber sections
+        raise _Fail(f"its {SEGMENT_NAME} segment is not one that ffitool wrote")
     start = reused.fileoff if reused else linkedit.fileoff
     address = reused.vmaddr if reused else linkedit.vmaddr
     grown = _align(blob_size, page)
