@@ -233,3 +233,33 @@ def test_a_planted_tvm_ffi_segment_is_not_reused(tmp_path, fields, nsects):
     caught the damage (\"packed file failed verification\")."""
     data = _with_commands((MACHO / X86).read_bytes(), lambda c: _planted(c, fields, nsects))
     _refused(tmp_path, data, "its __TVM_FFI segment is not one that ffitool wrote")
+
+
+# --- chained fixups -----------------------------------------------------------------------------
+
+
+def _with_fixups_field(field: str, value: int) -> bytes:
+    """The ld64.lld fixture with its chained fixups' `starts_offset` (in the header) or
+    `seg_count` (first word of the starts) set to `value`."""
+    data = bytearray((MACHO / LLD).read_bytes())
+    commands = _commands(bytes(data))
+    fixups = struct.unpack_from("<I", commands[_index(commands, 0x80000034)], 8)[0]
+    starts = fixups + struct.unpack_from("<I", data, fixups + 4)[0]
+    struct.pack_into("<I", data, starts if field == "seg_count" else fixups + 4, value)
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        # dyld refuses a seg_count other than the number of segments; the entry for the new
+        # segment went in at the wrong place, among entries that named no segment.
+        ("seg_count", 10, "its chained fixups list 10 segments, not 4"),
+        ("seg_count", 2, "its chained fixups list 2 segments, not 4"),
+        # starts_offset inside the fixups header: the header was written over the starts.
+        ("starts_offset", 8, "its chained fixups starts lie outside the fixups"),
+        ("starts_offset", 0xFFFFFFF0, "its chained fixups starts lie outside the fixups"),
+    ],
+)
+def test_chained_fixups_that_lie_are_refused(tmp_path, field, value, message):
+    _refused(tmp_path, _with_fixups_field(field, value), message)

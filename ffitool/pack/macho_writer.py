@@ -686,12 +686,12 @@ def with_segment_start(data: bytes, index: int) -> bytes:
         raise _Fail("its chained fixups header is truncated")
     header = list(_CHAINED_HEADER.unpack_from(data))
     starts = header[1]
-    if starts + 4 > len(data):
-        raise _Fail("its chained fixups starts lie past the fixups")
+    if not _CHAINED_HEADER.size <= starts <= len(data) - 4:
+        raise _Fail("its chained fixups starts lie outside the fixups")
     count = struct.unpack_from("<I", data, starts)[0]
     end = starts + 4 + 4 * count
-    if end > len(data) or not 0 <= index <= count:
-        raise _Fail(f"its chained fixups list {count} segments")
+    if end > len(data) or count != index + 1:  # dyld wants one entry per segment
+        raise _Fail(f"its chained fixups list {count} segments, not {index + 1}")
     offsets = list(struct.unpack_from(f"<{count}I", data, starts + 4))
     offsets = [o + 8 if o else 0 for o in offsets]
     offsets.insert(index, 0)
