@@ -288,3 +288,16 @@ def _with_fixups_field(field: str, value: int) -> bytes:
 )
 def test_chained_fixups_that_lie_are_refused(tmp_path, field, value, message):
     _refused(tmp_path, _with_fixups_field(field, value), message)
+
+
+# --- universal headers --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [2, 64])
+def test_a_universal_file_listing_one_slice_twice_is_refused(tmp_path, count):
+    """Every entry naming the same x86-64 image: each copy got the blob, so a 21 KB file
+    turned a 100 MB payload into a 6.4 GB output."""
+    entry = struct.pack(">iiIII", 0x01000007, 3, 4096, (MACHO / X86).stat().st_size, 12)
+    table = struct.pack(">II", 0xCAFEBABE, count) + entry * count
+    data = table.ljust(4096, b"\0") + (MACHO / X86).read_bytes()
+    _refused(tmp_path, data, "its universal header lists the x86_64 slice twice")

@@ -465,6 +465,10 @@ def _plan_universal(
         list(layout.unpack_from(table, FAT_HEADER.size + n * layout.size)) for n in range(count)
     ]
     names = [ARCH_NAMES.get(e[0], f"cputype {e[0]:#x}") for e in entries]
+    kinds = [(e[0], e[1] & 0xFFFFFF) for e in entries]  # cputype, subtype without capabilities
+    twice = next((names[n] for n, kind in enumerate(kinds) if kind in kinds[:n]), None)
+    if twice is not None:  # lipo refuses it; each copy would get the blob, as many as 64
+        raise _Fail(f"its universal header lists the {twice} slice twice")
     unknown = sorted(set(arches) - set(names))
     if unknown:
         raise _Fail(f"no {', '.join(unknown)} slice (it has {', '.join(names)})")
