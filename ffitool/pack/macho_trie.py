@@ -149,15 +149,18 @@ def encode_trie(entries: dict[bytes, bytes], alignment: int = 8) -> bytes:
         (_uleb_size(len(t)) + len(t) if t else 1) + 1 + sum(len(label) + 1 for label, _ in e)
         for t, e in zip(terminals, edges, strict=True)
     ]
+    children = [[child for _, child in e] for e in edges]
     offsets = [0] * len(terminals)
-    while True:
+    moved = True
+    while moved:
         position, moved = 0, False
         for node in order:
             if offsets[node] != position:
                 offsets[node], moved = position, True
-            position += fixed[node] + sum(_uleb_size(offsets[c]) for _, c in edges[node])
-        if not moved:
-            break
+            position += fixed[node]
+            for child in children[node]:
+                offset = offsets[child]
+                position += 1 if offset < 0x80 else 2 if offset < 0x4000 else _uleb_size(offset)
     out = bytearray()
     for node in order:
         terminal = terminals[node]
