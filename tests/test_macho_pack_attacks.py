@@ -264,13 +264,20 @@ def test_a_planted_tvm_ffi_segment_is_not_reused(tmp_path, fields, nsects):
 
 
 def _with_fixups_field(field: str, value: int) -> bytes:
-    """The ld64.lld fixture with its chained fixups' `starts_offset` (in the header) or
-    `seg_count` (first word of the starts) set to `value`."""
+    """The ld64.lld fixture with one uint32 of its chained fixups set to `value`: a header field,
+    or `seg_count` or the third `seg_info_offset` of its starts."""
     data = bytearray((MACHO / LLD).read_bytes())
     commands = _commands(bytes(data))
     fixups = struct.unpack_from("<I", commands[_index(commands, 0x80000034)], 8)[0]
     starts = fixups + struct.unpack_from("<I", data, fixups + 4)[0]
-    struct.pack_into("<I", data, starts if field == "seg_count" else fixups + 4, value)
+    at = {
+        "starts_offset": fixups + 4,
+        "imports_offset": fixups + 8,
+        "symbols_offset": fixups + 12,
+        "seg_count": starts,
+        "seg_info_offset": starts + 4 + 2 * 4,
+    }[field]
+    struct.pack_into("<I", data, at, value)
     return bytes(data)
 
 
@@ -284,6 +291,10 @@ def _with_fixups_field(field: str, value: int) -> bytes:
         # starts_offset inside the fixups header: the header was written over the starts.
         ("starts_offset", 8, "its chained fixups starts lie outside the fixups"),
         ("starts_offset", 0xFFFFFFF0, "its chained fixups starts lie outside the fixups"),
+        # offsets past the fixups: moving them by 8 overflowed 32 bits (a struct.error)
+        ("imports_offset", 0xFFFFFFFF, "its chained fixups point past their end"),
+        ("symbols_offset", 0xFFFFFFFC, "its chained fixups point past their end"),
+        ("seg_info_offset", 0xFFFFFFFF, "its chained fixups point past their end"),
     ],
 )
 def test_chained_fixups_that_lie_are_refused(tmp_path, field, value, message):

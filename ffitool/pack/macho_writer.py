@@ -697,6 +697,8 @@ def with_segment_start(data: bytes, index: int) -> bytes:
     if end > len(data) or count != index + 1:  # dyld wants one entry per segment
         raise _Fail(f"its chained fixups list {count} segments, not {index + 1}")
     offsets = list(struct.unpack_from(f"<{count}I", data, starts + 4))
+    if max(starts + max(offsets, default=0), header[2], header[3]) > len(data):
+        raise _Fail("its chained fixups point past their end")
     offsets = [o + 8 if o else 0 for o in offsets]
     offsets.insert(index, 0)
     for number in (2, 3):  # imports_offset, symbols_offset
