@@ -146,6 +146,58 @@ def test_function_variants_tables_move_with_linkedit(tmp_path):
     assert packed[new_offset : new_offset + new_size] == table
 
 
+# --- the symbol table ---------------------------------------------------------------------------
+
+
+def _x86_with(offset: int, fmt: str, value: int, command: int | None = None) -> bytes:
+    """The x86-64 fixture with `value` at `offset` of its LC_DYSYMTAB (`command` 0xB) or, with
+    no command, at `offset` of the file."""
+    data = (MACHO / X86).read_bytes()
+    if command is None:
+        out = bytearray(data)
+        struct.pack_into(fmt, out, offset, value)
+        return bytes(out)
+    return _with_commands(data, lambda c: _set(c, _index(c, command), offset, fmt, value))
+
+
+def _symbol_type_at(index: int) -> int:
+    """The file offset of symbol `index`'s n_type in the x86-64 fixture."""
+    commands = _commands((MACHO / X86).read_bytes())
+    symoff = struct.unpack_from("<I", commands[_index(commands, 0x2)], 8)[0]
+    return symoff + 16 * index + 4
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        # ___tvm_ffi__library_ctx (symbol 3, an external definition) made local
+        (
+            lambda: _x86_with(_symbol_type_at(3), "<B", 0x0E),
+            "LC_DYSYMTAB's external definitions hold a symbol that is not one",
+        ),
+        # ...or undefined
+        (
+            lambda: _x86_with(_symbol_type_at(3), "<B", 0x01),
+            "LC_DYSYMTAB's external definitions hold a symbol that is not one",
+        ),
+        # nlocalsym 1 of 2: a symbol in no range
+        (
+            lambda: _x86_with(12, "<I", 1, 0xB),
+            "LC_DYSYMTAB's symbol ranges do not fit the symbol table",
+        ),
+        # nundefsym 1 of 2: the last symbol in no range
+        (
+            lambda: _x86_with(28, "<I", 1, 0xB),
+            "LC_DYSYMTAB's symbol ranges do not fit the symbol table",
+        ),
+    ],
+)
+def test_symbol_ranges_the_verifier_would_refuse_are_refused_when_planning(tmp_path, data, message):
+    """Before, the planner accepted these and the verifier refused its own output
+    ("packed file failed verification")."""
+    _refused(tmp_path, data(), message)
+
+
 # --- the export trie ----------------------------------------------------------------------------
 
 

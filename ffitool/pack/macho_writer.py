@@ -860,9 +860,12 @@ class _SymbolEdit:
         self.dysymtab = image.dysymtab()
         ilocal, nlocal, iextdef, nextdef, iundef, nundef = self.dysymtab[:6]
         nsyms = len(self.table) // NLIST.size
-        if not (ilocal + nlocal <= iextdef and iextdef + nextdef <= iundef
-                and iundef + nundef <= nsyms):  # fmt: skip
+        if not (ilocal + nlocal == iextdef and iextdef + nextdef == iundef
+                and iundef + nundef == nsyms):  # fmt: skip
             raise _Fail("LC_DYSYMTAB's symbol ranges do not fit the symbol table")
+        types = self.table[iextdef * NLIST.size + 4 : iundef * NLIST.size : NLIST.size]
+        if any(t & (N_EXT | N_PEXT) != N_EXT or not t & N_TYPE for t in set(types)):
+            raise _Fail("LC_DYSYMTAB's external definitions hold a symbol that is not one")
         self.inserted: int | None = None
 
     def _name(self, index: int) -> bytes:
