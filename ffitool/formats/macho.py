@@ -491,8 +491,13 @@ class _Trie:
         return False
 
 
-def _uleb(data: bytes, at: int) -> tuple[int, int]:
-    """A ULEB128 number at `at` and the offset after it (at most 10 bytes: 64 bits)."""
+class TrieError(ValueError):
+    """An export trie is malformed; the message says where."""
+
+
+def read_uleb(data: bytes, at: int) -> tuple[int, int]:
+    """The ULEB128 number at `at` of an export trie and the offset after it (at most 10
+    bytes: 64 bits). Shared with the writer's trie codec."""
     value = shift = 0
     for index in range(at, min(at + 10, len(data))):
         byte = data[index]
@@ -500,7 +505,14 @@ def _uleb(data: bytes, at: int) -> tuple[int, int]:
         if not byte & 0x80:
             return value, index + 1
         shift += 7
-    raise _Malformed(f"bad ULEB128 number at trie offset {at}")
+    raise TrieError(f"bad ULEB128 number at trie offset {at}")
+
+
+def _uleb(data: bytes, at: int) -> tuple[int, int]:
+    try:
+        return read_uleb(data, at)
+    except TrieError as exc:
+        raise _Malformed(str(exc)) from None
 
 
 def _signature(source: _Source, where: tuple[int, int] | None) -> str:

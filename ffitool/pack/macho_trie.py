@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import bisect
 
+from ffitool.formats.macho import TrieError, read_uleb
+
 _MAX_LEB_BYTES = 10
 _EXPANSION_LIMIT = 64
 """Decoded names may total at most this many times the trie's size (plus a MiB): a hostile
 chain of one-letter edges would otherwise spell quadratically many bytes."""
-
-
-class TrieError(ValueError):
-    """The trie is malformed; the message says where."""
 
 
 def uleb(value: int) -> bytes:
@@ -35,18 +33,6 @@ def uleb(value: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
-
-
-def read_uleb(data: bytes, at: int) -> tuple[int, int]:
-    """The ULEB128 number at `at` and the offset after it."""
-    value = shift = 0
-    for index in range(at, min(at + _MAX_LEB_BYTES, len(data))):
-        byte = data[index]
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, index + 1
-        shift += 7
-    raise TrieError(f"bad ULEB128 number at trie offset {at}")
 
 
 def regular_export(address: int) -> bytes:
