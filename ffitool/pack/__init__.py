@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from ffitool.blob import UNKEEPABLE
 from ffitool.errors import InputError, UsageError
 from ffitool.formats.elf import PARSE_ERRORS
 from ffitool.library import InspectedFile, Library, inspect_path, open_regular_file
-from ffitool.pack.elf_writer import Placement, plan_edit, write_edit
-from ffitool.pack.macho_writer import SlicePlacement, plan_macho_edit, write_macho_edit
+from ffitool.pack.elf_writer import ElfEdit, Placement, plan_edit, write_edit
+from ffitool.pack.macho_writer import MachoEdit, SlicePlacement, plan_macho_edit, write_macho_edit
 from ffitool.pack.plan import ExistingModule, PayloadSource, Plan, file_identity
 from ffitool.pack.stream import Progress, blob_size, write_blob
 from ffitool.pack.verify import VerificationError, verify
@@ -109,13 +110,87 @@ def pack_library(
     """
     library = Path(library)
     inspected = _packable(library, digests=False)
-    if inspected.format != "ELF":
-        _packed_libraries(inspected, arches)
-        if signature not in SIGNATURE_MODES:
-            raise UsageError(f"--signature must be one of {', '.join(SIGNATURE_MODES)}")
-        return _pack_macho(library, plan, output, progress, arches, signature == "remove")
-    if arches or signature != "adhoc":
-        raise UsageError("--arch and --signature apply to Mach-O files only")
+    if inspected.format == "ELF":
+        if arches or signature != "adhoc":
+            raise UsageError("--arch and --signature apply to Mach-O files only")
+        return _rewrite(library, plan, output, progress, _ElfWriter())
+    _packed_libraries(inspected, arches)
+    if signature not in SIGNATURE_MODES:
+        raise UsageError(f"--signature must be one of {', '.join(SIGNATURE_MODES)}")
+    return _rewrite(library, plan, output, progress, _MachoWriter(arches, signature == "remove"))
+
+
+class _FormatWriter(Protocol):
+    """One object format's seam: plan the edit from the locked input's headers, write it to
+    the staged file, verify the staged file against the input, say where the blob went."""
+
+    def plan(self, handle: BinaryIO, size: int, display: str, blob_size: int) -> Any: ...
+
+    def write(self, source: str, fd: int, edit: Any, blob: Callable[[int, int], None]) -> None: ...
+
+    def verify(self, staging: Path, source: Path, plan: Plan, edit: Any) -> None: ...
+
+    def result(self, edit: Any) -> tuple[Any, tuple[str, ...]]: ...
+
+
+class _ElfWriter:
+    """The ELF seam (`elf_writer`, `verify`): pyelftools' parse errors become one line."""
+
+    def plan(self, handle: BinaryIO, size: int, display: str, blob_size: int) -> ElfEdit:
+        try:
+            return plan_edit(handle, size, display, blob_size)
+        except PARSE_ERRORS as exc:
+            raise InputError(f"{display}: malformed ELF: {exc}") from None
+
+    def write(self, source: str, fd: int, edit: ElfEdit, blob: Callable[[int, int], None]) -> None:
+        write_edit(source, fd, edit, blob)
+
+    def verify(self, staging: Path, source: Path, plan: Plan, edit: ElfEdit) -> None:
+        try:
+            verify(staging, source, plan, edit.placement)
+        except PARSE_ERRORS as exc:
+            raise VerificationError(f"packed file failed verification: {exc}") from None
+
+    def result(self, edit: ElfEdit) -> tuple[Placement, tuple[str, ...]]:
+        return edit.placement, ()
+
+
+@dataclass(frozen=True)
+class _MachoWriter:
+    """The Mach-O seam (`macho_writer`, `macho_verify`): the slices to pack, and whether
+    their signatures are renewed or removed."""
+
+    arches: tuple[str, ...]
+    remove_signature: bool
+
+    def plan(self, handle: BinaryIO, size: int, display: str, blob_size: int) -> MachoEdit:
+        return plan_macho_edit(
+            handle.fileno(), size, display, blob_size, self.arches, self.remove_signature
+        )
+
+    def write(
+        self, source: str, fd: int, edit: MachoEdit, blob: Callable[[int, int], None]
+    ) -> None:
+        write_macho_edit(source, fd, edit, blob)
+
+    def verify(self, staging: Path, source: Path, plan: Plan, edit: MachoEdit) -> None:
+        from ffitool.pack.macho_verify import verify_macho
+
+        verify_macho(staging, source, plan, edit)
+
+    def result(self, edit: MachoEdit) -> tuple[list[SlicePlacement], tuple[str, ...]]:
+        return edit.placements, tuple(edit.warnings)
+
+
+def _rewrite(
+    library: Path,
+    plan: Plan,
+    output: Path | None,
+    progress: Progress | None,
+    writer: _FormatWriter,
+) -> PackResult:
+    """The flow every format shares: lock and check the input, plan, stage, write, verify,
+    check the input is still the file that was read, rename."""
     in_place = output is None
     destination = output or Path(os.path.realpath(library))
     with open(library, "rb") as handle:
@@ -123,29 +198,27 @@ def pack_library(
         info = os.fstat(handle.fileno())
         _check_sources(plan, library, file_identity(info))
         source = str(descriptor_path(handle.fileno()) or library)
-        try:
-            edit = plan_edit(handle, info.st_size, str(library), blob_size(plan))
-        except PARSE_ERRORS as exc:
-            raise InputError(f"{library}: malformed ELF: {exc}") from None
+        edit = writer.plan(handle, info.st_size, str(library), blob_size(plan))
         ownership = Ownership.of(info) if in_place else Ownership(Ownership.of(info).mode)
         with staged(destination, ownership) as staging:
+            copies = 0
 
             def blob(fd: int, offset: int) -> None:
-                write_blob(fd, offset, plan, progress)
+                nonlocal copies
+                # One progress bar, however many copies (one per packed Mach-O slice).
+                write_blob(fd, offset, plan, progress if copies == 0 else None)
+                copies += 1
 
             # No fsync, as with cp, strip, objcopy and patchelf: on a 400 MB host it would
             # cost more than the whole rewrite. Durability is left to the file system.
-            write_edit(source, staging.fd, edit, blob)
+            writer.write(source, staging.fd, edit, blob)
             try:
-                verify(staging.path, Path(source), plan, edit.placement)
-            except PARSE_ERRORS as exc:
-                raise VerificationError(
-                    f"{library}: packed file failed verification: {exc}; nothing was written"
-                ) from None
-            except VerificationError as exc:  # verify() does not know the library's name
+                writer.verify(staging.path, Path(source), plan, edit)
+            except VerificationError as exc:  # verifiers do not know the library's name
                 raise VerificationError(f"{library}: {exc}; nothing was written") from None
             _check_unchanged(handle, library, info)
-    return PackResult(destination, plan, edit.placement)
+    placement, warnings = writer.result(edit)
+    return PackResult(destination, plan, placement, warnings)
 
 
 def _lock(handle: BinaryIO, library: Path) -> None:
@@ -214,43 +287,3 @@ def _blob_identity(library: Library) -> tuple:
     if found is None or found.layout != "tvm_ffi":
         return ()
     return tuple((m.kind, m.imports, m.size, m.sha256) for m in found.modules)
-
-
-def _pack_macho(
-    library: Path,
-    plan: Plan,
-    output: Path | None,
-    progress: Progress | None,
-    arches: tuple[str, ...],
-    remove_signature: bool,
-) -> PackResult:
-    """`pack_library` for a Mach-O file, thin or universal."""
-    from ffitool.pack.macho_verify import verify_macho
-
-    in_place = output is None
-    destination = output or Path(os.path.realpath(library))
-    with open(library, "rb") as handle:
-        _lock(handle, library)
-        info = os.fstat(handle.fileno())
-        _check_sources(plan, library, file_identity(info))
-        source = str(descriptor_path(handle.fileno()) or library)
-        edit = plan_macho_edit(
-            handle.fileno(), info.st_size, str(library), blob_size(plan), arches, remove_signature
-        )
-        ownership = Ownership.of(info) if in_place else Ownership(Ownership.of(info).mode)
-        with staged(destination, ownership) as staging:
-            written = 0
-
-            def blob(fd: int, offset: int) -> None:
-                nonlocal written
-                # One progress bar over every slice's copy of the blob.
-                write_blob(fd, offset, plan, progress if written == 0 else None)
-                written += 1
-
-            write_macho_edit(source, staging.fd, edit, blob)
-            try:
-                verify_macho(staging.path, Path(source), plan, edit)
-            except VerificationError as exc:
-                raise VerificationError(f"{library}: {exc}; nothing was written") from None
-            _check_unchanged(handle, library, info)
-    return PackResult(destination, plan, edit.placements, tuple(edit.warnings))
