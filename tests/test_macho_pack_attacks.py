@@ -198,6 +198,20 @@ def test_symbol_ranges_the_verifier_would_refuse_are_refused_when_planning(tmp_p
     _refused(tmp_path, data(), message)
 
 
+@pytest.mark.parametrize("offset_at", [56, 64], ids=["indirect symbols", "external relocations"])
+def test_an_empty_table_at_any_offset_packs(tmp_path, offset_at):
+    """An empty table's offset names nothing, so an input may leave any value there; the
+    verifier read zero bytes at it, past the end of the file, and refused the output."""
+    original = (MACHO / X86).read_bytes()
+    data = _with_commands(
+        original, lambda c: _set(c, _index(c, 0xB), offset_at, "<II", 0xC40000, 0)
+    )
+    path, result = _pack_in_place(tmp_path, data)
+    assert (result.returncode, result.stderr) == (0, "")
+    dysymtab = _commands(path.read_bytes())[_index(_commands(path.read_bytes()), 0xB)]
+    assert struct.unpack_from("<II", dysymtab, offset_at) == (0xC40000, 0)
+
+
 # --- the export trie ----------------------------------------------------------------------------
 
 
