@@ -378,3 +378,21 @@ def test_a_universal_file_listing_one_slice_twice_is_refused(tmp_path, count):
     table = struct.pack(">II", 0xCAFEBABE, count) + entry * count
     data = table.ljust(4096, b"\0") + (MACHO / X86).read_bytes()
     _refused(tmp_path, data, "its universal header lists the x86_64 slice twice")
+
+
+def test_a_segment_name_with_bytes_after_its_nul_is_cut_there_by_the_signer_too(tmp_path):
+    # dyld, the writer and the signature checks all read a segment name up to its first NUL.
+    source = (FIXTURES / "macho" / "libffi_macho.arm64.dylib").read_bytes()
+
+    def junk_after_nul(commands: Commands) -> None:
+        index = _index(commands, 0x19, b"__LINKEDIT")
+        command = bytearray(commands[index])
+        command[8:24] = b"__LINKEDIT\0\0\0$\0\0"
+        commands[index] = bytes(command)
+
+    path = tmp_path / "lib.dylib"
+    path.write_bytes(_with_commands(source, junk_after_nul))
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(PAYLOAD)
+    result = ffitool("pack", str(path), "--add", f"cuda_ptx:{payload}", "--quiet")
+    assert (result.returncode, result.stderr) == (0, "")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 from dataclasses import dataclass
 
 from ffitool.formats.codesign import (
@@ -46,7 +45,6 @@ from ffitool.formats.codesign import (
     CSSLOT_REQUIREMENTS,
     CSSLOT_SIGNATURESLOT,
     HASH_TYPES,
-    LC_CODE_SIGNATURE,
     SPECIAL_SLOTS,
     SUPERBLOB,
     Blob,
@@ -58,6 +56,7 @@ from ffitool.formats.codesign import (
     primary_code_directory,
     signature_state,
 )
+from ffitool.pack.macho_image import MachoError, MachoSlice
 
 __all__ = [
     "AdhocSignature",
@@ -87,12 +86,6 @@ _PAGE_SHIFTS = range(12, 17)
 _CHUNK = 1 << 20
 """Bytes hashed per read: whole pages, memory bounded whatever the slice's size."""
 _MAX_REPORTED_PAGES = 3
-
-_MH_MAGIC_64 = 0xFEEDFACF
-_HEADER = struct.Struct("<IiiIIIII")
-_LOAD_COMMAND = struct.Struct("<II")
-_LC_SEGMENT_64 = 0x19
-_MAX_COMMANDS_SIZE = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -377,35 +370,12 @@ def _directory_problems(
 def _signature_command(fd: int, start: int, size: int) -> tuple[tuple[int, int], int | None]:
     """(dataoff, datasize) of the slice's LC_CODE_SIGNATURE and where __LINKEDIT's file range
     ends, from load commands checked against the slice."""
-    header = os.pread(fd, _HEADER.size, start)
-    if len(header) != _HEADER.size or size < _HEADER.size:
-        raise SignatureError("the slice is too short for a Mach-O header")
-    magic, _, _, _, ncmds, sizeofcmds, _, _ = _HEADER.unpack(header)
-    if magic != _MH_MAGIC_64:
-        raise SignatureError("the slice is not a 64-bit Mach-O image")
-    if sizeofcmds > min(size - _HEADER.size, _MAX_COMMANDS_SIZE):
-        raise SignatureError(f"load commands claim {sizeofcmds} bytes, the slice has {size}")
-    data = os.pread(fd, sizeofcmds, start + _HEADER.size)
-    if len(data) != sizeofcmds:
-        raise SignatureError("the file ends inside the load commands")
-    signature = None
-    linkedit_end = None
-    at = 0
-    for number in range(ncmds):
-        if at + _LOAD_COMMAND.size > sizeofcmds:
-            raise SignatureError(f"load command {number} starts past the load commands")
-        cmd, cmdsize = _LOAD_COMMAND.unpack_from(data, at)
-        if cmdsize < _LOAD_COMMAND.size or at + cmdsize > sizeofcmds:
-            raise SignatureError(f"load command {number} has a bad size {cmdsize}")
-        if cmd == LC_CODE_SIGNATURE and cmdsize >= 16:
-            if signature is not None:
-                raise SignatureError("the slice has more than one LC_CODE_SIGNATURE")
-            signature = struct.unpack_from("<II", data, at + 8)
-        elif cmd == _LC_SEGMENT_64 and cmdsize >= 72:
-            name, _, _, fileoff, filesize = struct.unpack_from("<16sQQQQ", data, at + 8)
-            if name.rstrip(b"\0") == b"__LINKEDIT":
-                linkedit_end = fileoff + filesize
-        at += cmdsize
+    try:
+        image = MachoSlice.read(fd, start, size)
+        signature = image.signature()
+        linkedit = next((s for s in image.segments() if s.name == "__LINKEDIT"), None)
+    except MachoError as exc:
+        raise SignatureError(f"the slice's load commands: {exc}") from None
     if signature is None:
         raise SignatureError("the slice has no LC_CODE_SIGNATURE")
-    return signature, linkedit_end
+    return signature, None if linkedit is None else linkedit.fileoff + linkedit.filesize

@@ -27,10 +27,7 @@ from pathlib import Path
 
 from ffitool.errors import InputError
 from ffitool.library import inspect_path
-from ffitool.pack.macho_sign import signature_problems
-from ffitool.pack.macho_trie import regular_export
-from ffitool.pack.macho_writer import (
-    _LINKEDIT_DATA,
+from ffitool.pack.macho_image import (
     LC_DYLD_CHAINED_FIXUPS,
     LC_DYLD_INFO,
     LC_DYLD_INFO_ONLY,
@@ -42,17 +39,22 @@ from ffitool.pack.macho_writer import (
     N_SECT,
     N_TYPE,
     NLIST,
-    RAW_NAME,
     SECTION,
-    SECTION_NAME,
     SEGMENT,
+    MachoError,
+    MachoSlice,
+    symbol_name,
+)
+from ffitool.pack.macho_sign import signature_problems
+from ffitool.pack.macho_trie import regular_export
+from ffitool.pack.macho_writer import (
+    _LINKEDIT_DATA,
+    RAW_NAME,
+    SECTION_NAME,
     SEGMENT_NAME,
     MachoEdit,
-    MachoSlice,
     SlicePlacement,
-    _Fail,
     _pieces,
-    symbol_name,
     with_segment_start,
 )
 from ffitool.pack.plan import PayloadSource, Plan
@@ -88,7 +90,7 @@ def verify_macho(staging: Path, original: Path, plan: Plan, edit: MachoEdit) -> 
                 after = MachoSlice.read(new.fileno(), at, length)
                 _check_slice(before, after, placement, str(original), str(staging))
                 _check_exports(after, placement, edit.exports[at])
-            except _Fail as exc:
+            except MachoError as exc:
                 fail(f"{placement.arch} slice: {exc}")
 
 

@@ -33,13 +33,45 @@ from dataclasses import dataclass, field
 
 from ffitool.errors import InputError
 from ffitool.formats.codesign import CS_LINKER_SIGNED, SignatureError, signature_state
+from ffitool.pack.macho_image import (
+    ARCH_NAMES,
+    CPU_ARM64,
+    CPU_X86_64,
+    FAT_ARCH,
+    FAT_ARCH_64,
+    FAT_HEADER,
+    FAT_MAGIC,
+    FAT_MAGIC_64,
+    HEADER,
+    LC_CODE_SIGNATURE,
+    LC_DYLD_CHAINED_FIXUPS,
+    LC_DYLD_EXPORTS_TRIE,
+    LC_DYLD_INFO,
+    LC_DYLD_INFO_ONLY,
+    LC_DYSYMTAB,
+    LC_NOTE,
+    LC_SEGMENT_64,
+    LC_SYMTAB,
+    LC_TWOLEVEL_HINTS,
+    N_EXT,
+    N_PEXT,
+    N_SECT,
+    N_TYPE,
+    NLIST,
+    SECTION,
+    SEGMENT,
+    MachoError,
+    MachoSlice,
+    Segment,
+    symbol_name,
+)
 from ffitool.pack.macho_sign import (
     AdhocSignature,
     build_signature,
     resign_parameters,
     signature_size,
 )
-from ffitool.pack.macho_trie import TrieError, decode_trie, encode_trie, regular_export
+from ffitool.pack.macho_trie import encode_trie, regular_export
 from ffitool.pack.plan import PayloadSource
 from ffitool.pack.stream import copy_payload
 from ffitool.symbols import LIBRARY_BIN
@@ -49,38 +81,12 @@ SECTION_NAME = "__tvm_ffi_blob"
 RAW_NAME = b"_" + LIBRARY_BIN.encode()
 """The blob's name as the file spells it: C names carry a leading underscore."""
 
-MAGIC_64 = 0xFEEDFACF
-FAT_MAGIC = 0xCAFEBABE
-FAT_MAGIC_64 = 0xCAFEBABF
-CPU_X86_64 = 0x01000007
-CPU_ARM64 = 0x0100000C
-ARCH_NAMES = {CPU_X86_64: "x86_64", CPU_ARM64: "arm64"}
 _PAGE = {CPU_X86_64: 0x1000, CPU_ARM64: 0x4000}
 """Segment alignment: the page size of the platform's kernel (16 KiB on Apple silicon)."""
 _MH_DYLIB = 6
 _MH_BUNDLE = 8
 _PACKABLE = {_MH_DYLIB: "dylib", _MH_BUNDLE: "bundle"}
 
-HEADER = struct.Struct("<IiiIIIII")
-SEGMENT = struct.Struct("<II16sQQQQiiII")
-SECTION = struct.Struct("<16s16sQQIIIIIIII")
-NLIST = struct.Struct("<IBBHQ")
-FAT_HEADER = struct.Struct(">II")
-FAT_ARCH = struct.Struct(">iiIII")
-FAT_ARCH_64 = struct.Struct(">iiQQII")
-
-LC_SYMTAB = 0x2
-LC_DYSYMTAB = 0xB
-LC_SEGMENT_64 = 0x19
-LC_CODE_SIGNATURE = 0x1D
-LC_DYLD_INFO = 0x22
-LC_DYLD_INFO_ONLY = 0x80000022
-LC_DYLD_EXPORTS_TRIE = 0x80000033
-LC_DYLD_CHAINED_FIXUPS = 0x80000034
-LC_TWOLEVEL_HINTS = 0x16
-LC_NOTE = 0x31
-LC_ID_DYLIB = 0xD
-# linkedit_data_command: (dataoff, datasize) at bytes 8 and 12.
 _LINKEDIT_DATA = {
     LC_CODE_SIGNATURE: "code signature",
     0x1E: "segment split info",
@@ -96,18 +102,12 @@ _LINKEDIT_DATA = {
 }
 _DYLD_INFO_TABLES = ("rebase", "bind", "weak bind", "lazy bind", "export trie")
 
-N_EXT = 0x01
-N_PEXT = 0x10
-N_TYPE = 0x0E
-N_SECT = 0x0E
-N_STAB = 0xE0
 _INDIRECT_SPECIAL = 0xC0000000  # INDIRECT_SYMBOL_LOCAL | INDIRECT_SYMBOL_ABS
 _R_EXTERN = 1 << 27
 _R_SYMBOLNUM = 0xFFFFFF
 
 _VM_PROT_READ = 0x1
 _BLOB_ALIGN_LOG2 = 4
-_MAX_COMMANDS = 16 << 20
 _SIGNATURE_ALIGN = 16
 _TABLE_ALIGN = 8
 
@@ -160,181 +160,6 @@ def _align(value: int, alignment: int) -> int:
     return -(-value // alignment) * alignment
 
 
-class _Fail(Exception):
-    """A reason the slice cannot be packed; turned into one InputError naming the file."""
-
-
-@dataclass
-class Command:
-    """One load command: its type and raw bytes."""
-
-    cmd: int
-    data: bytes
-
-    def field(self, offset: int, fmt: str = "<I") -> int:
-        return struct.unpack_from(fmt, self.data, offset)[0]
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A 64-bit segment command, decoded."""
-
-    index: int
-    """Position among the load commands."""
-    name: str
-    vmaddr: int
-    vmsize: int
-    fileoff: int
-    filesize: int
-    nsects: int
-
-
-@dataclass
-class MachoSlice:
-    """The load commands of one thin 64-bit image, and reads of its bytes by slice offset.
-
-    Shared by the writer and its verifier: both need every command's raw bytes, which the
-    inspecting reader does not keep.
-    """
-
-    fd: int
-    start: int
-    size: int
-    cputype: int
-    filetype: int
-    commands: list[Command]
-    sizeofcmds: int
-    header: bytes
-
-    @classmethod
-    def read(cls, fd: int, start: int, size: int) -> MachoSlice:
-        if size < HEADER.size:
-            raise _Fail("too short for a Mach-O header")
-        header = os.pread(fd, HEADER.size, start)
-        magic, cputype, _, filetype, ncmds, sizeofcmds, _, _ = HEADER.unpack(header)
-        if magic != MAGIC_64:
-            raise _Fail("not a 64-bit Mach-O image")
-        if sizeofcmds > min(size - HEADER.size, _MAX_COMMANDS):
-            raise _Fail(f"load commands claim {sizeofcmds} bytes, the image has {size}")
-        data = os.pread(fd, sizeofcmds, start + HEADER.size)
-        if len(data) != sizeofcmds:
-            raise _Fail("the file shrank while it was being read")
-        commands, at = [], 0
-        for index in range(ncmds):
-            if at + 8 > sizeofcmds:
-                raise _Fail(f"load command {index} starts past the load commands")
-            cmd, cmdsize = struct.unpack_from("<II", data, at)
-            if cmdsize < 8 or at + cmdsize > sizeofcmds:
-                raise _Fail(f"load command {index} has a bad size {cmdsize}")
-            commands.append(Command(cmd, data[at : at + cmdsize]))
-            at += cmdsize
-        return cls(fd, start, size, cputype, filetype, commands, sizeofcmds, header)
-
-    def pread(self, offset: int, length: int, what: str) -> bytes:
-        if offset < 0 or length < 0 or offset + length > self.size:
-            raise _Fail(f"{what} ({length} bytes at {offset}) extends past the end of the image")
-        data = os.pread(self.fd, length, self.start + offset)
-        if len(data) != length:
-            raise _Fail("the file shrank while it was being read")
-        return data
-
-    def segments(self) -> list[Segment]:
-        found = []
-        for index, command in enumerate(self.commands):
-            if command.cmd != LC_SEGMENT_64:
-                continue
-            if len(command.data) < SEGMENT.size:
-                raise _Fail(f"segment command {index} is too short")
-            _, _, name, vmaddr, vmsize, fileoff, filesize, _, _, nsects, _ = SEGMENT.unpack_from(
-                command.data
-            )
-            if SEGMENT.size + nsects * SECTION.size > len(command.data):
-                raise _Fail(f"segment command {index} claims {nsects} sections it does not hold")
-            text = name.split(b"\0", 1)[0].decode("ascii", "replace")
-            found.append(Segment(index, text, vmaddr, vmsize, fileoff, filesize, nsects))
-        return found
-
-    def sections(self) -> list[tuple[str, str, int, int, int, int]]:
-        """(segment, section, address, size, offset, flags) in n_sect order."""
-        found = []
-        for segment in self.segments():
-            data = self.commands[segment.index].data
-            for number in range(segment.nsects):
-                raw = SECTION.unpack_from(data, SEGMENT.size + number * SECTION.size)
-                names = [n.split(b"\0", 1)[0].decode("ascii", "replace") for n in raw[:2]]
-                found.append((names[1], names[0], raw[2], raw[3], raw[4], raw[8]))
-        return found
-
-    def command(self, cmd: int) -> Command | None:
-        matches = [c for c in self.commands if c.cmd == cmd]
-        if len(matches) > 1:
-            raise _Fail(f"more than one load command {cmd:#x}")
-        return matches[0] if matches else None
-
-    def trie_command(self) -> tuple[Command, int] | None:
-        """The command holding the export trie and the byte offset of its (offset, size)."""
-        for cmd in (LC_DYLD_INFO, LC_DYLD_INFO_ONLY):
-            found = self.command(cmd)
-            if found is not None and found.field(44):
-                return found, 40
-        found = self.command(LC_DYLD_EXPORTS_TRIE)
-        if found is not None:
-            return found, 8
-        return None
-
-    def trie(self) -> dict[bytes, bytes]:
-        where = self.trie_command()
-        if where is None:
-            return {}
-        command, at = where
-        offset, size = struct.unpack_from("<II", command.data, at)
-        try:
-            return decode_trie(self.pread(offset, size, "export trie"))
-        except TrieError as exc:
-            raise _Fail(str(exc)) from None
-
-    def symtab(self) -> tuple[int, int, int, int]:
-        command = self.command(LC_SYMTAB)
-        if command is None or len(command.data) < 24:
-            raise _Fail("no symbol table (LC_SYMTAB)")
-        return struct.unpack_from("<4I", command.data, 8)
-
-    def dysymtab(self) -> list[int]:
-        command = self.command(LC_DYSYMTAB)
-        if command is None or len(command.data) < 80:
-            raise _Fail("no dynamic symbol table command (LC_DYSYMTAB)")
-        return list(struct.unpack_from("<18I", command.data, 8))
-
-    def symbols(self) -> tuple[bytes, bytes]:
-        """The raw nlist array and string table."""
-        symoff, nsyms, stroff, strsize = self.symtab()
-        return (
-            self.pread(symoff, nsyms * NLIST.size, "symbol table"),
-            self.pread(stroff, strsize, "string table"),
-        )
-
-    def signature(self) -> tuple[int, int] | None:
-        command = self.command(LC_CODE_SIGNATURE)
-        return None if command is None else struct.unpack_from("<II", command.data, 8)
-
-    def install_name(self) -> bytes | None:
-        command = self.command(LC_ID_DYLIB)
-        if command is None or len(command.data) < 24:
-            return None
-        offset = command.field(8)
-        if not 24 <= offset < len(command.data):
-            return None
-        return command.data[offset:].split(b"\0", 1)[0]
-
-
-def symbol_name(strings: bytes, offset: int) -> bytes:
-    """The NUL-terminated name at `offset` of a string table (empty when out of range)."""
-    if not 0 <= offset < len(strings):
-        return b""
-    end = strings.find(b"\0", offset)
-    return strings[offset : end if end != -1 else len(strings)]
-
-
 @dataclass(frozen=True)
 class _Piece:
     """A table of `__LINKEDIT` named by a load command field."""
@@ -362,23 +187,23 @@ def _pieces(image: MachoSlice) -> list[_Piece]:
             for count_at, what in ((36, "table of contents"), (44, "module table"),
                                    (52, "external reference table")):  # fmt: skip
                 if dysymtab[(count_at - 8) // 4]:
-                    raise _Fail(f"it has a {what}, which only old static linkers wrote")
+                    raise MachoError(f"it has a {what}, which only old static linkers wrote")
             fields = [(56, 4, "indirect symbol table"), (64, 8, "external relocations"),
                       (72, 8, "local relocations")]  # fmt: skip
         elif command.cmd in (LC_DYLD_INFO, LC_DYLD_INFO_ONLY):
             if len(command.data) < 48:
-                raise _Fail("LC_DYLD_INFO is too short")
+                raise MachoError("LC_DYLD_INFO is too short")
             fields = [(8 + 8 * n, 1, what) for n, what in enumerate(_DYLD_INFO_TABLES)]
         elif command.cmd in _LINKEDIT_DATA:
             if len(command.data) < 16:
-                raise _Fail(f"load command {index} is too short")
+                raise MachoError(f"load command {index} is too short")
             fields = [(8, 1, _LINKEDIT_DATA[command.cmd])]
         elif command.cmd == LC_TWOLEVEL_HINTS:
             fields = [(8, 4, "two-level hints")]
         elif command.cmd == LC_NOTE:
-            raise _Fail("it has an LC_NOTE, whose data ffitool does not relocate")
+            raise MachoError("it has an LC_NOTE, whose data ffitool does not relocate")
         if fields and len(command.data) < fields[-1][0] + 8:
-            raise _Fail(f"load command {index} is too short")
+            raise MachoError(f"load command {index} is too short")
         for at, unit, what in fields:
             offset, count = struct.unpack_from("<II", command.data, at)
             pieces.append(_Piece(index, at, unit, offset, count * unit, what))
@@ -420,12 +245,12 @@ def plan_macho_edit(
             image = MachoSlice.read(fd, 0, size)
             arch = ARCH_NAMES.get(image.cputype, f"cputype {image.cputype:#x}")
             if arches and arch not in arches:
-                raise _Fail(f"it is a thin {arch} file; --arch names {', '.join(arches)}")
+                raise MachoError(f"it is a thin {arch} file; --arch names {', '.join(arches)}")
             out = _plan_slice(image, blob_size, remove_signature, display)
             _add_slice(edit, out, 0, arch)
             edit.size = out.size
             edit.slices.append((0, size, 0, out.size, edit.placements[-1]))
-    except _Fail as exc:
+    except MachoError as exc:
         raise InputError(f"{display}: cannot pack this Mach-O file: {exc}") from None
     return edit
 
@@ -455,11 +280,11 @@ def _plan_universal(
 ) -> None:
     layout = FAT_ARCH_64 if magic == FAT_MAGIC_64 else FAT_ARCH
     if size < FAT_HEADER.size:
-        raise _Fail("too short for a universal header")
+        raise MachoError("too short for a universal header")
     count = FAT_HEADER.unpack(os.pread(fd, FAT_HEADER.size, 0))[1]
     table_size = FAT_HEADER.size + count * layout.size
     if not 0 < count <= 64 or table_size > size:
-        raise _Fail(f"the universal header claims {count} architectures")
+        raise MachoError(f"the universal header claims {count} architectures")
     table = os.pread(fd, table_size, 0)
     entries = [
         list(layout.unpack_from(table, FAT_HEADER.size + n * layout.size)) for n in range(count)
@@ -468,15 +293,15 @@ def _plan_universal(
     kinds = [(e[0], e[1] & 0xFFFFFF) for e in entries]  # cputype, subtype without capabilities
     twice = next((names[n] for n, kind in enumerate(kinds) if kind in kinds[:n]), None)
     if twice is not None:  # lipo refuses it; each copy would get the blob, as many as 64
-        raise _Fail(f"its universal header lists the {twice} slice twice")
+        raise MachoError(f"its universal header lists the {twice} slice twice")
     unknown = sorted(set(arches) - set(names))
     if unknown:
-        raise _Fail(f"no {', '.join(unknown)} slice (it has {', '.join(names)})")
+        raise MachoError(f"no {', '.join(unknown)} slice (it has {', '.join(names)})")
     cursor = table_size
     for entry, arch in zip(entries, names, strict=True):
         offset, length, align = entry[2], entry[3], entry[4]
         if offset < table_size or offset + length > size or align > 16:
-            raise _Fail(f"the {arch} slice lies outside the file")
+            raise MachoError(f"the {arch} slice lies outside the file")
         at = _align(cursor, 1 << align)
         if arches and arch not in arches:
             edit.copies.append((offset, length, at))
@@ -485,13 +310,13 @@ def _plan_universal(
         else:
             image = MachoSlice.read(fd, offset, length)
             if image.cputype != entry[0]:
-                raise _Fail(f"the {arch} slice holds an image of cputype {image.cputype:#x}")
+                raise MachoError(f"the {arch} slice holds an image of cputype {image.cputype:#x}")
             out = _plan_slice(image, blob_size, remove_signature, arch)
             _add_slice(edit, out, at, arch)
             new_length = out.size
             edit.slices.append((offset, length, at, new_length, edit.placements[-1]))
         if magic == FAT_MAGIC and at + new_length > 0xFFFFFFFF:
-            raise _Fail(
+            raise MachoError(
                 "the packed slices would pass 4 GiB, which a 32-bit universal header cannot address"
             )
         entry[2], entry[3] = at, new_length
@@ -506,25 +331,27 @@ def _plan_slice(
 ) -> _SliceOutput:
     """The output of one thin image, relative to its start."""
     if image.filetype not in _PACKABLE:
-        raise _Fail(f"only dylibs and bundles can be packed (file type {image.filetype})")
+        raise MachoError(f"only dylibs and bundles can be packed (file type {image.filetype})")
     page = _PAGE.get(image.cputype)
     if page is None:
-        raise _Fail(f"unsupported CPU type {image.cputype:#x}")
+        raise MachoError(f"unsupported CPU type {image.cputype:#x}")
     segments = image.segments()
     linkedit = next((s for s in segments if s.name == "__LINKEDIT"), None)
     if linkedit is None or segments[-1] is not linkedit:
-        raise _Fail("__LINKEDIT is not its last segment")
+        raise MachoError("__LINKEDIT is not its last segment")
     for segment in segments[:-1]:
         if (
             segment.fileoff + segment.filesize > linkedit.fileoff
             or segment.vmaddr + segment.vmsize > linkedit.vmaddr
         ):
-            raise _Fail(f"segment {segment.name} lies past __LINKEDIT")
+            raise MachoError(f"segment {segment.name} lies past __LINKEDIT")
     if linkedit.fileoff % page or linkedit.vmaddr % page:
-        raise _Fail("__LINKEDIT is not page-aligned")
+        raise MachoError("__LINKEDIT is not page-aligned")
     end = linkedit.fileoff + linkedit.filesize
     if end != image.size:
-        raise _Fail(f"{image.size - end} bytes follow __LINKEDIT, which ffitool would not carry")
+        raise MachoError(
+            f"{image.size - end} bytes follow __LINKEDIT, which ffitool would not carry"
+        )
     reused = segments[-2] if len(segments) > 1 and segments[-2].name == SEGMENT_NAME else None
     if reused is not None and (
         reused.nsects != 1
@@ -535,26 +362,26 @@ def _plan_slice(
             for s in segments[:-2]
         )
     ):  # reusing it would write the blob over other segments, or renumber sections
-        raise _Fail(f"its {SEGMENT_NAME} segment is not one that ffitool wrote")
+        raise MachoError(f"its {SEGMENT_NAME} segment is not one that ffitool wrote")
     start = reused.fileoff if reused else linkedit.fileoff
     address = reused.vmaddr if reused else linkedit.vmaddr
     grown = _align(blob_size, page)
     text = next((s for s in segments if s.name == "__TEXT" and s.fileoff == 0), None)
     if text is None:
-        raise _Fail("no __TEXT segment maps the Mach-O header")
+        raise MachoError("no __TEXT segment maps the Mach-O header")
 
     pieces = _pieces(image)
     symbols = _SymbolEdit(image)
     sections = len(image.sections())
     if not reused and sections >= 255:
-        raise _Fail(f"it has {sections} sections; a symbol cannot name a new one past 255")
+        raise MachoError(f"it has {sections} sections; a symbol cannot name a new one past 255")
     symbols.place(sections if reused else sections + 1, address)
     trie_where = image.trie_command()
     if trie_where is None:
-        raise _Fail("it has no export trie to add the blob's name to")
+        raise MachoError("it has no export trie to add the blob's name to")
     entries = image.trie()
     if b"" in entries:  # a terminal at the root, which no trie encoder writes back
-        raise _Fail("its export trie root exports an empty name")
+        raise MachoError("its export trie root exports an empty name")
     entries[RAW_NAME] = regular_export(address - text.vmaddr)
 
     existing = image.signature()
@@ -562,7 +389,7 @@ def _plan_slice(
     try:
         old_state = "none" if blob is None else signature_state(blob)
     except SignatureError as exc:
-        raise _Fail(f"its code signature is malformed: {exc}") from None
+        raise MachoError(f"its code signature is malformed: {exc}") from None
     warning = None
     if old_state == "certificate":
         replacement = "removed" if remove_signature else "replaced by an ad hoc signature"
@@ -587,7 +414,7 @@ def _plan_slice(
     room = _first_content(image, segments)
     if HEADER.size + image.sizeofcmds + extra > room:
         free = room - HEADER.size - image.sizeofcmds
-        raise _Fail(
+        raise MachoError(
             f"no room for {extra} more bytes of load commands ({free} free before the first"
             " section); relink it with -headerpad_max_install_names"
         )
@@ -624,7 +451,7 @@ def _plan_slice(
                 cputype=image.cputype,
             )
         except ValueError as exc:  # SignatureError included
-            raise _Fail(f"its code signature cannot be renewed: {exc}") from None
+            raise MachoError(f"its code signature cannot be renewed: {exc}") from None
         length = signature_size(parameters, code_limit)
         signing = (code_limit, parameters)
         end = code_limit + length
@@ -632,9 +459,11 @@ def _plan_slice(
         if signature_index is not None:
             layout.fields[(signature_index, 8)] = (code_limit, length)
     if end > 0xFFFFFFFF:
-        raise _Fail("the packed image would pass 4 GiB, which 32-bit table offsets cannot reach")
+        raise MachoError(
+            "the packed image would pass 4 GiB, which 32-bit table offsets cannot reach"
+        )
     if address + grown + _align(end - new_linkedit, page) > 1 << 64:
-        raise _Fail("the moved __LINKEDIT would end past the 64-bit address space")
+        raise MachoError("the moved __LINKEDIT would end past the 64-bit address space")
     for (index, at), values in layout.fields.items():
         command = new_commands[index]
         if command is not None:
@@ -687,18 +516,18 @@ def with_segment_start(data: bytes, index: int) -> bytes:
     past the array moves by those 8 bytes.
     """
     if len(data) < _CHAINED_HEADER.size:
-        raise _Fail("its chained fixups header is truncated")
+        raise MachoError("its chained fixups header is truncated")
     header = list(_CHAINED_HEADER.unpack_from(data))
     starts = header[1]
     if not _CHAINED_HEADER.size <= starts <= len(data) - 4:
-        raise _Fail("its chained fixups starts lie outside the fixups")
+        raise MachoError("its chained fixups starts lie outside the fixups")
     count = struct.unpack_from("<I", data, starts)[0]
     end = starts + 4 + 4 * count
     if end > len(data) or count != index + 1:  # dyld wants one entry per segment
-        raise _Fail(f"its chained fixups list {count} segments, not {index + 1}")
+        raise MachoError(f"its chained fixups list {count} segments, not {index + 1}")
     offsets = list(struct.unpack_from(f"<{count}I", data, starts + 4))
     if max(starts + max(offsets, default=0), header[2], header[3]) > len(data):
-        raise _Fail("its chained fixups point past their end")
+        raise MachoError("its chained fixups point past their end")
     offsets = [o + 8 if o else 0 for o in offsets]
     offsets.insert(index, 0)
     for number in (2, 3):  # imports_offset, symbols_offset
@@ -749,7 +578,7 @@ def _find(pieces: list[_Piece], cmd: int, at: int, image: MachoSlice) -> int:
     for number, piece in enumerate(pieces):
         if image.commands[piece.command].cmd == cmd and piece.at == at:
             return number
-    raise _Fail(f"load command {cmd:#x} is missing")
+    raise MachoError(f"load command {cmd:#x} is missing")
 
 
 @dataclass
@@ -786,12 +615,12 @@ def _layout_linkedit(
     for number in solid:
         piece = pieces[number]
         if piece.offset < previous_end or piece.offset + piece.length > old_end:
-            raise _Fail(f"{piece.what}: overlaps another table or lies outside __LINKEDIT")
+            raise MachoError(f"{piece.what}: overlaps another table or lies outside __LINKEDIT")
         previous_end = piece.offset + piece.length
     if signature is not None and pieces[signature].length:
         piece = pieces[signature]
         if piece.offset < previous_end or piece.offset + piece.length != old_end:
-            raise _Fail("its code signature is not the last thing in __LINKEDIT")
+            raise MachoError("its code signature is not the last thing in __LINKEDIT")
         old_end = piece.offset
     copies: list[tuple[int, int, int]] = []
     patches: list[tuple[int, bytes]] = []
@@ -862,10 +691,10 @@ class _SymbolEdit:
         nsyms = len(self.table) // NLIST.size
         if not (ilocal + nlocal == iextdef and iextdef + nextdef == iundef
                 and iundef + nundef == nsyms):  # fmt: skip
-            raise _Fail("LC_DYSYMTAB's symbol ranges do not fit the symbol table")
+            raise MachoError("LC_DYSYMTAB's symbol ranges do not fit the symbol table")
         types = self.table[iextdef * NLIST.size + 4 : iundef * NLIST.size : NLIST.size]
         if any(t & (N_EXT | N_PEXT) != N_EXT or not t & N_TYPE for t in set(types)):
-            raise _Fail("LC_DYSYMTAB's external definitions hold a symbol that is not one")
+            raise MachoError("LC_DYSYMTAB's external definitions hold a symbol that is not one")
         self.inserted: int | None = None
 
     def _name(self, index: int) -> bytes:
@@ -913,7 +742,7 @@ class _SymbolEdit:
             info = words[index]
             if info & _R_EXTERN and info & _R_SYMBOLNUM >= position:
                 if info & _R_SYMBOLNUM == _R_SYMBOLNUM:
-                    raise _Fail("an external relocation's symbol number would overflow")
+                    raise MachoError("an external relocation's symbol number would overflow")
                 words[index] = info + 1
         return struct.pack(f"<{2 * count}I", *words)
 
