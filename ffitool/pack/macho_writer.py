@@ -335,40 +335,10 @@ def _plan_slice(
     page = _PAGE.get(image.cputype)
     if page is None:
         raise MachoError(f"unsupported CPU type {image.cputype:#x}")
-    segments = image.segments()
-    linkedit = next((s for s in segments if s.name == "__LINKEDIT"), None)
-    if linkedit is None or segments[-1] is not linkedit:
-        raise MachoError("__LINKEDIT is not its last segment")
-    for segment in segments[:-1]:
-        if (
-            segment.fileoff + segment.filesize > linkedit.fileoff
-            or segment.vmaddr + segment.vmsize > linkedit.vmaddr
-        ):
-            raise MachoError(f"segment {segment.name} lies past __LINKEDIT")
-    if linkedit.fileoff % page or linkedit.vmaddr % page:
-        raise MachoError("__LINKEDIT is not page-aligned")
-    end = linkedit.fileoff + linkedit.filesize
-    if end != image.size:
-        raise MachoError(
-            f"{image.size - end} bytes follow __LINKEDIT, which ffitool would not carry"
-        )
-    reused = segments[-2] if len(segments) > 1 and segments[-2].name == SEGMENT_NAME else None
-    if reused is not None and (
-        reused.nsects != 1
-        or reused.fileoff % page
-        or reused.vmaddr % page
-        or any(
-            s.fileoff + s.filesize > reused.fileoff or s.vmaddr + s.vmsize > reused.vmaddr
-            for s in segments[:-2]
-        )
-    ):  # reusing it would write the blob over other segments, or renumber sections
-        raise MachoError(f"its {SEGMENT_NAME} segment is not one that ffitool wrote")
+    segments, linkedit, reused, text = _segments(image, page)
     start = reused.fileoff if reused else linkedit.fileoff
     address = reused.vmaddr if reused else linkedit.vmaddr
     grown = _align(blob_size, page)
-    text = next((s for s in segments if s.name == "__TEXT" and s.fileoff == 0), None)
-    if text is None:
-        raise MachoError("no __TEXT segment maps the Mach-O header")
 
     pieces = _pieces(image)
     symbols = _SymbolEdit(image)
@@ -384,16 +354,7 @@ def _plan_slice(
         raise MachoError("its export trie root exports an empty name")
     entries[RAW_NAME] = regular_export(address - text.vmaddr)
 
-    existing = image.signature()
-    blob = image.pread(*existing, "code signature") if existing else None
-    try:
-        old_state = "none" if blob is None else signature_state(blob)
-    except SignatureError as exc:
-        raise MachoError(f"its code signature is malformed: {exc}") from None
-    warning = None
-    if old_state == "certificate":
-        replacement = "removed" if remove_signature else "replaced by an ad hoc signature"
-        warning = f"its certificate signature was {replacement}; sign it again to distribute it"
+    blob, warning = _signature_before(image, remove_signature)
     # arm64 macOS loads no unsigned code, so an arm64 slice is always signed (as its linker
     # does); an unsigned x86-64 slice stays unsigned.
     sign = not remove_signature and (blob is not None or image.cputype == CPU_ARM64)
@@ -502,6 +463,61 @@ def _plan_slice(
         warning=warning,
         exports=entries,
     )
+
+
+def _segments(
+    image: MachoSlice, page: int
+) -> tuple[list[Segment], Segment, Segment | None, Segment]:
+    """The segments, `__LINKEDIT` (last, page-aligned, ending the image), ffitool's own
+    `__TVM_FFI` right before it when there is one to reuse, and the `__TEXT` that maps the
+    header; anything else is refused."""
+    segments = image.segments()
+    linkedit = next((s for s in segments if s.name == "__LINKEDIT"), None)
+    if linkedit is None or segments[-1] is not linkedit:
+        raise MachoError("__LINKEDIT is not its last segment")
+    for segment in segments[:-1]:
+        if (
+            segment.fileoff + segment.filesize > linkedit.fileoff
+            or segment.vmaddr + segment.vmsize > linkedit.vmaddr
+        ):
+            raise MachoError(f"segment {segment.name} lies past __LINKEDIT")
+    if linkedit.fileoff % page or linkedit.vmaddr % page:
+        raise MachoError("__LINKEDIT is not page-aligned")
+    end = linkedit.fileoff + linkedit.filesize
+    if end != image.size:
+        raise MachoError(
+            f"{image.size - end} bytes follow __LINKEDIT, which ffitool would not carry"
+        )
+    reused = segments[-2] if len(segments) > 1 and segments[-2].name == SEGMENT_NAME else None
+    if reused is not None and (
+        reused.nsects != 1
+        or reused.fileoff % page
+        or reused.vmaddr % page
+        or any(
+            s.fileoff + s.filesize > reused.fileoff or s.vmaddr + s.vmsize > reused.vmaddr
+            for s in segments[:-2]
+        )
+    ):  # reusing it would write the blob over other segments, or renumber sections
+        raise MachoError(f"its {SEGMENT_NAME} segment is not one that ffitool wrote")
+    text = next((s for s in segments if s.name == "__TEXT" and s.fileoff == 0), None)
+    if text is None:
+        raise MachoError("no __TEXT segment maps the Mach-O header")
+    return segments, linkedit, reused, text
+
+
+def _signature_before(image: MachoSlice, remove_signature: bool) -> tuple[bytes | None, str | None]:
+    """The slice's current signature blob, and the warning owed when it carries a
+    certificate, which no rewrite can keep."""
+    existing = image.signature()
+    blob = image.pread(*existing, "code signature") if existing else None
+    try:
+        old_state = "none" if blob is None else signature_state(blob)
+    except SignatureError as exc:
+        raise MachoError(f"its code signature is malformed: {exc}") from None
+    if old_state != "certificate":
+        return blob, None
+    replacement = "removed" if remove_signature else "replaced by an ad hoc signature"
+    return blob, f"its certificate signature was {replacement}; sign it again to distribute it"
 
 
 _CHAINED_HEADER = struct.Struct("<7I")
