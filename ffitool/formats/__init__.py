@@ -45,6 +45,10 @@ def read_object(stream: BinaryIO, size: int, display_name: str) -> ObjectFile:
         return ObjectFile(container, size, macho.read_macho(stream, size, display_name, fd=fd))
     if head.startswith(pe.MAGIC):
         return ObjectFile("PE", size, (pe.read_pe(stream, size, display_name, fd=fd),))
+    if head == archive.MAGIC and pe.is_coff_library(stream, size):
+        raise InputError(
+            f"{display_name}: COFF libraries (.lib) are not supported (inspect the DLL instead)"
+        )
     if head == archive.MAGIC:
         images, unreadable = _archive_images(stream, size, display_name, fd)
         return ObjectFile("ar archive", size, tuple(images), tuple(unreadable))
