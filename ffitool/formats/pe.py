@@ -121,7 +121,7 @@ class Export:
 
 
 @dataclass
-class _Headers:
+class Headers:
     machine: int
     characteristics: int
     bits: int
@@ -130,7 +130,7 @@ class _Headers:
     security: tuple[int, int]
 
 
-class _Pe:
+class PeFile:
     """One PE file opened for reading, with every range checked against the file size."""
 
     def __init__(self, stream: BinaryIO, fd: int | None, size: int) -> None:
@@ -155,7 +155,7 @@ class _Pe:
             raise _Malformed("the file shrank while it was being read")
         return data
 
-    def _headers(self) -> _Headers:
+    def _headers(self) -> Headers:
         dos = self.read(0, 64, "DOS header")
         lfanew = int.from_bytes(dos[60:64], "little")
         if lfanew > min(self.size, _MAX_HEADER_OFFSET) or lfanew + 24 > self.size:
@@ -188,7 +188,7 @@ class _Pe:
             raw = _SECTION.unpack_from(table, index * _SECTION.size)
             name = raw[0].split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
             sections.append(Section(name, raw[2], raw[1], raw[3], raw[4], raw[9]))
-        return _Headers(
+        return Headers(
             machine,
             characteristics,
             64 if magic == _PE32_PLUS else 32,
@@ -264,7 +264,7 @@ class _Directory:
     """The export directory's RVA range: an address inside it is a forwarder string."""
 
 
-def _directory(pe: _Pe) -> _Directory | None:
+def _directory(pe: PeFile) -> _Directory | None:
     rva, length = pe.headers.exports
     if not rva or not length:
         return None
@@ -283,7 +283,7 @@ def _directory(pe: _Pe) -> _Directory | None:
     return directory
 
 
-def _column(pe: _Pe, rva: int, first: int, last: int, width: int, what: str) -> array:
+def _column(pe: PeFile, rva: int, first: int, last: int, width: int, what: str) -> array:
     """Entries `first` to `last` of a table of little-endian words of `width` bytes."""
     data = pe.read_rva(rva + width * first, width * (last - first), what)
     words = array("I" if width == 4 else "H")
@@ -295,7 +295,7 @@ def _column(pe: _Pe, rva: int, first: int, last: int, width: int, what: str) -> 
     return words
 
 
-def _name_spans(pe: _Pe, directory: _Directory) -> Iterator[tuple[int, WindowedTable | bytes]]:
+def _name_spans(pe: PeFile, directory: _Directory) -> Iterator[tuple[int, WindowedTable | bytes]]:
     """(RVA, bytes from that RVA to its section's end) of each section that holds names.
 
     The name pointer table is read a slice at a time for its lowest pointer per section; the
@@ -317,7 +317,7 @@ def _name_spans(pe: _Pe, directory: _Directory) -> Iterator[tuple[int, WindowedT
         yield rva, pe.strings(rva)
 
 
-def _ffi_exports(pe: _Pe, directory: _Directory) -> list[tuple[int, str]]:
+def _ffi_exports(pe: PeFile, directory: _Directory) -> list[tuple[int, str]]:
     """(index in the name tables, name) of the exports whose names carry an FFI marker."""
     found = []
     for origin, strings in _name_spans(pe, directory):
@@ -336,7 +336,7 @@ def _ffi_exports(pe: _Pe, directory: _Directory) -> list[tuple[int, str]]:
     return found
 
 
-def _export(pe: _Pe, directory: _Directory, position: int, name: str | None) -> Export:
+def _export(pe: PeFile, directory: _Directory, position: int, name: str | None) -> Export:
     """The export at `position` of the address table, with its forwarder if it has one."""
     (rva,) = _column(pe, directory.address_table, position, position + 1, 4, "export address")
     forwarder = None
@@ -345,18 +345,23 @@ def _export(pe: _Pe, directory: _Directory, position: int, name: str | None) -> 
     return Export(directory.base + position, name, rva, forwarder)
 
 
-def _ordinal_position(pe: _Pe, directory: _Directory, index: int) -> int:
+def _ordinal_position(pe: PeFile, directory: _Directory, index: int) -> int:
     (position,) = _column(pe, directory.ordinal_table, index, index + 1, 2, "export ordinal")
     if position >= directory.functions:
         raise _Malformed(f"export name {index} has ordinal index {position}, past the exports")
     return position
 
 
-def exports(stream: BinaryIO, size: int, display_name: str, fd: int | None = None) -> list[Export]:
-    """Every export of a PE file, in ordinal order: named ones, ordinal-only ones and
-    forwarders (unused address table slots, RVA 0, are left out as the tools do)."""
+def open_pe(stream: BinaryIO, size: int, display_name: str, fd: int | None = None) -> PeFile:
+    """A PE file with its headers and section table read and checked."""
     with _errors(display_name):
-        pe = _Pe(stream, fd, size)
+        return PeFile(stream, fd, size)
+
+
+def exports(pe: PeFile, display_name: str) -> list[Export]:
+    """Every export of a PE file, in ordinal order: named ones, ordinal-only ones and
+    forwarders (unused address table slots, RVA 0, are left out)."""
+    with _errors(display_name):
         directory = _directory(pe)
         if directory is None:
             return []
@@ -388,8 +393,8 @@ def exports(stream: BinaryIO, size: int, display_name: str, fd: int | None = Non
 
 def read_pe(stream: BinaryIO, size: int, display_name: str, fd: int | None = None) -> Image:
     """The FFI exports of a PE image (a DLL, or an EXE that exports functions)."""
+    pe = open_pe(stream, size, display_name, fd)
     with _errors(display_name):
-        pe = _Pe(stream, fd, size)
         headers = pe.headers
         directory = _directory(pe)
         symbols: list[Symbol] = []
@@ -419,7 +424,7 @@ def read_pe(stream: BinaryIO, size: int, display_name: str, fd: int | None = Non
         )
 
 
-def _symbol(pe: _Pe, entry: Export, name: str) -> Symbol:
+def _symbol(pe: PeFile, entry: Export, name: str) -> Symbol:
     """An export as a symbol. A forwarder is exported (the loader resolves it in the other
     DLL) but defined in no section of this file, so it is not counted as a function here."""
     if entry.forwarder is not None:
@@ -453,7 +458,7 @@ def _symbol(pe: _Pe, entry: Export, name: str) -> Symbol:
     )
 
 
-def _locate(pe: _Pe, symbol: Symbol) -> Location | None:
+def _locate(pe: PeFile, symbol: Symbol) -> Location | None:
     """File bytes from a data export to the end of its section's file bytes: PE has no
     symbol sizes, and the blob's own nbytes header bounds it within them."""
     if symbol.section is None or symbol.nobits or symbol.executable is not False:
@@ -469,7 +474,7 @@ def _locate(pe: _Pe, symbol: Symbol) -> Location | None:
     return Location(start, available)
 
 
-def _signature(pe: _Pe) -> str:
+def _signature(pe: PeFile) -> str:
     """ "certificate" when the security directory holds an Authenticode certificate table
     (its address is a file offset, not an RVA), else "none"."""
     offset, length = pe.headers.security
