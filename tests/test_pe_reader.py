@@ -83,7 +83,8 @@ def readobj_exports(listing: str) -> set[tuple[int, str | None, int]]:
 def readobj_sections(listing: str) -> list[tuple[str, int, int, int, int, int]]:
     pattern = (
         r"Name: (\S+) \(.*\)\s*VirtualSize: (0x[0-9A-F]+)\s*VirtualAddress: (0x[0-9A-F]+)\s*"
-        r"RawDataSize: (\d+)\s*PointerToRawData: (0x[0-9A-F]+)(?:.|\n)*?Characteristics \[ \((0x[0-9A-F]+)\)"
+        r"RawDataSize: (\d+)\s*PointerToRawData: (0x[0-9A-F]+)"
+        r"(?:.|\n)*?Characteristics \[ \((0x[0-9A-F]+)\)"
     )
     return [
         (name, int(vaddr, 16), int(vsize, 16), int(raw), int(pointer, 16), int(flags, 16))
