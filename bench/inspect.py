@@ -80,6 +80,7 @@ from _common import (
     time_series,
     write_random_file,
 )
+from _pe import bench_pe
 
 # Bump when what build_big_blob produces changes, so cached blob libraries are rebuilt.
 BLOB_VERSION = 2
@@ -299,6 +300,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, LibShape
         action="store_true",
         help="build (or reuse) the libraries, describe them and stop",
     )
+    parser.add_argument(
+        "--no-pe",
+        action="store_true",
+        help="skip the PE case (a zig-built DLL with 65,535 exports, timed against llvm-readobj)",
+    )
     add_libtorch_argument(parser)
     add_shape_arguments(parser)
     args = parser.parse_args(argv)
@@ -386,6 +392,9 @@ def run(args: argparse.Namespace, shape: LibShape, workdir: Path) -> int:
         targets.extend(bench_big_blob(meter, lib, sha256, args.payload_mib * MIB, workdir))
     else:
         targets.append(Target("big_blob peak RSS", "not built", f"< {RSS_TARGET_MB:.0f} MB", None))
+
+    if not args.no_pe:
+        targets.append(bench_pe(meter, cache, args.repeat, workdir))
 
     print_summary(targets)
     if shape != LibShape() or args.payload_mib != DEFAULT_PAYLOAD_MIB:
