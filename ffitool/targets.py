@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ffitool.errors import InputError
-from ffitool.formats import archive, elf, macho
+from ffitool.formats import archive, elf, macho, pe
 from ffitool.library import InspectedFile, inspect_open, open_regular_file
 
 MEMBER_LIMIT = 2 << 30
@@ -233,7 +233,11 @@ def _open_sniffed(display: str, *, follow: bool) -> tuple[BinaryIO, int, str | N
 
 
 def _is_object(head: bytes) -> bool:
-    return head.startswith(elf.MAGIC) or head == archive.MAGIC or macho.looks_like_macho(head)
+    return (
+        head.startswith((elf.MAGIC, pe.MAGIC))
+        or head == archive.MAGIC
+        or macho.looks_like_macho(head)
+    )
 
 
 def _inspect(
