@@ -316,6 +316,12 @@ def test_export_directory_that_loops_gives_a_result():
     for index in range(export.NumberOfNames):
         struct.pack_into("<I", data, names + 4 * index, first_name)
     assert outcome(bytes(data)) == "ok"
+    image = image_of_bytes(bytes(data))
+    # One symbol for the many pointers to one name; its "forwarder" string is the directory's
+    # first field, Characteristics, which is 0: an empty string.
+    assert [(s.name, s.type) for s in image.symbols] == [
+        ("__tvm_ffi__library_bin", "FORWARDER to ")
+    ]
     exports = read_exports(bytes(data))
     assert len(exports) == export.NumberOfFunctions
     assert all(e.forwarder is not None for e in exports)

@@ -288,8 +288,6 @@ def _column(pe: PeFile, rva: int, first: int, last: int, width: int, what: str) 
     data = pe.read_rva(rva + width * first, width * (last - first), what)
     words = array("I" if width == 4 else "H")
     words.frombytes(data)
-    if words.itemsize != width:
-        raise RuntimeError("unsupported platform word sizes")
     if sys.byteorder != "little":
         words.byteswap()
     return words
@@ -318,8 +316,13 @@ def _name_spans(pe: PeFile, directory: _Directory) -> Iterator[tuple[int, Window
 
 
 def _ffi_exports(pe: PeFile, directory: _Directory) -> list[tuple[int, str]]:
-    """(index in the name tables, name) of the exports whose names carry an FFI marker."""
-    found = []
+    """(index in the name tables, name) of the exports whose names carry an FFI marker.
+
+    A name listed twice is kept once, at its first index, as a binary search finds one: a
+    table of a million pointers to one marked name costs a million integers, not symbols.
+    """
+    found: dict[str, int] = {}
+    decoded: set[int] = set()
     for origin, strings in _name_spans(pe, directory):
         ranges = [(origin + a, origin + b) for a, b in candidate_ranges(strings)]
         if not ranges:
@@ -331,9 +334,10 @@ def _ffi_exports(pe: PeFile, directory: _Directory) -> list[tuple[int, str]]:
                 pe, directory.name_table, first, last, 4, "export name pointer table"
             )
             for index, rva in matching_entries(pointers, wanted(pointers)):
-                found.append((first + index, c_string(strings, rva - origin)))
-    found.sort()
-    return found
+                if rva not in decoded:
+                    decoded.add(rva)
+                    found.setdefault(c_string(strings, rva - origin), first + index)
+    return sorted((index, name) for name, index in found.items())
 
 
 def _export(pe: PeFile, directory: _Directory, position: int, name: str | None) -> Export:
