@@ -210,9 +210,11 @@ def _candidate(path: str) -> Iterator[Source | Unreadable]:
     if isinstance(opened, Unreadable):
         yield opened
         return
-    handle, _, kind = opened
-    handle.close()
-    if kind is not None:
+    handle, size, kind = opened
+    with handle:
+        # A Microsoft library (.lib) beside its DLL is no input: ffitool refuses to read one.
+        source = kind is not None and not pe.is_coff_library(handle, size)
+    if source:
         yield Source(path, explicit=False)
 
 
@@ -404,8 +406,8 @@ def _member(
     """One wheel member: sniffed by content, read when it is an ELF file or ar archive."""
     display = f"{wheel}!{entry.name}"
     fd = handle.fileno()
-    if entry.name.endswith("/"):
-        return
+    if entry.name.endswith("/") or entry.name.lower().endswith(".lib"):
+        return  # a folder, or a Microsoft library beside its DLL, which ffitool refuses
     local = None
     if entry.local + _LOCAL.size <= size:
         local = _LOCAL.unpack(_read_at(fd, _LOCAL.size, entry.local))

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import zipfile
 from importlib import resources
 
 import jsonschema
@@ -207,6 +208,31 @@ def test_coff_library_is_refused_with_a_clear_message():
     assert str(raised.value) == (
         "x.lib: COFF libraries (.lib) are not supported (inspect the DLL instead)"
     )
+
+
+def test_libraries_beside_dlls_are_left_out_of_directories_and_wheels(tmp_path):
+    """An MSVC build tree and a Windows wheel hold foo.lib beside foo.dll: the DLLs are read,
+    the libraries are not inputs (only naming one explicitly is refused, above)."""
+    folder = tmp_path / "build"
+    folder.mkdir()
+    for name in ("ffi_pe.x86_64.dll", "ffi_pe.x86_64.lib"):
+        (folder / name).write_bytes((PE / name).read_bytes())
+    wheel = tmp_path / "pkg-1.0-py3-none-win_amd64.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.write(PE / "ffi_pe.x86_64.dll", "pkg/ffi_pe.dll")
+        archive.write(PE / "ffi_pe.x86_64.lib", "pkg/ffi_pe.lib", zipfile.ZIP_DEFLATED)
+    for target, checked in (
+        (folder, str(folder / "ffi_pe.x86_64.dll")),
+        (wheel, f"{wheel}!pkg/ffi_pe.dll"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "ffitool", "check", "--format", "json", str(target)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert (result.returncode, result.stderr) == (0, "")
+        assert [f["path"] for f in json.loads(result.stdout)["files"]] == [checked]
 
 
 # ---------------------------------------------------------------------------------------
