@@ -24,6 +24,7 @@ import pefile
 import pytest
 from conftest import FIXTURES, ROOT, require_tool
 
+from ffitool.checks import library_findings
 from ffitool.errors import InputError
 from ffitool.formats import pe, read_object
 from ffitool.library import inspect_path
@@ -199,6 +200,25 @@ def test_inspect_json_of_a_dll_matches_the_schema():
     library = document["files"][0]["libraries"][0]
     assert (document["files"][0]["format"], library["machine"]) == ("PE", "aarch64")
     assert library["symbol_tables"] == ["exports"]
+
+
+def test_function_outside_an_executable_section_is_l211(tmp_path):
+    """IMAGE_SCN_MEM_EXECUTE decides whether an export is code: without it on .text, calling
+    the functions would fault, and check says so."""
+    data = bytearray(BASE)
+    parsed = pefile.PE(data=BASE)
+    text = next(s for s in parsed.sections if s.Name.startswith(b".text"))
+    flags_at = text.get_file_offset() + 36
+    struct.pack_into("<I", data, flags_at, text.Characteristics & ~0x20000000)
+    path = tmp_path / "noexec.dll"
+    path.write_bytes(bytes(data))
+    (library,) = inspect_path(path).libraries
+    l211 = sorted(f.message for f in library_findings(library) if f.code == "L211")
+    assert l211 == [
+        "__tvm_ffi_add_one is a OBJECT symbol in .text, not a function: calling it crashes the"
+        " caller",
+        "__tvm_ffi_main is a OBJECT symbol in .text, not a function: calling it crashes the caller",
+    ]
 
 
 def test_coff_library_is_refused_with_a_clear_message():
