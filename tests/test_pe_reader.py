@@ -317,9 +317,10 @@ LYING = {
         edited(("functions", "I", 0xFFFFFFFF)),
         "x: malformed PE: export address table at RVA",
     ),
-    "name count above the export count": (
+    "name count past the file": (
         edited(("names", "I", 0x7FFFFFFF)),
-        "x: malformed PE: export directory names 2147483647 of only 6 exports",
+        "x: malformed PE: export name pointer table at RVA 0x2262 runs past the file bytes of"
+        " .rdata",
     ),
     "name and export counts past the file": (
         edited(("names", "I", 0x7FFFFFFF), ("functions", "I", 0x7FFFFFFF)),

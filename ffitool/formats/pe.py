@@ -52,7 +52,8 @@ _DATA_DIRECTORIES = {_PE32: 96, _PE32_PLUS: 112}
 _EXPORT_ENTRY = 0
 _SECURITY_ENTRY = 4
 _MAX_SECTIONS = 96
-"""The Windows loader refuses more; the COFF field allows 65,535."""
+"""The limit the PE specification states for the Windows loader (the field allows 65,535):
+it also bounds the section lookups, which scan the table."""
 _MAX_HEADER_OFFSET = 1 << 28
 
 _MACHINES = {0x8664: "x86-64", 0xAA64: "aarch64", 0x14C: "x86", 0x1C4: "arm", 0xA641: "arm64ec"}
@@ -83,6 +84,9 @@ def is_coff_library(stream: BinaryIO, size: int) -> bool:
 
 @dataclass(frozen=True)
 class Section:
+    """One section header: where its bytes are in memory (RVA) and in the file, which is
+    what every RVA the export directory states is translated through."""
+
     name: str
     virtual_address: int
     virtual_size: int
@@ -122,6 +126,9 @@ class Export:
 
 @dataclass
 class Headers:
+    """What the reader needs from the COFF and optional headers: the data directories'
+    (RVA, size) of the exports and (file offset, size) of the certificate table."""
+
     machine: int
     characteristics: int
     bits: int
@@ -172,9 +179,11 @@ class PeFile:
             raise _Malformed("no PE32 or PE32+ optional header (a COFF object?)")
         magic = int.from_bytes(optional[:2], "little")
         start = _DATA_DIRECTORIES[magic]
-        count_at = start - 4
-        ndirs = int.from_bytes(optional[count_at:start], "little") if len(optional) >= start else 0
-        directories = optional[start : start + 8 * min(ndirs, (len(optional) - start) // 8)]
+        # NumberOfRvaAndSizes, just before the directories, bounded by the header's size.
+        ndirs = (
+            int.from_bytes(optional[start - 4 : start], "little") if len(optional) >= start else 0
+        )
+        directories = optional[start : start + 8 * ndirs]
 
         def directory(index: int) -> tuple[int, int]:
             if 8 * index + 8 > len(directories):
@@ -270,8 +279,6 @@ def _directory(pe: PeFile) -> _Directory | None:
         return None
     fields = _EXPORT_DIRECTORY.unpack(pe.read_rva(rva, _EXPORT_DIRECTORY.size, "export directory"))
     _, _, _, _, _, base, functions, names, address_table, name_table, ordinal_table = fields
-    if names > functions:
-        raise _Malformed(f"export directory names {names} of only {functions} exports")
     directory = _Directory(
         base, functions, names, address_table, name_table, ordinal_table, rva, rva + length
     )
