@@ -19,6 +19,7 @@ from ffitool.formats.elf import PARSE_ERRORS
 from ffitool.library import InspectedFile, Library, inspect_path, open_regular_file
 from ffitool.pack.elf_writer import Placement, plan_edit, write_edit
 from ffitool.pack.macho_writer import SlicePlacement, plan_macho_edit, write_macho_edit
+from ffitool.pack.pe_writer import PePlacement, plan_pe_edit, write_pe_edit
 from ffitool.pack.plan import ExistingModule, PayloadSource, Plan, file_identity
 from ffitool.pack.stream import Progress, blob_size, write_blob
 from ffitool.pack.verify import VerificationError, verify
@@ -31,10 +32,10 @@ class PackResult:
 
     destination: Path
     plan: Plan
-    placement: Placement | list[SlicePlacement]
-    """The ELF blob's place, or one per packed Mach-O slice."""
+    placement: Placement | list[SlicePlacement] | PePlacement
+    """The ELF or PE blob's place, or one per packed Mach-O slice."""
     warnings: tuple[str, ...] = ()
-    """What the user must know about the output (a certificate signature replaced)."""
+    """What the user must know about the output (a certificate signature replaced or removed)."""
 
 
 MACHO_ARCHES = {"x86-64": "x86_64", "aarch64": "arm64"}
@@ -109,6 +110,10 @@ def pack_library(
     """
     library = Path(library)
     inspected = _packable(library, digests=False)
+    if inspected.format == "PE":
+        if arches or signature != "adhoc":
+            raise UsageError("--arch and --signature apply to Mach-O files only")
+        return _pack_pe(library, plan, output, progress)
     if inspected.format != "ELF":
         _packed_libraries(inspected, arches)
         if signature not in SIGNATURE_MODES:
@@ -192,8 +197,10 @@ def _packable(path: Path, *, digests: bool) -> InspectedFile:
         return inspected
     if inspected.format.startswith("Mach-O") and kinds <= {"shared library", "bundle"}:
         return inspected
+    if inspected.format == "PE" and kinds == {"shared library"}:
+        return inspected
     raise InputError(
-        f"{path}: only ELF shared libraries and Mach-O dylibs and bundles can be packed"
+        f"{path}: only ELF shared libraries, Mach-O dylibs and bundles and PE DLLs can be packed"
     )
 
 
@@ -254,3 +261,33 @@ def _pack_macho(
                 raise VerificationError(f"{library}: {exc}; nothing was written") from None
             _check_unchanged(handle, library, info)
     return PackResult(destination, plan, edit.placements, tuple(edit.warnings))
+
+
+def _pack_pe(
+    library: Path, plan: Plan, output: Path | None, progress: Progress | None
+) -> PackResult:
+    """`pack_library` for a PE DLL."""
+    from ffitool.pack.pe_verify import verify_pe
+
+    in_place = output is None
+    destination = output or Path(os.path.realpath(library))
+    with open(library, "rb") as handle:
+        _lock(handle, library)
+        info = os.fstat(handle.fileno())
+        _check_sources(plan, library, file_identity(info))
+        source = str(descriptor_path(handle.fileno()) or library)
+        edit = plan_pe_edit(handle.fileno(), info.st_size, str(library), blob_size(plan))
+        ownership = Ownership.of(info) if in_place else Ownership(Ownership.of(info).mode)
+        with staged(destination, ownership) as staging:
+
+            def blob(fd: int, offset: int) -> None:
+                write_blob(fd, offset, plan, progress)
+
+            write_pe_edit(source, staging.fd, edit, blob)
+            try:
+                verify_pe(staging.path, Path(source), plan, edit)
+            except VerificationError as exc:
+                raise VerificationError(f"{library}: {exc}; nothing was written") from None
+            _check_unchanged(handle, library, info)
+    assert edit.placement is not None
+    return PackResult(destination, plan, edit.placement, tuple(edit.warnings))
