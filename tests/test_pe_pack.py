@@ -322,13 +322,16 @@ def wine(tmp_path_factory):
             [command, *args], env=env, capture_output=True, text=True, timeout=300
         )
 
+    # A persistent server, and wineboot's background processes started with no pipes to
+    # inherit: else each run's output stays open until they exit, seconds after the program.
+    quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    server = require_tool("wineserver")
+    subprocess.run([server, "-p"], **quiet, timeout=60, check=True)
     started = time.monotonic()
-    subprocess.run(
-        [command, "wineboot", "-i"], env=env, capture_output=True, timeout=300, check=True
-    )
+    subprocess.run([command, "wineboot", "-i"], **quiet, timeout=300, check=True)
     print(f"wineboot: {time.monotonic() - started:.1f} s")
     yield run
-    subprocess.run([require_tool("wineserver"), "-k"], env=env, capture_output=True, timeout=60)
+    subprocess.run([server, "-k"], **quiet, timeout=60)
 
 
 def _loaded(wine, dll: Path, function: str) -> tuple[bytes | None, str]:
