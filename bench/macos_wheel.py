@@ -8,6 +8,11 @@ exactly the external defined symbols `llvm-nm` lists for that member, exported w
 member is loadable; the code-signature state ffitool reads and the dyld load commands each
 member uses (chained fixups or the older dyld info) are printed alongside.
 
+Then every loadable member is packed (`ffitool pack --add cuda_ptx:PAYLOAD`, default ad hoc
+re-signing): the pack must succeed (its verifier recomputes every page hash), keep the
+signature state, and `llvm-nm` must list the same symbols as before plus
+`___tvm_ffi__library_bin`; the time of each pack is printed.
+
 Usage (from the repo root): python bench/macos_wheel.py [--wheel WHEEL] [--cache-dir DIR]
 
 Without --wheel, the wheel is looked for in the bench cache's wheels/ (the one bench/inspect.py
@@ -30,6 +35,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,6 +101,51 @@ def load_commands(objdump: str | None, path: Path) -> list[str]:
     return [name for name in found if name in DYLD_COMMANDS]
 
 
+def nm_all(nm: str, path: Path) -> list[str]:
+    listing = subprocess.run([nm, str(path)], check=True, capture_output=True, text=True).stdout
+    return listing.splitlines()
+
+
+def pack_member(member: Path, signature: str, nm: str, tmp: Path) -> bool:
+    """Pack a payload into `member`; True when the output keeps everything and its signature
+    state and adds only the blob's symbol."""
+    payload = tmp / "payload.bin"
+    payload.write_bytes(os.urandom(4096))
+    out = tmp / f"packed-{member.name}"
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [*FFITOOL, "pack", str(member), "--add", f"cuda_ptx:{payload}", "-o", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        print(f"    pack FAILED (exit {proc.returncode}): {proc.stderr.strip()}")
+        return False
+    after = json.loads(
+        subprocess.run(
+            [*FFITOOL, "inspect", "--json", str(out)], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    (library,) = json_libraries(after)
+    added = sorted(set(nm_all(nm, out)) - set(nm_all(nm, member)))
+    removed = sorted(set(nm_all(nm, member)) - set(nm_all(nm, out)))
+    blob = library["library_bin"]
+    ok = (
+        library["signature"] == signature
+        and not removed
+        and [line.split()[-1] for line in added] == ["___tvm_ffi__library_bin"]
+        and blob is not None
+        and [m["kind"] for m in blob["modules"]] == ["_lib", "cuda_ptx"]
+    )
+    print(
+        f"    pack: {elapsed:.2f} s, {member.stat().st_size} -> {out.stat().st_size} bytes,"
+        f" signature {library['signature']}, nm adds {added}: {'ok' if ok else 'WRONG'}"
+    )
+    return ok
+
+
 def compare(wheel: Path, nm: str, objdump: str | None) -> bool:
     """Print one block per Mach-O member; True when ffitool and llvm-nm agree on all."""
     proc = subprocess.run(
@@ -135,6 +186,10 @@ def compare(wheel: Path, nm: str, objdump: str | None) -> bool:
                     else ("llvm-nm only" if name in expected else "ffitool only")
                 )
                 print(f"      {name}  [{where}]")
+            if library["loadable"]:
+                packed_ok = pack_member(extracted, library["signature"], nm, Path(tmp))
+                ok = ok and packed_ok
+                agree = agree and packed_ok
             print(f"    {'AGREE' if ok else 'DISAGREE'}")
     print(f"\n{members} Mach-O members: {'all agree' if agree else 'DISAGREEMENT'}")
     return agree and members > 0

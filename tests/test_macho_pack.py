@@ -440,9 +440,24 @@ def _break_symbol_value(path: Path) -> None:
     _at(path, symoff + 8, struct.pack("<Q", 0x1234))  # the first symbol's n_value
 
 
+def _break_trie(path: Path) -> None:
+    """Move one export's address by one in the packed trie (still a well-formed trie)."""
+    from ffitool.pack.macho_trie import decode_trie
+
+    data = path.read_bytes()
+    at = next(a for a, c, _ in _commands(data) if c == 0x80000022)
+    offset, size = struct.unpack_from("<II", data, at + 40)
+    trie_bytes = data[offset : offset + size]
+    terminal = decode_trie(trie_bytes)[b"_many_plain_first"]
+    position = trie_bytes.find(bytes([len(terminal)]) + terminal)
+    assert position > 0 and trie_bytes.count(bytes([len(terminal)]) + terminal) == 1
+    _at(path, offset + position + 2, bytes([trie_bytes[position + 2] ^ 1]))
+
+
 @pytest.mark.parametrize(
     ("breaker", "message"),
     [
+        (_break_trie, "the export trie is not the original's plus the blob's entry"),
         (_break_code, "the bytes of segment __TEXT changed"),
         (_break_payload, "payload bytes differ from the source"),
         (_break_dysymtab, "LC_DYSYMTAB's ranges do not cover the symbol table"),
@@ -453,6 +468,40 @@ def _break_symbol_value(path: Path) -> None:
 )
 def test_the_verifier_catches_each_broken_promise(tmp_path, breaker, message):
     source, out, plan, edit = _write(tmp_path, "libmany.x86_64.dylib")
+    breaker(out)
+    with pytest.raises(VerificationError, match=message):
+        verify_macho(out, source, plan, edit)
+
+
+def _break_signature(path: Path) -> None:
+    """Flip a byte of the first page hash of the new signature."""
+    data = path.read_bytes()
+    at = next(a for a, c, _ in _commands(data) if c == 0x1D)
+    offset = struct.unpack_from("<I", data, at + 8)[0]
+    directory = offset + struct.unpack_from(">I", data, offset + 16)[0]
+    hashes = directory + struct.unpack_from(">I", data, directory + 16)[0]
+    _flip(path, hashes)
+
+
+def _break_chained_fixups(path: Path) -> None:
+    """Give the new segment's chained-fixups starts entry a value."""
+    data = path.read_bytes()
+    at = next(a for a, c, _ in _commands(data) if c == 0x80000034)
+    offset = struct.unpack_from("<I", data, at + 8)[0]
+    starts = offset + struct.unpack_from("<I", data, offset + 4)[0]
+    count = struct.unpack_from("<I", data, starts)[0]
+    _at(path, starts + 4 + 4 * (count - 2), struct.pack("<I", 4))
+
+
+@pytest.mark.parametrize(
+    ("name", "breaker", "message"),
+    [
+        ("libmany.arm64.dylib", _break_signature, "the new code signature does not verify"),
+        (LLD, _break_chained_fixups, "its chained fixups are not the original's with one empty"),
+    ],
+)
+def test_the_verifier_catches_a_broken_signature_or_fixups(tmp_path, name, breaker, message):
+    source, out, plan, edit = _write(tmp_path, name)
     breaker(out)
     with pytest.raises(VerificationError, match=message):
         verify_macho(out, source, plan, edit)

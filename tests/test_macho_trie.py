@@ -66,7 +66,7 @@ def test_encoding_keeps_every_entry_and_pads_to_8(name):
     encoded = encode_trie(entries)
     assert len(encoded) % 8 == 0
     assert decode_trie(encoded) == entries
-    assert list(decode_trie(encoded)) == list(entries)  # depth-first order kept too
+    assert list(decode_trie(encoded)) == sorted(entries)  # laid out in name order
 
 
 def test_a_name_that_extends_another_splits_nothing_it_should_not():
@@ -112,7 +112,12 @@ def test_a_trie_spelling_far_more_than_its_size_is_refused():
         decode_trie(bytes(nodes))
 
 
-def test_encoding_refuses_duplicates_and_empty_entries():
+def test_a_byte_0xff_after_a_shared_prefix_is_its_own_run():
+    entries = {b"_a\xff": regular_export(1), b"_a\xfe": regular_export(2), b"_b": regular_export(3)}
+    assert decode_trie(encode_trie(entries)) == dict(sorted(entries.items()))
+
+
+def test_encoding_refuses_empty_entries():
     with pytest.raises(TrieError):
         encode_trie({b"": regular_export(1)})
     with pytest.raises(TrieError):

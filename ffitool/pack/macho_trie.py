@@ -13,7 +13,7 @@ which only the writer needs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import bisect
 
 _MAX_LEB_BYTES = 10
 _EXPANSION_LIMIT = 64
@@ -75,7 +75,10 @@ def decode_trie(data: bytes) -> dict[bytes, bytes]:
         if node >= len(data):
             raise TrieError(f"export trie node at {node} is past the trie ({len(data)} bytes)")
         visited.add(node)
-        size, at = read_uleb(data, node)
+        size = data[node]  # a one-byte ULEB128 is the common case: read it inline
+        at = node + 1
+        if size & 0x80:
+            size, at = read_uleb(data, node)
         if size:
             if at + size > len(data):
                 raise TrieError(f"export trie node at {node} runs past the trie")
@@ -95,86 +98,102 @@ def decode_trie(data: bytes) -> dict[bytes, bytes]:
                 raise TrieError(f"export trie edge at {at} is not terminated")
             if end == start:
                 raise TrieError(f"export trie edge at {start} has an empty label")
-            child, at = read_uleb(data, end + 1)
+            if end + 1 >= len(data):
+                raise TrieError(f"bad ULEB128 number at trie offset {end + 1}")
+            child, at = data[end + 1], end + 2
+            if child & 0x80:
+                child, at = read_uleb(data, end + 1)
             children.append((child, prefix + data[start:end]))
         # Depth-first in edge order: push the last child first.
         pending.extend(reversed(children))
     return entries
 
 
-@dataclass
-class _Node:
-    terminal: bytes | None = None
-    edges: list[tuple[bytes, _Node]] = field(default_factory=list)
-    offset: int = 0
-
-
 def encode_trie(entries: dict[bytes, bytes], alignment: int = 8) -> bytes:
     """A trie holding exactly `entries` (name -> terminal information), zero-padded to
-    `alignment` as the linkers pad it. Children keep the order in which names are given."""
-    if not entries:
-        return b""
-    root = _Node()
-    for name, terminal in entries.items():
-        if not name or not terminal:
-            raise TrieError("an export trie entry needs a name and terminal information")
-        _insert(root, name, terminal)
-    order = _preorder(root)
-    while True:
-        position = 0
-        moved = False
+    `alignment` as the linkers pad it.
+
+    Built from the sorted names: the names under a node share its prefix and form one run of
+    the sorted list, split by their next byte into one run per child (found by bisection);
+    an edge's label is the longest prefix of its run (that of its first and last names).
+    Nodes are laid out depth first; their offsets are recomputed until no ULEB128 size
+    changes, as the linkers do.
+    """
+    names = sorted(entries)
+    if not names or not names[0] or not all(entries.values()):
+        raise TrieError("an export trie entry needs a name and terminal information")
+    terminals: list[bytes | None] = [None]
+    edges: list[list[tuple[bytes, int]]] = [[]]
+    pending = [(0, len(names), 0, 0)]  # (first name, end, prefix length, node)
+    while pending:
+        first, end, depth, node = pending.pop()
+        if len(names[first]) == depth:
+            terminals[node] = entries[names[first]]
+            first += 1
+        while first < end:
+            head = names[first][: depth + 1]
+            last = (
+                end
+                if head[-1] == 0xFF
+                else bisect.bisect_left(names, head[:-1] + bytes([head[-1] + 1]), first, end)
+            )
+            common = _common_prefix(names[first], names[last - 1], depth + 1)
+            child = len(terminals)
+            terminals.append(None)
+            edges.append([])
+            edges[node].append((names[first][depth:common], child))
+            pending.append((first, last, common, child))
+            first = last
+    order = _preorder(edges)
+    fixed = [
+        (_uleb_size(len(t)) + len(t) if t else 1) + 1 + sum(len(label) + 1 for label, _ in e)
+        for t, e in zip(terminals, edges, strict=True)
+    ]
+    children = [[child for _, child in e] for e in edges]
+    offsets = [0] * len(terminals)
+    moved = True
+    while moved:
+        position, moved = 0, False
         for node in order:
-            if node.offset != position:
-                node.offset, moved = position, True
-            position += len(_node_bytes(node))
-        if not moved:
-            break
-    out = b"".join(_node_bytes(node) for node in order)
-    return out + bytes(-len(out) % alignment)
+            if offsets[node] != position:
+                offsets[node], moved = position, True
+            position += fixed[node]
+            for child in children[node]:
+                offset = offsets[child]
+                position += 1 if offset < 0x80 else 2 if offset < 0x4000 else _uleb_size(offset)
+    out = bytearray()
+    for node in order:
+        terminal = terminals[node]
+        out += uleb(len(terminal)) + terminal if terminal else b"\0"
+        if len(edges[node]) > 255:
+            raise TrieError("an export trie node cannot have more than 255 children")
+        out.append(len(edges[node]))
+        for label, child in edges[node]:
+            out += label + b"\0" + uleb(offsets[child])
+    return bytes(out + bytes(-len(out) % alignment))
 
 
-def _insert(root: _Node, name: bytes, terminal: bytes) -> None:
-    node, rest = root, name
-    while rest:
-        for index, (label, child) in enumerate(node.edges):
-            common = _common_prefix(label, rest)
-            if not common:
-                continue
-            if common < len(label):  # split the edge where the names part
-                middle = _Node(edges=[(label[common:], child)])
-                node.edges[index] = (label[:common], middle)
-                child = middle
-            node, rest = child, rest[common:]
-            break
+def _uleb_size(value: int) -> int:
+    return max(1, -(-value.bit_length() // 7))
+
+
+def _common_prefix(a: bytes, b: bytes, known: int) -> int:
+    """The length of the longest common prefix of `a` and `b`, which share `known` bytes;
+    found by bisection over slice comparisons, which run in C."""
+    low, high = known, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
         else:
-            leaf = _Node()
-            node.edges.append((rest, leaf))
-            node, rest = leaf, b""
-    if node.terminal is not None:
-        raise TrieError(f"name {name!r} is given twice")
-    node.terminal = terminal
+            high = middle - 1
+    return low
 
 
-def _common_prefix(a: bytes, b: bytes) -> int:
-    length = min(len(a), len(b))
-    for index in range(length):
-        if a[index] != b[index]:
-            return index
-    return length
-
-
-def _preorder(root: _Node) -> list[_Node]:
-    order, stack = [], [root]
+def _preorder(edges: list[list[tuple[bytes, int]]]) -> list[int]:
+    order, stack = [], [0]
     while stack:
         node = stack.pop()
         order.append(node)
-        stack.extend(child for _, child in reversed(node.edges))
+        stack.extend(child for _, child in reversed(edges[node]))
     return order
-
-
-def _node_bytes(node: _Node) -> bytes:
-    if len(node.edges) > 255:
-        raise TrieError("an export trie node cannot have more than 255 children")
-    head = uleb(len(node.terminal)) + node.terminal if node.terminal else b"\0"
-    edges = b"".join(label + b"\0" + uleb(child.offset) for label, child in node.edges)
-    return head + bytes([len(node.edges)]) + edges

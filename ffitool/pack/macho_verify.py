@@ -87,6 +87,7 @@ def verify_macho(staging: Path, original: Path, plan: Plan, edit: MachoEdit) -> 
                 before = MachoSlice.read(old.fileno(), start, size)
                 after = MachoSlice.read(new.fileno(), at, length)
                 _check_slice(before, after, placement, str(original), str(staging))
+                _check_exports(after, placement, edit.exports[at])
             except _Fail as exc:
                 fail(f"{placement.arch} slice: {exc}")
 
@@ -105,10 +106,6 @@ def _check_slice(
     _check_tables(before, after, original, staging)
     _check_chained_fixups(before, after)
     _check_symbols(before, after, placement)
-    text = next(s for s in after.segments() if s.name == "__TEXT")
-    expected = {**before.trie(), RAW_NAME: regular_export(placement.address - text.vmaddr)}
-    if after.trie() != expected:
-        fail(f"{label}: the export trie is not the original's plus the blob's entry")
     signature = after.signature()
     if placement.signature == "none":
         if signature is not None:
@@ -117,6 +114,16 @@ def _check_slice(
         problems = signature_problems(after.fd, after.start, after.size)
         if problems:
             fail(f"{label}: the new code signature does not verify: {problems[0]}")
+
+
+def _check_exports(after: MachoSlice, placement: SlicePlacement, planned: dict) -> None:
+    """The new trie holds exactly the planned entries (the input's, decoded when the edit was
+    planned from the same locked file, plus the blob's), the blob's pointing at the blob."""
+    text = next(s for s in after.segments() if s.name == "__TEXT")
+    if planned.get(RAW_NAME) != regular_export(placement.address - text.vmaddr):
+        fail(f"{placement.arch}: the planned export of the blob does not point at it")
+    if after.trie() != planned:
+        fail(f"{placement.arch}: the export trie is not the original's plus the blob's entry")
 
 
 def _owned(cmd: int, data: bytes) -> bool:
@@ -201,42 +208,48 @@ def _check_chained_fixups(before: MachoSlice, after: MachoSlice) -> None:
         fail("its chained fixups are not the original's with one empty segment entry")
 
 
-def _entries(image: MachoSlice) -> list[tuple[bytes, int, int, int, int]]:
-    table, strings = image.symbols()
-    return [
-        (symbol_name(strings, strx), n_type, n_sect, n_desc, n_value)
-        for strx, n_type, n_sect, n_desc, n_value in NLIST.iter_unpack(table)
-    ]
-
-
 def _check_symbols(before: MachoSlice, after: MachoSlice, placement: SlicePlacement) -> None:
+    """The symbol table is the original's, byte for byte, plus (or with a re-pointed) blob
+    symbol; names are only appended to the string table, so every other entry keeps its
+    string offset and hence its name."""
     label = placement.arch
-    old, new = _entries(before), _entries(after)
+    old, old_strings = before.symbols()
+    new, new_strings = after.symbols()
+    if new_strings[: len(old_strings)] != old_strings:
+        fail(f"{label}: the string table is not the original's with names appended")
     section = len(after.sections())
-    ours = (RAW_NAME, N_SECT | N_EXT, section, placement.address)
-    index = next((n for n, e in enumerate(new) if (e[0], e[1], e[2], e[4]) == ours), None)
+    index = next(
+        (
+            number
+            for number, (strx, n_type, n_sect, _, n_value) in enumerate(NLIST.iter_unpack(new))
+            if (n_type, n_sect, n_value) == (N_SECT | N_EXT, section, placement.address)
+            and symbol_name(new_strings, strx) == RAW_NAME
+        ),
+        None,
+    )
     if index is None:
         fail(f"{label}: the symbol table has no external {RAW_NAME.decode()} in the blob")
-    if len(new) == len(old) + 1:
-        mapping = [n if n < index else n + 1 for n in range(len(old))]
-        if new[:index] + new[index + 1 :] != old:
+    at, size = index * NLIST.size, NLIST.size
+    count = len(old) // size
+    if len(new) == len(old) + size:
+        mapping = [n if n < index else n + 1 for n in range(count)]
+        if new[:at] + new[at + size :] != old:
             fail(f"{label}: symbols other than the blob's changed")
     elif len(new) == len(old):
-        mapping = list(range(len(old)))
-        if (
-            new[:index] + new[index + 1 :] != old[:index] + old[index + 1 :]
-            or old[index][0] != RAW_NAME
-        ):
+        mapping = list(range(count))
+        renamed = symbol_name(old_strings, NLIST.unpack_from(old, at)[0]) != RAW_NAME
+        if new[:at] != old[:at] or new[at + size :] != old[at + size :] or renamed:
             fail(f"{label}: symbols other than the blob's changed")
     else:
-        fail(f"{label}: {len(new) - len(old)} symbols were added")
+        fail(f"{label}: {(len(new) - len(old)) // size} symbols were added")
     ilocal, nlocal, iextdef, nextdef, iundef, nundef = after.dysymtab()[:6]
     if not (ilocal + nlocal == iextdef and iextdef + nextdef == iundef
-            and iundef + nundef == len(new) and iextdef <= index < iundef):  # fmt: skip
+            and iundef + nundef == len(new) // size and iextdef <= index < iundef):  # fmt: skip
         fail(f"{label}: LC_DYSYMTAB's ranges do not cover the symbol table")
-    for entry in new[iextdef:iundef]:
-        if entry[1] & (N_EXT | N_PEXT) != N_EXT or not entry[1] & N_TYPE:
-            fail(f"{label}: {entry[0]!r} is in the external definitions but is not one")
+    for strx, n_type, *_ in NLIST.iter_unpack(new[iextdef * size : iundef * size]):
+        if n_type & (N_EXT | N_PEXT) != N_EXT or not n_type & N_TYPE:
+            name = symbol_name(new_strings, strx)
+            fail(f"{label}: {name!r} is in the external definitions but is not one")
     for offset_at, unit, what in ((12, 4, "indirect symbols"), (14, 8, "external relocations")):
         _check_indices(before, after, offset_at, unit, what, mapping)
 

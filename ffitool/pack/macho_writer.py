@@ -91,6 +91,8 @@ _LINKEDIT_DATA = {
     LC_DYLD_EXPORTS_TRIE: "export trie",
     LC_DYLD_CHAINED_FIXUPS: "chained fixups",
     0x36: "atom info",
+    0x37: "function variants",
+    0x38: "function variant fixups",
 }
 _DYLD_INFO_TABLES = ("rebase", "bind", "weak bind", "lazy bind", "export trie")
 
@@ -146,6 +148,9 @@ class MachoEdit:
     signings: list[_Signing] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     size: int = 0
+    exports: dict[int, dict[bytes, bytes]] = field(default_factory=dict)
+    """The export trie entries of each packed slice as the writer wrote them, by the slice's
+    output offset (decoded once, for the writer and its verifier)."""
     slices: list[tuple[int, int, int, int, SlicePlacement | None]] = field(default_factory=list)
     """Every slice in file order: (input offset, input size, output offset, output size,
     its placement, or None for a slice copied unchanged)."""
@@ -372,6 +377,8 @@ def _pieces(image: MachoSlice) -> list[_Piece]:
             fields = [(8, 4, "two-level hints")]
         elif command.cmd == LC_NOTE:
             raise _Fail("it has an LC_NOTE, whose data ffitool does not relocate")
+        if fields and len(command.data) < fields[-1][0] + 8:
+            raise _Fail(f"load command {index} is too short")
         for at, unit, what in fields:
             offset, count = struct.unpack_from("<II", command.data, at)
             pieces.append(_Piece(index, at, unit, offset, count * unit, what))
@@ -391,6 +398,7 @@ class _SliceOutput:
     signing: tuple[int, AdhocSignature] | None
     signature: str
     warning: str | None
+    exports: dict[bytes, bytes]
 
 
 def plan_macho_edit(
@@ -428,6 +436,7 @@ def _add_slice(edit: MachoEdit, out: _SliceOutput, at: int, arch: str) -> None:
     if out.signing is not None:
         code_limit, parameters = out.signing
         edit.signings.append(_Signing(at, code_limit, parameters))
+    edit.exports[at] = out.exports
     if out.warning:
         edit.warnings.append(f"{arch}: {out.warning}")
     edit.placements.append(
@@ -445,6 +454,8 @@ def _plan_universal(
     edit: MachoEdit,
 ) -> None:
     layout = FAT_ARCH_64 if magic == FAT_MAGIC_64 else FAT_ARCH
+    if size < FAT_HEADER.size:
+        raise _Fail("too short for a universal header")
     count = FAT_HEADER.unpack(os.pread(fd, FAT_HEADER.size, 0))[1]
     table_size = FAT_HEADER.size + count * layout.size
     if not 0 < count <= 64 or table_size > size:
@@ -454,6 +465,10 @@ def _plan_universal(
         list(layout.unpack_from(table, FAT_HEADER.size + n * layout.size)) for n in range(count)
     ]
     names = [ARCH_NAMES.get(e[0], f"cputype {e[0]:#x}") for e in entries]
+    kinds = [(e[0], e[1] & 0xFFFFFF) for e in entries]  # cputype, subtype without capabilities
+    twice = next((names[n] for n, kind in enumerate(kinds) if kind in kinds[:n]), None)
+    if twice is not None:  # lipo refuses it; each copy would get the blob, as many as 64
+        raise _Fail(f"its universal header lists the {twice} slice twice")
     unknown = sorted(set(arches) - set(names))
     if unknown:
         raise _Fail(f"no {', '.join(unknown)} slice (it has {', '.join(names)})")
@@ -511,6 +526,16 @@ def _plan_slice(
     if end != image.size:
         raise _Fail(f"{image.size - end} bytes follow __LINKEDIT, which ffitool would not carry")
     reused = segments[-2] if len(segments) > 1 and segments[-2].name == SEGMENT_NAME else None
+    if reused is not None and (
+        reused.nsects != 1
+        or reused.fileoff % page
+        or reused.vmaddr % page
+        or any(
+            s.fileoff + s.filesize > reused.fileoff or s.vmaddr + s.vmsize > reused.vmaddr
+            for s in segments[:-2]
+        )
+    ):  # reusing it would write the blob over other segments, or renumber sections
+        raise _Fail(f"its {SEGMENT_NAME} segment is not one that ffitool wrote")
     start = reused.fileoff if reused else linkedit.fileoff
     address = reused.vmaddr if reused else linkedit.vmaddr
     grown = _align(blob_size, page)
@@ -521,11 +546,15 @@ def _plan_slice(
     pieces = _pieces(image)
     symbols = _SymbolEdit(image)
     sections = len(image.sections())
+    if not reused and sections >= 255:
+        raise _Fail(f"it has {sections} sections; a symbol cannot name a new one past 255")
     symbols.place(sections if reused else sections + 1, address)
     trie_where = image.trie_command()
     if trie_where is None:
         raise _Fail("it has no export trie to add the blob's name to")
     entries = image.trie()
+    if b"" in entries:  # a terminal at the root, which no trie encoder writes back
+        raise _Fail("its export trie root exports an empty name")
     entries[RAW_NAME] = regular_export(address - text.vmaddr)
 
     existing = image.signature()
@@ -602,6 +631,10 @@ def _plan_slice(
         state = signature_state_of(parameters)
         if signature_index is not None:
             layout.fields[(signature_index, 8)] = (code_limit, length)
+    if end > 0xFFFFFFFF:
+        raise _Fail("the packed image would pass 4 GiB, which 32-bit table offsets cannot reach")
+    if address + grown + _align(end - new_linkedit, page) > 1 << 64:
+        raise _Fail("the moved __LINKEDIT would end past the 64-bit address space")
     for (index, at), values in layout.fields.items():
         command = new_commands[index]
         if command is not None:
@@ -638,6 +671,7 @@ def _plan_slice(
         signing=signing,
         signature=state,
         warning=warning,
+        exports=entries,
     )
 
 
@@ -656,12 +690,12 @@ def with_segment_start(data: bytes, index: int) -> bytes:
         raise _Fail("its chained fixups header is truncated")
     header = list(_CHAINED_HEADER.unpack_from(data))
     starts = header[1]
-    if starts + 4 > len(data):
-        raise _Fail("its chained fixups starts lie past the fixups")
+    if not _CHAINED_HEADER.size <= starts <= len(data) - 4:
+        raise _Fail("its chained fixups starts lie outside the fixups")
     count = struct.unpack_from("<I", data, starts)[0]
     end = starts + 4 + 4 * count
-    if end > len(data) or not 0 <= index <= count:
-        raise _Fail(f"its chained fixups list {count} segments")
+    if end > len(data) or count != index + 1:  # dyld wants one entry per segment
+        raise _Fail(f"its chained fixups list {count} segments, not {index + 1}")
     offsets = list(struct.unpack_from(f"<{count}I", data, starts + 4))
     offsets = [o + 8 if o else 0 for o in offsets]
     offsets.insert(index, 0)
@@ -834,7 +868,9 @@ class _SymbolEdit:
 
     def place(self, section: int, address: int) -> None:
         iextdef, nextdef = self.dysymtab[2], self.dysymtab[3]
-        for index in range(iextdef, iextdef + nextdef):
+        # Only a table that holds the name at all can have an entry for it.
+        present = RAW_NAME + b"\0" in self.strings
+        for index in range(iextdef, iextdef + nextdef if present else iextdef):
             if self._name(index) == RAW_NAME:
                 at = index * NLIST.size
                 strx, _, _, desc, _ = NLIST.unpack_from(self.table, at)
