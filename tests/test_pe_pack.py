@@ -283,6 +283,46 @@ def test_a_certificate_is_removed_with_a_warning(tmp_path):
     assert pe.verify_checksum()
 
 
+def test_a_dll_without_exports_gets_an_export_directory(tmp_path, wine):
+    """With the export data directory emptied, the DLL exports nothing; packed, it exports
+    the blob alone, at ordinal 1, and Windows finds it."""
+    source = tmp_path / "no_exports.dll"
+    data = bytearray((PE / "ffi_pe.x86_64.dll").read_bytes())
+    entry = _pe(data).OPTIONAL_HEADER.DATA_DIRECTORY[0]
+    struct.pack_into("<II", data, entry.get_file_offset(), 0, 0)
+    source.write_bytes(bytes(data))
+    out = tmp_path / "out.dll"
+    result = pack(source, out)
+    assert result.returncode == 0, result.stderr
+    pe = pefile.PE(str(out))
+    assert pe_exports(out) == {1: (BLOB, pe.sections[-1].VirtualAddress)}
+    assert pe.DIRECTORY_ENTRY_EXPORT.struct.Name == 0
+    assert pe.verify_checksum()
+    result = wine(str(LOADER), str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    expected = planned_blob(source, tmp_path)
+    assert result.stdout == f"blob {len(expected)} {expected.hex()}\n"
+
+
+def test_a_name_that_is_not_utf8_is_copied_byte_for_byte(tmp_path):
+    source = tmp_path / "latin1.dll"
+    data = (PE / "pe_many.dll").read_bytes()
+    assert data.count(b"export_1999\0") == 1  # the last name in byte order: it stays last
+    source.write_bytes(data.replace(b"export_1999\0", b"export_199\xff\0"))
+    out = tmp_path / "out.dll"
+    assert pack(source, out).returncode == 0
+
+    def listing(path: Path) -> bytes:  # pefile drops such a name; llvm-readobj prints it
+        readobj = require_tool("llvm-readobj")
+        return subprocess.run(
+            [readobj, "--coff-exports", str(path)], check=True, capture_output=True
+        ).stdout
+
+    entry = b"Ordinal: 2002\n  Name: export_199\xff\n  RVA: 0x3F3C\n"
+    assert entry in listing(source)
+    assert entry in listing(out)
+
+
 def test_python_api_reports_the_placement(tmp_path):
     path = tmp_path / "in_place.dll"
     path.write_bytes((PE / "pe_many.dll").read_bytes())
