@@ -92,6 +92,7 @@ from _common import (
     time_series,
     write_random_file,
 )
+from _pe import bench_pe
 
 # Bump when what build_big_blob produces changes, so cached blob libraries are rebuilt.
 BLOB_VERSION = 2
@@ -429,6 +430,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, LibShape
         default=DEFAULT_MACHO_EXPORTS,
         help="exported functions of the Mach-O dylib",
     )
+    parser.add_argument(
+        "--no-pe",
+        action="store_true",
+        help="skip the PE case (a zig-built DLL with 65,535 exports, timed against llvm-readobj)",
+    )
     add_libtorch_argument(parser)
     add_shape_arguments(parser)
     args = parser.parse_args(argv)
@@ -519,6 +525,9 @@ def run(args: argparse.Namespace, shape: LibShape, workdir: Path) -> int:
         targets.extend(bench_big_blob(meter, lib, sha256, args.payload_mib * MIB, workdir))
     else:
         targets.append(Target("big_blob peak RSS", "not built", f"< {RSS_TARGET_MB:.0f} MB", None))
+
+    if not args.no_pe:
+        targets.append(bench_pe(meter, cache, args.repeat, workdir))
 
     print_summary(targets)
     defaults = (

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ffitool.errors import InputError
-from ffitool.formats import archive, macho
+from ffitool.formats import archive, macho, pe
 from ffitool.formats.base import ELF_MAGIC
 from ffitool.library import InspectedFile, inspect_open, open_regular_file
 
@@ -211,9 +211,11 @@ def _candidate(path: str) -> Iterator[Source | Unreadable]:
     if isinstance(opened, Unreadable):
         yield opened
         return
-    handle, _, kind = opened
-    handle.close()
-    if kind is not None:
+    handle, size, kind = opened
+    with handle:
+        # A Microsoft library (.lib) beside its DLL is no input: ffitool refuses to read one.
+        source = kind is not None and not pe.is_coff_library(handle, size)
+    if source:
         yield Source(path, explicit=False)
 
 
@@ -234,7 +236,11 @@ def _open_sniffed(display: str, *, follow: bool) -> tuple[BinaryIO, int, str | N
 
 
 def _is_object(head: bytes) -> bool:
-    return head.startswith(ELF_MAGIC) or head == archive.MAGIC or macho.looks_like_macho(head)
+    return (
+        head.startswith((ELF_MAGIC, pe.MAGIC))
+        or head == archive.MAGIC
+        or macho.looks_like_macho(head)
+    )
 
 
 def _inspect(
@@ -401,8 +407,8 @@ def _member(
     """One wheel member: sniffed by content, read when it is an ELF file or ar archive."""
     display = f"{wheel}!{entry.name}"
     fd = handle.fileno()
-    if entry.name.endswith("/"):
-        return
+    if entry.name.endswith("/") or entry.name.lower().endswith(".lib"):
+        return  # a folder, or a Microsoft library beside its DLL, which ffitool refuses
     local = None
     if entry.local + _LOCAL.size <= size:
         local = _LOCAL.unpack(_read_at(fd, _LOCAL.size, entry.local))

@@ -121,7 +121,7 @@ def test_exit_code_3_for_unreadable_and_unsupported_inputs(tmp_path):
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         f"ffitool: error: {tmp_path / 'missing.so'}: cannot open: No such file or directory",
-        f"ffitool: error: {text_file}: not an ELF file, Mach-O file or ar archive",
+        f"ffitool: error: {text_file}: not an ELF file, Mach-O file, PE file or ar archive",
     ]
     # A directory is walked (tests/test_targets.py); one without objects is a note, not an error.
     result = ffitool("inspect", str(tmp_path))

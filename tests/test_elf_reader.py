@@ -126,11 +126,18 @@ def test_stripped_library_has_only_the_dynamic_table():
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"", "x: not an ELF file, Mach-O file or ar archive"),
-        (b"#!/bin/sh\n", "x: not an ELF file, Mach-O file or ar archive"),
+        (b"", "x: not an ELF file, Mach-O file, PE file or ar archive"),
+        (b"#!/bin/sh\n", "x: not an ELF file, Mach-O file, PE file or ar archive"),
         (b"\xcf\xfa\xed\xfe" + b"\0" * 60, "x: malformed Mach-O: unsupported Mach-O file type 0"),
         (b"\xce\xfa\xed\xfe" + b"\0" * 60, "x: 32-bit Mach-O files are not supported yet"),
-        (b"MZ" + b"\0" * 62, "x: PE files are not supported yet"),
+        (
+            b"MZ" + b"\0" * 62,
+            "x: malformed PE: no PE signature: an MS-DOS program or another MZ format",
+        ),
+        (
+            b"\x64\x86" + b"\0" * 62,
+            "x: COFF objects are not supported (inspect the DLL or EXE they are linked into)",
+        ),
         (b"!<thin>\n", "x: thin ar archives hold no members to read"),
         (b"!<arch>\nbad", None),
     ],

@@ -26,6 +26,7 @@ def test_build_script_reproduces_every_committed_binary(tmp_path):
     rebuilt = _files(copy / "bin")
     assert "check/ok.so" in committed  # the check corpus in its subfolder is covered too
     assert "macho/libffi_macho.universal.dylib" in committed  # and the Mach-O fixtures
+    assert "pe/ffi_pe.x86_64.dll" in committed  # and the PE fixtures
     assert sorted(rebuilt) == sorted(committed)
     differing = [name for name in committed if committed[name] != rebuilt[name]]
     assert differing == []

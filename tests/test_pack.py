@@ -392,7 +392,7 @@ def test_non_elf_and_libraries_without_dynamic_section_are_refused(payloads, tmp
     result = ffitool("pack", str(text), "--add", f"test_alpha:{payloads['alpha']}")
     assert (result.returncode, result.stderr.strip()) == (
         3,
-        f"ffitool: error: {text}: not an ELF file, Mach-O file or ar archive",
+        f"ffitool: error: {text}: not an ELF file, Mach-O file, PE file or ar archive",
     )
     lib = copy_fixture(tmp_path, "libplain.so")
     data = bytearray(lib.read_bytes())

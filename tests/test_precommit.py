@@ -80,9 +80,12 @@ def test_hook_passes_good_libraries_and_picks_libraries_by_name(tmp_path: Path) 
             "lib/libffi_c.so.1.2": fixture("libffi_c.so"),
             "lib/ffi_c.o": fixture("ffi_c.o"),
             "lib/libffi_static.a": fixture("libffi_static.a"),
-            # Check would fail on these two (exit 3), so they must not be passed to it: a binary
-            # that is not a library, and a text file (a GNU ld script) with a library's name.
+            "bin/ffi_pe.dll": fixture("pe/ffi_pe.x86_64.dll"),
+            # Check would fail on these three (exit 3), so they must not be passed to it: a binary
+            # that is not a library, a Microsoft import library, and a text file (a GNU ld
+            # script) with a library's name.
             "data/ffi_c.blob": fixture("ffi_c.blob"),
+            "bin/ffi_pe.lib": fixture("pe/ffi_pe.x86_64.lib"),
             "lib/libffi_script.so.0": b"/* GNU ld script */\nINPUT(libffi_c.so.1.2)\n",
         },
         # A symlink is not checked a second time.
@@ -94,8 +97,8 @@ def test_hook_passes_good_libraries_and_picks_libraries_by_name(tmp_path: Path) 
     assert re.fullmatch(
         r"ffitool check\.+Passed", lines[lines.index("- hook id: ffitool-check") - 1]
     )
-    # One check over all four: the two .so names, the object and the archive.
-    assert "4 files checked: 0 errors, 0 warnings, 0 info; passed" in lines
+    # One check over all five: the two .so names, the object, the archive and the DLL.
+    assert "5 files checked: 0 errors, 0 warnings, 0 info; passed" in lines
 
 
 def test_hook_fails_a_library_whose_blob_the_runtime_cannot_find(tmp_path: Path) -> None:

@@ -112,7 +112,7 @@ def test_a_directory_is_walked_in_order_and_skips_loops_and_special_files(tmp_pa
         (f"{tree}/src/objectfile", "ELF"),
     ]
     assert text.stderr.splitlines()[-1] == (
-        f"ffitool: error: {tree}/src/main.c: not an ELF file, Mach-O file or ar archive"
+        f"ffitool: error: {tree}/src/main.c: not an ELF file, Mach-O file, PE file or ar archive"
     )
 
 
@@ -143,7 +143,8 @@ def test_sources_are_listed_by_sniffing_and_read_in_any_process(tmp_path):
     assert isinstance(archive, Inspected) and isinstance(library, Inspected)
     assert library.file.libraries[0].library_bin.modules[1].sha256 is None  # not hashed
     assert text == Unreadable(
-        str(tmp_path / "c.so"), f"{tmp_path / 'c.so'}: not an ELF file, Mach-O file or ar archive"
+        str(tmp_path / "c.so"),
+        f"{tmp_path / 'c.so'}: not an ELF file, Mach-O file, PE file or ar archive",
     )
 
 

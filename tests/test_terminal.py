@@ -153,7 +153,7 @@ def test_errors_escape_the_path_they_quote(tmp_path):
     line = (
         b"ffitool: error: "
         + escaped(str(path))
-        + b": not an ELF file, Mach-O file or ar archive\r\n"
+        + b": not an ELF file, Mach-O file, PE file or ar archive\r\n"
     )
     assert out == line, out
     for raw in RAW:

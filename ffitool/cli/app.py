@@ -249,8 +249,8 @@ def pack_command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or summary.")] = False,
 ) -> None:
-    """Embed, replace or remove module blobs in an ELF shared library or a Mach-O dylib or
-    bundle (thin or universal), verified before renaming."""
+    """Embed, replace or remove module blobs in an ELF shared library, a Mach-O dylib or
+    bundle (thin or universal) or a Windows DLL, verified before renaming."""
     from ffitool.cli.render import print_plan, progress_bar
     from ffitool.manifest import read_manifest
     from ffitool.pack import SIGNATURE_MODES, existing_modules, pack_library, payload_source

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ffitool.errors import InputError
-from ffitool.formats import archive, macho
+from ffitool.formats import archive, macho, pe
 from ffitool.formats.base import ELF_MAGIC, Image, Location, Slice, Symbol, SymbolTable
 
 __all__ = [
@@ -22,8 +22,11 @@ __all__ = [
 ]
 
 _OTHER_MAGICS = {
-    macho.MAGIC_32: "32-bit Mach-O",
-    b"MZ": "PE",
+    macho.MAGIC_32: "32-bit Mach-O files are not supported yet",
+    **dict.fromkeys(
+        pe.COFF_MACHINES,
+        "COFF objects are not supported (inspect the DLL or EXE they are linked into)",
+    ),
 }
 
 
@@ -32,7 +35,7 @@ class ObjectFile:
     """An input file split into the images that have their own symbol tables."""
 
     format: str
-    """The container: "ELF", "Mach-O", "Mach-O universal" or "ar archive"."""
+    """The container: "ELF", "Mach-O", "Mach-O universal", "PE" or "ar archive"."""
     size: int
     images: tuple[Image, ...]
     unreadable: tuple[tuple[str, str], ...] = ()
@@ -51,15 +54,21 @@ def read_object(stream: BinaryIO, size: int, display_name: str) -> ObjectFile:
     if head.startswith(macho.MAGIC_64) or macho.is_universal(head):
         container = "Mach-O universal" if macho.is_universal(head) else "Mach-O"
         return ObjectFile(container, size, macho.read_macho(stream, size, display_name, fd=fd))
+    if head.startswith(pe.MAGIC):
+        return ObjectFile("PE", size, (pe.read_pe(stream, size, display_name, fd=fd),))
+    if head == archive.MAGIC and pe.is_coff_library(stream, size):
+        raise InputError(
+            f"{display_name}: COFF libraries (.lib) are not supported (inspect the DLL instead)"
+        )
     if head == archive.MAGIC:
         images, unreadable = _archive_images(stream, size, display_name, fd)
         return ObjectFile("ar archive", size, tuple(images), tuple(unreadable))
     if head == archive.THIN_MAGIC:
         raise InputError(f"{display_name}: thin ar archives hold no members to read")
-    for magic, name in _OTHER_MAGICS.items():
+    for magic, message in _OTHER_MAGICS.items():
         if head.startswith(magic):
-            raise InputError(f"{display_name}: {name} files are not supported yet")
-    raise InputError(f"{display_name}: not an ELF file, Mach-O file or ar archive")
+            raise InputError(f"{display_name}: {message}")
+    raise InputError(f"{display_name}: not an ELF file, Mach-O file, PE file or ar archive")
 
 
 def _descriptor(stream: BinaryIO) -> int | None:

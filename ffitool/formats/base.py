@@ -18,10 +18,12 @@ from enum import Enum
 
 class SymbolTable(str, Enum):
     """Where a symbol was listed. ELF's dynamic table is what `dlsym` searches; a Mach-O
-    image has one symbol table (STATIC), whose exported entries the export trie confirms."""
+    image has one symbol table (STATIC), whose exported entries the export trie confirms;
+    a PE image's export directory is what `GetProcAddress` searches (EXPORTS)."""
 
     DYNAMIC = "dynsym"
     STATIC = "symtab"
+    EXPORTS = "exports"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +110,8 @@ class Image:
     """File locations of the data symbols the model may need to read, keyed by name and table."""
     signature: str | None = None
     """Code-signature state of a Mach-O image: "none", "ad-hoc", "linker-signed",
-    "certificate" (or "unknown" flags); None for formats that have no signatures."""
+    "certificate" (or "unknown" flags); of a PE image: "none" or "certificate"
+    (Authenticode); None for formats that have no signatures."""
     slice: Slice | None = None
     """The image's place in a universal file; None for a thin file or an archive member."""
     debug_only: bool = False

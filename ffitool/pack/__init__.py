@@ -20,6 +20,7 @@ from ffitool.formats.elf import PARSE_ERRORS
 from ffitool.library import InspectedFile, Library, inspect_path, open_regular_file
 from ffitool.pack.elf_writer import ElfEdit, Placement, plan_edit, write_edit
 from ffitool.pack.macho_writer import MachoEdit, SlicePlacement, plan_macho_edit, write_macho_edit
+from ffitool.pack.pe_writer import PeEdit, PePlacement, plan_pe_edit, write_pe_edit
 from ffitool.pack.plan import ExistingModule, PayloadSource, Plan, file_identity
 from ffitool.pack.stream import Progress, blob_size, write_blob
 from ffitool.pack.verify import VerificationError, verify
@@ -32,10 +33,10 @@ class PackResult:
 
     destination: Path
     plan: Plan
-    placement: Placement | list[SlicePlacement]
-    """The ELF blob's place, or one per packed Mach-O slice."""
+    placement: Placement | list[SlicePlacement] | PePlacement
+    """The ELF or PE blob's place, or one per packed Mach-O slice."""
     warnings: tuple[str, ...] = ()
-    """What the user must know about the output (a certificate signature replaced)."""
+    """What the user must know about the output (a certificate signature replaced or removed)."""
 
 
 MACHO_ARCHES = {"x86-64": "x86_64", "aarch64": "arm64"}
@@ -110,10 +111,11 @@ def pack_library(
     """
     library = Path(library)
     inspected = _packable(library, digests=False)
-    if inspected.format == "ELF":
+    if inspected.format in ("ELF", "PE"):
         if arches or signature != "adhoc":
             raise UsageError("--arch and --signature apply to Mach-O files only")
-        return _rewrite(library, plan, output, progress, _ElfWriter())
+        writer = _ElfWriter() if inspected.format == "ELF" else _PeWriter()
+        return _rewrite(library, plan, output, progress, writer)
     _packed_libraries(inspected, arches)
     if signature not in SIGNATURE_MODES:
         raise UsageError(f"--signature must be one of {', '.join(SIGNATURE_MODES)}")
@@ -180,6 +182,25 @@ class _MachoWriter:
 
     def result(self, edit: MachoEdit) -> tuple[list[SlicePlacement], tuple[str, ...]]:
         return edit.placements, tuple(edit.warnings)
+
+
+class _PeWriter:
+    """The PE seam (`pe_writer`, `pe_verify`)."""
+
+    def plan(self, handle: BinaryIO, size: int, display: str, blob_size: int) -> PeEdit:
+        return plan_pe_edit(handle.fileno(), size, display, blob_size)
+
+    def write(self, source: str, fd: int, edit: PeEdit, blob: Callable[[int, int], None]) -> None:
+        write_pe_edit(source, fd, edit, blob)
+
+    def verify(self, staging: Path, source: Path, plan: Plan, edit: PeEdit) -> None:
+        from ffitool.pack.pe_verify import verify_pe
+
+        verify_pe(staging, source, plan, edit)
+
+    def result(self, edit: PeEdit) -> tuple[PePlacement, tuple[str, ...]]:
+        assert edit.placement is not None  # plan_pe_edit always places the blob
+        return edit.placement, tuple(edit.warnings)
 
 
 def _rewrite(
@@ -265,8 +286,10 @@ def _packable(path: Path, *, digests: bool) -> InspectedFile:
         return inspected
     if inspected.format.startswith("Mach-O") and kinds <= {"shared library", "bundle"}:
         return inspected
+    if inspected.format == "PE" and kinds == {"shared library"}:
+        return inspected
     raise InputError(
-        f"{path}: only ELF shared libraries and Mach-O dylibs and bundles can be packed"
+        f"{path}: only ELF shared libraries, Mach-O dylibs and bundles and PE DLLs can be packed"
     )
 
 

@@ -1,0 +1,426 @@
+"""Give a Windows DLL an exported `__tvm_ffi__library_bin`, moving no section.
+
+The blob goes into one new section, `.tvmffi` (initialized, read-only data), appended after the
+last section: its header takes the free slot after the section table, its address follows the
+last section's, rounded to SectionAlignment, and its file bytes follow the input's, rounded to
+FileAlignment. Data past the last section that is not a certificate (an overlay, a COFF symbol
+table) keeps its file offset: the new section's bytes go after it.
+
+`GetProcAddress` finds a name only through the export directory, so the directory is rebuilt in
+the new section, after the blob: every export keeps its ordinal and address, every name its
+ordinal, every forwarder its string (copied: a forwarder is recognised by an address inside the
+export directory's range, which moves). `__tvm_ffi__library_bin` is added at the ordinal after
+the last (Base + NumberOfFunctions), its name inserted where the byte-wise sorted name table
+wants it; if the DLL exports that name already, its address table entry is re-pointed at the
+new blob instead, so that no ordinal or slot changes. The old directory's bytes stay where
+they were, unreferenced.
+
+Then the headers: NumberOfSections, SizeOfInitializedData, SizeOfImage, the export data
+directory and the checksum (computed over the written file, `write_pe_edit`). An Authenticode
+certificate, which covers the old bytes, is dropped (a warning says so). Repacking a DLL whose
+last section is ffitool's `.tvmffi` rewrites that section in place.
+
+Everything is decided from the headers and the export tables before a byte is written
+(`plan_pe_edit`); section contents other than the export directory's are never read.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ffitool.errors import InputError
+from ffitool.formats.pe import (
+    _COFF_HEADER,
+    _EXPORT_DIRECTORY,
+    _SECTION,
+    PeFile,
+    _column,
+    _Directory,
+    _directory,
+    _Malformed,
+)
+from ffitool.pack.plan import PayloadSource
+from ffitool.pack.stream import copy_payload
+from ffitool.symbols import LIBRARY_BIN
+
+SECTION_NAME = ".tvmffi"
+SECTION_FLAGS = 0x40 | 0x40000000
+"""IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ: read-only data."""
+NAME = LIBRARY_BIN.encode()
+
+OPTIONAL_AT = 24
+"""The optional header's offset from the PE signature."""
+INITIALIZED_DATA = 8
+SECTION_ALIGNMENT = 32
+FILE_ALIGNMENT = 36
+SIZE_OF_IMAGE = 56
+SIZE_OF_HEADERS = 60
+CHECKSUM = 64
+DIRECTORY_COUNT = {0x10B: 92, 0x20B: 108}
+"""Where NumberOfRvaAndSizes is in a PE32 and a PE32+ optional header; the directories follow."""
+EXPORT_ENTRY = 0
+SECURITY_ENTRY = 4
+_DIRECTORY_ALIGN = 8
+_MAX_ORDINAL = 0xFFFF
+_CHUNK = 1 << 20
+_NAME_WINDOW = 4096
+"""Bytes read past the last name's start for its end: more than any name's length."""
+
+
+def align(value: int, alignment: int) -> int:
+    return -(-value // alignment) * alignment
+
+
+@dataclass(frozen=True)
+class PePlacement:
+    """Where the blob went: its file offset, RVA and size, and the new section's index."""
+
+    file_offset: int
+    address: int
+    size: int
+    section: int
+
+
+@dataclass(frozen=True)
+class ExportTable:
+    """An export directory, whole: what a rebuilt one must reproduce."""
+
+    header: tuple[int, ...]
+    """The directory's 11 fields (Characteristics ... AddressOfNameOrdinals)."""
+    dll_name: bytes
+    addresses: list[int]
+    """The export address table, one RVA per ordinal from Base (0: an unused slot)."""
+    forwarders: dict[int, bytes]
+    """Position in the address table -> forwarder string, for entries that are forwarders."""
+    names: list[tuple[bytes, int]]
+    """The name pointer table in its order: (name, position in the address table)."""
+
+    @property
+    def base(self) -> int:
+        return self.header[5]
+
+    def resolved(self) -> dict[int, tuple[str, int | bytes]]:
+        """Ordinal -> what the loader gives for it: ("forwarder", string) or ("rva", RVA)."""
+        return {
+            self.base + position: ("forwarder", self.forwarders[position])
+            if position in self.forwarders
+            else ("rva", rva)
+            for position, rva in enumerate(self.addresses)
+            if rva
+        }
+
+
+@dataclass
+class PeLayout:
+    """A PE file's header fields the writer reads or changes."""
+
+    pe: PeFile
+    signature_at: int
+    magic: int
+    optional_size: int
+    section_alignment: int
+    file_alignment: int
+    size_of_image: int
+    size_of_headers: int
+    directory_count: int
+    raw_sections: bytes
+
+    @classmethod
+    def read(cls, pe: PeFile) -> PeLayout:
+        lfanew = int.from_bytes(pe.read(60, 4, "DOS header"), "little")
+        coff = _COFF_HEADER.unpack(pe.read(lfanew + 4, _COFF_HEADER.size, "COFF header"))
+        optional_size = coff[5]
+        optional = pe.read(lfanew + OPTIONAL_AT, optional_size, "optional header")
+        magic = int.from_bytes(optional[:2], "little")
+        count_at = DIRECTORY_COUNT[magic]
+        if optional_size < count_at + 4:
+            raise _Malformed(f"an optional header of {optional_size} bytes has no data directories")
+        (count,) = struct.unpack_from("<I", optional, count_at)
+        if count_at + 4 + 8 * min(count, 16) > optional_size:
+            raise _Malformed(f"{count} data directories do not fit in the optional header")
+        fields = {
+            name: struct.unpack_from("<I", optional, at)[0]
+            for name, at in (
+                ("section_alignment", SECTION_ALIGNMENT),
+                ("file_alignment", FILE_ALIGNMENT),
+                ("size_of_image", SIZE_OF_IMAGE),
+                ("size_of_headers", SIZE_OF_HEADERS),
+            )
+        }
+        table_at = lfanew + OPTIONAL_AT + optional_size
+        raw = pe.read(table_at, _SECTION.size * len(pe.headers.sections), "section table")
+        return cls(pe, lfanew, magic, optional_size, directory_count=count, raw_sections=raw,
+                   **fields)  # fmt: skip
+
+    @property
+    def optional_at(self) -> int:
+        return self.signature_at + OPTIONAL_AT
+
+    @property
+    def table_at(self) -> int:
+        return self.optional_at + self.optional_size
+
+    def directory_at(self, index: int) -> int:
+        """The file offset of data directory `index`'s (RVA, size)."""
+        return self.optional_at + DIRECTORY_COUNT[self.magic] + 4 + 8 * index
+
+    def directory(self, index: int) -> tuple[int, int]:
+        if index >= self.directory_count:
+            return 0, 0
+        rva, size = struct.unpack("<II", self.pe.read(self.directory_at(index), 8, "directory"))
+        return rva, size
+
+
+def export_table(pe: PeFile) -> ExportTable | None:
+    """The whole export directory of `pe`, checked as the reader checks it, or None."""
+    directory: _Directory | None = _directory(pe)
+    if directory is None:
+        return None
+    rva = directory.start
+    header = _EXPORT_DIRECTORY.unpack(pe.read_rva(rva, _EXPORT_DIRECTORY.size, "export directory"))
+    addresses = list(
+        _column(pe, directory.address_table, 0, directory.functions, 4, "export address table")
+    )
+    pointers = _column(pe, directory.name_table, 0, directory.names, 4, "export name table")
+    positions = _column(pe, directory.ordinal_table, 0, directory.names, 2, "export ordinals")
+    for index, position in enumerate(positions):
+        if position >= directory.functions:
+            raise _Malformed(f"export name {index} has ordinal index {position}, past the exports")
+    names = list(zip(raw_strings(pe, pointers), positions, strict=True))
+    forwarded = [p for p, a in enumerate(addresses) if directory.start <= a < directory.end]
+    forwarders = dict(
+        zip(forwarded, raw_strings(pe, [addresses[p] for p in forwarded]), strict=True)
+    )
+    dll_name = raw_strings(pe, [header[3]])[0] if header[3] else b""
+    return ExportTable(header, dll_name, addresses, forwarders, names)
+
+
+def raw_strings(pe: PeFile, rvas: Sequence[int]) -> list[bytes]:
+    """The NUL-terminated strings at `rvas` (names, forwarders) as bytes, copied exactly even
+    when they are not UTF-8. When they share a section, as a linker lays them out, the span
+    that holds them is read once: 65,535 names cost one read, not one each."""
+    if not rvas:
+        return []
+    low, high = min(rvas), max(rvas)
+    section = pe.section_of(low)
+    if section is None or section is not pe.section_of(high):
+        return [_raw_string(pe, rva) for rva in rvas]
+    stop = min(section.virtual_address + section.backed, high + _NAME_WINDOW)
+    data = pe.read_rva(low, max(stop - low, 0), "export names")
+    found = []
+    for rva in rvas:
+        end = data.find(b"\0", rva - low)
+        found.append(data[rva - low : end] if end >= 0 else _raw_string(pe, rva))
+    return found
+
+
+def _raw_string(pe: PeFile, rva: int) -> bytes:
+    table = pe.strings(rva)
+    end = table.find(b"\0", 0)
+    return bytes(table[0 : end if end != -1 else len(table)])
+
+
+def build_exports(table: ExportTable, at: int, blob_rva: int) -> tuple[bytes, int]:
+    """The export directory rebuilt at RVA `at` with the blob exported at `blob_rva`, and the
+    size of the export data directory (the directory, its tables and strings).
+
+    The old directory's fields are kept but for the table addresses and counts; the name table
+    stays sorted by byte value, which is what the loader's binary search compares.
+    """
+    addresses = list(table.addresses)
+    names = list(table.names)
+    existing = next((position for name, position in names if name == NAME), None)
+    if existing is None:
+        position = len(addresses)
+        if table.base + position > _MAX_ORDINAL:
+            raise _Malformed(f"no ordinal is free after {table.base + position - 1}")
+        addresses.append(blob_rva)
+        bisect.insort(names, (NAME, position), key=lambda entry: entry[0])
+    else:
+        addresses[existing] = blob_rva
+    count, named = len(addresses), len(names)
+    eat = at + _EXPORT_DIRECTORY.size
+    pointers = eat + 4 * count
+    ordinals = pointers + 4 * named
+    strings = bytearray()
+    strings_at = ordinals + 2 * named
+
+    def string(data: bytes) -> int:
+        offset = strings_at + len(strings)
+        strings.extend(data + b"\0")
+        return offset
+
+    dll_name = string(table.dll_name) if table.header[3] else 0
+    name_rvas = [string(name) for name, _ in names]
+    for position, forwarder in sorted(table.forwarders.items()):
+        if position != existing:
+            addresses[position] = string(forwarder)
+    header = list(table.header)
+    header[3] = dll_name
+    header[6:11] = [count, named, eat, pointers, ordinals]
+    data = (
+        _EXPORT_DIRECTORY.pack(*header)
+        + struct.pack(f"<{count}I", *addresses)
+        + struct.pack(f"<{named}I", *name_rvas)
+        + struct.pack(f"<{named}H", *(position for _, position in names))
+        + strings
+    )
+    return data, len(data)
+
+
+@dataclass
+class PeEdit:
+    """Everything the writer does, decided before a byte is written."""
+
+    copies: list[tuple[int, int, int]] = field(default_factory=list)
+    """(input offset, length, output offset)."""
+    patches: list[tuple[int, bytes]] = field(default_factory=list)
+    """New bytes at output offsets."""
+    placement: PePlacement | None = None
+    size: int = 0
+    kept: int = 0
+    """Input bytes [0, kept) are the output's, but for the patched header fields."""
+    checksum_at: int = 0
+    reused: bool = False
+    """The input's last section was ffitool's and is rewritten in place."""
+    warnings: list[str] = field(default_factory=list)
+
+
+def plan_pe_edit(fd: int, size: int, display: str, blob_size: int) -> PeEdit:
+    """Lay out the packed DLL, or refuse with one line saying why."""
+    try:
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            return _plan(PeFile(stream, fd, size), blob_size)
+    except _Malformed as exc:
+        raise InputError(f"{display}: cannot pack this PE file: {exc}") from None
+    except OSError as exc:
+        raise InputError(f"{display}: read error: {exc.strerror or exc}") from None
+
+
+def _plan(pe: PeFile, blob_size: int) -> PeEdit:
+    layout = PeLayout.read(pe)
+    sections = pe.headers.sections
+    if layout.directory_count <= SECURITY_ENTRY:
+        raise _Malformed(f"only {layout.directory_count} data directories: no export directory")
+    if layout.section_alignment == 0 or layout.file_alignment == 0:
+        raise _Malformed("a zero section or file alignment")
+    edit = PeEdit()
+    kept = pe.size
+    cert_offset, cert_size = layout.directory(SECURITY_ENTRY)
+    if cert_offset and cert_size:
+        if cert_offset + cert_size < pe.size:
+            raise _Malformed(
+                f"{pe.size - cert_offset - cert_size} bytes follow the certificate table"
+            )
+        kept = cert_offset
+        edit.warnings.append(
+            "its Authenticode certificate was removed: it signed the unpacked file; sign the"
+            " output again to ship a signed DLL"
+        )
+    reused = bool(sections) and sections[-1].name == SECTION_NAME
+    previous = sections[:-1] if reused else sections
+    for section in previous:
+        if section.raw_size and section.raw_offset + section.raw_size > kept:
+            raise _Malformed(f"section {section.name}'s bytes run past the file's end")
+    old_raw = 0
+    if reused:
+        ours = sections[-1]
+        if ours.raw_offset + ours.raw_size < kept:
+            raise _Malformed(f"data follows the {SECTION_NAME} section")
+        for index in range(layout.directory_count):
+            rva, length = layout.directory(index)
+            inside = ours.virtual_address <= rva < ours.virtual_address + ours.extent
+            if index not in (EXPORT_ENTRY, SECURITY_ENTRY) and length and inside:
+                raise _Malformed(f"data directory {index} points into {SECTION_NAME}")
+        kept, old_raw = ours.raw_offset, ours.raw_size
+    header_at = layout.table_at + _SECTION.size * len(previous)
+    first_raw = min((s.raw_offset for s in previous if s.raw_size), default=kept)
+    if header_at + _SECTION.size > min(layout.size_of_headers, first_raw):
+        raise _Malformed(
+            "no room for another section header before the first section's data"
+            f" ({header_at + _SECTION.size} > {min(layout.size_of_headers, first_raw)})"
+        )
+    if not reused and any(pe.read(header_at, _SECTION.size, "header slot")):
+        raise _Malformed("the bytes after the section table are in use")
+    table = export_table(pe)
+    if table is None:
+        table = ExportTable((0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0), b"", [], {}, [])
+    end = max((s.virtual_address + s.extent for s in previous), default=0)
+    rva = align(end, layout.section_alignment)
+    directory_rva = rva + align(blob_size, _DIRECTORY_ALIGN)
+    exports, exports_size = build_exports(table, directory_rva, rva)
+    content = directory_rva - rva + len(exports)
+    raw_offset = align(kept, layout.file_alignment)
+    raw_size = align(content, layout.file_alignment)
+    index = len(previous)
+    header = _SECTION.pack(
+        SECTION_NAME.encode(), content, rva, raw_size, raw_offset, 0, 0, 0, 0, SECTION_FLAGS
+    )
+    (initialized,) = struct.unpack(
+        "<I", pe.read(layout.optional_at + INITIALIZED_DATA, 4, "optional header")
+    )
+    new_initialized = (initialized - old_raw + raw_size) & 0xFFFFFFFF
+    size_of_image = align(rva + content, layout.section_alignment)
+    edit.copies.append((0, kept, 0))
+    edit.patches += [
+        (layout.signature_at + 6, struct.pack("<H", index + 1)),
+        (layout.optional_at + INITIALIZED_DATA, struct.pack("<I", new_initialized)),
+        (layout.optional_at + SIZE_OF_IMAGE, struct.pack("<I", size_of_image)),
+        (layout.directory_at(EXPORT_ENTRY), struct.pack("<II", directory_rva, exports_size)),
+        (header_at, header),
+        (raw_offset + directory_rva - rva, exports),
+    ]
+    if cert_offset and cert_size:
+        edit.patches.append((layout.directory_at(SECURITY_ENTRY), bytes(8)))
+    edit.placement = PePlacement(raw_offset, rva, blob_size, index)
+    edit.size = raw_offset + raw_size
+    edit.kept = kept
+    edit.checksum_at = layout.optional_at + CHECKSUM
+    edit.reused = reused
+    return edit
+
+
+def pe_checksum(fd: int, size: int, checksum_at: int) -> int:
+    """The optional header's CheckSum of the file: its 16-bit little-endian words summed with
+    end-around carry (the CheckSum field counted as zero), folded to 16 bits, plus its size.
+
+    Adding 16-bit words with end-around carry is addition modulo 0xFFFF, and 2**16 is 1 modulo
+    0xFFFF, so a chunk's words sum to the chunk read as one little-endian integer, modulo
+    0xFFFF: one bignum remainder per megabyte instead of a Python loop per word.
+    """
+    total = 0
+    nonzero = False
+    for offset in range(0, size, _CHUNK):
+        chunk = bytearray(os.pread(fd, min(_CHUNK, size - offset), offset))
+        if len(chunk) != min(_CHUNK, size - offset):
+            raise OSError("the file shrank while its checksum was computed")
+        field_at = checksum_at - offset
+        if -4 < field_at < len(chunk):
+            for at in range(max(field_at, 0), min(field_at + 4, len(chunk))):
+                chunk[at] = 0
+        nonzero = nonzero or chunk.count(0) != len(chunk)
+        total = (total + int.from_bytes(chunk, "little") % 0xFFFF) % 0xFFFF
+    if total == 0 and nonzero:
+        total = 0xFFFF
+    return (total + size) & 0xFFFFFFFF
+
+
+def write_pe_edit(
+    source: str, out_fd: int, edit: PeEdit, write_blob: Callable[[int, int], None]
+) -> None:
+    """Write the packed DLL to `out_fd`: the input's bytes, the patches, the blob, then the
+    checksum computed over the file as written."""
+    assert edit.placement is not None
+    os.ftruncate(out_fd, edit.size)
+    for start, length, at in edit.copies:
+        if length:
+            copy_payload(PayloadSource(source, start, length), out_fd, at)
+    for at, data in edit.patches:
+        os.pwrite(out_fd, data, at)
+    write_blob(out_fd, edit.placement.file_offset)
+    checksum = pe_checksum(out_fd, edit.size, edit.checksum_at)
+    os.pwrite(out_fd, struct.pack("<I", checksum), edit.checksum_at)
