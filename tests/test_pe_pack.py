@@ -21,6 +21,7 @@ from pathlib import Path
 import pefile
 import pytest
 from conftest import FIXTURES, ffitool, require_tool
+from test_pe_reader import readobj as llvm_readobj
 
 from ffitool.blob import decode
 from ffitool.pack import existing_modules, pack_library, payload_source
@@ -40,15 +41,6 @@ LOADER = PE / "pe_loader.exe"
 PAYLOAD = bytes(range(256)) * 37 + b"tail"
 BLOB = b"__tvm_ffi__library_bin"
 ORIGINAL_BLOB = (FIXTURES / "ffi_c.blob").read_bytes()
-
-
-def llvm_readobj(path: Path) -> str:
-    return subprocess.run(
-        [require_tool("llvm-readobj"), "--coff-exports", "--sections", str(path)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
 
 
 def readobj(path: Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:

@@ -45,7 +45,7 @@ from ffitool.pack.elf_tables import (
     SysvHashTable,
     renumbered_relocations,
 )
-from ffitool.pack.plan import PayloadSource
+from ffitool.pack.plan import PayloadSource, align
 from ffitool.pack.stream import copy_payload
 from ffitool.symbols import LIBRARY_BIN
 
@@ -401,10 +401,6 @@ class _SymbolTables:
             versions.changed = True
 
 
-def _align(value: int, alignment: int) -> int:
-    return (value + alignment - 1) // alignment * alignment
-
-
 def plan_edit(handle: BinaryIO, size: int, display: str, blob_size: int) -> ElfEdit:
     """Decide the whole edit that gives the library a `blob_size`-byte blob."""
     host = _Host(handle, size, display)
@@ -466,7 +462,7 @@ def _reuse_own_segment(
     cursor = start + blob_size
     for number in carried_sections:
         header = headers[number]
-        cursor = _align(cursor, max(header["sh_addralign"], 1))
+        cursor = align(cursor, max(header["sh_addralign"], 1))
         edit.carried.append((header["sh_offset"], header["sh_size"], cursor))
         header["sh_offset"] = cursor
         cursor += header["sh_size"]
@@ -499,9 +495,9 @@ def _append_segment(
         )  # fmt: skip
     else:
         blob_header = headers[ours]
-    offset = _align(host.size, _MIN_PAGE)
+    offset = align(host.size, _MIN_PAGE)
     top = max(p["p_vaddr"] + p["p_memsz"] for p in host.loads)
-    address = _align(top, host.page) + offset % host.page
+    address = align(top, host.page) + offset % host.page
     # Tables change size (adding) or content (re-pointing); the blob's place is only known
     # once the tables are laid out, so lay out with a provisional placement, then patch it.
     provisional = Placement(0, 0, blob_size)
@@ -512,7 +508,7 @@ def _append_segment(
     edit = ElfEdit(copy_length=host.size, placement=provisional, size=0)
     cursor = offset
     for first, last in moved_blocks:
-        cursor = _align(cursor, 16) + (first % 16)
+        cursor = align(cursor, 16) + (first % 16)
         delta = cursor - first
         edit.carried.append((first, last - first, cursor))
         _follow_move(host, phdrs, headers, first, last, delta, address - offset)
@@ -527,7 +523,7 @@ def _append_segment(
             if table.changed:
                 region.append((in_place, table))  # same size: patched where it is
             continue
-        cursor = _align(cursor, 8)
+        cursor = align(cursor, 8)
         region.append((cursor, table))
         new_address = address + cursor - offset
         edit.patches.extend(_retag(host, table.tag, new_address))
@@ -541,7 +537,7 @@ def _append_segment(
                 headers[table.section]["sh_entsize"] = tables.sysv.chains.itemsize
         table.address = new_address
         cursor += len(table.data)
-    cursor = _align(cursor, _BLOB_ALIGN)
+    cursor = align(cursor, _BLOB_ALIGN)
     placement = Placement(cursor, address + cursor - offset, blob_size)
     edit.placement = placement
     tables.repoint_symbol(index, ours, placement)  # now that the blob's address is known
@@ -796,7 +792,7 @@ def _finish(
             strings_header.update(sh_offset=cursor, sh_size=len(strings))
             cursor += len(strings)
         headers[added]["sh_name"] = at
-    cursor = _align(cursor, 8)
+    cursor = align(cursor, 8)
     shdr = elf.structs.Elf_Shdr
     table = b"".join(shdr.build(Container(**header)) for header in headers)
     edit.patches.append((cursor, table))

@@ -57,6 +57,7 @@ from ffitool.formats.codesign import (
     signature_state,
 )
 from ffitool.pack.macho_image import MachoError, MachoSlice
+from ffitool.pack.plan import align
 
 __all__ = [
     "AdhocSignature",
@@ -157,7 +158,7 @@ def resign_parameters(
         if blob.slot in _KEPT_SLOTS
     )
     flags = CS_ADHOC | directory.flags & CS_LINKER_SIGNED
-    padded = _aligned(SUPERBLOB.unpack_from(existing)[1], alignment)
+    padded = align(SUPERBLOB.unpack_from(existing)[1], alignment)
     reserve = min(max(0, len(existing) - padded), MAX_RESERVE)
     return AdhocSignature(
         directory.identifier, page_size, flags, exec_segment, alignment, kept,
@@ -169,7 +170,7 @@ def _lld_alignments(directory: CodeDirectory, count: int) -> tuple[int, int]:
     """(directory_alignment, hash_alignment) that reproduce where the existing signature put
     its code directory and hash table: lld's 8 and 16 when its padding shows, else 1 and 1."""
     index_end = SUPERBLOB.size + count * BLOB_INDEX.size
-    directory_alignment = 8 if directory.offset == _aligned(index_end, 8) != index_end else 1
+    directory_alignment = 8 if directory.offset == align(index_end, 8) != index_end else 1
     padding = directory.hash_offset - directory.ident_offset - len(directory.identifier) - 1
     padding -= directory.special_slots * directory.hash_size
     hashes = directory.offset + directory.hash_offset
@@ -201,11 +202,11 @@ def _layout(signature: AdhocSignature, code_limit: int) -> _Layout:
     if not 0 < code_limit < 1 << 32:
         raise ValueError(f"code limit {code_limit} is out of the 32-bit range of a slice")
     index_end = SUPERBLOB.size + (1 + len(signature.blobs)) * BLOB_INDEX.size
-    directory_offset = _aligned(index_end, signature.directory_alignment)
+    directory_offset = align(index_end, signature.directory_alignment)
     special = signature.special_slots
     hashes = directory_offset + CODE_DIRECTORY.size + len(signature.identifier) + 1
     hashes += special * _HASH_SIZE
-    padding = _aligned(hashes, signature.hash_alignment) - hashes
+    padding = align(hashes, signature.hash_alignment) - hashes
     identifier = signature.identifier + bytes(1 + padding)
     return _Layout(directory_offset, identifier, -(-code_limit // signature.page_size), special)
 
@@ -219,11 +220,7 @@ def signature_size(signature: AdhocSignature, code_limit: int) -> int:
     """The LC_CODE_SIGNATURE datasize the blob occupies (including the linker's padding), so
     the writer can lay out __LINKEDIT before hashing."""
     size = _superblob_size(signature, _layout(signature, code_limit))
-    return _aligned(size, signature.alignment) + signature.reserve
-
-
-def _aligned(size: int, alignment: int) -> int:
-    return -(-size // alignment) * alignment
+    return align(size, signature.alignment) + signature.reserve
 
 
 def build_signature(fd: int, start: int, code_limit: int, signature: AdhocSignature) -> bytes:

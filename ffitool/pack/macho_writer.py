@@ -72,7 +72,7 @@ from ffitool.pack.macho_sign import (
     signature_size,
 )
 from ffitool.pack.macho_trie import encode_trie, regular_export
-from ffitool.pack.plan import PayloadSource
+from ffitool.pack.plan import PayloadSource, align
 from ffitool.pack.stream import copy_payload
 from ffitool.symbols import LIBRARY_BIN
 
@@ -154,10 +154,6 @@ class MachoEdit:
     slices: list[tuple[int, int, int, int, SlicePlacement | None]] = field(default_factory=list)
     """Every slice in file order: (input offset, input size, output offset, output size,
     its placement, or None for a slice copied unchanged)."""
-
-
-def _align(value: int, alignment: int) -> int:
-    return -(-value // alignment) * alignment
 
 
 @dataclass(frozen=True)
@@ -299,10 +295,10 @@ def _plan_universal(
         raise MachoError(f"no {', '.join(unknown)} slice (it has {', '.join(names)})")
     cursor = table_size
     for entry, arch in zip(entries, names, strict=True):
-        offset, length, align = entry[2], entry[3], entry[4]
-        if offset < table_size or offset + length > size or align > 16:
+        offset, length, align_log2 = entry[2], entry[3], entry[4]
+        if offset < table_size or offset + length > size or align_log2 > 16:
             raise MachoError(f"the {arch} slice lies outside the file")
-        at = _align(cursor, 1 << align)
+        at = align(cursor, 1 << align_log2)
         if arches and arch not in arches:
             edit.copies.append((offset, length, at))
             edit.slices.append((offset, length, at, length, None))
@@ -338,7 +334,7 @@ def _plan_slice(
     segments, linkedit, reused, text = _segments(image, page)
     start = reused.fileoff if reused else linkedit.fileoff
     address = reused.vmaddr if reused else linkedit.vmaddr
-    grown = _align(blob_size, page)
+    grown = align(blob_size, page)
 
     pieces = _pieces(image)
     symbols = _SymbolEdit(image)
@@ -402,7 +398,7 @@ def _plan_slice(
     signing = None
     state = "none"
     if sign:
-        code_limit = _align(end, _SIGNATURE_ALIGN)
+        code_limit = align(end, _SIGNATURE_ALIGN)
         try:
             parameters = resign_parameters(
                 blob,
@@ -423,7 +419,7 @@ def _plan_slice(
         raise MachoError(
             "the packed image would pass 4 GiB, which 32-bit table offsets cannot reach"
         )
-    if address + grown + _align(end - new_linkedit, page) > 1 << 64:
+    if address + grown + align(end - new_linkedit, page) > 1 << 64:
         raise MachoError("the moved __LINKEDIT would end past the 64-bit address space")
     for (index, at), values in layout.fields.items():
         command = new_commands[index]
@@ -433,7 +429,7 @@ def _plan_slice(
     symbols.patch_dysymtab(new_commands[_command_index(image, LC_DYSYMTAB)])
     struct.pack_into(
         "<QQQQ", new_commands[linkedit.index], 24,
-        address + grown, _align(linkedit_size, page), new_linkedit, linkedit_size,
+        address + grown, align(linkedit_size, page), new_linkedit, linkedit_size,
     )  # fmt: skip
     ordered: list[bytes] = []
     for index, command in enumerate(new_commands):
@@ -648,7 +644,7 @@ def _layout_linkedit(
             continue
         data = replaced[number]
         copies.append((image.start + cursor, piece.offset - cursor, cursor + shift))
-        growth = _align(max(0, len(data) - piece.length), _TABLE_ALIGN)
+        growth = align(max(0, len(data) - piece.length), _TABLE_ALIGN)
         patches.append((piece.offset + shift, data + bytes(piece.length + growth - len(data))))
         cursor = piece.offset + piece.length
         shifts.append((piece.offset, cursor, shift, shift + growth))

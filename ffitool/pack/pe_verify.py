@@ -41,11 +41,10 @@ from ffitool.pack.pe_writer import (
     ExportTable,
     PeEdit,
     PeLayout,
-    align,
     export_table,
     pe_checksum,
 )
-from ffitool.pack.plan import PayloadSource, Plan
+from ffitool.pack.plan import PayloadSource, Plan, align
 from ffitool.pack.stream import same_bytes
 from ffitool.pack.verify import check_blob, fail
 

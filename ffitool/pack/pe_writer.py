@@ -43,7 +43,7 @@ from ffitool.formats.pe import (
     _directory,
     _Malformed,
 )
-from ffitool.pack.plan import PayloadSource
+from ffitool.pack.plan import PayloadSource, align
 from ffitool.pack.stream import copy_payload
 from ffitool.symbols import LIBRARY_BIN
 
@@ -69,10 +69,6 @@ _MAX_ORDINAL = 0xFFFF
 _CHUNK = 1 << 20
 _NAME_WINDOW = 4096
 """Bytes read past the last name's start for its end: more than any name's length."""
-
-
-def align(value: int, alignment: int) -> int:
-    return -(-value // alignment) * alignment
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,11 @@ class PayloadSource:
     writer must not copy the range from a file that no longer matches."""
 
 
+def align(value: int, alignment: int) -> int:
+    """`value` rounded up to a multiple of `alignment`: every writer lays out by it."""
+    return -(-value // alignment) * alignment
+
+
 def file_identity(info: os.stat_result) -> tuple[int, int, int, int]:
     """What tells a file, and a modification of it, apart: device, inode, size, mtime."""
     return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
