@@ -658,3 +658,13 @@ def test_every_page_hash_of_a_resigned_slice_recomputed_independently(packed, na
             new, after, directory.identifier, directory.flags, 1 << directory.page_shift
         )
         assert directory.flags == 0x20002
+
+
+@pytest.mark.parametrize("options", [["--arch", "arm64"], ["--signature", "remove"]])
+@pytest.mark.parametrize("host", ["pe/ffi_pe.x86_64.dll", "libpack_host_gnu.so"])
+def test_mach_o_options_on_other_formats_are_usage_errors(tmp_path, host, options):
+    result = pack(FIXTURES / host, tmp_path / "out", *options)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"ffitool: error: {FIXTURES / host}: --arch and --signature apply to Mach-O files only\n"
+    )

@@ -42,6 +42,7 @@ class PackResult:
 MACHO_ARCHES = {"x86-64": "x86_64", "aarch64": "arm64"}
 """The reader's machine names as lipo and `--arch` spell them."""
 SIGNATURE_MODES = ("adhoc", "remove")
+_MACHO_ONLY = "--arch and --signature apply to Mach-O files only"
 
 
 def existing_modules(path: Path, arches: tuple[str, ...] = ()) -> list[ExistingModule] | None:
@@ -113,7 +114,7 @@ def pack_library(
     inspected = _packable(library, digests=False)
     if inspected.format in ("ELF", "PE"):
         if arches or signature != "adhoc":
-            raise UsageError("--arch and --signature apply to Mach-O files only")
+            raise UsageError(_MACHO_ONLY)
         writer = _ElfWriter() if inspected.format == "ELF" else _PeWriter()
         return _rewrite(library, plan, output, progress, writer)
     _packed_libraries(inspected, arches)
@@ -297,6 +298,8 @@ def _packed_libraries(inspected: InspectedFile, arches: tuple[str, ...]) -> list
     """The images a pack rewrites: all, or the Mach-O slices named by `--arch`."""
     if not arches:
         return list(inspected.libraries)
+    if not inspected.format.startswith("Mach-O"):
+        raise UsageError(_MACHO_ONLY)
     names = [MACHO_ARCHES.get(library.machine, library.machine) for library in inspected.libraries]
     unknown = sorted(set(arches) - set(names))
     if unknown:
