@@ -42,9 +42,9 @@ COFF_MACHINES = {b"\x64\x86", b"\x64\xaa", b"\x4c\x01", b"\xc4\x01"}
 _LINKER_MEMBER = b"/" + b" " * 15
 """The name of an archive's symbol index; a Microsoft library (.lib) has two of them."""
 _PE_SIGNATURE = b"PE\0\0"
-_COFF_HEADER = struct.Struct("<HHIIIHH")
-_SECTION = struct.Struct("<8sIIIIIIHHI")
-_EXPORT_DIRECTORY = struct.Struct("<IIHHIIIIIII")
+COFF_HEADER = struct.Struct("<HHIIIHH")
+SECTION_HEADER = struct.Struct("<8sIIIIIIHHI")
+EXPORT_DIRECTORY = struct.Struct("<IIHHIIIIIII")
 _PE32 = 0x10B
 _PE32_PLUS = 0x20B
 _DATA_DIRECTORIES = {_PE32: 96, _PE32_PLUS: 112}
@@ -63,7 +63,7 @@ _SCN_MEM_EXECUTE = 0x20000000
 _WIN_CERTIFICATE = struct.Struct("<IHH")
 
 
-class _Malformed(Exception):
+class PeMalformed(Exception):
     """A structural problem, turned into one InputError naming the file."""
 
 
@@ -149,7 +149,7 @@ class PeFile:
 
     def read(self, offset: int, count: int, what: str) -> bytes:
         if offset < 0 or count < 0 or offset + count > self.size:
-            raise _Malformed(
+            raise PeMalformed(
                 f"{what} ({count} bytes at offset {offset}) extends past the end of the file"
                 f" ({self.size} bytes)"
             )
@@ -159,24 +159,24 @@ class PeFile:
             self.stream.seek(offset)
             data = self.stream.read(count)
         if len(data) != count:
-            raise _Malformed("the file shrank while it was being read")
+            raise PeMalformed("the file shrank while it was being read")
         return data
 
     def _headers(self) -> Headers:
         dos = self.read(0, 64, "DOS header")
         lfanew = int.from_bytes(dos[60:64], "little")
         if lfanew > min(self.size, _MAX_HEADER_OFFSET) or lfanew + 24 > self.size:
-            raise _Malformed("no PE header: an MS-DOS program, or a truncated file")
+            raise PeMalformed("no PE header: an MS-DOS program, or a truncated file")
         if self.read(lfanew, 4, "PE signature") != _PE_SIGNATURE:
-            raise _Malformed("no PE signature: an MS-DOS program or another MZ format")
-        fields = _COFF_HEADER.unpack(self.read(lfanew + 4, _COFF_HEADER.size, "COFF header"))
+            raise PeMalformed("no PE signature: an MS-DOS program or another MZ format")
+        fields = COFF_HEADER.unpack(self.read(lfanew + 4, COFF_HEADER.size, "COFF header"))
         machine, nsections, _, _, _, optional_size, characteristics = fields
         if nsections > _MAX_SECTIONS:
-            raise _Malformed(f"COFF header claims {nsections} sections (at most {_MAX_SECTIONS})")
-        optional_at = lfanew + 4 + _COFF_HEADER.size
+            raise PeMalformed(f"COFF header claims {nsections} sections (at most {_MAX_SECTIONS})")
+        optional_at = lfanew + 4 + COFF_HEADER.size
         optional = self.read(optional_at, optional_size, "optional header")
         if len(optional) < 2 or int.from_bytes(optional[:2], "little") not in _DATA_DIRECTORIES:
-            raise _Malformed("no PE32 or PE32+ optional header (a COFF object?)")
+            raise PeMalformed("no PE32 or PE32+ optional header (a COFF object?)")
         magic = int.from_bytes(optional[:2], "little")
         start = _DATA_DIRECTORIES[magic]
         # NumberOfRvaAndSizes, just before the directories, bounded by the header's size.
@@ -191,10 +191,12 @@ class PeFile:
             rva, length = struct.unpack_from("<II", directories, 8 * index)
             return rva, length
 
-        table = self.read(optional_at + optional_size, nsections * _SECTION.size, "section table")
+        table = self.read(
+            optional_at + optional_size, nsections * SECTION_HEADER.size, "section table"
+        )
         sections = []
         for index in range(nsections):
-            raw = _SECTION.unpack_from(table, index * _SECTION.size)
+            raw = SECTION_HEADER.unpack_from(table, index * SECTION_HEADER.size)
             name = raw[0].split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
             sections.append(Section(name, raw[2], raw[1], raw[3], raw[4], raw[9]))
         return Headers(
@@ -216,13 +218,13 @@ class PeFile:
         """The file offset of `count` bytes at `rva`, all inside one section's file bytes."""
         section = self.section_of(rva)
         if section is None:
-            raise _Malformed(f"{what} at RVA {rva:#x} is in no section")
+            raise PeMalformed(f"{what} at RVA {rva:#x} is in no section")
         delta = rva - section.virtual_address
         if delta + count > section.backed:
-            raise _Malformed(f"{what} at RVA {rva:#x} runs past the file bytes of {section.name}")
+            raise PeMalformed(f"{what} at RVA {rva:#x} runs past the file bytes of {section.name}")
         offset = section.raw_offset + delta
         if offset + count > self.size:
-            raise _Malformed(f"{what} at RVA {rva:#x} extends past the end of the file")
+            raise PeMalformed(f"{what} at RVA {rva:#x} extends past the end of the file")
         return offset
 
     def read_rva(self, rva: int, count: int, what: str) -> bytes:
@@ -233,11 +235,11 @@ class PeFile:
         a name or forwarder string at `rva` must end."""
         section = self.section_of(rva)
         if section is None:
-            raise _Malformed(f"name at RVA {rva:#x} is in no section")
+            raise PeMalformed(f"name at RVA {rva:#x} is in no section")
         delta = rva - section.virtual_address
         length = min(section.backed - delta, self.size - section.raw_offset - delta)
         if length <= 0:
-            raise _Malformed(f"name at RVA {rva:#x} is not backed by file bytes")
+            raise PeMalformed(f"name at RVA {rva:#x} is not backed by file bytes")
         offset = section.raw_offset + delta
         if self.fd is not None:
             return WindowedTable(self.fd, offset, length)
@@ -248,18 +250,18 @@ class PeFile:
         view of its section, so that consecutive names cost a slice, not a read each."""
         section = self.section_of(rva)
         if section is None:
-            raise _Malformed(f"name at RVA {rva:#x} is in no section")
+            raise PeMalformed(f"name at RVA {rva:#x} is in no section")
         table = self._tables.get(section.virtual_address)
         if table is None:
             table = self.strings(section.virtual_address)
             self._tables[section.virtual_address] = table
         if rva - section.virtual_address >= len(table):
-            raise _Malformed(f"name at RVA {rva:#x} is not backed by file bytes")
+            raise PeMalformed(f"name at RVA {rva:#x} is not backed by file bytes")
         return c_string(table, rva - section.virtual_address)
 
 
 @dataclass(frozen=True)
-class _Directory:
+class Directory:
     """The export directory's tables, checked: they lie in the file."""
 
     base: int
@@ -273,13 +275,13 @@ class _Directory:
     """The export directory's RVA range: an address inside it is a forwarder string."""
 
 
-def _directory(pe: PeFile) -> _Directory | None:
+def export_directory(pe: PeFile) -> Directory | None:
     rva, length = pe.headers.exports
     if not rva or not length:
         return None
-    fields = _EXPORT_DIRECTORY.unpack(pe.read_rva(rva, _EXPORT_DIRECTORY.size, "export directory"))
+    fields = EXPORT_DIRECTORY.unpack(pe.read_rva(rva, EXPORT_DIRECTORY.size, "export directory"))
     _, _, _, _, _, base, functions, names, address_table, name_table, ordinal_table = fields
-    directory = _Directory(
+    directory = Directory(
         base, functions, names, address_table, name_table, ordinal_table, rva, rva + length
     )
     if functions:
@@ -290,7 +292,7 @@ def _directory(pe: PeFile) -> _Directory | None:
     return directory
 
 
-def _column(pe: PeFile, rva: int, first: int, last: int, width: int, what: str) -> array:
+def column(pe: PeFile, rva: int, first: int, last: int, width: int, what: str) -> array:
     """Entries `first` to `last` of a table of little-endian words of `width` bytes."""
     data = pe.read_rva(rva + width * first, width * (last - first), what)
     words = array("I" if width == 4 else "H")
@@ -300,7 +302,7 @@ def _column(pe: PeFile, rva: int, first: int, last: int, width: int, what: str) 
     return words
 
 
-def _name_spans(pe: PeFile, directory: _Directory) -> Iterator[tuple[int, WindowedTable | bytes]]:
+def _name_spans(pe: PeFile, directory: Directory) -> Iterator[tuple[int, WindowedTable | bytes]]:
     """(RVA, bytes from that RVA to its section's end) of each section that holds names.
 
     The name pointer table is read a slice at a time for its lowest pointer per section; the
@@ -309,20 +311,20 @@ def _name_spans(pe: PeFile, directory: _Directory) -> Iterator[tuple[int, Window
     lowest: dict[int, int] = {}
     for first in range(0, directory.names, SYMBOL_SLICE):
         last = min(directory.names, first + SYMBOL_SLICE)
-        pointers = _column(pe, directory.name_table, first, last, 4, "export name pointer table")
+        pointers = column(pe, directory.name_table, first, last, 4, "export name pointer table")
         low = min(pointers)
         high = max(pointers)
         for rva in (low, high) if pe.section_of(low) is pe.section_of(high) else pointers:
             section = pe.section_of(rva)
             if section is None:
-                raise _Malformed(f"export name at RVA {rva:#x} is in no section")
+                raise PeMalformed(f"export name at RVA {rva:#x} is in no section")
             key = section.virtual_address
             lowest[key] = min(lowest.get(key, rva), rva)
     for rva in sorted(lowest.values()):
         yield rva, pe.strings(rva)
 
 
-def _ffi_exports(pe: PeFile, directory: _Directory) -> list[tuple[int, str]]:
+def _ffi_exports(pe: PeFile, directory: Directory) -> list[tuple[int, str]]:
     """(index in the name tables, name) of the exports whose names carry an FFI marker.
 
     A name listed twice is kept once, at its first index, as a binary search finds one: a
@@ -337,9 +339,7 @@ def _ffi_exports(pe: PeFile, directory: _Directory) -> list[tuple[int, str]]:
         wanted = offset_filter(ranges)
         for first in range(0, directory.names, SYMBOL_SLICE):
             last = min(directory.names, first + SYMBOL_SLICE)
-            pointers = _column(
-                pe, directory.name_table, first, last, 4, "export name pointer table"
-            )
+            pointers = column(pe, directory.name_table, first, last, 4, "export name pointer table")
             for index, rva in matching_entries(pointers, wanted(pointers)):
                 if rva not in decoded:
                     decoded.add(rva)
@@ -347,19 +347,19 @@ def _ffi_exports(pe: PeFile, directory: _Directory) -> list[tuple[int, str]]:
     return sorted((index, name) for name, index in found.items())
 
 
-def _export(pe: PeFile, directory: _Directory, position: int, name: str | None) -> Export:
+def _export(pe: PeFile, directory: Directory, position: int, name: str | None) -> Export:
     """The export at `position` of the address table, with its forwarder if it has one."""
-    (rva,) = _column(pe, directory.address_table, position, position + 1, 4, "export address")
+    (rva,) = column(pe, directory.address_table, position, position + 1, 4, "export address")
     forwarder = None
     if directory.start <= rva < directory.end:
         forwarder = pe.text(rva)
     return Export(directory.base + position, name, rva, forwarder)
 
 
-def _ordinal_position(pe: PeFile, directory: _Directory, index: int) -> int:
-    (position,) = _column(pe, directory.ordinal_table, index, index + 1, 2, "export ordinal")
+def _ordinal_position(pe: PeFile, directory: Directory, index: int) -> int:
+    (position,) = column(pe, directory.ordinal_table, index, index + 1, 2, "export ordinal")
     if position >= directory.functions:
-        raise _Malformed(f"export name {index} has ordinal index {position}, past the exports")
+        raise PeMalformed(f"export name {index} has ordinal index {position}, past the exports")
     return position
 
 
@@ -373,26 +373,24 @@ def exports(pe: PeFile, display_name: str) -> list[Export]:
     """Every export of a PE file, in ordinal order: named ones, ordinal-only ones and
     forwarders (unused address table slots, RVA 0, are left out)."""
     with _errors(display_name):
-        directory = _directory(pe)
+        directory = export_directory(pe)
         if directory is None:
             return []
         names: dict[int, str] = {}
         for first in range(0, directory.names, SYMBOL_SLICE):
             last = min(directory.names, first + SYMBOL_SLICE)
-            pointers = _column(
-                pe, directory.name_table, first, last, 4, "export name pointer table"
-            )
-            positions = _column(pe, directory.ordinal_table, first, last, 2, "export ordinals")
+            pointers = column(pe, directory.name_table, first, last, 4, "export name pointer table")
+            positions = column(pe, directory.ordinal_table, first, last, 2, "export ordinals")
             for index, (rva, position) in enumerate(zip(pointers, positions, strict=True), first):
                 if position >= directory.functions:
-                    raise _Malformed(
+                    raise PeMalformed(
                         f"export name {index} has ordinal index {position}, past the exports"
                     )
                 names.setdefault(position, pe.text(rva))
         found = []
         for first in range(0, directory.functions, SYMBOL_SLICE):
             last = min(directory.functions, first + SYMBOL_SLICE)
-            addresses = _column(pe, directory.address_table, first, last, 4, "export addresses")
+            addresses = column(pe, directory.address_table, first, last, 4, "export addresses")
             for position, rva in enumerate(addresses, first):
                 if rva:
                     forwarder = pe.text(rva) if directory.start <= rva < directory.end else None
@@ -407,7 +405,7 @@ def read_pe(stream: BinaryIO, size: int, display_name: str, fd: int | None = Non
     pe = open_pe(stream, size, display_name, fd)
     with _errors(display_name):
         headers = pe.headers
-        directory = _directory(pe)
+        directory = export_directory(pe)
         symbols: list[Symbol] = []
         locations: dict[tuple[str, SymbolTable], Location] = {}
         if directory is not None:
@@ -492,14 +490,14 @@ def _signature(pe: PeFile) -> str:
     if not offset or not length:
         return "none"
     if offset + length > pe.size:
-        raise _Malformed(
+        raise PeMalformed(
             f"certificate table ({length} bytes at offset {offset}) extends past"
             " the end of the file"
         )
     header = pe.read(offset, _WIN_CERTIFICATE.size, "certificate table")
     entry_length = _WIN_CERTIFICATE.unpack(header)[0]
     if entry_length < _WIN_CERTIFICATE.size or entry_length > length:
-        raise _Malformed(f"certificate entry of {entry_length} bytes in a {length}-byte table")
+        raise PeMalformed(f"certificate entry of {entry_length} bytes in a {length}-byte table")
     return "certificate"
 
 
@@ -508,7 +506,7 @@ def _errors(display_name: str) -> Iterator[None]:
     """Turns structural problems and read errors into one InputError naming the file."""
     try:
         yield
-    except _Malformed as exc:
+    except PeMalformed as exc:
         raise InputError(f"{display_name}: malformed PE: {exc}") from None
     except OSError as exc:
         raise InputError(f"{display_name}: read error: {exc.strerror or exc}") from None

@@ -27,7 +27,7 @@ import struct
 from pathlib import Path
 
 from ffitool.errors import InputError
-from ffitool.formats.pe import _SECTION, PeFile, _Malformed
+from ffitool.formats.pe import SECTION_HEADER, PeFile, PeMalformed
 from ffitool.library import inspect_path
 from ffitool.pack.pe_writer import (
     CHECKSUM,
@@ -79,7 +79,7 @@ def verify_pe(staging: Path, original: Path, plan: Plan, edit: PeEdit) -> None:
             actual = pe_checksum(new_file.fileno(), new.pe.size, new.optional_at + CHECKSUM)
             if stated != actual:
                 fail(f"the optional header's CheckSum is {stated:#x}, the file's is {actual:#x}")
-        except _Malformed as exc:
+        except PeMalformed as exc:
             fail(str(exc))
 
 
@@ -94,7 +94,7 @@ def _owned_ranges(layout: PeLayout, edit: PeEdit) -> list[tuple[int, int]]:
             (layout.optional_at + CHECKSUM, 4),
             (layout.directory_at(EXPORT_ENTRY), 8),
             (layout.directory_at(SECURITY_ENTRY), 8),
-            (layout.table_at + _SECTION.size * edit.placement.section, _SECTION.size),
+            (layout.table_at + SECTION_HEADER.size * edit.placement.section, SECTION_HEADER.size),
         ]
     )
 
@@ -111,13 +111,13 @@ def _check_headers(old: PeLayout, new: PeLayout, edit: PeEdit, original: str, st
     old_sections, new_sections = old.pe.headers.sections, new.pe.headers.sections
     if len(new_sections) != index + 1:
         fail(f"{len(new_sections)} sections, expected {index + 1}")
-    table = _SECTION.size * index
+    table = SECTION_HEADER.size * index
     if new.raw_sections[:table] != old.raw_sections[:table]:
         changed = next(
             n
             for n in range(index)
-            if new.raw_sections[_SECTION.size * n : _SECTION.size * (n + 1)]
-            != old.raw_sections[_SECTION.size * n : _SECTION.size * (n + 1)]
+            if new.raw_sections[SECTION_HEADER.size * n : SECTION_HEADER.size * (n + 1)]
+            != old.raw_sections[SECTION_HEADER.size * n : SECTION_HEADER.size * (n + 1)]
         )
         fail(f"section header {changed} ({old_sections[changed].name}) changed")
     for section in old_sections[:index]:

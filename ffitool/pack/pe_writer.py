@@ -34,14 +34,14 @@ from dataclasses import dataclass, field
 
 from ffitool.errors import InputError
 from ffitool.formats.pe import (
-    _COFF_HEADER,
-    _EXPORT_DIRECTORY,
-    _SECTION,
+    COFF_HEADER,
+    EXPORT_DIRECTORY,
+    SECTION_HEADER,
+    Directory,
     PeFile,
-    _column,
-    _Directory,
-    _directory,
-    _Malformed,
+    PeMalformed,
+    column,
+    export_directory,
 )
 from ffitool.pack.plan import PayloadSource, align
 from ffitool.pack.stream import copy_payload
@@ -128,16 +128,18 @@ class PeLayout:
     @classmethod
     def read(cls, pe: PeFile) -> PeLayout:
         lfanew = int.from_bytes(pe.read(60, 4, "DOS header"), "little")
-        coff = _COFF_HEADER.unpack(pe.read(lfanew + 4, _COFF_HEADER.size, "COFF header"))
+        coff = COFF_HEADER.unpack(pe.read(lfanew + 4, COFF_HEADER.size, "COFF header"))
         optional_size = coff[5]
         optional = pe.read(lfanew + OPTIONAL_AT, optional_size, "optional header")
         magic = int.from_bytes(optional[:2], "little")
         count_at = DIRECTORY_COUNT[magic]
         if optional_size < count_at + 4:
-            raise _Malformed(f"an optional header of {optional_size} bytes has no data directories")
+            raise PeMalformed(
+                f"an optional header of {optional_size} bytes has no data directories"
+            )
         (count,) = struct.unpack_from("<I", optional, count_at)
         if count_at + 4 + 8 * min(count, 16) > optional_size:
-            raise _Malformed(f"{count} data directories do not fit in the optional header")
+            raise PeMalformed(f"{count} data directories do not fit in the optional header")
         fields = {
             name: struct.unpack_from("<I", optional, at)[0]
             for name, at in (
@@ -148,7 +150,7 @@ class PeLayout:
             )
         }
         table_at = lfanew + OPTIONAL_AT + optional_size
-        raw = pe.read(table_at, _SECTION.size * len(pe.headers.sections), "section table")
+        raw = pe.read(table_at, SECTION_HEADER.size * len(pe.headers.sections), "section table")
         return cls(pe, lfanew, magic, optional_size, directory_count=count, raw_sections=raw,
                    **fields)  # fmt: skip
 
@@ -173,19 +175,19 @@ class PeLayout:
 
 def export_table(pe: PeFile) -> ExportTable | None:
     """The whole export directory of `pe`, checked as the reader checks it, or None."""
-    directory: _Directory | None = _directory(pe)
+    directory: Directory | None = export_directory(pe)
     if directory is None:
         return None
     rva = directory.start
-    header = _EXPORT_DIRECTORY.unpack(pe.read_rva(rva, _EXPORT_DIRECTORY.size, "export directory"))
+    header = EXPORT_DIRECTORY.unpack(pe.read_rva(rva, EXPORT_DIRECTORY.size, "export directory"))
     addresses = list(
-        _column(pe, directory.address_table, 0, directory.functions, 4, "export address table")
+        column(pe, directory.address_table, 0, directory.functions, 4, "export address table")
     )
-    pointers = _column(pe, directory.name_table, 0, directory.names, 4, "export name table")
-    positions = _column(pe, directory.ordinal_table, 0, directory.names, 2, "export ordinals")
+    pointers = column(pe, directory.name_table, 0, directory.names, 4, "export name table")
+    positions = column(pe, directory.ordinal_table, 0, directory.names, 2, "export ordinals")
     for index, position in enumerate(positions):
         if position >= directory.functions:
-            raise _Malformed(f"export name {index} has ordinal index {position}, past the exports")
+            raise PeMalformed(f"export name {index} has ordinal index {position}, past the exports")
     names = list(zip(raw_strings(pe, pointers), positions, strict=True))
     forwarded = [p for p, a in enumerate(addresses) if directory.start <= a < directory.end]
     forwarders = dict(
@@ -233,13 +235,13 @@ def build_exports(table: ExportTable, at: int, blob_rva: int) -> tuple[bytes, in
     if existing is None:
         position = len(addresses)
         if table.base + position > _MAX_ORDINAL:
-            raise _Malformed(f"no ordinal is free after {table.base + position - 1}")
+            raise PeMalformed(f"no ordinal is free after {table.base + position - 1}")
         addresses.append(blob_rva)
         bisect.insort(names, (NAME, position), key=lambda entry: entry[0])
     else:
         addresses[existing] = blob_rva
     count, named = len(addresses), len(names)
-    eat = at + _EXPORT_DIRECTORY.size
+    eat = at + EXPORT_DIRECTORY.size
     pointers = eat + 4 * count
     ordinals = pointers + 4 * named
     strings = bytearray()
@@ -259,7 +261,7 @@ def build_exports(table: ExportTable, at: int, blob_rva: int) -> tuple[bytes, in
     header[3] = dll_name
     header[6:11] = [count, named, eat, pointers, ordinals]
     data = (
-        _EXPORT_DIRECTORY.pack(*header)
+        EXPORT_DIRECTORY.pack(*header)
         + struct.pack(f"<{count}I", *addresses)
         + struct.pack(f"<{named}I", *name_rvas)
         + struct.pack(f"<{named}H", *(position for _, position in names))
@@ -291,7 +293,7 @@ def plan_pe_edit(fd: int, size: int, display: str, blob_size: int) -> PeEdit:
     try:
         with os.fdopen(os.dup(fd), "rb") as stream:
             return _plan(PeFile(stream, fd, size), blob_size)
-    except _Malformed as exc:
+    except PeMalformed as exc:
         raise InputError(f"{display}: cannot pack this PE file: {exc}") from None
     except OSError as exc:
         raise InputError(f"{display}: read error: {exc.strerror or exc}") from None
@@ -301,15 +303,15 @@ def _plan(pe: PeFile, blob_size: int) -> PeEdit:
     layout = PeLayout.read(pe)
     sections = pe.headers.sections
     if layout.directory_count <= SECURITY_ENTRY:
-        raise _Malformed(f"only {layout.directory_count} data directories: no export directory")
+        raise PeMalformed(f"only {layout.directory_count} data directories: no export directory")
     if layout.section_alignment == 0 or layout.file_alignment == 0:
-        raise _Malformed("a zero section or file alignment")
+        raise PeMalformed("a zero section or file alignment")
     edit = PeEdit()
     kept = pe.size
     cert_offset, cert_size = layout.directory(SECURITY_ENTRY)
     if cert_offset and cert_size:
         if cert_offset + cert_size < pe.size:
-            raise _Malformed(
+            raise PeMalformed(
                 f"{pe.size - cert_offset - cert_size} bytes follow the certificate table"
             )
         kept = cert_offset
@@ -321,27 +323,27 @@ def _plan(pe: PeFile, blob_size: int) -> PeEdit:
     previous = sections[:-1] if reused else sections
     for section in previous:
         if section.raw_size and section.raw_offset + section.raw_size > kept:
-            raise _Malformed(f"section {section.name}'s bytes run past the file's end")
+            raise PeMalformed(f"section {section.name}'s bytes run past the file's end")
     old_raw = 0
     if reused:
         ours = sections[-1]
         if ours.raw_offset + ours.raw_size < kept:
-            raise _Malformed(f"data follows the {SECTION_NAME} section")
+            raise PeMalformed(f"data follows the {SECTION_NAME} section")
         for index in range(layout.directory_count):
             rva, length = layout.directory(index)
             inside = ours.virtual_address <= rva < ours.virtual_address + ours.extent
             if index not in (EXPORT_ENTRY, SECURITY_ENTRY) and length and inside:
-                raise _Malformed(f"data directory {index} points into {SECTION_NAME}")
+                raise PeMalformed(f"data directory {index} points into {SECTION_NAME}")
         kept, old_raw = ours.raw_offset, ours.raw_size
-    header_at = layout.table_at + _SECTION.size * len(previous)
+    header_at = layout.table_at + SECTION_HEADER.size * len(previous)
     first_raw = min((s.raw_offset for s in previous if s.raw_size), default=kept)
-    if header_at + _SECTION.size > min(layout.size_of_headers, first_raw):
-        raise _Malformed(
+    if header_at + SECTION_HEADER.size > min(layout.size_of_headers, first_raw):
+        raise PeMalformed(
             "no room for another section header before the first section's data"
-            f" ({header_at + _SECTION.size} > {min(layout.size_of_headers, first_raw)})"
+            f" ({header_at + SECTION_HEADER.size} > {min(layout.size_of_headers, first_raw)})"
         )
-    if not reused and any(pe.read(header_at, _SECTION.size, "header slot")):
-        raise _Malformed("the bytes after the section table are in use")
+    if not reused and any(pe.read(header_at, SECTION_HEADER.size, "header slot")):
+        raise PeMalformed("the bytes after the section table are in use")
     table = export_table(pe)
     if table is None:
         table = ExportTable((0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0), b"", [], {}, [])
@@ -353,7 +355,7 @@ def _plan(pe: PeFile, blob_size: int) -> PeEdit:
     raw_offset = align(kept, layout.file_alignment)
     raw_size = align(content, layout.file_alignment)
     index = len(previous)
-    header = _SECTION.pack(
+    header = SECTION_HEADER.pack(
         SECTION_NAME.encode(), content, rva, raw_size, raw_offset, 0, 0, 0, 0, SECTION_FLAGS
     )
     (initialized,) = struct.unpack(
