@@ -48,20 +48,20 @@ from ffitool.pack.macho_image import (
 from ffitool.pack.macho_sign import signature_problems
 from ffitool.pack.macho_trie import regular_export
 from ffitool.pack.macho_writer import (
-    _LINKEDIT_DATA,
+    LINKEDIT_DATA,
     RAW_NAME,
     SECTION_NAME,
     SEGMENT_NAME,
     MachoEdit,
     SlicePlacement,
-    _pieces,
+    linkedit_pieces,
     with_segment_start,
 )
 from ffitool.pack.plan import PayloadSource, Plan
 from ffitool.pack.stream import same_bytes
 from ffitool.pack.verify import check_blob, fail
 
-_OWNED = {LC_SYMTAB, LC_DYSYMTAB, LC_DYLD_INFO, LC_DYLD_INFO_ONLY, *_LINKEDIT_DATA}
+_OWNED = {LC_SYMTAB, LC_DYSYMTAB, LC_DYLD_INFO, LC_DYLD_INFO_ONLY, *LINKEDIT_DATA}
 _REBUILT = {"symbol table", "string table", "export trie", "indirect symbol table",
             "external relocations", "code signature", "chained fixups"}  # fmt: skip
 
@@ -175,7 +175,8 @@ def _check_segments(
 def _tables(image: MachoSlice) -> dict[tuple[int, int, str], tuple[int, int]]:
     """(cmd, field offset, what) -> (offset, length) of each `__LINKEDIT` table."""
     return {
-        (image.commands[p.command].cmd, p.at, p.what): (p.offset, p.length) for p in _pieces(image)
+        (image.commands[p.command].cmd, p.at, p.what): (p.offset, p.length)
+        for p in linkedit_pieces(image)
     }
 
 

@@ -87,7 +87,7 @@ _MH_DYLIB = 6
 _MH_BUNDLE = 8
 _PACKABLE = {_MH_DYLIB: "dylib", _MH_BUNDLE: "bundle"}
 
-_LINKEDIT_DATA = {
+LINKEDIT_DATA = {
     LC_CODE_SIGNATURE: "code signature",
     0x1E: "segment split info",
     0x26: "function starts",
@@ -171,7 +171,7 @@ class _Piece:
     what: str
 
 
-def _pieces(image: MachoSlice) -> list[_Piece]:
+def linkedit_pieces(image: MachoSlice) -> list[_Piece]:
     """Every `__LINKEDIT` table that a load command points at."""
     pieces = []
     for index, command in enumerate(image.commands):
@@ -190,10 +190,10 @@ def _pieces(image: MachoSlice) -> list[_Piece]:
             if len(command.data) < 48:
                 raise MachoError("LC_DYLD_INFO is too short")
             fields = [(8 + 8 * n, 1, what) for n, what in enumerate(_DYLD_INFO_TABLES)]
-        elif command.cmd in _LINKEDIT_DATA:
+        elif command.cmd in LINKEDIT_DATA:
             if len(command.data) < 16:
                 raise MachoError(f"load command {index} is too short")
-            fields = [(8, 1, _LINKEDIT_DATA[command.cmd])]
+            fields = [(8, 1, LINKEDIT_DATA[command.cmd])]
         elif command.cmd == LC_TWOLEVEL_HINTS:
             fields = [(8, 4, "two-level hints")]
         elif command.cmd == LC_NOTE:
@@ -336,7 +336,7 @@ def _plan_slice(
     address = reused.vmaddr if reused else linkedit.vmaddr
     grown = align(blob_size, page)
 
-    pieces = _pieces(image)
+    pieces = linkedit_pieces(image)
     symbols = _SymbolEdit(image)
     sections = len(image.sections())
     if not reused and sections >= 255:
