@@ -275,6 +275,22 @@ def test_a_certificate_is_removed_with_a_warning(tmp_path):
     assert pe.verify_checksum()
 
 
+def test_a_force_integrity_dll_losing_its_certificate_says_it_will_not_load(tmp_path):
+    source = tmp_path / "signed.dll"
+    _with_certificate(PE / "ffi_pe.x86_64.dll", source)
+    data = bytearray(source.read_bytes())
+    at = pefile.PE(data=bytes(data)).OPTIONAL_HEADER.get_file_offset() + 70
+    struct.pack_into("<H", data, at, struct.unpack_from("<H", data, at)[0] | 0x80)
+    source.write_bytes(bytes(data))
+    result = pack(source, tmp_path / "out.dll")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        f"ffitool: warning: {source}: its Authenticode certificate was removed: it signed the"
+        " unpacked file; sign the output again to ship a signed DLL (it is flagged"
+        " FORCE_INTEGRITY: Windows loads it only once signed)\n"
+    )
+
+
 def test_a_dll_without_exports_gets_an_export_directory(tmp_path, wine):
     """With the export data directory emptied, the DLL exports nothing; packed, it exports
     the blob alone, at ordinal 1, and Windows finds it."""

@@ -58,6 +58,10 @@ INITIALIZED_DATA = 8
 SECTION_ALIGNMENT = 32
 FILE_ALIGNMENT = 36
 SIZE_OF_IMAGE = 56
+DLL_CHARACTERISTICS = 70
+FORCE_INTEGRITY = 0x80
+"""IMAGE_DLLCHARACTERISTICS_FORCE_INTEGRITY: the loader refuses the DLL unless its signature
+verifies, which no rewrite keeps."""
 SIZE_OF_HEADERS = 60
 CHECKSUM = 64
 DIRECTORY_COUNT = {0x10B: 92, 0x20B: 108}
@@ -124,6 +128,7 @@ class PeLayout:
     size_of_headers: int
     directory_count: int
     raw_sections: bytes
+    dll_characteristics: int
 
     @classmethod
     def read(cls, pe: PeFile) -> PeLayout:
@@ -151,8 +156,9 @@ class PeLayout:
         }
         table_at = lfanew + OPTIONAL_AT + optional_size
         raw = pe.read(table_at, SECTION_HEADER.size * len(pe.headers.sections), "section table")
+        (characteristics,) = struct.unpack_from("<H", optional, DLL_CHARACTERISTICS)
         return cls(pe, lfanew, magic, optional_size, directory_count=count, raw_sections=raw,
-                   **fields)  # fmt: skip
+                   dll_characteristics=characteristics, **fields)  # fmt: skip
 
     @property
     def optional_at(self) -> int:
@@ -315,10 +321,13 @@ def _plan(pe: PeFile, blob_size: int) -> PeEdit:
                 f"{pe.size - cert_offset - cert_size} bytes follow the certificate table"
             )
         kept = cert_offset
-        edit.warnings.append(
+        warning = (
             "its Authenticode certificate was removed: it signed the unpacked file; sign the"
             " output again to ship a signed DLL"
         )
+        if layout.dll_characteristics & FORCE_INTEGRITY:
+            warning += " (it is flagged FORCE_INTEGRITY: Windows loads it only once signed)"
+        edit.warnings.append(warning)
     reused = bool(sections) and sections[-1].name == SECTION_NAME
     previous = sections[:-1] if reused else sections
     for section in previous:
