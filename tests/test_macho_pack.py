@@ -668,3 +668,11 @@ def test_mach_o_options_on_other_formats_are_usage_errors(tmp_path, host, option
     assert result.stderr == (
         f"ffitool: error: {FIXTURES / host}: --arch and --signature apply to Mach-O files only\n"
     )
+
+
+def test_packing_is_deterministic(tmp_path):
+    # Same input, same payload: the same bytes, signatures included.
+    first, second = tmp_path / "first.dylib", tmp_path / "second.dylib"
+    assert pack(MACHO / UNIVERSAL, first).returncode == 0
+    assert pack(MACHO / UNIVERSAL, second).returncode == 0
+    assert first.read_bytes() == second.read_bytes()

@@ -730,3 +730,10 @@ def test_the_verifier_catches_a_changed_overlay(tmp_path):
     _edit(out, lambda data: _flip(data, edit.kept - 1))
     with pytest.raises(VerificationError, match="the bytes outside the sections changed"):
         verify_pe(out, source, plan, edit)
+
+
+def test_packing_is_deterministic(tmp_path):
+    first, second = tmp_path / "first.dll", tmp_path / "second.dll"
+    assert pack(PE / "ffi_pe.x86_64.dll", first).returncode == 0
+    assert pack(PE / "ffi_pe.x86_64.dll", second).returncode == 0
+    assert first.read_bytes() == second.read_bytes()

@@ -22,7 +22,7 @@ from importlib import resources
 import jsonschema
 import pefile
 import pytest
-from conftest import FIXTURES, ROOT, require_tool
+from conftest import FIXTURES, ROOT, ffitool, require_tool
 
 from ffitool.checks import library_findings
 from ffitool.errors import InputError
@@ -412,3 +412,12 @@ def test_every_truncation_and_header_byte_edit_is_a_result_or_one_line_error():
         data = bytearray(BASE)
         data[at] ^= 0xA5
         outcome(bytes(data))
+
+
+def test_text_output_lists_a_forwarded_ffi_export_with_its_target():
+    result = ffitool("inspect", str(PE / "pe_forward.dll"))
+    assert result.returncode == 0
+    lines = [line.rstrip() for line in result.stdout.splitlines()]  # titles are padded
+    at = lines.index("Forwarded exports (1)")
+    assert lines[at + 4] == "│ __tvm_ffi_forwarded │ ffi_other.__tvm_ffi_add_one │"
+    assert "GetTickCount" not in result.stdout  # not an FFI name

@@ -151,6 +151,18 @@ def library_view(library: Library) -> Group:
     heading.append(f"{title}; symbol tables: {tables}")
     parts: list[object] = [heading]
     parts.append(_functions_table(library) if library.functions else Text("No FFI functions."))
+    # A PE forwarder names a function of another DLL: not one of this library's functions,
+    # but what GetProcAddress hands out under the FFI name.
+    forwarded = [s for s in library.symbols if s.symbol.binding == "FORWARDER"]
+    if forwarded:
+        table = _table(
+            f"Forwarded exports ({len(forwarded)})", ("symbol", "forwarded to"), len(forwarded)
+        )
+        for s in forwarded[:ROWS_SHOWN]:
+            table.add_row(
+                shown(s.symbol.file_name), shown(s.symbol.type.removeprefix("FORWARDER to "))
+            )
+        parts.append(table)
     specials = [s for s in library.symbols if s.naming.role.value != "function"]
     if specials:
         table = _table(
