@@ -39,20 +39,20 @@ MAGIC_32 = b"\xce\xfa\xed\xfe"
 FAT_MAGIC = b"\xca\xfe\xba\xbe"
 FAT_MAGIC_64 = b"\xca\xfe\xba\xbf"
 
-_HEADER = struct.Struct("<IiiIIIII")
+HEADER = struct.Struct("<IiiIIIII")
 _LOAD_COMMAND = struct.Struct("<II")
 _SEGMENT = struct.Struct("<16sQQQQiiII")
-_SECTION = struct.Struct("<16s16sQQIIIIIIII")
-_NLIST = struct.Struct("<IBBHQ")
-_FAT_HEADER = struct.Struct(">II")
-_FAT_ARCH = struct.Struct(">iiIII")
-_FAT_ARCH_64 = struct.Struct(">iiQQII")
+SECTION = struct.Struct("<16s16sQQIIIIIIII")
+NLIST = struct.Struct("<IBBHQ")
+FAT_HEADER = struct.Struct(">II")
+FAT_ARCH = struct.Struct(">iiIII")
+FAT_ARCH_64 = struct.Struct(">iiQQII")
 
-_LC_SYMTAB = 0x2
-_LC_SEGMENT_64 = 0x19
-_LC_DYLD_INFO = 0x22
-_LC_DYLD_INFO_ONLY = 0x80000022
-_LC_DYLD_EXPORTS_TRIE = 0x80000033
+LC_SYMTAB = 0x2
+LC_SEGMENT_64 = 0x19
+LC_DYLD_INFO = 0x22
+LC_DYLD_INFO_ONLY = 0x80000022
+LC_DYLD_EXPORTS_TRIE = 0x80000033
 
 _MH_DSYM = 10
 _KINDS = {
@@ -72,11 +72,11 @@ _ARCH_NAMES = {
 }
 """(cputype, cpusubtype without its capability bits) to the name lipo gives the slice."""
 
-_N_STAB = 0xE0
-_N_PEXT = 0x10
-_N_TYPE = 0x0E
-_N_EXT = 0x01
-_N_SECT = 0xE
+N_STAB = 0xE0
+N_PEXT = 0x10
+N_TYPE = 0x0E
+N_EXT = 0x01
+N_SECT = 0x0E
 _N_WEAK_DEF = 0x80
 _TYPE_NAMES = {0x0: "UNDF", 0x2: "ABS", 0xE: "SECT", 0xC: "PBUD", 0xA: "INDR"}
 
@@ -84,7 +84,7 @@ _SECTION_TYPE = 0xFF
 _ZEROFILL_TYPES = {0x1, 0xC, 0x12}  # S_ZEROFILL, S_GB_ZEROFILL, S_THREAD_LOCAL_ZEROFILL
 _CODE_ATTRIBUTES = 0x80000400  # S_ATTR_PURE_INSTRUCTIONS | S_ATTR_SOME_INSTRUCTIONS
 
-_MAX_COMMANDS_SIZE = 16 << 20
+MAX_COMMANDS_SIZE = 16 << 20
 _MAX_SLICES = 64
 _EXPORT_REEXPORT = 0x08
 
@@ -198,11 +198,11 @@ class _Source:
 def _slices(source: _Source) -> list[tuple[int, int, str]]:
     """(offset, size, architecture name) of each slice of a universal file, checked against
     the file."""
-    magic, count = _FAT_HEADER.unpack(source.read(0, _FAT_HEADER.size))
-    layout = _FAT_ARCH_64 if magic == int.from_bytes(FAT_MAGIC_64, "big") else _FAT_ARCH
+    magic, count = FAT_HEADER.unpack(source.read(0, FAT_HEADER.size))
+    layout = FAT_ARCH_64 if magic == int.from_bytes(FAT_MAGIC_64, "big") else FAT_ARCH
     if count == 0 or count > _MAX_SLICES:
         raise _Malformed(f"universal header claims {count} architectures (at most {_MAX_SLICES})")
-    table = source.read(_FAT_HEADER.size, count * layout.size, "universal header")
+    table = source.read(FAT_HEADER.size, count * layout.size, "universal header")
     slices = []
     for index in range(count):
         fields = layout.unpack_from(table, index * layout.size)
@@ -247,19 +247,19 @@ class _Commands:
 
 
 def _read_thin(source: _Source, member: str | None, place: Slice | None = None) -> Image:
-    header = source.read(0, _HEADER.size)
+    header = source.read(0, HEADER.size)
     if header[:4] != MAGIC_64:
         what = "a 32-bit Mach-O image" if header[:4] == MAGIC_32 else "not a 64-bit Mach-O image"
         raise _Malformed(f"the {source.label} is {what}, which is not supported")
-    _, cputype, _, filetype, ncmds, sizeofcmds, _, _ = _HEADER.unpack(header)
+    _, cputype, _, filetype, ncmds, sizeofcmds, _, _ = HEADER.unpack(header)
     if filetype not in _KINDS:
         raise _Malformed(f"unsupported Mach-O file type {filetype}")
     kind, loadable = _KINDS[filetype]
-    if sizeofcmds > min(source.size - _HEADER.size, _MAX_COMMANDS_SIZE):
+    if sizeofcmds > min(source.size - HEADER.size, MAX_COMMANDS_SIZE):
         raise _Malformed(f"load commands claim {sizeofcmds} bytes, the image has {source.size}")
     if ncmds * _LOAD_COMMAND.size > sizeofcmds:
         raise _Malformed(f"{ncmds} load commands cannot fit in {sizeofcmds} bytes")
-    commands = _load_commands(source.read(_HEADER.size, sizeofcmds), ncmds)
+    commands = _load_commands(source.read(HEADER.size, sizeofcmds), ncmds)
     symbols, locations = _symbols(source, commands, kind, loadable)
     return Image(
         member=member,
@@ -288,15 +288,15 @@ def _load_commands(data: bytes, ncmds: int) -> _Commands:
         if cmdsize < _LOAD_COMMAND.size or at + cmdsize > len(data):
             raise _Malformed(f"load command {index} has a bad size {cmdsize}")
         body = data[at : at + cmdsize]
-        if cmd == _LC_SEGMENT_64:
+        if cmd == LC_SEGMENT_64:
             commands.sections.extend(_segment_sections(body, index))
-        elif cmd == _LC_SYMTAB:
+        elif cmd == LC_SYMTAB:
             commands.symtab = _fields(body, "<4I", index)
-        elif cmd in (_LC_DYLD_INFO, _LC_DYLD_INFO_ONLY):
+        elif cmd in (LC_DYLD_INFO, LC_DYLD_INFO_ONLY):
             info = _fields(body, "<10I", index)
             if info[9]:
                 commands.trie = (info[8], info[9])
-        elif cmd == _LC_DYLD_EXPORTS_TRIE:
+        elif cmd == LC_DYLD_EXPORTS_TRIE:
             commands.trie = _fields(body, "<2I", index)
         elif cmd == LC_CODE_SIGNATURE:
             commands.signature = _fields(body, "<2I", index)
@@ -315,11 +315,11 @@ def _segment_sections(body: bytes, index: int) -> list[_Section]:
     if len(body) < 8 + _SEGMENT.size:
         raise _Malformed(f"segment command {index} is too short ({len(body)} bytes)")
     _, _, _, fileoff, filesize, _, _, nsects, _ = _SEGMENT.unpack_from(body, 8)
-    if 8 + _SEGMENT.size + nsects * _SECTION.size > len(body):
+    if 8 + _SEGMENT.size + nsects * SECTION.size > len(body):
         raise _Malformed(f"segment command {index} claims {nsects} sections it does not hold")
     sections = []
     for number in range(nsects):
-        raw = _SECTION.unpack_from(body, 8 + _SEGMENT.size + number * _SECTION.size)
+        raw = SECTION.unpack_from(body, 8 + _SEGMENT.size + number * SECTION.size)
         size, offset = raw[3], raw[4]
         in_file = fileoff <= offset and offset + size <= fileoff + filesize
         names = _text(raw[1]), _text(raw[0])
@@ -338,7 +338,7 @@ def _symbols(
     if commands.symtab is None:
         return [], {}
     symoff, nsyms, stroff, strsize = commands.symtab
-    source.check(symoff, nsyms * _NLIST.size, "symbol table")
+    source.check(symoff, nsyms * NLIST.size, "symbol table")
     strings = source.table(stroff, strsize, "string table")
     ranges = candidate_ranges(strings)
     if not ranges:
@@ -349,21 +349,19 @@ def _symbols(
     locations: dict[tuple[str, SymbolTable], Location] = {}
     for first in range(0, nsyms, SYMBOL_SLICE):
         last = min(nsyms, first + SYMBOL_SLICE)
-        data = source.read(
-            symoff + first * _NLIST.size, (last - first) * _NLIST.size, "symbol table"
-        )
-        fields = st_name_column(data, _NLIST.size, True)
+        data = source.read(symoff + first * NLIST.size, (last - first) * NLIST.size, "symbol table")
+        fields = st_name_column(data, NLIST.size, True)
         for number, offset in matching_entries(fields, wanted(fields)):
-            _, n_type, n_sect, n_desc, n_value = _NLIST.unpack_from(data, number * _NLIST.size)
-            if n_type & _N_STAB:
+            _, n_type, n_sect, n_desc, n_value = NLIST.unpack_from(data, number * NLIST.size)
+            if n_type & N_STAB:
                 continue
             raw_name = c_string(strings, offset)
             section = None
-            if n_type & _N_TYPE == _N_SECT:
+            if n_type & N_TYPE == N_SECT:
                 if not 0 < n_sect <= len(commands.sections):
                     raise _Malformed(f"symbol {raw_name!r} names section {n_sect}, which is absent")
                 section = commands.sections[n_sect - 1]
-            exportable = n_type & (_N_TYPE | _N_EXT | _N_PEXT) == _N_SECT | _N_EXT
+            exportable = n_type & (N_TYPE | N_EXT | N_PEXT) == N_SECT | N_EXT
             in_trie = None if trie is None else exportable and trie.exports(raw_name)
             symbol = _symbol(raw_name, n_type, n_desc, n_value, section, kind, loadable, in_trie)
             symbols.append(symbol)
@@ -383,9 +381,9 @@ def _symbol(
     loadable: bool,
     in_trie: bool | None,
 ) -> Symbol:
-    kind = n_type & _N_TYPE
-    external = bool(n_type & _N_EXT)
-    private = bool(n_type & _N_PEXT)
+    kind = n_type & N_TYPE
+    external = bool(n_type & N_EXT)
+    private = bool(n_type & N_PEXT)
     defined = kind != 0
     if not external:
         binding = "LOCAL"

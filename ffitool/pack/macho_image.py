@@ -11,6 +11,18 @@ import os
 import struct
 from dataclasses import dataclass
 
+from ffitool.formats.codesign import LC_CODE_SIGNATURE
+from ffitool.formats.macho import (
+    HEADER,
+    LC_DYLD_EXPORTS_TRIE,
+    LC_DYLD_INFO,
+    LC_DYLD_INFO_ONLY,
+    LC_SEGMENT_64,
+    LC_SYMTAB,
+    MAX_COMMANDS_SIZE,
+    NLIST,
+    SECTION,
+)
 from ffitool.pack.macho_trie import TrieError, decode_trie
 
 MAGIC_64 = 0xFEEDFACF
@@ -19,34 +31,14 @@ FAT_MAGIC_64 = 0xCAFEBABF
 CPU_X86_64 = 0x01000007
 CPU_ARM64 = 0x0100000C
 ARCH_NAMES = {CPU_X86_64: "x86_64", CPU_ARM64: "arm64"}
-HEADER = struct.Struct("<IiiIIIII")
 SEGMENT = struct.Struct("<II16sQQQQiiII")
-SECTION = struct.Struct("<16s16sQQIIIIIIII")
-NLIST = struct.Struct("<IBBHQ")
-FAT_HEADER = struct.Struct(">II")
-FAT_ARCH = struct.Struct(">iiIII")
-FAT_ARCH_64 = struct.Struct(">iiQQII")
+"""A whole LC_SEGMENT_64 command, cmd and cmdsize included (the reader's skips them)."""
 
-LC_SYMTAB = 0x2
 LC_DYSYMTAB = 0xB
-LC_SEGMENT_64 = 0x19
-LC_CODE_SIGNATURE = 0x1D
-LC_DYLD_INFO = 0x22
-LC_DYLD_INFO_ONLY = 0x80000022
-LC_DYLD_EXPORTS_TRIE = 0x80000033
 LC_DYLD_CHAINED_FIXUPS = 0x80000034
 LC_TWOLEVEL_HINTS = 0x16
 LC_NOTE = 0x31
 LC_ID_DYLIB = 0xD
-# linkedit_data_command: (dataoff, datasize) at bytes 8 and 12.
-
-MAX_COMMANDS = 16 << 20
-
-N_EXT = 0x01
-N_PEXT = 0x10
-N_TYPE = 0x0E
-N_SECT = 0x0E
-N_STAB = 0xE0
 
 
 class MachoError(Exception):
@@ -104,7 +96,7 @@ class MachoSlice:
         magic, cputype, _, filetype, ncmds, sizeofcmds, _, _ = HEADER.unpack(header)
         if magic != MAGIC_64:
             raise MachoError("not a 64-bit Mach-O image")
-        if sizeofcmds > min(size - HEADER.size, MAX_COMMANDS):
+        if sizeofcmds > min(size - HEADER.size, MAX_COMMANDS_SIZE):
             raise MachoError(f"load commands claim {sizeofcmds} bytes, the image has {size}")
         data = os.pread(fd, sizeofcmds, start + HEADER.size)
         if len(data) != sizeofcmds:

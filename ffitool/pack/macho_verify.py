@@ -26,12 +26,9 @@ import struct
 from pathlib import Path
 
 from ffitool.errors import InputError
-from ffitool.library import inspect_path
-from ffitool.pack.macho_image import (
-    LC_DYLD_CHAINED_FIXUPS,
+from ffitool.formats.macho import (
     LC_DYLD_INFO,
     LC_DYLD_INFO_ONLY,
-    LC_DYSYMTAB,
     LC_SEGMENT_64,
     LC_SYMTAB,
     N_EXT,
@@ -40,6 +37,11 @@ from ffitool.pack.macho_image import (
     N_TYPE,
     NLIST,
     SECTION,
+)
+from ffitool.library import inspect_path
+from ffitool.pack.macho_image import (
+    LC_DYLD_CHAINED_FIXUPS,
+    LC_DYSYMTAB,
     SEGMENT,
     MachoError,
     MachoSlice,

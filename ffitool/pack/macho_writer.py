@@ -32,33 +32,39 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ffitool.errors import InputError
-from ffitool.formats.codesign import CS_LINKER_SIGNED, SignatureError, signature_state
-from ffitool.pack.macho_image import (
-    ARCH_NAMES,
-    CPU_ARM64,
-    CPU_X86_64,
+from ffitool.formats.codesign import (
+    CS_LINKER_SIGNED,
+    LC_CODE_SIGNATURE,
+    SignatureError,
+    signature_state,
+)
+from ffitool.formats.macho import (
     FAT_ARCH,
     FAT_ARCH_64,
     FAT_HEADER,
-    FAT_MAGIC,
-    FAT_MAGIC_64,
     HEADER,
-    LC_CODE_SIGNATURE,
-    LC_DYLD_CHAINED_FIXUPS,
     LC_DYLD_EXPORTS_TRIE,
     LC_DYLD_INFO,
     LC_DYLD_INFO_ONLY,
-    LC_DYSYMTAB,
-    LC_NOTE,
     LC_SEGMENT_64,
     LC_SYMTAB,
-    LC_TWOLEVEL_HINTS,
     N_EXT,
     N_PEXT,
     N_SECT,
     N_TYPE,
     NLIST,
     SECTION,
+)
+from ffitool.pack.macho_image import (
+    ARCH_NAMES,
+    CPU_ARM64,
+    CPU_X86_64,
+    FAT_MAGIC,
+    FAT_MAGIC_64,
+    LC_DYLD_CHAINED_FIXUPS,
+    LC_DYSYMTAB,
+    LC_NOTE,
+    LC_TWOLEVEL_HINTS,
     SEGMENT,
     MachoError,
     MachoSlice,
