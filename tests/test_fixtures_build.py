@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, require, require_tool, require_tvm_ffi, require_zig
 
 
+@pytest.mark.slow
 def test_build_script_reproduces_every_committed_binary(tmp_path):
     for tool in ("gcc", "g++", "ar", "strip", "llvm-ar"):
         require_tool(tool)
@@ -19,8 +22,9 @@ def test_build_script_reproduces_every_committed_binary(tmp_path):
     require_zig()
     copy = tmp_path / "fixtures"
     shutil.copytree(ROOT / "fixtures", copy, ignore=shutil.ignore_patterns("bin"))
+    # The timeout only guards against a hang: on a busy 2-core machine the build takes minutes.
     subprocess.run(
-        [sys.executable, str(copy / "build.py")], check=True, capture_output=True, timeout=600
+        [sys.executable, str(copy / "build.py")], check=True, capture_output=True, timeout=3600
     )
     committed = _files(ROOT / "fixtures" / "bin")
     rebuilt = _files(copy / "bin")

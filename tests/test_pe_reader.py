@@ -391,11 +391,11 @@ def test_huge_name_count_stays_bounded():
     """A name count that the file cannot back is refused before anything is read."""
     data = edited(("names", "I", 0x3FFFFFFF), ("functions", "I", 0x3FFFFFFF))
     tracemalloc.start()
-    started = time.monotonic()
+    started = time.process_time()
     assert outcome(data).startswith("x: malformed PE: ")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert peak < 1 << 20 and time.monotonic() - started < 1
+    assert peak < 1 << 20 and time.process_time() - started < 1
 
 
 def test_every_truncation_and_header_byte_edit_is_a_result_or_one_line_error():

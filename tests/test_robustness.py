@@ -47,7 +47,7 @@ def test_mutated_blobs_end_cleanly_with_bounded_memory(name):
         for mutant in blob_mutants(data, rng, 3000):
             tracemalloc.reset_peak()
             baseline = tracemalloc.get_traced_memory()[0]
-            started = time.perf_counter()
+            started = time.process_time()
             try:
                 decoded = decode(mutant)
             except BlobError as exc:
@@ -58,10 +58,10 @@ def test_mutated_blobs_end_cleanly_with_bounded_memory(name):
                 if not lossy:  # the README's promise: byte-exact for every such blob
                     assert encode(decoded.blob) == mutant[: decoded.size], mutant.hex()
                     round_trips += 1
-            elapsed = time.perf_counter() - started
+            cpu = time.process_time() - started
             grown = tracemalloc.get_traced_memory()[1] - baseline
             assert grown < 64 * 1024 + 16 * len(mutant), (mutant.hex(), grown)
-            assert elapsed < 0.5, mutant.hex()
+            assert cpu < 0.5, mutant.hex()
             cases += 1
     finally:
         tracemalloc.stop()
@@ -124,7 +124,7 @@ def test_mutated_libraries_end_cleanly(tmp_path, name):
             tracemalloc.reset_peak()
             # Garbage not yet collected counts as current memory: measure growth from here.
             baseline = tracemalloc.get_traced_memory()[0]
-            started = time.perf_counter()
+            started = time.process_time()
             try:
                 inspect_path(path)
                 outcomes["ok"] += 1
@@ -133,7 +133,7 @@ def test_mutated_libraries_end_cleanly(tmp_path, name):
                 assert message.startswith(str(path)), message
                 assert "\n" not in message
                 outcomes["error"] += 1
-            assert time.perf_counter() - started < 2.0
+            assert time.process_time() - started < 2.0
             grown = tracemalloc.get_traced_memory()[1] - baseline
             assert grown < 1 << 20, grown  # the fixtures are < 70 KB; 1 MiB means a bad length
     finally:
