@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, require, require_tool, require_tvm_ffi, require_zig
 
 
