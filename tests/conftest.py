@@ -12,6 +12,15 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+if os.environ.get("FFITOOL_COVERAGE") == "1":
+    # CI measures branch coverage of the whole run (see [tool.coverage] in pyproject.toml),
+    # started here, before any test module imports ffitool, so that the README's test command
+    # stays `python3 -m pytest`. Child processes are measured through coverage's own hook.
+    import coverage
+
+    _COVERAGE = coverage.Coverage(config_file=str(ROOT / "pyproject.toml"))
+    _COVERAGE.start()
 FIXTURES = ROOT / "fixtures" / "bin"
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
@@ -122,7 +131,11 @@ def runtime():
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Under FFITOOL_REQUIRE_ALL=1 a run with any skipped test fails: core tests never skip."""
+    """Under FFITOOL_REQUIRE_ALL=1 a run with any skipped test fails: core tests never skip.
+    The coverage of this process, when measured, is saved for `coverage combine`."""
+    if os.environ.get("FFITOOL_COVERAGE") == "1":
+        _COVERAGE.stop()
+        _COVERAGE.save()
     if not REQUIRE_ALL:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
