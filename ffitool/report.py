@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 from ffitool.checks import library_findings
-from ffitool.findings import Finding
+from ffitool.findings import Finding, unsurrogated
 from ffitool.library import (
     BlobReport,
     FfiSymbol,
@@ -103,7 +104,7 @@ def _indented(value: Any, pad: str) -> str:
             return "[]"
         return "[\n" + ",\n".join(inner + _indented(v, inner) for v in value) + f"\n{pad}]"
     if isinstance(value, str):
-        return _STRING(value)
+        return _STRING(value if value.isascii() else unsurrogated(value))
     if value is None or isinstance(value, bool):
         return _CONSTANTS[value]
     if isinstance(value, int):
@@ -112,7 +113,9 @@ def _indented(value: Any, pad: str) -> str:
 
 
 # What json.dumps does for these, without its per-call set-up (4 million calls for 100k
-# functions): the C string escaper it uses with ensure_ascii, and the three constants.
+# functions): the C string escaper it uses with ensure_ascii, and the three constants. A
+# lone surrogate (a byte that is not UTF-8, kept by surrogateescape) would come out as
+# `\udcff`, which no UTF-8 decoder accepts: `_indented` escapes those first, as text.
 _STRING = json.encoder.encode_basestring_ascii
 _CONSTANTS = {None: "null", True: "true", False: "false"}
 
@@ -139,6 +142,7 @@ def file_json(inspected: InspectedFile, *, lazy: bool = False) -> Json:
 
 
 def library_json(library: Library, *, lazy: bool = False) -> Json:
+    sized = records_sizes(library.format)
     return {
         "member": library.member,
         "format": library.format,
@@ -150,34 +154,39 @@ def library_json(library: Library, *, lazy: bool = False) -> Json:
         "slice": None if library.slice is None else asdict(library.slice),
         "signature": library.signature,
         "symbol_tables": [t.value for t in library.symbol_tables],
-        "functions": _array(library.functions, function_json, lazy),
-        "symbols": _array(library.symbols, symbol_json, lazy),
+        "functions": _array(library.functions, partial(function_json, sized=sized), lazy),
+        "symbols": _array(library.symbols, partial(symbol_json, sized=sized), lazy),
         "library_bin": None
         if library.library_bin is None
-        else library_bin_json(library.library_bin, lazy=lazy),
-        "system_lib_bins": [library_bin_json(b, lazy=lazy) for b in library.system_lib_bins],
+        else library_bin_json(library.library_bin, lazy=lazy, sized=sized),
+        "system_lib_bins": [
+            library_bin_json(b, lazy=lazy, sized=sized) for b in library.system_lib_bins
+        ],
         "findings": findings_json(tuple(library_findings(library))),
     }
 
 
-def function_json(function: Function) -> Json:
+def function_json(function: Function, *, sized: bool = True) -> Json:
+    """One function; `sized` is False for a format whose symbols record no size."""
     symbol = function.symbol.symbol
     return {
         "name": function.name,
         "symbol": symbol.file_name,
+        **exact_bytes("symbol", symbol.file_name),
         "prefix": function.symbol.naming.prefix,
         "address": symbol.address,
-        "size": symbol.size,
+        "size": symbol.size if sized else None,
         "exported": function.symbol.dynamic,
         "metadata": function.has_metadata,
         "doc": function.has_doc,
     }
 
 
-def symbol_json(ffi_symbol: FfiSymbol) -> Json:
+def symbol_json(ffi_symbol: FfiSymbol, *, sized: bool = True) -> Json:
     symbol = ffi_symbol.symbol
     return {
         "symbol": symbol.file_name,
+        **exact_bytes("symbol", symbol.file_name),
         "role": ffi_symbol.naming.role.value,
         "name": ffi_symbol.naming.name,
         "prefix": ffi_symbol.naming.prefix,
@@ -185,7 +194,7 @@ def symbol_json(ffi_symbol: FfiSymbol) -> Json:
         "binding": symbol.binding,
         "visibility": symbol.visibility,
         "address": symbol.address,
-        "size": symbol.size,
+        "size": symbol.size if sized else None,
         "section": symbol.section,
         "defined": symbol.defined,
         "table": symbol.table.value,
@@ -194,15 +203,16 @@ def symbol_json(ffi_symbol: FfiSymbol) -> Json:
     }
 
 
-def library_bin_json(library_bin: LibraryBin, *, lazy: bool = False) -> Json:
+def library_bin_json(library_bin: LibraryBin, *, lazy: bool = False, sized: bool = True) -> Json:
     symbol = library_bin.symbol.symbol
     return {
         "symbol": symbol.file_name,
+        **exact_bytes("symbol", symbol.file_name),
         "prefix": library_bin.prefix,
         "layout": library_bin.layout,
         "section": symbol.section,
         "address": symbol.address,
-        "symbol_size": symbol.size,
+        "symbol_size": symbol.size if sized else None,
         "file_offset": library_bin.file_offset,
         "nbytes": library_bin.nbytes,
         "modules": _array(library_bin.modules, module_json, lazy),
@@ -214,11 +224,45 @@ def module_json(module: ModuleInfo) -> Json:
     return {
         "index": module.index,
         "kind": module.kind,
+        **exact_bytes("kind", module.kind),
         "size": module.size,
         "sha256": module.sha256,
         "imports": list(module.imports),
         "payload_offset": module.payload_offset,
     }
+
+
+SIZELESS_FORMATS = frozenset({"Mach-O", "PE"})
+"""Formats whose symbols carry no size (an nlist entry, an export-directory entry has no
+such field): the reader's 0 there is not a size, so JSON says null and text says `-`."""
+
+
+def records_sizes(library_format: str) -> bool:
+    """Whether the symbols of a library of this format record their size (ELF's st_size)."""
+    return library_format not in SIZELESS_FORMATS
+
+
+_NO_FIELDS: Json = {}
+
+
+def exact_bytes(field: str, text: str) -> Json:
+    """`{"<field>_hex": ...}`, the exact bytes of `text`, when they are not UTF-8; else `{}`.
+
+    Readers keep such bytes as surrogates (surrogateescape); the JSON value shows them
+    escaped (`\\xff`), which cannot be told from a name that spells a backslash, so the
+    bytes themselves travel in hex next to it. Only then: a valid name has no such field.
+    """
+    if text.isascii():
+        return _NO_FIELDS
+    try:
+        text.encode("utf-8")
+        return _NO_FIELDS
+    except UnicodeEncodeError:
+        pass
+    try:
+        return {f"{field}_hex": text.encode("utf-8", "surrogateescape").hex()}
+    except UnicodeEncodeError:  # a surrogate that stands for no byte: not read from a file
+        return _NO_FIELDS
 
 
 def findings_json(findings: tuple[Finding, ...]) -> list[Json]:

@@ -22,6 +22,7 @@ from ffitool.checks import library_findings
 from ffitool.findings import Finding, Severity, printable
 from ffitool.library import BlobReport, InspectedFile, Library, LibraryBin, ModuleInfo
 from ffitool.pack.plan import Plan
+from ffitool.report import records_sizes
 from ffitool.units import format_size
 
 PROGRESS_THRESHOLD = 64 << 20
@@ -30,6 +31,10 @@ ROWS_SHOWN = 2000
 so a table of 500k functions would take minutes; `--json` lists everything."""
 IMPORTS_SHOWN = 64
 """Imports listed in one module's table cell."""
+CELL_CHARS = 1024
+"""Characters of one name, kind or message shown in a table cell, tree label or heading;
+the rest is counted (`... (K more characters)`). Rich pads a column to its widest cell, so
+one megabyte-long kind would otherwise widen every row of its table; `--json` has it all."""
 _SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 UNWRAPPED_WIDTH = 1 << 20
 """The console width when stdout is not a terminal: wider than any line ffitool prints (rows
@@ -150,7 +155,10 @@ def library_view(library: Library) -> Group:
     heading = shown(f"[{library.member}] " if library.member else "", "bold")
     heading.append(f"{title}; symbol tables: {tables}")
     parts: list[object] = [heading]
-    parts.append(_functions_table(library) if library.functions else Text("No FFI functions."))
+    sized = records_sizes(library.format)
+    parts.append(
+        _functions_table(library, sized) if library.functions else Text("No FFI functions.")
+    )
     # A PE forwarder names a function of another DLL: not one of this library's functions,
     # but what GetProcAddress hands out under the FFI name.
     forwarded = [s for s in library.symbols if s.symbol.binding == "FORWARDER"]
@@ -175,22 +183,22 @@ def library_view(library: Library) -> Group:
                 shown(s.symbol.file_name),
                 s.naming.role.value,
                 f"{s.symbol.address:#x}",
-                str(s.symbol.size),
+                _size(s.symbol.size, sized),
                 shown(s.symbol.section or "UND"),
                 _yes(s.dynamic),
             )
         parts.append(table)
     if library.library_bin is not None:
-        parts.extend(_blob_parts(library.library_bin))
+        parts.extend(_blob_parts(library.library_bin, sized))
     for system_lib_bin in library.system_lib_bins:
-        parts.extend(_blob_parts(system_lib_bin))
+        parts.extend(_blob_parts(system_lib_bin, sized))
     findings = library_findings(library)
     if findings:
         parts.append(_findings_table(tuple(findings)))
     return Group(*parts)
 
 
-def _functions_table(library: Library) -> Table:
+def _functions_table(library: Library, sized: bool) -> Table:
     table = _table(
         f"Functions ({len(library.functions)})",
         ("name", "symbol", "address", "size", "exported", "metadata", "doc"),
@@ -201,7 +209,7 @@ def _functions_table(library: Library) -> Table:
             shown(f.name),
             shown(f.symbol.symbol.file_name),
             f"{f.symbol.symbol.address:#x}",
-            str(f.symbol.symbol.size),
+            _size(f.symbol.symbol.size, sized),
             _yes(f.symbol.dynamic),
             _yes(f.has_metadata),
             _yes(f.has_doc),
@@ -209,18 +217,16 @@ def _functions_table(library: Library) -> Table:
     return table
 
 
-def _blob_parts(library_bin: LibraryBin) -> list[object]:
+def _blob_parts(library_bin: LibraryBin, sized: bool) -> list[object]:
     symbol = library_bin.symbol.symbol
     offset = "n/a" if library_bin.file_offset is None else f"{library_bin.file_offset:#x}"
     nbytes = "n/a" if library_bin.nbytes is None else str(library_bin.nbytes)
     line = Text("System-lib blob " if library_bin.prefix else "Blob ", style="bold")
-    prefix = f"prefix {library_bin.prefix}, " if library_bin.prefix else ""
+    prefix = f"prefix {_cut(library_bin.prefix)}, " if library_bin.prefix else ""
     line.append(
-        printable(
-            f"{symbol.file_name} ({prefix}{library_bin.layout}) in {symbol.section}"
-            f" at {symbol.address:#x}, "
-            f"file offset {offset}, symbol size {symbol.size}, nbytes {nbytes}"
-        )
+        f"{_cut(symbol.file_name)} ({prefix}{library_bin.layout}) in {_cut(str(symbol.section))}"
+        f" at {symbol.address:#x}, "
+        f"file offset {offset}, symbol size {_size(symbol.size, sized)}, nbytes {nbytes}"
     )
     parts: list[object] = [line]
     if library_bin.modules:
@@ -364,12 +370,23 @@ def _tree_part(modules: Sequence[ModuleInfo], findings: Sequence[Finding]) -> Tr
 
 def shown(text: str, style: str = "") -> Text:
     """A string that came from an input, for the terminal: plain text, never rich markup, with
-    control, bidi and other non-printable characters escaped (`\\x1b`, `\\u202e`).
+    control, bidi and other non-printable characters escaped (`\\x1b`, `\\u202e`, a byte that
+    is not UTF-8 as `\\xff`), and at most CELL_CHARS characters.
 
     Every such string goes through here (tables, trees, headings); errors and warnings go
     through `findings.printable`, which this wraps.
     """
-    return Text(printable(text), style=style)
+    return Text(_cut(text), style=style)
+
+
+def _cut(text: str) -> str:
+    """An input's string as one cell shows it: escaped, at most CELL_CHARS characters."""
+    return printable(text, CELL_CHARS)
+
+
+def _size(size: int, sized: bool) -> str:
+    """A symbol's size; `-` where the format records none (Mach-O, PE), as for `_lib`."""
+    return str(size) if sized else "-"
 
 
 def _yes(flag: bool) -> str:
