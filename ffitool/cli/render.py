@@ -284,67 +284,80 @@ def import_tree(modules: Sequence[ModuleInfo], max_depth: int = TREE_DEPTH) -> T
     stops at `max_depth` levels and ROWS_SHOWN lines; its last line says how many modules
     that left out.
     """
-    parents = [0] * len(modules)
-    for m in modules:
-        for child in set(m.imports):
-            parents[child] += 1
-    expanded = [False] * len(modules)
-    on_path = [False] * len(modules)
-    tree = Tree(Text("Import tree", style="bold"))
-    budget = [ROWS_SHOWN]
-
-    def label(index: int, note: str) -> Text:
-        module = modules[index]
-        text = Text(f"[{index}] ")
-        text.append(shown(module.kind))
-        if module.size is not None:
-            text.append(f" ({format_size(module.size)})")
-        if parents[index] > 1:
-            text.append(" shared", style="magenta")
-        if note:
-            text.append(f" {note}", style="dim")
-        return text
-
-    def add(node: Tree, index: int) -> None:
-        # (parent node, module, depth, leaving): leaving entries take a module off the path.
-        stack = [(node, index, 0, False)]
-        while stack and budget[0] > 0:
-            parent, current, depth, leaving = stack.pop()
-            if leaving:
-                on_path[current] = False
-                continue
-            budget[0] -= 1
-            if on_path[current]:
-                parent.add(label(current, "(cycle: back to an ancestor, not followed)"))
-            elif expanded[current]:
-                parent.add(label(current, "(expanded above)" if modules[current].imports else ""))
-            elif depth >= max_depth and modules[current].imports:
-                parent.add(label(current, f"(imports not shown past depth {max_depth})"))
-            else:
-                expanded[current] = on_path[current] = True
-                branch = parent.add(label(current, ""))
-                stack.append((branch, current, depth, True))
-                children = reversed(modules[current].imports)
-                stack.extend((branch, child, depth + 1, False) for child in children)
-
+    builder = _TreeBuilder(modules, max_depth)
     if modules:
-        add(tree, 0)
+        builder.add(builder.tree, 0)
     from_root = reachable(Blob(tuple(Module(m.kind, None, m.imports) for m in modules)))
     for index in range(len(modules)):
-        if budget[0] <= 0:
+        if builder.budget <= 0:
             break
-        if not expanded[index] and index not in from_root:
-            add(tree.add(Text("unreachable from the root", style="yellow")), index)
-    left_out = expanded.count(False)
+        if not builder.expanded[index] and index not in from_root:
+            builder.add(builder.tree.add(Text("unreachable from the root", style="yellow")), index)
+    left_out = builder.expanded.count(False)
     if left_out:
-        tree.add(
+        builder.tree.add(
             Text(
                 f"{left_out} module(s) not expanded: the text tree stops at depth {max_depth}"
                 f" and {ROWS_SHOWN} lines; --json lists every import",
                 style="yellow",
             )
         )
-    return tree
+    return builder.tree
+
+
+class _TreeBuilder:
+    """The state of one `import_tree`: which modules expanded, which are on the current path,
+    and how many lines are left of ROWS_SHOWN."""
+
+    def __init__(self, modules: Sequence[ModuleInfo], max_depth: int) -> None:
+        self.modules = modules
+        self.max_depth = max_depth
+        self.parents = [0] * len(modules)
+        for m in modules:
+            for child in set(m.imports):
+                self.parents[child] += 1
+        self.expanded = [False] * len(modules)
+        self.on_path = [False] * len(modules)
+        self.tree = Tree(Text("Import tree", style="bold"))
+        self.budget = ROWS_SHOWN
+
+    def label(self, index: int, note: str) -> Text:
+        module = self.modules[index]
+        text = Text(f"[{index}] ")
+        text.append(shown(module.kind))
+        if module.size is not None:
+            text.append(f" ({format_size(module.size)})")
+        if self.parents[index] > 1:
+            text.append(" shared", style="magenta")
+        if note:
+            text.append(f" {note}", style="dim")
+        return text
+
+    def add(self, node: Tree, index: int) -> None:
+        """Module `index` under `node`, and what it imports, depth first, within the budget."""
+        modules, on_path, expanded = self.modules, self.on_path, self.expanded
+        # (parent node, module, depth, leaving): leaving entries take a module off the path.
+        stack = [(node, index, 0, False)]
+        while stack and self.budget > 0:
+            parent, current, depth, leaving = stack.pop()
+            if leaving:
+                on_path[current] = False
+                continue
+            self.budget -= 1
+            if on_path[current]:
+                parent.add(self.label(current, "(cycle: back to an ancestor, not followed)"))
+            elif expanded[current]:
+                note = "(expanded above)" if modules[current].imports else ""
+                parent.add(self.label(current, note))
+            elif depth >= self.max_depth and modules[current].imports:
+                note = f"(imports not shown past depth {self.max_depth})"
+                parent.add(self.label(current, note))
+            else:
+                expanded[current] = on_path[current] = True
+                branch = parent.add(self.label(current, ""))
+                stack.append((branch, current, depth, True))
+                children = reversed(modules[current].imports)
+                stack.extend((branch, child, depth + 1, False) for child in children)
 
 
 def _findings_table(findings: Sequence[Finding]) -> Table:
