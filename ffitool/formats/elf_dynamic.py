@@ -147,7 +147,7 @@ class DynamicView:
         A list, not a mapping: a versioned name (foo@V1, foo@@V2) appears once per version.
         """
         return [
-            (name.decode("utf-8", "surrogateescape"), symbol)
+            (name.decode("utf-8", "backslashreplace"), symbol)
             for name, symbol in self._reader.all_symbols()
         ]
 
