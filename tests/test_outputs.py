@@ -140,6 +140,22 @@ def test_text_output_shows_the_bytes_escaped(bad_bytes):
     assert "__tvm_ffi_\\xff\\xfex" in run("inspect", bad_bytes[1]).stdout.decode()
 
 
+def test_a_macho_export_whose_name_is_not_utf8_is_found_in_the_trie(tmp_path):
+    """The export trie is searched with the name's own bytes: read back from `\\xff` text,
+    the name was not found, and the exported function vanished from the list."""
+    data = (FIXTURES / "macho" / "libffi_macho.x86_64.dylib").read_bytes()
+    # `main` is one label of the trie and the tail of `___tvm_ffi_main` in the strings.
+    assert data.count(b"\x01main\x00") == 1 and data.count(b"___tvm_ffi_main\x00") == 1
+    data = data.replace(b"\x01main\x00", b"\x01\xff\xfein\x00")
+    data = data.replace(b"___tvm_ffi_main\x00", b"___tvm_ffi_\xff\xfein\x00")
+    path = tmp_path / "lib.dylib"
+    path.write_bytes(data)
+    (library,) = strict_json(run("inspect", "--json", path).stdout)["files"][0]["libraries"]
+    function = next(f for f in library["functions"] if f["name"] == "\\xff\\xfein")
+    assert function["exported"] is True
+    assert bytes.fromhex(function["symbol_hex"]) == b"___tvm_ffi_\xff\xfein"
+
+
 def test_valid_names_carry_no_hex_field():
     result = run("inspect", "--json", FIXTURES / "libffi_c.so")
     assert b"_hex" not in result.stdout
