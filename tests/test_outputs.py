@@ -390,7 +390,7 @@ def bad_output(bad: str, places: dict[str, Path]) -> Path:
 def test_every_command_answers_a_bad_path_with_one_line_and_exit_3(
     command, bad, places, monkeypatch, capsys
 ):
-    """In process (120 cases), through the same `_delivered` guard as the console script."""
+    """In process (64 cases), through the same `_delivered` guard as the console script."""
     path = bad_output(bad, places) if command in OUTPUT_COMMANDS else places[bad]
     words = [word.format(bad=path, **places) for word in command.split()]
     monkeypatch.setattr(sys, "argv", ["ffitool", *words])

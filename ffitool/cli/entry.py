@@ -72,7 +72,8 @@ def _output_closed() -> int:
 
 
 def _os_error_message(exc: OSError) -> str:
-    """`PATH: reason` from an OSError, as `cannot open` errors read elsewhere."""
+    """`PATH: reason` from an OSError: the form of every error line (the path is the first
+    one the call named; an error without one, rare, is the reason alone)."""
     reason = exc.strerror or str(exc)
     if isinstance(exc.filename, (str, bytes)):
         return f"{os.fsdecode(exc.filename)}: {reason}"
