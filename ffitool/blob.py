@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ffitool.errors import BlobError
-from ffitool.findings import Finding, printable
+from ffitool.findings import Finding, listed, printable
 from ffitool.rules import finding
 
 LIB_KIND = "_lib"
@@ -338,7 +338,7 @@ def tree_findings(blob: Blob, *, first_key_offset: int | None = None) -> list[Fi
 
     for index, module in enumerate(modules):
         if list(module.imports) != sorted(set(module.imports)):
-            add("B204", f"module {index} imports {list(module.imports)}: unsorted or duplicated")
+            add("B204", f"module {index} imports {listed(module.imports)}: unsorted or duplicated")
     cycle = find_cycle(blob)
     if cycle:
         add("B202", "import cycle " + " -> ".join(str(i) for i in cycle))
@@ -346,13 +346,13 @@ def tree_findings(blob: Blob, *, first_key_offset: int | None = None) -> list[Fi
         for index, module in enumerate(modules):
             backward = [c for c in module.imports if c <= index]
             if backward:
-                add("B203", f"module {index} imports earlier module(s) {backward}")
+                add("B203", f"module {index} imports earlier module(s) {listed(backward)}")
     libs = [i for i, m in enumerate(modules) if m.is_lib]
     if len(libs) > 1:
-        add("B205", f"{len(libs)} `_lib` modules (at {libs}); TVM writes one")
+        add("B205", f"{len(libs)} `_lib` modules (at {listed(libs)}); TVM writes one")
     unreachable = sorted(set(range(len(modules))) - reachable(blob))
     if unreachable:
-        add("B206", f"module(s) {unreachable} are not reachable from the root")
+        add("B206", f"module(s) {listed(unreachable)} are not reachable from the root")
     return found
 
 

@@ -130,14 +130,14 @@ def sarif_document(outcome: CheckOutcome, version: str) -> dict[str, object]:
                 "ruleId": found.code,
                 "ruleIndex": codes.index(found.code),
                 "level": level,
-                "message": {"text": _located_message(reported)},
+                "message": {"text": printable(_located_message(reported))},
                 "locations": [location],
             }
         )
     notifications = [
         {
             "level": "error",
-            "message": {"text": error},
+            "message": {"text": printable(error)},
             "locations": [{"physicalLocation": {"artifactLocation": {"uri": _uri(path)}}}],
         }
         for path, error in outcome.unreadable
@@ -171,7 +171,8 @@ def _uri(path: str) -> str:
 
 
 def _located_message(reported: Reported) -> str:
-    """The finding's message, led by the archive member it is in."""
+    """The finding's message, led by the archive member it is in; SARIF and GitHub show it
+    through `printable`, as the text output does: escaped, and bounded in length."""
     message = reported.finding.message
     return f"{reported.member}: {message}" if reported.member is not None else message
 

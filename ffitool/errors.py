@@ -10,6 +10,10 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
+EXIT_OUTPUT_CLOSED = 141
+"""The reader of the output went away (`ffitool inspect dir | head`): 128 + SIGPIPE, what a
+shell reports for a command that SIGPIPE ended, so pipelines and `set -o pipefail` read it
+as they read any other command's; ffitool ends on its own to remove what it staged."""
 
 
 class FfitoolError(Exception):

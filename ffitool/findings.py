@@ -6,6 +6,8 @@ command that found it still succeeds. Codes are stable so that CI rules can refe
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -37,10 +39,57 @@ class Finding:
         }
 
 
-def printable(text: str) -> str:
-    """Text safe for a one-line message: control characters and stray surrogates escaped."""
-    if text.isprintable():
+TEXT_LIMIT = 8192
+"""Characters of one message or line made from an input, escapes included; what is left
+out is counted in a marker. Longer than any path the kernel opens (PATH_MAX is 4096), so
+an error still ends with its reason."""
+LIST_ITEMS = 16
+"""Items of a list quoted in a message (`listed`); the JSON data holds all of them."""
+
+
+def printable(text: str, limit: int = TEXT_LIMIT) -> str:
+    """Text safe for a one-line message: control characters and stray surrogates escaped,
+    and at most `limit` characters, then `... (K more characters)`.
+
+    A byte that is not UTF-8 (a surrogate from `surrogateescape`) reads `\\xff`, as in
+    Python's `backslashreplace`; other non-printable characters read as `unicode_escape`
+    spells them (`\\x1b`, `\\u202e`). Only the first `limit` characters are looked at, so
+    a megabyte name costs what its shown part costs.
+    """
+    if len(text) <= limit and text.isprintable():
         return text
-    return "".join(
-        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
-    )
+    pieces: list[str] = []
+    used = 0
+    for position, character in enumerate(text):
+        piece = character if character.isprintable() else _escaped(character)
+        used += len(piece)
+        if used > limit:
+            return "".join(pieces) + f"... ({len(text) - position} more characters)"
+        pieces.append(piece)
+    return "".join(pieces)
+
+
+def unsurrogated(text: str) -> str:
+    """`text` with each lone surrogate escaped as `printable` does, everything else kept:
+    what can be encoded as UTF-8 where the exact text matters (JSON values)."""
+    return _SURROGATE.sub(lambda found: _escaped(found.group()), text)
+
+
+def listed(items: Sequence[object], limit: int = LIST_ITEMS) -> str:
+    """`[1, 2, 3]`, or the first `limit` items and `... (K more)`: a list quoted in a message."""
+    if len(items) <= limit:
+        return str(list(items))
+    shown = ", ".join(str(item) for item in items[:limit])
+    return f"[{shown}, ... ({len(items) - limit} more)]"
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_BYTE_SURROGATES = range(0xDC80, 0xDD00)
+"""Where `surrogateescape` puts the bytes 0x80-0xff that are not UTF-8."""
+
+
+def _escaped(character: str) -> str:
+    code = ord(character)
+    if code in _BYTE_SURROGATES:
+        return f"\\x{code - 0xDC00:02x}"
+    return character.encode("unicode_escape").decode("ascii")

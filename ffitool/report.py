@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 from ffitool.checks import library_findings
-from ffitool.findings import Finding
+from ffitool.findings import Finding, unsurrogated
 from ffitool.library import (
     BlobReport,
     FfiSymbol,
@@ -103,7 +104,7 @@ def _indented(value: Any, pad: str) -> str:
             return "[]"
         return "[\n" + ",\n".join(inner + _indented(v, inner) for v in value) + f"\n{pad}]"
     if isinstance(value, str):
-        return _STRING(value)
+        return _STRING(value if value.isascii() else unsurrogated(value))
     if value is None or isinstance(value, bool):
         return _CONSTANTS[value]
     if isinstance(value, int):
@@ -112,7 +113,9 @@ def _indented(value: Any, pad: str) -> str:
 
 
 # What json.dumps does for these, without its per-call set-up (4 million calls for 100k
-# functions): the C string escaper it uses with ensure_ascii, and the three constants.
+# functions): the C string escaper it uses with ensure_ascii, and the three constants. A
+# lone surrogate (a byte that is not UTF-8, kept by surrogateescape) would come out as
+# `\udcff`, which no UTF-8 decoder accepts: `_indented` escapes those first, as text.
 _STRING = json.encoder.encode_basestring_ascii
 _CONSTANTS = {None: "null", True: "true", False: "false"}
 
@@ -139,6 +142,7 @@ def file_json(inspected: InspectedFile, *, lazy: bool = False) -> Json:
 
 
 def library_json(library: Library, *, lazy: bool = False) -> Json:
+    sized = records_sizes(library.format)
     return {
         "member": library.member,
         "format": library.format,
@@ -150,33 +154,43 @@ def library_json(library: Library, *, lazy: bool = False) -> Json:
         "slice": None if library.slice is None else asdict(library.slice),
         "signature": library.signature,
         "symbol_tables": [t.value for t in library.symbol_tables],
-        "functions": _array(library.functions, function_json, lazy),
-        "symbols": _array(library.symbols, symbol_json, lazy),
+        "functions": _array(library.functions, _sizing(function_json, sized), lazy),
+        "symbols": _array(library.symbols, _sizing(symbol_json, sized), lazy),
         "library_bin": None
         if library.library_bin is None
-        else library_bin_json(library.library_bin, lazy=lazy),
-        "system_lib_bins": [library_bin_json(b, lazy=lazy) for b in library.system_lib_bins],
+        else library_bin_json(library.library_bin, lazy=lazy, sized=sized),
+        "system_lib_bins": [
+            library_bin_json(b, lazy=lazy, sized=sized) for b in library.system_lib_bins
+        ],
         "findings": findings_json(tuple(library_findings(library))),
     }
 
 
-def function_json(function: Function) -> Json:
+def _sizing(convert: Callable[..., Json], sized: bool) -> Callable[[Any], Json]:
+    """`convert` for a library whose format records sizes or not; the plain function in the
+    common case, as a partial with a keyword costs a fifth of a row."""
+    return convert if sized else partial(convert, sized=False)
+
+
+def function_json(function: Function, *, sized: bool = True) -> Json:
+    """One function; `sized` is False for a format whose symbols record no size."""
     symbol = function.symbol.symbol
-    return {
+    row = {
         "name": function.name,
         "symbol": symbol.file_name,
         "prefix": function.symbol.naming.prefix,
         "address": symbol.address,
-        "size": symbol.size,
+        "size": symbol.size if sized else None,
         "exported": function.symbol.dynamic,
         "metadata": function.has_metadata,
         "doc": function.has_doc,
     }
+    return row if symbol.file_name.isascii() else with_exact_bytes(row, "symbol")
 
 
-def symbol_json(ffi_symbol: FfiSymbol) -> Json:
+def symbol_json(ffi_symbol: FfiSymbol, *, sized: bool = True) -> Json:
     symbol = ffi_symbol.symbol
-    return {
+    row = {
         "symbol": symbol.file_name,
         "role": ffi_symbol.naming.role.value,
         "name": ffi_symbol.naming.name,
@@ -185,33 +199,35 @@ def symbol_json(ffi_symbol: FfiSymbol) -> Json:
         "binding": symbol.binding,
         "visibility": symbol.visibility,
         "address": symbol.address,
-        "size": symbol.size,
+        "size": symbol.size if sized else None,
         "section": symbol.section,
         "defined": symbol.defined,
         "table": symbol.table.value,
         "in_symtab": ffi_symbol.in_symtab,
         "exported": ffi_symbol.dynamic,
     }
+    return row if symbol.file_name.isascii() else with_exact_bytes(row, "symbol")
 
 
-def library_bin_json(library_bin: LibraryBin, *, lazy: bool = False) -> Json:
+def library_bin_json(library_bin: LibraryBin, *, lazy: bool = False, sized: bool = True) -> Json:
     symbol = library_bin.symbol.symbol
-    return {
+    row = {
         "symbol": symbol.file_name,
         "prefix": library_bin.prefix,
         "layout": library_bin.layout,
         "section": symbol.section,
         "address": symbol.address,
-        "symbol_size": symbol.size,
+        "symbol_size": symbol.size if sized else None,
         "file_offset": library_bin.file_offset,
         "nbytes": library_bin.nbytes,
         "modules": _array(library_bin.modules, module_json, lazy),
         "findings": findings_json(library_bin.findings),
     }
+    return with_exact_bytes(row, "symbol")
 
 
 def module_json(module: ModuleInfo) -> Json:
-    return {
+    row = {
         "index": module.index,
         "kind": module.kind,
         "size": module.size,
@@ -219,6 +235,43 @@ def module_json(module: ModuleInfo) -> Json:
         "imports": list(module.imports),
         "payload_offset": module.payload_offset,
     }
+    return row if module.kind.isascii() else with_exact_bytes(row, "kind")
+
+
+SIZELESS_FORMATS = frozenset({"Mach-O", "PE"})
+"""Formats whose symbols carry no size (an nlist entry, an export-directory entry has no
+such field): the reader's 0 there is not a size, so JSON says null and text says `-`."""
+
+
+def records_sizes(library_format: str) -> bool:
+    """Whether the symbols of a library of this format record their size (ELF's st_size)."""
+    return library_format not in SIZELESS_FORMATS
+
+
+def with_exact_bytes(row: Json, field: str) -> Json:
+    """`row` with `<field>_hex` after `field`, the exact bytes of its text, when they are not
+    UTF-8; otherwise `row` itself (the callers skip the call for ASCII, the common case).
+
+    Readers keep such bytes as surrogates (surrogateescape); the JSON value shows them
+    escaped (`\\xff`), which cannot be told from a name that spells a backslash, so the
+    bytes themselves travel in hex next to it. Only then: a valid name has no such field.
+    """
+    text = row[field]
+    try:
+        text.encode("utf-8")
+        return row
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte: not read from a file
+        return row
+    result: Json = {}
+    for key, value in row.items():
+        result[key] = value
+        if key == field:
+            result[f"{field}_hex"] = raw.hex()
+    return result
 
 
 def findings_json(findings: tuple[Finding, ...]) -> list[Json]:

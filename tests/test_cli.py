@@ -189,7 +189,7 @@ def test_help_documents_the_exit_codes():
         assert (
             "0 success; 1 a check failed; 2 usage error; 3 an input could not be read or is not"
             " a supported object file, or an output could not be written or failed verification"
-            " (the input is then unchanged)."
+            " (the input is then unchanged); 141 the reader of the output closed it (| head)."
         ) in flat, command
 
 

@@ -24,8 +24,9 @@ from ffitool.units import format_size
 EXIT_CODES_HELP = (
     "Exit codes (the same for every command): 0 success; 1 a check failed; 2 usage error; "
     "3 an input could not be read or is not a supported object file, or an output could not "
-    "be written or failed verification (the input is then unchanged). A malformed blob inside "
-    "a readable library is reported as findings and does not change the exit code of inspect."
+    "be written or failed verification (the input is then unchanged); 141 the reader of the "
+    "output closed it (| head). A malformed blob inside a readable library is reported as "
+    "findings and does not change the exit code of inspect."
 )
 
 app = typer.Typer(

@@ -9,12 +9,14 @@ commands, paths that start with a dash) goes through the typer app, which calls 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from ffitool.errors import EXIT_BAD_INPUT, EXIT_OK
+from ffitool.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_OUTPUT_CLOSED
 
 
 def main() -> None:
@@ -24,18 +26,58 @@ def main() -> None:
     paths = [a for a in args[1:] if a != "--json"]
     plain = paths and not any(p.startswith("-") for p in paths) and args.count("--json") <= 1
     if args[:1] == ["inspect"] and plain:
-        # What click does for the typer route: a closed pipe or ^C ends quietly with 1.
-        try:
-            code = run_inspect([Path(p) for p in paths], "--json" in args)
-            sys.stdout.flush()
-        except BrokenPipeError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            code = 1
-        except KeyboardInterrupt:
-            sys.stderr.write("Aborted!\n")
-            code = 1
-        sys.exit(code)
-    sys.exit(run_app())
+        sys.exit(_delivered(lambda: run_inspect([Path(p) for p in paths], "--json" in args)))
+    sys.exit(_delivered(run_app))
+
+
+def _delivered(run: Callable[[], int]) -> int:
+    """Run a command to its end and flush its output; what no command turned into a clean
+    error ends here, as one line or a documented exit code, never as a traceback.
+
+    - The reader of stdout (or stderr) went away (`| head`): nothing more can be delivered,
+      so nothing more is said, and the exit code is EXIT_OUTPUT_CLOSED (141, what a shell
+      reports for a process that SIGPIPE ended). Click turns EPIPE into `sys.exit(1)`
+      itself, which `check` uses for failing findings; that exit is recognised by the
+      BrokenPipeError it was raised while handling.
+    - An OSError that escaped a command (a path that vanished between a check and its use,
+      a missing library given to `pack`): `ffitool: error: PATH: reason`, exit 3.
+    - ^C in the fast `inspect` route: `Aborted!` and exit 1, as click does.
+    """
+    try:
+        code = run()
+        sys.stdout.flush()  # here, not at exit, where a closed pipe is a traceback
+    except BrokenPipeError:
+        return _output_closed()
+    except SystemExit as exc:
+        if isinstance(exc.__context__, BrokenPipeError):
+            return _output_closed()
+        raise
+    except KeyboardInterrupt:
+        sys.stderr.write("Aborted!\n")
+        return 1
+    except OSError as exc:
+        print_error(_os_error_message(exc))
+        return EXIT_BAD_INPUT
+    return code
+
+
+def _output_closed() -> int:
+    """Point stdout and stderr at /dev/null, so that the flush at exit finds no closed pipe
+    to complain about on a stderr that may be gone too."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            os.dup2(null, stream.fileno())
+    return EXIT_OUTPUT_CLOSED
+
+
+def _os_error_message(exc: OSError) -> str:
+    """`PATH: reason` from an OSError: the form of every error line (the path is the first
+    one the call named; an error without one, rare, is the reason alone)."""
+    reason = exc.strerror or str(exc)
+    if isinstance(exc.filename, (str, bytes)):
+        return f"{os.fsdecode(exc.filename)}: {reason}"
+    return reason
 
 
 def run_app() -> int:

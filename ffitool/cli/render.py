@@ -22,6 +22,7 @@ from ffitool.checks import library_findings
 from ffitool.findings import Finding, Severity, printable
 from ffitool.library import BlobReport, InspectedFile, Library, LibraryBin, ModuleInfo
 from ffitool.pack.plan import Plan
+from ffitool.report import records_sizes
 from ffitool.units import format_size
 
 PROGRESS_THRESHOLD = 64 << 20
@@ -30,6 +31,10 @@ ROWS_SHOWN = 2000
 so a table of 500k functions would take minutes; `--json` lists everything."""
 IMPORTS_SHOWN = 64
 """Imports listed in one module's table cell."""
+CELL_CHARS = 1024
+"""Characters of one name, kind or message shown in a table cell, tree label or heading;
+the rest is counted (`... (K more characters)`). Rich pads a column to its widest cell, so
+one megabyte-long kind would otherwise widen every row of its table; `--json` has it all."""
 _SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 UNWRAPPED_WIDTH = 1 << 20
 """The console width when stdout is not a terminal: wider than any line ffitool prints (rows
@@ -150,7 +155,10 @@ def library_view(library: Library) -> Group:
     heading = shown(f"[{library.member}] " if library.member else "", "bold")
     heading.append(f"{title}; symbol tables: {tables}")
     parts: list[object] = [heading]
-    parts.append(_functions_table(library) if library.functions else Text("No FFI functions."))
+    sized = records_sizes(library.format)
+    parts.append(
+        _functions_table(library, sized) if library.functions else Text("No FFI functions.")
+    )
     # A PE forwarder names a function of another DLL: not one of this library's functions,
     # but what GetProcAddress hands out under the FFI name.
     forwarded = [s for s in library.symbols if s.symbol.binding == "FORWARDER"]
@@ -175,22 +183,22 @@ def library_view(library: Library) -> Group:
                 shown(s.symbol.file_name),
                 s.naming.role.value,
                 f"{s.symbol.address:#x}",
-                str(s.symbol.size),
+                _size(s.symbol.size, sized),
                 shown(s.symbol.section or "UND"),
                 _yes(s.dynamic),
             )
         parts.append(table)
     if library.library_bin is not None:
-        parts.extend(_blob_parts(library.library_bin))
+        parts.extend(_blob_parts(library.library_bin, sized))
     for system_lib_bin in library.system_lib_bins:
-        parts.extend(_blob_parts(system_lib_bin))
+        parts.extend(_blob_parts(system_lib_bin, sized))
     findings = library_findings(library)
     if findings:
         parts.append(_findings_table(tuple(findings)))
     return Group(*parts)
 
 
-def _functions_table(library: Library) -> Table:
+def _functions_table(library: Library, sized: bool) -> Table:
     table = _table(
         f"Functions ({len(library.functions)})",
         ("name", "symbol", "address", "size", "exported", "metadata", "doc"),
@@ -201,7 +209,7 @@ def _functions_table(library: Library) -> Table:
             shown(f.name),
             shown(f.symbol.symbol.file_name),
             f"{f.symbol.symbol.address:#x}",
-            str(f.symbol.symbol.size),
+            _size(f.symbol.symbol.size, sized),
             _yes(f.symbol.dynamic),
             _yes(f.has_metadata),
             _yes(f.has_doc),
@@ -209,18 +217,16 @@ def _functions_table(library: Library) -> Table:
     return table
 
 
-def _blob_parts(library_bin: LibraryBin) -> list[object]:
+def _blob_parts(library_bin: LibraryBin, sized: bool) -> list[object]:
     symbol = library_bin.symbol.symbol
     offset = "n/a" if library_bin.file_offset is None else f"{library_bin.file_offset:#x}"
     nbytes = "n/a" if library_bin.nbytes is None else str(library_bin.nbytes)
     line = Text("System-lib blob " if library_bin.prefix else "Blob ", style="bold")
-    prefix = f"prefix {library_bin.prefix}, " if library_bin.prefix else ""
+    prefix = f"prefix {_cut(library_bin.prefix)}, " if library_bin.prefix else ""
     line.append(
-        printable(
-            f"{symbol.file_name} ({prefix}{library_bin.layout}) in {symbol.section}"
-            f" at {symbol.address:#x}, "
-            f"file offset {offset}, symbol size {symbol.size}, nbytes {nbytes}"
-        )
+        f"{_cut(symbol.file_name)} ({prefix}{library_bin.layout}) in {_cut(str(symbol.section))}"
+        f" at {symbol.address:#x}, "
+        f"file offset {offset}, symbol size {_size(symbol.size, sized)}, nbytes {nbytes}"
     )
     parts: list[object] = [line]
     if library_bin.modules:
@@ -278,67 +284,80 @@ def import_tree(modules: Sequence[ModuleInfo], max_depth: int = TREE_DEPTH) -> T
     stops at `max_depth` levels and ROWS_SHOWN lines; its last line says how many modules
     that left out.
     """
-    parents = [0] * len(modules)
-    for m in modules:
-        for child in set(m.imports):
-            parents[child] += 1
-    expanded = [False] * len(modules)
-    on_path = [False] * len(modules)
-    tree = Tree(Text("Import tree", style="bold"))
-    budget = [ROWS_SHOWN]
-
-    def label(index: int, note: str) -> Text:
-        module = modules[index]
-        text = Text(f"[{index}] ")
-        text.append(shown(module.kind))
-        if module.size is not None:
-            text.append(f" ({format_size(module.size)})")
-        if parents[index] > 1:
-            text.append(" shared", style="magenta")
-        if note:
-            text.append(f" {note}", style="dim")
-        return text
-
-    def add(node: Tree, index: int) -> None:
-        # (parent node, module, depth, leaving): leaving entries take a module off the path.
-        stack = [(node, index, 0, False)]
-        while stack and budget[0] > 0:
-            parent, current, depth, leaving = stack.pop()
-            if leaving:
-                on_path[current] = False
-                continue
-            budget[0] -= 1
-            if on_path[current]:
-                parent.add(label(current, "(cycle: back to an ancestor, not followed)"))
-            elif expanded[current]:
-                parent.add(label(current, "(expanded above)" if modules[current].imports else ""))
-            elif depth >= max_depth and modules[current].imports:
-                parent.add(label(current, f"(imports not shown past depth {max_depth})"))
-            else:
-                expanded[current] = on_path[current] = True
-                branch = parent.add(label(current, ""))
-                stack.append((branch, current, depth, True))
-                children = reversed(modules[current].imports)
-                stack.extend((branch, child, depth + 1, False) for child in children)
-
+    builder = _TreeBuilder(modules, max_depth)
     if modules:
-        add(tree, 0)
+        builder.add(builder.tree, 0)
     from_root = reachable(Blob(tuple(Module(m.kind, None, m.imports) for m in modules)))
     for index in range(len(modules)):
-        if budget[0] <= 0:
+        if builder.budget <= 0:
             break
-        if not expanded[index] and index not in from_root:
-            add(tree.add(Text("unreachable from the root", style="yellow")), index)
-    left_out = expanded.count(False)
+        if not builder.expanded[index] and index not in from_root:
+            builder.add(builder.tree.add(Text("unreachable from the root", style="yellow")), index)
+    left_out = builder.expanded.count(False)
     if left_out:
-        tree.add(
+        builder.tree.add(
             Text(
                 f"{left_out} module(s) not expanded: the text tree stops at depth {max_depth}"
                 f" and {ROWS_SHOWN} lines; --json lists every import",
                 style="yellow",
             )
         )
-    return tree
+    return builder.tree
+
+
+class _TreeBuilder:
+    """The state of one `import_tree`: which modules expanded, which are on the current path,
+    and how many lines are left of ROWS_SHOWN."""
+
+    def __init__(self, modules: Sequence[ModuleInfo], max_depth: int) -> None:
+        self.modules = modules
+        self.max_depth = max_depth
+        self.parents = [0] * len(modules)
+        for m in modules:
+            for child in set(m.imports):
+                self.parents[child] += 1
+        self.expanded = [False] * len(modules)
+        self.on_path = [False] * len(modules)
+        self.tree = Tree(Text("Import tree", style="bold"))
+        self.budget = ROWS_SHOWN
+
+    def label(self, index: int, note: str) -> Text:
+        module = self.modules[index]
+        text = Text(f"[{index}] ")
+        text.append(shown(module.kind))
+        if module.size is not None:
+            text.append(f" ({format_size(module.size)})")
+        if self.parents[index] > 1:
+            text.append(" shared", style="magenta")
+        if note:
+            text.append(f" {note}", style="dim")
+        return text
+
+    def add(self, node: Tree, index: int) -> None:
+        """Module `index` under `node`, and what it imports, depth first, within the budget."""
+        modules, on_path, expanded = self.modules, self.on_path, self.expanded
+        # (parent node, module, depth, leaving): leaving entries take a module off the path.
+        stack = [(node, index, 0, False)]
+        while stack and self.budget > 0:
+            parent, current, depth, leaving = stack.pop()
+            if leaving:
+                on_path[current] = False
+                continue
+            self.budget -= 1
+            if on_path[current]:
+                parent.add(self.label(current, "(cycle: back to an ancestor, not followed)"))
+            elif expanded[current]:
+                note = "(expanded above)" if modules[current].imports else ""
+                parent.add(self.label(current, note))
+            elif depth >= self.max_depth and modules[current].imports:
+                note = f"(imports not shown past depth {self.max_depth})"
+                parent.add(self.label(current, note))
+            else:
+                expanded[current] = on_path[current] = True
+                branch = parent.add(self.label(current, ""))
+                stack.append((branch, current, depth, True))
+                children = reversed(modules[current].imports)
+                stack.extend((branch, child, depth + 1, False) for child in children)
 
 
 def _findings_table(findings: Sequence[Finding]) -> Table:
@@ -364,12 +383,23 @@ def _tree_part(modules: Sequence[ModuleInfo], findings: Sequence[Finding]) -> Tr
 
 def shown(text: str, style: str = "") -> Text:
     """A string that came from an input, for the terminal: plain text, never rich markup, with
-    control, bidi and other non-printable characters escaped (`\\x1b`, `\\u202e`).
+    control, bidi and other non-printable characters escaped (`\\x1b`, `\\u202e`, a byte that
+    is not UTF-8 as `\\xff`), and at most CELL_CHARS characters.
 
     Every such string goes through here (tables, trees, headings); errors and warnings go
     through `findings.printable`, which this wraps.
     """
-    return Text(printable(text), style=style)
+    return Text(_cut(text), style=style)
+
+
+def _cut(text: str) -> str:
+    """An input's string as one cell shows it: escaped, at most CELL_CHARS characters."""
+    return printable(text, CELL_CHARS)
+
+
+def _size(size: int, sized: bool) -> str:
+    """A symbol's size; `-` where the format records none (Mach-O, PE), as for `_lib`."""
+    return str(size) if sized else "-"
 
 
 def _yes(flag: bool) -> str:

@@ -461,7 +461,7 @@ class _Trie:
         a trie whose child offsets loop back, or whose labels are empty, still terminates.
         """
         data = self._data
-        name = raw_name.encode("utf-8", "backslashreplace")
+        name = raw_name.encode("utf-8", "surrogateescape")
         node = position = 0
         visited: set[int] = set()
         while node not in visited:

@@ -225,4 +225,4 @@ def matching_entries(fields: array, hits: set[int]) -> list[tuple[int, int]]:
 def c_string(strings: Searchable, offset: int) -> str:
     end = strings.find(b"\0", offset)
     raw = strings[offset : end if end != -1 else len(strings)]
-    return raw.decode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "surrogateescape")  # bytes kept: shown as \xff, in JSON as hex
