@@ -6,6 +6,7 @@ process (uid `nobody`) forked from the test, which shares the directory the outp
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -68,53 +69,209 @@ def as_nobody(work) -> int:
     return pid
 
 
-def test_swapping_staged_names_for_symlinks_redirects_nothing(shared_dir, tmp_path):
-    """While root packs, `nobody` replaces every temporary name in the directory with a
-    symlink to a root-only file; that file must stay untouched and the library a file."""
+def as_nobody_now(work) -> None:
+    """Run `work()` as `nobody` to completion: the attack happens at this very point."""
+    _, status = os.waitpid(as_nobody(work), 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # the attack could reach the directory
+
+
+def swap_names(shared: Path, secret: Path, keep: str) -> None:
+    """Every entry of `shared` but `keep` that is not the attacker's is renamed away: a file
+    gives way to a symlink to `secret`, a directory to the attacker's own, holding such a
+    symlink under the name `keep`."""
+    for entry in os.listdir(shared):
+        path = shared / entry
+        info = os.lstat(path)
+        if entry == keep or info.st_uid == NOBODY or entry.endswith(".moved"):
+            continue
+        os.rename(path, shared / f"{entry}.moved")
+        if stat.S_ISDIR(info.st_mode):
+            os.mkdir(path)
+            os.symlink(secret, path / keep)
+        else:
+            os.symlink(secret, path)
+
+
+def swap_inside(shared: Path, secret: Path) -> None:
+    """Every entry of every directory in `shared` the attacker may write to becomes a
+    symlink to `secret`."""
+    for entry in os.listdir(shared):
+        path = shared / entry
+        info = os.lstat(path)
+        if stat.S_ISDIR(info.st_mode) and (info.st_uid == NOBODY or info.st_mode & 0o002):
+            for inner in os.listdir(path):
+                os.unlink(path / inner)
+                os.symlink(secret, path / inner)
+
+
+class Hooked:
+    """`ffitool.staging`'s view of `os`, with `work` run right before or after some calls:
+    the points between which an attacker may act, reproduced without racing anything."""
+
+    def __init__(self, **work) -> None:
+        self._work = work  # e.g. after_link=..., before_rename=...
+
+    def __getattr__(self, name: str):
+        real = getattr(os, name)
+        before, after = self._work.get(f"before_{name}"), self._work.get(f"after_{name}")
+        if before is None and after is None:
+            return real
+
+        def hooked(*args, **kwargs):
+            if before is not None:
+                before()
+            result = real(*args, **kwargs)
+            if after is not None:
+                after()
+            return result
+
+        return hooked
+
+
+@pytest.fixture(params=["O_TMPFILE", "named"])
+def staging_mode(request, monkeypatch):
+    """Both ways a file is staged: unnamed until published, or named from the start (where
+    the system has no O_TMPFILE)."""
+    if request.param == "named":
+        import ffitool.staging
+
+        monkeypatch.setattr(ffitool.staging, "_O_TMPFILE", 0)
+    return request.param
+
+
+@pytest.fixture
+def victim(shared_dir, tmp_path):
+    """A library in the shared directory, a payload, and a root-only secret."""
     secret = tmp_path / "secret"
     secret.write_bytes(b"root only\n")
     secret.chmod(0o600)
     payload = tmp_path / "payload.bin"
-    payload.write_bytes(os.urandom(8 << 20))  # a few hundred ms of writing: a wide window
+    payload.write_bytes(b"payload")
     lib = shared_dir / "lib.so"
-    for attempt in range(5):
-        shutil.copyfile(FIXTURES / "libffi_cpp.so", lib)
+    shutil.copyfile(FIXTURES / "libffi_cpp.so", lib)
+    return lib, payload, secret
 
-        def attack() -> None:
-            (shared_dir / "attacker-ran").touch()
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                for entry in os.listdir(shared_dir):
-                    if entry.endswith(".ffitool"):
-                        target = shared_dir / entry
-                        try:
-                            target.unlink()
-                            target.symlink_to(secret)
-                        except OSError:
-                            pass
-                if (shared_dir / "stop").exists():
-                    return
 
-        attacker = as_nobody(attack)
-        try:
-            code, _, err = finished(ffitool("pack", str(lib), "--add", f"test_alpha:{payload}"))
-        finally:
-            (shared_dir / "stop").touch()
-            _, status = os.waitpid(attacker, 0)
-            (shared_dir / "stop").unlink()
-        assert os.waitstatus_to_exitcode(status) == 0  # the attacker could reach the directory
-        (shared_dir / "attacker-ran").unlink()
-        assert secret.read_bytes() == b"root only\n", attempt
-        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
-        assert not lib.is_symlink() and lib.is_file()
-        assert code in (0, 3), err
-        if code == 0:
-            (library,) = inspect_path(lib).libraries
-            assert [m.kind for m in library.library_bin.modules][-1] == "test_alpha"
-        for entry in os.listdir(shared_dir):  # only the attacker's own symlinks may remain
-            assert entry == "lib.so" or (shared_dir / entry).is_symlink(), entry
-            if entry != "lib.so":
-                (shared_dir / entry).unlink()
+def _attacked_pack(monkeypatch, lib: Path, payload: Path, **work) -> None:
+    """Pack `lib` in place, in process, with `work` hooked into the staging."""
+    import ffitool.staging
+    from ffitool.pack import pack_library
+
+    plan = _plan(lib, payload)
+    monkeypatch.setattr(ffitool.staging, "os", Hooked(**work))
+    pack_library(lib, plan)
+
+
+@pytest.mark.parametrize("moment", ["after_link", "before_rename"])
+def test_swapping_staged_names_for_symlinks_redirects_nothing(
+    victim, staging_mode, monkeypatch, moment
+):
+    """`nobody` replaces every name ffitool has in the shared directory (a temporary file, a
+    directory) with a symlink to a root-only file, or a directory of its own holding one,
+    after the new file is named and again right before the rename: the library must end up
+    packed and a regular file, the secret untouched."""
+    lib, payload, secret = victim
+    shared = lib.parent
+
+    def attack() -> None:
+        as_nobody_now(lambda: (swap_inside(shared, secret), swap_names(shared, secret, "lib.so")))
+
+    _attacked_pack(monkeypatch, lib, payload, **{moment: attack, "before_rename": attack})
+    assert secret.read_bytes() == b"root only\n"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert not lib.is_symlink() and lib.is_file()
+    (library,) = inspect_path(lib).libraries
+    assert [m.kind for m in library.library_bin.modules][-1] == "test_beta"
+    for entry in os.listdir(shared):  # the attacker's things, and ours they moved (empty)
+        path = shared / entry
+        assert entry == "lib.so" or path.lstat().st_uid == NOBODY or not any(path.iterdir())
+
+
+@pytest.mark.parametrize("planted", ["the attacker's", "world-writable"])
+def test_a_directory_swapped_for_the_private_one_is_refused(
+    victim, staging_mode, monkeypatch, planted
+):
+    """Right after ffitool creates its private directory, `nobody` renames it away and puts
+    another in its place: one of its own, or a root-owned directory anybody may write to
+    (an upload area in the shared directory). ffitool must not name its file in there."""
+    from ffitool.errors import InputError
+
+    lib, payload, secret = victim
+    shared = lib.parent
+    uploads = shared / "uploads"
+    uploads.mkdir()
+    uploads.chmod(0o777)
+    before = lib.read_bytes()
+
+    def plant() -> None:
+        def work() -> None:
+            for entry in os.listdir(shared):
+                if entry.endswith(".ffitool"):
+                    os.rename(shared / entry, shared / f"{entry}.moved")
+                    if planted == "world-writable":
+                        os.rename(uploads, shared / entry)
+                    else:
+                        os.mkdir(shared / entry)
+                        os.chmod(shared / entry, 0o700)  # as private as ours
+
+        as_nobody_now(work)
+
+    def attack() -> None:
+        as_nobody_now(lambda: (swap_inside(shared, secret), swap_names(shared, secret, "lib.so")))
+
+    message = (
+        f"{shared}: the directory ffitool created there to publish the new file was replaced"
+        " by another; nothing was written"
+    )
+    with pytest.raises(InputError) as refused:
+        _attacked_pack(monkeypatch, lib, payload, after_mkdir=plant, before_rename=attack)
+    assert str(refused.value) == message
+    assert lib.read_bytes() == before and not lib.is_symlink()
+    assert secret.read_bytes() == b"root only\n"
+    (name,) = [entry for entry in os.listdir(shared) if entry.endswith(".ffitool")]
+    owner = (shared / name).stat().st_uid  # what was planted is left to its owner
+    assert owner == (0 if planted == "world-writable" else NOBODY)
+    for entry in os.listdir(shared):  # what the attacker planted, now empty, and ours, moved
+        path = shared / entry
+        assert entry == "lib.so" or not any(path.iterdir()), entry
+
+
+@pytest.mark.parametrize(
+    ("mode", "call", "failure"),
+    [
+        ("O_TMPFILE", "mkdir", OSError(errno.EIO, "Input/output error")),
+        ("O_TMPFILE", "link", OSError(errno.EIO, "Input/output error")),
+        ("O_TMPFILE", "rename", OSError(errno.EIO, "Input/output error")),
+        ("O_TMPFILE", "rename", SystemExit(128 + signal.SIGTERM)),
+        ("named", "mkdir", OSError(errno.EIO, "Input/output error")),
+        ("named", "rename", OSError(errno.EIO, "Input/output error")),
+        ("named", "rename", SystemExit(128 + signal.SIGTERM)),
+    ],
+)
+def test_a_failure_while_publishing_leaves_nothing_behind(host, monkeypatch, mode, call, failure):
+    """Whichever step of publishing fails (or a SIGTERM arrives there), the private directory
+    and the file in it are gone and the library is as it was."""
+    import ffitool.staging
+    from ffitool.errors import InputError
+    from ffitool.pack import pack_library
+
+    lib, payload = host
+    if mode == "named":
+        monkeypatch.setattr(ffitool.staging, "_O_TMPFILE", 0)
+    plan = _plan(lib, payload)
+    before = lib.read_bytes()
+
+    def fail() -> None:
+        raise failure
+
+    monkeypatch.setattr(ffitool.staging, "os", Hooked(**{f"before_{call}": fail}))
+    with pytest.raises(InputError if isinstance(failure, OSError) else SystemExit) as raised:
+        pack_library(lib, plan)
+    if isinstance(failure, OSError):
+        what = "cannot create a file" if call == "mkdir" else f"{lib}: cannot write"
+        assert str(raised.value).endswith(f"{what}: Input/output error")
+    assert lib.read_bytes() == before
+    assert sorted(p.name for p in lib.parent.iterdir()) == ["lib.so", "payload.bin"]
 
 
 @pytest.mark.parametrize("command", ["pack", "encode", "emit-c"])
