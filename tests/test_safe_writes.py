@@ -6,8 +6,11 @@ process (uid `nobody`) forked from the test, which shares the directory the outp
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import os
+import re
 import shutil
 import signal
 import stat
@@ -15,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -491,26 +495,148 @@ def test_a_library_modified_while_its_blob_is_read_is_refused(host, monkeypatch)
         pack.existing_modules(lib)
 
 
-@pytest.mark.parametrize("swap", ["symlink", "new file"])
-def test_a_payload_swapped_after_it_was_checked_is_not_embedded(host, tmp_path, swap):
-    """Between the check of a payload (or a manifest's file) and the copy, its path is
-    pointed elsewhere: the copy refuses what it did not check."""
-    from ffitool.errors import InputError
+@contextlib.contextmanager
+def hang_guard(seconds: int = 300) -> Iterator[None]:
+    """Fail the test, rather than block the run, if the code under test blocks (opening a
+    FIFO nobody writes to does): a guard, far above any real duration, not a measurement."""
+
+    def expire(*_: object) -> None:
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def replace_with(path: Path, swap: str, secret: Path) -> None:
+    """Point `path` elsewhere: a symlink to `secret`, another file, or a FIFO nobody writes."""
+    path.unlink()
+    if swap == "symlink":
+        path.symlink_to(secret)
+    elif swap == "new file":
+        path.write_bytes(b"another file")
+    else:
+        os.mkfifo(path)
+
+
+def last_module_sha256(lib: Path) -> str:
+    (library,) = inspect_path(lib).libraries
+    return library.library_bin.modules[-1].sha256
+
+
+SWAPS = ["symlink", "new file", "fifo"]
+
+
+@pytest.mark.parametrize("swap", SWAPS)
+def test_a_payload_swapped_after_it_was_checked_is_not_read(host, tmp_path, swap):
+    """Between the check of a payload and the copy, its path is pointed elsewhere: the copy
+    reads the file that was checked, through the descriptor it was checked on, and a FIFO
+    there cannot block it."""
     from ffitool.pack import pack_library
 
     lib, payload = host
     plan = _plan(lib, payload)
     secret = tmp_path / "secret"
     secret.write_bytes(b"not for the blob")
-    payload.unlink()
-    if swap == "symlink":
-        payload.symlink_to(secret)
-    else:
-        payload.write_bytes(b"payload")  # same bytes, another file
-    before = lib.read_bytes()
-    with pytest.raises(InputError, match=r"payload\.bin: changed after it was checked"):
+    replace_with(payload, swap, secret)
+    with hang_guard():
         pack_library(lib, plan)
-    assert lib.read_bytes() == before
+    assert last_module_sha256(lib) == hashlib.sha256(b"payload").hexdigest()
+
+
+@pytest.mark.parametrize("writer", ["pack", "encode", "emit-c"])
+@pytest.mark.parametrize("swap", SWAPS)
+def test_a_manifest_file_swapped_after_it_was_checked_is_not_read(tmp_path, writer, swap):
+    """The same between reading a manifest (which checks its files' sizes and digests) and
+    writing what it describes, for each writer."""
+    from ffitool.emit import write_c_source, write_raw_blob
+    from ffitool.manifest import extract, read_manifest
+    from ffitool.pack import pack_library
+    from ffitool.pack.plan import plan_from_modules
+
+    parts = tmp_path / "parts"
+    extract(FIXTURES / "libffi_c.so", parts)
+    plan = plan_from_modules(read_manifest(parts / "manifest.json"))
+    checked = (parts / "002-test_beta.bin").read_bytes()
+    replace_with(parts / "002-test_beta.bin", swap, parts / "001-test_alpha.bin")
+    out = tmp_path / "out"
+    with hang_guard():
+        if writer == "pack":
+            pack_library(FIXTURES / "libffi_c.so", plan, out)
+        elif writer == "encode":
+            write_raw_blob(plan, out)
+        else:
+            write_c_source(plan, out)
+    if writer == "pack":
+        assert last_module_sha256(out) == hashlib.sha256(checked).hexdigest()
+        return
+    written = out.read_bytes()
+    if writer == "emit-c":  # the blob's bytes, as the C array spells them
+        written = bytes(int(digits, 16) for digits in re.findall(rb"0x([0-9a-f]{2}),", written))
+    assert written.endswith(checked)
+
+
+@pytest.mark.parametrize("swap", SWAPS)
+def test_a_library_swapped_while_extracted_is_read_where_it_was_inspected(
+    tmp_path, monkeypatch, swap
+):
+    """`extract` inspects the library, then copies the payloads out: a swap of its path in
+    between changes nothing, since both go through one descriptor."""
+    import ffitool.manifest
+    from ffitool.manifest import extract
+
+    lib = tmp_path / "lib.so"
+    shutil.copyfile(FIXTURES / "libffi_c.so", lib)
+    original = lib.read_bytes()
+    target = ffitool.manifest._open_target  # called between the inspection and the copies
+
+    def swapped_first(directory: Path):
+        replace_with(lib, swap, FIXTURES / "libffi_cpp.so")
+        return target(directory)
+
+    monkeypatch.setattr(ffitool.manifest, "_open_target", swapped_first)
+    with hang_guard():
+        extract(lib, tmp_path / "parts")
+    monkeypatch.undo()
+    (tmp_path / "again.so").write_bytes(original)
+    extract(tmp_path / "again.so", tmp_path / "expected")
+    for name in ("manifest.json", "001-test_alpha.bin", "002-test_beta.bin"):
+        have, want = (tmp_path / "parts" / name).read_bytes(), (tmp_path / "expected" / name)
+        if name == "manifest.json":
+            have = have.replace(str(lib).encode(), str(tmp_path / "again.so").encode())
+        assert have == want.read_bytes(), name
+
+
+def test_a_library_swapped_for_a_fifo_while_packed_does_not_block(host, monkeypatch):
+    """`pack` inspects and rewrites the library through the descriptor it locked: a FIFO put
+    at its path in between blocks nothing and replaces nothing; the original is unchanged."""
+    import ffitool.pack as pack
+
+    lib, payload = host
+    plan = _plan(lib, payload)
+    kept = lib.parent / "kept"
+    os.link(lib, kept)  # the original file, whatever happens to its name
+    before = kept.read_bytes()
+    inspect_it = pack._packable
+
+    def inspect_then_swap(*args, **options):
+        found = inspect_it(*args, **options)
+        lib.unlink()
+        os.mkfifo(lib)
+        return found
+
+    monkeypatch.setattr(pack, "_packable", inspect_then_swap)
+    from ffitool.errors import InputError
+
+    with hang_guard(), pytest.raises(InputError) as refused:
+        pack.pack_library(lib, plan)
+    assert str(refused.value) == f"{lib}: exists and is not a regular file; not replacing it"
+    assert stat.S_ISFIFO(lib.lstat().st_mode) and kept.read_bytes() == before
+    assert sorted(p.name for p in lib.parent.iterdir()) == ["kept", "lib.so", "payload.bin"]
 
 
 def test_dash_writes_the_verified_output_to_stdout(tmp_path):
