@@ -56,14 +56,46 @@ def shared_dir():
     shutil.rmtree(directory)
 
 
+def drop_to_nobody() -> None:
+    """Become uid and gid nobody, with none of root's supplementary groups."""
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
+def cli_as_nobody(*args: str) -> tuple[int, str, str]:
+    """`ffitool ARGS` as `nobody`: exit code, stdout, stderr. `nobody` cannot start root's
+    Python, so this is a forked child of the test, running the command line's entry point:
+    every module the command needs must already be imported (run it once as root first)."""
+    from ffitool.cli.entry import run_app
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                drop_to_nobody()
+                sys.stdout, sys.stderr, sys.argv = out, err, ["ffitool", *args]
+                code = run_app()
+            except BaseException as exc:
+                err.write(f"as nobody: {exc!r}\n")
+            finally:
+                out.flush()
+                err.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        out.seek(0)
+        err.seek(0)
+        return os.waitstatus_to_exitcode(status), out.read(), err.read()
+
+
 def as_nobody(work) -> int:
     """Run `work()` in a forked child that has dropped to uid/gid nobody; returns its pid."""
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
+            drop_to_nobody()
             work()
             code = 0
         except BaseException as exc:  # shown in the test's captured stderr
@@ -330,9 +362,9 @@ def test_setuid_bits_go_only_to_the_owner_they_belonged_to(shared_dir):
     assert code == 0, err
     info = lib.stat()
     assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (NOBODY, NOBODY, 0o4755)
-    # Now the file belongs to root (setgid, group-writable dir) and `nobody` packs it.
-    os.chown(lib, 0, 0)
-    lib.chmod(0o6755)
+    # Now the file belongs to root, and group nobody may write it: `nobody` packs it.
+    os.chown(lib, 0, NOBODY)
+    lib.chmod(0o6775)
 
     def pack(path: Path) -> None:
         from ffitool.pack import existing_modules, pack_library, payload_source
@@ -351,7 +383,44 @@ def test_setuid_bits_go_only_to_the_owner_they_belonged_to(shared_dir):
     _, status = os.waitpid(as_nobody(lambda: pack(lib)), 0)
     assert os.waitstatus_to_exitcode(status) == 0
     info = lib.stat()
-    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (NOBODY, NOBODY, 0o755)
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (NOBODY, NOBODY, 0o775)
+
+
+@pytest.mark.parametrize("mode", [0o444, 0o644])
+def test_in_place_pack_refuses_a_file_its_user_cannot_write(shared_dir, monkeypatch, mode):
+    """`nobody` may write to the directory but not to root's library: in place, pack refuses,
+    as patchelf does (Permission denied), instead of replacing the file through its directory.
+    A copy elsewhere is fine, and root, who may write any file, packs even a 0444 one."""
+    from ffitool.cli.entry import run_app
+
+    payload = shared_dir / "payload.bin"
+    payload.write_bytes(b"payload")
+    payload.chmod(0o644)
+    lib = shared_dir / "lib.so"
+    shutil.copyfile(FIXTURES / "libffi_c.so", lib)
+    lib.chmod(mode)
+    args = ("pack", str(lib), "--add", f"test_alpha:{payload}")
+    before = lib.read_bytes()
+    monkeypatch.setattr(sys, "argv", ["ffitool", *args, "-o", str(shared_dir / "a.so")])
+    assert run_app() == 0  # as root, imports every module the command needs, for `nobody`
+    (shared_dir / "a.so").unlink()
+    code, out, err = cli_as_nobody(*args)
+    assert (code, out, err) == (
+        3,
+        "",
+        f"ffitool: error: {lib}: cannot write: Permission denied (use -o to write a packed"
+        " copy elsewhere)\n",
+    )
+    assert lib.read_bytes() == before
+    assert sorted(p.name for p in shared_dir.iterdir()) == ["lib.so", "payload.bin"]
+    code, _, err = cli_as_nobody(*args, "-o", str(shared_dir / "copy.so"), "--quiet")
+    assert (code, err) == (0, "")
+    assert (shared_dir / "copy.so").stat().st_uid == NOBODY
+    monkeypatch.setattr(sys, "argv", ["ffitool", *args, "--quiet"])
+    assert run_app() == 0  # root, in place
+    info = lib.stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, mode)
+    assert lib.read_bytes() != before
 
 
 def test_concurrent_packs_never_lose_a_module(tmp_path):
@@ -546,6 +615,22 @@ def test_a_payload_swapped_after_it_was_checked_is_not_read(host, tmp_path, swap
     with hang_guard():
         pack_library(lib, plan)
     assert last_module_sha256(lib) == hashlib.sha256(b"payload").hexdigest()
+
+
+def test_a_payload_modified_after_it_was_checked_is_refused(host):
+    """The descriptor held is the file checked; changed through another one, it is refused."""
+    from ffitool.errors import InputError
+    from ffitool.pack import pack_library
+
+    lib, payload = host
+    plan = _plan(lib, payload)
+    with open(payload, "ab") as handle:
+        handle.write(b" and more")
+    before = lib.read_bytes()
+    with pytest.raises(InputError) as refused:
+        pack_library(lib, plan)
+    assert str(refused.value) == f"{payload}: changed after it was checked; nothing was written"
+    assert lib.read_bytes() == before
 
 
 @pytest.mark.parametrize("writer", ["pack", "encode", "emit-c"])
