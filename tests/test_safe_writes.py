@@ -30,10 +30,10 @@ NOBODY = 65534
 
 
 def ffitool(*args: str, **kwargs) -> subprocess.Popen:
+    kwargs.setdefault("stdout", subprocess.PIPE)
     return subprocess.Popen(
         [sys.executable, "-m", "ffitool", *args],
         cwd=ROOT,
-        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         **kwargs,
@@ -745,3 +745,35 @@ def test_dash_writes_the_verified_output_to_stdout(tmp_path):
         assert process.stderr.decode().endswith(" -\n")
         as_file.unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parts"]
+
+
+@pytest.mark.parametrize("reader", ["gone before", "reads 10 bytes"])
+@pytest.mark.parametrize("command", ["pack", "encode", "emit-c"])
+def test_a_closed_pipe_is_an_error_not_a_success(tmp_path, command, reader):
+    """`-o - | head -c 10`: the output does not fit in the pipe (4 MiB of payload), the reader
+    leaves, and no "packed ... into -" claims what was not delivered: one line, exit 3."""
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(os.urandom(4 << 20))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(
+        '{"schema": "ffitool.manifest/1", "modules": [{"index": 0, "kind": "_lib",'
+        ' "imports": [1]}, {"index": 1, "kind": "test_alpha", "file": "payload.bin"}]}'
+    )
+    args = {
+        "pack": ["pack", str(FIXTURES / "libffi_c.so"), "--add", f"test_alpha:{payload}"],
+        "encode": ["blob", "encode", str(manifest)],
+        "emit-c": ["blob", "emit-c", str(manifest)],
+    }[command]
+    read_end, write_end = os.pipe()
+    if reader == "gone before":
+        os.close(read_end)
+    process = ffitool(*args, "-o", "-", stdout=write_end)
+    os.close(write_end)
+    if reader == "reads 10 bytes":
+        assert len(os.read(read_end, 10)) > 0
+        os.close(read_end)
+    _, err = process.communicate(timeout=300)
+    assert (process.returncode, err) == (
+        3,
+        "ffitool: error: -: cannot write to standard output: Broken pipe\n",
+    )
