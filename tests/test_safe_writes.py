@@ -463,6 +463,21 @@ def test_concurrent_packs_never_lose_a_module(tmp_path):
     assert "refused" in outcomes  # the race did happen at least once
 
 
+def wait_until_staged(process: subprocess.Popen, directory: Path) -> None:
+    """Until the process holds its new, unnamed file in `directory` open (`/proc` shows it as
+    `#inode (deleted)`): its signal handlers are then in place and the copy under way. A
+    fixed sleep instead would signal a process still starting on a busy machine."""
+    descriptors = Path(f"/proc/{process.pid}/fd")
+    while process.poll() is None:
+        with contextlib.suppress(OSError):  # descriptors come and go while it runs
+            for fd in descriptors.iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd).startswith(f"{directory}/#"):
+                        return
+        time.sleep(0.01)
+    raise AssertionError("the pack ended before its new file was staged")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_in_the_middle_of_a_large_pack_leaves_nothing_behind(tmp_path, sig):
     lib = tmp_path / "big.so"
@@ -472,7 +487,7 @@ def test_a_signal_in_the_middle_of_a_large_pack_leaves_nothing_behind(tmp_path, 
     with open(payload, "wb") as handle:
         handle.truncate(1 << 30)  # sparse: cheap to make, a second or more to copy and verify
     process = ffitool("pack", str(lib), "--add", f"test_alpha:{payload}")
-    time.sleep(0.8)
+    wait_until_staged(process, tmp_path)
     process.send_signal(sig)
     code, _, err = finished(process)
     assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 128 + sig), err
