@@ -17,11 +17,13 @@ runs redirects nothing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from ffitool.errors import InputError
 
@@ -90,6 +92,7 @@ def staged(destination: Path, ownership: Ownership) -> Iterator[StagedFile]:
             path = _PROC_FD / str(fd)
         else:
             private = _PrivateDirectory(directory, destination)
+            private.open()
             fd = private.create()
             private.check(os.fstat(fd).st_uid)
             path = destination.parent / private.name / destination.name
@@ -97,6 +100,7 @@ def staged(destination: Path, ownership: Ownership) -> Iterator[StagedFile]:
         _set_ownership(fd, ownership)
         if private is None:
             private = _PrivateDirectory(directory, destination)
+            private.open()
             private.check(owner)
             private.link(fd)
         private.publish()
@@ -163,9 +167,10 @@ class _PrivateDirectory:
     """A fresh directory in the destination's directory that nobody else can change, where the
     new file is named before it is renamed over the destination.
 
-    It is created 0700 under a fresh name and opened without following a symlink; `check`
-    then looks at that descriptor, since another user may have renamed it away and put a
-    directory of theirs, or one others may write to, under its name in between.
+    It is created 0700 under a fresh name (a default ACL cannot widen that: mkdir's mode masks
+    it) and opened without following a symlink; `check` then looks at that descriptor, since
+    another user may have renamed it away and put a directory of theirs, or one others may
+    write to, under its name in between.
     """
 
     def __init__(self, parent: int, destination: Path) -> None:
@@ -174,24 +179,33 @@ class _PrivateDirectory:
         self._entry = destination.name
         self._linked = False
         self._foreign = False
+        self.fd = -1
         self.name = _fresh_directory(parent, destination)
+
+    def open(self) -> None:
+        """Open it by name, refusing a symlink (or file) another user may have put there."""
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
         try:
-            self.fd = os.open(self.name, flags, dir_fd=parent)
-        except OSError:
-            self.fd = -1
+            self.fd = os.open(self.name, flags, dir_fd=self._parent)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            self._refuse()
 
     def check(self, owner: int) -> None:
         """Refuse the directory unless it belongs to `owner` (whom our new files belong to:
         the effective uid, unless a file system maps it, as NFS does for root) and nobody
         else may write to it."""
-        info = os.fstat(self.fd) if self.fd >= 0 else None
-        if info is None or info.st_uid != owner or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            self._foreign = True
-            raise InputError(
-                f"{self._destination.parent}: the directory ffitool created there to publish the"
-                " new file was replaced by another; nothing was written"
-            )
+        info = os.fstat(self.fd)
+        if info.st_uid != owner or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            self._refuse()
+
+    def _refuse(self) -> NoReturn:
+        self._foreign = True
+        raise InputError(
+            f"{self._destination.parent}: the directory ffitool created there to publish the"
+            " new file was replaced by another; nothing was written"
+        )
 
     def create(self) -> int:
         """The new file, created in this directory under the destination's name."""
@@ -226,7 +240,7 @@ class _PrivateDirectory:
 
 def _fresh_directory(parent: int, destination: Path) -> str:
     for _ in range(100):
-        name = f".{destination.name}.{os.urandom(6).hex()}.ffitool"
+        name = f".{destination.name[:200]}.{os.urandom(6).hex()}.ffitool"  # within NAME_MAX
         try:
             os.mkdir(name, 0o700, dir_fd=parent)
             return name

@@ -223,13 +223,14 @@ def test_swapping_staged_names_for_symlinks_redirects_nothing(
         assert entry == "lib.so" or path.lstat().st_uid == NOBODY or not any(path.iterdir())
 
 
-@pytest.mark.parametrize("planted", ["the attacker's", "world-writable"])
+@pytest.mark.parametrize("planted", ["the attacker's", "world-writable", "a symlink"])
 def test_a_directory_swapped_for_the_private_one_is_refused(
     victim, staging_mode, monkeypatch, planted
 ):
     """Right after ffitool creates its private directory, `nobody` renames it away and puts
     another in its place: one of its own, or a root-owned directory anybody may write to
-    (an upload area in the shared directory). ffitool must not name its file in there."""
+    (an upload area in the shared directory), or a symlink to a directory only root may
+    write to, elsewhere. ffitool must not name its file in there."""
     from ffitool.errors import InputError
 
     lib, payload, secret = victim
@@ -237,6 +238,8 @@ def test_a_directory_swapped_for_the_private_one_is_refused(
     uploads = shared / "uploads"
     uploads.mkdir()
     uploads.chmod(0o777)
+    elsewhere = secret.parent / "private"
+    elsewhere.mkdir(mode=0o700)
     before = lib.read_bytes()
 
     def plant() -> None:
@@ -246,6 +249,8 @@ def test_a_directory_swapped_for_the_private_one_is_refused(
                     os.rename(shared / entry, shared / f"{entry}.moved")
                     if planted == "world-writable":
                         os.rename(uploads, shared / entry)
+                    elif planted == "a symlink":
+                        os.symlink(elsewhere, shared / entry)
                     else:
                         os.mkdir(shared / entry)
                         os.chmod(shared / entry, 0o700)  # as private as ours
@@ -264,12 +269,13 @@ def test_a_directory_swapped_for_the_private_one_is_refused(
     assert str(refused.value) == message
     assert lib.read_bytes() == before and not lib.is_symlink()
     assert secret.read_bytes() == b"root only\n"
+    assert list(elsewhere.iterdir()) == []
     (name,) = [entry for entry in os.listdir(shared) if entry.endswith(".ffitool")]
-    owner = (shared / name).stat().st_uid  # what was planted is left to its owner
+    owner = (shared / name).lstat().st_uid  # what was planted is left to its owner
     assert owner == (0 if planted == "world-writable" else NOBODY)
     for entry in os.listdir(shared):  # what the attacker planted, now empty, and ours, moved
         path = shared / entry
-        assert entry == "lib.so" or not any(path.iterdir()), entry
+        assert entry == "lib.so" or path.is_symlink() or not any(path.iterdir()), entry
 
 
 @pytest.mark.parametrize(
