@@ -211,7 +211,7 @@ def _write_all(fd: int, data: bytes) -> None:
 def _blob_to_extract(
     held: InputFile, size: int, library: Path, symbol_prefix: str | None
 ) -> LibraryBin:
-    with open(held.fd, "rb", closefd=False) as handle:
+    with held.reader(library) as handle:
         inspected = inspect_open(handle, size, str(library))
     blobs = [
         blob
@@ -369,11 +369,11 @@ def _module(path: Path, folder_fd: int, number: int, entry: object, count: int) 
     payload = path.parent / name
     held, info = _open_inside(folder_fd, payload, parts)
     size = info.st_size
+    shown = printable(str(payload))
     digest = None
     if want is not None:
-        with open(held.fd, "rb", closefd=False) as handle:
+        with held.reader(shown) as handle:
             digest = file_sha256(handle, 0, size)
-    shown = printable(str(payload))
     if size == 0:
         raise InputError(f"{shown}: empty payload; the runtime rejects empty modules")
     if expected is not None and expected != size:

@@ -222,7 +222,7 @@ def _rewrite(
     was read, rename."""
     in_place = output is None
     destination = output or Path(os.path.realpath(library))
-    with open(held.fd, "rb", closefd=False) as handle:
+    with held.reader(library) as handle:
         _lock(handle, library)
         info = os.fstat(handle.fileno())
         if in_place:
@@ -302,7 +302,7 @@ def _check_unchanged(handle: BinaryIO, library: Path, before: os.stat_result) ->
 
 def _packable(held: InputFile, size: int, path: Path, *, digests: bool) -> InspectedFile:
     """Read the input with the inspecting reader: unreadable or unsupported files end here."""
-    with open(held.fd, "rb", closefd=False) as handle:
+    with held.reader(path) as handle:
         inspected = inspect_open(handle, size, str(path), digests=digests)
     kinds = {library.kind for library in inspected.libraries}
     if inspected.format == "ELF" and kinds == {"shared library"}:

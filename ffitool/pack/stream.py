@@ -12,6 +12,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ffitool.blob import frame, shapes_size
 from ffitool.errors import InputError
@@ -57,6 +58,10 @@ class InputFile:
 
     def __del__(self, _close: Callable[[int], None] = os.close) -> None:
         _close(self.fd)
+
+    def reader(self, display: str | os.PathLike[str]) -> BinaryIO:
+        """A file object on this descriptor (a duplicate of it), named `display` in messages."""
+        return open(display, "rb", opener=lambda _name, _flags: os.dup(self.fd))
 
 
 def open_input(
