@@ -11,15 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ffitool.blob import frame
-from ffitool.errors import InputError, UsageError
+from ffitool.errors import UsageError
 from ffitool.findings import printable
 from ffitool.pack.plan import Plan
-from ffitool.pack.stream import blob_size, write_blob
+from ffitool.pack.stream import blob_size, payload_chunks, write_blob
 from ffitool.staging import Ownership, staged
 from ffitool.symbols import LIBRARY_BIN
 
 _BYTES_PER_LINE = 32
-_CHUNK = 1 << 20
 
 
 def write_raw_blob(plan: Plan, output: Path) -> int:
@@ -112,12 +111,4 @@ def _blob_bytes(plan: Plan) -> Iterator[bytes]:
             continue
         source = plan.modules[piece].source
         assert source is not None
-        with open(source.path, "rb") as handle:
-            handle.seek(source.offset)
-            left = source.size
-            while left:
-                chunk = handle.read(min(left, _CHUNK))
-                if not chunk:
-                    raise InputError(f"{source.path}: ended inside its payload")
-                left -= len(chunk)
-                yield chunk
+        yield from payload_chunks(source)

@@ -17,14 +17,13 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from ffitool.blob import LIB_KIND, UNKEEPABLE
 from ffitool.errors import InputError, UsageError
 from ffitool.findings import printable
-from ffitool.library import LibraryBin, file_sha256, inspect_path, open_regular_file
+from ffitool.library import LibraryBin, file_sha256, inspect_open, open_regular_file
 from ffitool.pack.plan import ExistingModule, PayloadSource, file_identity
-from ffitool.pack.stream import copy_payload
+from ffitool.pack.stream import InputFile, copy_payload, open_input
 from ffitool.symbols import LIBRARY_BIN
 
 MANIFEST_SCHEMA = "ffitool.manifest/1"
@@ -56,7 +55,8 @@ def extract(
     `NNN-kind.bin`, earlier ones included) are replaced, each renamed over from a fresh file.
     On failure only what this call created is removed.
     """
-    found = _blob_to_extract(library, symbol_prefix)
+    held, info = open_input(library)
+    found = _blob_to_extract(held, info.st_size, library, symbol_prefix)
     unkeepable = [f for f in found.findings if f.code in UNKEEPABLE]
     if unkeepable:
         raise InputError(
@@ -66,7 +66,13 @@ def extract(
     payloads = {
         module.index: (
             f"{module.index:03d}-{_file_safe(module.kind)}.bin",
-            PayloadSource(str(library), found.file_offset + module.payload_offset, module.size),
+            PayloadSource(
+                str(library),
+                found.file_offset + module.payload_offset,
+                module.size,
+                file_identity(info),
+                held,
+            ),
         )
         for module in found.modules
         if module.payload_offset is not None and module.size is not None
@@ -202,8 +208,11 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _blob_to_extract(library: Path, symbol_prefix: str | None) -> LibraryBin:
-    inspected = inspect_path(library)
+def _blob_to_extract(
+    held: InputFile, size: int, library: Path, symbol_prefix: str | None
+) -> LibraryBin:
+    with held.reader(library) as handle:
+        inspected = inspect_open(handle, size, str(library))
     blobs = [
         blob
         for lib in inspected.libraries
@@ -358,27 +367,32 @@ def _module(path: Path, folder_fd: int, number: int, entry: object, count: int) 
     if want is not None and not (isinstance(want, str) and _SHA256.fullmatch(want)):
         raise InputError(f"{where}: `sha256` must be 64 lowercase hex digits")
     payload = path.parent / name
-    handle, size = _open_inside(folder_fd, payload, parts)
-    with handle:
-        identity = file_identity(os.fstat(handle.fileno()))
-        digest = file_sha256(handle, 0, size) if want is not None else None
+    held, info = _open_inside(folder_fd, payload, parts)
+    size = info.st_size
     shown = printable(str(payload))
+    digest = None
+    if want is not None:
+        with held.reader(shown) as handle:
+            digest = file_sha256(handle, 0, size)
     if size == 0:
         raise InputError(f"{shown}: empty payload; the runtime rejects empty modules")
     if expected is not None and expected != size:
         raise InputError(f"{shown}: {size} bytes, the manifest says {expected}")
     if digest is not None and digest != want:
         raise InputError(f"{shown}: sha256 differs from the manifest's")
-    source = PayloadSource(str(payload), 0, size, identity)
+    source = PayloadSource(str(payload), 0, size, file_identity(info), held)
     return ExistingModule(kind, source, tuple(imports))
 
 
-def _open_inside(folder_fd: int, payload: Path, parts: tuple[str, ...]) -> tuple[BinaryIO, int]:
+def _open_inside(
+    folder_fd: int, payload: Path, parts: tuple[str, ...]
+) -> tuple[InputFile, os.stat_result]:
     """Open a manifest's file below its folder, one component at a time, following no symlink.
 
     Each directory on the way is opened relative to the one before with O_NOFOLLOW, so a
     symlink anywhere on the path (including one swapped in while this runs) is refused rather
-    than followed out of the folder.
+    than followed out of the folder. The file's descriptor is held: it is checked, hashed and
+    copied through that one.
     """
     shown = printable(str(payload))
     fd = folder_fd
@@ -395,7 +409,7 @@ def _open_inside(folder_fd: int, payload: Path, parts: tuple[str, ...]) -> tuple
                 os.close(fd)
             fd = inner
         _refuse_symlink(fd, parts[-1], shown)
-        return open_regular_file(shown, within=(fd, parts[-1]), follow=False)
+        return open_input(shown, within=(fd, parts[-1]), follow=False)
     finally:
         if fd != folder_fd:
             os.close(fd)

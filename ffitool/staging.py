@@ -2,21 +2,28 @@
 
 The new file is created in the destination's directory and written only through the
 descriptor that created it. On Linux it is an unnamed `O_TMPFILE` (a killed process leaves
-nothing behind) that gets a name only when it is complete: it is linked under a fresh
-temporary name, that name is checked to still be this file, and it is renamed over the
-destination. Elsewhere it is created under a fresh name with `O_EXCL | O_NOFOLLOW`, with the
-same check before the rename. Every name is resolved relative to the directory's descriptor,
-so swapping a path component while ffitool runs redirects nothing.
+nothing behind) that gets a name only when it is complete, and never in the destination's
+directory itself: it is linked into a directory that ffitool creates there for this one write
+(mode 0700, checked on its descriptor to belong to whoever owns ffitool's new files), where
+nobody else can remove, rename or replace an entry, and renamed from that directory's
+descriptor over the destination. Then the directory is removed. A temporary name in a shared
+directory could be swapped for a symlink between any check of it and the rename; a name in a
+private directory cannot. Without `O_TMPFILE` the file is created in such a directory from the
+start (`O_EXCL | O_NOFOLLOW`), which a killed process then leaves behind. Every name is
+resolved relative to a directory's descriptor, so swapping a path component while ffitool
+runs redirects nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from ffitool.errors import InputError
 
@@ -71,32 +78,37 @@ def staged(destination: Path, ownership: Ownership) -> Iterator[StagedFile]:
         with _staged_for_stdout() as staging:
             yield staging
         return
-    name = destination.name
     try:
         directory = os.open(destination.parent, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
         raise InputError(f"{destination.parent}: cannot open: {exc.strerror or exc}") from None
-    named: str | None = None
+    private: _PrivateDirectory | None = None
     fd = -1
     try:
         _refuse_special(destination, directory)
-        fd, named = _create(destination, directory)
-        path = destination.parent / named if named else descriptor_path(fd)
-        if path is None:
-            raise InputError(f"{destination}: no way to name the new file for reading")
+        fd = _unnamed(directory)
+        if fd >= 0:
+            owner = os.fstat(fd).st_uid  # before the owner is set: what our files get here
+            path = _PROC_FD / str(fd)
+        else:
+            private = _PrivateDirectory(directory, destination)
+            private.open()
+            fd = private.create()
+            private.check(os.fstat(fd).st_uid)
+            path = destination.parent / private.name / destination.name
         yield StagedFile(fd, path)
         _set_ownership(fd, ownership)
-        if named is None:
-            named = _link(fd, directory, name)
-        _check_still_ours(fd, directory, named, destination)
-        os.rename(named, name, src_dir_fd=directory, dst_dir_fd=directory)
-        named = None
+        if private is None:
+            private = _PrivateDirectory(directory, destination)
+            private.open()
+            private.check(owner)
+            private.link(fd)
+        private.publish()
     except OSError as exc:
         raise InputError(f"{destination}: cannot write: {exc.strerror or exc}") from None
     finally:
-        if named is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(named, dir_fd=directory)
+        if private is not None:
+            private.remove()
         if fd >= 0:
             os.close(fd)
         os.close(directory)
@@ -105,7 +117,11 @@ def staged(destination: Path, ownership: Ownership) -> Iterator[StagedFile]:
 @contextlib.contextmanager
 def _staged_for_stdout() -> Iterator[StagedFile]:
     """An unnamed temporary file, copied to standard output once the block completes: what
-    goes out is complete and verified, as a file would be before its rename."""
+    goes out is complete and verified, as a file would be before its rename. Standard output
+    refusing it is never followed by a summary claiming an output that did not arrive: a
+    reader that closed the pipe ends the command silently with exit 141, like every other
+    command's closed pipe (BrokenPipeError reaches `cli.entry`); any other failure (a full
+    disk) is a one-line error like a failed rename."""
     import tempfile
 
     with tempfile.TemporaryFile() as handle:
@@ -118,8 +134,15 @@ def _staged_for_stdout() -> Iterator[StagedFile]:
             if not data:
                 break
             view = memoryview(data)
-            while view:
-                view = view[os.write(1, view) :]
+            try:
+                while view:
+                    view = view[os.write(1, view) :]
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                raise InputError(
+                    f"{STDOUT}: cannot write to standard output: {exc.strerror or exc}"
+                ) from None
             done += len(data)
 
 
@@ -134,18 +157,97 @@ def _refuse_special(destination: Path, directory: int) -> None:
         raise InputError(f"{destination}: exists and is not a regular file; not replacing it")
 
 
-def _create(destination: Path, directory: int) -> tuple[int, str | None]:
-    """A new empty file in `directory`: unnamed where possible, else under a fresh name."""
-    if _O_TMPFILE and _PROC_FD.is_dir():  # it can only be named through /proc
+def _unnamed(directory: int) -> int:
+    """A new, unnamed file in `directory`, or -1 where the system or file system has none."""
+    if not (_O_TMPFILE and _PROC_FD.is_dir()):  # it can only be named through /proc
+        return -1
+    try:
+        return os.open(".", _O_TMPFILE | os.O_RDWR, 0o600, dir_fd=directory)
+    except OSError:
+        return -1  # a file system without O_TMPFILE: a named file in a private directory
+
+
+class _PrivateDirectory:
+    """A fresh directory in the destination's directory that nobody else can change, where the
+    new file is named before it is renamed over the destination.
+
+    It is created 0700 under a fresh name (a default ACL cannot widen that: mkdir's mode masks
+    it) and opened without following a symlink; `check` then looks at that descriptor, since
+    another user may have renamed it away and put a directory of theirs, or one others may
+    write to, under its name in between.
+    """
+
+    def __init__(self, parent: int, destination: Path) -> None:
+        self._parent = parent
+        self._destination = destination
+        self._entry = destination.name
+        self._linked = False
+        self._foreign = False
+        self.fd = -1
+        self.name = _fresh_directory(parent, destination)
+
+    def open(self) -> None:
+        """Open it by name, refusing a symlink (or file) another user may have put there."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
         try:
-            return os.open(".", _O_TMPFILE | os.O_RDWR, 0o600, dir_fd=directory), None
-        except OSError:
-            pass  # a file system without O_TMPFILE: fall back to a named file
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            self.fd = os.open(self.name, flags, dir_fd=self._parent)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            self._refuse()
+
+    def check(self, owner: int) -> None:
+        """Refuse the directory unless it belongs to `owner` (whom our new files belong to:
+        the effective uid, unless a file system maps it, as NFS does for root) and nobody
+        else may write to it."""
+        info = os.fstat(self.fd)
+        if info.st_uid != owner or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            self._refuse()
+
+    def _refuse(self) -> NoReturn:
+        self._foreign = True
+        raise InputError(
+            f"{self._destination.parent}: the directory ffitool created there to publish the"
+            " new file was replaced by another; nothing was written"
+        )
+
+    def create(self) -> int:
+        """The new file, created in this directory under the destination's name."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        fd = os.open(self._entry, flags, 0o600, dir_fd=self.fd)
+        self._linked = True
+        return fd
+
+    def link(self, fd: int) -> None:
+        """Give the unnamed file `fd` the destination's name in this directory."""
+        os.link(_PROC_FD / str(fd), self._entry, dst_dir_fd=self.fd, follow_symlinks=True)
+        self._linked = True
+
+    def publish(self) -> None:
+        """Rename the new file over the destination: source and target are each resolved in
+        a directory's descriptor, and only ffitool can change the source's directory."""
+        os.rename(self._entry, self._entry, src_dir_fd=self.fd, dst_dir_fd=self._parent)
+        self._linked = False
+
+    def remove(self) -> None:
+        """Remove the new file if it is still here, then the directory, unless what now has
+        its name is another's (ours, moved away by them, is then left where they put it)."""
+        if self.fd >= 0:
+            if self._linked:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._entry, dir_fd=self.fd)
+            os.close(self.fd)
+        if not self._foreign:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.name, dir_fd=self._parent)
+
+
+def _fresh_directory(parent: int, destination: Path) -> str:
     for _ in range(100):
-        named = _fresh_name(destination.name)
+        name = f".{destination.name[:200]}.{os.urandom(6).hex()}.ffitool"  # within NAME_MAX
         try:
-            return os.open(named, flags, 0o600, dir_fd=directory), named
+            os.mkdir(name, 0o700, dir_fd=parent)
+            return name
         except FileExistsError:
             continue
         except OSError as exc:
@@ -153,30 +255,6 @@ def _create(destination: Path, directory: int) -> tuple[int, str | None]:
                 f"{destination.parent}: cannot create a file: {exc.strerror or exc}"
             ) from None
     raise InputError(f"{destination.parent}: cannot create a file: no free temporary name")
-
-
-def _fresh_name(name: str) -> str:
-    return f".{name}.{os.urandom(6).hex()}.ffitool"
-
-
-def _link(fd: int, directory: int, name: str) -> str:
-    """Give the unnamed file a fresh temporary name in `directory`."""
-    for _ in range(100):
-        named = _fresh_name(name)
-        try:
-            os.link(_PROC_FD / str(fd), named, dst_dir_fd=directory, follow_symlinks=True)
-            return named
-        except FileExistsError:
-            continue
-    raise InputError(f"{name}: no free temporary name to publish the new file")
-
-
-def _check_still_ours(fd: int, directory: int, named: str, destination: Path) -> None:
-    """The temporary name must still be the file we wrote: nobody swapped it meanwhile."""
-    ours = os.fstat(fd)
-    found = os.stat(named, dir_fd=directory, follow_symlinks=False)
-    if (found.st_dev, found.st_ino) != (ours.st_dev, ours.st_ino):
-        raise InputError(f"{destination}: the new file was replaced by another while written")
 
 
 def _set_ownership(fd: int, ownership: Ownership) -> None:

@@ -7,6 +7,7 @@ failure the staged file is removed and the input is byte-identical.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from collections.abc import Callable
@@ -17,12 +18,12 @@ from typing import Any, BinaryIO, Protocol
 from ffitool.blob import UNKEEPABLE
 from ffitool.errors import InputError, UsageError
 from ffitool.formats.elf import PARSE_ERRORS
-from ffitool.library import InspectedFile, Library, inspect_path, open_regular_file
+from ffitool.library import InspectedFile, Library, inspect_open
 from ffitool.pack.elf_writer import ElfEdit, Placement, plan_edit, write_edit
 from ffitool.pack.macho_writer import MachoEdit, SlicePlacement, plan_macho_edit, write_macho_edit
 from ffitool.pack.pe_writer import PeEdit, PePlacement, plan_pe_edit, write_pe_edit
 from ffitool.pack.plan import ExistingModule, PayloadSource, Plan, file_identity
-from ffitool.pack.stream import Progress, blob_size, write_blob
+from ffitool.pack.stream import InputFile, Progress, blob_size, open_input, write_blob
 from ffitool.pack.verify import VerificationError, verify
 from ffitool.staging import Ownership, descriptor_path, staged
 
@@ -53,16 +54,17 @@ def existing_modules(path: Path, arches: tuple[str, ...] = ()) -> list[ExistingM
     slices of a universal file that are packed must carry the same blob (or none), since one
     plan serves them all.
     """
-    before = file_identity(os.stat(path))
-    slices = _packed_libraries(_packable(path, digests=False), arches)
+    held, info = open_input(path)
+    before = file_identity(info)
+    slices = _packed_libraries(_packable(held, info.st_size, path, digests=False), arches)
     if sum(library.library_bin is not None for library in slices) > 1:  # compare payloads
-        slices = _packed_libraries(_packable(path, digests=True), arches)
+        slices = _packed_libraries(_packable(held, info.st_size, path, digests=True), arches)
     found = slices[0].library_bin
     if len({_blob_identity(library) for library in slices}) > 1:
         raise InputError(
             f"{path}: its slices carry different blobs; pack them one at a time with --arch"
         )
-    if file_identity(os.stat(path)) != before:
+    if file_identity(os.fstat(held.fd)) != before:
         raise InputError(f"{path}: changed while its blob was read")
     if found is None or found.layout != "tvm_ffi":
         return None
@@ -75,7 +77,9 @@ def existing_modules(path: Path, arches: tuple[str, ...] = ()) -> list[ExistingM
             m.kind,
             None
             if m.payload_offset is None or m.size is None
-            else PayloadSource(str(path), found.file_offset + m.payload_offset, m.size, before),
+            else PayloadSource(
+                str(path), found.file_offset + m.payload_offset, m.size, before, held
+            ),
             m.imports,
         )
         for m in found.modules
@@ -83,13 +87,12 @@ def existing_modules(path: Path, arches: tuple[str, ...] = ()) -> list[ExistingM
 
 
 def payload_source(path: str) -> PayloadSource:
-    """A whole file as a payload, checked now so that nothing is written for a bad argument."""
-    handle, size = open_regular_file(path)
-    with handle:
-        identity = file_identity(os.fstat(handle.fileno()))
-    if size == 0:
+    """A whole file as a payload, checked now so that nothing is written for a bad argument;
+    its descriptor is held, and the pack reads that one rather than the path again."""
+    held, info = open_input(path)
+    if info.st_size == 0:
         raise InputError(f"{path}: empty payload; the runtime rejects empty modules")
-    return PayloadSource(str(path), 0, size, identity)
+    return PayloadSource(str(path), 0, info.st_size, file_identity(info), held)
 
 
 def pack_library(
@@ -111,16 +114,18 @@ def pack_library(
     or left unsigned.
     """
     library = Path(library)
-    inspected = _packable(library, digests=False)
+    held, info = open_input(library)
+    inspected = _packable(held, info.st_size, library, digests=False)
     if inspected.format in ("ELF", "PE"):
         if arches or signature != "adhoc":
             raise UsageError(_MACHO_ONLY)
-        writer = _ElfWriter() if inspected.format == "ELF" else _PeWriter()
-        return _rewrite(library, plan, output, progress, writer)
-    _packed_libraries(inspected, arches)
-    if signature not in SIGNATURE_MODES:
-        raise UsageError(f"--signature must be one of {', '.join(SIGNATURE_MODES)}")
-    return _rewrite(library, plan, output, progress, _MachoWriter(arches, signature == "remove"))
+        writer: _FormatWriter = _ElfWriter() if inspected.format == "ELF" else _PeWriter()
+    else:
+        _packed_libraries(inspected, arches)
+        if signature not in SIGNATURE_MODES:
+            raise UsageError(f"--signature must be one of {', '.join(SIGNATURE_MODES)}")
+        writer = _MachoWriter(arches, signature == "remove")
+    return _rewrite(library, held, plan, output, progress, writer)
 
 
 class _FormatWriter(Protocol):
@@ -206,18 +211,22 @@ class _PeWriter:
 
 def _rewrite(
     library: Path,
+    held: InputFile,
     plan: Plan,
     output: Path | None,
     progress: Progress | None,
     writer: _FormatWriter,
 ) -> PackResult:
-    """The flow every format shares: lock and check the input, plan, stage, write, verify,
-    check the input is still the file that was read, rename."""
+    """The flow every format shares: lock and check the input (the descriptor it was
+    inspected through), plan, stage, write, verify, check the path still names the file that
+    was read, rename."""
     in_place = output is None
     destination = output or Path(os.path.realpath(library))
-    with open(library, "rb") as handle:
+    with held.reader(library) as handle:
         _lock(handle, library)
         info = os.fstat(handle.fileno())
+        if in_place:
+            _check_writable(handle, library)
         _check_sources(plan, library, file_identity(info))
         source = str(descriptor_path(handle.fileno()) or library)
         edit = writer.plan(handle, info.st_size, str(library), blob_size(plan))
@@ -253,6 +262,18 @@ def _lock(handle: BinaryIO, library: Path) -> None:
         pass  # a file system without flock: the identity check before the rename remains
 
 
+def _check_writable(handle: BinaryIO, library: Path) -> None:
+    """In place, the user must be allowed to write the file, as patchelf requires: write
+    access to its directory alone, which is all the rename needs, is not permission to
+    change a read-only file."""
+    where = descriptor_path(handle.fileno()) or library
+    if not os.access(where, os.W_OK, effective_ids=os.access in os.supports_effective_ids):
+        raise InputError(
+            f"{library}: cannot write: {os.strerror(errno.EACCES)} (use -o to write a"
+            " packed copy elsewhere)"
+        )
+
+
 def _check_sources(plan: Plan, library: Path, locked: tuple[int, int, int, int]) -> None:
     """Modules kept from the library's blob must come from the file now locked, unchanged.
 
@@ -279,9 +300,10 @@ def _check_unchanged(handle: BinaryIO, library: Path, before: os.stat_result) ->
         raise InputError(f"{library}: changed while it was being packed; nothing was written")
 
 
-def _packable(path: Path, *, digests: bool) -> InspectedFile:
+def _packable(held: InputFile, size: int, path: Path, *, digests: bool) -> InspectedFile:
     """Read the input with the inspecting reader: unreadable or unsupported files end here."""
-    inspected = inspect_path(path, digests=digests)
+    with held.reader(path) as handle:
+        inspected = inspect_open(handle, size, str(path), digests=digests)
     kinds = {library.kind for library in inspected.libraries}
     if inspected.format == "ELF" and kinds == {"shared library"}:
         return inspected

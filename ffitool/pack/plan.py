@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ffitool.blob import LIB_KIND, Blob, Module, ModuleShape, reachable
 from ffitool.errors import UsageError
 from ffitool.findings import printable
+
+if TYPE_CHECKING:
+    from ffitool.pack.stream import InputFile
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,8 @@ class PayloadSource:
     identity: tuple[int, int, int, int] | None = None
     """(st_dev, st_ino, st_size, st_mtime_ns) of the file when the range was found in it: a
     writer must not copy the range from a file that no longer matches."""
+    held: InputFile | None = field(default=None, compare=False, repr=False)
+    """The descriptor the file was checked through, read instead of opening `path` again."""
 
 
 def align(value: int, alignment: int) -> int:
