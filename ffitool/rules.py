@@ -78,10 +78,13 @@ _RULES = (
     ),
     Rule(
         "B206",
-        _WARNING,
+        _ERROR,
         "modules not reachable from the root",
-        "The runtime creates every module but nothing imports these, so their functions cannot"
-        " be found. Import them from the root or drop them (`ffitool pack --remove`).",
+        "The runtime deserializes every module (each loader runs) and then drops these: nothing"
+        " imports them, so neither they nor their functions can be reached from the loaded"
+        " module. An indptr that does not start at 0 (B207) loses a module this way when child"
+        " entry 0 was its only import. Import them from the root or drop them (`ffitool pack"
+        " --remove`).",
     ),
     Rule(
         "B207",

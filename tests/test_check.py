@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import subprocess
 from pathlib import Path
 
@@ -88,6 +89,41 @@ def test_list_rules_and_explain():
 
 
 # --- checks over the model --------------------------------------------------------------
+
+
+def _blob(indptr: list[int], children: list[int], *modules: bytes) -> bytes:
+    """A blob: nbytes, the CSR vectors, then each module's length-prefixed key and payload."""
+    words = [len(indptr), *indptr, len(children), *children]
+    body = struct.pack(f"<{len(words)}Q", *words)
+    for part in modules:
+        body += struct.pack("<Q", len(part)) + part
+    return struct.pack("<Q", len(body)) + body
+
+
+def test_an_indptr_not_starting_at_0_loses_a_module_which_fails_the_check(tmp_path, runtime):
+    """Child entry 0 is the only import of module 2; indptr starts at 1, so nothing imports it:
+    the runtime deserializes it (its loader runs) and then drops it, hence B206 is an error."""
+    tvm_ffi, received = runtime
+    blob = _blob([1, 2, 2, 2], [2, 1], b"_lib", b"test_alpha", b"a", b"test_beta", b"b")
+    library = build(
+        tmp_path,
+        "lost",
+        '__attribute__((visibility("default"))) const unsigned char'
+        f" __tvm_ffi__library_bin[{len(blob)}] = {{{', '.join(map(str, blob))}}};\n",
+    )
+    document, code = check_json(str(library))
+    found = [(f["code"], f["severity"], f["message"]) for f in document["files"][0]["findings"]]
+    assert (found, code) == (
+        [
+            ("B207", "warning", "indptr starts at 1, not 0"),
+            ("B206", "error", "module(s) [2] are not reachable from the root"),
+        ],
+        1,
+    )
+    module = tvm_ffi.load_module(str(library))
+    assert received == {"test_alpha": [b"a"], "test_beta": [b"b"]}  # both deserialized
+    (alpha,) = module.imports  # the root holds module 1 only
+    assert list(alpha.imports) == []
 
 
 def test_l211_data_object_named_like_a_function(tmp_path):
