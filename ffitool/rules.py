@@ -189,7 +189,9 @@ _RULES = (
         _ERROR,
         "no FFI symbols at all (--require-ffi)",
         "The library defines no `__tvm_ffi_` function, getter or blob: the build produced"
-        " something other than an FFI library. Reported only with `require-ffi`.",
+        " something other than an FFI library. Also reported for a directory or wheel given to"
+        " `check` in which no ELF, Mach-O or PE file or ar archive was found: an empty build"
+        " fails rather than passes. Reported only with `require-ffi`.",
     ),
     Rule(
         "R101",

@@ -7,6 +7,7 @@ import json
 import re
 import struct
 import subprocess
+import zipfile
 from pathlib import Path
 
 import jsonschema
@@ -227,6 +228,80 @@ def test_require_ffi_on_a_plain_library():
     assert (codes(document), code) == (["R100"], 1)
     document, code = check_json("fixtures/bin/libplain.so")
     assert (codes(document), code) == ([], 0)
+
+
+_NOTHING = "nothing to check: no ELF, Mach-O or PE file or ar archive was found in it"
+
+
+def empty_wheel(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr("pkg/__init__.py", "")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["directory", "wheel", "directory with a wheel"])
+def test_require_ffi_fails_when_nothing_was_found_to_check(tmp_path, kind):
+    """An empty build directory, or a wheel without libraries, passes no requirement: R100,
+    as for a library without FFI symbols (exit 1). The note says what was looked for."""
+    if kind == "wheel":
+        given = empty_wheel(tmp_path / "pkg-1.0-py3-none-any.whl")
+        note = f"ffitool: note: {given}: skipped: no ELF, Mach-O or PE file or ar archive in it\n"
+    else:
+        given = tmp_path / "build"
+        given.mkdir()
+        note = (
+            f"ffitool: note: {given}: skipped: no ELF, Mach-O or PE file, ar archive or wheel"
+            " in this directory\n"
+        )
+        if kind == "directory with a wheel":  # a wheel found in a walk is passed over quietly
+            empty_wheel(given / "pkg-1.0-py3-none-any.whl")
+            note = ""
+    result = check("--require-ffi", str(given))
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1,
+        f"{given}\n  R100 error: {_NOTHING}\n1 file checked: 1 error, 0 warnings, 0 info; failed\n",
+        note,
+    )
+    document, code = check_json("--require-ffi", str(given))
+    assert (document["files"], code) == (
+        [
+            {
+                "path": str(given),
+                "findings": [
+                    {
+                        "member": None,
+                        "code": "R100",
+                        "severity": "error",
+                        "message": _NOTHING,
+                        "offset": None,
+                        "file_offset": None,
+                        "fails": True,
+                    }
+                ],
+            }
+        ],
+        1,
+    )
+    result = check(str(given))
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0,
+        "0 files checked: 0 errors, 0 warnings, 0 info; passed\n",
+        note,
+    )
+
+
+def test_require_ffi_is_met_per_path_and_an_unreadable_path_is_exit_3_alone(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = tmp_path / "missing.so"
+    document, code = check_json("--require-ffi", str(empty), "fixtures/bin/libffi_c.so")
+    assert [(f["path"], [x["code"] for x in f["findings"]]) for f in document["files"]] == [
+        (str(empty), ["R100"]),
+        ("fixtures/bin/libffi_c.so", []),
+    ]
+    assert code == 1
+    document, code = check_json("--require-ffi", str(missing))
+    assert (document["files"], code) == ([], 3)  # it was not checked: no R100 on top
 
 
 def test_requirements_of_an_archive_are_met_by_any_member():
