@@ -172,7 +172,13 @@ def failing(source, requirements):
             return [(source.path, [Unpicklable(pickle.PicklingError("no"))])]
     return read_and_check(source, requirements)
 
+def no_fork(process_obj):  # fork(2) refused: EAGAIN, as under RLIMIT_NPROC
+    raise BlockingIOError(11, os.strerror(11))
+
 checking._read_and_check = failing
+if how == "fork":
+    import multiprocessing.context
+    multiprocessing.context.ForkProcess._Popen = staticmethod(no_fork)
 sys.argv = ["ffitool", *sys.argv[2:]]
 main()
 """
@@ -287,14 +293,33 @@ def running(pid: str) -> bool:
     return True
 
 
-def many_functions(folder: Path) -> Path:
-    """A library of 100,000 FFI functions (9 MB): checking it takes seconds of CPU and about
-    100 MB, in proportion to its size, so a worker is busy with it long enough to be seen."""
+def test_a_worker_that_cannot_be_started_is_one_line_exit_3(tmp_path):
+    """fork(2) refusing (RLIMIT_NPROC, no memory) ends the run: nothing was checked."""
+    tree = copies(tmp_path / "tree", 10)
+    result = subprocess.run(
+        [sys.executable, "-c", _FAILING, "fork", "check", "-j", "2", str(tree)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (
+        3,
+        "",
+        "ffitool: error: cannot start a worker process: Resource temporarily unavailable"
+        f"{_NO_WORKER}\n",
+    )
+
+
+def many_functions(folder: Path, count: int = 100_000) -> Path:
+    """A library of `count` FFI functions (9 MB for 100,000): checking it takes CPU time and
+    memory in proportion (seconds, about 100 MB), so a worker is busy with it long enough to
+    be seen."""
     gcc = require_tool("gcc")
     source = folder / "many.s"
     with open(source, "w") as out:
         out.write(".text\n")
-        for i in range(100_000):
+        for i in range(count):
             out.write(
                 f".globl __tvm_ffi_f{i}\n.type __tvm_ffi_f{i},@function\n__tvm_ffi_f{i}: ret\n"
             )
@@ -399,6 +424,41 @@ def test_a_worker_killed_from_outside_is_one_line_for_its_file(busy_tree):
     assert out.splitlines()[-1] == BUSY_SUMMARY
 
 
+def waiting_for_work(pid: int) -> bool:
+    """Whether a worker is blocked reading its pipe to the parent (a socket): it holds no file.
+    /proc/PID/syscall names the blocking call's first argument, the descriptor."""
+    try:
+        call = Path(f"/proc/{pid}/syscall").read_text().split()
+        return len(call) > 1 and os.readlink(f"/proc/{pid}/fd/{int(call[1], 16)}").startswith(
+            "socket:"
+        )
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def test_a_worker_killed_while_it_holds_no_file_loses_nothing(tmp_path):
+    """The big library is the last file: once a worker has it, the other has nothing left
+    to do. Killed then, it takes no file with it: every file is checked, exit 0. (A smaller
+    big library than the other tests': this run goes to the end.)"""
+    tree = copies(tmp_path / "tree", 9)
+    big = many_functions(tree, 20_000)
+    process = start_check(tree)
+    busy = worker_with(process.pid, big)
+    (idle,) = [pid for pid in children(process.pid) if pid != busy]
+    for _ in range(3000):  # a hang guard of a minute
+        if waiting_for_work(idle):
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError(f"worker {idle} never waited for work")
+    os.kill(idle, signal.SIGKILL)
+    assert finish(process) == (
+        0,
+        "10 files checked: 0 errors, 0 warnings, 0 info; passed\n",
+        "",
+    )
+
+
 @pytest.mark.parametrize(
     ("number", "code", "stop"),
     [
@@ -498,6 +558,31 @@ def test_2000_levels_of_directories_are_walked(tmp_path):
     files = json.loads((tmp_path / "stdout").read_text())["files"]
     assert (code, [f["path"] for f in files]) == (1, [f"{tmp_path}/" + "d/" * 2000 + "x.so"])
     assert seconds < 30 and megabytes < 200
+
+
+def test_a_directory_past_path_max_is_one_line_exit_3_and_the_rest_is_checked(tmp_path):
+    """Levels of 250-character names are made through descriptors; the walk reaches one
+    whose path passes PATH_MAX, which cannot be listed by name: one line for it."""
+    tree = copies(tmp_path / "tree", 1)
+    name = "n" * 250
+    path, fd = str(tree), os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while len(path) < 4096:
+            os.mkdir(name, dir_fd=fd)
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd, path = inner, f"{path}/{name}"
+    finally:
+        os.close(fd)
+    try:
+        result = check(tree)
+    finally:  # rm, not pytest: rmtree by path fails past PATH_MAX
+        subprocess.run(["rm", "-rf", str(tree / name)], check=True)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        3,
+        "1 file checked: 0 errors, 0 warnings, 0 info, 1 unreadable; failed\n",
+        f"ffitool: error: {path}: cannot list: File name too long\n",
+    )
 
 
 # --- wheels --------------------------------------------------------------------------------

@@ -182,6 +182,7 @@ class _Workers:
                 while following in done:
                     yield done.pop(following)
                     following += 1
+            self._stop(gently=True)
         finally:
             self._stop()
 
@@ -234,11 +235,15 @@ class _Workers:
         if waiting:
             self._hand(worker, waiting)
 
-    def _stop(self) -> None:
-        """Kill and reap every worker: at the end they are idle, before it they are not
-        waited for (SIGKILL also ends a stopped process)."""
+    def _stop(self, gently: bool = False) -> None:
+        """End and reap every worker: at the end of the run they are idle and are told to
+        exit; before it they are not waited for, but killed (SIGKILL ends a stopped one too)."""
         for worker in self.running.values():
-            worker.process.kill()
+            if not gently:
+                worker.process.kill()
+                continue
+            with suppress(OSError):  # one that died already is reaped below all the same
+                worker.connection.send(None)
         for worker in self.running.values():
             worker.process.join()
             worker.connection.close()
@@ -272,11 +277,11 @@ def _death(exitcode: int | None) -> str:
 
 
 def _serve(connection: Connection, requirements: Requirements) -> None:
-    """A worker's loop: check each item received and send its results back. It never ends
-    on its own: the parent kills it (or the kernel does, when the parent is gone)."""
+    """A worker's loop: check each item received and send its results back, until the
+    parent sends None (or kills it; the kernel does when the parent is gone)."""
     _worker_start()
-    while True:
-        index, item = connection.recv()
+    while (message := connection.recv()) is not None:
+        index, item = message
         try:
             connection.send((index, _check_one(item, requirements)))
         except Exception as exc:  # results that do not pickle: too large for memory, or a bug
