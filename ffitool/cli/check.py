@@ -111,11 +111,8 @@ def _check_one(item: Item, requirements: Requirements) -> list[Checked]:
         return [(item.name, item.message)]
     try:
         return _read_and_check(item, requirements)
-    except MemoryError:
-        pass  # leave the handler first: its traceback holds what filled the memory
     except Exception as exc:  # one line per target, never a traceback
         return [(item.path, f"{item.path}: {_failure(exc)}")]
-    return [(item.path, f"{item.path}: {_failure(MemoryError())}")]
 
 
 def _read_and_check(source: Source, requirements: Requirements) -> list[Checked]:
@@ -188,7 +185,9 @@ class _Workers:
 
     def _start(self) -> _Worker:
         ours, theirs = self.context.Pipe()
-        process = self.context.Process(target=_serve, args=(theirs, self.requirements))
+        # daemon: should a worker escape _stop (a second ^C during it), multiprocessing's exit
+        # handler terminates it rather than waiting forever for it to end.
+        process = self.context.Process(target=_serve, args=(theirs, self.requirements), daemon=True)
         sys.stdout.flush()  # a forked copy of a buffer would be written twice
         sys.stderr.flush()
         # Forked with these signals blocked: none reaches a worker before _worker_start.
