@@ -187,7 +187,9 @@ class _Workers:
         ours, theirs = self.context.Pipe()
         # daemon: should a worker escape _stop (a second ^C during it), multiprocessing's exit
         # handler terminates it rather than waiting forever for it to end.
-        process = self.context.Process(target=_serve, args=(theirs, self.requirements), daemon=True)
+        process = self.context.Process(
+            target=_serve, args=(theirs, self.requirements, os.getpid()), daemon=True
+        )
         sys.stdout.flush()  # a forked copy of a buffer would be written twice
         sys.stderr.flush()
         # Forked with these signals blocked: none reaches a worker before _worker_start.
@@ -275,10 +277,10 @@ def _death(exitcode: int | None) -> str:
     return f"the worker process checking it {how}; --jobs 1 checks in this process"
 
 
-def _serve(connection: Connection, requirements: Requirements) -> None:
+def _serve(connection: Connection, requirements: Requirements, parent: int) -> None:
     """A worker's loop: check each item received and send its results back, until the
     parent sends None (or kills it; the kernel does when the parent is gone)."""
-    _worker_start()
+    _worker_start(parent)
     while (message := connection.recv()) is not None:
         index, item = message
         try:
@@ -293,7 +295,7 @@ _PR_SET_PDEATHSIG = 1
 """prctl(2): the signal a process receives when its parent dies (Linux)."""
 
 
-def _worker_start() -> None:
+def _worker_start(parent: int) -> None:
     """Leave signals to the main process, which kills its workers when it stops.
 
     A worker is forked after `main` turned SIGTERM and SIGHUP into SystemExit; in a worker
@@ -301,11 +303,11 @@ def _worker_start() -> None:
     so that ^C or a kill of the process group reaches the main process alone: it kills and
     reaps every worker, whatever they are doing, and exits with its interrupt code. Outside
     the group, a worker would outlive a main process killed with SIGKILL: the kernel kills
-    it then (PR_SET_PDEATHSIG), and one whose parent is already gone ends at once.
+    it then (PR_SET_PDEATHSIG), and one whose parent (`parent`, the pid before the fork) is
+    already gone ends at once.
     """
     import ctypes
 
-    parent = os.getppid()
     os.setpgid(0, 0)
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
