@@ -390,6 +390,19 @@ def test_explicit_config_file(tmp_path):
     assert codes(document) == ["R102"]
 
 
+def test_an_integer_size_in_a_config_file_is_a_byte_count(tmp_path):
+    """The blob of libffi_c.so occupies 8 + 451 bytes: 459 passes, 458 is over."""
+    config = tmp_path / "ci.toml"
+    config.write_text("[tool.ffitool.check]\nmax-blob-size = 459\n")
+    assert check_json(LIB, "--config", str(config)) == (
+        check_json(LIB)[0] | {"config": str(config)},
+        0,
+    )
+    config.write_text("[tool.ffitool.check]\nmax-blob-size = 458\n")
+    document, code = check_json(LIB, "--config", str(config))
+    assert (codes(document), code) == (["R104"], 1)
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [
