@@ -85,6 +85,15 @@ def check_file(inspected: InspectedFile, requirements: Requirements) -> list[Rep
     return reported
 
 
+def nothing_found(path: str, requirements: Requirements) -> list[Reported]:
+    """R100 for a path given to `check` under which no file was found to check (an empty
+    directory, a wheel without libraries): with `require-ffi`, an empty build must fail."""
+    if not requirements.require_ffi:
+        return []
+    message = "nothing to check: no ELF, Mach-O or PE file or ar archive was found in it"
+    return [Reported(path, None, finding("R100", message), None)]
+
+
 def _part(inspected: InspectedFile, library: Library) -> str | None:
     """Which part of the file a finding is in: the archive member, or for a universal file
     (several images, no member names) the slice's architecture; None for a plain file."""

@@ -78,10 +78,13 @@ _RULES = (
     ),
     Rule(
         "B206",
-        _WARNING,
+        _ERROR,
         "modules not reachable from the root",
-        "The runtime creates every module but nothing imports these, so their functions cannot"
-        " be found. Import them from the root or drop them (`ffitool pack --remove`).",
+        "The runtime deserializes every module (each loader runs) and then drops these: nothing"
+        " imports them, so neither they nor their functions can be reached from the loaded"
+        " module. An indptr that does not start at 0 (B207) loses a module this way when child"
+        " entry 0 was its only import. Import them from the root or drop them (`ffitool pack"
+        " --remove`).",
     ),
     Rule(
         "B207",
@@ -186,7 +189,9 @@ _RULES = (
         _ERROR,
         "no FFI symbols at all (--require-ffi)",
         "The library defines no `__tvm_ffi_` function, getter or blob: the build produced"
-        " something other than an FFI library. Reported only with `require-ffi`.",
+        " something other than an FFI library. Also reported for a directory or wheel given to"
+        " `check` in which no ELF, Mach-O or PE file or ar archive was found: an empty build"
+        " fails rather than passes. Reported only with `require-ffi`.",
     ),
     Rule(
         "R101",

@@ -126,7 +126,9 @@ def iter_sources(paths: Sequence[Path]) -> Iterator[Source | Unreadable | Skippe
             found = found or not isinstance(item, Skipped)
             yield item
         if not found:  # a CI job pointed at the wrong directory should hear of it
-            yield Skipped(display, "no ELF file, ar archive or wheel in this directory")
+            yield Skipped(
+                display, "no ELF, Mach-O or PE file, ar archive or wheel in this directory"
+            )
 
 
 def read_source(source: Source, *, digests: bool = True) -> Iterator[Target]:
@@ -144,7 +146,7 @@ def read_source(source: Source, *, digests: bool = True) -> Iterator[Target]:
                 found = found or not isinstance(target, Skipped)
                 yield target
             if source.explicit and not found:
-                yield Skipped(source.path, "no ELF file or ar archive in it")
+                yield Skipped(source.path, "no ELF, Mach-O or PE file or ar archive in it")
         elif source.explicit or kind == "object":
             yield from _inspect(handle, size, source.path, digests)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import subprocess
+import zipfile
 from pathlib import Path
 
 import jsonschema
@@ -88,6 +90,41 @@ def test_list_rules_and_explain():
 
 
 # --- checks over the model --------------------------------------------------------------
+
+
+def _blob(indptr: list[int], children: list[int], *modules: bytes) -> bytes:
+    """A blob: nbytes, the CSR vectors, then each module's length-prefixed key and payload."""
+    words = [len(indptr), *indptr, len(children), *children]
+    body = struct.pack(f"<{len(words)}Q", *words)
+    for part in modules:
+        body += struct.pack("<Q", len(part)) + part
+    return struct.pack("<Q", len(body)) + body
+
+
+def test_an_indptr_not_starting_at_0_loses_a_module_which_fails_the_check(tmp_path, runtime):
+    """Child entry 0 is the only import of module 2; indptr starts at 1, so nothing imports it:
+    the runtime deserializes it (its loader runs) and then drops it, hence B206 is an error."""
+    tvm_ffi, received = runtime
+    blob = _blob([1, 2, 2, 2], [2, 1], b"_lib", b"test_alpha", b"a", b"test_beta", b"b")
+    library = build(
+        tmp_path,
+        "lost",
+        '__attribute__((visibility("default"))) const unsigned char'
+        f" __tvm_ffi__library_bin[{len(blob)}] = {{{', '.join(map(str, blob))}}};\n",
+    )
+    document, code = check_json(str(library))
+    found = [(f["code"], f["severity"], f["message"]) for f in document["files"][0]["findings"]]
+    assert (found, code) == (
+        [
+            ("B207", "warning", "indptr starts at 1, not 0"),
+            ("B206", "error", "module(s) [2] are not reachable from the root"),
+        ],
+        1,
+    )
+    module = tvm_ffi.load_module(str(library))
+    assert received == {"test_alpha": [b"a"], "test_beta": [b"b"]}  # both deserialized
+    (alpha,) = module.imports  # the root holds module 1 only
+    assert list(alpha.imports) == []
 
 
 def test_l211_data_object_named_like_a_function(tmp_path):
@@ -193,6 +230,80 @@ def test_require_ffi_on_a_plain_library():
     assert (codes(document), code) == ([], 0)
 
 
+_NOTHING = "nothing to check: no ELF, Mach-O or PE file or ar archive was found in it"
+
+
+def empty_wheel(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr("pkg/__init__.py", "")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["directory", "wheel", "directory with a wheel"])
+def test_require_ffi_fails_when_nothing_was_found_to_check(tmp_path, kind):
+    """An empty build directory, or a wheel without libraries, passes no requirement: R100,
+    as for a library without FFI symbols (exit 1). The note says what was looked for."""
+    if kind == "wheel":
+        given = empty_wheel(tmp_path / "pkg-1.0-py3-none-any.whl")
+        note = f"ffitool: note: {given}: skipped: no ELF, Mach-O or PE file or ar archive in it\n"
+    else:
+        given = tmp_path / "build"
+        given.mkdir()
+        note = (
+            f"ffitool: note: {given}: skipped: no ELF, Mach-O or PE file, ar archive or wheel"
+            " in this directory\n"
+        )
+        if kind == "directory with a wheel":  # a wheel found in a walk is passed over quietly
+            empty_wheel(given / "pkg-1.0-py3-none-any.whl")
+            note = ""
+    result = check("--require-ffi", str(given))
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1,
+        f"{given}\n  R100 error: {_NOTHING}\n1 file checked: 1 error, 0 warnings, 0 info; failed\n",
+        note,
+    )
+    document, code = check_json("--require-ffi", str(given))
+    assert (document["files"], code) == (
+        [
+            {
+                "path": str(given),
+                "findings": [
+                    {
+                        "member": None,
+                        "code": "R100",
+                        "severity": "error",
+                        "message": _NOTHING,
+                        "offset": None,
+                        "file_offset": None,
+                        "fails": True,
+                    }
+                ],
+            }
+        ],
+        1,
+    )
+    result = check(str(given))
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0,
+        "0 files checked: 0 errors, 0 warnings, 0 info; passed\n",
+        note,
+    )
+
+
+def test_require_ffi_is_met_per_path_and_an_unreadable_path_is_exit_3_alone(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = tmp_path / "missing.so"
+    document, code = check_json("--require-ffi", str(empty), "fixtures/bin/libffi_c.so")
+    assert [(f["path"], [x["code"] for x in f["findings"]]) for f in document["files"]] == [
+        (str(empty), ["R100"]),
+        ("fixtures/bin/libffi_c.so", []),
+    ]
+    assert code == 1
+    document, code = check_json("--require-ffi", str(missing))
+    assert (document["files"], code) == ([], 3)  # it was not checked: no R100 on top
+
+
 def test_requirements_of_an_archive_are_met_by_any_member():
     # add_one is in ffi_c.o, not in syslib.o: the members are linked together.
     document, code = check_json(
@@ -277,6 +388,19 @@ def test_explicit_config_file(tmp_path):
     config.write_text('[tool.ffitool.check]\nrequire-kind = ["cuda_ptx"]\n')
     document, _ = check_json(LIB, "--config", str(config))
     assert codes(document) == ["R102"]
+
+
+def test_an_integer_size_in_a_config_file_is_a_byte_count(tmp_path):
+    """The blob of libffi_c.so occupies 8 + 451 bytes: 459 passes, 458 is over."""
+    config = tmp_path / "ci.toml"
+    config.write_text("[tool.ffitool.check]\nmax-blob-size = 459\n")
+    assert check_json(LIB, "--config", str(config)) == (
+        check_json(LIB)[0] | {"config": str(config)},
+        0,
+    )
+    config.write_text("[tool.ffitool.check]\nmax-blob-size = 458\n")
+    document, code = check_json(LIB, "--config", str(config))
+    assert (codes(document), code) == (["R104"], 1)
 
 
 @pytest.mark.parametrize(

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import resource
 import shutil
 import signal
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, ROOT, ffitool, run_measured
+from conftest import FIXTURES, ROOT, ffitool, require_tool, run_measured
 
 LIB = FIXTURES / "libffi_c.so"
 MISSING = ("--require-function", "zz_missing")
@@ -138,21 +141,45 @@ def test_explain_an_escape_sequence_is_escaped():
 
 # --- workers -------------------------------------------------------------------------------
 
-_KILLED_WORKER = """
-import os, signal, sys
+# Runs `ffitool ARGS...` (argv[2:]) with the check of l5.so failing as argv[1] says, in
+# whichever process checks it: what a bug, the kernel or an exit() in a library does to one
+# file. `-j 1` and `-j 2` must report it the same way.
+_FAILING = """
+import os, pickle, signal, sys
 import ffitool.cli.check as checking
 from ffitool.cli.entry import main
 
-checking_one = checking._check_one
+how = sys.argv[1]
+read_and_check = checking._read_and_check
 
-def dies(item, requirements):
-    # What the kernel's OOM killer does to a worker: SIGKILL, no exception, no goodbye.
-    if getattr(item, "path", "").endswith("l5.so"):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return checking_one(item, requirements)
+class Unpicklable:
+    def __init__(self, error):
+        self.error = error
+    def __reduce__(self):
+        raise self.error
 
-checking._check_one = dies
-sys.argv = ["ffitool", *sys.argv[1:]]
+def failing(source, requirements):
+    if source.path.endswith("l5.so"):
+        if how.startswith("signal"):  # the OOM killer sends 9
+            os.kill(os.getpid(), int(how.split(":")[1]))
+        if how == "exit":
+            os._exit(7)
+        if how == "bug":
+            raise ValueError("x" * 250)
+        if how == "results-memory":  # results too large to pickle
+            return [(source.path, [Unpicklable(MemoryError())])]
+        if how == "results-bug":
+            return [(source.path, [Unpicklable(pickle.PicklingError("no"))])]
+    return read_and_check(source, requirements)
+
+def no_fork(process_obj):  # fork(2) refused: EAGAIN, as under RLIMIT_NPROC
+    raise BlockingIOError(11, os.strerror(11))
+
+checking._read_and_check = failing
+if how == "fork":
+    import multiprocessing.context
+    multiprocessing.context.ForkProcess._Popen = staticmethod(no_fork)
+sys.argv = ["ffitool", *sys.argv[2:]]
 main()
 """
 
@@ -164,20 +191,49 @@ def copies(folder: Path, count: int) -> Path:
     return folder
 
 
-def test_a_worker_killed_by_a_signal_is_one_line_exit_3(tmp_path):
+_BUG = (
+    "internal error while checking it (a bug in ffitool): ValueError: "
+    + "x" * 200
+    + "... (50 more characters)"
+)
+_NO_WORKER = "; --jobs 1 checks in this process"
+
+
+@pytest.mark.parametrize(
+    ("how", "jobs", "message"),
+    [
+        ("bug", "1", _BUG),
+        ("bug", "2", _BUG),
+        ("signal:9", "2", "the worker process checking it was killed by SIGKILL (out of memory?)"),
+        ("signal:15", "2", "the worker process checking it was killed by SIGTERM"),
+        ("signal:40", "2", "the worker process checking it was killed by signal 40"),
+        ("exit", "2", "the worker process checking it exited with code 7"),
+        ("results-memory", "2", "out of memory while checking it"),
+        (
+            "results-bug",
+            "2",
+            "internal error while checking it (a bug in ffitool): PicklingError: no",
+        ),
+    ],
+)
+def test_a_failing_target_is_one_error_line_and_exit_3(tmp_path, how, jobs, message):
+    """Any failure while checking one file, in this process or a worker, is one line for
+    that file; the others are still checked."""
     tree = copies(tmp_path / "tree", 10)
     result = subprocess.run(
-        [sys.executable, "-c", _KILLED_WORKER, "check", "-j", "2", str(tree)],
+        [sys.executable, "-c", _FAILING, how, "check", "-j", jobs, str(tree)],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=120,
+        timeout=300,
     )
-    assert (result.returncode, result.stdout) == (3, "")
-    assert result.stderr == (
-        "ffitool: error: a worker process died (killed by a signal?) while checking;"
-        " --jobs 1 checks in this process\n"
+    assert (result.returncode, result.stdout) == (
+        3,
+        "9 files checked: 0 errors, 0 warnings, 0 info, 1 unreadable; failed\n",
     )
+    if "worker" in message:
+        message += _NO_WORKER
+    assert result.stderr == f"ffitool: error: {tree}/l5.so: {message}\n"
 
 
 def test_more_jobs_than_files(tmp_path):
@@ -235,6 +291,199 @@ def running(pid: str) -> bool:
         subprocess.run(["sleep", "0.1"], check=True)
     print(pid, state, Path(f"/proc/{pid}/cmdline").read_bytes())
     return True
+
+
+def test_a_worker_that_cannot_be_started_is_one_line_exit_3(tmp_path):
+    """fork(2) refusing (RLIMIT_NPROC, no memory) ends the run: nothing was checked."""
+    tree = copies(tmp_path / "tree", 10)
+    result = subprocess.run(
+        [sys.executable, "-c", _FAILING, "fork", "check", "-j", "2", str(tree)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (
+        3,
+        "",
+        "ffitool: error: cannot start a worker process: Resource temporarily unavailable"
+        f"{_NO_WORKER}\n",
+    )
+
+
+def many_functions(folder: Path, count: int = 100_000) -> Path:
+    """A library of `count` FFI functions (9 MB for 100,000): checking it takes CPU time and
+    memory in proportion (seconds, about 100 MB), so a worker is busy with it long enough to
+    be seen."""
+    gcc = require_tool("gcc")
+    source = folder / "many.s"
+    with open(source, "w") as out:
+        out.write(".text\n")
+        for i in range(count):
+            out.write(
+                f".globl __tvm_ffi_f{i}\n.type __tvm_ffi_f{i},@function\n__tvm_ffi_f{i}: ret\n"
+            )
+    library = folder / "z_many.so"
+    subprocess.run([gcc, "-shared", "-nostdlib", "-o", library, source], check=True)
+    source.unlink()
+    return library
+
+
+@pytest.fixture(scope="module")
+def busy_tree(tmp_path_factory) -> Path:
+    """Nine small libraries, then (last in order) the big one."""
+    tree = copies(tmp_path_factory.mktemp("busy") / "tree", 9)
+    many_functions(tree)
+    return tree
+
+
+def start_check(tree: Path) -> subprocess.Popen[bytes]:
+    """`ffitool check -j 2 TREE` in a session of its own, as a terminal or CI runner starts it."""
+
+    def session() -> None:
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a test runner may ignore it
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "ffitool", "check", "-j", "2", str(tree)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=session,
+    )
+
+
+def children(parent: int) -> list[int]:
+    try:
+        return [
+            int(pid) for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        ]
+    except FileNotFoundError:
+        return []
+
+
+def worker_with(parent: int, path: Path) -> int:
+    """The worker of `parent` that has `path` open: it is checking that file right now."""
+    for _ in range(3000):  # a hang guard of a minute: the workers get there within seconds
+        for pid in children(parent):
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+                if any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in fds):
+                    return pid
+            except FileNotFoundError:
+                continue  # the fd or the process went away meanwhile
+        time.sleep(0.02)
+    raise AssertionError(f"no worker of {parent} opened {path}")
+
+
+def finish(process: subprocess.Popen[bytes]) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr; a run still there after the hang guard is killed."""
+    try:
+        out, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # its workers die with it (PR_SET_PDEATHSIG)
+        process.communicate()
+        raise
+    return process.returncode, out.decode(), err.decode()
+
+
+BUSY_SUMMARY = "9 files checked: 0 errors, 0 warnings, 0 info, 1 unreadable; failed"
+
+
+def test_a_worker_out_of_memory_is_one_line_for_its_file(busy_tree):
+    """The worker checking the big library may only grow 8 MiB more (RLIMIT_AS, set while
+    it is stopped), a fraction of what the file needs: the MemoryError is that file's error
+    line; the others are checked."""
+    process = start_check(busy_tree)
+    worker = worker_with(process.pid, busy_tree / "z_many.so")
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        status = Path(f"/proc/{worker}/status").read_text()
+        size = int(re.search(r"^VmSize:\s+(\d+) kB$", status, re.M)[1]) << 10
+        resource.prlimit(worker, resource.RLIMIT_AS, (size + (8 << 20), size + (8 << 20)))
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    code, out, err = finish(process)
+    assert (code, err) == (
+        3,
+        f"ffitool: error: {busy_tree}/z_many.so: out of memory while checking it\n",
+    )
+    assert out.splitlines()[-1] == BUSY_SUMMARY
+
+
+def test_a_worker_killed_from_outside_is_one_line_for_its_file(busy_tree):
+    process = start_check(busy_tree)
+    worker = worker_with(process.pid, busy_tree / "z_many.so")
+    os.kill(worker, signal.SIGKILL)  # what the OOM killer does
+    code, out, err = finish(process)
+    assert (code, err) == (
+        3,
+        f"ffitool: error: {busy_tree}/z_many.so: the worker process checking it was killed by"
+        " SIGKILL (out of memory?); --jobs 1 checks in this process\n",
+    )
+    assert out.splitlines()[-1] == BUSY_SUMMARY
+
+
+def waiting_for_work(pid: int) -> bool:
+    """Whether a worker is blocked reading its pipe to the parent (a socket): it holds no file.
+    /proc/PID/syscall names the blocking call's first argument, the descriptor."""
+    try:
+        call = Path(f"/proc/{pid}/syscall").read_text().split()
+        return len(call) > 1 and os.readlink(f"/proc/{pid}/fd/{int(call[1], 16)}").startswith(
+            "socket:"
+        )
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def test_a_worker_killed_while_it_holds_no_file_loses_nothing(tmp_path):
+    """The big library is the last file: once a worker has it, the other has nothing left
+    to do. Killed then, it takes no file with it: every file is checked, exit 0. (A smaller
+    big library than the other tests': this run goes to the end.)"""
+    tree = copies(tmp_path / "tree", 9)
+    big = many_functions(tree, 20_000)
+    process = start_check(tree)
+    busy = worker_with(process.pid, big)
+    (idle,) = [pid for pid in children(process.pid) if pid != busy]
+    for _ in range(3000):  # a hang guard of a minute
+        if waiting_for_work(idle):
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError(f"worker {idle} never waited for work")
+    os.kill(idle, signal.SIGKILL)
+    assert finish(process) == (
+        0,
+        "10 files checked: 0 errors, 0 warnings, 0 info; passed\n",
+        "",
+    )
+
+
+@pytest.mark.parametrize(
+    ("number", "code", "stop"),
+    [
+        (signal.SIGINT, 130, True),
+        (signal.SIGTERM, 143, True),
+        (signal.SIGHUP, 129, True),
+        (signal.SIGTERM, 143, False),
+    ],
+    ids=["int-stopped", "term-stopped", "hup-stopped", "term-busy"],
+)
+def test_an_interrupt_ends_the_run_whatever_the_workers_do(busy_tree, number, code, stop):
+    """^C (or a kill of the whole group) while a worker checks the big library, even one
+    that is stopped: the run ends at once, quietly, and its workers are gone. A run that
+    waited for a stopped worker would never end (the hang guard fails it)."""
+    process = start_check(busy_tree)
+    worker_with(process.pid, busy_tree / "z_many.so")
+    workers = children(process.pid)
+    assert len(workers) == 2
+    if stop:
+        for worker in workers:
+            os.kill(worker, signal.SIGSTOP)
+    os.killpg(process.pid, number)
+    assert finish(process) == (code, "", "")
+    assert not [w for w in workers if running(str(w))]
 
 
 # --- directories ---------------------------------------------------------------------------
@@ -312,6 +561,31 @@ def test_2000_levels_of_directories_are_walked(tmp_path):
     assert cpu < 30 and megabytes < 200
 
 
+def test_a_directory_past_path_max_is_one_line_exit_3_and_the_rest_is_checked(tmp_path):
+    """Levels of 250-character names are made through descriptors; the walk reaches one
+    whose path passes PATH_MAX, which cannot be listed by name: one line for it."""
+    tree = copies(tmp_path / "tree", 1)
+    name = "n" * 250
+    path, fd = str(tree), os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while len(path) < 4096:
+            os.mkdir(name, dir_fd=fd)
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd, path = inner, f"{path}/{name}"
+    finally:
+        os.close(fd)
+    try:
+        result = check(tree)
+    finally:  # rm, not pytest: rmtree by path fails past PATH_MAX
+        subprocess.run(["rm", "-rf", str(tree / name)], check=True)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        3,
+        "1 file checked: 0 errors, 0 warnings, 0 info, 1 unreadable; failed\n",
+        f"ffitool: error: {path}: cannot list: File name too long\n",
+    )
+
+
 # --- wheels --------------------------------------------------------------------------------
 
 
@@ -379,7 +653,7 @@ def test_a_wheel_in_a_wheel_is_not_opened_and_an_ar_member_is_read(tmp_path):
     result = check(outer)
     assert (result.returncode, result.stderr) == (
         0,
-        f"ffitool: note: {outer}: skipped: no ELF file or ar archive in it\n",
+        f"ffitool: note: {outer}: skipped: no ELF, Mach-O or PE file or ar archive in it\n",
     )
     member = LIB.read_bytes()[:200]  # an ELF header whose section headers are missing
     ar = b"!<arch>\n" + b"bad.o/          0           0     0     644     %-10d`\n" % len(member)
@@ -398,5 +672,6 @@ def test_a_whl_that_is_not_a_file(tmp_path, kind):
         result = check(path, timeout=30)
         assert (result.returncode, result.stderr) == (
             0,
-            f"ffitool: note: {path}: skipped: no ELF file, ar archive or wheel in this directory\n",
+            f"ffitool: note: {path}: skipped: no ELF, Mach-O or PE file, ar archive or wheel"
+            " in this directory\n",
         )

@@ -282,6 +282,8 @@ RUNTIME = {
     "b100_length_past_end": loaded(1, [PTX + bytes(1000 - len(PTX))], ADD_ONE_ONLY),
     # L101: the blob is invisible, so the library loads without its modules.
     "l101_hidden_blob": loaded(0, [], ADD_ONE_ONLY),
+    # B206: both payloads are deserialized, but the root imports one; module 2 is dropped.
+    "b206_unreachable": loaded(1, [PTX + b"1", PTX + b"2"], ADD_ONE_ONLY),
     # Warnings load.
     "b201_trailing": loaded(1, [PTX], ADD_ONE_ONLY),
     "b202_cycle": loaded(1, [PTX + b"1", PTX + b"2"], ADD_ONE_ONLY),
@@ -289,7 +291,6 @@ RUNTIME = {
     "b203_backward_import": loaded(2, [PTX + b"1", PTX + b"2"], ADD_ONE_ONLY),
     "b204_unsorted_imports": loaded(2, [PTX + b"1", PTX + b"2"], ADD_ONE_ONLY),
     "b205_two_libs": loaded(2, [PTX], ADD_ONE_ONLY),
-    "b206_unreachable": loaded(1, [PTX + b"1", PTX + b"2"], ADD_ONE_ONLY),
     "l102_small_symbol": loaded(1, [PTX], ADD_ONE_ONLY),
     "l105_no_lib": loaded(0, [PTX], NONE_FOUND),  # the root is the cuda_ptx module
     "l210_hidden_function": loaded(1, [PTX], ADD_ONE_ONLY),

@@ -127,7 +127,8 @@ def test_exit_code_3_for_unreadable_and_unsupported_inputs(tmp_path):
     result = ffitool("inspect", str(tmp_path))
     assert (result.returncode, result.stdout) == (0, "")
     assert result.stderr == (
-        f"ffitool: note: {tmp_path}: skipped: no ELF file, ar archive or wheel in this directory\n"
+        f"ffitool: note: {tmp_path}: skipped: no ELF, Mach-O or PE file, ar archive or wheel"
+        " in this directory\n"
     )
 
 

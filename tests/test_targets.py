@@ -262,7 +262,10 @@ def test_a_wheel_without_libraries_is_a_note(tmp_path):
     build_wheel(wheel, [("pure/__init__.py", b"", zipfile.ZIP_DEFLATED)])
     result = ffitool("inspect", str(wheel))
     assert (result.returncode, result.stdout) == (0, "")
-    assert result.stderr == f"ffitool: note: {wheel}: skipped: no ELF file or ar archive in it\n"
+    assert (
+        result.stderr
+        == f"ffitool: note: {wheel}: skipped: no ELF, Mach-O or PE file or ar archive in it\n"
+    )
 
 
 def test_a_zip_that_is_not_named_whl_is_not_opened_in_a_directory(tmp_path):
@@ -271,7 +274,7 @@ def test_a_zip_that_is_not_named_whl_is_not_opened_in_a_directory(tmp_path):
     )
     result = ffitool("inspect", str(tmp_path))
     assert (result.returncode, result.stdout) == (0, "")
-    assert "no ELF file, ar archive or wheel" in result.stderr
+    assert "no ELF, Mach-O or PE file, ar archive or wheel" in result.stderr
 
 
 @pytest.mark.filterwarnings("ignore:Duplicate name")  # the duplicate is the point
