@@ -26,6 +26,7 @@ from ffitool.rules import finding
 
 LIB_KIND = "_lib"
 """Key of the module that stands for the shared library itself; it carries no payload."""
+_LIB_KEY = LIB_KIND.encode()
 
 _U64 = struct.Struct("<Q")
 _WORD = _U64.size
@@ -248,6 +249,32 @@ class _Cursor:
             )
         return size_offset, size
 
+    def module(self) -> tuple[bytes, int, int] | None:
+        """One module's key, payload offset and payload size (-1 and 0 for `_lib`), when all
+        its fields are in the buffer and valid; None, with nothing read, otherwise (see
+        `_module_fields`). The common case in one call: a million modules take a second."""
+        buffer, base = self._buffer, self._buffer_at
+        usable = min(len(buffer), self.end - base)
+        start = self.pos - base + _WORD
+        if start > usable:
+            return None
+        (key_size,) = _U64.unpack_from(buffer, start - _WORD)
+        stop = start + key_size
+        if not key_size or stop > usable:
+            return None
+        key = bytes(buffer[start:stop])
+        if key == _LIB_KEY:
+            self.pos = base + stop
+            return key, -1, 0
+        if stop + _WORD > usable:
+            return None
+        (size,) = _U64.unpack_from(buffer, stop)
+        payload = stop + _WORD
+        if not size or size > self.end - base - payload:
+            return None
+        self.pos = base + payload + size
+        return key, base + payload, size
+
     def key(self, what: Label) -> tuple[int, bytes]:
         """Read a `<size><bytes>` key: (its offset, its bytes)."""
         offset, size = self.size(what)
@@ -346,27 +373,33 @@ def _modules(
     payload_offsets = array("q")
     payload_sizes = array("q")
     texts = _Kinds(findings)
+    read = cursor.module
     for index in range(count):
-        key_offset, key = cursor.key(partial(_module_field, index, None))
-        kind = texts.text(key, index, key_offset)
-        kinds.append(kind)
+        key_offset = cursor.pos
+        key, payload_offset, size = read() or _module_fields(cursor, index)
+        kinds.append(texts.text(key, index, key_offset))
         key_offsets.append(key_offset)
-        if kind == LIB_KIND:
-            payload_offsets.append(-1)
-            payload_sizes.append(0)
-            continue
-        size_offset, size = cursor.size(partial(_module_field, index, kind))
-        cursor.pos += size
-        payload_offsets.append(size_offset + _WORD)
+        payload_offsets.append(payload_offset)
         payload_sizes.append(size)
     return kinds, key_offsets, payload_offsets, payload_sizes
 
 
-def _module_field(index: int, kind: str | None) -> str:
-    """What an error in module `index` is about: its key, or (given its kind) its payload."""
-    if kind is None:
+def _module_fields(cursor: _Cursor, index: int) -> tuple[bytes, int, int]:
+    """`_Cursor.module`, field by field: the buffer is refilled as needed and a field the
+    runtime would reject raises its BlobError."""
+    _, key = cursor.key(partial(_module_field, index, None))
+    if key == _LIB_KEY:
+        return key, -1, 0
+    size_offset, size = cursor.size(partial(_module_field, index, key))
+    cursor.pos += size
+    return key, size_offset + _WORD, size
+
+
+def _module_field(index: int, key: bytes | None) -> str:
+    """What an error in module `index` is about: its key, or (given the key) its payload."""
+    if key is None:
         return f"module {index} key"
-    return f"module {index} ({printable(kind)}) payload"
+    return f"module {index} ({printable(key.decode('utf-8', 'surrogateescape'))}) payload"
 
 
 def _body(data: Buffer | ByteSource) -> tuple[int, _Cursor]:
@@ -503,20 +536,15 @@ def _listed(indices: Sequence[int]) -> str:
     return f"{list(indices[:LISTED])} (+{len(indices) - LISTED} more)"
 
 
-def tree_findings(blob: Blob, *, first_key_offset: int | None = None) -> list[Finding]:
-    """Import-tree shapes that load but that TVM's writer never produces.
-
-    TVM emits modules root first, every child after its parent, children sorted and unique,
-    exactly one `_lib`, all modules reachable. Offsets point at the first module's key.
-    """
-    libs = [i for i, m in enumerate(blob.modules) if m.is_lib]
-    return _tree_findings([m.imports for m in blob.modules], libs, first_key_offset)
-
-
 def _tree_findings(
     imports: Sequence[Sequence[int]], libs: list[int], offset: int | None
 ) -> list[Finding]:
-    """`tree_findings` over import lists; every message is bounded (see `_listed`)."""
+    """Import-tree shapes that load but that TVM's writer never produces.
+
+    TVM emits modules root first, every child after its parent, children sorted and unique,
+    exactly one `_lib`, all modules reachable. Findings point at `offset`, the first module's
+    key. Every message is bounded (see `_listed`); the work is linear in modules plus imports.
+    """
     found: list[Finding] = []
 
     def add(code: str, message: str) -> None:
@@ -548,11 +576,6 @@ def _path(cycle: Sequence[int]) -> str:
         return " -> ".join(map(str, cycle))
     left_out = len(cycle) - LISTED - 1
     return " -> ".join(map(str, cycle[:LISTED])) + f" -> (+{left_out} more) -> {cycle[-1]}"
-
-
-def reachable(blob: Blob, root: int = 0) -> set[int]:
-    """Indices reachable from `root` through imports (the root included)."""
-    return reachable_from([m.imports for m in blob.modules], root)
 
 
 def reachable_from(imports: Sequence[Sequence[int]], root: int = 0) -> set[int]:
