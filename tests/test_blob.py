@@ -118,6 +118,21 @@ def test_decode_accepts_padding_after_nbytes():
             49,
         ),
         (
+            raw_blob([0, 0], [], [q(0) + s(b"payload")]),
+            "module 0 key is empty, which the runtime's reader rejects",
+            40,
+        ),
+        (
+            raw_blob([0, 0], [], [s(b"k") + q(5) + b"xy"]),
+            "module 0 (k) payload size 5 exceeds the 2 bytes left",
+            49,
+        ),
+        (
+            raw_blob([0, 0], [], [s(b"k\xff") + q(5) + b"xy"]),
+            "module 0 (k\\udcff) payload size 5 exceeds the 2 bytes left",
+            50,
+        ),
+        (
             raw_blob([0, 1], [1], [s(b"_lib")]),
             "module 0 imports module 1, but there are 1 modules",
             40,
