@@ -3,25 +3,32 @@
 Layout (all integers u64 little-endian): `<nbytes> <indptr: vec> <child_indices: vec>` then, per
 module, `<key: str>` and, unless the key is `_lib`, `<payload: bytes>`. Decoding is strict and
 bounded: every length is compared with the bytes that remain before anything is sliced or
-allocated, so a hostile length costs nothing. What the runtime (`ProcessLibraryBin` in tvm-ffi)
-would reject raises `BlobError` with the byte offset; what the runtime accepts but TVM's writer
-never produces is returned as findings.
+allocated, so a hostile length costs nothing, and time and memory are linear in the blob's
+size (fields read once, kinds decoded once per distinct key, import rows bounded by B209,
+finding messages listing at most `findings.LIST_ITEMS` modules). What the runtime
+(`ProcessLibraryBin` in tvm-ffi) would reject raises `BlobError` with the byte offset; what
+the runtime accepts but TVM's writer never produces is returned as findings.
 """
 
 from __future__ import annotations
 
 import bisect
 import struct
-from collections.abc import Sequence
+import sys
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property, partial
+from itertools import pairwise
 from typing import Protocol
 
 from ffitool.errors import BlobError
-from ffitool.findings import Finding, listed, printable
+from ffitool.findings import LIST_ITEMS, Finding, listed, printable
 from ffitool.rules import finding
 
 LIB_KIND = "_lib"
 """Key of the module that stands for the shared library itself; it carries no payload."""
+_LIB_KEY = LIB_KIND.encode()
 
 _U64 = struct.Struct("<Q")
 _WORD = _U64.size
@@ -62,13 +69,13 @@ class _InMemory:
     """A ByteSource over bytes already in memory: reads and payloads are zero-copy views."""
 
     def __init__(self, view: memoryview) -> None:
-        self._view = view
+        self.view = view
 
     def __len__(self) -> int:
-        return len(self._view)
+        return len(self.view)
 
     def read(self, start: int, length: int) -> memoryview:
-        return self._view[start : start + length]
+        return self.view[start : start + length]
 
     span = read
 
@@ -105,39 +112,109 @@ class ModuleLayout:
 
 @dataclass(frozen=True)
 class DecodedBlob:
-    """A decoded blob with the layout facts that findings and digests need."""
+    """A decoded blob with the layout facts that findings and digests need.
 
-    blob: Blob
+    Modules are kept as columns (kinds interned, offsets and sizes in arrays of machine words)
+    and `blob` and `layouts` are built from them on first use: a blob of a million one-byte
+    modules then costs tens of bytes per module, not the few hundred its Module objects,
+    payload views and layouts take (`inspect` and `blob decode` never build them).
+    """
+
     nbytes: int
-    layouts: tuple[ModuleLayout, ...]
+    kinds: tuple[str, ...]
+    """Each module's kind; equal kinds are one string."""
+    imports: tuple[tuple[int, ...], ...]
     findings: tuple[Finding, ...]
+    source: ByteSource
+    key_offsets: array[int]
+    payload_offsets: array[int]
+    """-1 for `_lib`, which has no payload."""
+    payload_sizes: array[int]
 
     @property
     def size(self) -> int:
         """Bytes the runtime reads: the 8-byte header plus `nbytes`."""
         return _WORD + self.nbytes
 
+    def payload(self, index: int) -> Buffer | Span | None:
+        """Module `index`'s payload: a zero-copy view, or a Span for a ByteSource."""
+        offset = self.payload_offsets[index]
+        return None if offset < 0 else self.source.span(offset, self.payload_sizes[index])
+
+    def layout(self, index: int) -> ModuleLayout:
+        """Where module `index`'s fields sit."""
+        offset = self.payload_offsets[index]
+        return ModuleLayout(
+            self.key_offsets[index], None if offset < 0 else offset, self.payload_sizes[index]
+        )
+
+    @cached_property
+    def layouts(self) -> tuple[ModuleLayout, ...]:
+        return tuple(map(self.layout, range(len(self.kinds))))
+
+    @cached_property
+    def blob(self) -> Blob:
+        return Blob(
+            tuple(
+                Module(kind, self.payload(index), self.imports[index])
+                for index, kind in enumerate(self.kinds)
+            )
+        )
+
+
+_Label = str | Callable[[], str]
+"""What a field is, for an error message; a callable when building the text per module would
+cost more than reading the module."""
+
+
+def _label(what: _Label) -> str:
+    return what if isinstance(what, str) else what()
+
+
+_CHUNK = 1 << 16
+"""Bytes a cursor reads from a ByteSource at once, to serve the small fields that follow."""
+_BIG_ENDIAN = sys.byteorder == "big"
+
 
 class _Cursor:
-    """Reads u64 fields from a window of a buffer, checking every length before using it."""
+    """Reads fields from a window of a ByteSource, checking every length before using it.
+
+    Small fields come out of a buffer that holds the source's bytes from where it was last
+    filled (up to `_CHUNK`; in memory, the whole view, never refilled): a file-backed blob
+    of a million tiny modules takes a few hundred reads, not one read per field.
+    """
 
     def __init__(self, data: ByteSource, start: int, end: int) -> None:
         self.data = data
         self.pos = start
         self.end = end
+        self._buffer: Buffer = data.view if isinstance(data, _InMemory) else b""
+        self._buffer_at = 0 if isinstance(data, _InMemory) else start
 
     @property
     def remaining(self) -> int:
         return self.end - self.pos
 
-    def u64(self, what: str) -> int:
-        if self.remaining < _WORD:
-            raise BlobError(f"truncated {what}: need 8 bytes, {self.remaining} left", self.pos)
-        (value,) = _U64.unpack(self.data.read(self.pos, _WORD))
+    def _buffered(self, length: int) -> int:
+        """Where the `length` bytes at `pos` (checked to end before `end`) sit in the buffer."""
+        at = self.pos - self._buffer_at
+        if at + length <= len(self._buffer):
+            return at
+        self._buffer = self.data.read(self.pos, max(length, min(_CHUNK, self.remaining)))
+        self._buffer_at = self.pos
+        return 0
+
+    def u64(self, what: _Label) -> int:
+        if self.end - self.pos < _WORD:
+            raise BlobError(
+                f"truncated {_label(what)}: need 8 bytes, {self.remaining} left", self.pos
+            )
+        at = self._buffered(_WORD)  # first: it may replace the buffer
+        (value,) = _U64.unpack_from(self._buffer, at)
         self.pos += _WORD
         return value
 
-    def u64_vector(self, what: str) -> tuple[int, int, tuple[int, ...]]:
+    def u64_vector(self, what: str) -> tuple[int, int, array[int]]:
         """Return (offset of the count, offset of the first item, items)."""
         count_offset = self.pos
         count = self.u64(f"{what} count")
@@ -146,25 +223,93 @@ class _Cursor:
                 f"{what} count {count} needs {count * _WORD} bytes, {self.remaining} left",
                 count_offset,
             )
-        items = struct.unpack(f"<{count}Q", self.data.read(self.pos, count * _WORD))
+        at = self._buffered(count * _WORD)
+        items = array("Q")
+        items.frombytes(self._buffer[at : at + count * _WORD])
+        if _BIG_ENDIAN:
+            items.byteswap()
         first = self.pos
         self.pos += count * _WORD
         return count_offset, first, items
 
-    def sized(self, what: str, payload: bool = False) -> tuple[int, Buffer | Span]:
-        """Read `<size: u64><size bytes>` (a payload's bytes only located); the runtime rejects
-        size 0, and so do we."""
+    def size(self, what: _Label) -> tuple[int, int]:
+        """Read the size of a `<size: u64><size bytes>` field: (its offset, the size). The
+        runtime rejects size 0, and so do we."""
         size_offset = self.pos
-        size = self.u64(f"{what} size")
-        if size > self.remaining:
+        if self.end - size_offset < _WORD:
             raise BlobError(
-                f"{what} size {size} exceeds the {self.remaining} bytes left", size_offset
+                f"truncated {_label(what)} size: need 8 bytes, {self.remaining} left", size_offset
+            )
+        at = self._buffered(_WORD)  # first: it may replace the buffer
+        (size,) = _U64.unpack_from(self._buffer, at)
+        self.pos += _WORD
+        if size > self.end - self.pos:
+            raise BlobError(
+                f"{_label(what)} size {size} exceeds the {self.remaining} bytes left", size_offset
             )
         if size == 0:
-            raise BlobError(f"{what} is empty, which the runtime's reader rejects", size_offset)
-        found = (self.data.span if payload else self.data.read)(self.pos, size)
+            raise BlobError(
+                f"{_label(what)} is empty, which the runtime's reader rejects", size_offset
+            )
+        return size_offset, size
+
+    def module(self) -> tuple[bytes, int, int] | None:
+        """One module's key, payload offset and payload size (-1 and 0 for `_lib`), when all
+        its fields are in the buffer and valid; None, with nothing read, otherwise (see
+        `_module_fields`). The common case in one call, without building an error label:
+        per module, this is most of what decoding costs."""
+        buffer, base = self._buffer, self._buffer_at
+        usable = min(len(buffer), self.end - base)
+        start = self.pos - base + _WORD
+        if start > usable:
+            return None
+        (key_size,) = _U64.unpack_from(buffer, start - _WORD)
+        stop = start + key_size
+        if not key_size or stop > usable:
+            return None
+        key = bytes(buffer[start:stop])
+        if key == _LIB_KEY:
+            self.pos = base + stop
+            return key, -1, 0
+        if stop + _WORD > usable:
+            return None
+        (size,) = _U64.unpack_from(buffer, stop)
+        payload = stop + _WORD
+        if not size or size > self.end - base - payload:
+            return None
+        self.pos = base + payload + size
+        return key, base + payload, size
+
+    def key(self, what: _Label) -> tuple[int, bytes]:
+        """Read a `<size><bytes>` key: (its offset, its bytes)."""
+        offset, size = self.size(what)
+        at = self._buffered(size)
         self.pos += size
-        return size_offset, found
+        return offset, bytes(self._buffer[at : at + size])
+
+
+class _Kinds:
+    """Module keys as text, decoded once per distinct key: equal kinds share one string."""
+
+    def __init__(self, findings: list[Finding]) -> None:
+        self._seen: dict[bytes, tuple[str, bool]] = {}
+        self._findings = findings
+
+    def text(self, key: bytes, index: int, offset: int) -> str:
+        """Decode a key as UTF-8; undecodable bytes survive as surrogates so encoding is exact,
+        and each module with such a key gets a B208 finding."""
+        known = self._seen.get(key)
+        if known is None:
+            try:
+                known = (key.decode("utf-8"), True)
+            except UnicodeDecodeError:
+                known = (key.decode("utf-8", "surrogateescape"), False)
+            self._seen[key] = known
+        if not known[1]:
+            self._findings.append(
+                finding("B208", f"module {index} kind is not valid UTF-8", offset)
+            )
+        return known[0]
 
 
 def decode(data: Buffer | ByteSource) -> DecodedBlob:
@@ -173,6 +318,8 @@ def decode(data: Buffer | ByteSource) -> DecodedBlob:
 
     `data` ends where the bytes the runtime could read end (for a blob in a library: the
     file-backed rest of its segment). Raises `BlobError` for anything the runtime rejects.
+    Time and memory are linear in the blob's size: every field is read once, every kind
+    decoded once, and the import rows are bounded by B209.
     """
     nbytes, cursor = _body(data)
     indptr_at, indptr_first, indptr = cursor.u64_vector("indptr")
@@ -191,20 +338,7 @@ def decode(data: Buffer | ByteSource) -> DecodedBlob:
         )
     imports, overflow = _import_lists(indptr, indptr_first, children, child_first, num_modules)
     findings: list[Finding] = []
-    modules: list[Module] = []
-    layouts: list[ModuleLayout] = []
-    for index in range(num_modules):
-        key_offset, key = cursor.sized(f"module {index} key")
-        kind = _kind_text(key, index, key_offset, findings)
-        if kind == LIB_KIND:
-            modules.append(Module(kind, None, imports[index]))
-            layouts.append(ModuleLayout(key_offset, None, 0))
-            continue
-        size_offset, payload = cursor.sized(
-            f"module {index} ({printable(kind)}) payload", payload=True
-        )
-        modules.append(Module(kind, payload, imports[index]))
-        layouts.append(ModuleLayout(key_offset, size_offset + _WORD, len(payload)))
+    kinds, key_offsets, payload_offsets, payload_sizes = _modules(cursor, num_modules, findings)
     if cursor.remaining:
         findings.append(
             finding(
@@ -214,12 +348,60 @@ def decode(data: Buffer | ByteSource) -> DecodedBlob:
             )
         )
     findings.extend(_layout_findings(indptr, indptr_at, len(children), child_at))
-    blob = Blob(tuple(modules))
     if overflow is not None:
         findings.append(overflow)  # the tree is empty: its shape says nothing
     else:
-        findings.extend(tree_findings(blob, first_key_offset=layouts[0].key_offset))
-    return DecodedBlob(blob, nbytes, tuple(layouts), tuple(findings))
+        libs = [i for i, kind in enumerate(kinds) if kind == LIB_KIND]
+        findings.extend(_tree_findings(imports, libs, key_offsets[0]))
+    return DecodedBlob(
+        nbytes,
+        tuple(kinds),
+        tuple(imports),
+        tuple(findings),
+        cursor.data,
+        key_offsets,
+        payload_offsets,
+        payload_sizes,
+    )
+
+
+def _modules(
+    cursor: _Cursor, count: int, findings: list[Finding]
+) -> tuple[list[str], array[int], array[int], array[int]]:
+    """Read `count` modules' keys and locate their payloads: kinds, key offsets, payload
+    offsets (-1 for `_lib`) and payload sizes."""
+    kinds: list[str] = []
+    key_offsets = array("q")
+    payload_offsets = array("q")
+    payload_sizes = array("q")
+    texts = _Kinds(findings)
+    read = cursor.module
+    for index in range(count):
+        key_offset = cursor.pos
+        key, payload_offset, size = read() or _module_fields(cursor, index)
+        kinds.append(texts.text(key, index, key_offset))
+        key_offsets.append(key_offset)
+        payload_offsets.append(payload_offset)
+        payload_sizes.append(size)
+    return kinds, key_offsets, payload_offsets, payload_sizes
+
+
+def _module_fields(cursor: _Cursor, index: int) -> tuple[bytes, int, int]:
+    """`_Cursor.module`, field by field: the buffer is refilled as needed and a field the
+    runtime would reject raises its BlobError."""
+    _, key = cursor.key(partial(_module_field, index, None))
+    if key == _LIB_KEY:
+        return key, -1, 0
+    size_offset, size = cursor.size(partial(_module_field, index, key))
+    cursor.pos += size
+    return key, size_offset + _WORD, size
+
+
+def _module_field(index: int, key: bytes | None) -> str:
+    """What an error in module `index` is about: its key, or (given the key) its payload."""
+    if key is None:
+        return f"module {index} key"
+    return f"module {index} ({printable(key.decode('utf-8', 'surrogateescape'))}) payload"
 
 
 def _body(data: Buffer | ByteSource) -> tuple[int, _Cursor]:
@@ -246,14 +428,36 @@ def _import_lists(
 ) -> tuple[list[tuple[int, ...]], Finding | None]:
     """Split CSR child indices per module, rejecting every index the runtime would misread.
 
+    Returns every module's imports, or, past the bound below, every module without imports
+    and the B209 finding that says so.
+    """
+    overflow = _check_rows(indptr, indptr_first, children, child_first, num_modules)
+    if overflow is not None:
+        return [()] * num_modules, overflow
+    return _rows(indptr, children, num_modules), None
+
+
+def _check_rows(
+    indptr: Sequence[int],
+    indptr_first: int,
+    children: Sequence[int],
+    child_first: int,
+    num_modules: int,
+) -> Finding | None:
+    """Check that every row lies inside the child indices and names existing modules.
+
     Each module's row is a slice of the child array. A canonical CSR hands out each child
     index once; rows only overlap when indptr goes back, and `[0, C, 0, C, ...]` gives every
     other module all C children: quadratic in the blob's size (the runtime creates every one
-    of those imports). Past `2 * len(children) + EDGE_SLACK` edges the tree is not expanded:
-    every module is returned without imports and a B209 finding says where the rows passed
-    the bound. Checking runs in time linear in the two arrays, whatever the rows expand to.
+    of those imports). Past `2 * len(children) + EDGE_SLACK` edges the tree is not to be
+    expanded, and the B209 finding returned says where the rows passed the bound. Checking
+    runs in time linear in the two arrays, whatever the rows expand to.
     """
-    bad = [j for j, child in enumerate(children) if child >= num_modules]
+    bad = (
+        [j for j, child in enumerate(children) if child >= num_modules]
+        if children and max(children) >= num_modules
+        else []
+    )
     limit = 2 * len(children) + EDGE_SLACK
     edges = 0
     overflow: Finding | None = None
@@ -266,13 +470,14 @@ def _import_lists(
                 f"indptr[{i + 1}] = {hi} points past the {len(children)} child indices",
                 indptr_first + (i + 1) * _WORD,
             )
-        first_bad = bisect.bisect_left(bad, lo)
-        if first_bad < len(bad) and bad[first_bad] < hi:
-            j = bad[first_bad]
-            raise BlobError(
-                f"module {i} imports module {children[j]}, but there are {num_modules} modules",
-                child_first + j * _WORD,
-            )
+        if bad:
+            first_bad = bisect.bisect_left(bad, lo)
+            if first_bad < len(bad) and bad[first_bad] < hi:
+                j = bad[first_bad]
+                raise BlobError(
+                    f"module {i} imports module {children[j]}, but there are {num_modules} modules",
+                    child_first + j * _WORD,
+                )
         edges += hi - lo
         if edges > limit and overflow is None:
             overflow = finding(
@@ -281,19 +486,17 @@ def _import_lists(
                 f" from {len(children)} child indices; the import tree is not expanded",
                 indptr_first + (i + 1) * _WORD,
             )
-    if overflow is not None:
-        return [()] * num_modules, overflow
-    return [tuple(children[indptr[i] : indptr[i + 1]]) for i in range(num_modules)], None
+    return overflow
 
 
-def _kind_text(key: Buffer | Span, index: int, offset: int, findings: list[Finding]) -> str:
-    """Decode a key as UTF-8; undecodable bytes survive as surrogates so encoding is exact."""
-    raw = bytes(key)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        findings.append(finding("B208", f"module {index} kind is not valid UTF-8", offset))
-        return raw.decode("utf-8", "surrogateescape")
+def _rows(
+    indptr: Sequence[int], children: Sequence[int], num_modules: int
+) -> list[tuple[int, ...]]:
+    """Each module's imports, from rows `_check_rows` passed. Equal indices are one int object
+    (the child array holds a fresh one per entry): a long import list costs 8 bytes an entry."""
+    canonical = list(range(num_modules))
+    shared = tuple(canonical[c] if c < num_modules else c for c in children)
+    return [shared[indptr[i] : indptr[i + 1]] for i in range(num_modules)]
 
 
 def _layout_findings(
@@ -324,44 +527,55 @@ def _layout_findings(
     return found
 
 
-def tree_findings(blob: Blob, *, first_key_offset: int | None = None) -> list[Finding]:
+def _tree_findings(
+    imports: Sequence[Sequence[int]], libs: list[int], offset: int | None
+) -> list[Finding]:
     """Import-tree shapes that load but that TVM's writer never produces.
 
     TVM emits modules root first, every child after its parent, children sorted and unique,
-    exactly one `_lib`, all modules reachable. Offsets point at the first module's key.
+    exactly one `_lib`, all modules reachable. Findings point at `offset`, the first module's
+    key. Every message is bounded (see `findings.listed`); the work is linear in modules plus
+    imports.
     """
     found: list[Finding] = []
-    modules = blob.modules
 
     def add(code: str, message: str) -> None:
-        found.append(finding(code, message, first_key_offset))
+        found.append(finding(code, message, offset))
 
-    for index, module in enumerate(modules):
-        if list(module.imports) != sorted(set(module.imports)):
-            add("B204", f"module {index} imports {listed(module.imports)}: unsorted or duplicated")
-    cycle = find_cycle(blob)
+    for index, row in enumerate(imports):
+        if len(row) > 1 and any(a >= b for a, b in pairwise(row)):
+            add("B204", f"module {index} imports {listed(row)}: unsorted or duplicated")
+    cycle = _find_cycle(imports)
     if cycle:
-        add("B202", "import cycle " + " -> ".join(str(i) for i in cycle))
+        add("B202", "import cycle " + _path(cycle))
     else:
-        for index, module in enumerate(modules):
-            backward = [c for c in module.imports if c <= index]
+        for index, row in enumerate(imports):
+            backward = [c for c in row if c <= index] if row else None
             if backward:
                 add("B203", f"module {index} imports earlier module(s) {listed(backward)}")
-    libs = [i for i, m in enumerate(modules) if m.is_lib]
     if len(libs) > 1:
         add("B205", f"{len(libs)} `_lib` modules (at {listed(libs)}); TVM writes one")
-    unreachable = sorted(set(range(len(modules))) - reachable(blob))
-    if unreachable:
+    seen = reachable_from(imports)
+    if len(seen) < len(imports):
+        unreachable = [i for i in range(len(imports)) if i not in seen]
         add("B206", f"module(s) {listed(unreachable)} are not reachable from the root")
     return found
 
 
-def reachable(blob: Blob, root: int = 0) -> set[int]:
-    """Indices reachable from `root` through imports (the root included)."""
+def _path(cycle: Sequence[int]) -> str:
+    """`0 -> 1 -> 0`; a longer cycle shows its first LIST_ITEMS steps and where it closes."""
+    if len(cycle) <= LIST_ITEMS + 1:
+        return " -> ".join(map(str, cycle))
+    left_out = len(cycle) - LIST_ITEMS - 1
+    return " -> ".join(map(str, cycle[:LIST_ITEMS])) + f" -> ... ({left_out} more) -> {cycle[-1]}"
+
+
+def reachable_from(imports: Sequence[Sequence[int]], root: int = 0) -> set[int]:
+    """Indices reachable from `root` when module i imports `imports[i]` (the root included)."""
     seen = {root}
     stack = [root]
     while stack:
-        for child in blob.modules[stack.pop()].imports:
+        for child in imports[stack.pop()]:
             if child not in seen:
                 seen.add(child)
                 stack.append(child)
@@ -370,8 +584,12 @@ def reachable(blob: Blob, root: int = 0) -> set[int]:
 
 def find_cycle(blob: Blob) -> list[int] | None:
     """One import cycle as a closed path of indices, or None; iterative, so depth is unbounded."""
-    state = [0] * len(blob.modules)  # 0 new, 1 on the current path, 2 done
-    for start in range(len(blob.modules)):
+    return _find_cycle([m.imports for m in blob.modules])
+
+
+def _find_cycle(imports: Sequence[Sequence[int]]) -> list[int] | None:
+    state = [0] * len(imports)  # 0 new, 1 on the current path, 2 done
+    for start in range(len(imports)):
         if state[start]:
             continue
         path = [start]
@@ -379,13 +597,13 @@ def find_cycle(blob: Blob) -> list[int] | None:
         state[start] = 1
         while path:
             node = path[-1]
-            imports = blob.modules[node].imports
-            if cursors[-1] == len(imports):
+            row = imports[node]
+            if cursors[-1] == len(row):
                 state[node] = 2
                 path.pop()
                 cursors.pop()
                 continue
-            child = imports[cursors[-1]]
+            child = row[cursors[-1]]
             cursors[-1] += 1
             if state[child] == 1:
                 return [*path[path.index(child) :], child]
@@ -505,23 +723,28 @@ class LegacyBlob:
 
 
 def decode_legacy(data: Buffer | ByteSource) -> LegacyBlob:
-    """Read a legacy blob as far as the format allows, reporting where and why it stopped."""
+    """Read a legacy blob as far as the format allows, reporting where and why it stopped.
+
+    Every `_import_tree` entry is checked; as in the runtime, the last one is the tree, and
+    only it is expanded, so many trees cost what their bytes do.
+    """
     nbytes, cursor = _body(data)
     num_entries = cursor.u64("entry count")
     kinds: list[str] = []
-    imports: tuple[tuple[int, ...], ...] | None = None
+    tree: tuple[array[int], array[int], int, Finding | None] | None = None
     findings: list[Finding] = []
+    texts = _Kinds(findings)
     for _ in range(num_entries):
-        key_offset, key = cursor.sized(f"entry {len(kinds)} key")
-        kind = _kind_text(key, len(kinds), key_offset, findings)
+        key_offset, key = cursor.key(lambda: f"entry {len(kinds)} key")
+        kind = texts.text(key, len(kinds), key_offset)
         if kind == LEGACY_TREE_KEY:
             _, indptr_first, indptr = cursor.u64_vector("indptr")
             _, child_first, children = cursor.u64_vector("child_indices")
             count = max(len(indptr) - 1, 0)
-            rows, overflow = _import_lists(indptr, indptr_first, children, child_first, count)
-            imports = tuple(rows)
+            overflow = _check_rows(indptr, indptr_first, children, child_first, count)
             if overflow is not None:
                 findings.append(overflow)
+            tree = (indptr, children, count, overflow)
             continue
         kinds.append(kind)
         if kind != LIB_KIND:
@@ -533,4 +756,16 @@ def decode_legacy(data: Buffer | ByteSource) -> LegacyBlob:
                 )
             )
             break
-    return LegacyBlob(nbytes, tuple(kinds), imports, tuple(findings))
+    return LegacyBlob(nbytes, tuple(kinds), _legacy_imports(tree), tuple(findings))
+
+
+def _legacy_imports(
+    tree: tuple[array[int], array[int], int, Finding | None] | None,
+) -> tuple[tuple[int, ...], ...] | None:
+    """The rows of the last import tree (none past its B209 bound), or None without one."""
+    if tree is None:
+        return None
+    indptr, children, count, overflow = tree
+    if overflow is not None:
+        return ((),) * count
+    return tuple(_rows(indptr, children, count))

@@ -351,7 +351,7 @@ def _library_bin(
             findings.extend(decoded.findings)
             findings.extend(_size_findings(chosen, decoded))
             own = tuple(f for f in functions if f.symbol.naming.prefix == prefix)
-            findings.extend(_lib_findings(decoded.blob, own))
+            findings.extend(_lib_findings(decoded.kinds, own))
     except BlobError as exc:
         findings.append(finding("B100", exc.what, exc.offset))
         return LibraryBin(chosen, location.file_offset, None, layout, (), tuple(findings), prefix)
@@ -400,8 +400,8 @@ def _size_findings(chosen: FfiSymbol, decoded: codec.DecodedBlob) -> list[Findin
     return []
 
 
-def _lib_findings(blob: codec.Blob, functions: tuple[Function, ...]) -> list[Finding]:
-    if functions and not any(m.is_lib for m in blob.modules):
+def _lib_findings(kinds: tuple[str, ...], functions: tuple[Function, ...]) -> list[Finding]:
+    if functions and codec.LIB_KIND not in kinds:
         return [
             finding(
                 "L105",
@@ -415,24 +415,34 @@ def _lib_findings(blob: codec.Blob, functions: tuple[Function, ...]) -> list[Fin
 def _module_infos(
     decoded: codec.DecodedBlob, blob_file_offset: int, handle: BinaryIO | None
 ) -> tuple[ModuleInfo, ...]:
-    """Modules with their sizes and, given a file handle to read them from, sha256 digests."""
+    """Modules with their sizes and, given a file handle to read them from, sha256 digests.
+
+    Read from the decoded columns, not `decoded.blob`: a million tiny modules would otherwise
+    cost a Module, a payload view and a layout each. A payload already in memory is hashed
+    there; one left in the file (a blob over `_READ_LIMIT`) is read from it.
+    """
+    import hashlib  # only files with a blob pay for loading OpenSSL
+
     infos = []
-    for index, (module, layout) in enumerate(
-        zip(decoded.blob.modules, decoded.layouts, strict=True)
-    ):
+    offsets, sizes, imports = decoded.payload_offsets, decoded.payload_sizes, decoded.imports
+    for index, kind in enumerate(decoded.kinds):
+        offset = offsets[index]
         digest = None
-        if layout.payload_offset is not None and handle is not None:
-            digest = file_sha256(
-                handle, blob_file_offset + layout.payload_offset, layout.payload_size
+        if offset >= 0 and handle is not None:
+            payload = decoded.payload(index)
+            digest = (
+                file_sha256(handle, blob_file_offset + offset, sizes[index])
+                if isinstance(payload, codec.Span)
+                else hashlib.sha256(payload).hexdigest()
             )
         infos.append(
             ModuleInfo(
-                index=index,
-                kind=module.kind,
-                size=None if module.is_lib else layout.payload_size,
-                sha256=digest,
-                imports=module.imports,
-                payload_offset=layout.payload_offset,
+                index,
+                kind,
+                None if offset < 0 else sizes[index],
+                digest,
+                imports[index],
+                None if offset < 0 else offset,
             )
         )
     return tuple(infos)

@@ -118,6 +118,21 @@ def test_decode_accepts_padding_after_nbytes():
             49,
         ),
         (
+            raw_blob([0, 0], [], [q(0) + s(b"payload")]),
+            "module 0 key is empty, which the runtime's reader rejects",
+            40,
+        ),
+        (
+            raw_blob([0, 0], [], [s(b"k") + q(5) + b"xy"]),
+            "module 0 (k) payload size 5 exceeds the 2 bytes left",
+            49,
+        ),
+        (
+            raw_blob([0, 0], [], [s(b"k\xff") + q(5) + b"xy"]),
+            "module 0 (k\\xff) payload size 5 exceeds the 2 bytes left",
+            50,
+        ),
+        (
             raw_blob([0, 1], [1], [s(b"_lib")]),
             "module 0 imports module 1, but there are 1 modules",
             40,
@@ -260,3 +275,55 @@ def test_decode_of_encode_is_identity(blob):
 def test_encode_of_decode_is_identity(blob):
     data = encode(blob)
     assert encode(decode(data).blob) == data
+
+
+def overlapping_rows(modules: int, children: int) -> tuple[list[int], list[int]]:
+    """indptr [0, C, 0, C, ...]: every other module claims all C children."""
+    indptr = [0 if i % 2 == 0 else children for i in range(modules + 1)]
+    return indptr, [1 + j % (modules - 1) for j in range(children)]
+
+
+def test_overlapping_rows_past_the_edge_bound_are_not_expanded():
+    """1000 children, 140 modules: the 68th full row (module 134) passes 2 * 1000 + 65536
+    edges. Without the bound every even module would import all 1000."""
+    indptr, children = overlapping_rows(140, 1000)
+    decoded = decode(raw_blob(indptr, children, [s(b"_lib")] * 140))
+    assert decoded.imports == ((),) * 140
+    assert [(f.code, f.message, f.offset) for f in decoded.findings] == [
+        ("B207", "indptr decreases at entry 2 (1000 -> 0)", 8 + 8 * 3),
+        ("B207", "1000 child indices are not referenced by indptr", 8 + 8 * 142),
+        (
+            "B209",
+            "import rows overlap: by module 134 they expand to more than 67536 edges"
+            " from 1000 child indices; the import tree is not expanded",
+            16 + 8 * 135,
+        ),
+    ]
+
+
+def test_a_bad_child_index_no_row_reaches_is_only_unreferenced():
+    """The runtime only reads the children that rows name: index 7 of 1 module is left over."""
+    data = raw_blob([0, 0], [7], [s(b"_lib")])
+    assert [(f.code, f.message) for f in decode(data).findings] == [
+        ("B207", "1 child indices are not referenced by indptr")
+    ]
+    data = raw_blob([0, 1, 1], [1, 7], [s(b"_lib"), s(b"k") + s(b"x")])
+    assert [(f.code, f.message) for f in decode(data).findings] == [
+        ("B207", "1 child indices are not referenced by indptr")
+    ]
+
+
+def test_a_legacy_tree_past_the_edge_bound_is_not_expanded():
+    indptr, children = overlapping_rows(140, 1000)
+    tree = s(b"_import_tree") + q(len(indptr), *indptr) + q(len(children), *children)
+    body = q(2) + tree + s(b"_lib")
+    legacy = decode_legacy(q(len(body)) + body)
+    assert legacy.kinds == ("_lib",)
+    assert legacy.imports == ((),) * 140
+    assert [(f.code, f.offset) for f in legacy.findings] == [("B209", 44 + 8 * 135)]
+
+
+def test_a_legacy_blob_without_a_tree_or_a_module():
+    body = q(2) + s(b"_lib") + s(b"_lib")
+    legacy = decode_legacy(q(len(body)) + body)
+    assert (legacy.kinds, legacy.imports, legacy.findings) == (("_lib", "_lib"), None, ())

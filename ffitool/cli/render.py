@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from ffitool.blob import Blob, Module, reachable
+from ffitool.blob import reachable_from
 from ffitool.checks import library_findings
 from ffitool.findings import Finding, Severity, printable
 from ffitool.library import BlobReport, InspectedFile, Library, LibraryBin, ModuleInfo
@@ -287,7 +287,7 @@ def import_tree(modules: Sequence[ModuleInfo], max_depth: int = TREE_DEPTH) -> T
     builder = _TreeBuilder(modules, max_depth)
     if modules:
         builder.add(builder.tree, 0)
-    from_root = reachable(Blob(tuple(Module(m.kind, None, m.imports) for m in modules)))
+    from_root = reachable_from([m.imports for m in modules])
     for index in range(len(modules)):
         if builder.budget <= 0:
             break

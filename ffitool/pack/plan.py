@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ffitool.blob import LIB_KIND, Blob, Module, ModuleShape, reachable
+from ffitool.blob import LIB_KIND, ModuleShape, reachable_from
 from ffitool.errors import UsageError
 from ffitool.findings import printable
 
@@ -181,8 +181,8 @@ def _select(existing: Sequence[ExistingModule], selector: str, option: str) -> i
 
 def _orphans(existing: Sequence[ExistingModule], removed: set[int], cascade: bool) -> set[int]:
     """Modules reachable now that would no longer be once `removed` are gone."""
-    before = reachable(_skeleton(existing, set()))
-    after = reachable(_skeleton(existing, removed))
+    before = reachable_from(_skeleton(existing, set()))
+    after = reachable_from(_skeleton(existing, removed))
     orphans = before - after - removed
     if orphans and not cascade:
         raise UsageError(
@@ -191,18 +191,12 @@ def _orphans(existing: Sequence[ExistingModule], removed: set[int], cascade: boo
     return orphans
 
 
-def _skeleton(existing: Sequence[ExistingModule], removed: set[int]) -> Blob:
+def _skeleton(existing: Sequence[ExistingModule], removed: set[int]) -> list[tuple[int, ...]]:
     """The import tree alone, with removed modules' edges cut, for reachability."""
-    return Blob(
-        tuple(
-            Module(
-                m.kind,
-                None,
-                () if i in removed else tuple(c for c in m.imports if c not in removed),
-            )
-            for i, m in enumerate(existing)
-        )
-    )
+    return [
+        () if i in removed else tuple(c for c in m.imports if c not in removed)
+        for i, m in enumerate(existing)
+    ]
 
 
 def _parent(existing: Sequence[ExistingModule], parent: int | None, removed: set[int]) -> int:
