@@ -555,9 +555,8 @@ def _tree_findings(
                 add("B203", f"module {index} imports earlier module(s) {listed(backward)}")
     if len(libs) > 1:
         add("B205", f"{len(libs)} `_lib` modules (at {listed(libs)}); TVM writes one")
-    seen = reachable_from(imports)
-    if len(seen) < len(imports):
-        unreachable = [i for i in range(len(imports)) if i not in seen]
+    unreachable = unreachable_from(imports)
+    if unreachable:
         add("B206", f"module(s) {listed(unreachable)} are not reachable from the root")
     return found
 
@@ -568,6 +567,15 @@ def _path(cycle: Sequence[int]) -> str:
         return " -> ".join(map(str, cycle))
     left_out = len(cycle) - LIST_ITEMS - 1
     return " -> ".join(map(str, cycle[:LIST_ITEMS])) + f" -> ... ({left_out} more) -> {cycle[-1]}"
+
+
+def unreachable_from(imports: Sequence[Sequence[int]]) -> list[int]:
+    """The modules no import path from module 0 reaches (B206): the runtime creates them and
+    then drops them, so a blob that has any is refused by every writer."""
+    seen = reachable_from(imports)
+    if len(seen) == len(imports):
+        return []
+    return [i for i in range(len(imports)) if i not in seen]
 
 
 def reachable_from(imports: Sequence[Sequence[int]], root: int = 0) -> set[int]:

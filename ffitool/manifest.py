@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ffitool.blob import LIB_KIND, UNKEEPABLE
+from ffitool.blob import LIB_KIND, UNKEEPABLE, unreachable_from
 from ffitool.errors import InputError, UsageError
-from ffitool.findings import printable
+from ffitool.findings import listed, printable
 from ffitool.library import LibraryBin, file_sha256, inspect_open, open_regular_file
 from ffitool.pack.plan import ExistingModule, PayloadSource, file_identity
 from ffitool.pack.stream import InputFile, copy_payload, open_input
@@ -259,10 +259,17 @@ def read_manifest(path: Path) -> list[ExistingModule]:
         entries = document.get("modules")
         if not isinstance(entries, list) or not entries:
             raise InputError(f"{path}: `modules` must be a non-empty list")
-        return [
+        modules = [
             _module(path, folder_fd, number, entry, len(entries))
             for number, entry in enumerate(entries)
         ]
+        unreachable = unreachable_from([m.imports for m in modules])
+        if unreachable:
+            raise InputError(
+                f"{path}: module(s) {listed(unreachable)} are not reachable from module 0"
+                " (B206: the runtime would drop them); import them or leave them out"
+            )
+        return modules
     finally:
         os.close(folder_fd)
 

@@ -372,6 +372,42 @@ def test_removal_that_orphans_needs_cascade(payloads, tmp_path):
     assert [m.kind for m in inspect_path(lib).libraries[0].library_bin.modules] == ["_lib"]
 
 
+def test_a_blob_that_would_keep_an_unreachable_module_is_refused_before_writing(payloads, tmp_path):
+    """B206 is an error (the runtime drops the module): pack, a manifest and blob encode
+    refuse such a tree up front, naming the module, instead of writing it or failing in
+    verification; --remove of the unreachable module is the way out."""
+    lib = tmp_path / "b206_unreachable.so"
+    shutil.copyfile(FIXTURES / "check" / lib.name, lib)
+    before = digest(lib)
+    refused = ffitool("pack", str(lib), "--add", f"test_alpha:{payloads['alpha']}")
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == (
+        f"ffitool: error: {lib}: module(s) [2] would not be reachable from the root (B206: the"
+        " runtime drops them); --remove them, or rewrite the tree with --manifest\n"
+    )
+    assert digest(lib) == before
+    assert ffitool("extract", str(lib), "-d", str(tmp_path / "out")).returncode == 0
+    manifest = tmp_path / "out" / "manifest.json"
+    for args in (
+        ["pack", str(lib), "--manifest", str(manifest)],
+        ["blob", "encode", str(manifest)],
+    ):
+        refused = ffitool(*args, "-o", str(tmp_path / "new"))
+        assert (refused.returncode, refused.stdout) == (3, "")
+        assert refused.stderr == (
+            f"ffitool: error: {manifest}: module(s) [2] are not reachable from module 0 (B206:"
+            " the runtime would drop them); import them or leave them out\n"
+        )
+    assert not (tmp_path / "new").exists() and digest(lib) == before
+    pack_ok(str(lib), "--remove", "2", "--add", f"test_alpha:{payloads['alpha']}")
+    modules = inspect_path(lib).libraries[0].library_bin.modules
+    assert [(m.kind, m.imports) for m in modules] == [
+        ("_lib", (1, 2)),
+        ("cuda_ptx", ()),
+        ("test_alpha", ()),
+    ]
+
+
 def test_ambiguous_kind_lists_the_indices(payloads, tmp_path):
     lib = copy_fixture(tmp_path, "libpack_host_gnu.so")
     pack_ok(

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ffitool.blob import LIB_KIND, ModuleShape, reachable_from
+from ffitool.blob import LIB_KIND, ModuleShape, reachable_from, unreachable_from
 from ffitool.errors import UsageError
-from ffitool.findings import printable
+from ffitool.findings import listed, printable
 
 if TYPE_CHECKING:
     from ffitool.pack.stream import InputFile
@@ -153,6 +153,12 @@ def plan_edits(existing: Sequence[ExistingModule] | None, edits: Edits) -> Plan:
         kept[target].origin,
     )
     kept.extend(PlannedModule(kind, source, (), "added") for kind, source in edits.add)
+    unreachable = unreachable_from([m.imports for m in kept])
+    if unreachable:
+        raise UsageError(
+            f"module(s) {listed(unreachable)} would not be reachable from the root (B206: the"
+            " runtime drops them); --remove them, or rewrite the tree with --manifest"
+        )
     return Plan(tuple(kept))
 
 
