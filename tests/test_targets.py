@@ -404,9 +404,10 @@ def test_zip_bombs_and_lying_sizes_are_refused_with_bounded_memory(tmp_path):
     assert len(stderr.splitlines()) == len(errors)
 
 
-def test_overlapping_members_share_one_budget(tmp_path):
-    """Every entry points at the same deflated library: together they may not expand to
-    more than 200 times the wheel, so 1000 entries end in one error, not 1000 reads."""
+def test_members_sharing_their_data_end_the_wheel(tmp_path):
+    """Every entry points at the same deflated library: the first is read, the second ends
+    the wheel (before, 755 of the 1000 were read, until their sizes added up to 200 times
+    the wheel's)."""
     library = (FIXTURES / "libffi_c.so").read_bytes()
     packed = zlib.compressobj(9, zlib.DEFLATED, -15)
     data = packed.compress(library) + packed.flush()
@@ -417,10 +418,31 @@ def test_overlapping_members_share_one_budget(tmp_path):
     wheel = tmp_path / "overlap.whl"
     raw_zip(wheel, members)
     code, files, stderr = measured_inspect(tmp_path, wheel)
-    read = (200 * wheel.stat().st_size) // len(library)
+    assert code == 3
+    assert [f["path"] for f in files] == [f"{wheel}!lib0000.so", str(wheel)]
+    start = 30 + len("lib0000.so")  # after the first local header
+    message = (
+        f"{wheel}: not a readable wheel: members lib0000.so and lib0001.so share their data"
+        f" at offset {start}"
+    )
+    assert files[-1]["error"] == message
+    assert stderr == f"ffitool: error: {message}\n"
+
+
+def test_small_bombs_share_one_budget(tmp_path):
+    """Each member expands 1 KiB to 1 MiB, under the size below which no ratio is refused;
+    together they may not expand to more than 200 times the wheel."""
+    expanded = (FIXTURES / "libplain.so").read_bytes()[:64].ljust(1 << 20, b"\0")
+    packed = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = packed.compress(expanded) + packed.flush()
+    crc, size = zlib.crc32(expanded), len(expanded)
+    wheel = tmp_path / "bombs.whl"
+    raw_zip(wheel, [(f"lib{i:03d}.so", 8, bomb, crc, size) for i in range(400)])
+    code, files, _ = measured_inspect(tmp_path, wheel)
+    read = 200 * wheel.stat().st_size // size
     assert code == 3
     assert [f["path"] for f in files] == [
-        *(f"{wheel}!lib{i:04d}.so" for i in range(read)),
+        *(f"{wheel}!lib{i:03d}.so" for i in range(read)),
         str(wheel),
     ]
     message = (
@@ -428,6 +450,21 @@ def test_overlapping_members_share_one_budget(tmp_path):
         " (members overlapping?)"
     )
     assert files[-1]["error"] == message
+
+
+def test_an_encrypted_member_is_refused(tmp_path):
+    """General-purpose flag bit 0 set on the library's central directory entry."""
+    wheel = tmp_path / "secret.whl"
+    build_wheel(wheel, [("lib.so", (FIXTURES / "libffi_c.so").read_bytes(), zipfile.ZIP_STORED)])
+    data = bytearray(wheel.read_bytes())
+    entry = data.index(b"PK\x01\x02")
+    assert data[entry + 46 : entry + 52] == b"lib.so"
+    data[entry + 8] |= 1
+    wheel.write_bytes(bytes(data))
+    code, files, stderr = inspect_json(wheel)
+    message = f"{wheel}!lib.so: encrypted members are not supported"
+    assert code == 3
+    assert files == [{"path": f"{wheel}!lib.so", "error": message}]
     assert stderr == f"ffitool: error: {message}\n"
 
 
