@@ -10,6 +10,7 @@ RLIMIT_CPU and RLIMIT_AS, so that a regression fails fast instead of taking the 
 
 from __future__ import annotations
 
+import io
 import json
 import resource
 import struct
@@ -83,6 +84,19 @@ def library(result: Run) -> dict:
 
 def functions(entry: dict) -> list[tuple[str, bool]]:
     return [(function["name"], function["exported"]) for function in entry["functions"]]
+
+
+class FailingStream(io.BytesIO):
+    """A stream that fails to read past its first `good` bytes, as a failing disk does."""
+
+    def __init__(self, data: bytes, good: int) -> None:
+        super().__init__(data)
+        self._good = good
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.tell() >= self._good:
+            raise OSError(5, "Input/output error")
+        return super().read(size)
 
 
 def names_spent(strings: bytes, offsets: list[int]) -> int:
