@@ -573,30 +573,28 @@ class _Trie:
         """
         node = position = 0
         visited: set[int] = set()
+        nodes = self._nodes
         while node not in visited:
             visited.add(node)
-            parsed = self._node(node)
+            parsed = nodes.get(node) or self._node(node)
             if position == len(name):
                 if not parsed.terminal:
                     return False
                 return not _uleb(self._data, parsed.terminal_at)[0] & _EXPORT_REEXPORT
             for label, child in parsed.edges.get(name[position], ()):
-                fits = position + len(label) <= len(name)
-                self._charge(1 + (len(label) if fits else 0))
-                if fits and name.startswith(label, position):
+                # A label longer than the rest of the name is rejected without a comparison.
+                self._work += 1 + (len(label) if position + len(label) <= len(name) else 0)
+                if self._work > self._allowance:
+                    raise _Malformed(
+                        f"export trie: looking up {len(self._found) + 1} name(s) compares more"
+                        f" than {self._allowance} bytes (edges of a node share their first byte)"
+                    )
+                if name.startswith(label, position):
                     node, position = child, position + len(label)
                     break
             else:
                 return False
         return False
-
-    def _charge(self, work: int) -> None:
-        self._work += work
-        if self._work > self._allowance:
-            raise _Malformed(
-                f"export trie: looking up {len(self._found) + 1} name(s) compares more than"
-                f" {self._allowance} bytes (edges of a node share their first byte)"
-            )
 
     def _node(self, node: int) -> _Node:
         parsed = self._nodes.get(node)
