@@ -20,6 +20,7 @@ C name and `Symbol.raw_name` keeps the spelling of the file.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import struct
@@ -193,11 +194,7 @@ def read_macho(
     try:
         head = source.read(0, 4)
         if is_universal(head):
-            return tuple(
-                _read_thin(source.slice(offset, size), member, Slice(arch, absolute, size))
-                for offset, size, arch in _slices(source)
-                for absolute in (source.file_offset(offset),)
-            )
+            return _read_slices(source, member)
         return (_read_thin(source, member),)
     except _Malformed as exc:
         raise InputError(f"{where}: malformed Mach-O: {exc}") from None
@@ -282,13 +279,30 @@ def _slices(source: _Source) -> list[tuple[int, int, str]]:
 
 
 def _check_disjoint(slices: list[tuple[int, int, str]]) -> None:
-    """lipo lays slices side by side; slices that share bytes would make the same image
-    read once per slice."""
+    """lipo lays slices side by side. Entries that name the same bytes are read once (see
+    `_read_slices`); slices that overlap otherwise would make shared bytes read once per
+    slice, and are refused."""
     order = sorted(range(len(slices)), key=lambda index: slices[index][:2])
     for before, after in itertools.pairwise(order):
+        if slices[before][:2] == slices[after][:2]:
+            continue
         if slices[before][0] + slices[before][1] > slices[after][0]:
             first, second = sorted((before, after))
             raise _Malformed(f"slices {first} and {second} overlap")
+
+
+def _read_slices(source: _Source, member: str | None) -> tuple[Image, ...]:
+    """Every slice's image, each distinct range of the file read once: 64 entries that name
+    one image cost one read (the writer refuses to pack such a file)."""
+    read: dict[tuple[int, int], Image] = {}
+    images = []
+    for offset, size, arch in _slices(source):
+        place = Slice(arch, source.file_offset(offset), size)
+        image = read.get((offset, size))
+        if image is None:
+            image = read[offset, size] = _read_thin(source.slice(offset, size), member, place)
+        images.append(dataclasses.replace(image, slice=place))
+    return tuple(images)
 
 
 @dataclass(frozen=True)
