@@ -590,7 +590,7 @@ class _Trie:
         nodes = self._nodes
         while node not in visited:
             visited.add(node)
-            parsed = nodes.get(node) or self._node(node)
+            parsed = nodes.get(node) or self._parse(node)
             if position == len(name):
                 if not parsed.terminal:
                     return False
@@ -610,10 +610,8 @@ class _Trie:
                 return False
         return False
 
-    def _node(self, node: int) -> _Node:
-        parsed = self._nodes.get(node)
-        if parsed is not None:
-            return parsed
+    def _parse(self, node: int) -> _Node:
+        """The node at `node`, parsed and kept: `_lookup` asks for each node once."""
         data = self._data
         if node >= len(data):
             raise _Malformed(f"export trie node at {node} is past the trie")
