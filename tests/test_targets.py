@@ -715,3 +715,12 @@ def test_an_unreadable_archive_member_is_reported_with_the_rest(tmp_path):
     assert code == 3
     assert files[-1] == {"path": f"{tmp_path / 'libx.a'}(bad.o)", "error": error}
     assert stderr == f"ffitool: error: {error}\n"
+
+
+def test_an_explicit_fifo_is_one_error_and_never_opened_for_reading(tmp_path):
+    """Given by name, a FIFO is refused (a directory walk skips it with a note instead)."""
+    fifo = tmp_path / "lib.so"
+    os.mkfifo(fifo)
+    code, files, stderr = inspect_json(fifo)
+    assert (code, files) == (3, [{"path": str(fifo), "error": f"{fifo}: not a regular file"}])
+    assert stderr == f"ffitool: error: {fifo}: not a regular file\n"
