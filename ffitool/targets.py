@@ -19,8 +19,9 @@ anything: symlink loops, FIFOs, thousands of source files, a zip bomb. So:
   decompressed into an anonymous memory file (`memfd`), refused when it would exceed
   `MEMBER_LIMIT`, its declared size, or `MAX_RATIO` times its compressed size; all of a
   wheel's libraries together may not exceed `MAX_RATIO` times the wheel (entries that share
-  one member's data cannot multiply the work). Offsets are reported from the start of the
-  member, as in the file a user would extract.
+  one member's data cannot multiply the work, and two whose data starts at the same byte
+  end the wheel's reading). Offsets are reported from the start of the member, as in the
+  file a user would extract.
 
 Every failure is one `Unreadable` result for the file or member concerned; the rest is
 still read. `iter_targets` is `iter_sources` (the walk, which only sniffs) followed by
@@ -303,13 +304,19 @@ class _Budget:
 
     Each member is bounded on its own, but central directory entries can all point at the
     same member data (the overlapping zip bomb): without a total, 100k entries would each
-    decompress the same 2 GiB.
+    decompress the same 2 GiB. Entries whose data starts at the same byte are refused
+    outright (no zip tool writes two); data that overlaps otherwise is held by the total.
     """
 
     def __init__(self, left: int) -> None:
         self.left = left
+        self._starts: dict[int, str] = {}
 
-    def take(self, size: int) -> None:
+    def take(self, size: int, start: int, name: str) -> None:
+        """Charge an object member of `size` bytes whose data starts at `start`."""
+        first = self._starts.setdefault(start, name)
+        if first != name:
+            raise _BadZip(f"members {first} and {name} share their data at offset {start}")
         if size > self.left:
             raise _BadZip(
                 f"its libraries expand to more than {MAX_RATIO} times its size"
@@ -433,7 +440,7 @@ def _member(
                 f" declares {entry.size}",
             )
             return
-        budget.take(entry.size)
+        budget.take(entry.size, start, entry.name)
         yield from _inspect(handle, entry.size, display, digests, start)
     elif entry.method == _DEFLATED:
         yield from _deflated(fd, start, entry, display, budget, digests)
@@ -457,7 +464,7 @@ def _deflated(
         if refusal:
             yield Unreadable(display, f"{display}: {refusal}")
             return
-        budget.take(entry.size)
+        budget.take(entry.size, start, entry.name)
         with _memory_file() as copy:
             copy.write(head)
             # One byte past the declared size is enough to call it a lie.

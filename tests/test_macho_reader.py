@@ -22,9 +22,13 @@ from conftest import FIXTURES, ROOT, ffitool, require_tool
 from macholib import mach_o
 from macholib.MachO import MachO
 from macholib.SymbolTable import SymbolTable
+from test_linear_macho_pe import FailingStream, macho, universal
+from test_linear_macho_pe import trie as export_trie
 
 from ffitool.errors import InputError
 from ffitool.formats import read_object
+from ffitool.formats.codesign import LC_CODE_SIGNATURE
+from ffitool.formats.macho import MAGIC_32
 from ffitool.library import inspect_path
 
 MACHO = FIXTURES / "macho"
@@ -536,3 +540,108 @@ def test_inspect_json_gives_each_slice_its_architecture_place_and_signature():
     assert (library["slice"], library["signature"]) == (None, "linker-signed")
     text = ffitool("inspect", f"fixtures/bin/macho/{path.name}").stdout
     assert "slice arm64 at offset 0x8000 (49.0 KiB); code signature: linker-signed" in text
+
+
+# --- every refusal of the reader, on a dylib built field by field ------------------------
+
+_NAME = b"___tvm_ffi_f"
+_SYMTAB_AT = 32 + 152  # after the header and the __TEXT segment with its one section
+_TRIE_COMMAND_AT = _SYMTAB_AT + 24
+
+
+def _built(trie: bytes | None = None) -> bytearray:
+    return bytearray(macho(b"\0" + _NAME + b"\0", [1], trie or export_trie([], _NAME)))
+
+
+def _edited(*edits: tuple[int, str, int], trie: bytes | None = None) -> bytes:
+    data = _built(trie)
+    for at, layout, value in edits:
+        struct.pack_into(layout, data, at, value)
+    return bytes(data)
+
+
+def _symoff() -> int:
+    return struct.unpack_from("<I", _built(), _SYMTAB_AT + 8)[0]
+
+
+def _signed() -> bytes:
+    """The trie's command turned into LC_CODE_SIGNATURE: the signature is the trie's bytes."""
+    return _edited((_TRIE_COMMAND_AT, "<I", LC_CODE_SIGNATURE))
+
+
+_TRIE_MAGIC = int.from_bytes(export_trie([], _NAME)[:4], "big")
+
+REFUSALS = [
+    ("file type", _edited((12, "<I", 3)), "unsupported Mach-O file type 3"),
+    (
+        "command past the end",
+        _edited((36, "<I", 152 + 24 + 16)),
+        "load command 1 starts past the end of the load commands",
+    ),
+    ("short symtab", _edited((_SYMTAB_AT + 4, "<I", 8)), "load command 1 is too short (8 bytes)"),
+    ("short segment", _edited((36, "<I", 16)), "segment command 0 is too short (16 bytes)"),
+    (
+        "sections",
+        _edited((32 + 64, "<I", 2)),
+        "segment command 0 claims 2 sections it does not hold",
+    ),
+    (
+        "absent section",
+        _edited((_symoff() + 5, "<B", 5)),
+        f"symbol {_NAME.decode()!r} names section 5, which is absent",
+    ),
+    (
+        "node past the trie",
+        _built(bytes([0, 1]) + _NAME + b"\0" + bytes([100]) + bytes(4)),
+        "export trie node at 100 is past the trie",
+    ),
+    (
+        "node runs past",
+        _built(bytes([0x7F, 1]) + _NAME + b"\0\0"),
+        "export trie node at 0 runs past the trie",
+    ),
+    (
+        "unterminated edge",
+        _built(bytes([0, 1]) + _NAME),
+        "export trie edge at 2 is not terminated",
+    ),
+    ("bad ULEB128", _built(b"\x80" * 12), "bad ULEB128 number at trie offset 0"),
+    ("signature", _signed(), f"code signature: bad super blob magic {_TRIE_MAGIC:#x}"),
+    (
+        "32-bit slice",
+        universal(MAGIC_32 + bytes(60), 1),
+        "the slice at offset 4096 is a 32-bit Mach-O image, which is not supported",
+    ),
+    (
+        "junk slice",
+        universal(bytes(64), 1),
+        "the slice at offset 4096 is not a 64-bit Mach-O image, which is not supported",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS]
+)
+def test_each_refusal_of_the_reader_is_one_line(tmp_path, data, message):
+    outcome = _outcome(tmp_path, data)
+    assert outcome == f"{tmp_path / 'mutant.dylib'}: malformed Mach-O: {message}"
+
+
+def test_the_unedited_dylib_of_the_refusals_is_read(tmp_path):
+    """What the refusals above edit is a dylib the reader takes, with the trie's command,
+    or a signature there instead (the trie's bytes are then not one)."""
+    (library,) = _outcome(tmp_path, bytes(_built())).libraries
+    assert [(f.name, f.symbol.dynamic) for f in library.functions] == [("f", True)]
+
+
+def test_a_stream_that_shrinks_or_fails_is_one_error():
+    data = _built()
+    strsize = struct.unpack_from("<I", data, _SYMTAB_AT + 20)[0]
+    struct.pack_into("<I", data, _SYMTAB_AT + 20, strsize + 100)
+    with pytest.raises(InputError) as shrank:
+        read_object(io.BytesIO(bytes(data)), len(data) + 100, "x")
+    assert str(shrank.value) == "x: malformed Mach-O: the file shrank while it was being read"
+    with pytest.raises(InputError) as failed:
+        read_object(FailingStream(bytes(_built()), 32), len(data), "x")
+    assert str(failed.value) == "x: read error: Input/output error"

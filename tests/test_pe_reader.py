@@ -23,6 +23,7 @@ import jsonschema
 import pefile
 import pytest
 from conftest import FIXTURES, ROOT, ffitool, require_tool
+from test_linear_macho_pe import FailingStream, dll
 
 from ffitool.checks import library_findings
 from ffitool.errors import InputError
@@ -391,7 +392,7 @@ def test_huge_name_count_stays_bounded():
     """A name count that the file cannot back is refused before anything is read."""
     data = edited(("names", "I", 0x3FFFFFFF), ("functions", "I", 0x3FFFFFFF))
     tracemalloc.start()
-    started = time.process_time()
+    started = time.process_time()  # CPU time, which a busy machine does not inflate
     assert outcome(data).startswith("x: malformed PE: ")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
@@ -421,3 +422,71 @@ def test_text_output_lists_a_forwarded_ffi_export_with_its_target():
     at = lines.index("Forwarded exports (1)")
     assert lines[at + 4] == "│ __tvm_ffi_forwarded │ ffi_other.__tvm_ffi_add_one │"
     assert "GetTickCount" not in result.stdout  # not an FFI name
+
+
+# --- the refusals no fixture edit reaches, on a DLL built field by field -----------------
+
+_EDATA_HEADER = 0x40 + 4 + 20 + 240 + 40  # after .text's header
+_EDATA = 0x400  # its bytes: the export directory, then one address, pointer and ordinal
+_NAME_POINTER = _EDATA + pe.EXPORT_DIRECTORY.size + 4
+_ORDINAL = _NAME_POINTER + 4
+_SECURITY = 0x40 + 4 + 20 + 112 + 8 * 4
+
+
+def built(*edits: tuple[int, str, int]) -> bytes:
+    data = bytearray(dll(b"__tvm_ffi_f\0", [0]))
+    for at, layout_char, value in edits:
+        struct.pack_into("<" + layout_char, data, at, value)
+    return bytes(data)
+
+
+def test_the_built_dll_is_read():
+    assert [(s.name, s.address) for s in image_of_bytes(built()).symbols] == [
+        ("__tvm_ffi_f", 0x1000)
+    ]
+    assert [(e.ordinal, e.name) for e in read_exports(built())] == [(1, "__tvm_ffi_f")]
+
+
+BUILT_REFUSALS = {
+    "no PE signature": (
+        built((0x40, "I", 0x454E)),
+        "no PE signature: an MS-DOS program or another MZ format",
+    ),
+    "certificate entry longer than its table": (
+        built((_SECURITY, "I", 0x200), (_SECURITY + 4, "I", 16)),  # .text: c3 00 00 00
+        "certificate entry of 195 bytes in a 16-byte table",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BUILT_REFUSALS)
+def test_refusals_of_a_built_dll(case):
+    data, message = BUILT_REFUSALS[case]
+    assert outcome(data) == f"x: malformed PE: {message}"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ((_NAME_POINTER, "I", 0x9000), "name at RVA 0x9000 is in no section"),
+        ((_ORDINAL, "H", 5), "export name 0 has ordinal index 5, past the exports"),
+    ],
+)
+def test_listing_every_export_checks_names_and_ordinals(edit, message):
+    """What the full export listing (the writer's view) reads beyond the FFI exports."""
+    with pytest.raises(InputError) as refused:
+        read_exports(built(edit))
+    assert str(refused.value) == f"x: malformed PE: {message}"
+
+
+def test_a_stream_that_shrinks_or_fails_is_one_error():
+    data = built()
+    grown = bytearray(data)
+    for field in (8, 16):  # VirtualSize, SizeOfRawData: 100 bytes past the end
+        struct.pack_into("<I", grown, _EDATA_HEADER + field, len(data) - _EDATA + 100)
+    with pytest.raises(InputError) as shrank:
+        read_object(io.BytesIO(bytes(grown)), len(data) + 100, "x")
+    assert str(shrank.value) == "x: malformed PE: the file shrank while it was being read"
+    with pytest.raises(InputError) as failed:
+        read_object(FailingStream(data, 0x200), len(data), "x")
+    assert str(failed.value) == "x: read error: Input/output error"

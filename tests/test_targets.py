@@ -407,9 +407,10 @@ def test_zip_bombs_and_lying_sizes_are_refused_with_bounded_memory(tmp_path):
     assert len(stderr.splitlines()) == len(errors)
 
 
-def test_overlapping_members_share_one_budget(tmp_path):
-    """Every entry points at the same deflated library: together they may not expand to
-    more than 200 times the wheel, so 1000 entries end in one error, not 1000 reads."""
+def test_members_sharing_their_data_end_the_wheel(tmp_path):
+    """Every entry points at the same deflated library: the first is read, the second ends
+    the wheel (before, 755 of the 1000 were read, until their sizes added up to 200 times
+    the wheel's)."""
     library = (FIXTURES / "libffi_c.so").read_bytes()
     packed = zlib.compressobj(9, zlib.DEFLATED, -15)
     data = packed.compress(library) + packed.flush()
@@ -420,10 +421,31 @@ def test_overlapping_members_share_one_budget(tmp_path):
     wheel = tmp_path / "overlap.whl"
     raw_zip(wheel, members)
     code, files, stderr = measured_inspect(tmp_path, wheel)
-    read = (200 * wheel.stat().st_size) // len(library)
+    assert code == 3
+    assert [f["path"] for f in files] == [f"{wheel}!lib0000.so", str(wheel)]
+    start = 30 + len("lib0000.so")  # after the first local header
+    message = (
+        f"{wheel}: not a readable wheel: members lib0000.so and lib0001.so share their data"
+        f" at offset {start}"
+    )
+    assert files[-1]["error"] == message
+    assert stderr == f"ffitool: error: {message}\n"
+
+
+def test_small_bombs_share_one_budget(tmp_path):
+    """Each member expands 1 KiB to 1 MiB, under the size below which no ratio is refused;
+    together they may not expand to more than 200 times the wheel."""
+    expanded = (FIXTURES / "libplain.so").read_bytes()[:64].ljust(1 << 20, b"\0")
+    packed = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = packed.compress(expanded) + packed.flush()
+    crc, size = zlib.crc32(expanded), len(expanded)
+    wheel = tmp_path / "bombs.whl"
+    raw_zip(wheel, [(f"lib{i:03d}.so", 8, bomb, crc, size) for i in range(400)])
+    code, files, _ = measured_inspect(tmp_path, wheel)
+    read = 200 * wheel.stat().st_size // size
     assert code == 3
     assert [f["path"] for f in files] == [
-        *(f"{wheel}!lib{i:04d}.so" for i in range(read)),
+        *(f"{wheel}!lib{i:03d}.so" for i in range(read)),
         str(wheel),
     ]
     message = (
@@ -431,6 +453,21 @@ def test_overlapping_members_share_one_budget(tmp_path):
         " (members overlapping?)"
     )
     assert files[-1]["error"] == message
+
+
+def test_an_encrypted_member_is_refused(tmp_path):
+    """General-purpose flag bit 0 set on the library's central directory entry."""
+    wheel = tmp_path / "secret.whl"
+    build_wheel(wheel, [("lib.so", (FIXTURES / "libffi_c.so").read_bytes(), zipfile.ZIP_STORED)])
+    data = bytearray(wheel.read_bytes())
+    entry = data.index(b"PK\x01\x02")
+    assert data[entry + 46 : entry + 52] == b"lib.so"
+    data[entry + 8] |= 1
+    wheel.write_bytes(bytes(data))
+    code, files, stderr = inspect_json(wheel)
+    message = f"{wheel}!lib.so: encrypted members are not supported"
+    assert code == 3
+    assert files == [{"path": f"{wheel}!lib.so", "error": message}]
     assert stderr == f"ffitool: error: {message}\n"
 
 
@@ -528,3 +565,165 @@ def test_check_reads_a_wheel_and_a_hostile_directory(tmp_path):
         f"ffitool: note: {wheel.parent}/fifo: skipped: FIFO",
         f"ffitool: note: {wheel.parent}/loop: skipped: symbolic link loop",
     ]
+
+
+# --- every refusal of the wheel reader ----------------------------------------------------
+
+
+def _wheel_bytes(tmp_path: Path) -> bytes:
+    """A wheel with one stored library, `lib.so`, first in its central directory."""
+    wheel = tmp_path / "base.whl"
+    build_wheel(wheel, [("lib.so", (FIXTURES / "libffi_c.so").read_bytes(), zipfile.ZIP_STORED)])
+    return wheel.read_bytes()
+
+
+def _end(data: bytes) -> int:
+    return data.rindex(b"PK\x05\x06")
+
+
+def _central(data: bytes) -> int:
+    return struct.unpack_from("<I", data, _end(data) + 16)[0]
+
+
+def _with(data: bytes, at: int, layout: str, value: int) -> bytes:
+    edited = bytearray(data)
+    struct.pack_into(layout, edited, at, value)
+    return bytes(edited)
+
+
+def _zip64_entry(data: bytes, extra: bytes) -> bytes:
+    """The library's central directory entry with its compressed size 0xFFFFFFFF and `extra`
+    as its extra field (zip64 holds the size there), the directory's size and the end records
+    moved to match."""
+    at, end = _central(data), _end(data)
+    name_len = struct.unpack_from("<H", data, at + 28)[0]
+    entry = bytearray(data[at : at + 46 + name_len])
+    struct.pack_into("<I", entry, 20, 0xFFFFFFFF)
+    struct.pack_into("<H", entry, 30, len(extra))
+    tail = bytearray(data[end:])
+    struct.pack_into("<I", tail, 12, struct.unpack_from("<I", tail, 12)[0] + len(extra))
+    return data[:at] + bytes(entry) + extra + data[at + 46 + name_len : end] + bytes(tail)
+
+
+WHEEL_REFUSALS = {
+    "no end record": (
+        lambda d: d.replace(b"PK\x05\x06", b"PK\x05\x07"),
+        "no end of central directory record",
+    ),
+    "multi-disk": (
+        lambda d: _with(d, _end(d) + 4, "<H", 1),
+        "multi-disk archives are not supported",
+    ),
+    "directory past the end": (
+        lambda d: _with(d, _end(d) + 12, "<I", len(d)),
+        "central directory of {size} bytes at {central} overruns the file",
+    ),
+    "more entries than listed": (
+        lambda d: _with(_with(d, _end(d) + 8, "<H", 5), _end(d) + 10, "<H", 5),
+        "central directory ends before its 5 entries",
+    ),
+    "bad entry": (
+        lambda d: _with(d, _central(d), "<I", 0x04034B50),
+        "bad central directory entry at offset {central}",
+    ),
+    "name past the end": (
+        lambda d: _with(d, _central(d) + 28, "<H", 0xFFFF),
+        "the file ends inside a record at offset {entry}",
+    ),
+    "zip64 without its record": (
+        lambda d: _with(d, _end(d) + 10, "<H", 0xFFFF),
+        "bad zip64 end record locator",
+    ),
+    "zip64 locator to no record": (
+        lambda d: (
+            d[: _end(d)]
+            + struct.pack("<4sIQI", b"PK\x06\x07", 0, 0, 1)
+            + _with(d, _end(d) + 10, "<H", 0xFFFF)[_end(d) :]
+        ),
+        "bad zip64 end record",
+    ),
+    "zip64 size missing": (
+        lambda d: _zip64_entry(d, b""),
+        "zip64 sizes missing",
+    ),
+    "zip64 size too short": (
+        lambda d: _zip64_entry(d, struct.pack("<HHI", 1, 4, 0)),
+        "zip64 extra field too short",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", WHEEL_REFUSALS)
+def test_each_refusal_of_a_wheel_is_one_line(tmp_path, case):
+    edit, message = WHEEL_REFUSALS[case]
+    data = _wheel_bytes(tmp_path)
+    expected = message.format(size=len(data), central=_central(data), entry=_central(data) + 46)
+    wheel = tmp_path / "bad.whl"
+    wheel.write_bytes(edit(data))
+    code, files, stderr = inspect_json(wheel)
+    error = f"{wheel}: not a readable wheel: {expected}"
+    # The entries before the damage are read (a directory cut short lists lib.so first).
+    assert (code, files[-1]) == (3, {"path": str(wheel), "error": error})
+    assert [f["path"] for f in files[:-1] if "error" not in f] in ([], [f"{wheel}!lib.so"])
+    assert stderr == f"ffitool: error: {error}\n"
+
+
+def test_an_end_record_alone_claiming_zip64_is_refused(tmp_path):
+    wheel = tmp_path / "end.whl"
+    wheel.write_bytes(struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0, 0, 0))
+    code, files, _ = inspect_json(wheel)
+    error = f"{wheel}: not a readable wheel: zip64 end record missing"
+    assert (code, files) == (3, [{"path": str(wheel), "error": error}])
+
+
+def test_a_zip64_size_in_the_extra_field_is_read(tmp_path):
+    """The refusals above edit a wheel that reads, and the zip64 size is taken from the extra
+    field (an unknown field before it is skipped)."""
+    data = _wheel_bytes(tmp_path)
+    stored = (FIXTURES / "libffi_c.so").stat().st_size
+    extra = struct.pack("<HHI", 0x7075, 4, 0) + struct.pack("<HHQ", 1, 8, stored)
+    for name, wheel_data in (("plain.whl", data), ("zip64.whl", _zip64_entry(data, extra))):
+        wheel = tmp_path / name
+        wheel.write_bytes(wheel_data)
+        code, files, stderr = inspect_json(wheel)
+        assert (code, stderr) == (0, "")
+        assert [f["path"] for f in files] == [f"{wheel}!lib.so"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (42, 1, "no local header at offset 1"),
+        (20, 1 << 30, f"data of {1 << 30} bytes overruns the file"),
+    ],
+)
+def test_a_member_whose_data_is_not_there_is_one_line(tmp_path, field, value, message):
+    data = _wheel_bytes(tmp_path)
+    wheel = tmp_path / "member.whl"
+    wheel.write_bytes(_with(data, _central(data) + field, "<I", value))
+    code, files, stderr = inspect_json(wheel)
+    error = f"{wheel}!lib.so: {message}"
+    assert (code, files) == (3, [{"path": f"{wheel}!lib.so", "error": error}])
+    assert stderr == f"ffitool: error: {error}\n"
+
+
+def test_an_unreadable_archive_member_is_reported_with_the_rest(tmp_path):
+    """A directory holding an ar archive whose one member is a broken ELF file."""
+    member = b"\x7fELF" + b"\xff" * 60
+    header = f"{'bad.o/':16}{0:<12}{0:<6}{0:<6}{644:<8}{len(member):<10}`\n".encode()
+    (tmp_path / "libx.a").write_bytes(b"!<arch>\n" + header + member)
+    code, files, stderr = inspect_json(tmp_path)
+    error = f"{tmp_path / 'libx.a'}(bad.o): malformed ELF: bad ELF identification"
+    error += " (class or data encoding)"
+    assert code == 3
+    assert files[-1] == {"path": f"{tmp_path / 'libx.a'}(bad.o)", "error": error}
+    assert stderr == f"ffitool: error: {error}\n"
+
+
+def test_an_explicit_fifo_is_one_error_and_never_opened_for_reading(tmp_path):
+    """Given by name, a FIFO is refused (a directory walk skips it with a note instead)."""
+    fifo = tmp_path / "lib.so"
+    os.mkfifo(fifo)
+    code, files, stderr = inspect_json(fifo)
+    assert (code, files) == (3, [{"path": str(fifo), "error": f"{fifo}: not a regular file"}])
+    assert stderr == f"ffitool: error: {fifo}: not a regular file\n"

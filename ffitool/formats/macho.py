@@ -7,6 +7,11 @@ way the ELF reader scans its tables (the string table is searched for the FFI ma
 the entries that name a marked string are decoded); the export trie is walked once, with a
 visited set, so a trie whose edges form a cycle terminates.
 
+Work stays linear in the size of the file (see `Names` and `_Trie`): each distinct name offset
+is decoded once, at most `NAME_LIMIT` bytes, and all names together at most a few times the
+string table; each trie node is parsed once, and each distinct name is looked up once, with
+work proportional to its length.
+
 Mach-O has no dynamic symbol table: dyld resolves names through the export trie. A symbol is
 exported when it is external (N_EXT), not private extern (N_PEXT), defined, and, if the image
 has a trie, listed in it. C names carry a leading underscore in the file; `Symbol.name` is the
@@ -15,6 +20,8 @@ C name and `Symbol.raw_name` keeps the spelling of the file.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
 import struct
 from dataclasses import dataclass
@@ -25,8 +32,8 @@ from ffitool.formats.base import Image, Location, Slice, Symbol, SymbolTable
 from ffitool.formats.codesign import LC_CODE_SIGNATURE, SignatureError, signature_state
 from ffitool.formats.strtab import (
     SYMBOL_SLICE,
+    Searchable,
     WindowedTable,
-    c_string,
     candidate_ranges,
     matching_entries,
     offset_filter,
@@ -87,10 +94,70 @@ _CODE_ATTRIBUTES = 0x80000400  # S_ATTR_PURE_INSTRUCTIONS | S_ATTR_SOME_INSTRUCT
 MAX_COMMANDS_SIZE = 16 << 20
 _MAX_SLICES = 64
 _EXPORT_REEXPORT = 0x08
+NAME_LIMIT = 1 << 16
+"""The longest symbol name read, in bytes. The FFI names themselves are C identifiers, and
+the longest C++ names that real libraries hold (template instantiations) run to a few KB; a
+name without a terminator within 64 KiB is a damaged or hostile table."""
+_NAME_EXPANSION = 4
+"""All distinct names decoded from one table may spell at most this many times its size
+(plus `NAME_LIMIT`): tail-merged names overlap a little; thousands of symbols pointing at
+successive offsets of one long string would otherwise spell out quadratically many bytes."""
 
 
 class _Malformed(Exception):
     """A structural problem, turned into one InputError naming the file (and member)."""
+
+
+class Names:
+    """The names of a string table by offset, each distinct offset decoded once.
+
+    Thousands of symbol or export entries may name one string (then it is read once, and
+    they share one copy), or successive offsets inside one long string (then the total they
+    spell is bounded): reading names costs at most `_NAME_EXPANSION` times the table plus
+    `NAME_LIMIT` bytes, whatever the entries say. Shared by the Mach-O and PE readers.
+    """
+
+    def __init__(
+        self, strings: Searchable, error: type[Exception], table: str, decoration: str = ""
+    ) -> None:
+        self._strings = strings
+        self._error = error
+        self._table = table
+        """The table in words, for messages ("the string table")."""
+        self._decoration = decoration
+        """What the format prepends to C names (Mach-O: `_`)."""
+        self._left = _NAME_EXPANSION * len(strings) + NAME_LIMIT
+        self._seen: dict[int, tuple[bytes, str, str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._strings)
+
+    def __getitem__(self, offset: int) -> tuple[bytes, str, str]:
+        """The raw bytes of the name at `offset`, their text (undecodable bytes escaped) and
+        the C name that text spells (without the decoration), one copy of each however many
+        entries name it; a name runs to its NUL, or to the end of the table."""
+        found = self._seen.get(offset)
+        if found is not None:
+            return found
+        strings = self._strings
+        end = strings.find(b"\0", offset, offset + NAME_LIMIT + 1)
+        if end == -1:
+            end = len(strings)
+        if end - offset > NAME_LIMIT:
+            raise self._error(
+                f"the name at offset {offset} of {self._table} is longer than {NAME_LIMIT} bytes"
+            )
+        self._left -= end - offset
+        if self._left < 0:
+            raise self._error(
+                f"the names at {len(self._seen) + 1} distinct offsets of {self._table} spell"
+                f" more than {_NAME_EXPANSION} times its {len(strings)} bytes (overlapping names?)"
+            )
+        raw = strings[offset:end]
+        text = raw.decode("utf-8", "surrogateescape")  # bytes kept, as strtab.c_string
+        name = text.removeprefix(self._decoration)
+        found = self._seen[offset] = raw, text, name
+        return found
 
 
 def is_universal(head: bytes) -> bool:
@@ -127,11 +194,7 @@ def read_macho(
     try:
         head = source.read(0, 4)
         if is_universal(head):
-            return tuple(
-                _read_thin(source.slice(offset, size), member, Slice(arch, absolute, size))
-                for offset, size, arch in _slices(source)
-                for absolute in (source.file_offset(offset),)
-            )
+            return _read_slices(source, member)
         return (_read_thin(source, member),)
     except _Malformed as exc:
         raise InputError(f"{where}: malformed Mach-O: {exc}") from None
@@ -211,7 +274,35 @@ def _slices(source: _Source) -> list[tuple[int, int, str]]:
         subtype = cpusubtype & 0x00FFFFFF
         arch = _ARCH_NAMES.get((cputype, subtype), f"cputype {cputype:#x} subtype {subtype}")
         slices.append((offset, length, arch))
+    _check_disjoint(slices)
     return slices
+
+
+def _check_disjoint(slices: list[tuple[int, int, str]]) -> None:
+    """lipo lays slices side by side. Entries that name the same bytes are read once (see
+    `_read_slices`); slices that overlap otherwise would make shared bytes read once per
+    slice, and are refused."""
+    order = sorted(range(len(slices)), key=lambda index: slices[index][:2])
+    for before, after in itertools.pairwise(order):
+        if slices[before][:2] == slices[after][:2]:
+            continue
+        if slices[before][0] + slices[before][1] > slices[after][0]:
+            first, second = sorted((before, after))
+            raise _Malformed(f"slices {first} and {second} overlap")
+
+
+def _read_slices(source: _Source, member: str | None) -> tuple[Image, ...]:
+    """Every slice's image, each distinct range of the file read once: 64 entries that name
+    one image cost one read (the writer refuses to pack such a file)."""
+    read: dict[tuple[int, int], Image] = {}
+    images = []
+    for offset, size, arch in _slices(source):
+        place = Slice(arch, source.file_offset(offset), size)
+        image = read.get((offset, size))
+        if image is None:
+            image = read[offset, size] = _read_thin(source.slice(offset, size), member, place)
+        images.append(dataclasses.replace(image, slice=place))
+    return tuple(images)
 
 
 @dataclass(frozen=True)
@@ -344,6 +435,7 @@ def _symbols(
     if not ranges:
         return [], {}
     trie = _Trie(source, commands.trie) if loadable and commands.trie else None
+    names = Names(strings, _Malformed, "the string table", "_")
     wanted = offset_filter(ranges)
     symbols: list[Symbol] = []
     locations: dict[tuple[str, SymbolTable], Location] = {}
@@ -355,15 +447,16 @@ def _symbols(
             _, n_type, n_sect, n_desc, n_value = NLIST.unpack_from(data, number * NLIST.size)
             if n_type & N_STAB:
                 continue
-            raw_name = c_string(strings, offset)
+            raw, raw_name, name = names[offset]
             section = None
             if n_type & N_TYPE == N_SECT:
                 if not 0 < n_sect <= len(commands.sections):
                     raise _Malformed(f"symbol {raw_name!r} names section {n_sect}, which is absent")
                 section = commands.sections[n_sect - 1]
             exportable = n_type & (N_TYPE | N_EXT | N_PEXT) == N_SECT | N_EXT
-            in_trie = None if trie is None else exportable and trie.exports(raw_name)
-            symbol = _symbol(raw_name, n_type, n_desc, n_value, section, kind, loadable, in_trie)
+            in_trie = None if trie is None else exportable and trie.exports(raw)
+            spelled = name, raw_name
+            symbol = _symbol(spelled, n_type, n_desc, n_value, section, kind, loadable, in_trie)
             symbols.append(symbol)
             location = _locate(source, symbol, section)
             if location is not None:
@@ -372,7 +465,7 @@ def _symbols(
 
 
 def _symbol(
-    raw_name: str,
+    names: tuple[str, str],
     n_type: int,
     n_desc: int,
     n_value: int,
@@ -398,8 +491,9 @@ def _symbol(
     exported = loadable and defined and external and not private and not hidden
     if not loadable:
         hidden = f"in a {image_kind}, which nothing loads"
+    name, raw_name = names
     return Symbol(
-        name=raw_name[1:] if raw_name.startswith("_") else raw_name,
+        name=name,
         raw_name=raw_name,
         table=SymbolTable.STATIC,
         binding=binding,
@@ -445,48 +539,105 @@ def _locate(source: _Source, symbol: Symbol, section: _Section | None) -> Locati
     return Location(source.file_offset(start), available)
 
 
+@dataclass(frozen=True)
+class _Node:
+    """One parsed node of an export trie: where its terminal information is (size 0: none),
+    and its edges by the first byte of their label, in the trie's order."""
+
+    terminal: int
+    terminal_at: int
+    edges: dict[int, list[tuple[bytes, int]]]
+
+
 class _Trie:
     """The export trie of one image, read whole (it is bounded by the file) and searched
     name by name: a library with 75k exports and a few FFI functions costs a few lookups,
-    not a walk over every node."""
+    not a walk over every node.
+
+    Each node is parsed once, and the nodes parsed may not add up to more bytes than the
+    trie (the nodes of a real trie do not overlap), so parsing costs the trie's size at
+    most. Each distinct name is looked up once. In a real trie the edges of a node start
+    with distinct bytes, so a lookup compares one edge per step, in all at most twice the
+    name's length; the comparisons of all lookups are held to that, so that a crafted trie
+    whose long edges share a first byte cannot cost its size again for every name.
+    """
 
     def __init__(self, source: _Source, where: tuple[int, int]) -> None:
         offset, size = where
         self._data = source.read(offset, size, "export trie")
+        self._nodes: dict[int, _Node] = {}
+        self._parsed = 0
+        self._found: dict[bytes, bool] = {}
+        self._work = 0
+        self._allowance = 0
 
-    def exports(self, raw_name: str) -> bool:
-        """Whether the trie exports `raw_name` from this image (a re-export does not count).
+    def exports(self, name: bytes) -> bool:
+        """Whether the trie exports `name` from this image (a re-export does not count)."""
+        found = self._found.get(name)
+        if found is None:
+            self._allowance += 2 * len(name) + 2
+            found = self._found[name] = self._lookup(name)
+        return found
+
+    def _lookup(self, name: bytes) -> bool:
+        """dyld's walk: at each node the first edge whose label continues the name is taken.
 
         Every edge followed must consume part of the name and no node is visited twice, so
         a trie whose child offsets loop back, or whose labels are empty, still terminates.
         """
-        data = self._data
-        name = raw_name.encode("utf-8", "surrogateescape")
         node = position = 0
         visited: set[int] = set()
+        nodes = self._nodes
         while node not in visited:
             visited.add(node)
-            if node >= len(data):
-                raise _Malformed(f"export trie node at {node} is past the trie")
-            terminal, at = _uleb(data, node)
+            parsed = nodes.get(node) or self._parse(node)
             if position == len(name):
-                return bool(terminal) and not _uleb(data, at)[0] & _EXPORT_REEXPORT
-            at += terminal
-            if at >= len(data):
-                raise _Malformed(f"export trie node at {node} runs past the trie")
-            count, at = data[at], at + 1
-            for _ in range(count):
-                end = data.find(b"\0", at)
-                if end == -1:
-                    raise _Malformed(f"export trie edge at {at} is not terminated")
-                label = data[at:end]
-                child, at = _uleb(data, end + 1)
-                if label and name.startswith(label, position):
+                if not parsed.terminal:
+                    return False
+                return not _uleb(self._data, parsed.terminal_at)[0] & _EXPORT_REEXPORT
+            for label, child in parsed.edges.get(name[position], ()):
+                # A label longer than the rest of the name is rejected without a comparison.
+                self._work += 1 + (len(label) if position + len(label) <= len(name) else 0)
+                if self._work > self._allowance:
+                    raise _Malformed(
+                        f"export trie: looking up {len(self._found) + 1} name(s) compares more"
+                        f" than {self._allowance} bytes (edges of a node share their first byte)"
+                    )
+                if name.startswith(label, position):
                     node, position = child, position + len(label)
                     break
             else:
                 return False
         return False
+
+    def _parse(self, node: int) -> _Node:
+        """The node at `node`, parsed and kept: `_lookup` asks for each node once."""
+        data = self._data
+        if node >= len(data):
+            raise _Malformed(f"export trie node at {node} is past the trie")
+        terminal, at = _uleb(data, node)
+        terminal_at = at
+        at += terminal
+        if at >= len(data):
+            raise _Malformed(f"export trie node at {node} runs past the trie")
+        count, at = data[at], at + 1
+        edges: dict[int, list[tuple[bytes, int]]] = {}
+        for _ in range(count):
+            end = data.find(b"\0", at)
+            if end == -1:
+                raise _Malformed(f"export trie edge at {at} is not terminated")
+            label = data[at:end]
+            child, at = _uleb(data, end + 1)
+            if label:
+                edges.setdefault(label[0], []).append((label, child))
+        self._parsed += at - node
+        if self._parsed > len(data):
+            raise _Malformed(
+                f"export trie nodes overlap: {len(self._nodes) + 1} nodes span more than"
+                f" its {len(data)} bytes"
+            )
+        parsed = self._nodes[node] = _Node(terminal, terminal_at, edges)
+        return parsed
 
 
 class TrieError(ValueError):

@@ -26,10 +26,10 @@ from typing import BinaryIO
 
 from ffitool.errors import InputError
 from ffitool.formats.base import Image, Location, Symbol, SymbolTable
+from ffitool.formats.macho import Names
 from ffitool.formats.strtab import (
     SYMBOL_SLICE,
     WindowedTable,
-    c_string,
     candidate_ranges,
     matching_entries,
     offset_filter,
@@ -144,7 +144,7 @@ class PeFile:
         self.stream = stream
         self.fd = fd
         self.size = size
-        self._tables: dict[int, WindowedTable | bytes] = {}
+        self._names: dict[int, Names] = {}
         self.headers = self._headers()
 
     def read(self, offset: int, count: int, what: str) -> bytes:
@@ -247,17 +247,19 @@ class PeFile:
 
     def text(self, rva: int) -> str:
         """The NUL-terminated string at `rva` (a name, a forwarder), read through one cached
-        view of its section, so that consecutive names cost a slice, not a read each."""
+        view of its section, so that consecutive names cost a slice, not a read each, and
+        any number of pointers to one string cost one read (see `Names`)."""
         section = self.section_of(rva)
         if section is None:
             raise PeMalformed(f"name at RVA {rva:#x} is in no section")
-        table = self._tables.get(section.virtual_address)
-        if table is None:
+        names = self._names.get(section.virtual_address)
+        if names is None:
             table = self.strings(section.virtual_address)
-            self._tables[section.virtual_address] = table
-        if rva - section.virtual_address >= len(table):
+            names = Names(table, PeMalformed, f"section {section.name}")
+            self._names[section.virtual_address] = names
+        if rva - section.virtual_address >= len(names):
             raise PeMalformed(f"name at RVA {rva:#x} is not backed by file bytes")
-        return c_string(table, rva - section.virtual_address)
+        return names[rva - section.virtual_address][1]
 
 
 @dataclass(frozen=True)
@@ -328,7 +330,8 @@ def _ffi_exports(pe: PeFile, directory: Directory) -> list[tuple[int, str]]:
     """(index in the name tables, name) of the exports whose names carry an FFI marker.
 
     A name listed twice is kept once, at its first index, as a binary search finds one: a
-    table of a million pointers to one marked name costs a million integers, not symbols.
+    table of a million pointers to one marked name costs a million integers, not symbols,
+    and one read of the name.
     """
     found: dict[str, int] = {}
     decoded: set[int] = set()
@@ -343,7 +346,7 @@ def _ffi_exports(pe: PeFile, directory: Directory) -> list[tuple[int, str]]:
             for index, rva in matching_entries(pointers, wanted(pointers)):
                 if rva not in decoded:
                     decoded.add(rva)
-                    found.setdefault(c_string(strings, rva - origin), first + index)
+                    found.setdefault(pe.text(rva), first + index)
     return sorted((index, name) for name, index in found.items())
 
 
