@@ -22,7 +22,7 @@ import pytest
 from conftest import ffitool, require_tool
 
 from ffitool.errors import InputError
-from ffitool.formats.elf_dynamic import gnu_hash, sysv_hash
+from ffitool.formats.elf_dynamic import gnu_hash, is_address_tag, sysv_hash
 from ffitool.pack.elf_tables import GnuHashTable, SysvHashTable, shifted
 
 PAYLOAD = b"\x00writer payload\xff" * 3
@@ -292,6 +292,78 @@ def test_hosts_the_writer_cannot_handle_are_refused_untouched(hosts, tmp_path, c
     assert len(result.stderr.splitlines()) == 1
     assert host.read_bytes() == bytes(data)
     assert sorted(os.listdir(tmp_path)) == ["libhost.so"]
+
+
+# Each class of dynamic tag, with what its value is (gABI "Dynamic Section", glibc's and
+# bionic's <elf.h>): True for an address (d_ptr), False for a size, count, flag or string.
+TAG_CLASSES = {
+    "generic addresses": ({3: True, 4: True, 5: True, 6: True, 7: True, 12: True, 13: True,
+                           17: True, 21: True, 23: True, 25: True, 26: True}, "EM_X86_64"),
+    "generic values": ({0: False, 1: False, 2: False, 8: False, 9: False, 10: False, 11: False,
+                        14: False, 15: False, 16: False, 18: False, 19: False, 20: False,
+                        22: False, 24: False, 27: False, 28: False, 29: False, 30: False},
+                       "EM_X86_64"),
+    "reserved below DT_ENCODING": ({31: False}, "EM_X86_64"),
+    "encoding rule": ({32: True, 33: False, 34: True, 35: False, 36: True, 37: False, 38: True,
+                       39: False, 0x5FFFFFFE: True, 0x5FFFFFFF: False}, "EM_X86_64"),
+    "OS range by the rule": ({0x6000000D: False, 0x6000000E: True, 0x6FFFF000: True,
+                              0x6FFFE001: False}, "EM_X86_64"),
+    "Android against the rule": ({0x6000000F: True, 0x60000010: False, 0x60000011: True,
+                                  0x60000012: False}, "EM_X86_64"),
+    "DT_VALRNGLO..HI": ({0x6FFFFD00: False, 0x6FFFFDF8: False, 0x6FFFFDFF: False}, "EM_X86_64"),
+    "DT_ADDRRNGLO..HI": ({0x6FFFFE00: True, 0x6FFFFEF5: True, 0x6FFFFEF9: True,
+                          0x6FFFFEFF: True}, "EM_X86_64"),
+    "GNU versions and counts": ({0x6FFFFFF0: True, 0x6FFFFFF9: False, 0x6FFFFFFA: False,
+                                 0x6FFFFFFB: False, 0x6FFFFFFC: True, 0x6FFFFFFD: False,
+                                 0x6FFFFFFE: True, 0x6FFFFFFF: False}, "EM_X86_64"),
+    "processor range by the rule": ({0x70000000: True, 0x70000001: False, 0x70000002: True,
+                                     0x7000000C: True, 0x7000000D: False}, "EM_X86_64"),
+    "PPC64 against the rule": ({0x70000000: True, 0x70000001: True, 0x70000002: False,
+                                0x70000003: False}, "EM_PPC64"),
+    "AArch64 against the rule": ({0x70000009: False, 0x7000000C: False, 0x7000000D: True,
+                                  0x7000000F: False}, "EM_AARCH64"),
+    "Sun's filters": ({0x7FFFFFFD: False, 0x7FFFFFFE: False, 0x7FFFFFFF: False}, "EM_X86_64"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(TAG_CLASSES))
+def test_dynamic_tags_are_addresses_or_values_by_the_gabi_rules(case):
+    expected, machine = TAG_CLASSES[case]
+    assert {tag: is_address_tag(tag, machine) for tag in expected} == expected
+
+
+# A tag of each class put in DT_FINI's place, its value the address of the note that follows
+# the program header table (which grows into it): only an address there stops the writer.
+PINNING = {
+    21: True, 32: True, 38: True, 0x6000000E: True, 0x6FFFFEF9: True, 0x6FFFFFFC: True,
+    0x70000000: True,
+    33: False, 39: False, 0x6000000D: False, 0x6FFFFDF8: False, 0x6FFFFFF9: False,
+    0x6FFFFFFA: False, 0x6FFFFFFB: False, 0x70000001: False, 0x7FFFFFFF: False,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("tag", "address"),
+    [pytest.param(t, a, id=f"{t:#x}-{'address' if a else 'value'}") for t, a in PINNING.items()],
+)
+def test_only_an_address_tag_pins_the_bytes_after_the_program_headers(
+    hosts, tmp_path, tag, address
+):
+    data = bytearray(hosts["data"].read_bytes())
+    elf = Elf64(data)
+    note = struct.unpack_from("<Q", data, elf.sections[".note.gnu.build-id"] + 16)[0]
+    struct.pack_into("<qQ", data, elf.dynamic_entry(DT_FINI), tag, note)
+    host = tmp_path / "libhost.so"
+    host.write_bytes(bytes(data))
+    result = ffitool("pack", str(host), "--add", f"test_alpha:{hosts['payload']}")
+    if address:
+        assert (result.returncode, result.stderr) == (
+            3,
+            f"ffitool: error: {host}: no room for another program header: dynamic tag"
+            f" {tag:#x} points right after the table\n",
+        )
+    else:
+        assert result.returncode == 0, result.stderr
 
 
 def test_a_program_header_table_ending_its_segment_cannot_grow(hosts, tmp_path):

@@ -34,6 +34,8 @@ from elftools.construct.lib import Container
 from ffitool.errors import InputError
 from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
 from ffitool.formats.elf_dynamic import (
+    DT,
+    is_address_tag,
     read_dynamic,
     sysv_entry_format,
     unmapped_segments,
@@ -55,19 +57,19 @@ _MIN_PAGE = 0x1000
 _RELOCATION_CHUNK = 1 << 20
 _NAME = LIBRARY_BIN.encode()
 
-_DT_NULL = 0
-_DT_HASH = 4
-_DT_STRTAB = 5
-_DT_SYMTAB = 6
-_DT_STRSZ = 10
-_DT_SYMENT = 11
-_DT_SYMTAB_SHNDX = 34
-_DT_ANDROID_REL = 0x6000000F
-_DT_ANDROID_RELA = 0x60000011
-_DT_GNU_HASH = 0x6FFFFEF5
-_DT_VERSYM = 0x6FFFFFF0
-_DT_VERDEF = 0x6FFFFFFC
-_DT_VERNEED = 0x6FFFFFFE
+_DT_NULL = DT["DT_NULL"]
+_DT_HASH = DT["DT_HASH"]
+_DT_STRTAB = DT["DT_STRTAB"]
+_DT_SYMTAB = DT["DT_SYMTAB"]
+_DT_STRSZ = DT["DT_STRSZ"]
+_DT_SYMENT = DT["DT_SYMENT"]
+_DT_SYMTAB_SHNDX = DT["DT_SYMTAB_SHNDX"]
+_DT_ANDROID_REL = DT["DT_ANDROID_REL"]
+_DT_ANDROID_RELA = DT["DT_ANDROID_RELA"]
+_DT_GNU_HASH = DT["DT_GNU_HASH"]
+_DT_VERSYM = DT["DT_VERSYM"]
+_DT_VERDEF = DT["DT_VERDEF"]
+_DT_VERNEED = DT["DT_VERNEED"]
 # Tables the loader finds only through these tags: they may move, with the tag re-pointed.
 _MOVABLE_TAGS = (
     _DT_SYMTAB,
@@ -687,15 +689,12 @@ def _blocks_to_move(host: _Host, tables: _SymbolTables, slot: _PhdrSlot) -> list
     return sorted((low, high) for low, high in blocks)
 
 
-# Dynamic tags whose value is an address in the image.
-_ADDRESS_TAGS = (3, 4, 5, 6, 7, 12, 13, 17, 23, 25, 26, 32, 36)
-
-
 def _refuse_tagged_bytes(host: _Host, tables: _SymbolTables, first: int, last: int) -> None:
     """Fail if a dynamic tag other than the re-placed tables' points into [first, last)."""
     handled = {t.tag for t in tables.tables.values()}
+    machine = host.elf["e_machine"]
     for tag, value, _ in host.dynamic:
-        if tag in handled or not (tag in _ADDRESS_TAGS or 0x6FFFFE00 <= tag <= 0x6FFFFFFF):
+        if tag in handled or not is_address_tag(tag, machine):
             continue
         for load in host.loads:
             delta = value - load["p_vaddr"]
