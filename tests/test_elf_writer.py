@@ -191,7 +191,7 @@ class Elf64:
             offset += 16
 
 
-DT_FINI, DT_INIT, DT_SYMENT, DT_GNU_HASH = 13, 12, 11, 0x6FFFFEF5
+DT_FINI, DT_INIT, DT_RELAENT, DT_SYMENT, DT_GNU_HASH = 13, 12, 9, 11, 0x6FFFFEF5
 
 
 def _set(fmt: str, at_of, value):
@@ -245,6 +245,10 @@ REFUSALS = {
     "odd DT_SYMENT": (
         _set("<Q", lambda e: e.dynamic_entry(DT_SYMENT) + 8, 16),
         "DT_SYMENT is not 24",
+    ),
+    "odd DT_RELAENT": (
+        _set("<Q", lambda e: e.dynamic_entry(DT_RELAENT) + 8, 16),
+        "DT_RELAENT is 16, not 24",
     ),
     "DT_SYMTAB_SHNDX": (
         _set("<q", lambda e: e.dynamic_entry(DT_FINI), 34),
@@ -446,12 +450,30 @@ def test_sysv_hash_insertion_keeps_every_lookup(seed, code):
     assert reparsed.lookup(new, after.__getitem__) == position
 
 
+def test_a_gnu_hash_table_hashing_nothing_gets_the_blob_symbol_last():
+    """bfd's table for a library exporting nothing: empty buckets, symoffset 1, no chains."""
+    front = struct.pack("<4I", 1, 1, 1, 0) + b"\0" * 8 + struct.pack("<I", 0)
+    assert GnuHashTable.front_size(front[:16], 64, True) == 28
+    assert GnuHashTable.size(front, 5, 64, True) == 28  # not 28 + 4 chains past its end
+    table = GnuHashTable.parse(front, 5, 64, True, "lib")
+    assert (table.symoffset, list(table.chains)) == (5, [])
+    new = b"__tvm_ffi__library_bin"
+    assert table.insert_position(new) == 5
+    table.insert(5, new)
+    h = gnu_hash(new)
+    bloom = (1 << (h % 64)) | (1 << (h % 64))  # bloom_shift 0: both bits are one
+    assert table.to_bytes() == struct.pack("<4IQII", 1, 5, 1, 0, bloom, 5, h | 1)
+    assert table.lookup(new, {5: new}.__getitem__) == 5
+
+
 def test_hash_tables_that_cannot_be_hash_tables_are_input_errors():
     with pytest.raises(InputError, match="DT_GNU_HASH is truncated"):
         GnuHashTable.parse(b"\x01" * 8, 4, 64, True, "lib")
     header = struct.pack("<4I", 1, 1, 1, 6) + b"\0" * 8 + struct.pack("<I", 9)
     with pytest.raises(InputError, match="bucket past its 4 symbols"):
         GnuHashTable.parse(header + b"\0" * 12, 4, 64, True, "lib")
+    with pytest.raises(InputError, match="DT_GNU_HASH is shorter than its 1 buckets"):
+        GnuHashTable.parse(header[:-4], 4, 64, True, "lib")
     with pytest.raises(InputError, match="shorter than its 4 symbols need"):
         GnuHashTable.parse(header[:-4] + struct.pack("<I", 1), 4, 64, True, "lib")
     with pytest.raises(InputError, match="DT_HASH has 2 buckets and 5 chains for 4 symbols"):

@@ -141,7 +141,11 @@ class DynamicView:
         return tuple(self._reader.tags)
 
     def relocation_tables(self) -> list[tuple[int, int, int]]:
-        """(address, size, entry size) of the DT_RELA, DT_REL and DT_JMPREL tables."""
+        """(address, size, entry size) of the DT_RELA, DT_REL and DT_JMPREL tables.
+
+        DynamicError for an entry size other than the ABI's, which ld.so would not load either
+        (and which no decoder could step through).
+        """
         reader = self._reader
         word = reader.elf.elfclass // 8
         found = []
@@ -149,9 +153,12 @@ class DynamicView:
             ("DT_RELA", "DT_RELASZ", "DT_RELAENT", 3 * word),
             ("DT_REL", "DT_RELSZ", "DT_RELENT", 2 * word),
         ):
+            step = reader.first(entry)
+            if step is not None and step != default:
+                raise DynamicError(f"{entry} is {step}, not {default}")
             address = reader.first(table)
             if address is not None:
-                found.append((address, reader.first(size) or 0, reader.first(entry) or default))
+                found.append((address, reader.first(size) or 0, default))
         plt = reader.first("DT_JMPREL")
         if plt is not None:
             kind = 3 if reader.first("DT_PLTREL") == DT["DT_RELA"] else 2
@@ -162,12 +169,12 @@ class DynamicView:
         """Bytes of the loaded image at `address`, read through the PT_LOAD mapping them."""
         return self._reader.memory(address, length)
 
-    def raw_table(self, tag: str, entry_size: int) -> bytes:
-        """The bytes of DT_SYMTAB or DT_VERSYM, as many entries as the hash tables count."""
+    def raw_table(self, tag: str, entry_size: int, count: int) -> bytes:
+        """The bytes of `count` entries of DT_SYMTAB or DT_VERSYM."""
         address = self._reader.first(tag)
         if address is None:
             return b""
-        return self._reader.memory(address, entry_size * self._reader.symbol_count())
+        return self._reader.memory(address, entry_size * count)
 
     @property
     def symbol_count(self) -> int:

@@ -35,6 +35,7 @@ from ffitool.errors import InputError
 from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
 from ffitool.formats.elf_dynamic import (
     DT,
+    DynamicError,
     is_address_tag,
     read_dynamic,
     sysv_entry_format,
@@ -275,7 +276,9 @@ class _SymbolTables:
         where = host.display
         if gnu is not None:
             head = self._memory(gnu, 16, "DT_GNU_HASH")
-            length = GnuHashTable.size(head, self.count, host.bits, host.little)
+            front = GnuHashTable.front_size(head, host.bits, host.little)
+            front_bytes = self._memory(gnu, front, "DT_GNU_HASH")
+            length = GnuHashTable.size(front_bytes, self.count, host.bits, host.little)
             table = self._add(_DT_GNU_HASH, gnu, length, host.section_at(gnu, ("SHT_GNU_HASH",)))
             self.gnu = GnuHashTable.parse(table.data, self.count, host.bits, host.little, where)
         sysv = host.tag(_DT_HASH)
@@ -407,12 +410,16 @@ def plan_edit(handle: BinaryIO, size: int, display: str, blob_size: int) -> ElfE
     """Decide the whole edit that gives the library a `blob_size`-byte blob."""
     host = _Host(handle, size, display)
     tables = _SymbolTables(host)
+    try:  # checked before anything is planned: the verifier reads them whatever the edit
+        relocations = read_dynamic(handle, size).relocation_tables()
+    except DynamicError as exc:
+        host.fail(str(exc))
     existing = tables.find_defined()
     if existing is not None:
         reused = _reuse_own_segment(host, tables, existing, blob_size)
         if reused is not None:
             return reused
-    return _append_segment(host, tables, existing, blob_size)
+    return _append_segment(host, tables, existing, blob_size, relocations)
 
 
 def _blob_section(host: _Host) -> int | None:
@@ -482,7 +489,11 @@ def _reuse_own_segment(
 
 
 def _append_segment(
-    host: _Host, tables: _SymbolTables, existing: int | None, blob_size: int
+    host: _Host,
+    tables: _SymbolTables,
+    existing: int | None,
+    blob_size: int,
+    relocations: list[tuple[int, int, int]],
 ) -> ElfEdit:
     """The general case: a new PT_LOAD past everything, holding new tables and the blob."""
     headers = [dict(h) for h in host.sections]
@@ -552,7 +563,7 @@ def _append_segment(
     )  # fmt: skip
     slot.place(phdrs, segment)
     if existing is None and index < tables.count:  # symbols from `index` on moved up by one
-        edit.relocations = _relocation_tables(host)
+        edit.relocations = _relocation_tables(host, relocations)
         edit.inserted_at = index
     if added is not None:
         _insert_section(headers, added, blob_header)
@@ -744,13 +755,14 @@ def _retag(host: _Host, tag: int, value: int) -> list[tuple[int, bytes]]:
     return [(at + word.size, word.pack(value)) for t, _, at in host.dynamic if t == tag]
 
 
-def _relocation_tables(host: _Host) -> list[RelocationTable]:
-    """REL/RELA tables whose symbol indices must follow an inserted symbol, overlaps merged."""
+def _relocation_tables(host: _Host, tables: list[tuple[int, int, int]]) -> list[RelocationTable]:
+    """The file ranges of the REL/RELA `tables` (address, size, entry size), overlaps merged:
+    their symbol indices must follow an inserted symbol."""
     if host.tag(_DT_ANDROID_REL) is not None or host.tag(_DT_ANDROID_RELA) is not None:
         host.fail("Android packed relocations are not supported")
     found = [
         (host.file_offset(address, length, "relocations"), length, step)
-        for address, length, step in read_dynamic(host.handle, host.size).relocation_tables()
+        for address, length, step in tables
     ]
     merged: list[list[int]] = []
     for start, length, step in sorted(found):

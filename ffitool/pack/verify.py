@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
@@ -29,7 +30,7 @@ from ffitool.findings import Severity
 from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
 from ffitool.formats.elf_dynamic import DynamicView, read_dynamic, unmapped_segments
 from ffitool.library import Library, inspect_path
-from ffitool.pack.elf_tables import renumbered_relocations
+from ffitool.pack.elf_tables import relocation_symbol_end, renumbered_relocations
 from ffitool.pack.elf_writer import BLOB_SECTION, RETAGGED, Placement
 from ffitool.pack.plan import PayloadSource, Plan
 from ffitool.pack.stream import same_bytes
@@ -63,9 +64,9 @@ def verify(staging: Path, original: Path, plan: Plan, placement: Placement) -> N
         before = read_dynamic(old, os.fstat(old.fileno()).st_size)
         after = read_dynamic(new, os.fstat(new.fileno()).st_size)
         _check_lookup(after, placement)
-        index = _check_preserved(before, after, placement)
-        grown = after.symbol_count != before.symbol_count
-        _check_relocations(before, after, index if grown else None)
+        counts = _symbol_count(before), _symbol_count(after)
+        index = _check_preserved(before, after, counts)
+        _check_relocations(before, after, index if counts[1] != counts[0] else None)
         old_file, new_file = _Headers(old), _Headers(new)
     _check_segments(old_file, new_file, original, staging)
     _check_sections(old_file, new_file, original, staging)
@@ -130,12 +131,39 @@ def _check_lookup(after: DynamicView, placement: Placement) -> None:
             fail(f"{LIBRARY_BIN} has symbol version {symbol.version:#x}: local or hidden")
 
 
-def _check_preserved(before: DynamicView, after: DynamicView, placement: Placement) -> int:
+def _relocation_chunks(view: DynamicView) -> Iterator[tuple[int, int, int]]:
+    """(address, length, entry size) of the view's relocations, a bounded chunk at a time."""
+    for address, size, entry in view.relocation_tables():
+        step = max(1, _CHUNK // entry) * entry
+        whole = size - size % entry
+        for start in range(0, whole, step):
+            yield address + start, min(step, whole - start), entry
+
+
+def _symbol_count(view: DynamicView) -> int:
+    """Entries of DT_SYMTAB the loader reads: those the hash tables count, and those that
+    relocations name.
+
+    The hash tables alone may count fewer: a GNU hash table never counts the symbols below
+    its symoffset, and bfd's table for a library that exports nothing hashes no symbol and
+    says symoffset 1, while relocations name the undefined symbols past it.
+    """
+    bits = 8 * struct.calcsize(view.word_format)
+    little = view.endian == "<"
+    count = view.symbol_count
+    for address, length, entry in _relocation_chunks(view):
+        raw = view.memory(address, length)
+        count = max(count, relocation_symbol_end(raw, entry, bits, little))
+    return count
+
+
+def _check_preserved(before: DynamicView, after: DynamicView, counts: tuple[int, int]) -> int:
     """Dynamic entries and symbols: the original's, plus the blob symbol, nothing else.
 
-    Checked on the raw tables: `.dynsym` and `.gnu.version` must be the original's with one
-    entry inserted (or the old blob entry re-pointed), and `.dynstr` must start with the
-    original's, so every old entry names the same string. Returns the blob entry's index.
+    Checked on the raw tables, `counts` entries long (before, after): `.dynsym` and
+    `.gnu.version` must be the original's with one entry inserted (or the old blob entry
+    re-pointed), and `.dynstr` must start with the original's, so every old entry names the
+    same string. Returns the blob entry's index.
     """
     for label in ("needed", "soname", "rpath", "runpath"):
         if getattr(before, label) != getattr(after, label):
@@ -154,7 +182,7 @@ def _check_preserved(before: DynamicView, after: DynamicView, placement: Placeme
     found = after.lookup_gnu(LIBRARY_BIN) if after.has_gnu_hash else after.lookup_sysv(LIBRARY_BIN)
     index = 0 if found is None else found.index
     for tag, size in (("DT_SYMTAB", before.symbol_entry_size), ("DT_VERSYM", 2)):
-        old, new = before.raw_table(tag, size), after.raw_table(tag, size)
+        old, new = before.raw_table(tag, size, counts[0]), after.raw_table(tag, size, counts[1])
         if len(new) == len(old) + size:
             new = new[: index * size] + new[(index + 1) * size :]
         elif len(new) == len(old):  # re-pointed: the old blob entry may differ
@@ -169,7 +197,7 @@ def _check_preserved(before: DynamicView, after: DynamicView, placement: Placeme
     lookup_after = after.lookup_gnu if after.has_gnu_hash else after.lookup_sysv
     # The tables are equal; the hash tables, walked in Python, are probed with an evenly
     # spread sample of the defined symbols: a stale or misbuilt table fails nearly all.
-    count = before.symbol_count
+    count = counts[0]
     for number in range(1, count, max(1, count // _LOOKUP_SAMPLE)):
         raw, symbol = before.symbol(number)
         name = raw.decode("utf-8", "surrogateescape")
@@ -191,20 +219,15 @@ def _check_relocations(before: DynamicView, after: DynamicView, inserted: int | 
     inserted), a relocation's symbol index must be the original's, plus one from there on.
     """
     # The same tables in the output: _check_preserved found their DT_* entries unchanged.
-    old_tables = before.relocation_tables()
     bits = 8 * struct.calcsize(before.word_format)
     little = before.endian == "<"
-    for address, size, entry in old_tables:
-        step = max(1, _CHUNK // entry) * entry
-        whole = size - size % entry
-        for start in range(0, whole, step):
-            length = min(step, whole - start)
-            was = before.memory(address + start, length)
-            now = after.memory(address + start, length)
-            if inserted is not None:
-                was = renumbered_relocations(was, entry, bits, little, inserted)
-            if was != now:
-                fail(f"a relocation in [{address + start:#x}, +{length:#x}) changed")
+    for address, length, entry in _relocation_chunks(before):
+        was = before.memory(address, length)
+        now = after.memory(address, length)
+        if inserted is not None:
+            was = renumbered_relocations(was, entry, bits, little, inserted)
+        if was != now:
+            fail(f"a relocation in [{address:#x}, +{length:#x}) changed")
 
 
 def _section_map(before: _Headers, after: _Headers) -> list[int]:
