@@ -8,6 +8,7 @@ through GOT relocations (which the inserted symbol renumbers).
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 import re
@@ -22,7 +23,8 @@ import pytest
 from conftest import ffitool, require_tool
 
 from ffitool.errors import InputError
-from ffitool.formats.elf_dynamic import gnu_hash, is_address_tag, sysv_hash
+from ffitool.formats.elf import ElfFile
+from ffitool.formats.elf_dynamic import gnu_hash, is_address_tag, sysv_entry_format, sysv_hash
 from ffitool.pack.elf_tables import GnuHashTable, SysvHashTable, shifted
 
 PAYLOAD = b"\x00writer payload\xff" * 3
@@ -192,6 +194,8 @@ class Elf64:
 
 
 DT_FINI, DT_INIT, DT_RELAENT, DT_SYMENT, DT_GNU_HASH = 13, 12, 9, 11, 0x6FFFFEF5
+DT_PLTRELSZ, DT_SYMTAB, DT_RELA, DT_REL, DT_PLTREL, DT_JMPREL = 2, 6, 7, 17, 20, 23
+DT_FINI_ARRAYSZ = 28
 
 
 def _set(fmt: str, at_of, value):
@@ -273,6 +277,59 @@ REFUSALS = {
             lambda e: struct.unpack_from("<Q", e.data, e.sections[".note.gnu.build-id"] + 16)[0],
         ),
         "dynamic tag 0xc points right after the table",
+    ),
+    "65535 program headers": (
+        _set("<H", lambda e: 0x38, 0xFFFF),
+        "more than 65534 program headers",
+    ),
+    "no PT_LOAD": (
+        lambda e: [
+            struct.pack_into("<I", e.data, e.phoff + 56 * i, 0x6474E600)  # an unknown OS type
+            for i in range(e.phnum)
+            if struct.unpack_from("<I", e.data, e.phoff + 56 * i)[0] == 1
+        ],
+        "no PT_LOAD segment",
+    ),
+    "PT_LOAD alignment not a power of two": (
+        _set("<Q", lambda e: e.phdr(1) + 48, 0x3000),
+        "a PT_LOAD alignment of 0x3000 is not a power of two",
+    ),
+    "no DT_NULL": (
+        _set("<Q", lambda e: e.phdr(2) + 32, 16),  # PT_DYNAMIC's p_filesz: one entry
+        "the dynamic section has no DT_NULL terminator",
+    ),
+    "no DT_SYMTAB": (
+        _set("<q", lambda e: e.dynamic_entry(DT_SYMTAB), 21),  # now DT_DEBUG
+        "the dynamic section lacks DT_SYMTAB, DT_STRTAB or DT_STRSZ",
+    ),
+    "DT_GNU_HASH unmapped": (
+        _set("<Q", lambda e: e.dynamic_entry(DT_GNU_HASH) + 8, 1 << 40),
+        "DT_GNU_HASH (16 bytes at 0x10000000000) is not mapped from the file",
+    ),
+    "section names past the end, as SHT_NOBITS": (
+        lambda e: (
+            struct.pack_into("<I", e.data, e.shoff + 64 * e.shstrndx + 4, 8),  # SHT_NOBITS
+            struct.pack_into("<Q", e.data, e.shoff + 64 * e.shstrndx + 32, 1 << 40),
+        ),
+        "1099511627776 bytes at file offset",
+    ),
+    "extended section numbering": (
+        _set("<H", lambda e: 0x3E, 0xFFFF),  # e_shstrndx = SHN_XINDEX
+        "extended section numbering is not supported",
+    ),
+    "overlapping REL and RELA tables": (
+        lambda e: (  # a DT_JMPREL over the RELA table, read as REL entries (DT_PLTREL = DT_REL)
+            struct.pack_into(
+                "<qQ",
+                e.data,
+                e.dynamic_entry(DT_FINI),
+                DT_JMPREL,
+                struct.unpack_from("<Q", e.data, e.dynamic_entry(DT_RELA) + 8)[0],
+            ),
+            struct.pack_into("<qQ", e.data, e.dynamic_entry(DT_INIT), DT_PLTREL, DT_REL),
+            struct.pack_into("<qQ", e.data, e.dynamic_entry(DT_FINI_ARRAYSZ), DT_PLTRELSZ, 48),
+        ),
+        "relocation tables of different entry sizes overlap",
     ),
     "Android packed relocations": (
         _set("<q", lambda e: e.dynamic_entry(DT_FINI), 0x6000000F),
@@ -476,10 +533,74 @@ def test_hash_tables_that_cannot_be_hash_tables_are_input_errors():
         GnuHashTable.parse(header[:-4], 4, 64, True, "lib")
     with pytest.raises(InputError, match="shorter than its 4 symbols need"):
         GnuHashTable.parse(header[:-4] + struct.pack("<I", 1), 4, 64, True, "lib")
+    with pytest.raises(InputError, match="DT_GNU_HASH with 0 buckets, 1 bloom words and symoffset"):
+        GnuHashTable.parse(struct.pack("<4I", 0, 1, 1, 6) + b"\0" * 8, 4, 64, True, "lib")
+    with pytest.raises(InputError, match="and symoffset 0 for 4 symbols"):
+        GnuHashTable.parse(struct.pack("<4I", 1, 0, 1, 6) + b"\0" * 12, 4, 64, True, "lib")
+    with pytest.raises(InputError, match="DT_HASH is truncated"):
+        SysvHashTable.parse(struct.pack("<I", 2), 4, "I", True, "lib")
     with pytest.raises(InputError, match="DT_HASH has 2 buckets and 5 chains for 4 symbols"):
         SysvHashTable.parse(struct.pack("<2I", 2, 5) + b"\0" * 28, 4, "I", True, "lib")
     with pytest.raises(InputError, match="DT_HASH is shorter than its header says"):
         SysvHashTable.parse(struct.pack("<2I", 2, 4), 4, "I", True, "lib")
+
+
+def test_lookups_stop_where_a_damaged_table_would_run_on():
+    """A GNU chain without its end bit stops at the table's end; a SysV chain that loops
+    stops after as many steps as there are symbols."""
+    name = b"wanted"
+    h = gnu_hash(name)
+    # one bucket -> symbol 1, whose chain entry neither matches nor ends the chain
+    table = struct.pack("<4I", 1, 1, 1, 6) + struct.pack("<Q", ~0 & (1 << 64) - 1)
+    table += struct.pack("<II", 1, (h ^ 2) & ~1)
+    gnu = GnuHashTable.parse(table, 2, 64, True, "lib")
+    assert gnu.lookup(name, {1: b"other"}.__getitem__) is None
+    # bucket -> 1 -> 2 -> 1 ...: never the wanted name
+    looping = struct.pack("<6I", 1, 3, 1, 0, 2, 1)
+    sysv = SysvHashTable.parse(looping, 3, "I", True, "lib")
+    assert sysv.lookup(name, {1: b"a", 2: b"b"}.__getitem__) is None
+
+
+@pytest.mark.parametrize("code", ["I", "Q"])
+def test_big_endian_hash_tables_read_and_write_their_own_byte_order(code):
+    """s390x's byte order, and its 64-bit DT_HASH entries (lld writes 32-bit ones there)."""
+    names = [b"", b"alpha", b"beta"]
+    nbucket = 3
+    buckets, chains = [0] * nbucket, [0] * 3
+    for index in (1, 2):
+        bucket = sysv_hash(names[index]) % nbucket
+        chains[index], buckets[bucket] = buckets[bucket], index
+    raw = struct.pack(f">{2 + nbucket + 3}{code}", nbucket, 3, *buckets, *chains)
+    table = SysvHashTable.parse(raw, 3, code, False, "lib")
+    assert table.to_bytes() == raw
+    assert [table.lookup(n, names.__getitem__) for n in names[1:]] == [1, 2]
+    table.widen()  # what the writer does on s390x whatever the input's width
+    assert table.to_bytes() == struct.pack(f">{2 + nbucket + 3}Q", nbucket, 3, *buckets, *chains)
+    order, gnu_raw = _build_gnu(names[1:], 2, 1, 1, 6)
+    swapped = struct.pack(">4I", *struct.unpack_from("<4I", gnu_raw))
+    swapped += struct.pack(">Q", *struct.unpack_from("<Q", gnu_raw, 16))
+    words = len(gnu_raw[24:]) // 4
+    swapped += struct.pack(f">{words}I", *struct.unpack_from(f"<{words}I", gnu_raw, 24))
+    gnu = GnuHashTable.parse(swapped, 3, 64, False, "lib")
+    assert gnu.to_bytes() == swapped
+    lookup = dict(enumerate(order, 1))
+    assert [lookup[gnu.lookup(n, lookup.__getitem__)] for n in order] == order
+
+
+@pytest.mark.parametrize(
+    ("machine", "head", "code"),
+    [
+        (22, struct.pack("<QQ", 3, 9), "Q"),  # EM_S390: binutils' 64-bit nbucket, nchain
+        (22, struct.pack("<II", 3, 9), "I"),  # lld's 32-bit entries there: no zero half
+        (22, struct.pack("<I", 3), "I"),  # too short to tell: the ABI's 32 bits
+        (41, struct.pack("<QQ", 3, 9), "Q"),  # EM_ALPHA
+        (62, struct.pack("<QQ", 3, 9), "I"),  # EM_X86_64: always 32-bit
+    ],
+)
+def test_dt_hash_entry_width_follows_the_machine_and_the_table(hosts, machine, head, code):
+    data = bytearray(hosts["data"].read_bytes())
+    struct.pack_into("<H", data, 18, machine)
+    assert sysv_entry_format(ElfFile(io.BytesIO(bytes(data))), head) == code
 
 
 def test_in_place_keeps_owner_group_and_mode(hosts, tmp_path):

@@ -28,7 +28,12 @@ from typing import BinaryIO, NoReturn
 from ffitool.errors import InputError
 from ffitool.findings import Severity
 from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
-from ffitool.formats.elf_dynamic import DynamicView, read_dynamic, unmapped_segments
+from ffitool.formats.elf_dynamic import (
+    DynamicError,
+    DynamicView,
+    read_dynamic,
+    unmapped_segments,
+)
 from ffitool.library import Library, inspect_path
 from ffitool.pack.elf_tables import relocation_symbol_end, renumbered_relocations
 from ffitool.pack.elf_writer import BLOB_SECTION, RETAGGED, Placement
@@ -61,16 +66,24 @@ def verify(staging: Path, original: Path, plan: Plan, placement: Placement) -> N
     (library,) = inspect_path(staging, digests=False).libraries  # bytes are compared below
     check_blob(library, staging, plan, placement.file_offset)
     with open(original, "rb") as old, open(staging, "rb") as new:
-        before = read_dynamic(old, os.fstat(old.fileno()).st_size)
-        after = read_dynamic(new, os.fstat(new.fileno()).st_size)
-        _check_lookup(after, placement)
-        counts = _symbol_count(before), _symbol_count(after)
-        index = _check_preserved(before, after, counts)
-        _check_relocations(before, after, index if counts[1] != counts[0] else None)
+        try:
+            _check_dynamic(old, new, placement)
+        except DynamicError as exc:  # the writer read the input this way: the output is wrong
+            fail(str(exc))
         old_file, new_file = _Headers(old), _Headers(new)
     _check_segments(old_file, new_file, original, staging)
     _check_sections(old_file, new_file, original, staging)
     _check_layout(old_file, new_file)
+
+
+def _check_dynamic(old: BinaryIO, new: BinaryIO, placement: Placement) -> None:
+    """What the loader reads, through the dynamic segments of both files."""
+    before = read_dynamic(old, os.fstat(old.fileno()).st_size)
+    after = read_dynamic(new, os.fstat(new.fileno()).st_size)
+    _check_lookup(after, placement)
+    counts = _symbol_count(before), _symbol_count(after)
+    index = _check_preserved(before, after, counts)
+    _check_relocations(before, after, index if counts[1] != counts[0] else None)
 
 
 def fail(message: str) -> NoReturn:
