@@ -20,12 +20,13 @@ from array import array
 from pathlib import Path
 
 import pytest
-from conftest import ffitool, require_tool
+from conftest import FIXTURES, ffitool, require_tool
 
 from ffitool.errors import InputError
 from ffitool.formats.elf import ElfFile
 from ffitool.formats.elf_dynamic import gnu_hash, is_address_tag, sysv_entry_format, sysv_hash
 from ffitool.pack.elf_tables import GnuHashTable, SysvHashTable, shifted
+from ffitool.pack.elf_writer import plan_edit
 
 PAYLOAD = b"\x00writer payload\xff" * 3
 
@@ -443,6 +444,60 @@ def test_a_program_header_table_ending_its_segment_cannot_grow(hosts, tmp_path):
     result = ffitool("pack", str(host), "--add", f"test_alpha:{hosts['payload']}")
     assert result.returncode == 3
     assert "no room for another program header inside the first segment" in result.stderr
+
+
+def test_a_section_header_table_that_cannot_take_one_more_is_refused(hosts, tmp_path):
+    """65,279 section headers (the table moved past the end, padded with SHT_NULL entries):
+    one more would reach SHN_LORESERVE, where section indices stop being indices."""
+    data = bytearray(hosts["data"].read_bytes())
+    elf = Elf64(data)
+    table = bytes(data[elf.shoff : elf.shoff + 64 * elf.shnum])
+    at = -(-len(data) // 8) * 8
+    data += bytes(at - len(data)) + table + bytes(64 * (0xFEFF - elf.shnum))
+    struct.pack_into("<Q", data, 0x28, at)
+    struct.pack_into("<H", data, 0x3C, 0xFEFF)
+    host = tmp_path / "libhost.so"
+    host.write_bytes(bytes(data))
+    result = ffitool("pack", str(host), "--add", f"test_alpha:{hosts['payload']}")
+    assert (result.returncode, result.stderr) == (
+        3,
+        f"ffitool: error: {host}: too many sections to add one\n",
+    )
+
+
+def test_a_pt_null_entry_takes_the_new_segment_and_nothing_moves(hosts, tmp_path):
+    """A spare PT_NULL program header (PT_GNU_STACK blanked here) is reused: the table keeps
+    its size, so the notes after it stay where they are."""
+    data = bytearray(hosts["data"].read_bytes())
+    elf = Elf64(data)
+    struct.pack_into("<I", data, elf.phdr(0x6474E551), 0)  # PT_GNU_STACK -> PT_NULL
+    host, out = tmp_path / "libhost.so", tmp_path / "out.so"
+    host.write_bytes(bytes(data))
+    result = ffitool("pack", str(host), "--add", f"test_alpha:{hosts['payload']}", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    packed = Elf64(bytearray(out.read_bytes()))
+    types = [
+        struct.unpack_from("<I", packed.data, packed.phoff + 56 * i)[0] for i in range(elf.phnum)
+    ]
+    assert packed.phnum == elf.phnum
+    assert (
+        0 not in types
+        and types.count(1)
+        == [struct.unpack_from("<I", data, elf.phoff + 56 * i)[0] for i in range(elf.phnum)].count(
+            1
+        )
+        + 1
+    )
+    notes = {s[0]: s for s in _sections(out) if s[0].startswith(".note")}
+    assert notes == {s[0]: s for s in _sections(host) if s[0].startswith(".note")}
+
+
+def test_the_writer_refuses_what_is_not_a_shared_library_itself():
+    """`pack` refuses executables before the writer sees them; the writer's API does too."""
+    data = bytearray((FIXTURES / "libffi_c.so").read_bytes())
+    struct.pack_into("<H", data, 16, 2)  # ET_EXEC
+    with pytest.raises(InputError, match=r"^lib: only shared libraries \(ET_DYN\) can be packed$"):
+        plan_edit(io.BytesIO(bytes(data)), len(data), "lib", 64)
 
 
 def _build_gnu(names: list[bytes], nbuckets: int, symoffset: int, bloom_size: int, shift: int):

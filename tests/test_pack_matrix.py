@@ -197,6 +197,48 @@ def test_a_library_exporting_nothing_packs_and_loads(payload_files, tmp_path, so
     assert report["imports"] == 1
 
 
+def test_a_blob_hidden_behind_a_non_default_version_is_made_visible(payload_files, tmp_path):
+    """A link-time blob exported only as __tvm_ffi__library_bin@V1 (hidden: dlsym's
+    unversioned lookup skips it) is re-pointed at the new blob with the hidden bit cleared."""
+    manifest = tmp_path / "manifest.json"
+    modules = [
+        {"index": 0, "kind": "_lib", "imports": [1]},
+        {"index": 1, "kind": "test_beta", "imports": [], "file": "beta.bin"},
+    ]
+    manifest.write_text(json.dumps({"schema": "ffitool.manifest/1", "modules": modules}))
+    shutil.copyfile(payload_files["test_beta"], tmp_path / "beta.bin")
+    encoded = ffitool("blob", "encode", str(manifest), "-o", str(tmp_path / "link.blob"))
+    assert encoded.returncode == 0, encoded.stderr
+    blob = (tmp_path / "link.blob").read_bytes()
+    (tmp_path / "hidden.c").write_text(
+        f"__attribute__((used)) const unsigned char blob_v1[{len(blob)}] = "
+        f"{{{','.join(map(str, blob))}}};\n"
+        '__asm__(".symver blob_v1, __tvm_ffi__library_bin@V1");\n'
+        "int answer(void) { return 42; }\n"
+    )
+    (tmp_path / "hidden.map").write_text(
+        "V1 { global: answer; __tvm_ffi__library_bin; local: *; };\n"
+    )
+    host = tmp_path / "libhidden.so"
+    subprocess.run(
+        [require_tool("gcc"), "-shared", "-fPIC", "-O1",
+         f"-Wl,--version-script={tmp_path / 'hidden.map'}", "-o", str(host),
+         str(tmp_path / "hidden.c")],
+        check=True,
+    )  # fmt: skip
+    names = [row[-1] for row in dynamic_symbol_rows(host)]
+    assert "__tvm_ffi__library_bin@V1" in names  # one @: the hidden, non-default version
+    packed = tmp_path / "packed.so"
+    pack(host, packed, "test_alpha", payload_files["test_alpha"])
+    names = [row[-1] for row in dynamic_symbol_rows(packed)]
+    assert "__tvm_ffi__library_bin@@V1" in names and len(names) == len(
+        dynamic_symbol_rows(host)
+    )  # the same entry, now the default version
+    report = load_in_child(packed, tmp_path)
+    assert report["received"] == {"test_beta": [BETA.hex()], "test_alpha": [ALPHA.hex()]}
+    assert report["imports"] == 2
+
+
 def code_is_separate(elf: ELFFile) -> bool:
     """True when no file page of the executable PT_LOAD holds bytes of a non-code section."""
     (code,) = [s for s in elf.iter_segments("PT_LOAD") if s["p_flags"] & 1]  # PF_X
