@@ -288,13 +288,15 @@ def _check_sections(before: _Headers, after: _Headers, original: Path, staging: 
             fail(f"section {name} has different bytes")
 
 
-def _check_segments(before: _Headers, after: _Headers, original: Path, staging: Path) -> None:
-    """The input's program headers, plus one PT_LOAD (or one grown, when repacking)."""
+def _pair_segments(before: _Headers, after: _Headers) -> tuple[list[dict], list[dict]]:
+    """(input headers not found unchanged in the output, output headers left to match them).
+
+    PT_PHDR is never matched as it was: it must describe the table, which may have grown.
+    """
 
     def key(phdr) -> tuple:
         return tuple(sorted(phdr.items()))
 
-    # PT_PHDR is never matched as it was: it must describe the table, which may have grown.
     kept = Counter(key(p) for p in after.phdrs if p["p_type"] != "PT_PHDR")
     changed = []
     for phdr in before.phdrs:
@@ -309,8 +311,12 @@ def _check_segments(before: _Headers, after: _Headers, original: Path, staging: 
         elif kept[key(phdr)]:
             kept[key(phdr)] -= 1
             new.append(phdr)
-    grown = (len(after.phdrs) - len(before.phdrs)) * before.phentsize
-    loads = [p for p in before.phdrs if p["p_type"] == "PT_LOAD"]
+    return changed, new
+
+
+def _check_segments(before: _Headers, after: _Headers, original: Path, staging: Path) -> None:
+    """The input's program headers, plus one PT_LOAD (or one grown, when repacking)."""
+    changed, new = _pair_segments(before, after)
     for phdr in changed:
         kind = phdr["p_type"]
         twins = [p for p in new if p["p_type"] == kind]
@@ -318,33 +324,44 @@ def _check_segments(before: _Headers, after: _Headers, original: Path, staging: 
             continue
         if not twins:
             fail(f"program header {kind} at {phdr['p_vaddr']:#x} was lost")
-        twin = twins[0]
-        new.remove(twin)
-        if kind == "PT_PHDR":
-            if (twin["p_filesz"], twin["p_memsz"]) != (
-                phdr["p_filesz"] + grown,
-                phdr["p_memsz"] + grown,
-            ) or (twin["p_offset"], twin["p_vaddr"]) != (phdr["p_offset"], phdr["p_vaddr"]):
-                fail("PT_PHDR does not describe the grown program header table")
-        elif kind == "PT_LOAD":  # only the last one, in size, when a repack reuses it
-            fixed = ("p_offset", "p_vaddr", "p_paddr", "p_flags", "p_align")
-            reused = len(loads) == sum(p["p_type"] == "PT_LOAD" for p in after.phdrs)
-            last = phdr is max(loads, key=lambda p: p["p_vaddr"])
-            if not (reused and last) or any(twin[k] != phdr[k] for k in fixed):
-                fail(f"PT_LOAD at {phdr['p_vaddr']:#x} changed")
-        elif kind in _MOVABLE_SEGMENTS:
-            source = PayloadSource(str(original), phdr["p_offset"], phdr["p_filesz"])
-            if twin["p_filesz"] != phdr["p_filesz"] or not same_bytes(
-                source, str(staging), twin["p_offset"]
-            ):
-                fail(f"{kind} does not hold the bytes it held")
-        else:
-            fail(f"program header {kind} at {phdr['p_vaddr']:#x} changed")
+        new.remove(twins[0])
+        _check_changed_segment(before, after, phdr, twins[0], (original, staging))
     if [p["p_type"] for p in new] not in ([], ["PT_LOAD"]):
         fail(f"program headers added: {[p['p_type'] for p in new]}")
     for phdr in new:
         if phdr["p_flags"] & 0x3:
             fail("the new PT_LOAD is writable or executable")
+
+
+def _check_changed_segment(
+    before: _Headers, after: _Headers, phdr: dict, twin: dict, files: tuple[Path, Path]
+) -> None:
+    """An input program header that changed, against its output twin: only PT_PHDR (grown
+    with the table), the last PT_LOAD (grown by a repack) and moved notes may differ."""
+    kind = phdr["p_type"]
+    if kind == "PT_PHDR":
+        grown = (len(after.phdrs) - len(before.phdrs)) * before.phentsize
+        if (twin["p_filesz"], twin["p_memsz"]) != (
+            phdr["p_filesz"] + grown,
+            phdr["p_memsz"] + grown,
+        ) or (twin["p_offset"], twin["p_vaddr"]) != (phdr["p_offset"], phdr["p_vaddr"]):
+            fail("PT_PHDR does not describe the grown program header table")
+    elif kind == "PT_LOAD":  # only the last one, in size, when a repack reuses it
+        loads = [p for p in before.phdrs if p["p_type"] == "PT_LOAD"]
+        fixed = ("p_offset", "p_vaddr", "p_paddr", "p_flags", "p_align")
+        reused = len(loads) == sum(p["p_type"] == "PT_LOAD" for p in after.phdrs)
+        last = phdr is max(loads, key=lambda p: p["p_vaddr"])
+        if not (reused and last) or any(twin[k] != phdr[k] for k in fixed):
+            fail(f"PT_LOAD at {phdr['p_vaddr']:#x} changed")
+    elif kind in _MOVABLE_SEGMENTS:
+        original, staging = files
+        source = PayloadSource(str(original), phdr["p_offset"], phdr["p_filesz"])
+        if twin["p_filesz"] != phdr["p_filesz"] or not same_bytes(
+            source, str(staging), twin["p_offset"]
+        ):
+            fail(f"{kind} does not hold the bytes it held")
+    else:
+        fail(f"program header {kind} at {phdr['p_vaddr']:#x} changed")
 
 
 def _violations(headers: _Headers) -> set[str]:
