@@ -15,9 +15,10 @@ the same file counted once) is
    `ffitool blob encode` writes for the same manifest (nbytes and a 64-bit FNV-1a digest of the
    8 + nbytes bytes, compared with the digest of the encoded reference).
 
-It reports how many libraries there were, how many loaded before packing, how many packed and
-how many loaded after, the time taken, and every failure with its message. A local benchmark,
-not a CI step: it depends on what the machine has installed and takes minutes.
+A library that already exports a blob is counted and skipped too. The report says how many
+libraries there were, how many loaded before packing, how many packed and how many loaded
+after, the time taken, and every failure with its message. A local benchmark, not a CI step:
+it depends on what the machine has installed and takes minutes.
 `tests/test_system_libraries.py` runs it (marked slow) over a fixed sample.
 
 Usage, from the repo root:
@@ -65,7 +66,8 @@ class Outcome:
 
     name: str
     stage: str
-    """"not-loadable" (before packing), "pack", "load" (after packing) or "ok"."""
+    """One of: not-loadable (before packing), has-blob (skipped), pack, load (after
+    packing), ok."""
     detail: str = ""
     pack_seconds: float = 0.0
 
@@ -132,7 +134,7 @@ def reference_blob(workdir: Path, payload: Path) -> list[str]:
     return [f"nbytes {len(data) - 8}", f"fnv1a64 {fnv1a64(data):016x}"]
 
 
-def _load(loader: Path, library: Path) -> subprocess.CompletedProcess:
+def _load(loader: Path, library: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(loader), str(library)],
         capture_output=True,
@@ -149,13 +151,17 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def survey_one(library: Path, loader: Path, payload: Path, expected: list[str], scratch: Path):
+def survey_one(
+    library: Path, loader: Path, payload: Path, expected: list[str], scratch: Path
+) -> Outcome:
     """Load, copy, pack and load again one library; its Outcome."""
     try:
         before = _load(loader, library)
     except subprocess.TimeoutExpired:
         return Outcome(library.name, "not-loadable", "dlopen did not return")
-    if before.returncode != 0 and "dlsym __tvm_ffi__library_bin" not in before.stderr:
+    if before.returncode == 0:  # its blob would be kept and added to: another expectation
+        return Outcome(library.name, "has-blob", "already exports __tvm_ffi__library_bin")
+    if "dlsym __tvm_ffi__library_bin" not in before.stderr:
         return Outcome(library.name, "not-loadable", _last_line(before.stderr))
     work = Path(tempfile.mkdtemp(dir=scratch))
     try:
@@ -222,11 +228,12 @@ def main() -> int:
 def summarize(outcomes: list[Outcome], elapsed: float) -> dict:
     """The counts, the failures and the libraries skipped, as plain data."""
     stages = Counter(o.stage for o in outcomes)
-    loadable = len(outcomes) - stages["not-loadable"]
+    loadable = len(outcomes) - stages["not-loadable"] - stages["has-blob"]
     pack_times = sorted(o.pack_seconds for o in outcomes if o.stage in ("ok", "load"))
     return {
         "libraries": len(outcomes),
         "not_loadable": {o.name: o.detail for o in outcomes if o.stage == "not-loadable"},
+        "with_a_blob": [o.name for o in outcomes if o.stage == "has-blob"],
         "loadable": loadable,
         "packed": loadable - stages["pack"],
         "loaded": stages["ok"],
@@ -237,8 +244,10 @@ def summarize(outcomes: list[Outcome], elapsed: float) -> dict:
 
 
 def report(summary: dict) -> None:
+    """The summary as the text report the module docstring describes."""
     print(f"libraries (ELF files):        {summary['libraries']}")
     print(f"not loadable before packing:  {len(summary['not_loadable'])} (skipped)")
+    print(f"exporting a blob already:     {len(summary['with_a_blob'])} (skipped)")
     print(f"loadable:                     {summary['loadable']}")
     print(f"packed:                       {summary['packed']}")
     print(f"loaded after packing:         {summary['loaded']}")
