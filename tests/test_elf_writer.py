@@ -372,6 +372,14 @@ REFUSALS = {
         ),
         "relocation tables of different entry sizes overlap",
     ),
+    "a relocation naming no symbol": (
+        _set(  # the first .rela.dyn entry's r_info: symbol 5000, R_X86_64_64
+            "<Q",
+            lambda e: struct.unpack_from("<Q", e.data, e.sections[".rela.dyn"] + 24)[0] + 8,
+            5000 << 32 | 1,
+        ),
+        "or after names symbol 5000, past the",
+    ),
     "Android packed relocations": (
         _set("<q", lambda e: e.dynamic_entry(DT_FINI), 0x6000000F),
         "Android packed relocations are not supported",

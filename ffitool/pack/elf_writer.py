@@ -46,6 +46,8 @@ from ffitool.pack.elf_tables import (
     NATIVE_LITTLE,
     GnuHashTable,
     SysvHashTable,
+    entry_chunks,
+    relocation_symbol_end,
     renumbered_relocations,
 )
 from ffitool.pack.plan import PayloadSource, align
@@ -55,7 +57,6 @@ from ffitool.symbols import LIBRARY_BIN
 BLOB_SECTION = ".tvm_ffi_blob"
 _BLOB_ALIGN = 16
 _MIN_PAGE = 0x1000
-_RELOCATION_CHUNK = 1 << 20
 _NAME = LIBRARY_BIN.encode()
 
 _DT_NULL = DT["DT_NULL"]
@@ -414,12 +415,30 @@ def plan_edit(handle: BinaryIO, size: int, display: str, blob_size: int) -> ElfE
         relocations = read_dynamic(handle, size).relocation_tables()
     except DynamicError as exc:
         host.fail(str(exc))
+    _check_relocated_symbols(host, tables.count, relocations)
     existing = tables.find_defined()
     if existing is not None:
         reused = _reuse_own_segment(host, tables, existing, blob_size)
         if reused is not None:
             return reused
     return _append_segment(host, tables, existing, blob_size, relocations)
+
+
+def _check_relocated_symbols(
+    host: _Host, count: int, relocations: list[tuple[int, int, int]]
+) -> None:
+    """Refuse a relocation that names a symbol past the end of `.dynsym`: what it names is
+    not a symbol, and renumbering could not keep it what it is."""
+    for address, size, entry in relocations:
+        at = host.file_offset(address, size, "relocations")
+        for start, length in entry_chunks(size, entry):
+            raw = host.read(at + start, length)
+            end = relocation_symbol_end(raw, entry, host.bits, host.little)
+            if end > count:
+                host.fail(
+                    f"a relocation at {address + start:#x} or after names symbol {end - 1},"
+                    f" past the {count} entries of .dynsym"
+                )
 
 
 def _blob_section(host: _Host) -> int | None:
@@ -599,9 +618,8 @@ def _names_sections_from(host: _Host, offset: int, length: int, position: int) -
     """Whether a symbol table has an entry whose st_shndx is `position` or a later section."""
     entry = host.symbol_layout.size
     per_entry, at = (12, 3) if host.bits == 64 else (8, 7)  # st_shndx as the n-th u16
-    chunk = (_RELOCATION_CHUNK // entry) * entry
-    for start in range(0, length - length % entry, chunk):
-        words = array("H", host.read(offset + start, min(chunk, length - length % entry - start)))
+    for start, part in entry_chunks(length, entry):
+        words = array("H", host.read(offset + start, part))
         if host.little != NATIVE_LITTLE:
             words.byteswap()
         if any(position <= index < 0xFF00 for index in set(words[at::per_entry])):
@@ -832,11 +850,9 @@ def write_edit(
 
 def _shift_relocations(out_fd: int, table: RelocationTable, position: int) -> None:
     """Renumber r_info symbol indices at or past `position`, a bounded chunk at a time."""
-    step = max(1, _RELOCATION_CHUNK // table.entry_size) * table.entry_size
-    whole = table.size - table.size % table.entry_size
-    for start in range(0, whole, step):
+    for start, length in entry_chunks(table.size, table.entry_size):
         at = table.file_offset + start
-        raw = os.pread(out_fd, min(step, whole - start), at)
+        raw = os.pread(out_fd, length, at)
         new = renumbered_relocations(raw, table.entry_size, table.bits, table.little, position)
         if new != raw:
             os.pwrite(out_fd, new, at)

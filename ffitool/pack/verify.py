@@ -35,7 +35,11 @@ from ffitool.formats.elf_dynamic import (
     unmapped_segments,
 )
 from ffitool.library import Library, inspect_path
-from ffitool.pack.elf_tables import relocation_symbol_end, renumbered_relocations
+from ffitool.pack.elf_tables import (
+    entry_chunks,
+    relocation_symbol_end,
+    renumbered_relocations,
+)
 from ffitool.pack.elf_writer import BLOB_SECTION, RETAGGED, Placement
 from ffitool.pack.plan import PayloadSource, Plan
 from ffitool.pack.stream import same_bytes
@@ -45,7 +49,6 @@ _MIN_PAGE = 0x1000
 _LOOKUP_SAMPLE = 256
 _SHF_ALLOC = 0x2
 _SHF_TLS = 0x400
-_CHUNK = 1 << 20
 # Sections the writer may re-place: their new copies are checked by content or meaning.
 _REPLACEABLE = (
     "SHT_DYNSYM", "SHT_STRTAB", "SHT_GNU_HASH", "SHT_HASH", "SHT_GNU_versym",
@@ -147,10 +150,8 @@ def _check_lookup(after: DynamicView, placement: Placement) -> None:
 def _relocation_chunks(view: DynamicView) -> Iterator[tuple[int, int, int]]:
     """(address, length, entry size) of the view's relocations, a bounded chunk at a time."""
     for address, size, entry in view.relocation_tables():
-        step = max(1, _CHUNK // entry) * entry
-        whole = size - size % entry
-        for start in range(0, whole, step):
-            yield address + start, min(step, whole - start), entry
+        for start, length in entry_chunks(size, entry):
+            yield address + start, length, entry
 
 
 def _symbol_count(view: DynamicView) -> int:
