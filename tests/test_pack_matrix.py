@@ -82,8 +82,11 @@ def expected_modules(step: str) -> dict[str, bytes]:
     return {"test_alpha": ALPHA}
 
 
-def load_in_child(library: Path, spec: HostSpec, tmp_path: Path) -> dict:
-    """Run tests/hosts/load_check.py on LIBRARY; a crash or an exception fails this test only."""
+def load_in_child(library: Path, tmp_path: Path, spec: HostSpec | None = None) -> dict:
+    """Run tests/hosts/load_check.py on LIBRARY, calling what SPEC's variant lists (nothing
+    without one); a crash or an exception fails this test only."""
+    calls = spec.variant.calls if spec is not None else ()
+    versioned = spec.variant.versioned if spec is not None else ()
     require_tvm_ffi()
     request = tmp_path / "load_check.json"
     request.write_text(
@@ -92,8 +95,8 @@ def load_in_child(library: Path, spec: HostSpec, tmp_path: Path) -> dict:
                 "library": str(library),
                 "kinds": ["test_alpha", "test_beta"],
                 "stand_in": str(FIXTURES / "libffi_cpp.so"),
-                "calls": [[name, list(args)] for name, args, _ in spec.variant.calls],
-                "versioned": [[symbol, version] for symbol, version, _ in spec.variant.versioned],
+                "calls": [[name, list(args)] for name, args, _ in calls],
+                "versioned": [[symbol, version] for symbol, version, _ in versioned],
             }
         )
     )
@@ -134,12 +137,106 @@ def test_packed_host_loads_and_computes(packed_hosts, payload_files, tmp_path, s
     library = tmp_path / "lib.so"
     shutil.copyfile(packed_hosts(spec), library)
     library = apply_post_step(library, step, payload_files)
-    report = load_in_child(library, spec, tmp_path)
+    report = load_in_child(library, tmp_path, spec)
     modules = expected_modules(step)
     assert report["received"] == {kind: [payload.hex()] for kind, payload in modules.items()}
     assert report["imports"] == len(modules)  # _lib imports each added module
     assert report["results"] == [result for _, _, result in spec.variant.calls]
     assert report["versioned"] == [result for _, _, result in spec.variant.versioned]
+
+
+# Libraries that export nothing: every dynamic symbol is an undefined one the code refers to.
+# With only a GNU hash table, bfd writes one for them that hashes no symbol and says symoffset
+# 1 (gold and lld say the symbol count), so the hash table counts fewer symbols than
+# relocations name.
+EXPORTLESS = {
+    "static": ("static int twice(int x) { return 2 * x; }\n"
+               "int (*const hidden_twice)(int) __attribute__((visibility(\"hidden\"))) = twice;\n",
+               ()),
+    "hidden": ("#include <stdlib.h>\nint parse(const char *s) { return atoi(s); }\n",
+               ("-fvisibility=hidden",)),
+}  # fmt: skip
+
+
+def dynamic_symbol_rows(path: Path) -> list[list[str]]:
+    """readelf's .dynsym rows (value, size, type, bind, visibility, index, name), in order."""
+    out = subprocess.run(
+        [require_tool("readelf"), "-W", "--dyn-syms", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [line.split()[1:] for line in out.splitlines() if re.match(r"\s+\d+:", line)]
+
+
+@pytest.mark.parametrize("linker", ["bfd", "gold", "lld"])
+@pytest.mark.parametrize("source", sorted(EXPORTLESS))
+def test_a_library_exporting_nothing_packs_and_loads(payload_files, tmp_path, source, linker):
+    require_tool("ld.gold" if linker == "gold" else f"ld.{linker}")
+    code, flags = EXPORTLESS[source]
+    (tmp_path / "exportless.c").write_text(code)
+    host = tmp_path / "libexportless.so"
+    subprocess.run(
+        [require_tool("gcc"), "-shared", "-fPIC", "-O1", f"-fuse-ld={linker}",
+         "-Wl,--hash-style=gnu", *flags, "-o", str(host), str(tmp_path / "exportless.c")],
+        check=True,
+    )  # fmt: skip
+    before = dynamic_symbol_rows(host)
+    defined = [row[-1] for row in before[1:] if row[5] != "UND"]
+    assert set(defined) <= {"_end", "_edata", "__bss_start"}  # gold's; nothing of the code's
+    packed = tmp_path / "packed.so"
+    pack(host, packed, "test_alpha", payload_files["test_alpha"])
+    after = dynamic_symbol_rows(packed)
+    at = [row[-1] for row in after].index("__tvm_ffi__library_bin")
+    assert after[:at] + after[at + 1 :] == before
+    assert [after[at][i] for i in (2, 3, 4)] == ["OBJECT", "GLOBAL", "DEFAULT"]
+    if not defined:  # a table that hashes nothing: the symbol goes last, nothing is renumbered
+        assert at == len(before)
+    report = load_in_child(packed, tmp_path)
+    assert report["received"] == {"test_alpha": [ALPHA.hex()]}
+    assert report["imports"] == 1
+
+
+def test_a_blob_hidden_behind_a_non_default_version_is_made_visible(payload_files, tmp_path):
+    """A link-time blob exported only as __tvm_ffi__library_bin@V1 (hidden: dlsym's
+    unversioned lookup skips it) is re-pointed at the new blob with the hidden bit cleared."""
+    manifest = tmp_path / "manifest.json"
+    modules = [
+        {"index": 0, "kind": "_lib", "imports": [1]},
+        {"index": 1, "kind": "test_beta", "imports": [], "file": "beta.bin"},
+    ]
+    manifest.write_text(json.dumps({"schema": "ffitool.manifest/1", "modules": modules}))
+    shutil.copyfile(payload_files["test_beta"], tmp_path / "beta.bin")
+    encoded = ffitool("blob", "encode", str(manifest), "-o", str(tmp_path / "link.blob"))
+    assert encoded.returncode == 0, encoded.stderr
+    blob = (tmp_path / "link.blob").read_bytes()
+    (tmp_path / "hidden.c").write_text(
+        f"__attribute__((used)) const unsigned char blob_v1[{len(blob)}] = "
+        f"{{{','.join(map(str, blob))}}};\n"
+        '__asm__(".symver blob_v1, __tvm_ffi__library_bin@V1");\n'
+        "int answer(void) { return 42; }\n"
+    )
+    (tmp_path / "hidden.map").write_text(
+        "V1 { global: answer; __tvm_ffi__library_bin; local: *; };\n"
+    )
+    host = tmp_path / "libhidden.so"
+    subprocess.run(
+        [require_tool("gcc"), "-shared", "-fPIC", "-O1",
+         f"-Wl,--version-script={tmp_path / 'hidden.map'}", "-o", str(host),
+         str(tmp_path / "hidden.c")],
+        check=True,
+    )  # fmt: skip
+    names = [row[-1] for row in dynamic_symbol_rows(host)]
+    assert "__tvm_ffi__library_bin@V1" in names  # one @: the hidden, non-default version
+    packed = tmp_path / "packed.so"
+    pack(host, packed, "test_alpha", payload_files["test_alpha"])
+    names = [row[-1] for row in dynamic_symbol_rows(packed)]
+    assert "__tvm_ffi__library_bin@@V1" in names and len(names) == len(
+        dynamic_symbol_rows(host)
+    )  # the same entry, now the default version
+    report = load_in_child(packed, tmp_path)
+    assert report["received"] == {"test_beta": [BETA.hex()], "test_alpha": [ALPHA.hex()]}
+    assert report["imports"] == 2
 
 
 def code_is_separate(elf: ELFFile) -> bool:

@@ -33,6 +33,7 @@ KIND = "test_alpha"
 PREFIX = "packed file failed verification: "
 
 DT_NULL, DT_NEEDED, DT_PLTRELSZ, DT_HASH, DT_STRTAB, DT_SYMTAB, DT_SYMENT = 0, 1, 2, 4, 5, 6, 11
+DT_STRSZ = 10
 DT_INIT, DT_FINI, DT_SONAME, DT_RPATH, DT_JMPREL = 12, 13, 14, 15, 23
 DT_RUNPATH, DT_FLAGS, DT_GNU_HASH, DT_VERSYM = 29, 30, 0x6FFFFEF5, 0x6FFFFFF0
 DT_FLAGS_1, DT_DEBUG = 0x6FFFFFFB, 21
@@ -362,6 +363,96 @@ def blob_version_hidden(image: Image, packed: Packed) -> str:
     version = struct.unpack_from(image.endian + "H", image.data, versym)[0] | 0x8000
     struct.pack_into(image.endian + "H", image.data, versym, version)
     return exact(f"{LIBRARY_BIN} has symbol version {version:#x}: local or hidden")
+
+
+# --- the loader's view of the output (read_dynamic), which ld.so could not read either ----
+
+
+@case("gnu")
+def no_dynamic_segment(image: Image, packed: Packed) -> str:
+    """PT_DYNAMIC retagged PT_NULL: nothing tells the loader where the dynamic section is."""
+    image.set_segment("PT_DYNAMIC", p_type="PT_NULL")
+    return exact("no PT_DYNAMIC segment")
+
+
+@case("gnu")
+def dynamic_segment_past_the_end(image: Image, packed: Packed) -> str:
+    """PT_DYNAMIC's file offset beyond the end of the file."""
+    size = image.segment("PT_DYNAMIC")["p_filesz"]
+    image.set_segment("PT_DYNAMIC", p_offset=len(image.data))
+    return exact(f"{size} bytes at file offset {len(image.data)} lie outside the file")
+
+
+@case("gnu")
+def strtab_unmapped(image: Image, packed: Packed) -> str:
+    """DT_STRTAB names an address no PT_LOAD maps from the file."""
+    offset, _, _ = next(e for e in image.dynamic() if e[1] == DT_STRTAB)
+    image.set_entry(offset, DT_STRTAB, 1 << 40)
+    size = image.tag(DT_STRSZ)
+    return exact(f"{size} bytes at address 0x10000000000 are not mapped from the file")
+
+
+@case("gnu")
+def no_symbol_table(image: Image, packed: Packed) -> str:
+    """DT_SYMTAB retagged DT_DEBUG: a hash table's lookup has no symbols to compare."""
+    offset, _, value = next(e for e in image.dynamic() if e[1] == DT_SYMTAB)
+    image.set_entry(offset, DT_DEBUG, value)
+    return exact("no DT_SYMTAB")
+
+
+@case("gnu")
+def symbol_entry_too_small(image: Image, packed: Packed) -> str:
+    """DT_SYMENT 8: entries would overlap; the loader's lookup cannot step through them."""
+    offset, _, _ = next(e for e in image.dynamic() if e[1] == DT_SYMENT)
+    image.set_entry(offset, DT_SYMENT, 8)
+    return exact("DT_SYMENT 8 is smaller than a symbol")
+
+
+@case("gnu")
+def gnu_hash_without_buckets(image: Image, packed: Packed) -> str:
+    """The output's GNU hash table says 0 buckets: no name can be looked up."""
+    table = image.file_offset(image.tag(DT_GNU_HASH))
+    bloom = struct.unpack_from(image.endian + "I", image.data, table + 8)[0]
+    struct.pack_into(image.endian + "I", image.data, table, 0)
+    return exact(f"DT_GNU_HASH with 0 buckets and {bloom} bloom words")
+
+
+@case("sysv")
+def sysv_hash_without_buckets(image: Image, packed: Packed) -> str:
+    """The output's DT_HASH says 0 buckets."""
+    struct.pack_into(image.endian + "I", image.data, image.file_offset(image.tag(DT_HASH)), 0)
+    return exact("DT_HASH with no buckets")
+
+
+@case("sysv")
+def sysv_hash_unmapped(image: Image, packed: Packed) -> str:
+    """DT_HASH names an unmapped address: read when the blob is looked up through it."""
+    offset, _, _ = next(e for e in image.dynamic() if e[1] == DT_HASH)
+    image.set_entry(offset, DT_HASH, 1 << 40)
+    return exact("8 bytes at address 0x10000000000 are not mapped from the file")
+
+
+@case("sysv")
+def sysv_chain_loops(image: Image, packed: Packed) -> str:
+    """The blob's DT_HASH bucket names a symbol whose chain names itself: the lookup gives up
+    after as many steps as there are symbols."""
+    table = image.file_offset(image.tag(DT_HASH))
+    nbucket = struct.unpack_from(image.endian + "I", image.data, table)[0]
+    other = image.symbol_index(image.defined_symbols()[0])
+    struct.pack_into(image.endian + "I", image.data, image.sysv_bucket(LIBRARY_BIN), other)
+    struct.pack_into(image.endian + "I", image.data, table + 4 * (2 + nbucket + other), other)
+    return exact(f"DT_HASH lookup of {LIBRARY_BIN} gives None, not the new blob")
+
+
+@case("gnu")
+def gnu_chain_ends_before_the_blob(image: Image, packed: Packed) -> str:
+    """The blob's GNU chain entry ends its chain with another hash: not found."""
+    table = image.file_offset(image.tag(DT_GNU_HASH))
+    nbuckets, symoffset, bloom_size, _ = struct.unpack_from(image.endian + "4I", image.data, table)
+    chains = table + 16 + bloom_size * 8 + 4 * nbuckets
+    at = chains + 4 * (image.symbol_index(LIBRARY_BIN) - symoffset)
+    struct.pack_into(image.endian + "I", image.data, at, (gnu_hash(LIBRARY_BIN.encode()) ^ 2) | 1)
+    return exact(f"DT_GNU_HASH lookup of {LIBRARY_BIN} gives None, not the new blob")
 
 
 # --- _check_preserved ----------------------------------------------------------------------

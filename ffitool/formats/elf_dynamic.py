@@ -16,29 +16,75 @@ from ffitool.errors import InputError
 from ffitool.formats.elf import ElfFile, program_headers
 
 _SHN_UNDEF = 0
-_DT = {
-    "DT_NULL": 0,
-    "DT_NEEDED": 1,
-    "DT_PLTRELSZ": 2,
-    "DT_HASH": 4,
-    "DT_STRTAB": 5,
-    "DT_SYMTAB": 6,
-    "DT_RELA": 7,
-    "DT_RELASZ": 8,
-    "DT_RELAENT": 9,
-    "DT_STRSZ": 10,
-    "DT_SYMENT": 11,
-    "DT_SONAME": 14,
-    "DT_RPATH": 15,
-    "DT_REL": 17,
-    "DT_RELSZ": 18,
-    "DT_RELENT": 19,
-    "DT_PLTREL": 20,
-    "DT_JMPREL": 23,
-    "DT_RUNPATH": 29,
-    "DT_GNU_HASH": 0x6FFFFEF5,
-    "DT_VERSYM": 0x6FFFFFF0,
+
+# Every dynamic tag ffitool knows by name, and whether its d_un is an address (d_ptr) or not
+# (d_val: a size, count, flag or string offset). From the System V gABI's "Dynamic Section"
+# table, glibc's <elf.h> (GNU and Sun extensions) and bionic's (Android's packed relocations).
+# Tags not named here are classified by `is_address_tag`'s rules.
+_TAGS: tuple[tuple[str, int, bool], ...] = (
+    ("DT_NULL", 0, False), ("DT_NEEDED", 1, False), ("DT_PLTRELSZ", 2, False),
+    ("DT_PLTGOT", 3, True), ("DT_HASH", 4, True), ("DT_STRTAB", 5, True),
+    ("DT_SYMTAB", 6, True), ("DT_RELA", 7, True), ("DT_RELASZ", 8, False),
+    ("DT_RELAENT", 9, False), ("DT_STRSZ", 10, False), ("DT_SYMENT", 11, False),
+    ("DT_INIT", 12, True), ("DT_FINI", 13, True), ("DT_SONAME", 14, False),
+    ("DT_RPATH", 15, False), ("DT_SYMBOLIC", 16, False), ("DT_REL", 17, True),
+    ("DT_RELSZ", 18, False), ("DT_RELENT", 19, False), ("DT_PLTREL", 20, False),
+    ("DT_DEBUG", 21, True), ("DT_TEXTREL", 22, False), ("DT_JMPREL", 23, True),
+    ("DT_BIND_NOW", 24, False), ("DT_INIT_ARRAY", 25, True), ("DT_FINI_ARRAY", 26, True),
+    ("DT_INIT_ARRAYSZ", 27, False), ("DT_FINI_ARRAYSZ", 28, False), ("DT_RUNPATH", 29, False),
+    ("DT_FLAGS", 30, False), ("DT_PREINIT_ARRAY", 32, True), ("DT_PREINIT_ARRAYSZ", 33, False),
+    ("DT_SYMTAB_SHNDX", 34, True), ("DT_RELRSZ", 35, False), ("DT_RELR", 36, True),
+    ("DT_RELRENT", 37, False),
+    # Android: DT_LOOS + 2..5, addresses at odd numbers against the encoding rule.
+    ("DT_ANDROID_REL", 0x6000000F, True), ("DT_ANDROID_RELSZ", 0x60000010, False),
+    ("DT_ANDROID_RELA", 0x60000011, True), ("DT_ANDROID_RELASZ", 0x60000012, False),
+    ("DT_GNU_HASH", 0x6FFFFEF5, True),
+    ("DT_VERSYM", 0x6FFFFFF0, True), ("DT_RELACOUNT", 0x6FFFFFF9, False),
+    ("DT_RELCOUNT", 0x6FFFFFFA, False),  # a count at an even number, against the rule
+    ("DT_FLAGS_1", 0x6FFFFFFB, False), ("DT_VERDEF", 0x6FFFFFFC, True),
+    ("DT_VERDEFNUM", 0x6FFFFFFD, False), ("DT_VERNEED", 0x6FFFFFFE, True),
+    ("DT_VERNEEDNUM", 0x6FFFFFFF, False),
+    # Sun's machine-independent tags in the processor range (string offsets; DT_USED even).
+    ("DT_AUXILIARY", 0x7FFFFFFD, False), ("DT_USED", 0x7FFFFFFE, False),
+    ("DT_FILTER", 0x7FFFFFFF, False),
+)  # fmt: skip
+DT = {name: tag for name, tag, _ in _TAGS}
+"""Dynamic tag numbers by name."""
+_ADDRESS = {tag: address for _, tag, address in _TAGS}
+# Processor-specific tags that break the encoding rule, per e_machine (glibc's and bionic's
+# <elf.h>): on other machines the same numbers mean other things.
+_PROCESSOR_ADDRESS = {
+    "EM_PPC64": {0x70000001: True, 0x70000002: False},  # DT_PPC64_OPD, DT_PPC64_OPDSZ
+    "EM_AARCH64": {0x7000000C: False, 0x7000000D: True},  # DT_AARCH64_MEMTAG_STACK, _GLOBALS
 }
+_DT_ENCODING = 32
+_DT_VALRNGLO, _DT_VALRNGHI = 0x6FFFFD00, 0x6FFFFDFF
+_DT_ADDRRNGLO, _DT_ADDRRNGHI = 0x6FFFFE00, 0x6FFFFEFF
+_DT_LOPROC = 0x70000000
+
+
+def is_address_tag(tag: int, machine: str) -> bool:
+    """Whether the value of a dynamic entry with `tag` is an address in the image (d_ptr).
+
+    An address names bytes that must stay where it says (or be re-pointed with them); any
+    other value is a size, count, flag or string offset, whatever number it happens to be.
+    Named tags answer from the table above. Otherwise, by the gABI's rules: below DT_ENCODING
+    a tag the table lacks is reserved and holds no address; glibc's DT_VALRNGLO..DT_VALRNGHI
+    are values and DT_ADDRRNGLO..DT_ADDRRNGHI addresses; every other tag, including the OS-
+    and processor-specific ranges, follows the encoding rule: even numbers are addresses,
+    odd numbers values. `machine` (pyelftools' e_machine name) selects the processor-specific
+    tags known to break the rule.
+    """
+    if tag in _ADDRESS:
+        return _ADDRESS[tag]
+    if tag < _DT_ENCODING:
+        return False
+    if _DT_VALRNGLO <= tag <= _DT_VALRNGHI:
+        return False
+    if _DT_ADDRRNGLO <= tag <= _DT_ADDRRNGHI:
+        return True
+    known = _PROCESSOR_ADDRESS.get(machine, {}).get(tag) if tag >= _DT_LOPROC else None
+    return tag % 2 == 0 if known is None else known
 
 
 @dataclass(frozen=True)
@@ -95,7 +141,11 @@ class DynamicView:
         return tuple(self._reader.tags)
 
     def relocation_tables(self) -> list[tuple[int, int, int]]:
-        """(address, size, entry size) of the DT_RELA, DT_REL and DT_JMPREL tables."""
+        """(address, size, entry size) of the DT_RELA, DT_REL and DT_JMPREL tables.
+
+        DynamicError for an entry size other than the ABI's, which ld.so would not load either
+        (and which no decoder could step through).
+        """
         reader = self._reader
         word = reader.elf.elfclass // 8
         found = []
@@ -103,12 +153,15 @@ class DynamicView:
             ("DT_RELA", "DT_RELASZ", "DT_RELAENT", 3 * word),
             ("DT_REL", "DT_RELSZ", "DT_RELENT", 2 * word),
         ):
+            step = reader.first(entry)
+            if step is not None and step != default:
+                raise DynamicError(f"{entry} is {step}, not {default}")
             address = reader.first(table)
             if address is not None:
-                found.append((address, reader.first(size) or 0, reader.first(entry) or default))
+                found.append((address, reader.first(size) or 0, default))
         plt = reader.first("DT_JMPREL")
         if plt is not None:
-            kind = 3 if reader.first("DT_PLTREL") == _DT["DT_RELA"] else 2
+            kind = 3 if reader.first("DT_PLTREL") == DT["DT_RELA"] else 2
             found.append((plt, reader.first("DT_PLTRELSZ") or 0, kind * word))
         return found
 
@@ -116,12 +169,12 @@ class DynamicView:
         """Bytes of the loaded image at `address`, read through the PT_LOAD mapping them."""
         return self._reader.memory(address, length)
 
-    def raw_table(self, tag: str, entry_size: int) -> bytes:
-        """The bytes of DT_SYMTAB or DT_VERSYM, as many entries as the hash tables count."""
+    def raw_table(self, tag: str, entry_size: int, count: int) -> bytes:
+        """The bytes of `count` entries of DT_SYMTAB or DT_VERSYM."""
         address = self._reader.first(tag)
         if address is None:
             return b""
-        return self._reader.memory(address, entry_size * self._reader.symbol_count())
+        return self._reader.memory(address, entry_size * count)
 
     @property
     def symbol_count(self) -> int:
@@ -161,7 +214,7 @@ def read_dynamic(stream: BinaryIO, size: int) -> DynamicView:
     reader = _LoaderReader(stream, size)
     tags = reader.tags
     return DynamicView(
-        needed=tuple(reader.string(v) for t, v in tags if t == _DT["DT_NEEDED"]),
+        needed=tuple(reader.string(v) for t, v in tags if t == DT["DT_NEEDED"]),
         soname=reader.first_string("DT_SONAME"),
         rpath=reader.first_string("DT_RPATH"),
         runpath=reader.first_string("DT_RUNPATH"),
@@ -276,7 +329,7 @@ class _LoaderReader:
         tags = []
         for offset in range(0, len(raw) - entry.size + 1, entry.size):
             tag, value = entry.unpack_from(raw, offset)
-            if tag == _DT["DT_NULL"]:
+            if tag == DT["DT_NULL"]:
                 break
             tags.append((tag, value))
         self.tags = tags
@@ -291,7 +344,7 @@ class _LoaderReader:
         self.hash_word = sysv_entry_format(self.elf, head)
 
     def first(self, name: str) -> int | None:
-        return next((v for t, v in self.tags if t == _DT[name]), None)
+        return next((v for t, v in self.tags if t == DT[name]), None)
 
     def first_string(self, name: str) -> str | None:
         value = self.first(name)

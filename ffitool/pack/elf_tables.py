@@ -11,12 +11,23 @@ from __future__ import annotations
 
 import sys
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ffitool.errors import InputError
 from ffitool.formats.elf_dynamic import gnu_hash, sysv_hash
 
 NATIVE_LITTLE = sys.byteorder == "little"
+_CHUNK = 1 << 20
+
+
+def entry_chunks(size: int, entry_size: int) -> Iterator[tuple[int, int]]:
+    """(offset, length) of the whole `entry_size`-byte entries of a `size`-byte table, about
+    1 MiB at a time: relocation and symbol tables are walked in bounded memory."""
+    step = max(1, _CHUNK // entry_size) * entry_size
+    whole = size - size % entry_size
+    for start in range(0, whole, step):
+        yield start, min(step, whole - start)
 
 
 def _words(data: bytes | memoryview, code: str, little: bool) -> array:
@@ -58,24 +69,35 @@ class GnuHashTable:
 
     @classmethod
     def parse(cls, data: bytes, count: int, bits: int, little: bool, where: str) -> GnuHashTable:
-        """Read a table covering `count` symbols; InputError if it cannot be one."""
+        """Read a table covering `count` symbols; InputError if it cannot be one.
+
+        A table whose buckets are all empty hashes no symbol, whatever its symoffset says (bfd
+        writes 1 for a library that exports nothing): it is read as hashing none of the
+        `count` symbols, so that the blob symbol goes last and nothing is renumbered.
+        """
         if len(data) < 16:
             raise InputError(f"{where}: DT_GNU_HASH is truncated")
         nbuckets, symoffset, bloom_size, bloom_shift = _words(data[:16], "I", little)
         word = bits // 8
-        chains_at = 16 + bloom_size * word + nbuckets * 4
+        buckets_at = 16 + bloom_size * word
         if not nbuckets or not bloom_size or not 1 <= symoffset <= count:
             raise InputError(
                 f"{where}: DT_GNU_HASH with {nbuckets} buckets, {bloom_size} bloom words and"
                 f" symoffset {symoffset} for {count} symbols"
             )
+        if len(data) < buckets_at + nbuckets * 4:
+            raise InputError(f"{where}: DT_GNU_HASH is shorter than its {nbuckets} buckets")
+        buckets = _words(data[buckets_at : buckets_at + nbuckets * 4], "I", little)
+        if not any(buckets):
+            symoffset = count
+        chains_at = buckets_at + nbuckets * 4
         if len(data) < chains_at + (count - symoffset) * 4:
             raise InputError(f"{where}: DT_GNU_HASH is shorter than its {count} symbols need")
         table = cls(
             symoffset=symoffset,
             bloom_shift=bloom_shift,
-            bloom=_words(data[16 : 16 + bloom_size * word], "Q" if bits == 64 else "I", little),
-            buckets=_words(data[16 + bloom_size * word : chains_at], "I", little),
+            bloom=_words(data[16:buckets_at], "Q" if bits == 64 else "I", little),
+            buckets=buckets,
             chains=_words(data[chains_at : chains_at + (count - symoffset) * 4], "I", little),
             bloom_bits=bits,
             little=little,
@@ -85,10 +107,20 @@ class GnuHashTable:
         return table
 
     @staticmethod
-    def size(data: bytes, count: int, bits: int, little: bool) -> int:
-        """Bytes a table of `count` symbols occupies, from its header."""
-        nbuckets, symoffset, bloom_size, _ = _words(data[:16], "I", little)
-        return 16 + bloom_size * bits // 8 + nbuckets * 4 + max(count - symoffset, 0) * 4
+    def front_size(head: bytes, bits: int, little: bool) -> int:
+        """Bytes of the header, bloom filter and buckets, from the 16-byte header."""
+        nbuckets, _, bloom_size, _ = _words(head[:16], "I", little)
+        return 16 + bloom_size * bits // 8 + nbuckets * 4
+
+    @staticmethod
+    def size(front: bytes, count: int, bits: int, little: bool) -> int:
+        """Bytes a table of `count` symbols occupies, from its header, bloom and buckets.
+
+        No chains when every bucket is empty (see `parse`).
+        """
+        nbuckets, symoffset, _, _ = _words(front[:16], "I", little)
+        buckets = _words(front[len(front) - nbuckets * 4 :], "I", little)
+        return len(front) + (max(count - symoffset, 0) * 4 if any(buckets) else 0)
 
     def lookup(self, name: bytes, name_of) -> int | None:
         """Index of the symbol called `name`, as the loader finds it (name_of: index -> bytes)."""
@@ -219,3 +251,11 @@ def renumbered_relocations(
         if words[number] >> width >= position:
             words[number] += 1 << width
     return _raw(words, little)
+
+
+def relocation_symbol_end(raw: bytes, entry_size: int, bits: int, little: bool) -> int:
+    """One past the largest r_info symbol index of the REL/RELA entries in `raw` (0: none)."""
+    words = _words(raw, "Q" if bits == 64 else "I", little)
+    width = 32 if bits == 64 else 8
+    top = max(words[1 :: entry_size // (bits // 8)], default=None)
+    return 0 if top is None else (top >> width) + 1

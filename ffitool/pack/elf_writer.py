@@ -34,6 +34,9 @@ from elftools.construct.lib import Container
 from ffitool.errors import InputError
 from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
 from ffitool.formats.elf_dynamic import (
+    DT,
+    DynamicError,
+    is_address_tag,
     read_dynamic,
     sysv_entry_format,
     unmapped_segments,
@@ -43,6 +46,8 @@ from ffitool.pack.elf_tables import (
     NATIVE_LITTLE,
     GnuHashTable,
     SysvHashTable,
+    entry_chunks,
+    relocation_symbol_end,
     renumbered_relocations,
 )
 from ffitool.pack.plan import PayloadSource, align
@@ -52,22 +57,21 @@ from ffitool.symbols import LIBRARY_BIN
 BLOB_SECTION = ".tvm_ffi_blob"
 _BLOB_ALIGN = 16
 _MIN_PAGE = 0x1000
-_RELOCATION_CHUNK = 1 << 20
 _NAME = LIBRARY_BIN.encode()
 
-_DT_NULL = 0
-_DT_HASH = 4
-_DT_STRTAB = 5
-_DT_SYMTAB = 6
-_DT_STRSZ = 10
-_DT_SYMENT = 11
-_DT_SYMTAB_SHNDX = 34
-_DT_ANDROID_REL = 0x6000000F
-_DT_ANDROID_RELA = 0x60000011
-_DT_GNU_HASH = 0x6FFFFEF5
-_DT_VERSYM = 0x6FFFFFF0
-_DT_VERDEF = 0x6FFFFFFC
-_DT_VERNEED = 0x6FFFFFFE
+_DT_NULL = DT["DT_NULL"]
+_DT_HASH = DT["DT_HASH"]
+_DT_STRTAB = DT["DT_STRTAB"]
+_DT_SYMTAB = DT["DT_SYMTAB"]
+_DT_STRSZ = DT["DT_STRSZ"]
+_DT_SYMENT = DT["DT_SYMENT"]
+_DT_SYMTAB_SHNDX = DT["DT_SYMTAB_SHNDX"]
+_DT_ANDROID_REL = DT["DT_ANDROID_REL"]
+_DT_ANDROID_RELA = DT["DT_ANDROID_RELA"]
+_DT_GNU_HASH = DT["DT_GNU_HASH"]
+_DT_VERSYM = DT["DT_VERSYM"]
+_DT_VERDEF = DT["DT_VERDEF"]
+_DT_VERNEED = DT["DT_VERNEED"]
 # Tables the loader finds only through these tags: they may move, with the tag re-pointed.
 _MOVABLE_TAGS = (
     _DT_SYMTAB,
@@ -273,7 +277,9 @@ class _SymbolTables:
         where = host.display
         if gnu is not None:
             head = self._memory(gnu, 16, "DT_GNU_HASH")
-            length = GnuHashTable.size(head, self.count, host.bits, host.little)
+            front = GnuHashTable.front_size(head, host.bits, host.little)
+            front_bytes = self._memory(gnu, front, "DT_GNU_HASH")
+            length = GnuHashTable.size(front_bytes, self.count, host.bits, host.little)
             table = self._add(_DT_GNU_HASH, gnu, length, host.section_at(gnu, ("SHT_GNU_HASH",)))
             self.gnu = GnuHashTable.parse(table.data, self.count, host.bits, host.little, where)
         sysv = host.tag(_DT_HASH)
@@ -405,12 +411,34 @@ def plan_edit(handle: BinaryIO, size: int, display: str, blob_size: int) -> ElfE
     """Decide the whole edit that gives the library a `blob_size`-byte blob."""
     host = _Host(handle, size, display)
     tables = _SymbolTables(host)
+    try:  # checked before anything is planned: the verifier reads them whatever the edit
+        relocations = read_dynamic(handle, size).relocation_tables()
+    except DynamicError as exc:
+        host.fail(str(exc))
+    _check_relocated_symbols(host, tables.count, relocations)
     existing = tables.find_defined()
     if existing is not None:
         reused = _reuse_own_segment(host, tables, existing, blob_size)
         if reused is not None:
             return reused
-    return _append_segment(host, tables, existing, blob_size)
+    return _append_segment(host, tables, existing, blob_size, relocations)
+
+
+def _check_relocated_symbols(
+    host: _Host, count: int, relocations: list[tuple[int, int, int]]
+) -> None:
+    """Refuse a relocation that names a symbol past the end of `.dynsym`: what it names is
+    not a symbol, and renumbering could not keep it what it is."""
+    for address, size, entry in relocations:
+        at = host.file_offset(address, size, "relocations")
+        for start, length in entry_chunks(size, entry):
+            raw = host.read(at + start, length)
+            end = relocation_symbol_end(raw, entry, host.bits, host.little)
+            if end > count:
+                host.fail(
+                    f"a relocation at {address + start:#x} or after names symbol {end - 1},"
+                    f" past the {count} entries of .dynsym"
+                )
 
 
 def _blob_section(host: _Host) -> int | None:
@@ -480,7 +508,11 @@ def _reuse_own_segment(
 
 
 def _append_segment(
-    host: _Host, tables: _SymbolTables, existing: int | None, blob_size: int
+    host: _Host,
+    tables: _SymbolTables,
+    existing: int | None,
+    blob_size: int,
+    relocations: list[tuple[int, int, int]],
 ) -> ElfEdit:
     """The general case: a new PT_LOAD past everything, holding new tables and the blob."""
     headers = [dict(h) for h in host.sections]
@@ -550,7 +582,7 @@ def _append_segment(
     )  # fmt: skip
     slot.place(phdrs, segment)
     if existing is None and index < tables.count:  # symbols from `index` on moved up by one
-        edit.relocations = _relocation_tables(host)
+        edit.relocations = _relocation_tables(host, relocations)
         edit.inserted_at = index
     if added is not None:
         _insert_section(headers, added, blob_header)
@@ -586,9 +618,8 @@ def _names_sections_from(host: _Host, offset: int, length: int, position: int) -
     """Whether a symbol table has an entry whose st_shndx is `position` or a later section."""
     entry = host.symbol_layout.size
     per_entry, at = (12, 3) if host.bits == 64 else (8, 7)  # st_shndx as the n-th u16
-    chunk = (_RELOCATION_CHUNK // entry) * entry
-    for start in range(0, length - length % entry, chunk):
-        words = array("H", host.read(offset + start, min(chunk, length - length % entry - start)))
+    for start, part in entry_chunks(length, entry):
+        words = array("H", host.read(offset + start, part))
         if host.little != NATIVE_LITTLE:
             words.byteswap()
         if any(position <= index < 0xFF00 for index in set(words[at::per_entry])):
@@ -687,15 +718,12 @@ def _blocks_to_move(host: _Host, tables: _SymbolTables, slot: _PhdrSlot) -> list
     return sorted((low, high) for low, high in blocks)
 
 
-# Dynamic tags whose value is an address in the image.
-_ADDRESS_TAGS = (3, 4, 5, 6, 7, 12, 13, 17, 23, 25, 26, 32, 36)
-
-
 def _refuse_tagged_bytes(host: _Host, tables: _SymbolTables, first: int, last: int) -> None:
     """Fail if a dynamic tag other than the re-placed tables' points into [first, last)."""
     handled = {t.tag for t in tables.tables.values()}
+    machine = host.elf["e_machine"]
     for tag, value, _ in host.dynamic:
-        if tag in handled or not (tag in _ADDRESS_TAGS or 0x6FFFFE00 <= tag <= 0x6FFFFFFF):
+        if tag in handled or not is_address_tag(tag, machine):
             continue
         for load in host.loads:
             delta = value - load["p_vaddr"]
@@ -745,13 +773,14 @@ def _retag(host: _Host, tag: int, value: int) -> list[tuple[int, bytes]]:
     return [(at + word.size, word.pack(value)) for t, _, at in host.dynamic if t == tag]
 
 
-def _relocation_tables(host: _Host) -> list[RelocationTable]:
-    """REL/RELA tables whose symbol indices must follow an inserted symbol, overlaps merged."""
+def _relocation_tables(host: _Host, tables: list[tuple[int, int, int]]) -> list[RelocationTable]:
+    """The file ranges of the REL/RELA `tables` (address, size, entry size), overlaps merged:
+    their symbol indices must follow an inserted symbol."""
     if host.tag(_DT_ANDROID_REL) is not None or host.tag(_DT_ANDROID_RELA) is not None:
         host.fail("Android packed relocations are not supported")
     found = [
         (host.file_offset(address, length, "relocations"), length, step)
-        for address, length, step in read_dynamic(host.handle, host.size).relocation_tables()
+        for address, length, step in tables
     ]
     merged: list[list[int]] = []
     for start, length, step in sorted(found):
@@ -821,11 +850,9 @@ def write_edit(
 
 def _shift_relocations(out_fd: int, table: RelocationTable, position: int) -> None:
     """Renumber r_info symbol indices at or past `position`, a bounded chunk at a time."""
-    step = max(1, _RELOCATION_CHUNK // table.entry_size) * table.entry_size
-    whole = table.size - table.size % table.entry_size
-    for start in range(0, whole, step):
+    for start, length in entry_chunks(table.size, table.entry_size):
         at = table.file_offset + start
-        raw = os.pread(out_fd, min(step, whole - start), at)
+        raw = os.pread(out_fd, length, at)
         new = renumbered_relocations(raw, table.entry_size, table.bits, table.little, position)
         if new != raw:
             os.pwrite(out_fd, new, at)

@@ -21,15 +21,25 @@ from __future__ import annotations
 import os
 import struct
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
 from ffitool.errors import InputError
 from ffitool.findings import Severity
 from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
-from ffitool.formats.elf_dynamic import DynamicView, read_dynamic, unmapped_segments
+from ffitool.formats.elf_dynamic import (
+    DynamicError,
+    DynamicView,
+    read_dynamic,
+    unmapped_segments,
+)
 from ffitool.library import Library, inspect_path
-from ffitool.pack.elf_tables import renumbered_relocations
+from ffitool.pack.elf_tables import (
+    entry_chunks,
+    relocation_symbol_end,
+    renumbered_relocations,
+)
 from ffitool.pack.elf_writer import BLOB_SECTION, RETAGGED, Placement
 from ffitool.pack.plan import PayloadSource, Plan
 from ffitool.pack.stream import same_bytes
@@ -39,7 +49,6 @@ _MIN_PAGE = 0x1000
 _LOOKUP_SAMPLE = 256
 _SHF_ALLOC = 0x2
 _SHF_TLS = 0x400
-_CHUNK = 1 << 20
 # Sections the writer may re-place: their new copies are checked by content or meaning.
 _REPLACEABLE = (
     "SHT_DYNSYM", "SHT_STRTAB", "SHT_GNU_HASH", "SHT_HASH", "SHT_GNU_versym",
@@ -60,16 +69,24 @@ def verify(staging: Path, original: Path, plan: Plan, placement: Placement) -> N
     (library,) = inspect_path(staging, digests=False).libraries  # bytes are compared below
     check_blob(library, staging, plan, placement.file_offset)
     with open(original, "rb") as old, open(staging, "rb") as new:
-        before = read_dynamic(old, os.fstat(old.fileno()).st_size)
-        after = read_dynamic(new, os.fstat(new.fileno()).st_size)
-        _check_lookup(after, placement)
-        index = _check_preserved(before, after, placement)
-        grown = after.symbol_count != before.symbol_count
-        _check_relocations(before, after, index if grown else None)
+        try:
+            _check_dynamic(old, new, placement)
+        except DynamicError as exc:  # the writer read the input this way: the output is wrong
+            fail(str(exc))
         old_file, new_file = _Headers(old), _Headers(new)
     _check_segments(old_file, new_file, original, staging)
     _check_sections(old_file, new_file, original, staging)
     _check_layout(old_file, new_file)
+
+
+def _check_dynamic(old: BinaryIO, new: BinaryIO, placement: Placement) -> None:
+    """What the loader reads, through the dynamic segments of both files."""
+    before = read_dynamic(old, os.fstat(old.fileno()).st_size)
+    after = read_dynamic(new, os.fstat(new.fileno()).st_size)
+    _check_lookup(after, placement)
+    counts = _symbol_count(before), _symbol_count(after)
+    index = _check_preserved(before, after, counts)
+    _check_relocations(before, after, index if counts[1] != counts[0] else None)
 
 
 def fail(message: str) -> NoReturn:
@@ -130,12 +147,37 @@ def _check_lookup(after: DynamicView, placement: Placement) -> None:
             fail(f"{LIBRARY_BIN} has symbol version {symbol.version:#x}: local or hidden")
 
 
-def _check_preserved(before: DynamicView, after: DynamicView, placement: Placement) -> int:
+def _relocation_chunks(view: DynamicView) -> Iterator[tuple[int, int, int]]:
+    """(address, length, entry size) of the view's relocations, a bounded chunk at a time."""
+    for address, size, entry in view.relocation_tables():
+        for start, length in entry_chunks(size, entry):
+            yield address + start, length, entry
+
+
+def _symbol_count(view: DynamicView) -> int:
+    """Entries of DT_SYMTAB the loader reads: those the hash tables count, and those that
+    relocations name.
+
+    The hash tables alone may count fewer: a GNU hash table never counts the symbols below
+    its symoffset, and bfd's table for a library that exports nothing hashes no symbol and
+    says symoffset 1, while relocations name the undefined symbols past it.
+    """
+    bits = 8 * struct.calcsize(view.word_format)
+    little = view.endian == "<"
+    count = view.symbol_count
+    for address, length, entry in _relocation_chunks(view):
+        raw = view.memory(address, length)
+        count = max(count, relocation_symbol_end(raw, entry, bits, little))
+    return count
+
+
+def _check_preserved(before: DynamicView, after: DynamicView, counts: tuple[int, int]) -> int:
     """Dynamic entries and symbols: the original's, plus the blob symbol, nothing else.
 
-    Checked on the raw tables: `.dynsym` and `.gnu.version` must be the original's with one
-    entry inserted (or the old blob entry re-pointed), and `.dynstr` must start with the
-    original's, so every old entry names the same string. Returns the blob entry's index.
+    Checked on the raw tables, `counts` entries long (before, after): `.dynsym` and
+    `.gnu.version` must be the original's with one entry inserted (or the old blob entry
+    re-pointed), and `.dynstr` must start with the original's, so every old entry names the
+    same string. Returns the blob entry's index.
     """
     for label in ("needed", "soname", "rpath", "runpath"):
         if getattr(before, label) != getattr(after, label):
@@ -154,7 +196,7 @@ def _check_preserved(before: DynamicView, after: DynamicView, placement: Placeme
     found = after.lookup_gnu(LIBRARY_BIN) if after.has_gnu_hash else after.lookup_sysv(LIBRARY_BIN)
     index = 0 if found is None else found.index
     for tag, size in (("DT_SYMTAB", before.symbol_entry_size), ("DT_VERSYM", 2)):
-        old, new = before.raw_table(tag, size), after.raw_table(tag, size)
+        old, new = before.raw_table(tag, size, counts[0]), after.raw_table(tag, size, counts[1])
         if len(new) == len(old) + size:
             new = new[: index * size] + new[(index + 1) * size :]
         elif len(new) == len(old):  # re-pointed: the old blob entry may differ
@@ -169,7 +211,7 @@ def _check_preserved(before: DynamicView, after: DynamicView, placement: Placeme
     lookup_after = after.lookup_gnu if after.has_gnu_hash else after.lookup_sysv
     # The tables are equal; the hash tables, walked in Python, are probed with an evenly
     # spread sample of the defined symbols: a stale or misbuilt table fails nearly all.
-    count = before.symbol_count
+    count = counts[0]
     for number in range(1, count, max(1, count // _LOOKUP_SAMPLE)):
         raw, symbol = before.symbol(number)
         name = raw.decode("utf-8", "surrogateescape")
@@ -191,20 +233,15 @@ def _check_relocations(before: DynamicView, after: DynamicView, inserted: int | 
     inserted), a relocation's symbol index must be the original's, plus one from there on.
     """
     # The same tables in the output: _check_preserved found their DT_* entries unchanged.
-    old_tables = before.relocation_tables()
     bits = 8 * struct.calcsize(before.word_format)
     little = before.endian == "<"
-    for address, size, entry in old_tables:
-        step = max(1, _CHUNK // entry) * entry
-        whole = size - size % entry
-        for start in range(0, whole, step):
-            length = min(step, whole - start)
-            was = before.memory(address + start, length)
-            now = after.memory(address + start, length)
-            if inserted is not None:
-                was = renumbered_relocations(was, entry, bits, little, inserted)
-            if was != now:
-                fail(f"a relocation in [{address + start:#x}, +{length:#x}) changed")
+    for address, length, entry in _relocation_chunks(before):
+        was = before.memory(address, length)
+        now = after.memory(address, length)
+        if inserted is not None:
+            was = renumbered_relocations(was, entry, bits, little, inserted)
+        if was != now:
+            fail(f"a relocation in [{address:#x}, +{length:#x}) changed")
 
 
 def _section_map(before: _Headers, after: _Headers) -> list[int]:
@@ -252,13 +289,15 @@ def _check_sections(before: _Headers, after: _Headers, original: Path, staging: 
             fail(f"section {name} has different bytes")
 
 
-def _check_segments(before: _Headers, after: _Headers, original: Path, staging: Path) -> None:
-    """The input's program headers, plus one PT_LOAD (or one grown, when repacking)."""
+def _pair_segments(before: _Headers, after: _Headers) -> tuple[list[dict], list[dict]]:
+    """(input headers not found unchanged in the output, output headers left to match them).
+
+    PT_PHDR is never matched as it was: it must describe the table, which may have grown.
+    """
 
     def key(phdr) -> tuple:
         return tuple(sorted(phdr.items()))
 
-    # PT_PHDR is never matched as it was: it must describe the table, which may have grown.
     kept = Counter(key(p) for p in after.phdrs if p["p_type"] != "PT_PHDR")
     changed = []
     for phdr in before.phdrs:
@@ -273,8 +312,12 @@ def _check_segments(before: _Headers, after: _Headers, original: Path, staging: 
         elif kept[key(phdr)]:
             kept[key(phdr)] -= 1
             new.append(phdr)
-    grown = (len(after.phdrs) - len(before.phdrs)) * before.phentsize
-    loads = [p for p in before.phdrs if p["p_type"] == "PT_LOAD"]
+    return changed, new
+
+
+def _check_segments(before: _Headers, after: _Headers, original: Path, staging: Path) -> None:
+    """The input's program headers, plus one PT_LOAD (or one grown, when repacking)."""
+    changed, new = _pair_segments(before, after)
     for phdr in changed:
         kind = phdr["p_type"]
         twins = [p for p in new if p["p_type"] == kind]
@@ -282,33 +325,44 @@ def _check_segments(before: _Headers, after: _Headers, original: Path, staging: 
             continue
         if not twins:
             fail(f"program header {kind} at {phdr['p_vaddr']:#x} was lost")
-        twin = twins[0]
-        new.remove(twin)
-        if kind == "PT_PHDR":
-            if (twin["p_filesz"], twin["p_memsz"]) != (
-                phdr["p_filesz"] + grown,
-                phdr["p_memsz"] + grown,
-            ) or (twin["p_offset"], twin["p_vaddr"]) != (phdr["p_offset"], phdr["p_vaddr"]):
-                fail("PT_PHDR does not describe the grown program header table")
-        elif kind == "PT_LOAD":  # only the last one, in size, when a repack reuses it
-            fixed = ("p_offset", "p_vaddr", "p_paddr", "p_flags", "p_align")
-            reused = len(loads) == sum(p["p_type"] == "PT_LOAD" for p in after.phdrs)
-            last = phdr is max(loads, key=lambda p: p["p_vaddr"])
-            if not (reused and last) or any(twin[k] != phdr[k] for k in fixed):
-                fail(f"PT_LOAD at {phdr['p_vaddr']:#x} changed")
-        elif kind in _MOVABLE_SEGMENTS:
-            source = PayloadSource(str(original), phdr["p_offset"], phdr["p_filesz"])
-            if twin["p_filesz"] != phdr["p_filesz"] or not same_bytes(
-                source, str(staging), twin["p_offset"]
-            ):
-                fail(f"{kind} does not hold the bytes it held")
-        else:
-            fail(f"program header {kind} at {phdr['p_vaddr']:#x} changed")
+        new.remove(twins[0])
+        _check_changed_segment(before, after, phdr, twins[0], (original, staging))
     if [p["p_type"] for p in new] not in ([], ["PT_LOAD"]):
         fail(f"program headers added: {[p['p_type'] for p in new]}")
     for phdr in new:
         if phdr["p_flags"] & 0x3:
             fail("the new PT_LOAD is writable or executable")
+
+
+def _check_changed_segment(
+    before: _Headers, after: _Headers, phdr: dict, twin: dict, files: tuple[Path, Path]
+) -> None:
+    """An input program header that changed, against its output twin: only PT_PHDR (grown
+    with the table), the last PT_LOAD (grown by a repack) and moved notes may differ."""
+    kind = phdr["p_type"]
+    if kind == "PT_PHDR":
+        grown = (len(after.phdrs) - len(before.phdrs)) * before.phentsize
+        if (twin["p_filesz"], twin["p_memsz"]) != (
+            phdr["p_filesz"] + grown,
+            phdr["p_memsz"] + grown,
+        ) or (twin["p_offset"], twin["p_vaddr"]) != (phdr["p_offset"], phdr["p_vaddr"]):
+            fail("PT_PHDR does not describe the grown program header table")
+    elif kind == "PT_LOAD":  # only the last one, in size, when a repack reuses it
+        loads = [p for p in before.phdrs if p["p_type"] == "PT_LOAD"]
+        fixed = ("p_offset", "p_vaddr", "p_paddr", "p_flags", "p_align")
+        reused = len(loads) == sum(p["p_type"] == "PT_LOAD" for p in after.phdrs)
+        last = phdr is max(loads, key=lambda p: p["p_vaddr"])
+        if not (reused and last) or any(twin[k] != phdr[k] for k in fixed):
+            fail(f"PT_LOAD at {phdr['p_vaddr']:#x} changed")
+    elif kind in _MOVABLE_SEGMENTS:
+        original, staging = files
+        source = PayloadSource(str(original), phdr["p_offset"], phdr["p_filesz"])
+        if twin["p_filesz"] != phdr["p_filesz"] or not same_bytes(
+            source, str(staging), twin["p_offset"]
+        ):
+            fail(f"{kind} does not hold the bytes it held")
+    else:
+        fail(f"program header {kind} at {phdr['p_vaddr']:#x} changed")
 
 
 def _violations(headers: _Headers) -> set[str]:
