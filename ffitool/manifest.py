@@ -20,10 +20,11 @@ from pathlib import Path
 
 from ffitool.blob import LIB_KIND, UNKEEPABLE, unreachable_from
 from ffitool.errors import InputError, UsageError
-from ffitool.findings import listed, printable
+from ffitool.findings import listed, printable, unsurrogated
 from ffitool.library import LibraryBin, file_sha256, inspect_open, open_regular_file
 from ffitool.pack.plan import ExistingModule, PayloadSource, file_identity
 from ffitool.pack.stream import InputFile, copy_payload, open_input
+from ffitool.report import with_exact_bytes
 from ffitool.symbols import LIBRARY_BIN
 
 MANIFEST_SCHEMA = "ffitool.manifest/1"
@@ -92,7 +93,7 @@ def extract(
                 name, source = payloads[module.index]
                 writer.create(name, lambda fd, source=source: copy_payload(source, fd, 0))
                 entry.update(file=name, size=module.size, sha256=module.sha256)
-            entries.append(entry)
+            entries.append(_exact_kind(entry))
         document = {"schema": MANIFEST_SCHEMA, "source": str(library), "modules": entries}
         text = (json.dumps(document, indent=2) + "\n").encode()
         writer.create(MANIFEST_NAME, lambda fd: _write_all(fd, text))
@@ -280,9 +281,10 @@ MANIFEST_MAX_DEPTH = 16
 """A manifest nests 4 levels (document, modules, module, imports); anything far deeper is not
 one, and refusing it up front keeps the JSON parser from recursing without bound."""
 _MANIFEST_KEYS = frozenset({"schema", "source", "modules"})
-_MODULE_KEYS = frozenset({"index", "kind", "imports", "file", "size", "sha256"})
+_MODULE_KEYS = frozenset({"index", "kind", "kind_hex", "imports", "file", "size", "sha256"})
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_HEX = re.compile(r"(?:[0-9a-f]{2})+")
 
 
 def _load(path: Path, folder_fd: int) -> object:
@@ -354,6 +356,8 @@ def _module(path: Path, folder_fd: int, number: int, entry: object, count: int) 
         raise InputError(f"{where}: entries must be objects listed in index order")
     _known_keys(where, entry, _MODULE_KEYS)
     kind = _text(where, "kind", entry.get("kind"))
+    if "kind_hex" in entry:
+        kind = _kind_from_hex(where, entry["kind_hex"])
     imports = entry.get("imports", [])
     if not isinstance(imports, list) or not all(_index(i) and 0 <= i < count for i in imports):
         raise InputError(f"{where}: `imports` must list module indices below {count}")
@@ -430,6 +434,24 @@ def _refuse_symlink(dir_fd: int, name: str, shown: str) -> None:
                 f"{shown}: goes through a symbolic link; a manifest names only files"
                 " inside its folder"
             )
+
+
+def _exact_kind(entry: dict[str, object]) -> dict[str, object]:
+    """A kind that is not UTF-8 (B208) is written as JSON output writes it: `kind` escaped
+    (`k\\xff`) and its bytes in `kind_hex`, which the reader takes, so that `extract` then
+    `pack --manifest` keeps the exact bytes."""
+    exact = with_exact_bytes(entry, "kind")
+    if exact is not entry:
+        exact["kind"] = unsurrogated(str(exact["kind"]))
+    return exact
+
+
+def _kind_from_hex(where: str, value: object) -> str:
+    """The kind whose exact bytes `kind_hex` spells; they become text as the readers keep
+    bytes that are not UTF-8 (surrogateescape)."""
+    if not isinstance(value, str) or not _HEX.fullmatch(value):
+        raise InputError(f"{where}: `kind_hex` must be an even number of lowercase hex digits")
+    return bytes.fromhex(value).decode("utf-8", "surrogateescape")
 
 
 def _file_safe(kind: str) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, ffitool, require, require_tool, require_zig
 
+from ffitool.blob import Blob, Module, encode
 from ffitool.library import inspect_path
 
 ALPHA = b"alpha payload \x00\x01\x02"
@@ -225,6 +226,44 @@ def test_blob_encode_writes_the_original_bytes(tmp_path):
     result = ffitool("blob", "encode", str(directory / "manifest.json"), "-o", str(out))
     assert result.returncode == 0, result.stderr
     assert out.read_bytes() == (FIXTURES / "ffi_c.blob").read_bytes()
+
+
+def test_a_kind_that_is_not_utf8_survives_extract_and_pack(tmp_path):
+    """B208: a kind's bytes that are not UTF-8 go into the manifest as `kind_hex` next to the
+    escaped `kind`, and come back exactly through pack --manifest and blob encode."""
+    blob = encode(Blob((Module("_lib", None, (1,)), Module("k\udcff\udcfe", b"payload"))))
+    source = tmp_path / "odd.c"
+    source.write_text(
+        '__attribute__((visibility("default"))) const unsigned char blob[]'
+        ' __asm__("__tvm_ffi__library_bin") = {' + ",".join(map(str, blob)) + "};\n"
+    )
+    lib = tmp_path / "libodd.so"
+    subprocess.run(
+        [require_tool("gcc"), "-shared", "-o", lib, source], check=True, capture_output=True
+    )
+    directory = tmp_path / "parts"
+    assert ffitool("extract", str(lib), "-d", str(directory)).returncode == 0
+    text = (directory / "manifest.json").read_text()
+    entry = json.loads(text)["modules"][1]
+    assert (entry["kind"], entry["kind_hex"]) == ("k\\xff\\xfe", "6bfffe")
+    again = tmp_path / "again.blob"
+    result = ffitool("blob", "encode", str(directory / "manifest.json"), "-o", str(again))
+    assert result.returncode == 0, result.stderr
+    assert again.read_bytes() == blob
+    host = copy_fixture(tmp_path, "libpack_host_gnu.so")
+    pack_ok(str(host), "--manifest", str(directory / "manifest.json"))
+    (library,) = inspect_path(host).libraries
+    assert [m.kind for m in library.library_bin.modules] == ["_lib", "k\udcff\udcfe"]
+    entry["kind_hex"] = "6bff0"
+    (directory / "manifest.json").write_text(
+        json.dumps({**json.loads(text), "modules": [json.loads(text)["modules"][0], entry]})
+    )
+    refused = ffitool("blob", "encode", str(directory / "manifest.json"), "-o", str(again))
+    assert (refused.returncode, refused.stderr) == (
+        3,
+        f"ffitool: error: {directory / 'manifest.json'}: module 1: `kind_hex` must be an even"
+        " number of lowercase hex digits\n",
+    )
 
 
 @pytest.mark.parametrize("system_lib", [False, True])
