@@ -116,7 +116,10 @@ def _open_target(directory: Path) -> tuple[bool, int]:
     """Create `directory` if missing (True) and open it; a symlink in its place is refused."""
     created = False
     try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file stands where a parent directory would go
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)) from None
         with contextlib.suppress(FileExistsError):
             os.mkdir(directory)
             created = True
