@@ -272,28 +272,36 @@ class Names:
         self._what = what
         self._terminator = terminator
         self._left = NAME_EXPANSION * len(strings) + NAME_LIMIT
-        self._raw: dict[int, bytes] = {}
+        self._raw: dict[int, bytes | str] = {}
         self._text: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._strings)
 
     def raw(self, offset: int) -> bytes:
         """The bytes of the name at `offset`, up to its terminator or the end of the table."""
         found = self._raw.get(offset)
-        if found is not None:
-            return found
+        if found is None:
+            found = self._raw[offset] = self._read(offset)
+        if isinstance(found, str):  # refused before: not read again
+            raise self._error(found)
+        return found
+
+    def _read(self, offset: int) -> bytes | str:
+        """The name at `offset`, or why it is refused."""
         strings = self._strings
         end = strings.find(self._terminator, offset, offset + NAME_LIMIT + 1)
         if end == -1:  # the name runs to the end of the table, or past the limit
             end = max(offset, len(strings))
         if end - offset > NAME_LIMIT:
-            raise self._error(f"{self._what} at offset {offset} is longer than {NAME_LIMIT} bytes")
+            return f"{self._what} at offset {offset} is longer than {NAME_LIMIT} bytes"
         self._left -= end - offset
         if self._left < 0:
-            raise self._error(
+            return (
                 f"{len(self._raw) + 1} {self._what}s at distinct offsets spell more than"
                 f" {NAME_EXPANSION} times their {len(strings)}-byte table (overlapping names?)"
             )
-        found = self._raw[offset] = strings[offset:end]
-        return found
+        return strings[offset:end]
 
     def __getitem__(self, offset: int) -> str:
         """The name at `offset` as text, bytes that are not UTF-8 escaped."""
