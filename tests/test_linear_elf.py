@@ -252,21 +252,21 @@ def test_overlapping_symbol_tables_are_refused(tmp_path):
 
 
 def test_system_lib_prefixes_cost_a_trie_walk_not_a_comparison_each(tmp_path):
-    """100k functions and 3,000 system-lib prefixes: before, every function was compared with
-    every prefix (300M comparisons)."""
-    strings, entries = ffi_table(100_000)
-    for k in range(3000):  # undefined: only their prefixes matter here
+    """50k functions and 20,000 system-lib prefixes: before, every function was compared with
+    every prefix (a billion comparisons; 100k x 3,000 took 15 s of CPU, now 2 s)."""
+    strings, entries = ffi_table(50_000)
+    for k in range(20_000):  # undefined: only their prefixes matter here
         entries += symbol(len(strings), 0)
         strings += f"q{k}___tvm_ffi__library_bin".encode() + b"\0"
+    entries += symbol(len(strings), 1, 0x9000, 1)
     strings += b"__tvm_ffi_q7_g\0"
-    entries += symbol(len(strings) - len(b"__tvm_ffi_q7_g\0"), 1, 0x9000, 1)
     path = dynamic_library(strings, entries, tmp_path, "prefixes.so")
     code, out, err, cpu, megabytes = inspect(tmp_path, path)
     assert (code, err) == (0, "")
     functions = only_library(out)["functions"]
-    assert len(functions) == 100_001
-    assert (functions[0]["name"], functions[-1]["prefix"]) == ("f0", "q7_")
-    assert functions[-1]["name"] == "g"
+    assert len(functions) == 50_001
+    assert (functions[0]["name"], functions[0]["prefix"]) == ("f0", "")
+    assert (functions[-1]["name"], functions[-1]["prefix"]) == ("g", "q7_")
     assert cpu < 20 and megabytes < 400, (cpu, megabytes)
 
 
