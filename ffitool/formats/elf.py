@@ -4,6 +4,11 @@ pyelftools parses the structure (headers, sections, segments). Symbol tables are
 without building an object per symbol, with the string-table scan of `formats/strtab.py`
 (windows read through the descriptor, searched with memmem; memory stays bounded whatever
 the table's size, and nothing is mapped).
+
+The work is linear in the file: header counts are checked against the file before any header
+is parsed; each distinct symbol and string table is read once however many headers name it,
+and the distinct ones may not together exceed the file (`_SymbolReader`); each distinct name
+offset is decoded once, at most `NAME_LIMIT` bytes (`strtab.Names`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ window at a time (at most 1 MiB) and searched with the C library's `memmem` (thr
 which skips over mangled names four times faster than `bytes.find` does with a needle ending in
 `_`, their most frequent byte. Nothing is mapped: a mapped page of a file that another process
 truncates raises SIGBUS, where a short read here is an ordinary error.
+
+Names are read through `Names`: once per distinct offset, at most `NAME_LIMIT` bytes each and
+`NAME_EXPANSION` times the table in all, so that what a table's entries spell is bounded by
+the table, not by the number of entries that point into it.
 """
 
 from __future__ import annotations
