@@ -8,18 +8,29 @@ memory used does not grow with the blob.
 
 from __future__ import annotations
 
-import errno
+import gc
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from ffitool import blob as codec
 from ffitool.errors import BlobError, InputError
 from ffitool.findings import Finding
-from ffitool.formats import Image, Slice, Symbol, SymbolTable, Window, archive, read_object
+from ffitool.formats import (
+    Image,
+    Location,
+    Slice,
+    Symbol,
+    SymbolTable,
+    Window,
+    archive,
+    read_object,
+)
 from ffitool.formats.base import ELF_MAGIC
+from ffitool.formats.strtab import read_exactly
 from ffitool.rules import finding
 from ffitool.symbols import Naming, Role, classify
 
@@ -140,13 +151,29 @@ def inspect_open(
     if base:
         stream = Window(handle, base, size, display)  # type: ignore[assignment]
     try:
-        obj = read_object(stream, size, display)
-        data = _BlobBytes(handle, size, base)
-        hasher = stream if digests else None
-        libraries = tuple(_library(image, data, hasher) for image in obj.images)
+        with _no_cycle_collection():
+            obj = read_object(stream, size, display)
+            data = _BlobBytes(handle, size, base)
+            hasher = stream if digests else None
+            libraries = tuple(_library(image, data, hasher) for image in obj.images)
     except OSError as exc:
         raise InputError(f"{display}: read error: {exc.strerror or exc}") from None
     return InspectedFile(display, obj.format, size, libraries, obj.unreadable)
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Reading builds a few objects per FFI symbol and no reference cycles: the cycle
+    collector, which runs after every few hundred allocations and walks every object that
+    survived the last run, finds nothing and costs a third of reading 100k functions.
+    Refcounting still frees what is dropped; collection resumes afterwards."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def open_regular_file(
@@ -199,6 +226,24 @@ class _BlobBytes:
         self._fd = handle.fileno()
         self._size = size
         self._base = base
+        self._decoded: dict[tuple[bool, int, int, bool], _Decoded | tuple[str, int]] = {}
+
+    def decoded(self, location: Location, legacy: bool, handle: BinaryIO | None) -> _Decoded:
+        """The blob at `location`, decoded (and its payloads hashed, given `handle`) once
+        however many symbols alias it: 3,000 system-lib names of one 16 MB blob cost one
+        decode. Raises BlobError when the runtime would reject it."""
+        key = (legacy, location.file_offset, location.available, handle is not None)
+        found = self._decoded.get(key)
+        if found is None:
+            window = self.window(location.file_offset, location.available)
+            try:
+                found = _decode(window, legacy, location.file_offset, handle)
+            except BlobError as exc:
+                found = (exc.what, exc.offset)
+            self._decoded[key] = found
+        if isinstance(found, tuple):
+            raise BlobError(*found)
+        return found
 
     def window(self, offset: int, available: int) -> codec.Buffer | codec.ByteSource:
         """The bytes from `offset` (from `base`) that a blob there may occupy (at most
@@ -207,15 +252,39 @@ class _BlobBytes:
         head = os.pread(self._fd, 8, at)
         wanted = 8 + int.from_bytes(head, "little") if len(head) == 8 else available
         if wanted <= min(available, _READ_LIMIT):
-            return _read_exactly(self._fd, at, wanted)
+            return read_exactly(self._fd, at, wanted)
         return _FileRange(self._fd, at, min(available, self._size - offset))
 
 
-def _read_exactly(fd: int, offset: int, length: int) -> bytes:
-    data = os.pread(fd, length, offset)
-    if len(data) != length:
-        raise OSError(errno.EIO, "the file shrank while it was being read")
-    return data
+@dataclass(frozen=True)
+class _Decoded:
+    """What a blob holds, whichever symbol names it."""
+
+    nbytes: int
+    size: int
+    """Bytes the runtime reads: 8 + nbytes."""
+    modules: tuple[ModuleInfo, ...]
+    findings: tuple[Finding, ...]
+    has_lib: bool
+
+
+def _decode(
+    window: codec.Buffer | codec.ByteSource,
+    legacy: bool,
+    file_offset: int,
+    handle: BinaryIO | None,
+) -> _Decoded:
+    if legacy:
+        old = codec.decode_legacy(window)
+        return _Decoded(old.nbytes, 8 + old.nbytes, _legacy_modules(old), old.findings, True)
+    decoded = codec.decode(window)
+    return _Decoded(
+        decoded.nbytes,
+        decoded.size,
+        _module_infos(decoded, file_offset, handle),
+        decoded.findings,
+        codec.LIB_KIND in decoded.kinds,
+    )
 
 
 class _FileRange:
@@ -230,7 +299,7 @@ class _FileRange:
         return self._length
 
     def read(self, start: int, length: int) -> bytes:
-        return _read_exactly(self._fd, self._offset + start, length)
+        return read_exactly(self._fd, self._offset + start, length)
 
     def span(self, start: int, length: int) -> codec.Span:
         return codec.Span(start, length)
@@ -249,7 +318,8 @@ def _library(image: Image, data: _BlobBytes, handle: BinaryIO | None) -> Library
         (s for s in blobs if not s.naming.prefix), key=lambda s: s.naming.role is Role.LEGACY_BIN
     )
     prefixed = sorted((s for s in blobs if s.naming.prefix), key=lambda s: s.naming.prefix)
-    library_bin = _library_bin(image, plain[0], functions, data, handle) if plain else None
+    prefixes = {f.symbol.naming.prefix for f in functions}
+    library_bin = _library_bin(image, plain[0], prefixes, data, handle) if plain else None
     return Library(
         member=image.member,
         format=image.format,
@@ -262,31 +332,47 @@ def _library(image: Image, data: _BlobBytes, handle: BinaryIO | None) -> Library
         functions=functions,
         symbols=ffi_symbols,
         library_bin=library_bin,
-        system_lib_bins=tuple(_library_bin(image, s, functions, data, handle) for s in prefixed),
+        system_lib_bins=tuple(_library_bin(image, s, prefixes, data, handle) for s in prefixed),
         signature=image.signature,
         slice=image.slice,
     )
 
 
 def _merge_tables(image: Image) -> tuple[FfiSymbol, ...]:
-    """One entry per name: the dynamic-table record wins, with a note that .symtab has it too."""
+    """One entry per name: the dynamic-table record wins, with a note that .symtab has it too.
+
+    The record chosen is the first defined one of the dynamic table, else the first one the
+    loader finds (a format without a dynamic table, Mach-O, marks those), else the first
+    defined one, else the first; one pass over each name's records.
+    """
     namings = classify(s.name for s in image.symbols)
     by_name: dict[str, list[Symbol]] = {}
     for symbol in image.symbols:
         if symbol.name in namings:
             by_name.setdefault(symbol.name, []).append(symbol)
     merged = []
+    static, dynamic = SymbolTable.STATIC, SymbolTable.DYNAMIC
     for name, records in by_name.items():
-        dynamic = [r for r in records if r.table is SymbolTable.DYNAMIC and r.defined]
-        exported = [r for r in records if r.exported]
-        # A format without a dynamic table (Mach-O) marks the record its loader finds.
-        loaded = dynamic or exported
-        chosen = loaded[0] if loaded else next((r for r in records if r.defined), records[0])
-        visible = bool(loaded) and chosen.exported
-        in_symtab = any(r.table is SymbolTable.STATIC for r in records)
+        in_dynamic = exported = defined = None
+        in_symtab = False
+        for record in records:
+            if record.table is static:
+                in_symtab = True
+            elif in_dynamic is None and record.table is dynamic and record.section is not None:
+                in_dynamic = record
+            if exported is None and record.exported:
+                exported = record
+            if defined is None and record.section is not None:
+                defined = record
+        chosen = in_dynamic or exported or defined or records[0]
+        visible = (in_dynamic is not None or exported is not None) and chosen.exported
         merged.append(FfiSymbol(chosen, namings[name], visible, in_symtab))
-    merged.sort(key=lambda s: (s.symbol.address, s.symbol.name))
+    merged.sort(key=_by_address)
     return tuple(merged)
+
+
+def _by_address(ffi: FfiSymbol) -> tuple[int, str]:
+    return ffi.symbol.address, ffi.symbol.name
 
 
 def _functions(symbols: Iterable[FfiSymbol], loadable: bool) -> tuple[Function, ...]:
@@ -296,31 +382,45 @@ def _functions(symbols: Iterable[FfiSymbol], loadable: bool) -> tuple[Function, 
     defined global function (the linker decides later what gets exported).
     """
     pool = [
-        s for s in symbols if s.symbol.defined and (s.dynamic if loadable else s.symbol.external)
+        s
+        for s in symbols
+        if s.symbol.section is not None and (s.dynamic if loadable else s.symbol.external)
     ]
-    helpers = {(s.naming.role, s.naming.name) for s in pool}
-    functions = [
-        Function(
-            s.naming.name,
-            s,
-            (Role.METADATA, s.naming.name) in helpers,
-            (Role.DOC, s.naming.name) in helpers,
-        )
+    helpers = {
+        (s.naming.role, s.naming.name)
         for s in pool
-        if s.naming.role is Role.FUNCTION
-    ]
-    functions.sort(key=lambda f: (f.symbol.naming.prefix, f.name))
+        if s.naming.role is Role.METADATA or s.naming.role is Role.DOC
+    }
+    functions = []
+    if helpers:
+        for s in pool:
+            naming = s.naming
+            if naming.role is Role.FUNCTION:
+                metadata = (Role.METADATA, naming.name) in helpers
+                functions.append(
+                    Function(naming.name, s, metadata, (Role.DOC, naming.name) in helpers)
+                )
+    else:
+        functions = [
+            Function(s.naming.name, s, False, False) for s in pool if s.naming.role is Role.FUNCTION
+        ]
+    functions.sort(key=_by_prefix_and_name)
     return tuple(functions)
+
+
+def _by_prefix_and_name(function: Function) -> tuple[str, str]:
+    return function.symbol.naming.prefix, function.name
 
 
 def _library_bin(
     image: Image,
     chosen: FfiSymbol,
-    functions: tuple[Function, ...],
+    prefixes: set[str],
     data: _BlobBytes,
     handle: BinaryIO | None,
 ) -> LibraryBin:
-    """Locate and decode one blob symbol (plain, legacy or system-lib prefixed)."""
+    """Locate and decode one blob symbol (plain, legacy or system-lib prefixed); `prefixes`
+    are the system-lib prefixes (empty for plain names) under which functions are defined."""
     prefix = chosen.naming.prefix
     findings = _placement_findings(image, chosen)
     location = image.locations.get((chosen.symbol.name, chosen.symbol.table))
@@ -337,26 +437,24 @@ def _library_bin(
                 )
             )
         return LibraryBin(chosen, None, None, layout, (), tuple(findings), prefix)
-    window = data.window(location.file_offset, location.available)
     try:
-        if legacy:
-            decoded_legacy = codec.decode_legacy(window)
-            modules = _legacy_modules(decoded_legacy)
-            findings.extend(decoded_legacy.findings)
-            nbytes = decoded_legacy.nbytes
-        else:
-            decoded = codec.decode(window)
-            nbytes = decoded.nbytes
-            modules = _module_infos(decoded, location.file_offset, handle)
-            findings.extend(decoded.findings)
-            findings.extend(_size_findings(chosen, decoded))
-            own = tuple(f for f in functions if f.symbol.naming.prefix == prefix)
-            findings.extend(_lib_findings(decoded.kinds, own))
+        decoded = data.decoded(location, legacy, handle)
     except BlobError as exc:
         findings.append(finding("B100", exc.what, exc.offset))
         return LibraryBin(chosen, location.file_offset, None, layout, (), tuple(findings), prefix)
+    findings.extend(decoded.findings)
+    if not legacy:
+        findings.extend(_size_findings(chosen, decoded.size))
+        if prefix in prefixes and not decoded.has_lib:
+            findings.append(finding("L105", _NO_LIB_MODULE))
     return LibraryBin(
-        chosen, location.file_offset, nbytes, layout, modules, tuple(findings), prefix
+        chosen,
+        location.file_offset,
+        decoded.nbytes,
+        layout,
+        decoded.modules,
+        tuple(findings),
+        prefix,
     )
 
 
@@ -386,13 +484,13 @@ def _placement_findings(image: Image, chosen: FfiSymbol) -> list[Finding]:
     return found
 
 
-def _size_findings(chosen: FfiSymbol, decoded: codec.DecodedBlob) -> list[Finding]:
+def _size_findings(chosen: FfiSymbol, size: int) -> list[Finding]:
     symbol = chosen.symbol
-    if symbol.size and symbol.size < decoded.size:
+    if symbol.size and symbol.size < size:
         return [
             finding(
                 "L102",
-                f"symbol size {symbol.size} is smaller than the {decoded.size} bytes the blob"
+                f"symbol size {symbol.size} is smaller than the {size} bytes the blob"
                 " occupies (8 + nbytes)",
                 0,
             )
@@ -400,16 +498,10 @@ def _size_findings(chosen: FfiSymbol, decoded: codec.DecodedBlob) -> list[Findin
     return []
 
 
-def _lib_findings(kinds: tuple[str, ...], functions: tuple[Function, ...]) -> list[Finding]:
-    if functions and codec.LIB_KIND not in kinds:
-        return [
-            finding(
-                "L105",
-                "the library exports functions but its blob has no `_lib` module: "
-                "they are unreachable from the loaded module",
-            )
-        ]
-    return []
+_NO_LIB_MODULE = (
+    "the library exports functions but its blob has no `_lib` module: "
+    "they are unreachable from the loaded module"
+)
 
 
 def _module_infos(

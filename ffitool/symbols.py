@@ -53,15 +53,11 @@ def classify(names: Iterable[str]) -> dict[str, Naming]:
     `__tvm_ffi__cubin_X_end` ends cubin X only if `__tvm_ffi__cubin_X` exists.
     """
     unique = set(names)
-    prefixes = sorted(
-        {
-            name[: -len(special)]
-            for name in unique
-            for special in (LIBRARY_BIN, LIBRARY_CTX)
-            if name.endswith(special) and len(name) > len(special)
-        },
-        key=len,
-        reverse=True,
+    prefixes = _Prefixes(
+        name[: -len(special)]
+        for name in unique
+        for special in (LIBRARY_BIN, LIBRARY_CTX)
+        if name.endswith(special) and len(name) > len(special)
     )
     result: dict[str, Naming] = {}
     for name in unique:
@@ -71,15 +67,48 @@ def classify(names: Iterable[str]) -> dict[str, Naming]:
     return result
 
 
-def _classify_one(name: str, names: set[str], prefixes: list[str]) -> Naming | None:
-    fixed = {
-        LIBRARY_BIN: Role.LIBRARY_BIN,
-        LIBRARY_CTX: Role.LIBRARY_CTX,
-        LEGACY_BIN: Role.LEGACY_BIN,
-        LEGACY_CTX: Role.LEGACY_CTX,
-    }
-    if name in fixed:
-        return Naming(fixed[name], name)
+class _Prefixes:
+    """System-lib prefixes in a character trie: the longest one a name starts with is found
+    in as many steps as it has characters, however many prefixes there are (3,000 prefixes
+    and 100k functions are not 300M comparisons)."""
+
+    def __init__(self, prefixes: Iterable[str]) -> None:
+        self._root: dict[str, dict] = {}
+        for prefix in prefixes:
+            node = self._root
+            for character in prefix:
+                node = node.setdefault(character, {})
+            node[""] = {}  # a prefix ends here
+
+    def __bool__(self) -> bool:
+        return bool(self._root)
+
+    def longest(self, rest: str) -> int:
+        """The length of the longest prefix that `rest` starts with and is longer than; 0
+        when there is none (no prefix is empty)."""
+        node, found = self._root, 0
+        for length, character in enumerate(rest):
+            if "" in node:
+                found = length
+            following = node.get(character)
+            if following is None:
+                break
+            node = following
+        return found
+
+
+_FIXED = {
+    LIBRARY_BIN: Role.LIBRARY_BIN,
+    LIBRARY_CTX: Role.LIBRARY_CTX,
+    LEGACY_BIN: Role.LEGACY_BIN,
+    LEGACY_CTX: Role.LEGACY_CTX,
+}
+
+
+def _classify_one(name: str, names: set[str], prefixes: _Prefixes) -> Naming | None:
+    role = _FIXED.get(name)
+    if role is not None:
+        return Naming(role, name)
     for special, role in ((LIBRARY_BIN, Role.LIBRARY_BIN), (LIBRARY_CTX, Role.LIBRARY_CTX)):
         if name.endswith(special):
             prefix = name[: -len(special)]
@@ -98,7 +127,5 @@ def _classify_one(name: str, names: set[str], prefixes: list[str]) -> Naming | N
     rest = name[len(FFI_PREFIX) :]
     if not rest:
         return None
-    for prefix in prefixes:
-        if rest.startswith(prefix) and len(rest) > len(prefix):
-            return Naming(Role.FUNCTION, rest[len(prefix) :], prefix)
-    return Naming(Role.FUNCTION, rest)
+    length = prefixes.longest(rest) if prefixes else 0
+    return Naming(Role.FUNCTION, rest[length:], rest[:length])

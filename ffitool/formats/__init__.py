@@ -87,6 +87,9 @@ def _archive_images(
     images = []
     unreadable = []
     for member in archive.iter_members(stream, size, display_name):
+        if member.error:
+            unreadable.append((member.name, member.error))
+            continue
         stream.seek(member.offset)
         magic = stream.read(4)
         window = Window(stream, member.offset, member.size)

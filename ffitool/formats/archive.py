@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ffitool.errors import InputError
+from ffitool.formats.strtab import NAME_LIMIT, Names
 
 MAGIC = b"!<arch>\n"
 THIN_MAGIC = b"!<thin>\n"
@@ -26,14 +27,26 @@ class Member:
     name: str
     offset: int
     size: int
+    error: str = ""
+    """Why the member cannot be read (its name is damaged), as a one-line message naming the
+    archive and the member; empty when it can."""
+
+
+class _BadName(Exception):
+    """A member's name cannot be read; its extent is known, so the walk goes on."""
 
 
 def iter_members(stream: BinaryIO, file_size: int, display_name: str) -> Iterator[Member]:
-    """Walk the member headers of an archive, skipping symbol and name tables."""
+    """Walk the member headers of an archive, skipping symbol and name tables.
+
+    Each member header is read once and each long name once however many members share it
+    (`strtab.Names`), so the walk costs the archive's size; a member whose name cannot be read
+    is yielded with an error, and the members after it are still read.
+    """
     stream.seek(0)
     if stream.read(len(MAGIC)) != MAGIC:
         raise InputError(f"{display_name}: not an ar archive (thin archives are not supported)")
-    long_names = b""
+    long_names = Names(b"", _BadName, "long member name", b"\n")
     position = len(MAGIC)
     while position + _HEADER_SIZE <= file_size:
         stream.seek(position)
@@ -48,25 +61,36 @@ def iter_members(stream: BinaryIO, file_size: int, display_name: str) -> Iterato
                 f" only {file_size - start} remain"
             )
         raw_name = header[:16].decode("latin-1").rstrip(" ")
-        name, skip = raw_name, 0
         if raw_name == "//":
-            long_names = stream.read(size)
-        elif raw_name.startswith("#1/"):
+            long_names = Names(stream.read(size), _BadName, "long member name", b"\n")
+        skip = 0
+        if raw_name.startswith("#1/"):
             skip = _decimal(raw_name[3:].encode(), display_name, position)
-            if skip > size:
-                raise InputError(f"{display_name}: member name at offset {position} is too long")
-            name = stream.read(skip).rstrip(b"\0").decode("utf-8", "backslashreplace")
-        elif raw_name.startswith("/") and raw_name[1:].isascii() and raw_name[1:].isdigit():
-            index = int(raw_name[1:])
-            end = long_names.find(b"\n", index)
-            if index >= len(long_names) or end == -1:
-                raise InputError(f"{display_name}: bad long member name at offset {position}")
-            name = long_names[index:end].decode("utf-8", "backslashreplace").removesuffix("/")
+        try:
+            name = _name(stream, raw_name, skip, size, long_names)
+        except _BadName as exc:
+            yield Member(raw_name, start, size, f"{display_name}({raw_name}): {exc}")
         else:
-            name = raw_name.removesuffix("/")
-        if raw_name not in _SPECIAL and name not in _SPECIAL:
-            yield Member(name, start + skip, size - skip)
+            if raw_name not in _SPECIAL and name not in _SPECIAL:
+                yield Member(name, start + skip, size - skip)
         position = start + size + (size & 1)
+
+
+def _name(stream: BinaryIO, raw_name: str, skip: int, size: int, long_names: Names) -> str:
+    """A member's name: in its header, after it (BSD `#1/N`), or in the long-name table (GNU
+    `/offset`); the stream is at the member's contents."""
+    if raw_name.startswith("#1/"):
+        if skip > size:
+            raise _BadName(f"its name of {skip} bytes is longer than the member ({size} bytes)")
+        if skip > NAME_LIMIT:
+            raise _BadName(f"its name of {skip} bytes is longer than {NAME_LIMIT} bytes")
+        return stream.read(skip).rstrip(b"\0").decode("utf-8", "backslashreplace")
+    if raw_name.startswith("/") and raw_name[1:].isascii() and raw_name[1:].isdigit():
+        index = int(raw_name[1:])
+        if index >= len(long_names):
+            raise _BadName(f"long name offset {index} is past the long-name table")
+        return long_names[index].removesuffix("/")
+    return raw_name.removesuffix("/")
 
 
 def _decimal(field: bytes, display_name: str, position: int) -> int:

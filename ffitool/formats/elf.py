@@ -4,14 +4,20 @@ pyelftools parses the structure (headers, sections, segments). Symbol tables are
 without building an object per symbol, with the string-table scan of `formats/strtab.py`
 (windows read through the descriptor, searched with memmem; memory stays bounded whatever
 the table's size, and nothing is mapped).
+
+The work is linear in the file: header counts are checked against the file before any header
+is parsed; each distinct symbol and string table is read once however many headers name it,
+and the distinct ones may not together exceed the file (`_SymbolReader`); each distinct name
+offset is decoded once, at most `NAME_LIMIT` bytes (`strtab.Names`).
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
+from array import array
+from collections.abc import Callable
 from typing import BinaryIO, NamedTuple
 
 from elftools.common.exceptions import ELFError, ELFParseError
@@ -23,12 +29,13 @@ from ffitool.errors import InputError
 from ffitool.formats.base import ELF_MAGIC, Image, Location, Symbol, SymbolTable
 from ffitool.formats.strtab import (
     SYMBOL_SLICE,
+    Names,
     Searchable,
     WindowedTable,
-    c_string,
     candidate_ranges,
     matching_entries,
     offset_filter,
+    read_exactly,
     st_name_column,
 )
 
@@ -142,27 +149,19 @@ def _read(elf: ElfFile, size: int, member: str | None, base: int, fd: int | None
     # 75k-symbol library costs more than everything else together).
     sections = section_headers(elf, size)
     loadable = e_type != "ET_REL"
-    segments = None
-    if loadable:
-        program = program_headers(elf, size)
-        segments = [h for h in program if h["p_type"] == "PT_LOAD"]
-    names = SectionNames(elf, sections, size)
-    symbols: list[Symbol] = []
-    tables: list[SymbolTable] = []
-    locations: dict[tuple[str, SymbolTable], Location] = {}
-    source = _TableSource(elf, size, fd, base)
+    segments = _Segments(program_headers(elf, size)) if loadable else None
+    reader = _SymbolReader(_TableSource(elf, size, fd, base), sections, loadable)
     for index, header in enumerate(sections):
         table = _TABLES.get(header["sh_type"])
-        if table is None:
-            continue
-        tables.append(table)
-        for symbol, shndx in _ffi_symbols(source, index, table, sections, names, loadable):
-            symbols.append(symbol)
-            where = _locate(symbol, shndx, sections, segments, size)
-            if where is not None:
-                locations[(symbol.name, table)] = Location(
-                    where.file_offset + base, where.available
-                )
+        if table is not None:
+            reader.read(index, table)
+    locations: dict[tuple[str, SymbolTable], Location] = {}
+    for symbol, shndx in reader.data:
+        where = _locate(symbol, shndx, sections, segments, size)
+        if where is not None:
+            locations[(symbol.name, symbol.table)] = Location(
+                where.file_offset + base, where.available
+            )
     machine = elf.header["e_machine"]
     return Image(
         member=member,
@@ -172,8 +171,8 @@ def _read(elf: ElfFile, size: int, member: str | None, base: int, fd: int | None
         machine=_MACHINES.get(machine, str(machine).removeprefix("EM_").lower()),
         bits=elf.elfclass,
         endianness="little" if elf.little_endian else "big",
-        symbols=tuple(symbols),
-        tables=tuple(tables),
+        symbols=tuple(reader.symbols),
+        tables=tuple(reader.tables),
         locations=locations,
     )
 
@@ -204,79 +203,24 @@ def _read_headers(
 
 
 class SectionNames:
-    """Section names from the section-header string table, read once."""
+    """Section names from the section-header string table, read once, each name once."""
 
     def __init__(self, elf: ElfFile, sections: list, size: int) -> None:
         index = elf["e_shstrndx"]
         if index == _SHN_XINDEX:  # the real index is in section 0's sh_link
             index = sections[0]["sh_link"] if sections else 0
-        self._table = (
-            section_bytes(elf, sections[index], size) if 0 < index < len(sections) else b""
-        )
+        table = section_bytes(elf, sections[index], size) if 0 < index < len(sections) else b""
+        self._names = Names(table, ELFError, "section name")
+        self._length = len(table)
         self._sections = sections
 
     def __getitem__(self, index: int) -> str:
         offset = self._sections[index]["sh_name"]
-        return c_string(self._table, offset) if offset < len(self._table) else f"#{index}"
-
-
-def _ffi_symbols(
-    source: _TableSource,
-    index: int,
-    table: SymbolTable,
-    sections: list,
-    names: SectionNames,
-    loadable: bool,
-) -> list[tuple[Symbol, object]]:
-    """Decode only the symbols whose names carry an FFI marker, with their raw section index.
-
-    The table is walked in slices of `SYMBOL_SLICE` entries, so memory stays flat whatever
-    size the header claims, and the matching entries are unpacked with `struct` (pyelftools'
-    parser costs 100 us a symbol: a minute for 500k functions).
-    """
-    header = sections[index]
-    link = header["sh_link"]
-    if not 0 < link < len(sections):
-        raise ELFError(f"{names[index]}: string table index {link} is out of range")
-    elf = source.elf
-    with source.open(sections[link]) as strings:
-        ranges = candidate_ranges(strings)
-        if not ranges:
-            return []
-        layout = _symbol_layout(elf.elfclass, elf.little_endian)
-        entry_size = header["sh_entsize"] or layout.size
-        if entry_size < layout.size:
-            raise ELFError(f"{names[index]}: entry size {entry_size} is too small")
-        wanted = offset_filter(ranges)
-        result = []
-        with source.open(header) as entries:
-            count = len(entries) // entry_size
-            for first in range(0, count, SYMBOL_SLICE):
-                last = min(count, first + SYMBOL_SLICE)
-                data = entries[first * entry_size : last * entry_size]
-                fields = st_name_column(data, entry_size, elf.little_endian)
-                for number, offset in matching_entries(fields, wanted(fields)):
-                    raw = _unpack_symbol(layout, data, number * entry_size)
-                    symbol = _symbol(
-                        c_string(strings, offset), raw, table, sections, names, loadable
-                    )
-                    result.append((symbol, raw.shndx))
-        return result
+        return self._names[offset] if offset < self._length else f"#{index}"
 
 
 _SHF_EXECINSTR = 0x4
 """sh_flags bit of sections that hold machine code."""
-
-
-class _RawSymbol(NamedTuple):
-    """The fields of one Elf_Sym, named the way pyelftools names them."""
-
-    value: int
-    size: int
-    bind: str
-    type: str
-    visibility: str
-    shndx: int | str
 
 
 def _names(enum: dict, prefix: str, count: int) -> tuple[str, ...]:
@@ -302,41 +246,199 @@ def _symbol_layout(elfclass: int, little: bool) -> struct.Struct:
     return struct.Struct(order + ("IIIBBH" if elfclass == 32 else "IBBHQQ"))
 
 
-def _unpack_symbol(layout: struct.Struct, data: bytes, at: int) -> _RawSymbol:
-    if layout.format[1:] == "IIIBBH":
-        _, value, size, info, other, shndx = layout.unpack_from(data, at)
-    else:
-        _, info, other, shndx, value, size = layout.unpack_from(data, at)
-    return _RawSymbol(
-        value,
-        size,
-        _BINDS[info >> 4],
-        _TYPES[info & 0xF],
-        _VISIBILITIES[other & 7],
-        _SPECIAL_SHNDX.get(shndx, shndx),
-    )
+class _Traits(NamedTuple):
+    """What a symbol's st_info, st_other and st_shndx make of it, worked out once for every
+    symbol that has the same three (100k functions share one)."""
+
+    binding: str
+    type: str
+    visibility: str
+    section: str | None
+    nobits: bool
+    executable: bool | None
+    exported: bool
+    external: bool
+    hidden_because: str
+    shndx: int | str
+    """st_shndx, or its special name (SHN_UNDEF, SHN_ABS...)."""
+    data: bool
+    """A defined data symbol with file contents: one whose bytes the model may read."""
 
 
-def entries_named(elf: ElfFile, size: int, header, sections: list, name: str) -> list[int]:
-    """Indices of a symbol table's entries whose name is exactly `name`.
+class _Strings(NamedTuple):
+    """One string table: its names by offset, and which st_name values may be FFI names."""
 
-    The same fast path as the reader: the string table is searched in C and st_name compared
-    as a column, so a writer need not decode the other 100k entries either.
+    names: Names
+    wanted: Callable[[array], set[int]]
+
+
+class _SymbolReader:
+    """The FFI symbols of one image's symbol tables.
+
+    Each symbol table and each string table is read once however many headers name it (a
+    header repeated 2,000 times costs one read), and the distinct tables read may not add up
+    to more than the image: real tables are disjoint, so the scans cost at most the image's
+    size whatever the headers say. Only the entries whose name holds an FFI marker are
+    decoded, each distinct name once.
     """
-    strings = section_bytes(elf, sections[header["sh_link"]], size)
-    wanted = name.encode() + b"\0"
-    starts = set()
-    at = strings.find(wanted)
-    while at != -1:
-        starts.add(at)
-        at = strings.find(wanted, at + 1)
-    if not starts:
-        return []
-    entry_size = header["sh_entsize"] or elf.structs.Elf_Sym.sizeof()
-    if entry_size < elf.structs.Elf_Sym.sizeof():
-        raise ELFError(f"symbol entry size {entry_size} is too small")
-    fields = st_name_column(section_bytes(elf, header, size), entry_size, elf.little_endian)
-    return [number for number, _ in matching_entries(fields, starts.intersection(fields))]
+
+    def __init__(self, source: _TableSource, sections: list, loadable: bool) -> None:
+        self.symbols: list[Symbol] = []
+        self.tables: list[SymbolTable] = []
+        self.data: list[tuple[Symbol, int]] = []
+        """The defined data symbols with file contents, with their section index."""
+        self._source = source
+        self._sections = sections
+        self._section_names = SectionNames(source.elf, sections, source.size)
+        self._loadable = loadable
+        self._scanned: set[tuple[tuple[int, int], int, _Strings]] = set()
+        """Symbol tables read: extent, entry size, string table."""
+        self._done: set[tuple[SymbolTable, tuple[tuple[int, int], int, _Strings]]] = set()
+        """The same, with the kind they were read as (the symbols differ by kind)."""
+        self._strings: dict[tuple[int, int], _Strings | None] = {}
+        self._spans = {"symbol": 0, "string": 0}
+        self._traits: dict[tuple[SymbolTable, int, int, int], _Traits] = {}
+        self._layout = _symbol_layout(source.elf.elfclass, source.elf.little_endian)
+
+    def read(self, index: int, table: SymbolTable) -> None:
+        """Add the FFI symbols of section `index`, a symbol table of kind `table`."""
+        if table not in self.tables:
+            self.tables.append(table)
+        header = self._sections[index]
+        link = header["sh_link"]
+        if not 0 < link < len(self._sections):
+            raise ELFError(
+                f"{self._section_names[index]}: string table index {link} is out of range"
+            )
+        strings = self._string_table(_extent(self._sections[link], self._source.size))
+        if strings is None:
+            return
+        entry_size = header["sh_entsize"] or self._layout.size
+        if entry_size < self._layout.size:
+            raise ELFError(f"{self._section_names[index]}: entry size {entry_size} is too small")
+        extent = _extent(header, self._source.size)
+        scan = (extent, entry_size, strings)
+        if (table, scan) in self._done:
+            return
+        if scan not in self._scanned:
+            self._charge("symbol", extent[1])
+            self._scanned.add(scan)
+        self._done.add((table, scan))
+        self._scan(table, extent, entry_size, strings)
+
+    def _charge(self, kind: str, length: int) -> None:
+        """Count the bytes of a distinct table read; refuse tables that overlap."""
+        self._spans[kind] += length
+        if self._spans[kind] > self._source.size:
+            raise ELFError(
+                f"{kind} tables overlap: the distinct ones span more than the"
+                f" {self._source.size} bytes of the file"
+            )
+
+    def _string_table(self, extent: tuple[int, int]) -> _Strings | None:
+        """The string table at `extent`, scanned for FFI markers once; None without any."""
+        if extent not in self._strings:
+            self._charge("string", extent[1])
+            strings = self._source.table(extent)
+            ranges = candidate_ranges(strings)
+            self._strings[extent] = (
+                _Strings(Names(strings, ELFError, "symbol name"), offset_filter(ranges))
+                if ranges
+                else None
+            )
+        return self._strings[extent]
+
+    def _scan(
+        self, table: SymbolTable, extent: tuple[int, int], entry_size: int, strings: _Strings
+    ) -> None:
+        """Decode the entries whose names may be FFI names, a slice of entries at a time.
+
+        Memory stays flat whatever size the header claims, and the matching entries are
+        unpacked with `struct` (pyelftools' parser costs 100 us a symbol: a minute for 500k
+        functions); what their flags make of them is worked out once per combination.
+        """
+        entries = self._source.table(extent)
+        count = len(entries) // entry_size
+        little = self._source.elf.little_endian
+        unpack = self._layout.unpack_from
+        elf32 = self._layout.size == 16
+        names, wanted = strings
+        for first in range(0, count, SYMBOL_SLICE):
+            data = entries[first * entry_size : min(count, first + SYMBOL_SLICE) * entry_size]
+            fields = st_name_column(data, entry_size, little)
+            matches = matching_entries(fields, wanted(fields))
+            for offset in sorted({offset for _, offset in matches}):
+                names[offset]  # in table order: a windowed table is read once through
+            for number, offset in matches:
+                if elf32:
+                    _, value, size, info, other, shndx = unpack(data, number * entry_size)
+                else:
+                    _, info, other, shndx, value, size = unpack(data, number * entry_size)
+                key = (table, info, other & 7, shndx)
+                traits = self._traits.get(key) or self._traits.setdefault(key, self._make(*key))
+                symbol = Symbol(
+                    names[offset],
+                    table,
+                    traits.binding,
+                    traits.type,
+                    traits.visibility,
+                    value,
+                    size,
+                    traits.section,
+                    traits.nobits,
+                    traits.executable,
+                    traits.exported,
+                    traits.external,
+                    traits.hidden_because,
+                )
+                self.symbols.append(symbol)
+                if traits.data:
+                    self.data.append((symbol, shndx))
+
+    def _make(self, table: SymbolTable, info: int, other: int, shndx: int) -> _Traits:
+        binding, kind, visibility = _BINDS[info >> 4], _TYPES[info & 0xF], _VISIBILITIES[other]
+        special = _SPECIAL_SHNDX.get(shndx, shndx)
+        section: str | None
+        nobits = False
+        executable = None
+        if special == "SHN_UNDEF":
+            section = None
+        elif isinstance(special, str):
+            section = _SHN_NAMES.get(special, special)
+        elif shndx < len(self._sections):
+            section = self._section_names[shndx]
+            nobits = self._sections[shndx]["sh_type"] == "SHT_NOBITS"
+            executable = bool(self._sections[shndx]["sh_flags"] & _SHF_EXECINSTR)
+        else:
+            section = f"#{shndx}"
+        return _Traits(
+            binding,
+            kind,
+            visibility,
+            section,
+            nobits,
+            executable,
+            exported=self._loadable
+            and table is SymbolTable.DYNAMIC
+            and section is not None
+            and _dlsym_finds(binding, visibility),
+            external=binding in ("GLOBAL", "WEAK"),
+            hidden_because=_hidden_because(binding, visibility, table),
+            shndx=special,
+            data=section is not None and not nobits and kind != "FUNC" and isinstance(special, int),
+        )
+
+
+def _dlsym_finds(binding: str, visibility: str) -> bool:
+    """The dynamic linker resolves a dynamic-table entry by name only if it is global (or
+    weak, or GNU unique) and neither hidden nor internal."""
+    return binding in ("GLOBAL", "WEAK", "GNU_UNIQUE") and visibility in ("DEFAULT", "PROTECTED")
+
+
+def _hidden_because(binding: str, visibility: str, table: SymbolTable) -> str:
+    if table is SymbolTable.STATIC:
+        return "only in .symtab, not in the dynamic symbol table"
+    return f"{binding} binding and {visibility} visibility"
 
 
 def section_bytes(elf: ElfFile, header, size: int) -> bytes:
@@ -363,84 +465,57 @@ def _extent(header, size: int) -> tuple[int, int]:
     return offset, length
 
 
+_WHOLE_TABLE = 8 << 20
+"""Tables up to this size are read whole; a libtorch-sized `.strtab` (80 MB) in windows."""
+
+
 class _TableSource:
-    """Opens sections of one image as searchable tables: read in windows given a descriptor."""
+    """Reads tables of one image: in windows given a descriptor, whole otherwise."""
 
     def __init__(self, elf: ElfFile, size: int, fd: int | None, base: int) -> None:
         self.elf = elf
-        self._size = size
+        self.size = size
         self._fd = fd
         self._base = base
 
-    @contextmanager
-    def open(self, header) -> Iterator[Searchable]:
-        """The section's bytes, after checking that its extent lies inside the image."""
-        offset, length = _extent(header, self._size)
+    def table(self, extent: tuple[int, int]) -> Searchable:
+        """The bytes at `extent` (checked by `_extent`) of the image: read whole up to
+        `_WHOLE_TABLE` (searching and slicing bytes is C's work), in windows past that."""
+        offset, length = extent
         if self._fd is None:
-            yield section_bytes(self.elf, header, self._size)
-        else:
-            yield WindowedTable(self._fd, self._base + offset, length)
+            self.elf.stream.seek(offset)
+            return self.elf.stream.read(length) if length else b""
+        if length <= _WHOLE_TABLE:
+            return read_exactly(self._fd, self._base + offset, length)
+        return WindowedTable(self._fd, self._base + offset, length)
 
 
-def _symbol(
-    name: str,
-    raw: _RawSymbol,
-    table: SymbolTable,
-    sections: list,
-    names: SectionNames,
-    loadable: bool,
-) -> Symbol:
-    shndx = raw.shndx
-    section_name: str | None
-    nobits = False
-    executable = None
-    if shndx == "SHN_UNDEF":
-        section_name = None
-    elif isinstance(shndx, str):
-        section_name = _SHN_NAMES.get(shndx, shndx)
-    elif 0 <= shndx < len(sections):
-        section_name = names[shndx]
-        nobits = sections[shndx]["sh_type"] == "SHT_NOBITS"
-        executable = bool(sections[shndx]["sh_flags"] & _SHF_EXECINSTR)
-    else:
-        section_name = f"#{shndx}"
-    return Symbol(
-        name=name,
-        table=table,
-        binding=raw.bind,
-        type=raw.type,
-        visibility=raw.visibility,
-        address=raw.value,
-        size=raw.size,
-        section=section_name,
-        nobits=nobits,
-        executable=executable,
-        exported=loadable
-        and table is SymbolTable.DYNAMIC
-        and section_name is not None
-        and _dlsym_finds(raw),
-        external=raw.bind in ("GLOBAL", "WEAK"),
-        hidden_because=_hidden_because(raw, table),
-    )
+class _Segments:
+    """The PT_LOAD segments of an image by address, so that locating a symbol costs a
+    bisection, not a walk over every segment (a header may claim 65,535 of them)."""
 
+    def __init__(self, program: list) -> None:
+        loads = sorted(
+            (h["p_vaddr"], h["p_filesz"], h["p_offset"])
+            for h in program
+            if h["p_type"] == "PT_LOAD" and h["p_filesz"]
+        )
+        self._starts = [vaddr for vaddr, _, _ in loads]
+        self._loads = loads
 
-def _dlsym_finds(raw: _RawSymbol) -> bool:
-    """The dynamic linker resolves a dynamic-table entry by name only if it is global (or
-    weak, or GNU unique) and neither hidden nor internal."""
-    return raw.bind in ("GLOBAL", "WEAK", "GNU_UNIQUE") and raw.visibility in (
-        "DEFAULT",
-        "PROTECTED",
-    )
-
-
-def _hidden_because(raw: _RawSymbol, table: SymbolTable) -> str:
-    if table is SymbolTable.STATIC:
-        return "only in .symtab, not in the dynamic symbol table"
-    return f"{raw.bind} binding and {raw.visibility} visibility"
+    def locate(self, address: int) -> Location | None:
+        """The file bytes behind `address`: in the segment that starts last at or before it
+        (a loader's segments are disjoint: then it is the only one that can hold it)."""
+        slot = bisect.bisect_right(self._starts, address) - 1
+        if slot < 0:
+            return None
+        vaddr, filesz, offset = self._loads[slot]
+        delta = address - vaddr
+        return Location(offset + delta, filesz - delta) if delta < filesz else None
 
 
 def _locate(
-    symbol: Symbol, shndx: object, sections: list, segments: list | None, size: int
+    symbol: Symbol, shndx: int, sections: list, segments: _Segments | None, size: int
 ) -> Location | None:
     """File bytes behind a defined data symbol (a blob; functions are never read): through
     PT_LOAD segments, or its section in an object; None unless they start inside the image's
@@ -452,17 +527,11 @@ def _locate(
 
 
 def _located(
-    symbol: Symbol, shndx: object, sections: list, segments: list | None
+    symbol: Symbol, shndx: int, sections: list, segments: _Segments | None
 ) -> Location | None:
     """Where the headers say a symbol's bytes are, before checking the file holds them."""
-    if not symbol.defined or symbol.nobits or symbol.type == "FUNC" or not isinstance(shndx, int):
-        return None
     if segments is not None:
-        for segment in segments:
-            delta = symbol.address - segment["p_vaddr"]
-            if 0 <= delta < segment["p_filesz"]:
-                return Location(segment["p_offset"] + delta, segment["p_filesz"] - delta)
-        return None
+        return segments.locate(symbol.address)
     if not 0 <= shndx < len(sections):
         return None
     section = sections[shndx]
