@@ -264,3 +264,42 @@ def test_the_output_stays_within_its_bound_whatever_the_alignments(tmp_path, nam
     padding = 2 * (pe.OPTIONAL_HEADER.FileAlignment - 1) + 7
     assert out.stat().st_size <= size + blob + _exports_size(out) + padding
     assert out.stat().st_size <= 2 * size + blob + BOUND
+
+
+def _sections(count: int):
+    """An edit giving the DLL `count` sections: its section bytes move 4 KiB further to make
+    room in the headers, and empty sections follow the last one."""
+
+    def edit(data: bytearray) -> None:
+        pe = _pe(data)
+        header = pe.OPTIONAL_HEADER
+        moved = header.SizeOfHeaders
+        for section in pe.sections:
+            if section.SizeOfRawData:
+                _set(data, section, "PointerToRawData", section.PointerToRawData + 0x1000)
+        _set(data, header, "SizeOfHeaders", moved + 0x1000)
+        data[moved:moved] = bytes(0x1000)
+        last = pe.sections[-1]
+        table_end = last.get_file_offset() + 40
+        rva = last.VirtualAddress + 0x1000
+        added = count - len(pe.sections)
+        for index in range(added):
+            entry = struct.pack("<8sIIIIIIHHI", b".e%d" % index, 0x10, rva + 0x1000 * index,
+                                *(0, 0, 0, 0, 0, 0, 0x40000040))  # fmt: skip
+            data[table_end + 40 * index : table_end + 40 * (index + 1)] = entry
+        _set(data, pe.FILE_HEADER, "NumberOfSections", count)
+        _set(data, header, "SizeOfImage", rva + 0x1000 * added)
+
+    return edit
+
+
+def test_a_dll_with_96_sections_is_refused_and_one_with_95_packs(tmp_path):
+    """96 is the most the PE specification lets the loader take, and the most ffitool reads."""
+    _refused(
+        tmp_path,
+        _patched(tmp_path, _sections(96)),
+        "it has 96 sections: a new one would pass the PE specification's 96",
+    )
+    result = _pack(_patched(tmp_path, _sections(95)), tmp_path / "out.dll")
+    assert result.returncode == 0, result.stderr
+    assert len(pefile.PE(str(tmp_path / "out.dll")).sections) == 96

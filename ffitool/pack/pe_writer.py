@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 from ffitool.errors import InputError
 from ffitool.formats.pe import (
+    _MAX_SECTIONS,  # the reader's limit: the packed file must be read back
     COFF_HEADER,
     EXPORT_DIRECTORY,
     SECTION_HEADER,
@@ -368,6 +369,11 @@ def _plan(pe: PeFile, blob_size: int) -> PeEdit:
     old_raw = 0
     if reused:
         kept, old_raw = _reusable(layout, kept)
+    if len(previous) >= _MAX_SECTIONS:
+        raise PeMalformed(
+            f"it has {len(previous)} sections: a new one would pass the PE specification's"
+            f" {_MAX_SECTIONS}"
+        )
     header_at = layout.table_at + SECTION_HEADER.size * len(previous)
     first_raw = min((s.raw_offset for s in previous if s.raw_size), default=kept)
     if header_at + SECTION_HEADER.size > min(layout.size_of_headers, first_raw):
