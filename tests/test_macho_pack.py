@@ -454,9 +454,34 @@ def _break_trie(path: Path) -> None:
     _at(path, offset + position + 2, bytes([trie_bytes[position + 2] ^ 1]))
 
 
+def _bind(path: Path) -> tuple[int, int, int]:
+    """(command offset, bind opcodes' offset, their size) of LC_DYLD_INFO_ONLY."""
+    data = path.read_bytes()
+    at = next(a for a, c, _ in _commands(data) if c == 0x80000022)
+    offset, size = struct.unpack_from("<II", data, at + 16)
+    assert size  # libmany.x86_64.dylib binds dyld_stub_binder
+    return at, offset, size
+
+
+def _break_bind(path: Path) -> None:
+    """A table the writer copies: its bytes must be the original's."""
+    _, offset, size = _bind(path)
+    _flip(path, offset + size - 2)
+
+
+def _break_bind_size(path: Path) -> None:
+    at, _, size = _bind(path)
+    _at(path, at + 20, struct.pack("<I", size - 8))
+
+
 @pytest.mark.parametrize(
     ("breaker", "message"),
     [
+        (_break_bind, "^packed file failed verification: the bytes of its bind changed$"),
+        (
+            _break_bind_size,
+            "^packed file failed verification: its bind changed size or disappeared$",
+        ),
         (_break_trie, "the export trie is not the original's plus the blob's entry"),
         (_break_code, "the bytes of segment __TEXT changed"),
         (_break_payload, "payload bytes differ from the source"),

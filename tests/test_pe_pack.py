@@ -668,6 +668,14 @@ def _break_section_flags(data: bytearray) -> None:
     _set(data, section, "Characteristics", section.Characteristics | 0x80000000)
 
 
+def _break_virtual_size(data: bytearray) -> None:
+    """VirtualSize past the section's file bytes: the loader would map zeros after them.
+    (A VirtualSize short of the blob is caught before, by the reader: the export directory,
+    after the blob, would lie past the section's mapped bytes.)"""
+    section = _section(data, b".tvmffi")
+    _set(data, section, "Misc_VirtualSize", section.SizeOfRawData + 1)
+
+
 def _break_size(data: bytearray) -> None:
     data += b"\0"
 
@@ -702,6 +710,11 @@ def _break_certificate(data: bytearray) -> None:
         (_break_function_count, "the export address table gained or lost entries"),
         (_break_export_range, "the export directory is not in .tvmffi after the blob"),
         (_break_section_flags, "the last section is not a read-only .tvmffi"),
+        (
+            _break_virtual_size,
+            r"^packed file failed verification: .tvmffi's VirtualSize 10241 is not between the"
+            r" blob's 9568 bytes and the section's 10240 file bytes$",
+        ),
         (_break_size, "the file has"),
         (_break_checksum, "the optional header's CheckSum is"),
         (_break_certificate, "a certificate table is still declared"),
