@@ -25,7 +25,7 @@ from conftest import ffitool
 from test_pe_pack import PAYLOAD, PE, _pe, _set, planned_blob
 
 from ffitool.errors import InputError
-from ffitool.pack.pe_writer import plan_pe_edit
+from ffitool.pack.pe_writer import pe_checksum, plan_pe_edit
 
 HOST = PE / "ffi_pe.x86_64.dll"
 BOUND = 2 * (0x10000 - 1) + 7 + 73
@@ -303,3 +303,92 @@ def test_a_dll_with_96_sections_is_refused_and_one_with_95_packs(tmp_path):
     result = _pack(_patched(tmp_path, _sections(95)), tmp_path / "out.dll")
     assert result.returncode == 0, result.stderr
     assert len(pefile.PE(str(tmp_path / "out.dll")).sections) == 96
+
+
+# --- every other refusal of the writer ------------------------------------------------------
+
+
+def _optional_size(size: int, count: int | None = None):
+    """An edit shrinking the optional header to `size` bytes (the section table moves up with
+    it, as a linker would lay it out), and setting NumberOfRvaAndSizes to `count`."""
+
+    def edit(data: bytearray) -> None:
+        pe = _pe(data)
+        at, old = pe.OPTIONAL_HEADER.get_file_offset(), pe.FILE_HEADER.SizeOfOptionalHeader
+        table = data[at + old : at + old + 40 * pe.FILE_HEADER.NumberOfSections]
+        data[at + size : at + old + len(table)] = table + bytes(old - size)
+        _set(data, pe.FILE_HEADER, "SizeOfOptionalHeader", size)
+        if count is not None:
+            struct.pack_into("<I", data, at + 108, count)
+
+    return edit
+
+
+def _ordinal_past_the_exports(data: bytearray) -> None:
+    """The first name's ordinal index past the address table (the name is not an FFI one, so
+    the reader, which looks up FFI names only, does not see it)."""
+    pe = pefile.PE(data=bytes(data))
+    export = pe.DIRECTORY_ENTRY_EXPORT.struct
+    at = pe.get_offset_from_rva(export.AddressOfNameOrdinals)
+    struct.pack_into("<H", data, at, export.NumberOfFunctions + 5)
+
+
+def _section_past_the_end(data: bytearray) -> None:
+    section = _pe(data).sections[-1]
+    _set(data, section, "SizeOfRawData", section.SizeOfRawData + 0x200)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_optional_size(108), "an optional header of 108 bytes has no data directories"),
+        (_optional_size(152, 16), "16 data directories do not fit in the optional header"),
+        (_optional_size(144, 4), "only 4 data directories: no export directory"),
+        (_ordinal_past_the_exports, "export name 0 has ordinal index 14, past the exports"),
+        (_section_past_the_end, "section .pdata's bytes run past the file's end"),
+    ],
+)
+def test_inputs_the_writer_cannot_lay_out_are_refused(tmp_path, edit, message):
+    _refused(tmp_path, _patched(tmp_path, edit, "pe_forward.dll"), message)
+
+
+@pytest.fixture
+def packed_once(tmp_path) -> Path:
+    out = tmp_path / "once.dll"
+    assert _pack(PE / "pe_forward.dll", out).returncode == 0
+    return out
+
+
+def test_a_packed_dll_with_data_after_its_section_is_not_repacked(tmp_path, packed_once):
+    with open(packed_once, "ab") as handle:
+        handle.write(b"overlay!")
+    _refused(tmp_path, packed_once, "data follows the .tvmffi section")
+
+
+def test_a_packed_dll_whose_directory_points_into_its_section_is_not_repacked(
+    tmp_path, packed_once
+):
+    """Rewriting .tvmffi would pull the data from under the debug directory pointing there."""
+    data = bytearray(packed_once.read_bytes())
+    pe = _pe(data)
+    entry = pe.OPTIONAL_HEADER.DATA_DIRECTORY[6]
+    struct.pack_into("<II", data, entry.get_file_offset(), pe.sections[-1].VirtualAddress, 28)
+    packed_once.write_bytes(bytes(data))
+    _refused(tmp_path, packed_once, "data directory 6 points into .tvmffi")
+
+
+def test_a_read_error_is_one_line(tmp_path):
+    """What the OS says, not a traceback: here the descriptor is a directory's."""
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        with pytest.raises(InputError, match=r"^x.dll: read error: Is a directory$"):
+            plan_pe_edit(fd, 4096, "x.dll", 0x100)
+    finally:
+        os.close(fd)
+
+
+def test_the_checksum_refuses_a_file_that_shrank(tmp_path):
+    path = tmp_path / "short.dll"
+    path.write_bytes(HOST.read_bytes())
+    with open(path, "rb") as handle, pytest.raises(OSError, match="the file shrank"):
+        pe_checksum(handle.fileno(), path.stat().st_size + 1, 0xD8)
