@@ -196,9 +196,7 @@ def linkedit_pieces(image: MachoSlice) -> list[_Piece]:
             if len(command.data) < 48:
                 raise MachoError("LC_DYLD_INFO is too short")
             fields = [(8 + 8 * n, 1, what) for n, what in enumerate(_DYLD_INFO_TABLES)]
-        elif command.cmd in LINKEDIT_DATA:
-            if len(command.data) < 16:
-                raise MachoError(f"load command {index} is too short")
+        elif command.cmd in LINKEDIT_DATA:  # too short: refused below, as every other
             fields = [(8, 1, LINKEDIT_DATA[command.cmd])]
         elif command.cmd == LC_TWOLEVEL_HINTS:
             fields = [(8, 4, "two-level hints")]
