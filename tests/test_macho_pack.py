@@ -362,15 +362,16 @@ def test_unpackable_inputs_are_one_line_errors_and_left_intact(tmp_path, name, e
 # --- the verifier: each promise broken on purpose -------------------------------------------
 
 
-def _write(tmp_path: Path, name: str):
-    """A packed copy written by the writer, with what verify_macho needs to judge it."""
+def _write(tmp_path: Path, name: str | Path):
+    """A packed copy written by the writer, with what verify_macho needs to judge it; `name`
+    is a fixture's, or any path."""
     source = MACHO / name
     payload = tmp_path / "payload.bin"
     payload.write_bytes(PAYLOAD)
     plan = plan_edits(
         existing_modules(source), Edits(add=(("cuda_ptx", payload_source(str(payload))),))
     )
-    out = tmp_path / f"staged-{name}"
+    out = tmp_path / f"staged-{source.name}"
     with open(source, "rb") as handle, open(out, "w+b") as staged:
         edit = plan_macho_edit(
             handle.fileno(), os.fstat(handle.fileno()).st_size, str(source), blob_size(plan)

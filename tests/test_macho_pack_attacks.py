@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, ffitool
+from test_macho_pack import _write
 
 from ffitool.errors import InputError
 from ffitool.pack.macho_trie import decode_trie, encode_trie
+from ffitool.pack.macho_verify import verify_macho
 from ffitool.pack.macho_writer import plan_macho_edit
+from ffitool.pack.verify import VerificationError
 
 MACHO = FIXTURES / "macho"
 X86 = "libffi_macho.x86_64.dylib"
@@ -634,3 +637,62 @@ def test_every_refusal_of_the_planner(tmp_path, data, message, options):
     """Each input breaks one thing the planner checks (most are refused by the inspecting
     reader first on the command line: the planner must not rely on it)."""
     _plan_refuses(tmp_path, data(), message, **options)
+
+
+# --- external relocations (old-style x86-64 images; no fixture has one) -------------------------
+
+MANY_X86 = MACHO / "libmany.x86_64.dylib"
+"""Symbols: 1 local, 2,006 external definitions, then 1 undefined (number 2007)."""
+
+
+def _with_external_relocation(info: int, address: int = 0x2000) -> bytes:
+    """libmany.x86_64.dylib with one external relocation (`address`, `info`) appended to
+    __LINKEDIT, which grows by its 8 bytes (its vmsize has room)."""
+    data = MANY_X86.read_bytes()
+
+    def add(commands: Commands) -> None:
+        linkedit = _index(commands, 0x19, b"__LINKEDIT")
+        filesize = struct.unpack_from("<Q", commands[linkedit], 48)[0]
+        _set(commands, linkedit, 48, "<Q", filesize + 8)
+        _set(commands, _index(commands, 0xB), 64, "<II", len(data), 1)
+
+    return _with_commands(data, add) + struct.pack("<iI", address, info)
+
+
+_EXTERN = 1 << 27 | 3 << 25  # r_extern, r_length 3 (8 bytes), r_type 0 (X86_64_RELOC_UNSIGNED)
+
+
+def _relocations(path: Path) -> list[tuple[int, int]]:
+    data = path.read_bytes()
+    dysymtab = _commands(data)[_index(_commands(data), 0xB)]
+    offset, count = struct.unpack_from("<II", dysymtab, 64)
+    return list(struct.iter_unpack("<iI", data[offset : offset + 8 * count]))
+
+
+def test_an_external_relocation_names_its_symbol_after_the_insertion(tmp_path):
+    """The blob's symbol goes among the external definitions, before the undefined symbol:
+    a relocation naming that symbol is renumbered with it, and the verifier checks it."""
+    path, result = _pack_in_place(tmp_path, _with_external_relocation(_EXTERN | 2007))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert _relocations(path) == [(0x2000, _EXTERN | 2008)]
+
+
+def test_an_external_relocation_whose_number_would_overflow_is_refused(tmp_path):
+    _refused(
+        tmp_path,
+        _with_external_relocation(_EXTERN | 0xFFFFFF),
+        "an external relocation's symbol number would overflow",
+    )
+
+
+def test_the_verifier_catches_a_moved_external_relocation(tmp_path):
+    source = tmp_path / "with-relocation.dylib"
+    source.write_bytes(_with_external_relocation(_EXTERN | 2007))
+    _, staged, plan, edit = _write(tmp_path, source)
+    data = bytearray(staged.read_bytes())
+    dysymtab = _commands(bytes(data))[_index(_commands(bytes(data)), 0xB)]
+    (offset,) = struct.unpack_from("<I", dysymtab, 64)
+    struct.pack_into("<i", data, offset, 0x2008)
+    staged.write_bytes(bytes(data))
+    with pytest.raises(VerificationError, match="its external relocations changed addresses"):
+        verify_macho(staged, source, plan, edit)
