@@ -14,6 +14,7 @@ import os
 import shutil
 import struct
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,9 @@ from macholib.SymbolTable import SymbolTable
 
 from ffitool.blob import decode
 from ffitool.pack import existing_modules, pack_library, payload_source
+from ffitool.pack.macho_trie import regular_export
 from ffitool.pack.macho_verify import verify_macho
-from ffitool.pack.macho_writer import plan_macho_edit, write_macho_edit
+from ffitool.pack.macho_writer import RAW_NAME, plan_macho_edit, write_macho_edit
 from ffitool.pack.plan import Edits, plan_edits
 from ffitool.pack.stream import blob_size, write_blob
 from ffitool.pack.verify import VerificationError
@@ -360,15 +362,16 @@ def test_unpackable_inputs_are_one_line_errors_and_left_intact(tmp_path, name, e
 # --- the verifier: each promise broken on purpose -------------------------------------------
 
 
-def _write(tmp_path: Path, name: str):
-    """A packed copy written by the writer, with what verify_macho needs to judge it."""
+def _write(tmp_path: Path, name: str | Path):
+    """A packed copy written by the writer, with what verify_macho needs to judge it; `name`
+    is a fixture's, or any path."""
     source = MACHO / name
     payload = tmp_path / "payload.bin"
     payload.write_bytes(PAYLOAD)
     plan = plan_edits(
         existing_modules(source), Edits(add=(("cuda_ptx", payload_source(str(payload))),))
     )
-    out = tmp_path / f"staged-{name}"
+    out = tmp_path / f"staged-{source.name}"
     with open(source, "rb") as handle, open(out, "w+b") as staged:
         edit = plan_macho_edit(
             handle.fileno(), os.fstat(handle.fileno()).st_size, str(source), blob_size(plan)
@@ -454,9 +457,118 @@ def _break_trie(path: Path) -> None:
     _at(path, offset + position + 2, bytes([trie_bytes[position + 2] ^ 1]))
 
 
+def _bind(path: Path) -> tuple[int, int, int]:
+    """(command offset, bind opcodes' offset, their size) of LC_DYLD_INFO_ONLY."""
+    data = path.read_bytes()
+    at = next(a for a, c, _ in _commands(data) if c == 0x80000022)
+    offset, size = struct.unpack_from("<II", data, at + 16)
+    assert size  # libmany.x86_64.dylib binds dyld_stub_binder
+    return at, offset, size
+
+
+def _break_bind(path: Path) -> None:
+    """A table the writer copies: its bytes must be the original's."""
+    _, offset, size = _bind(path)
+    _flip(path, offset + size - 2)
+
+
+def _break_bind_size(path: Path) -> None:
+    at, _, size = _bind(path)
+    _at(path, at + 20, struct.pack("<I", size - 8))
+
+
+def _command_at(path: Path, cmd: int, segment: bytes | None = None) -> int:
+    """The file offset of the first load command `cmd` (of the segment named `segment`)."""
+    data = path.read_bytes()
+    return next(
+        a
+        for a, c, _ in _commands(data)
+        if c == cmd and (segment is None or data[a + 8 : a + 24].rstrip(b"\0") == segment)
+    )
+
+
+def _field(path: Path, offset: int, fmt: str = "<I") -> int:
+    return struct.unpack_from(fmt, path.read_bytes(), offset)[0]
+
+
+def _break_symbol_offset(path: Path) -> None:
+    """A symbol table past the end of the file: the reader, run first, refuses it."""
+    _at(path, _command_at(path, 0x2) + 8, struct.pack("<I", 0x7FFFFF00))
+
+
+def _break_file_size(path: Path) -> None:
+    with open(path, "ab") as handle:
+        handle.write(b"\0")
+
+
+def _break_table_of_contents(path: Path) -> None:
+    """A table of contents (ntoc 1), which the writer refuses to carry: so must its verifier."""
+    _at(path, _command_at(path, 0xB) + 36, struct.pack("<I", 1))
+
+
+def _break_header_flags(path: Path) -> None:
+    _at(path, 24, struct.pack("<I", _field(path, 24) ^ 0x10))
+
+
+def _break_segment_order(path: Path) -> None:
+    """__LINKEDIT's command before __TVM_FFI's."""
+    data = bytearray(path.read_bytes())
+    ours, linkedit = _command_at(path, 0x19, b"__TVM_FFI"), _command_at(path, 0x19, b"__LINKEDIT")
+    end = linkedit + _field(path, linkedit + 4)
+    assert ours + _field(path, ours + 4) == linkedit
+    data[ours:end] = data[linkedit:end] + data[ours:linkedit]
+    path.write_bytes(bytes(data))
+
+
+def _segment_field(offset: int, change):
+    """A breaker applying `change` to the 64-bit (or, at 56, 32-bit) field of a segment."""
+
+    def breaker(path: Path, segment: bytes = b"__TVM_FFI") -> None:
+        at = _command_at(path, 0x19, segment) + offset
+        fmt = "<i" if offset == 56 else "<Q"
+        _at(path, at, struct.pack(fmt, change(_field(path, at, fmt))))
+
+    return breaker
+
+
+_break_protection = _segment_field(56, lambda value: 3)  # maxprot read-write
+_break_blob_file_size = _segment_field(48, lambda value: value + 1)
+_break_blob_vm_size = _segment_field(32, lambda value: 1 << 40)
+
+
+def _break_linkedit_end(path: Path) -> None:
+    _segment_field(48, lambda value: value - 8)(path, b"__LINKEDIT")
+
+
+def _break_string_table(path: Path) -> None:
+    _flip(path, _field(path, _command_at(path, 0x2) + 16) + 1)
+
+
+def _break_symbol_count(path: Path) -> None:
+    at = _command_at(path, 0x2) + 12
+    _at(path, at, struct.pack("<I", _field(path, at) + 1))
+
+
+def _break_external_range(path: Path) -> None:
+    """The local symbol dyld_private counted as the first external definition."""
+    at = _command_at(path, 0xB) + 8
+    ilocal, nlocal, iextdef, nextdef = struct.unpack_from("<IIII", path.read_bytes(), at)
+    _at(path, at, struct.pack("<IIII", ilocal, nlocal - 1, iextdef - 1, nextdef + 1))
+
+
+def _break_indirect_count(path: Path) -> None:
+    at = _command_at(path, 0xB) + 60
+    _at(path, at, struct.pack("<I", _field(path, at) - 1))
+
+
 @pytest.mark.parametrize(
     ("breaker", "message"),
     [
+        (_break_bind, "^packed file failed verification: the bytes of its bind changed$"),
+        (
+            _break_bind_size,
+            "^packed file failed verification: its bind changed size or disappeared$",
+        ),
         (_break_trie, "the export trie is not the original's plus the blob's entry"),
         (_break_code, "the bytes of segment __TEXT changed"),
         (_break_payload, "payload bytes differ from the source"),
@@ -464,6 +576,28 @@ def _break_trie(path: Path) -> None:
         (_break_indirect, "its indirect symbols name other symbols than before"),
         (_break_segment_address, "load commands other than the writer's differ"),
         (_break_symbol_value, "symbols other than the blob's changed"),
+        (
+            _break_symbol_offset,
+            "malformed Mach-O: symbol table .32144 bytes at offset 2147483392. extends past",
+        ),
+        (_break_file_size, "the file has 186535 bytes, planned 186534"),
+        (
+            _break_table_of_contents,
+            "x86_64 slice: it has a table of contents, which only old static linkers wrote",
+        ),
+        (_break_header_flags, "the Mach-O header changed beyond its command count and size"),
+        (_break_segment_order, "__TVM_FFI is not the segment right before a last __LINKEDIT"),
+        (_break_protection, "__TVM_FFI is not one read-only section holding the blob"),
+        (_break_blob_file_size, "x86_64: __TVM_FFI does not map the blob"),
+        (_break_blob_vm_size, "x86_64: __LINKEDIT overlaps __TVM_FFI"),
+        (_break_linkedit_end, "x86_64: __LINKEDIT does not end the slice"),
+        (_break_string_table, "the string table is not the original's with names appended"),
+        (_break_symbol_count, "x86_64: 2 symbols were added"),
+        (
+            _break_external_range,
+            "x86_64: b'dyld_private' is in the external definitions but is not one",
+        ),
+        (_break_indirect_count, "the number of indirect symbols changed"),
     ],
 )
 def test_the_verifier_catches_each_broken_promise(tmp_path, breaker, message):
@@ -493,16 +627,59 @@ def _break_chained_fixups(path: Path) -> None:
     _at(path, starts + 4 + 4 * (count - 2), struct.pack("<I", 4))
 
 
+def _break_chained_fixups_command(path: Path) -> None:
+    """LC_DYLD_CHAINED_FIXUPS turned into a second (empty-named) LC_DATA_IN_CODE."""
+    _at(path, _command_at(path, 0x80000034), struct.pack("<I", 0x29))
+
+
+def _break_slice_count(path: Path) -> None:
+    _at(path, 4, struct.pack(">I", 1))
+
+
 @pytest.mark.parametrize(
     ("name", "breaker", "message"),
     [
         ("libmany.arm64.dylib", _break_signature, "the new code signature does not verify"),
         (LLD, _break_chained_fixups, "its chained fixups are not the original's with one empty"),
+        (LLD, _break_chained_fixups_command, "its chained fixups disappeared"),
+        (
+            "libffi_macho.x86_64.dylib",  # it has the blob: the symbol is re-pointed, not added
+            _break_symbol_value,
+            "x86_64: symbols other than the blob's changed",
+        ),
+        (UNIVERSAL, _break_slice_count, "1 images, expected 2"),
     ],
 )
-def test_the_verifier_catches_a_broken_signature_or_fixups(tmp_path, name, breaker, message):
+def test_the_verifier_catches_broken_promises_of_other_fixtures(tmp_path, name, breaker, message):
     source, out, plan, edit = _write(tmp_path, name)
     breaker(out)
+    with pytest.raises(VerificationError, match=message):
+        verify_macho(out, source, plan, edit)
+
+
+def _unsigned_in_the_plan(edit) -> None:
+    (start, size, at, length, placement), *rest = edit.slices
+    edit.slices = [(start, size, at, length, replace(placement, signature="none")), *rest]
+
+
+def _blob_export_elsewhere_in_the_plan(edit) -> None:
+    (exports,) = edit.exports.values()
+    exports[RAW_NAME] = regular_export(0x10)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_unsigned_in_the_plan, "arm64: an LC_CODE_SIGNATURE remains though the slice is unsigned"),
+        (_blob_export_elsewhere_in_the_plan, "arm64: the planned export of the blob does not"),
+    ],
+)
+def test_the_verifier_holds_the_file_to_the_plan(tmp_path, change, message):
+    """The verifier compares the file with what the planner decided, not only with the input:
+    a file right for another plan (here, a signed slice the plan wanted unsigned, a blob export
+    the plan put elsewhere) fails."""
+    source, out, plan, edit = _write(tmp_path, "libmany.arm64.dylib")
+    change(edit)
     with pytest.raises(VerificationError, match=message):
         verify_macho(out, source, plan, edit)
 

@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, ffitool
+from test_macho_pack import _write
 
 from ffitool.errors import InputError
 from ffitool.pack.macho_trie import decode_trie, encode_trie
+from ffitool.pack.macho_verify import verify_macho
 from ffitool.pack.macho_writer import plan_macho_edit
+from ffitool.pack.verify import VerificationError
 
 MACHO = FIXTURES / "macho"
 X86 = "libffi_macho.x86_64.dylib"
@@ -88,13 +91,25 @@ def _refused(tmp_path: Path, data: bytes, message: str, *options: str) -> None:
     ]
 
 
-def _plan_refuses(tmp_path: Path, data: bytes, message: str, blob_size: int = 4096) -> None:
+def _plan_refuses(
+    tmp_path: Path,
+    data: bytes,
+    message: str,
+    blob_size: int = 4096,
+    *,
+    arches: tuple[str, ...] = (),
+    remove_signature: bool = True,
+    size: int | None = None,
+) -> None:
+    """`plan_macho_edit` refuses `data` with `message`; `size` is the size the caller states
+    (more than the file has: it shrank since)."""
     path = tmp_path / "lib.dylib"
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
     try:
         with pytest.raises(InputError) as caught:
-            plan_macho_edit(fd, len(data), str(path), blob_size, remove_signature=True)
+            stated = len(data) if size is None else size
+            plan_macho_edit(fd, stated, str(path), blob_size, arches, remove_signature)
     finally:
         os.close(fd)
     assert str(caught.value) == f"{path}: cannot pack this Mach-O file: {message}"
@@ -231,7 +246,8 @@ def test_a_trie_whose_root_exports_an_empty_name_is_refused(tmp_path):
 
 
 def _encoding_time(entries: dict[bytes, bytes]) -> float:
-    """CPU seconds, which another process on the machine does not stretch."""
+    """CPU seconds of this process to encode `entries`: what another process on a busy machine
+    takes from it is not counted, as wall-clock time would count it."""
     start = time.process_time()
     encode_trie(entries)
     return time.process_time() - start
@@ -397,3 +413,304 @@ def test_a_segment_name_with_bytes_after_its_nul_is_cut_there_by_the_signer_too(
     payload.write_bytes(PAYLOAD)
     result = ffitool("pack", str(path), "--add", f"cuda_ptx:{payload}", "--quiet")
     assert (result.returncode, result.stderr) == (0, "")
+
+
+# --- every other refusal of the planner ---------------------------------------------------------
+
+X86_DATA = (MACHO / X86).read_bytes()
+ARM64_DATA = (MACHO / "libmany.arm64.dylib").read_bytes()
+"""Signed (ad hoc, by the linker)."""
+UNIVERSAL_DATA = (MACHO / "libffi_macho.universal.dylib").read_bytes()
+
+
+def _patched(data: bytes, offset: int, fmt: str, value: int) -> bytes:
+    out = bytearray(data)
+    struct.pack_into(fmt, out, offset, value)
+    return bytes(out)
+
+
+def _edited(data: bytes, edit: Callable[[Commands], None]) -> Callable[[], bytes]:
+    return lambda: _with_commands(data, edit)
+
+
+def _shortened(cmd: int, size: int, segment: bytes | None = None):
+    """A command edit cutting command `cmd` to `size` bytes (its cmdsize says so)."""
+
+    def edit(commands: Commands) -> None:
+        index = _index(commands, cmd, segment)
+        commands[index] = struct.pack("<II", cmd, size) + commands[index][8:size]
+
+    return edit
+
+
+def _signature_offset(data: bytes) -> tuple[int, int]:
+    commands = _commands(data)
+    offset, size = struct.unpack_from("<II", commands[_index(commands, 0x1D)], 8)
+    return offset, size
+
+
+def _certificate_alone() -> bytes:
+    """The arm64 fixture whose signature is a CMS wrapper with content and no code directory:
+    a certificate, by what it holds, that leaves nothing to renew an ad hoc signature from."""
+    offset, size = _signature_offset(ARM64_DATA)
+    wrapper = struct.pack(">II", 0xFADE0B01, 16) + b"cms-data"
+    blob = struct.pack(">III", 0xFADE0CC0, 20 + len(wrapper), 1) + struct.pack(">II", 0x10000, 20)
+    out = bytearray(ARM64_DATA)
+    out[offset : offset + size] = (blob + wrapper).ljust(size, b"\0")
+    return bytes(out)
+
+
+def _signature_short_of_linkedit() -> bytes:
+    """16 bytes after the signature, inside __LINKEDIT (which grows to keep them)."""
+
+    def grow(commands: Commands) -> None:
+        index = _index(commands, 0x19, b"__LINKEDIT")
+        filesize = struct.unpack_from("<Q", commands[index], 48)[0]
+        _set(commands, index, 48, "<Q", filesize + 16)
+
+    return _with_commands(ARM64_DATA, grow) + bytes(16)
+
+
+def _uni(offset: int, value: int) -> Callable[[], bytes]:
+    return lambda: _patched(UNIVERSAL_DATA, offset, ">I", value)
+
+
+def _slices_swapped() -> bytes:
+    first, second = (
+        struct.unpack_from(">I", UNIVERSAL_DATA, 8),
+        struct.unpack_from(">I", UNIVERSAL_DATA, 28),
+    )
+    return _patched(_patched(UNIVERSAL_DATA, 8, ">I", *second), 28, ">I", *first)
+
+
+def _segment_moved(segment: bytes, offset: int, change: Callable[[int], int]):
+    def edit(commands: Commands) -> None:
+        index = _index(commands, 0x19, segment)
+        _set(
+            commands,
+            index,
+            offset,
+            "<Q",
+            change(struct.unpack_from("<Q", commands[index], offset)[0]),
+        )
+
+    return edit
+
+
+def _linkedit_first(commands: Commands) -> None:
+    commands.insert(
+        _index(commands, 0x19, b"__DATA"), commands.pop(_index(commands, 0x19, b"__LINKEDIT"))
+    )
+
+
+def _strings_over_symbols(commands: Commands) -> None:
+    index = _index(commands, 0x2)
+    stroff = struct.unpack_from("<I", commands[index], 16)[0]
+    _set(commands, index, 16, "<I", stroff - 8)
+
+
+@pytest.mark.parametrize(
+    ("data", "message", "options"),
+    [
+        (
+            lambda: _x86_with(36, "<I", 1, 0xB),
+            "it has a table of contents, which only old static linkers wrote",
+            {},
+        ),
+        (
+            lambda: _x86_with(44, "<I", 1, 0xB),
+            "it has a module table, which only old static linkers wrote",
+            {},
+        ),
+        (_edited(X86_DATA, _shortened(0x80000022, 40)), "LC_DYLD_INFO is too short", {}),
+        (_edited(X86_DATA, _shortened(0x26, 8)), "load command 5 is too short", {}),
+        (lambda: X86_DATA, "it is a thin x86_64 file; --arch names arm64", {"arches": ("arm64",)}),
+        (_uni(4, 0), "the universal header claims 0 architectures", {}),
+        (_uni(4, 65), "the universal header claims 65 architectures", {}),
+        (lambda: UNIVERSAL_DATA, "no ppc slice (it has x86_64, arm64)", {"arches": ("ppc",)}),
+        (_uni(20, len(UNIVERSAL_DATA)), "the x86_64 slice lies outside the file", {}),
+        (_slices_swapped, "the arm64 slice holds an image of cputype 0x1000007", {}),
+        (
+            lambda: UNIVERSAL_DATA,
+            "the packed slices would pass 4 GiB, which a 32-bit universal header cannot address",
+            {"blob_size": 0xF0000000},
+        ),
+        (
+            lambda: _patched(X86_DATA, 12, "<I", 2),
+            "only dylibs and bundles can be packed (file type 2)",
+            {},
+        ),
+        (lambda: _patched(X86_DATA, 4, "<I", 0x12), "unsupported CPU type 0x12", {}),
+        (
+            _edited(X86_DATA, lambda c: _set(c, _index(c, 0x80000022), 40, "<II", 0, 0)),
+            "it has no export trie to add the blob's name to",
+            {},
+        ),
+        (_edited(X86_DATA, _linkedit_first), "__LINKEDIT is not its last segment", {}),
+        (
+            _edited(X86_DATA, _segment_moved(b"__DATA", 24, lambda _: 0x7000000)),
+            "segment __DATA lies past __LINKEDIT",
+            {},
+        ),
+        (
+            _edited(X86_DATA, _segment_moved(b"__LINKEDIT", 24, lambda value: value + 8)),
+            "__LINKEDIT is not page-aligned",
+            {},
+        ),
+        (
+            _edited(X86_DATA, lambda c: _set(c, _index(c, 0x19, b"__TEXT"), 8, "<16s", b"__TEXX")),
+            "no __TEXT segment maps the Mach-O header",
+            {},
+        ),
+        (
+            lambda: _patched(ARM64_DATA, _signature_offset(ARM64_DATA)[0], ">I", 0x12345678),
+            "its code signature is malformed: bad super blob magic 0x12345678",
+            {"remove_signature": False},
+        ),
+        (
+            _certificate_alone,
+            "its code signature cannot be renewed: it has no code directory",
+            {"remove_signature": False},
+        ),
+        (
+            _edited(X86_DATA, _strings_over_symbols),
+            "string table: overlaps another table or lies outside __LINKEDIT",
+            {},
+        ),
+        (
+            _signature_short_of_linkedit,
+            "its code signature is not the last thing in __LINKEDIT",
+            {"remove_signature": False},
+        ),
+        # the image itself (macho_image.MachoSlice)
+        (lambda: b"\xcf\xfa\xed\xfe" + bytes(20), "too short for a Mach-O header", {}),
+        (lambda: _patched(X86_DATA, 0, "<I", 0xFEEDFACE), "not a 64-bit Mach-O image", {}),
+        (
+            lambda: _patched(X86_DATA, 20, "<I", len(X86_DATA)),
+            f"load commands claim {len(X86_DATA)} bytes, the image has {len(X86_DATA)}",
+            {},
+        ),
+        (
+            lambda: _patched(X86_DATA, 16, "<I", 200),
+            "load command 15 starts past the load commands",
+            {},
+        ),
+        (lambda: _patched(X86_DATA, 36, "<I", 4), "load command 0 has a bad size 4", {}),
+        (
+            lambda: X86_DATA[:100],
+            "the file shrank while it was being read",
+            {"size": len(X86_DATA)},
+        ),
+        (
+            lambda: X86_DATA[:-100],
+            "the file shrank while it was being read",
+            {"size": len(X86_DATA)},
+        ),
+        (
+            _edited(X86_DATA, lambda c: _set(c, _index(c, 0x2), 8, "<I", 0x7FFFFF00)),
+            "symbol table (192 bytes at 2147483392) extends past the end of the image",
+            {},
+        ),
+        (_edited(X86_DATA, _shortened(0x19, 40, b"__DATA")), "segment command 2 is too short", {}),
+        (
+            _edited(X86_DATA, lambda c: _set(c, _index(c, 0x19, b"__DATA"), 64, "<I", 50)),
+            "segment command 2 claims 50 sections it does not hold",
+            {},
+        ),
+        (
+            _edited(X86_DATA, lambda c: c.insert(3, c[_index(c, 0x2)])),
+            "more than one load command 0x2",
+            {},
+        ),
+        (
+            _edited(X86_DATA, lambda c: _set(c, _index(c, 0x80000022), 44, "<I", 3)),
+            "export trie edge at 2 is not terminated",
+            {},
+        ),
+        (_edited(X86_DATA, lambda c: c.pop(_index(c, 0x2))), "no symbol table (LC_SYMTAB)", {}),
+        (
+            _edited(X86_DATA, lambda c: c.pop(_index(c, 0xB))),
+            "no dynamic symbol table command (LC_DYSYMTAB)",
+            {},
+        ),
+    ],
+)
+def test_every_refusal_of_the_planner(tmp_path, data, message, options):
+    """Each input breaks one thing the planner checks (most are refused by the inspecting
+    reader first on the command line: the planner must not rely on it)."""
+    _plan_refuses(tmp_path, data(), message, **options)
+
+
+# --- external relocations (old-style x86-64 images; no fixture has one) -------------------------
+
+MANY_X86 = MACHO / "libmany.x86_64.dylib"
+"""Symbols: 1 local, 2,006 external definitions, then 1 undefined (number 2007)."""
+
+
+def _with_external_relocation(info: int, address: int = 0x2000) -> bytes:
+    """libmany.x86_64.dylib with one external relocation (`address`, `info`) appended to
+    __LINKEDIT, which grows by its 8 bytes (its vmsize has room)."""
+    data = MANY_X86.read_bytes()
+
+    def add(commands: Commands) -> None:
+        linkedit = _index(commands, 0x19, b"__LINKEDIT")
+        filesize = struct.unpack_from("<Q", commands[linkedit], 48)[0]
+        _set(commands, linkedit, 48, "<Q", filesize + 8)
+        _set(commands, _index(commands, 0xB), 64, "<II", len(data), 1)
+
+    return _with_commands(data, add) + struct.pack("<iI", address, info)
+
+
+_EXTERN = 1 << 27 | 3 << 25  # r_extern, r_length 3 (8 bytes), r_type 0 (X86_64_RELOC_UNSIGNED)
+
+
+def _relocations(path: Path) -> list[tuple[int, int]]:
+    data = path.read_bytes()
+    dysymtab = _commands(data)[_index(_commands(data), 0xB)]
+    offset, count = struct.unpack_from("<II", dysymtab, 64)
+    return list(struct.iter_unpack("<iI", data[offset : offset + 8 * count]))
+
+
+def test_an_external_relocation_names_its_symbol_after_the_insertion(tmp_path):
+    """The blob's symbol goes among the external definitions, before the undefined symbol:
+    a relocation naming that symbol is renumbered with it, and the verifier checks it."""
+    path, result = _pack_in_place(tmp_path, _with_external_relocation(_EXTERN | 2007))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert _relocations(path) == [(0x2000, _EXTERN | 2008)]
+
+
+def test_an_external_relocation_whose_number_would_overflow_is_refused(tmp_path):
+    _refused(
+        tmp_path,
+        _with_external_relocation(_EXTERN | 0xFFFFFF),
+        "an external relocation's symbol number would overflow",
+    )
+
+
+def test_the_verifier_catches_a_moved_external_relocation(tmp_path):
+    source = tmp_path / "with-relocation.dylib"
+    source.write_bytes(_with_external_relocation(_EXTERN | 2007))
+    _, staged, plan, edit = _write(tmp_path, source)
+    data = bytearray(staged.read_bytes())
+    dysymtab = _commands(bytes(data))[_index(_commands(bytes(data)), 0xB)]
+    (offset,) = struct.unpack_from("<I", dysymtab, 64)
+    struct.pack_into("<i", data, offset, 0x2008)
+    staged.write_bytes(bytes(data))
+    with pytest.raises(VerificationError, match="its external relocations changed addresses"):
+        verify_macho(staged, source, plan, edit)
+
+
+def test_an_unsigned_arm64_slice_is_signed(tmp_path):
+    """arm64 macOS loads no unsigned code: packing an arm64 slice that has no signature adds
+    LC_CODE_SIGNATURE and an ad hoc signature (which the verifier checks page by page)."""
+    unsigned, result = _pack_in_place(tmp_path, (MACHO / "libmany.arm64.dylib").read_bytes())
+    assert (result.returncode, result.stderr) == (0, "")  # --signature remove
+    assert all(c[:4] != b"\x1d\0\0\0" for c in _commands(unsigned.read_bytes()))
+    out = tmp_path / "signed.dylib"
+    result = ffitool(
+        "pack", str(unsigned), "--add", f"more:{tmp_path / 'payload.bin'}", "-o", str(out)
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    commands = _commands(out.read_bytes())
+    assert [c[:4] for c in commands].count(b"\x1d\0\0\0") == 1
+    assert struct.unpack_from("<I", commands[-1])[0] == 0x1D  # added last

@@ -443,3 +443,47 @@ def test_hostile_blob_gives_a_problem_not_an_exception(tmp_path: Path, name: str
         struct.pack_into(layout, blob, at - 49920, value)
         with pytest.raises(SignatureError):
             parameters(data, bytes(blob))
+
+
+# ----------------------------------------------------------------------- every other problem
+
+
+def test_a_file_that_ends_inside_the_signature(tmp_path: Path) -> None:
+    """The slice is stated longer than the file now is (it shrank): no exception."""
+    path = tmp_path / "short.dylib"
+    path.write_bytes(ARM64.read_bytes()[:-10])
+    assert problems(path, 0, ARM64.stat().st_size) == ["the file ends inside the signature"]
+
+
+def test_a_signature_without_a_code_directory(tmp_path: Path) -> None:
+    def requirements_only(data: bytearray, _: dict) -> None:
+        struct.pack_into(">I", data, 49920 + 12, 2)  # the one blob's slot: requirements
+
+    assert mutated(tmp_path, requirements_only) == ["it has no code directory"]
+
+
+def test_a_code_directory_short_of_pages(tmp_path: Path) -> None:
+    def slots(data: bytearray, _: dict) -> None:
+        struct.pack_into(">I", data, CD + 28, 3)
+
+    assert mutated(tmp_path, slots) == ["code directory at 20: 3 code slots for 4 pages"]
+
+
+def test_a_short_code_signature_command(tmp_path: Path) -> None:
+    """LC_CODE_SIGNATURE (the last command, at 1600) cut to its cmd and cmdsize."""
+
+    def cut(data: bytearray, found: dict) -> None:
+        struct.pack_into("<II", data, 1600, LC_CODE_SIGNATURE, 8)
+        struct.pack_into("<I", data, 20, found["sizeofcmds"] - 8)
+
+    assert mutated(tmp_path, cut) == ["the slice's load commands: LC_CODE_SIGNATURE is too short"]
+
+
+def test_signing_needs_the_bytes_it_covers(tmp_path: Path) -> None:
+    """A code limit past the end of the file (it shrank) or past 32 bits is refused."""
+    image = ARM64.read_bytes()
+    signature = parameters(image, existing_signature(image))
+    with pytest.raises(OSError, match="the file ends before byte 65536 that the signature"):
+        sign_in_place(ARM64, 0, signature, 65536)
+    with pytest.raises(ValueError, match="code limit 4294967296 is out of the 32-bit range"):
+        signature_size(signature, 1 << 32)

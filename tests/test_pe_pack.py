@@ -668,6 +668,77 @@ def _break_section_flags(data: bytearray) -> None:
     _set(data, section, "Characteristics", section.Characteristics | 0x80000000)
 
 
+def _break_virtual_size(data: bytearray) -> None:
+    """VirtualSize past the section's file bytes: the loader would map zeros after them.
+    (A VirtualSize short of the blob is caught before, by the reader: the export directory,
+    after the blob, would lie past the section's mapped bytes.)"""
+    section = _section(data, b".tvmffi")
+    _set(data, section, "Misc_VirtualSize", section.SizeOfRawData + 1)
+
+
+def _break_mapping(data: bytearray) -> None:
+    """VirtualSize short of the export directory: the reader, run first, refuses the file."""
+    _set(data, _section(data, b".tvmffi"), "Misc_VirtualSize", 16)
+
+
+def _break_ordinal_index(data: bytearray) -> None:
+    """A name's ordinal index past the address table, which the reader does not look at (the
+    name is not an FFI one) but the export comparison does."""
+    _, ordinals_at, _ = _name_slots(data)
+    struct.pack_into("<H", data, ordinals_at, _export_tables(data)[1].NumberOfFunctions + 5)
+
+
+def _break_header_position(data: bytearray) -> None:
+    """The PE headers, whole, 8 bytes earlier (over the DOS stub): consistent, but moved."""
+    pe = _pe(data)
+    lfanew, end = pe.DOS_HEADER.e_lfanew, _table_end(data)
+    data[lfanew - 8 : end - 8] = data[lfanew:end]
+    data[end - 8 : end] = bytes(8)
+    struct.pack_into("<I", data, 60, lfanew - 8)
+
+
+def _break_section_count(data: bytearray) -> None:
+    """One more (all-zero) section header counted after .tvmffi's."""
+    header = _pe(data).FILE_HEADER
+    _set(data, header, "NumberOfSections", header.NumberOfSections + 1)
+
+
+def _break_section_address(data: bytearray) -> None:
+    """.tvmffi one page higher, with every RVA in its export directory moved along: the blob
+    is still found at its file offset, through a consistent export directory."""
+    pe = pefile.PE(data=bytes(data))
+    section = pe.sections[-1]
+    low, high = section.VirtualAddress, section.VirtualAddress + section.Misc_VirtualSize
+    export = pe.DIRECTORY_ENTRY_EXPORT.struct
+    for table, count in ((export.AddressOfFunctions, export.NumberOfFunctions),
+                         (export.AddressOfNames, export.NumberOfNames)):  # fmt: skip
+        at = pe.get_offset_from_rva(table)
+        for index in range(count):
+            (rva,) = struct.unpack_from("<I", data, at + 4 * index)
+            if low <= rva < high:
+                struct.pack_into("<I", data, at + 4 * index, rva + 0x1000)
+    for name in ("Name", "AddressOfFunctions", "AddressOfNames", "AddressOfNameOrdinals"):
+        _set(data, export, name, getattr(export, name) + 0x1000)
+    entry = pe.OPTIONAL_HEADER.DATA_DIRECTORY[0]
+    struct.pack_into("<I", data, entry.get_file_offset(), entry.VirtualAddress + 0x1000)
+    _set(data, _section(data, b".tvmffi"), "VirtualAddress", low + 0x1000)
+
+
+def _break_raw_alignment(data: bytearray) -> None:
+    section = _section(data, b".tvmffi")
+    _set(data, section, "SizeOfRawData", section.SizeOfRawData + 1)
+
+
+def _break_raw_end(data: bytearray) -> None:
+    section = _section(data, b".tvmffi")
+    _set(data, section, "SizeOfRawData", section.SizeOfRawData + 0x200)
+
+
+def _break_export_stamp(data: bytearray) -> None:
+    _, export = _export_tables(data)
+    _set(data, export, "TimeDateStamp", export.TimeDateStamp + 1)
+
+
 def _break_size(data: bytearray) -> None:
     data += b"\0"
 
@@ -702,6 +773,19 @@ def _break_certificate(data: bytearray) -> None:
         (_break_function_count, "the export address table gained or lost entries"),
         (_break_export_range, "the export directory is not in .tvmffi after the blob"),
         (_break_section_flags, "the last section is not a read-only .tvmffi"),
+        (_break_mapping, "malformed PE: export directory at RVA 0x7560 runs past the file bytes"),
+        (_break_ordinal_index, "verification: export name 0 has ordinal index 15, past the"),
+        (_break_header_position, "the PE header moved or changed kind"),
+        (_break_section_count, "6 sections, expected 5"),
+        (_break_section_address, ".tvmffi is not at the blob's RVA and file offset"),
+        (_break_raw_alignment, ".tvmffi's file bytes are not aligned to FileAlignment"),
+        (_break_raw_end, ".tvmffi's file bytes do not follow the original's and end the file"),
+        (_break_export_stamp, "the export directory's name, time stamp or version changed"),
+        (
+            _break_virtual_size,
+            r"^packed file failed verification: .tvmffi's VirtualSize 10241 is not between the"
+            r" blob's 9568 bytes and the section's 10240 file bytes$",
+        ),
         (_break_size, "the file has"),
         (_break_checksum, "the optional header's CheckSum is"),
         (_break_certificate, "a certificate table is still declared"),

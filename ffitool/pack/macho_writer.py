@@ -66,6 +66,7 @@ from ffitool.pack.macho_image import (
     LC_NOTE,
     LC_TWOLEVEL_HINTS,
     SEGMENT,
+    Command,
     MachoError,
     MachoSlice,
     Segment,
@@ -196,9 +197,7 @@ def linkedit_pieces(image: MachoSlice) -> list[_Piece]:
             if len(command.data) < 48:
                 raise MachoError("LC_DYLD_INFO is too short")
             fields = [(8 + 8 * n, 1, what) for n, what in enumerate(_DYLD_INFO_TABLES)]
-        elif command.cmd in LINKEDIT_DATA:
-            if len(command.data) < 16:
-                raise MachoError(f"load command {index} is too short")
+        elif command.cmd in LINKEDIT_DATA:  # too short: refused below, as every other
             fields = [(8, 1, LINKEDIT_DATA[command.cmd])]
         elif command.cmd == LC_TWOLEVEL_HINTS:
             fields = [(8, 4, "two-level hints")]
@@ -348,13 +347,7 @@ def _plan_slice(
     if not reused and sections >= 255:
         raise MachoError(f"it has {sections} sections; a symbol cannot name a new one past 255")
     symbols.place(sections if reused else sections + 1, address)
-    trie_where = image.trie_command()
-    if trie_where is None:
-        raise MachoError("it has no export trie to add the blob's name to")
-    entries = image.trie()
-    if b"" in entries:  # a terminal at the root, which no trie encoder writes back
-        raise MachoError("its export trie root exports an empty name")
-    entries[RAW_NAME] = regular_export(address - text.vmaddr)
+    trie_where, entries = _trie_with_blob(image, address - text.vmaddr)
 
     blob, warning = _signature_before(image, remove_signature)
     # arm64 macOS loads no unsigned code, so an arm64 slice is always signed (as its linker
@@ -363,24 +356,9 @@ def _plan_slice(
 
     # Load commands: the new segment's before __LINKEDIT's; the signature's changes or goes.
     segment_command = _segment_command(address, grown, start, blob_size)
-    new_commands: list[bytearray | None] = [bytearray(c.data) for c in image.commands]
-    extra = 0 if reused else len(segment_command)
-    if reused:
-        new_commands[reused.index] = bytearray(segment_command)
-    signature_index = _command_index(image, LC_CODE_SIGNATURE)
-    if signature_index is not None and not sign:
-        new_commands[signature_index] = None
-        extra -= len(image.commands[signature_index].data)
-    add_signature_command = sign and signature_index is None
-    if add_signature_command:
-        extra += 16
-    room = _first_content(image, segments)
-    if HEADER.size + image.sizeofcmds + extra > room:
-        free = room - HEADER.size - image.sizeofcmds
-        raise MachoError(
-            f"no room for {extra} more bytes of load commands ({free} free before the first"
-            " section); relink it with -headerpad_max_install_names"
-        )
+    new_commands, signature_index, add_signature_command = _new_commands(
+        image, segments, reused, segment_command, sign
+    )
 
     # __LINKEDIT, piece by piece, then the signature.
     new_linkedit = start + grown
@@ -388,35 +366,15 @@ def _plan_slice(
         _find(pieces, LC_SYMTAB, 8, image): symbols.table,
         _find(pieces, LC_SYMTAB, 16, image): symbols.strings,
         _find(pieces, trie_where[0].cmd, trie_where[1], image): encode_trie(entries),
+        **_renumbered_tables(image, pieces, symbols, len(segments) if not reused else None),
     }
-    chained = image.command(LC_DYLD_CHAINED_FIXUPS)
-    if chained is not None and not reused:
-        number = _find(pieces, LC_DYLD_CHAINED_FIXUPS, 8, image)
-        data = image.pread(pieces[number].offset, pieces[number].length, "chained fixups")
-        replaced[number] = with_segment_start(data, len(segments) - 1)
-    if symbols.inserted is not None:
-        for at, renumbered in ((56, symbols.indirect), (64, symbols.external_relocations)):
-            number = _find(pieces, LC_DYSYMTAB, at, image)
-            if pieces[number].length:
-                replaced[number] = renumbered(image)
     layout = _layout_linkedit(image, pieces, linkedit, new_linkedit, replaced)
     end = layout.end
     signing = None
     state = "none"
     if sign:
-        code_limit = align(end, _SIGNATURE_ALIGN)
-        try:
-            parameters = resign_parameters(
-                blob,
-                identifier=_identifier(image, label),
-                text_segment=(text.fileoff, text.filesize),
-                executable=False,
-                cputype=image.cputype,
-            )
-        except ValueError as exc:  # SignatureError included
-            raise MachoError(f"its code signature cannot be renewed: {exc}") from None
-        length = signature_size(parameters, code_limit)
-        signing = (code_limit, parameters)
+        signing, length = _new_signature(image, blob, label, text, end)
+        code_limit, parameters = signing
         end = code_limit + length
         state = signature_state_of(parameters)
         if signature_index is not None:
@@ -553,6 +511,89 @@ def with_segment_start(data: bytes, index: int) -> bytes:
             header[number] += 8
     array = struct.pack(f"<I{count + 1}I", count + 1, *offsets) + bytes(4)
     return _CHAINED_HEADER.pack(*header) + data[_CHAINED_HEADER.size : starts] + array + data[end:]
+
+
+def _trie_with_blob(image: MachoSlice, offset: int) -> tuple[tuple[Command, int], dict]:
+    """Where the export trie is (its command and the offset of its (offset, size) pair), and
+    its entries plus the blob's, at `offset` from __TEXT."""
+    trie_where = image.trie_command()
+    if trie_where is None:
+        raise MachoError("it has no export trie to add the blob's name to")
+    entries = image.trie()
+    if b"" in entries:  # a terminal at the root, which no trie encoder writes back
+        raise MachoError("its export trie root exports an empty name")
+    entries[RAW_NAME] = regular_export(offset)
+    return trie_where, entries
+
+
+def _new_signature(
+    image: MachoSlice, blob: bytes | None, label: str, text: Segment, end: int
+) -> tuple[tuple[int, AdhocSignature], int]:
+    """((code limit, parameters), size) of the ad hoc signature laid out after `end`, renewed
+    from the slice's current signature `blob` (or made anew)."""
+    code_limit = align(end, _SIGNATURE_ALIGN)
+    try:
+        parameters = resign_parameters(
+            blob,
+            identifier=_identifier(image, label),
+            text_segment=(text.fileoff, text.filesize),
+            executable=False,
+            cputype=image.cputype,
+        )
+    except ValueError as exc:  # SignatureError included
+        raise MachoError(f"its code signature cannot be renewed: {exc}") from None
+    return (code_limit, parameters), signature_size(parameters, code_limit)
+
+
+def _new_commands(
+    image: MachoSlice,
+    segments: list[Segment],
+    reused: Segment | None,
+    segment_command: bytes,
+    sign: bool,
+) -> tuple[list[bytearray | None], int | None, bool]:
+    """The slice's load commands as they will be (None: dropped), the index of its
+    LC_CODE_SIGNATURE, and whether one is to be added: refused when they would not fit
+    before the first section's bytes."""
+    new_commands: list[bytearray | None] = [bytearray(c.data) for c in image.commands]
+    extra = 0 if reused else len(segment_command)
+    if reused:
+        new_commands[reused.index] = bytearray(segment_command)
+    signature_index = _command_index(image, LC_CODE_SIGNATURE)
+    if signature_index is not None and not sign:
+        new_commands[signature_index] = None
+        extra -= len(image.commands[signature_index].data)
+    add_signature_command = sign and signature_index is None
+    if add_signature_command:
+        extra += 16
+    room = _first_content(image, segments)
+    if HEADER.size + image.sizeofcmds + extra > room:
+        free = room - HEADER.size - image.sizeofcmds
+        raise MachoError(
+            f"no room for {extra} more bytes of load commands ({free} free before the first"
+            " section); relink it with -headerpad_max_install_names"
+        )
+    return new_commands, signature_index, add_signature_command
+
+
+def _renumbered_tables(
+    image: MachoSlice, pieces: list[_Piece], symbols: _SymbolEdit, segment_count: int | None
+) -> dict[int, bytes]:
+    """The tables rewritten for the edit besides the symbols, strings and trie: the chained
+    fixups, given an entry for the new segment (`segment_count` segments before it is
+    added; None when the segment is reused), and the tables that name symbols by index,
+    renumbered past the inserted one."""
+    replaced = {}
+    if image.command(LC_DYLD_CHAINED_FIXUPS) is not None and segment_count is not None:
+        number = _find(pieces, LC_DYLD_CHAINED_FIXUPS, 8, image)
+        data = image.pread(pieces[number].offset, pieces[number].length, "chained fixups")
+        replaced[number] = with_segment_start(data, segment_count - 1)
+    if symbols.inserted is not None:
+        for at, renumbered in ((56, symbols.indirect), (64, symbols.external_relocations)):
+            number = _find(pieces, LC_DYSYMTAB, at, image)
+            if pieces[number].length:
+                replaced[number] = renumbered(image)
+    return replaced
 
 
 def _command_index(image: MachoSlice, cmd: int) -> int | None:

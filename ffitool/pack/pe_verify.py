@@ -154,8 +154,11 @@ def _check_section(old: PeLayout, new: PeLayout, edit: PeEdit) -> None:
         fail(f"{SECTION_NAME}'s file bytes are not aligned to FileAlignment")
     if section.raw_offset < edit.kept or section.raw_offset + section.raw_size != new.pe.size:
         fail(f"{SECTION_NAME}'s file bytes do not follow the original's and end the file")
-    if section.virtual_size < placement.size or section.virtual_size > section.raw_size:
-        fail(f"{SECTION_NAME}'s VirtualSize {section.virtual_size} does not cover the blob")
+    if not placement.size <= section.virtual_size <= section.raw_size:
+        fail(
+            f"{SECTION_NAME}'s VirtualSize {section.virtual_size} is not between the blob's"
+            f" {placement.size} bytes and the section's {section.raw_size} file bytes"
+        )
     rva, size = new.directory(EXPORT_ENTRY)
     if not (section.virtual_address + placement.size <= rva
             and rva + size <= section.virtual_address + section.virtual_size):  # fmt: skip

@@ -21,7 +21,17 @@ certificate, which covers the old bytes, is dropped (a warning says so). Repacki
 last section is ffitool's `.tvmffi` rewrites that section in place.
 
 Everything is decided from the headers and the export tables before a byte is written
-(`plan_pe_edit`); section contents other than the export directory's are never read.
+(`plan_pe_edit`); section contents other than the export directory's are never read, nor is
+any payload. Every value written is first checked to fit its field (a blob over 4 GiB, a last
+section near RVA 0xFFFFFFFF are refused, naming the field), and alignments the PE/COFF
+specification does not allow are refused (`check_alignments`). So the output is bounded:
+
+    output <= input + blob + E + 2 x (FileAlignment - 1) + 7,   FileAlignment <= 64 KiB
+
+where E, the rebuilt export directory, is at most the input's export tables and strings plus
+73 bytes (the blob's entry, name and a new header), and those are refused when they take more
+bytes than the input has (`export_table`): whatever the headers say, the output is at most
+2 x input + blob + 131,150 bytes.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from dataclasses import dataclass, field
 
 from ffitool.errors import InputError
 from ffitool.formats.pe import (
+    _MAX_SECTIONS,  # the reader's limit: the packed file must be read back
     COFF_HEADER,
     EXPORT_DIRECTORY,
     SECTION_HEADER,
@@ -69,6 +80,12 @@ DIRECTORY_COUNT = {0x10B: 92, 0x20B: 108}
 EXPORT_ENTRY = 0
 SECURITY_ENTRY = 4
 _DIRECTORY_ALIGN = 8
+FIELD_MAX = 0xFFFFFFFF
+"""Every RVA, size and file offset the writer sets is a 32-bit field."""
+PAGE_SIZE = 0x1000
+"""The page size of every machine a DLL is packed for (x86, x86-64, ARM, arm64)."""
+MIN_FILE_ALIGNMENT = 0x200
+MAX_FILE_ALIGNMENT = 0x10000
 _MAX_ORDINAL = 0xFFFF
 _CHUNK = 1 << 20
 _NAME_WINDOW = 4096
@@ -180,12 +197,19 @@ class PeLayout:
 
 
 def export_table(pe: PeFile) -> ExportTable | None:
-    """The whole export directory of `pe`, checked as the reader checks it, or None."""
+    """The whole export directory of `pe`, checked as the reader checks it, or None.
+
+    Its tables and strings, as laid out by any linker, are distinct bytes of the file, so
+    together they fit in it; a directory whose entries share bytes (every name pointing into
+    one long string at successive offsets) would be copied out far larger than the file, and
+    is refused before it is: the copy `build_exports` makes is never more than the file's size.
+    """
     directory: Directory | None = export_directory(pe)
     if directory is None:
         return None
     rva = directory.start
     header = EXPORT_DIRECTORY.unpack(pe.read_rva(rva, EXPORT_DIRECTORY.size, "export directory"))
+    budget = _Budget(pe.size - 4 * directory.functions - 6 * directory.names)
     addresses = list(
         column(pe, directory.address_table, 0, directory.functions, 4, "export address table")
     )
@@ -194,43 +218,66 @@ def export_table(pe: PeFile) -> ExportTable | None:
     for index, position in enumerate(positions):
         if position >= directory.functions:
             raise PeMalformed(f"export name {index} has ordinal index {position}, past the exports")
-    names = list(zip(raw_strings(pe, pointers), positions, strict=True))
+    names = list(zip(raw_strings(pe, pointers, budget), positions, strict=True))
     forwarded = [p for p, a in enumerate(addresses) if directory.start <= a < directory.end]
     forwarders = dict(
-        zip(forwarded, raw_strings(pe, [addresses[p] for p in forwarded]), strict=True)
+        zip(forwarded, raw_strings(pe, [addresses[p] for p in forwarded], budget), strict=True)
     )
-    dll_name = raw_strings(pe, [header[3]])[0] if header[3] else b""
+    dll_name = raw_strings(pe, [header[3]], budget)[0] if header[3] else b""
     return ExportTable(header, dll_name, addresses, forwarders, names)
 
 
-def raw_strings(pe: PeFile, rvas: Sequence[int]) -> list[bytes]:
+class _Budget:
+    """What is left of the file's size for the export tables and strings (see export_table)."""
+
+    def __init__(self, left: int) -> None:
+        self.size = left
+
+    def take(self, count: int) -> None:
+        self.size -= count
+        if self.size < 0:
+            raise PeMalformed(
+                "the export tables and strings take more bytes than the file holds: they overlap"
+            )
+
+
+def raw_strings(pe: PeFile, rvas: Sequence[int], budget: _Budget) -> list[bytes]:
     """The NUL-terminated strings at `rvas` (names, forwarders) as bytes, copied exactly even
     when they are not UTF-8. When they share a section, as a linker lays them out, the span
-    that holds them is read once: 65,535 names cost one read, not one each."""
+    that holds them is read once: 65,535 names cost one read, not one each. Each string's
+    length (with its NUL) is taken from `budget` before it is copied, and no string is
+    searched past what is left of it, so overlapping strings cost no more than the file."""
     if not rvas:
         return []
     low, high = min(rvas), max(rvas)
     section = pe.section_of(low)
     if section is None or section is not pe.section_of(high):
-        return [_raw_string(pe, rva) for rva in rvas]
+        return [_raw_string(pe, rva, budget) for rva in rvas]
     stop = min(section.virtual_address + section.backed, high + _NAME_WINDOW)
     data = pe.read_rva(low, max(stop - low, 0), "export names")
     found = []
     for rva in rvas:
-        end = data.find(b"\0", rva - low)
-        found.append(data[rva - low : end] if end >= 0 else _raw_string(pe, rva))
+        start = rva - low
+        end = data.find(b"\0", start, start + budget.size + 1)
+        if end < 0:
+            found.append(_raw_string(pe, rva, budget))
+            continue
+        budget.take(end - start + 1)
+        found.append(data[start:end])
     return found
 
 
-def _raw_string(pe: PeFile, rva: int) -> bytes:
+def _raw_string(pe: PeFile, rva: int, budget: _Budget) -> bytes:
     table = pe.strings(rva)
-    end = table.find(b"\0", 0)
-    return bytes(table[0 : end if end != -1 else len(table)])
+    end = table.find(b"\0", 0, budget.size + 1)
+    length = end if end != -1 else min(len(table), budget.size + 1)
+    budget.take(length + 1)
+    return bytes(table[0:length])
 
 
-def build_exports(table: ExportTable, at: int, blob_rva: int) -> tuple[bytes, int]:
-    """The export directory rebuilt at RVA `at` with the blob exported at `blob_rva`, and the
-    size of the export data directory (the directory, its tables and strings).
+def build_exports(table: ExportTable, at: int, blob_rva: int) -> bytes:
+    """The export directory rebuilt at RVA `at` with the blob exported at `blob_rva`: the
+    export data directory's bytes (the directory, its tables and strings).
 
     The old directory's fields are kept but for the table addresses and counts; the name table
     stays sorted by byte value, which is what the loader's binary search compares.
@@ -263,6 +310,7 @@ def build_exports(table: ExportTable, at: int, blob_rva: int) -> tuple[bytes, in
     for position, forwarder in sorted(table.forwarders.items()):
         if position != existing:
             addresses[position] = string(forwarder)
+    _field(strings_at + len(strings), "the export directory's end RVA")
     header = list(table.header)
     header[3] = dll_name
     header[6:11] = [count, named, eat, pointers, ordinals]
@@ -273,7 +321,7 @@ def build_exports(table: ExportTable, at: int, blob_rva: int) -> tuple[bytes, in
         + struct.pack(f"<{named}H", *(position for _, position in names))
         + strings
     )
-    return data, len(data)
+    return data
 
 
 @dataclass
@@ -310,24 +358,9 @@ def _plan(pe: PeFile, blob_size: int) -> PeEdit:
     sections = pe.headers.sections
     if layout.directory_count <= SECURITY_ENTRY:
         raise PeMalformed(f"only {layout.directory_count} data directories: no export directory")
-    if layout.section_alignment == 0 or layout.file_alignment == 0:
-        raise PeMalformed("a zero section or file alignment")
+    check_alignments(layout.section_alignment, layout.file_alignment)
     edit = PeEdit()
-    kept = pe.size
-    cert_offset, cert_size = layout.directory(SECURITY_ENTRY)
-    if cert_offset and cert_size:
-        if cert_offset + cert_size < pe.size:
-            raise PeMalformed(
-                f"{pe.size - cert_offset - cert_size} bytes follow the certificate table"
-            )
-        kept = cert_offset
-        warning = (
-            "its Authenticode certificate was removed: it signed the unpacked file; sign the"
-            " output again to ship a signed DLL"
-        )
-        if layout.dll_characteristics & FORCE_INTEGRITY:
-            warning += " (it is flagged FORCE_INTEGRITY: Windows loads it only once signed)"
-        edit.warnings.append(warning)
+    kept = _without_certificate(layout, edit)
     reused = bool(sections) and sections[-1].name == SECTION_NAME
     previous = sections[:-1] if reused else sections
     for section in previous:
@@ -335,15 +368,12 @@ def _plan(pe: PeFile, blob_size: int) -> PeEdit:
             raise PeMalformed(f"section {section.name}'s bytes run past the file's end")
     old_raw = 0
     if reused:
-        ours = sections[-1]
-        if ours.raw_offset + ours.raw_size < kept:
-            raise PeMalformed(f"data follows the {SECTION_NAME} section")
-        for index in range(layout.directory_count):
-            rva, length = layout.directory(index)
-            inside = ours.virtual_address <= rva < ours.virtual_address + ours.extent
-            if index not in (EXPORT_ENTRY, SECURITY_ENTRY) and length and inside:
-                raise PeMalformed(f"data directory {index} points into {SECTION_NAME}")
-        kept, old_raw = ours.raw_offset, ours.raw_size
+        kept, old_raw = _reusable(layout, kept)
+    if len(previous) >= _MAX_SECTIONS:
+        raise PeMalformed(
+            f"it has {len(previous)} sections: a new one would pass the PE specification's"
+            f" {_MAX_SECTIONS}"
+        )
     header_at = layout.table_at + SECTION_HEADER.size * len(previous)
     first_raw = min((s.raw_offset for s in previous if s.raw_size), default=kept)
     if header_at + SECTION_HEADER.size > min(layout.size_of_headers, first_raw):
@@ -353,42 +383,157 @@ def _plan(pe: PeFile, blob_size: int) -> PeEdit:
         )
     if not reused and any(pe.read(header_at, SECTION_HEADER.size, "header slot")):
         raise PeMalformed("the bytes after the section table are in use")
-    table = export_table(pe)
-    if table is None:
-        table = ExportTable((0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0), b"", [], {}, [])
     end = max((s.virtual_address + s.extent for s in previous), default=0)
-    rva = align(end, layout.section_alignment)
-    directory_rva = rva + align(blob_size, _DIRECTORY_ALIGN)
-    exports, exports_size = build_exports(table, directory_rva, rva)
-    content = directory_rva - rva + len(exports)
-    raw_offset = align(kept, layout.file_alignment)
-    raw_size = align(content, layout.file_alignment)
-    index = len(previous)
-    header = SECTION_HEADER.pack(
-        SECTION_NAME.encode(), content, rva, raw_size, raw_offset, 0, 0, 0, 0, SECTION_FLAGS
-    )
+    placed = _Placed.lay_out(layout, export_table(pe), end, kept, blob_size)
     (initialized,) = struct.unpack(
         "<I", pe.read(layout.optional_at + INITIALIZED_DATA, 4, "optional header")
     )
-    new_initialized = (initialized - old_raw + raw_size) & 0xFFFFFFFF
-    size_of_image = align(rva + content, layout.section_alignment)
+    new_initialized = _field(initialized - old_raw + placed.raw_size, "SizeOfInitializedData")
+    index = len(previous)
+    header = SECTION_HEADER.pack(
+        SECTION_NAME.encode(),
+        placed.content,
+        placed.rva,
+        placed.raw_size,
+        placed.raw_offset,
+        *(0, 0, 0, 0, SECTION_FLAGS),
+    )
     edit.copies.append((0, kept, 0))
     edit.patches += [
         (layout.signature_at + 6, struct.pack("<H", index + 1)),
         (layout.optional_at + INITIALIZED_DATA, struct.pack("<I", new_initialized)),
-        (layout.optional_at + SIZE_OF_IMAGE, struct.pack("<I", size_of_image)),
-        (layout.directory_at(EXPORT_ENTRY), struct.pack("<II", directory_rva, exports_size)),
+        (layout.optional_at + SIZE_OF_IMAGE, struct.pack("<I", placed.size_of_image)),
+        (
+            layout.directory_at(EXPORT_ENTRY),
+            struct.pack("<II", placed.exports_rva, placed.exports_size),
+        ),
         (header_at, header),
-        (raw_offset + directory_rva - rva, exports),
+        (placed.raw_offset + placed.exports_rva - placed.rva, placed.exports),
     ]
-    if cert_offset and cert_size:
+    if all(layout.directory(SECURITY_ENTRY)):
         edit.patches.append((layout.directory_at(SECURITY_ENTRY), bytes(8)))
-    edit.placement = PePlacement(raw_offset, rva, blob_size, index)
-    edit.size = raw_offset + raw_size
+    edit.placement = PePlacement(placed.raw_offset, placed.rva, blob_size, index)
+    edit.size = placed.raw_offset + placed.raw_size
     edit.kept = kept
     edit.checksum_at = layout.optional_at + CHECKSUM
     edit.reused = reused
     return edit
+
+
+def check_alignments(section_alignment: int, file_alignment: int) -> None:
+    """Refuse the alignments the PE/COFF specification does not allow: FileAlignment a power
+    of 2 from 512 to 64 KiB, SectionAlignment a power of 2 no smaller; below the page size,
+    SectionAlignment must equal FileAlignment (the one case where FileAlignment is under 512).
+
+    Besides keeping the output a file Windows maps, this bounds the padding the writer adds
+    to 2 x (64 KiB - 1) bytes: a FileAlignment of 1 GiB would turn a 2 KB DLL into 2 GiB.
+    """
+    for name, value in (("SectionAlignment", section_alignment), ("FileAlignment", file_alignment)):
+        if value <= 0 or value & (value - 1):
+            raise PeMalformed(f"{name} {value:#x} is not a power of 2")
+    if section_alignment < PAGE_SIZE:
+        if file_alignment != section_alignment:
+            raise PeMalformed(
+                f"FileAlignment {file_alignment:#x} differs from SectionAlignment"
+                f" {section_alignment:#x}, which is below the page size"
+            )
+    elif not MIN_FILE_ALIGNMENT <= file_alignment <= MAX_FILE_ALIGNMENT:
+        raise PeMalformed(
+            f"FileAlignment {file_alignment:#x} is outside {MIN_FILE_ALIGNMENT:#x}"
+            f"..{MAX_FILE_ALIGNMENT:#x}"
+        )
+    elif section_alignment < file_alignment:
+        raise PeMalformed(
+            f"SectionAlignment {section_alignment:#x} is below FileAlignment {file_alignment:#x}"
+        )
+
+
+def _field(value: int, what: str) -> int:
+    """`value`, if the 32-bit header field `what` can hold it: else a refusal naming the field,
+    before anything is written (struct.pack would fail halfway, or a mask would wrap)."""
+    if not 0 <= value <= FIELD_MAX:
+        raise PeMalformed(f"{what} would be {value:#x}, which its 32-bit field cannot hold")
+    return value
+
+
+def _without_certificate(layout: PeLayout, edit: PeEdit) -> int:
+    """Where the input's bytes that are kept end: before its certificate table, if any (the
+    file's size otherwise); a warning says the certificate is dropped."""
+    size = layout.pe.size
+    cert_offset, cert_size = layout.directory(SECURITY_ENTRY)
+    if not (cert_offset and cert_size):
+        return size
+    if cert_offset + cert_size > size:
+        raise PeMalformed(f"the certificate table ends past the file's end ({size} bytes)")
+    if cert_offset + cert_size < size:
+        raise PeMalformed(f"{size - cert_offset - cert_size} bytes follow the certificate table")
+    warning = (
+        "its Authenticode certificate was removed: it signed the unpacked file; sign the"
+        " output again to ship a signed DLL"
+    )
+    if layout.dll_characteristics & FORCE_INTEGRITY:
+        warning += " (it is flagged FORCE_INTEGRITY: Windows loads it only once signed)"
+    edit.warnings.append(warning)
+    return cert_offset
+
+
+def _reusable(layout: PeLayout, kept: int) -> tuple[int, int]:
+    """(where the kept bytes end, the raw size dropped) when the last section is ffitool's
+    `.tvmffi`, rewritten in place: it must end the file and hold nothing another directory
+    points at."""
+    ours = layout.pe.headers.sections[-1]
+    if ours.raw_offset + ours.raw_size < kept:
+        raise PeMalformed(f"data follows the {SECTION_NAME} section")
+    for index in range(layout.directory_count):
+        rva, length = layout.directory(index)
+        inside = ours.virtual_address <= rva < ours.virtual_address + ours.extent
+        if index not in (EXPORT_ENTRY, SECURITY_ENTRY) and length and inside:
+            raise PeMalformed(f"data directory {index} points into {SECTION_NAME}")
+    return ours.raw_offset, ours.raw_size
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """The new section's header fields and the export directory it holds, each checked to fit
+    its 32-bit field."""
+
+    rva: int
+    content: int
+    raw_offset: int
+    raw_size: int
+    size_of_image: int
+    exports_rva: int
+    exports: bytes
+
+    @property
+    def exports_size(self) -> int:
+        return len(self.exports)
+
+    @classmethod
+    def lay_out(
+        cls, layout: PeLayout, table: ExportTable | None, end: int, kept: int, blob_size: int
+    ) -> _Placed:
+        """The section after the image's `end` and the file's `kept` bytes: the blob, then the
+        export directory. Its file size is at most the blob, the rebuilt directory and
+        2 x (FileAlignment - 1) + 7 bytes of padding."""
+        if table is None:
+            table = ExportTable((0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0), b"", [], {}, [])
+        rva = _field(align(end, layout.section_alignment), f"{SECTION_NAME}'s VirtualAddress")
+        if blob_size > FIELD_MAX:
+            raise PeMalformed(
+                f"a blob of {blob_size} bytes does not fit in a section: {SECTION_NAME}'s"
+                " VirtualSize is a 32-bit field"
+            )
+        exports_rva = _field(rva + align(blob_size, _DIRECTORY_ALIGN), "the export directory's RVA")
+        exports = build_exports(table, exports_rva, rva)
+        content = exports_rva - rva + len(exports)  # it fits: build_exports checked its end
+        raw_offset = _field(
+            align(kept, layout.file_alignment), f"{SECTION_NAME}'s PointerToRawData"
+        )
+        raw_size = align(content, layout.file_alignment)
+        _field(raw_offset + raw_size, f"the end of {SECTION_NAME}'s file bytes")
+        size_of_image = _field(align(rva + content, layout.section_alignment), "SizeOfImage")
+        return cls(rva, content, raw_offset, raw_size, size_of_image, exports_rva, exports)
 
 
 def pe_checksum(fd: int, size: int, checksum_at: int) -> int:
