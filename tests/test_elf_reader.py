@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
+import sys
 
 import pytest
-from conftest import ELF_FIXTURES, FIXTURES, require_tool
+from conftest import ELF_FIXTURES, FIXTURES, ffitool, require_tool
 
+from ffitool.blob import Blob, Module, encode
 from ffitool.errors import InputError
 from ffitool.formats import SymbolTable, read_object
 from ffitool.symbols import classify
@@ -250,3 +253,58 @@ def test_a_windowed_string_table_finds_every_marker(tmp_path):
         table = WindowedTable(handle.fileno(), 5003, len(big))
         with pytest.raises(OSError, match="the file shrank while it was being read"):
             candidate_ranges(table)
+
+
+@pytest.mark.parametrize(("version", "exported"), [("@V1", False), ("@@V1", True)])
+def test_a_blob_defined_only_in_a_hidden_version_is_not_exported(tmp_path, version, exported):
+    """`name@V1` (bit 15 of its .gnu.version entry) is skipped by dlsym, as glibc's lookup
+    skips hidden versions; `name@@V1`, the default version, is found. The runtime's own
+    loader (ctypes, dlsym) is the oracle, and check says L101 for the hidden one."""
+    blob = encode(Blob((Module("_lib", None, ()),)))
+    source = tmp_path / "versioned.c"
+    source.write_text(
+        '__attribute__((visibility("default"))) const unsigned char blob_data[] = {'
+        + ",".join(map(str, blob))
+        + "};\n"
+        f'__asm__(".symver blob_data,__tvm_ffi__library_bin{version}");\n'
+    )
+    script = tmp_path / "versions.map"
+    script.write_text("V1 { global: __tvm_ffi__library_bin; local: *; };\n")
+    library = tmp_path / "libversioned.so"
+    subprocess.run(
+        [require_tool("gcc"), "-shared", "-o", library, source, f"-Wl,--version-script={script}"],
+        check=True,
+        capture_output=True,
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", _DLSYM, str(library), "__tvm_ffi__library_bin"],
+        capture_output=True,
+        text=True,
+    )
+    assert found.stdout == ("found\n" if exported else "missing\n"), found
+    (image,) = read_object(io.BytesIO(library.read_bytes()), library.stat().st_size, "x").images
+    (dynamic,) = [s for s in image.symbols if s.table is SymbolTable.DYNAMIC]
+    assert (dynamic.name, dynamic.exported) == ("__tvm_ffi__library_bin", exported)
+    checked = ffitool("check", str(library), "--format", "json")
+    l101 = [
+        f["message"]
+        for f in json.loads(checked.stdout)["files"][0]["findings"]
+        if f["code"] == "L101"
+    ]
+    hidden = [
+        "__tvm_ffi__library_bin is defined only in a hidden symbol version (`name@V`, not"
+        " the default `name@@V`): dlsym, and so the runtime, will not find it"
+    ]
+    assert l101 == ([] if exported else hidden)
+
+
+# Prints whether dlsym finds argv[2] in the library argv[1], as the runtime looks it up.
+_DLSYM = """
+import ctypes, sys
+library = ctypes.CDLL(sys.argv[1])
+try:
+    ctypes.c_char.in_dll(library, sys.argv[2])
+    print("found")
+except ValueError:
+    print("missing")
+"""

@@ -220,6 +220,8 @@ class SectionNames:
 
 
 _SHF_EXECINSTR = 0x4
+_HIDDEN_VERSION = 0x8000
+"""Bit 15 of a `.gnu.version` entry: the symbol is `name@V`, not the default `name@@V`."""
 """sh_flags bit of sections that hold machine code."""
 
 
@@ -297,7 +299,7 @@ class _SymbolReader:
         """The same, with the kind they were read as (the symbols differ by kind)."""
         self._strings: dict[tuple[int, int], _Strings | None] = {}
         self._spans = {"symbol": 0, "string": 0}
-        self._traits: dict[tuple[SymbolTable, int, int, int], _Traits] = {}
+        self._traits: dict[tuple[SymbolTable, int, int, int, bool], _Traits] = {}
         self._layout = _symbol_layout(source.elf.elfclass, source.elf.little_endian)
 
     def read(self, index: int, table: SymbolTable) -> None:
@@ -324,7 +326,19 @@ class _SymbolReader:
             self._charge("symbol", extent[1])
             self._scanned.add(scan)
         self._done.add((table, scan))
-        self._scan(table, extent, entry_size, strings)
+        versions = self._versions(index) if table is SymbolTable.DYNAMIC else b""
+        self._scan(table, extent, entry_size, strings, versions)
+
+    def _versions(self, index: int) -> bytes:
+        """The `.gnu.version` entries (one u16 per symbol) of dynamic symbol table `index`,
+        or nothing. dlsym skips a symbol defined only in a hidden version (`name@V`, not
+        `name@@V`: version index 2 or more with bit 15 set), as glibc's lookup does."""
+        for header in self._sections:
+            if header["sh_type"] == "SHT_GNU_versym" and header["sh_link"] == index:
+                extent = _extent(header, self._source.size)
+                if extent[1] <= _WHOLE_TABLE:  # 2 bytes a symbol: 4M symbols fit
+                    return bytes(self._source.table(extent))
+        return b""
 
     def _charge(self, kind: str, length: int) -> None:
         """Count the bytes of a distinct table read; refuse tables that overlap."""
@@ -349,7 +363,12 @@ class _SymbolReader:
         return self._strings[extent]
 
     def _scan(
-        self, table: SymbolTable, extent: tuple[int, int], entry_size: int, strings: _Strings
+        self,
+        table: SymbolTable,
+        extent: tuple[int, int],
+        entry_size: int,
+        strings: _Strings,
+        versions: bytes,
     ) -> None:
         """Decode the entries whose names may be FFI names, a slice of entries at a time.
 
@@ -374,7 +393,15 @@ class _SymbolReader:
                     _, value, size, info, other, shndx = unpack(data, number * entry_size)
                 else:
                     _, info, other, shndx, value, size = unpack(data, number * entry_size)
-                key = (table, info, other & 7, shndx)
+                at = 2 * (first + number)
+                version = int.from_bytes(versions[at : at + 2], "little" if little else "big")
+                key = (
+                    table,
+                    info,
+                    other & 7,
+                    shndx,
+                    bool(version & _HIDDEN_VERSION) and version > 2,
+                )
                 traits = self._traits.get(key) or self._traits.setdefault(key, self._make(*key))
                 symbol = Symbol(
                     names[offset],
@@ -395,7 +422,9 @@ class _SymbolReader:
                 if traits.data:
                     self.data.append((symbol, shndx))
 
-    def _make(self, table: SymbolTable, info: int, other: int, shndx: int) -> _Traits:
+    def _make(
+        self, table: SymbolTable, info: int, other: int, shndx: int, hidden_version: bool
+    ) -> _Traits:
         binding, kind, visibility = _BINDS[info >> 4], _TYPES[info & 0xF], _VISIBILITIES[other]
         special = _SPECIAL_SHNDX.get(shndx, shndx)
         section: str | None
@@ -421,9 +450,10 @@ class _SymbolReader:
             exported=self._loadable
             and table is SymbolTable.DYNAMIC
             and section is not None
-            and _dlsym_finds(binding, visibility),
+            and _dlsym_finds(binding, visibility)
+            and not hidden_version,
             external=binding in ("GLOBAL", "WEAK"),
-            hidden_because=_hidden_because(binding, visibility, table),
+            hidden_because=_hidden_because(binding, visibility, table, hidden_version),
             shndx=special,
             data=section is not None and not nobits and kind != "FUNC" and isinstance(special, int),
         )
@@ -435,9 +465,11 @@ def _dlsym_finds(binding: str, visibility: str) -> bool:
     return binding in ("GLOBAL", "WEAK", "GNU_UNIQUE") and visibility in ("DEFAULT", "PROTECTED")
 
 
-def _hidden_because(binding: str, visibility: str, table: SymbolTable) -> str:
+def _hidden_because(binding: str, visibility: str, table: SymbolTable, hidden_version: bool) -> str:
     if table is SymbolTable.STATIC:
         return "only in .symtab, not in the dynamic symbol table"
+    if hidden_version and _dlsym_finds(binding, visibility):
+        return "defined only in a hidden symbol version (`name@V`, not the default `name@@V`)"
     return f"{binding} binding and {visibility} visibility"
 
 
