@@ -22,7 +22,7 @@ from pathlib import Path
 
 from conftest import run_measured
 
-from ffitool.formats.macho import NAME_LIMIT
+from ffitool.formats.strtab import NAME_LIMIT
 from ffitool.pack.macho_trie import regular_export
 
 CPU_SECONDS = 10.0
@@ -192,7 +192,7 @@ def test_a_name_longer_than_64_kib_is_refused(tmp_path):
     after 2.4 s of CPU, at a 4 GiB address-space limit)."""
     strings = b"\0___tvm_ffi_" + b"a" * (1 << 20) + b"\0"
     path, result = inspect(tmp_path, "long.dylib", macho(strings, [1] * 3000))
-    message = "the name at offset 1 of the string table is longer than 65536 bytes"
+    message = "symbol name at offset 1 is longer than 65536 bytes"
     refused(result, path, f"malformed Mach-O: {message}")
     result.bounded()
 
@@ -204,7 +204,7 @@ def test_a_name_of_64_kib_is_read(tmp_path):
     _, result = inspect(tmp_path, "edge.dylib", macho(b"\0" + name, [1]))
     assert functions(library(result)) == [(name[11:].decode(), True)]
     path, result = inspect(tmp_path, "over.dylib", macho(b"\0" + name + b"b", [1]))
-    message = "the name at offset 1 of the string table is longer than 65536 bytes"
+    message = "symbol name at offset 1 is longer than 65536 bytes"
     refused(result, path, f"malformed Mach-O: {message}")
 
 
@@ -216,8 +216,8 @@ def test_symbols_at_successive_offsets_of_one_string_are_bounded(tmp_path):
     path, result = inspect(tmp_path, "tails.dylib", macho(strings, offsets))
     count = names_spent(strings, offsets)
     message = (
-        f"the names at {count} distinct offsets of the string table spell more than 4 times"
-        f" its {len(strings)} bytes (overlapping names?)"
+        f"{count} symbol names at distinct offsets spell more than 4 times"
+        f" their {len(strings)}-byte table (overlapping names?)"
     )
     refused(result, path, f"malformed Mach-O: {message}")
     result.bounded()
@@ -377,7 +377,7 @@ def test_an_export_name_longer_than_64_kib_is_refused(tmp_path):
     name = b"__tvm_ffi_" + b"a" * (1 << 20)
     path, result = inspect(tmp_path, "long.dll", dll(name + b"\0", [0] * 3000))
     at = _EXPORT_DIRECTORY.size + 4 + 6 * 3000  # the strings follow the three tables
-    message = f"the name at offset {at} of section .edata is longer than 65536 bytes"
+    message = f".edata export name at offset {at} is longer than 65536 bytes"
     refused(result, path, f"malformed PE: {message}")
     result.bounded()
 
@@ -392,8 +392,8 @@ def test_export_names_at_successive_offsets_are_bounded(tmp_path):
     at = _EXPORT_DIRECTORY.size + 4 + 6 * len(pointers)
     count = names_spent(edata, [at + p for p in pointers])
     message = (
-        f"the names at {count} distinct offsets of section .edata spell more than 4 times"
-        f" its {len(edata)} bytes (overlapping names?)"
+        f"{count} .edata export names at distinct offsets spell more than 4 times"
+        f" their {len(edata)}-byte table (overlapping names?)"
     )
     refused(result, path, f"malformed PE: {message}")
     result.bounded()

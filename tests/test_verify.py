@@ -358,9 +358,11 @@ def only_sysv_bucket_emptied(image: Image, packed: Packed) -> str:
 
 @case("gold")
 def blob_version_hidden(image: Image, packed: Packed) -> str:
-    """The blob's .gnu.version entry gets the hidden bit: dlsym skips it."""
+    """The blob's .gnu.version entry becomes VER_NDX_GLOBAL with the hidden bit, which the
+    verifier refuses. (With a version index of 2 or more, dlsym skips it and the reader
+    already calls the blob not exported, which check_blob says first.)"""
     versym = image.file_offset(image.tag(DT_VERSYM) + 2 * image.symbol_index(LIBRARY_BIN))
-    version = struct.unpack_from(image.endian + "H", image.data, versym)[0] | 0x8000
+    version = 0x8001
     struct.pack_into(image.endian + "H", image.data, versym, version)
     return exact(f"{LIBRARY_BIN} has symbol version {version:#x}: local or hidden")
 

@@ -395,13 +395,8 @@ class _SymbolReader:
                     _, info, other, shndx, value, size = unpack(data, number * entry_size)
                 at = 2 * (first + number)
                 version = int.from_bytes(versions[at : at + 2], "little" if little else "big")
-                key = (
-                    table,
-                    info,
-                    other & 7,
-                    shndx,
-                    bool(version & _HIDDEN_VERSION) and version > 2,
-                )
+                hidden = bool(version & _HIDDEN_VERSION) and version & ~_HIDDEN_VERSION >= 2
+                key = (table, info, other & 7, shndx, hidden)
                 traits = self._traits.get(key) or self._traits.setdefault(key, self._make(*key))
                 symbol = Symbol(
                     names[offset],

@@ -7,10 +7,10 @@ way the ELF reader scans its tables (the string table is searched for the FFI ma
 the entries that name a marked string are decoded); the export trie is walked once, with a
 visited set, so a trie whose edges form a cycle terminates.
 
-Work stays linear in the size of the file (see `Names` and `_Trie`): each distinct name offset
-is decoded once, at most `NAME_LIMIT` bytes, and all names together at most a few times the
-string table; each trie node is parsed once, and each distinct name is looked up once, with
-work proportional to its length.
+Work stays linear in the size of the file (see `strtab.Names` and `_Trie`): each distinct
+name offset is decoded once, at most `NAME_LIMIT` bytes, and all names together at most a few
+times the string table; each trie node is parsed once, and each distinct name is looked up
+once, with work proportional to its length.
 
 Mach-O has no dynamic symbol table: dyld resolves names through the export trie. A symbol is
 exported when it is external (N_EXT), not private extern (N_PEXT), defined, and, if the image
@@ -32,7 +32,7 @@ from ffitool.formats.base import Image, Location, Slice, Symbol, SymbolTable
 from ffitool.formats.codesign import LC_CODE_SIGNATURE, SignatureError, signature_state
 from ffitool.formats.strtab import (
     SYMBOL_SLICE,
-    Searchable,
+    Names,
     WindowedTable,
     candidate_ranges,
     matching_entries,
@@ -94,70 +94,10 @@ _CODE_ATTRIBUTES = 0x80000400  # S_ATTR_PURE_INSTRUCTIONS | S_ATTR_SOME_INSTRUCT
 MAX_COMMANDS_SIZE = 16 << 20
 _MAX_SLICES = 64
 _EXPORT_REEXPORT = 0x08
-NAME_LIMIT = 1 << 16
-"""The longest symbol name read, in bytes. The FFI names themselves are C identifiers, and
-the longest C++ names that real libraries hold (template instantiations) run to a few KB; a
-name without a terminator within 64 KiB is a damaged or hostile table."""
-_NAME_EXPANSION = 4
-"""All distinct names decoded from one table may spell at most this many times its size
-(plus `NAME_LIMIT`): tail-merged names overlap a little; thousands of symbols pointing at
-successive offsets of one long string would otherwise spell out quadratically many bytes."""
 
 
 class _Malformed(Exception):
     """A structural problem, turned into one InputError naming the file (and member)."""
-
-
-class Names:
-    """The names of a string table by offset, each distinct offset decoded once.
-
-    Thousands of symbol or export entries may name one string (then it is read once, and
-    they share one copy), or successive offsets inside one long string (then the total they
-    spell is bounded): reading names costs at most `_NAME_EXPANSION` times the table plus
-    `NAME_LIMIT` bytes, whatever the entries say. Shared by the Mach-O and PE readers.
-    """
-
-    def __init__(
-        self, strings: Searchable, error: type[Exception], table: str, decoration: str = ""
-    ) -> None:
-        self._strings = strings
-        self._error = error
-        self._table = table
-        """The table in words, for messages ("the string table")."""
-        self._decoration = decoration
-        """What the format prepends to C names (Mach-O: `_`)."""
-        self._left = _NAME_EXPANSION * len(strings) + NAME_LIMIT
-        self._seen: dict[int, tuple[bytes, str, str]] = {}
-
-    def __len__(self) -> int:
-        return len(self._strings)
-
-    def __getitem__(self, offset: int) -> tuple[bytes, str, str]:
-        """The raw bytes of the name at `offset`, their text (undecodable bytes escaped) and
-        the C name that text spells (without the decoration), one copy of each however many
-        entries name it; a name runs to its NUL, or to the end of the table."""
-        found = self._seen.get(offset)
-        if found is not None:
-            return found
-        strings = self._strings
-        end = strings.find(b"\0", offset, offset + NAME_LIMIT + 1)
-        if end == -1:
-            end = len(strings)
-        if end - offset > NAME_LIMIT:
-            raise self._error(
-                f"the name at offset {offset} of {self._table} is longer than {NAME_LIMIT} bytes"
-            )
-        self._left -= end - offset
-        if self._left < 0:
-            raise self._error(
-                f"the names at {len(self._seen) + 1} distinct offsets of {self._table} spell"
-                f" more than {_NAME_EXPANSION} times its {len(strings)} bytes (overlapping names?)"
-            )
-        raw = strings[offset:end]
-        text = raw.decode("utf-8", "surrogateescape")  # bytes kept, as strtab.c_string
-        name = text.removeprefix(self._decoration)
-        found = self._seen[offset] = raw, text, name
-        return found
 
 
 def is_universal(head: bytes) -> bool:
@@ -435,7 +375,10 @@ def _symbols(
     if not ranges:
         return [], {}
     trie = _Trie(source, commands.trie) if loadable and commands.trie else None
-    names = Names(strings, _Malformed, "the string table", "_")
+    names = Names(strings, _Malformed, "symbol name")
+    c_names: dict[int, str] = {}
+    """The C name of each distinct offset (without the `_`), one copy however many symbols
+    name it, as `names` keeps one copy of the file's spelling."""
     wanted = offset_filter(ranges)
     symbols: list[Symbol] = []
     locations: dict[tuple[str, SymbolTable], Location] = {}
@@ -447,7 +390,8 @@ def _symbols(
             _, n_type, n_sect, n_desc, n_value = NLIST.unpack_from(data, number * NLIST.size)
             if n_type & N_STAB:
                 continue
-            raw, raw_name, name = names[offset]
+            raw, raw_name = names.raw(offset), names[offset]
+            name = c_names.get(offset) or c_names.setdefault(offset, raw_name.removeprefix("_"))
             section = None
             if n_type & N_TYPE == N_SECT:
                 if not 0 < n_sect <= len(commands.sections):

@@ -26,9 +26,9 @@ from typing import BinaryIO
 
 from ffitool.errors import InputError
 from ffitool.formats.base import Image, Location, Symbol, SymbolTable
-from ffitool.formats.macho import Names
 from ffitool.formats.strtab import (
     SYMBOL_SLICE,
+    Names,
     WindowedTable,
     candidate_ranges,
     matching_entries,
@@ -255,11 +255,11 @@ class PeFile:
         names = self._names.get(section.virtual_address)
         if names is None:
             table = self.strings(section.virtual_address)
-            names = Names(table, PeMalformed, f"section {section.name}")
+            names = Names(table, PeMalformed, f"{section.name} export name")
             self._names[section.virtual_address] = names
         if rva - section.virtual_address >= len(names):
             raise PeMalformed(f"name at RVA {rva:#x} is not backed by file bytes")
-        return names[rva - section.virtual_address][1]
+        return names[rva - section.virtual_address]
 
 
 @dataclass(frozen=True)

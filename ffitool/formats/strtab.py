@@ -308,10 +308,12 @@ class Names:
         return strings[offset:end]
 
     def __getitem__(self, offset: int) -> str:
-        """The name at `offset` as text, bytes that are not UTF-8 escaped."""
+        """The name at `offset` as text; bytes that are not UTF-8 become surrogates, shown as
+        `\\xff` in text and kept exactly in JSON's `_hex` fields."""
         found = self._text.get(offset)
         if found is None:
-            found = self._text[offset] = self.raw(offset).decode("utf-8", "backslashreplace")
+            # Bytes that are not UTF-8 are kept (surrogateescape), as in `c_string`.
+            found = self._text[offset] = self.raw(offset).decode("utf-8", "surrogateescape")
         return found
 
 
