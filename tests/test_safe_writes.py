@@ -278,6 +278,49 @@ def test_a_directory_swapped_for_the_private_one_is_refused(
         assert entry == "lib.so" or path.is_symlink() or not any(path.iterdir()), entry
 
 
+def test_a_private_directory_taken_away_before_it_is_opened_is_one_error(
+    victim, staging_mode, monkeypatch
+):
+    """`nobody` moves ffitool's new private directory away and puts nothing in its place:
+    opening it fails (not a symlink, not a stranger's directory: it is simply gone), which is
+    an error like any failed write, and the library is as it was."""
+    from ffitool.errors import InputError
+
+    lib, payload, _ = victim
+    shared = lib.parent
+    before = lib.read_bytes()
+
+    def take_away() -> None:
+        def work() -> None:
+            for entry in os.listdir(shared):
+                if entry.endswith(".ffitool"):
+                    os.rename(shared / entry, shared / f"{entry}.moved")
+
+        as_nobody_now(work)
+
+    with pytest.raises(InputError) as refused:
+        _attacked_pack(monkeypatch, lib, payload, after_mkdir=take_away)
+    assert str(refused.value) == f"{lib}: cannot write: No such file or directory"
+    assert lib.read_bytes() == before
+
+
+def test_no_free_name_for_the_private_directory_is_one_error(victim, monkeypatch):
+    """Every fresh name ffitool draws is taken (the random source pinned, the one name it
+    gives planted): after 100 draws it gives up with one error, and writes nothing."""
+    import ffitool.staging
+    from ffitool.errors import InputError
+
+    lib, payload, _ = victim
+    before = sorted(os.listdir(lib.parent))
+    monkeypatch.setattr(ffitool.staging.os, "urandom", lambda count: bytes(count))
+    taken = lib.parent / f".{lib.name}.{bytes(6).hex()}.ffitool"
+    taken.mkdir()
+    with pytest.raises(InputError) as refused:
+        _attacked_pack(monkeypatch, lib, payload)
+    assert str(refused.value) == f"{lib.parent}: cannot create a file: no free temporary name"
+    assert sorted(os.listdir(lib.parent)) == sorted([*before, taken.name])
+
+
 @pytest.mark.parametrize(
     ("mode", "call", "failure"),
     [
