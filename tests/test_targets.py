@@ -727,3 +727,50 @@ def test_an_explicit_fifo_is_one_error_and_never_opened_for_reading(tmp_path):
     code, files, stderr = inspect_json(fifo)
     assert (code, files) == (3, [{"path": str(fifo), "error": f"{fifo}: not a regular file"}])
     assert stderr == f"ffitool: error: {fifo}: not a regular file\n"
+
+
+def _failing_pread(monkeypatch, failure) -> None:
+    """os.pread fails as `failure(fd, count, offset)` says (an OSError, or b"" for a file
+    that shrank), where it returns anything; the reads of a faulty disk, in process."""
+    real = os.pread
+
+    def pread(fd: int, count: int, offset: int) -> bytes:
+        outcome = failure(fd, count, offset)
+        if isinstance(outcome, OSError):
+            raise outcome
+        return real(fd, count, offset) if outcome is None else outcome
+
+    monkeypatch.setattr(os, "pread", pread)
+
+
+def test_a_read_error_on_the_first_bytes_is_one_unreadable_target(tmp_path, monkeypatch):
+    path = tmp_path / "lib.so"
+    shutil.copy(FIXTURES / "libffi_c.so", path)
+    eio = OSError(5, "Input/output error")
+    _failing_pread(monkeypatch, lambda fd, count, offset: eio if offset == 0 else None)
+    (source,) = iter_sources([path])
+    assert read_all(source, digests=True) == [
+        Unreadable(str(path), f"{path}: read error: Input/output error")
+    ]
+
+
+def test_a_read_error_or_a_shrinking_file_inside_a_wheel_ends_the_wheel(tmp_path, monkeypatch):
+    """An I/O error while the central directory is read, and a deflated member whose bytes
+    are gone when they are read (the file shrank), each end the wheel with one line."""
+    wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    build_wheel(wheel, [("demo/libffi_c.so", (FIXTURES / "libffi_c.so").read_bytes(), 8)])
+    (source,) = iter_sources([wheel])
+    with zipfile.ZipFile(wheel) as archive:
+        member = archive.getinfo("demo/libffi_c.so")
+        directory = archive.start_dir
+    eio = OSError(5, "Input/output error")
+    _failing_pread(monkeypatch, lambda fd, count, offset: eio if offset >= directory else None)
+    assert read_all(source, digests=True) == [
+        Unreadable(str(wheel), f"{wheel}: read error: Input/output error")
+    ]
+    data_at = member.header_offset + 30 + len(member.filename)
+    monkeypatch.undo()
+    _failing_pread(monkeypatch, lambda fd, count, offset: b"" if offset == data_at else None)
+    assert read_all(source, digests=True) == [
+        Unreadable(str(wheel), f"{wheel}: read error: the file shrank while it was being read")
+    ]
