@@ -235,6 +235,8 @@ class PeFile:
         a name or forwarder string at `rva` must end."""
         section = self.section_of(rva)
         if section is None:
+            # unreachable: every caller passes an RVA the reader has already placed in a
+            # section (each name pointer is checked; forwarders lie in the export directory).
             raise PeMalformed(f"name at RVA {rva:#x} is in no section")
         delta = rva - section.virtual_address
         length = min(section.backed - delta, self.size - section.raw_offset - delta)

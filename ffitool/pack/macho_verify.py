@@ -233,6 +233,8 @@ def _check_symbols(before: MachoSlice, after: MachoSlice, placement: SlicePlacem
         None,
     )
     if index is None:
+        # unreachable: check_blob already found this export at the blob's address, and the
+        # blob's section header was proved the planned one: no other section holds it.
         fail(f"{label}: the symbol table has no external {RAW_NAME.decode()} in the blob")
     at, size = index * NLIST.size, NLIST.size
     count = len(old) // size

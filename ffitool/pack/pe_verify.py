@@ -149,6 +149,8 @@ def _check_section(old: PeLayout, new: PeLayout, edit: PeEdit) -> None:
         fail(f"{SECTION_NAME} is not at the blob's RVA and file offset")
     end = max((s.virtual_address + s.extent for s in others), default=0)
     if section.virtual_address != align(end, new.section_alignment):
+        # unreachable: the address was just proved the planned one, which the plan computed
+        # from these same sections, proved unchanged by _check_headers (a second defence).
         fail(f"{SECTION_NAME} does not follow the last section at the section alignment")
     if section.raw_offset % new.file_alignment or section.raw_size % new.file_alignment:
         fail(f"{SECTION_NAME}'s file bytes are not aligned to FileAlignment")
