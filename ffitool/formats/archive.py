@@ -45,6 +45,8 @@ def iter_members(stream: BinaryIO, file_size: int, display_name: str) -> Iterato
     """
     stream.seek(0)
     if stream.read(len(MAGIC)) != MAGIC:
+        # unreachable: read_object dispatches here on these very bytes, read through the same
+        # descriptor; only a file rewritten in between by another process gets here.
         raise InputError(f"{display_name}: not an ar archive (thin archives are not supported)")
     long_names = Names(b"", _BadName, "long member name", b"\n")
     position = len(MAGIC)
