@@ -20,7 +20,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import run_measured
+import pytest
+from conftest import FIXTURES, run_measured
 
 from ffitool.blob import Blob, Module, encode
 from ffitool.formats.strtab import NAME_EXPANSION, NAME_LIMIT
@@ -319,6 +320,23 @@ def test_header_counts_that_do_not_fit_the_file_are_refused(tmp_path):
         )
 
 
+def test_a_symbol_table_entry_smaller_than_a_symbol_is_refused(tmp_path):
+    """.dynsym's sh_entsize says 8: entries that short would overlap, whatever they say."""
+    data = bytearray((FIXTURES / "libffi_c.so").read_bytes())
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    for at in range(shoff, shoff + shnum * shentsize, shentsize):
+        if struct.unpack_from("<I", data, at + 4)[0] == 11:  # SHT_DYNSYM
+            struct.pack_into("<Q", data, at + 56, 8)  # sh_entsize
+    path = tmp_path / "entsize.so"
+    path.write_bytes(bytes(data))
+    code, _out, err, _cpu, _megabytes = inspect(tmp_path, path)
+    assert (code, err) == (
+        3,
+        f"ffitool: error: {path}: malformed ELF: .dynsym: entry size 8 is too small\n",
+    )
+
+
 # --- ar archives ---------------------------------------------------------------------------
 
 
@@ -383,3 +401,26 @@ def test_a_bsd_name_longer_than_its_member_is_an_error_for_that_member(tmp_path)
     document = json.loads(out)["files"]
     assert [lib["member"] for lib in document[0]["libraries"]] == ["good.o"]
     assert document[1] == {"path": f"{path}(#1/100)", "error": err[len("ffitool: error: ") : -1]}
+
+
+@pytest.mark.parametrize(
+    ("table", "name", "message"),
+    [
+        (None, b"#1/70000", "its name of 70000 bytes is longer than 65536 bytes"),
+        (b"short.o/\n", b"/999", "long name offset 999 is past the long-name table"),
+    ],
+)
+def test_a_member_name_that_cannot_be_read_is_an_error_for_that_member(
+    tmp_path, table, name, message
+):
+    """A BSD name past the 64 KiB bound (inside a member big enough to hold it), and a GNU
+    long-name offset past its table: that member is one error, the next is still read."""
+    members = b"!<arch>\n" + (ar_member(b"//", table) if table is not None else b"")
+    bad = ar_member(name, b"n" * 70_010)
+    good = ar_member(b"#1/8", b"good.o\0\0" + OBJECT)
+    path = tmp_path / "names.a"
+    path.write_bytes(members + bad + good)
+    code, out, err, _cpu, _megabytes = inspect(tmp_path, path)
+    assert (code, err) == (3, f"ffitool: error: {path}({name.decode()}): {message}\n")
+    libraries = json.loads(out)["files"][0]["libraries"]
+    assert [lib["member"] for lib in libraries] == ["good.o"]

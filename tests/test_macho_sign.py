@@ -487,3 +487,20 @@ def test_signing_needs_the_bytes_it_covers(tmp_path: Path) -> None:
         sign_in_place(ARM64, 0, signature, 65536)
     with pytest.raises(ValueError, match="code limit 4294967296 is out of the 32-bit range"):
         signature_size(signature, 1 << 32)
+
+
+def test_the_signature_parser_refuses_what_it_cannot_read():
+    """The super blob and code directory refusals, on the bytes themselves: each a
+    SignatureError whose message says what was wrong (the reader shows it, the signer refuses
+    to re-sign)."""
+    from ffitool.formats import codesign
+
+    with pytest.raises(codesign.SignatureError, match=r"^it is too short \(4 bytes\) for a super"):
+        codesign.blobs(b"\xfa\xde\x0c\xc0")
+    data = bytes(64)
+    wrong = codesign.Blob(0, 12, 0xFADE0C01, 40)
+    with pytest.raises(codesign.SignatureError, match=r"^slot 0x0 holds 0xfade0c01, not a code"):
+        codesign.code_directory(data, wrong)
+    short = codesign.Blob(0, 12, codesign.CSMAGIC_CODEDIRECTORY, 20)
+    with pytest.raises(codesign.SignatureError, match=r"^code directory is too short \(20 bytes\)"):
+        codesign.code_directory(data, short)
