@@ -88,11 +88,6 @@ class Module:
     payload: Buffer | Span | None = None
     imports: tuple[int, ...] = ()
 
-    @property
-    def is_lib(self) -> bool:
-        """True for the `_lib` placeholder that the runtime replaces by the library module."""
-        return self.kind == LIB_KIND
-
 
 @dataclass(frozen=True)
 class Blob:
@@ -545,7 +540,7 @@ def _tree_findings(
     for index, row in enumerate(imports):
         if len(row) > 1 and any(a >= b for a, b in pairwise(row)):
             add("B204", f"module {index} imports {listed(row)}: unsorted or duplicated")
-    cycle = _find_cycle(imports)
+    cycle = find_cycle(imports)
     if cycle:
         add("B202", "import cycle " + _path(cycle))
     else:
@@ -590,12 +585,9 @@ def reachable_from(imports: Sequence[Sequence[int]], root: int = 0) -> set[int]:
     return seen
 
 
-def find_cycle(blob: Blob) -> list[int] | None:
-    """One import cycle as a closed path of indices, or None; iterative, so depth is unbounded."""
-    return _find_cycle([m.imports for m in blob.modules])
-
-
-def _find_cycle(imports: Sequence[Sequence[int]]) -> list[int] | None:
+def find_cycle(imports: Sequence[Sequence[int]]) -> list[int] | None:
+    """One import cycle as a closed path of indices (module i imports `imports[i]`), or None;
+    iterative, so depth is unbounded."""
     state = [0] * len(imports)  # 0 new, 1 on the current path, 2 done
     for start in range(len(imports)):
         if state[start]:

@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 
 class Severity(str, Enum):
@@ -93,3 +94,29 @@ def _escaped(character: str) -> str:
     if code in _BYTE_SURROGATES:
         return f"\\x{code - 0xDC00:02x}"
     return character.encode("unicode_escape").decode("ascii")
+
+
+def with_exact_bytes(row: dict[str, Any], field: str) -> dict[str, Any]:
+    """`row` with `<field>_hex` after `field`, the exact bytes of its text, when they are not
+    UTF-8; otherwise `row` itself (the callers skip the call for ASCII, the common case).
+
+    Readers keep such bytes as surrogates (surrogateescape); the JSON value shows them
+    escaped (`\\xff`), which cannot be told from a name that spells a backslash, so the
+    bytes themselves travel in hex next to it. Only then: a valid name has no such field.
+    """
+    text = row[field]
+    try:
+        text.encode("utf-8")
+        return row
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte: not read from a file
+        return row
+    result: dict[str, Any] = {}
+    for key, value in row.items():
+        result[key] = value
+        if key == field:
+            result[f"{field}_hex"] = raw.hex()
+    return result

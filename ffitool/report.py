@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any
 
 from ffitool.checks import library_findings
-from ffitool.findings import Finding, unsurrogated
+from ffitool.findings import Finding, unsurrogated, with_exact_bytes
 from ffitool.library import (
     BlobReport,
     FfiSymbol,
@@ -246,32 +246,6 @@ such field): the reader's 0 there is not a size, so JSON says null and text says
 def records_sizes(library_format: str) -> bool:
     """Whether the symbols of a library of this format record their size (ELF's st_size)."""
     return library_format not in SIZELESS_FORMATS
-
-
-def with_exact_bytes(row: Json, field: str) -> Json:
-    """`row` with `<field>_hex` after `field`, the exact bytes of its text, when they are not
-    UTF-8; otherwise `row` itself (the callers skip the call for ASCII, the common case).
-
-    Readers keep such bytes as surrogates (surrogateescape); the JSON value shows them
-    escaped (`\\xff`), which cannot be told from a name that spells a backslash, so the
-    bytes themselves travel in hex next to it. Only then: a valid name has no such field.
-    """
-    text = row[field]
-    try:
-        text.encode("utf-8")
-        return row
-    except UnicodeEncodeError:
-        pass
-    try:
-        raw = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate that stands for no byte: not read from a file
-        return row
-    result: Json = {}
-    for key, value in row.items():
-        result[key] = value
-        if key == field:
-            result[f"{field}_hex"] = raw.hex()
-    return result
 
 
 def findings_json(findings: tuple[Finding, ...]) -> list[Json]:

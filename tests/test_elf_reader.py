@@ -209,7 +209,7 @@ def test_windowed_tables_read_the_same_as_tables_read_into_memory(name):
 def test_a_windowed_string_table_finds_every_marker(tmp_path):
     """Each marker, a system-lib prefix and merged tails, at an offset no window starts at,
     and markers and names straddling the borders of the growing windows."""
-    from ffitool.formats.strtab import WindowedTable, _memmem, c_string, candidate_ranges
+    from ffitool.formats.strtab import Names, WindowedTable, _memmem, candidate_ranges
 
     strings = (
         b"\0_ZN2at6TensorEv\0__tvm_ffi_add\0mylib___tvm_ffi__library_bin\0"
@@ -242,8 +242,9 @@ def test_a_windowed_string_table_finds_every_marker(tmp_path):
         assert candidate_ranges(table) == candidate_ranges(big)
         assert len(candidate_ranges(big)) == len(expected) + 3
         tail = strings.index(b"__tvm_dev_mblob\0")  # the merged tail of x__tvm_dev_mblob
-        assert c_string(table, tail) == "__tvm_dev_mblob"
-        assert c_string(table, big.index(long_name)) == long_name.decode()
+        names = Names(table, ValueError, "name")
+        assert names[tail] == "__tvm_dev_mblob"
+        assert names[big.index(long_name)] == long_name.decode()
         assert table.find(b"__tvm_", 0, 20) == -1
         assert table.find(b"\xff") == -1  # the bytes around the table are not in it
         assert table.rfind(b"\xff") == -1

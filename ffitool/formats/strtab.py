@@ -312,7 +312,7 @@ class Names:
         `\\xff` in text and kept exactly in JSON's `_hex` fields."""
         found = self._text.get(offset)
         if found is None:
-            # Bytes that are not UTF-8 are kept (surrogateescape), as in `c_string`.
+            # Bytes that are not UTF-8 are kept (surrogateescape): shown as \xff, in JSON as hex.
             found = self._text[offset] = self.raw(offset).decode("utf-8", "surrogateescape")
         return found
 
@@ -380,9 +380,3 @@ def matching_entries(fields: array, hits: set[int]) -> list[tuple[int, int]]:
                 found.append((at // 4, offset))
             at = column.find(pattern, at + 1)
     return sorted(found)
-
-
-def c_string(strings: Searchable, offset: int) -> str:
-    end = strings.find(b"\0", offset)
-    raw = strings[offset : end if end != -1 else len(strings)]
-    return raw.decode("utf-8", "surrogateescape")  # bytes kept: shown as \xff, in JSON as hex
