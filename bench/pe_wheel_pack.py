@@ -78,9 +78,9 @@ def check_file(pefile, original: Path, packed: Path, blob: bytes) -> list[str]:
 
 def planned_blob(original: Path, payload: Path) -> bytes:
     sys.path.insert(0, str(ROOT))
+    from ffitool.edit.plan import Edits, plan_edits
+    from ffitool.edit.stream import write_blob
     from ffitool.pack import existing_modules, payload_source
-    from ffitool.pack.plan import Edits, plan_edits
-    from ffitool.pack.stream import write_blob
 
     plan = plan_edits(
         existing_modules(original), Edits(add=(("cuda_ptx", payload_source(str(payload))),))

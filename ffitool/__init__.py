@@ -42,9 +42,9 @@ _EXPORTS = {
     "inspect_blob_file": "ffitool.library",
     "inspect_path": "ffitool.library",
     "Role": "ffitool.symbols",
-    "Edits": "ffitool.pack.plan",
-    "plan_edits": "ffitool.pack.plan",
-    "plan_from_modules": "ffitool.pack.plan",
+    "Edits": "ffitool.edit.plan",
+    "plan_edits": "ffitool.edit.plan",
+    "plan_from_modules": "ffitool.edit.plan",
     "existing_modules": "ffitool.pack",
     "pack_library": "ffitool.pack",
     "payload_source": "ffitool.pack",
@@ -88,12 +88,12 @@ __all__ = [
 if TYPE_CHECKING:
     from ffitool.blob import Blob, DecodedBlob, Module, decode, decode_legacy, encode
     from ffitool.checks import Requirements, check_file, library_findings
+    from ffitool.edit.plan import Edits, plan_edits, plan_from_modules
     from ffitool.errors import BlobError, FfitoolError, InputError, UsageError
     from ffitool.findings import Finding, Severity
     from ffitool.library import InspectedFile, Library, inspect_blob_file, inspect_path
     from ffitool.manifest import extract, read_manifest
     from ffitool.pack import existing_modules, pack_library, payload_source
-    from ffitool.pack.plan import Edits, plan_edits, plan_from_modules
     from ffitool.rules import RULES
     from ffitool.symbols import Role
 

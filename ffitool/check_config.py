@@ -61,7 +61,7 @@ def read_toml(path: Path) -> dict[str, object]:
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
 
-    from ffitool.library import open_regular_file
+    from ffitool.files import open_regular_file
 
     handle, size = open_regular_file(path)
     with handle:

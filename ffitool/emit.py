@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ffitool.blob import frame
+from ffitool.edit.plan import Plan
+from ffitool.edit.stream import blob_size, payload_chunks, write_blob
 from ffitool.errors import UsageError
 from ffitool.findings import printable
-from ffitool.pack.plan import Plan
-from ffitool.pack.stream import blob_size, payload_chunks, write_blob
 from ffitool.staging import Ownership, staged
 from ffitool.symbols import LIBRARY_BIN
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import os
-import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import BinaryIO
 
 from ffitool import blob as codec
 from ffitool.errors import BlobError, InputError
+from ffitool.files import open_regular_file
 from ffitool.findings import Finding
 from ffitool.formats import (
     Image,
@@ -26,10 +26,9 @@ from ffitool.formats import (
     Symbol,
     SymbolTable,
     Window,
-    archive,
     read_object,
 )
-from ffitool.formats.base import ELF_MAGIC
+from ffitool.formats.sniff import ARCHIVE, ELF_FILE, THIN_ARCHIVE, sniff
 from ffitool.formats.strtab import read_exactly
 from ffitool.rules import finding
 from ffitool.symbols import Naming, Role, classify
@@ -174,39 +173,6 @@ def _no_cycle_collection() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def open_regular_file(
-    path: str | os.PathLike[str],
-    *,
-    within: tuple[int, str] | None = None,
-    follow: bool = True,
-) -> tuple[BinaryIO, int]:
-    """Open a regular file for reading; refuse FIFOs and devices, which could block or never end.
-
-    The type is checked before opening (opening a device can have effects) and again on the
-    descriptor, opened with O_NONBLOCK, so a FIFO swapped in between cannot block either. With
-    `within=(dir_fd, name)` it is `name` relative to that directory that is opened, `path`
-    only names it in messages; without `follow` a symlink as the last component is refused.
-    """
-    display = str(path)
-    dir_fd, name = within if within is not None else (None, path)
-    flags = os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
-
-    def opener(_: str, mode: int) -> int:
-        return os.open(name, mode | flags, dir_fd=dir_fd)
-
-    try:
-        if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=follow).st_mode):
-            raise InputError(f"{display}: not a regular file")
-        handle = open(display, "rb", opener=opener)  # noqa: SIM115 - the caller owns it
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            handle.close()
-            raise InputError(f"{display}: not a regular file")
-        return handle, info.st_size
-    except OSError as exc:
-        raise InputError(f"{display}: cannot open: {exc.strerror or exc}") from None
 
 
 _READ_LIMIT = 16 << 20
@@ -602,9 +568,10 @@ def inspect_blob_file(path: str | os.PathLike[str]) -> BlobReport:
 def _object_container(head: bytes) -> str | None:
     """What an object file's first bytes say it is, or None. A raw blob starts with its nbytes:
     read as one, these magics are above 2**48, so no blob of a real size is mistaken."""
-    if head.startswith(ELF_MAGIC):
+    container = sniff(head)
+    if container == ELF_FILE:
         return "an ELF shared library/object file"
-    if head in (archive.MAGIC, archive.THIN_MAGIC):
+    if container in (ARCHIVE, THIN_ARCHIVE):
         return "a static (ar) archive"
     return None
 
@@ -621,5 +588,4 @@ __all__ = [
     "inspect_blob_file",
     "inspect_open",
     "inspect_path",
-    "open_regular_file",
 ]

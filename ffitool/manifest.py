@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ffitool.blob import LIB_KIND, UNKEEPABLE, unreachable_from
+from ffitool.edit.plan import ExistingModule, PayloadSource, file_identity
+from ffitool.edit.stream import InputFile, copy_payload, open_input
 from ffitool.errors import InputError, UsageError
+from ffitool.files import open_regular_file
 from ffitool.findings import listed, printable, unsurrogated, with_exact_bytes
-from ffitool.library import LibraryBin, file_sha256, inspect_open, open_regular_file
-from ffitool.pack.plan import ExistingModule, PayloadSource, file_identity
-from ffitool.pack.stream import InputFile, copy_payload, open_input
+from ffitool.library import LibraryBin, file_sha256, inspect_open
 from ffitool.symbols import LIBRARY_BIN
 
 MANIFEST_SCHEMA = "ffitool.manifest/1"

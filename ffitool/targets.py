@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ffitool.errors import InputError
-from ffitool.formats import archive, macho, pe
-from ffitool.formats.base import ELF_MAGIC
-from ffitool.library import InspectedFile, inspect_open, open_regular_file
+from ffitool.files import open_regular_file
+from ffitool.formats.sniff import HEAD_SIZE, is_coff_library, is_wheel, looks_like_object
+from ffitool.library import InspectedFile, inspect_open
 
 MEMBER_LIMIT = 2 << 30
 """The largest wheel member decompressed (into memory), in bytes."""
@@ -55,7 +55,6 @@ RATIO_FLOOR = 1 << 20
 MAX_ENTRIES = 1_000_000
 """Central directory entries read from one wheel (large real wheels hold tens of thousands)."""
 
-_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 _CHUNK = 1 << 20
 _SPECIAL_KINDS = (
     (stat.S_ISFIFO, "FIFO"),
@@ -217,7 +216,7 @@ def _candidate(path: str) -> Iterator[Source | Unreadable]:
     handle, size, kind = opened
     with handle:
         # A Microsoft library (.lib) beside its DLL is no input: ffitool refuses to read one.
-        source = kind is not None and not pe.is_coff_library(handle, size)
+        source = kind is not None and not is_coff_library(handle, size)
     if source:
         yield Source(path, explicit=False)
 
@@ -229,21 +228,13 @@ def _open_sniffed(display: str, *, follow: bool) -> tuple[BinaryIO, int, str | N
     except InputError as exc:
         return Unreadable(display, str(exc))
     try:
-        head = os.pread(handle.fileno(), 8, 0)
+        head = os.pread(handle.fileno(), HEAD_SIZE, 0)
     except OSError as exc:
         handle.close()
         return Unreadable(display, f"{display}: read error: {exc.strerror or exc}")
-    if head.startswith(_ZIP_MAGICS) and display.endswith(".whl"):
+    if is_wheel(head, display):
         return handle, size, "wheel"
-    return handle, size, "object" if _is_object(head) else None
-
-
-def _is_object(head: bytes) -> bool:
-    return (
-        head.startswith((ELF_MAGIC, pe.MAGIC))
-        or head == archive.MAGIC
-        or macho.looks_like_macho(head)
-    )
+    return handle, size, "object" if looks_like_object(head) else None
 
 
 def _inspect(
@@ -431,7 +422,7 @@ def _member(
     if entry.flags & 1:
         yield Unreadable(display, f"{display}: encrypted members are not supported")
     elif entry.method == _STORED:
-        if not _is_object(os.pread(fd, 8, start)):
+        if not looks_like_object(os.pread(fd, HEAD_SIZE, start)):
             return
         if entry.size != entry.compressed:
             yield Unreadable(
@@ -457,8 +448,8 @@ def _deflated(
 ) -> Iterator[Target]:
     stream = _Inflater(fd, start, entry.compressed)
     try:
-        head = stream.read_fully(8)
-        if not _is_object(head):
+        head = stream.read_fully(HEAD_SIZE)
+        if not looks_like_object(head):
             return
         refusal = _refusal(entry)
         if refusal:

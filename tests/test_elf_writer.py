@@ -23,10 +23,10 @@ import pytest
 from conftest import FIXTURES, ffitool, require_tool
 
 from ffitool.errors import InputError
-from ffitool.formats.elf import ElfFile
-from ffitool.formats.elf_dynamic import gnu_hash, is_address_tag, sysv_entry_format, sysv_hash
-from ffitool.pack.elf_tables import GnuHashTable, SysvHashTable, shifted
-from ffitool.pack.elf_writer import plan_edit
+from ffitool.formats.elf.dynamic import gnu_hash, is_address_tag, sysv_entry_format, sysv_hash
+from ffitool.formats.elf.reader import ElfFile
+from ffitool.formats.elf.tables import GnuHashTable, SysvHashTable, shifted
+from ffitool.formats.elf.writer import plan_edit
 
 PAYLOAD = b"\x00writer payload\xff" * 3
 

@@ -22,10 +22,10 @@ import pytest
 from conftest import CPU_SCALE, FIXTURES, uninstrumented
 from conftest import ffitool as run_ffitool
 
+from ffitool.edit.plan import plan_from_modules
+from ffitool.edit.stream import blob_size
 from ffitool.errors import FfitoolError
 from ffitool.manifest import read_manifest
-from ffitool.pack.plan import plan_from_modules
-from ffitool.pack.stream import blob_size
 
 LIB = FIXTURES / "libffi_c.so"
 # libffi_c.so's blob: _lib importing test_alpha (16 bytes) and test_beta (300 bytes).

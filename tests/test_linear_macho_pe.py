@@ -21,8 +21,8 @@ from pathlib import Path
 
 from conftest import run_measured
 
+from ffitool.formats.macho.trie import regular_export
 from ffitool.formats.strtab import NAME_LIMIT
-from ffitool.pack.macho_trie import regular_export
 
 CPU_SECONDS = 10.0
 MEGABYTES = 200
@@ -358,7 +358,7 @@ def test_export_pointers_naming_one_long_string_read_it_once(tmp_path):
     assert functions(library(result)) == [("a" * 60_000, True)]
     result.bounded()
     listing = (
-        "import sys; from ffitool.formats.pe import exports, open_pe\n"
+        "import sys; from ffitool.formats.pe.reader import exports, open_pe\n"
         "with open(sys.argv[1], 'rb') as f:\n"
         "    pe = open_pe(f, len(f.read()), sys.argv[1], f.fileno())\n"
         "    print([(e.ordinal, len(e.name), e.rva) for e in exports(pe, sys.argv[1])])\n"

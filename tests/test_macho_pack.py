@@ -24,13 +24,13 @@ from macholib.MachO import MachO
 from macholib.SymbolTable import SymbolTable
 
 from ffitool.blob import decode
-from ffitool.pack import existing_modules, pack_library, payload_source
-from ffitool.pack.macho_trie import regular_export
-from ffitool.pack.macho_verify import verify_macho
-from ffitool.pack.macho_writer import RAW_NAME, plan_macho_edit, write_macho_edit
-from ffitool.pack.plan import Edits, plan_edits
-from ffitool.pack.stream import blob_size, write_blob
-from ffitool.pack.verify import VerificationError
+from ffitool.edit.plan import Edits, plan_edits
+from ffitool.edit.stream import blob_size, write_blob
+from ffitool.edit.verification import VerificationError
+from ffitool.formats.macho.packer import MachoPacker
+from ffitool.formats.macho.trie import regular_export
+from ffitool.formats.macho.writer import RAW_NAME, plan_macho_edit, write_macho_edit
+from ffitool.pack import existing_modules, pack_library, payload_source, verify_output
 
 MACHO = FIXTURES / "macho"
 THIN = ["libffi_macho.x86_64.dylib", "libffi_macho.arm64.dylib", "libffi_macho.lld.arm64.dylib"]
@@ -379,7 +379,7 @@ def _write(tmp_path: Path, name: str | Path):
         write_macho_edit(
             str(source), staged.fileno(), edit, lambda fd, offset: write_blob(fd, offset, plan)
         )
-    verify_macho(out, source, plan, edit)  # the unbroken file passes
+    verify_output(MachoPacker((), False), out, source, plan, edit)  # the unbroken file passes
     return source, out, plan, edit
 
 
@@ -445,7 +445,7 @@ def _break_symbol_value(path: Path) -> None:
 
 def _break_trie(path: Path) -> None:
     """Move one export's address by one in the packed trie (still a well-formed trie)."""
-    from ffitool.pack.macho_trie import decode_trie
+    from ffitool.formats.macho.trie import decode_trie
 
     data = path.read_bytes()
     at = next(a for a, c, _ in _commands(data) if c == 0x80000022)
@@ -604,7 +604,7 @@ def test_the_verifier_catches_each_broken_promise(tmp_path, breaker, message):
     source, out, plan, edit = _write(tmp_path, "libmany.x86_64.dylib")
     breaker(out)
     with pytest.raises(VerificationError, match=message):
-        verify_macho(out, source, plan, edit)
+        verify_output(MachoPacker((), False), out, source, plan, edit)
 
 
 def _break_signature(path: Path) -> None:
@@ -654,7 +654,7 @@ def test_the_verifier_catches_broken_promises_of_other_fixtures(tmp_path, name, 
     source, out, plan, edit = _write(tmp_path, name)
     breaker(out)
     with pytest.raises(VerificationError, match=message):
-        verify_macho(out, source, plan, edit)
+        verify_output(MachoPacker((), False), out, source, plan, edit)
 
 
 def _unsigned_in_the_plan(edit) -> None:
@@ -681,7 +681,7 @@ def test_the_verifier_holds_the_file_to_the_plan(tmp_path, change, message):
     source, out, plan, edit = _write(tmp_path, "libmany.arm64.dylib")
     change(edit)
     with pytest.raises(VerificationError, match=message):
-        verify_macho(out, source, plan, edit)
+        verify_output(MachoPacker((), False), out, source, plan, edit)
 
 
 def test_the_verifier_catches_a_changed_unpacked_slice(tmp_path):
@@ -701,11 +701,11 @@ def test_the_verifier_catches_a_changed_unpacked_slice(tmp_path):
         write_macho_edit(
             str(source), staged.fileno(), edit, lambda fd, offset: write_blob(fd, offset, plan)
         )
-    verify_macho(out, source, plan, edit)
+    verify_output(MachoPacker((), False), out, source, plan, edit)
     header = MachO(str(out)).headers[0]
     _flip(out, header.offset + 100)
     with pytest.raises(VerificationError, match="a slice that was not packed changed"):
-        verify_macho(out, source, plan, edit)
+        verify_output(MachoPacker((), False), out, source, plan, edit)
 
 
 def test_python_api_packs_in_place_and_reports_each_slice(tmp_path):
@@ -817,7 +817,7 @@ def _slice_blob(path: Path, index: int) -> bytes:
 def test_every_page_hash_of_a_resigned_slice_recomputed_independently(packed, name):
     from test_macho_sign import check_independently, existing_signature
 
-    from ffitool.formats.codesign import blobs, primary_code_directory
+    from ffitool.formats.macho.codesign import blobs, primary_code_directory
 
     original, data = (MACHO / name).read_bytes(), packed[name].read_bytes()
     after_headers = MachO(str(packed[name])).headers

@@ -18,11 +18,12 @@ import pytest
 from conftest import FIXTURES, ffitool
 from test_macho_pack import _write
 
+from ffitool.edit.verification import VerificationError
 from ffitool.errors import InputError
-from ffitool.pack.macho_trie import decode_trie, encode_trie
-from ffitool.pack.macho_verify import verify_macho
-from ffitool.pack.macho_writer import plan_macho_edit
-from ffitool.pack.verify import VerificationError
+from ffitool.formats.macho.packer import MachoPacker
+from ffitool.formats.macho.trie import decode_trie, encode_trie
+from ffitool.formats.macho.writer import plan_macho_edit
+from ffitool.pack import verify_output
 
 MACHO = FIXTURES / "macho"
 X86 = "libffi_macho.x86_64.dylib"
@@ -697,7 +698,7 @@ def test_the_verifier_catches_a_moved_external_relocation(tmp_path):
     struct.pack_into("<i", data, offset, 0x2008)
     staged.write_bytes(bytes(data))
     with pytest.raises(VerificationError, match="its external relocations changed addresses"):
-        verify_macho(staged, source, plan, edit)
+        verify_output(MachoPacker((), False), staged, source, plan, edit)
 
 
 def test_an_unsigned_arm64_slice_is_signed(tmp_path):

@@ -27,8 +27,8 @@ from test_linear_macho_pe import trie as export_trie
 
 from ffitool.errors import InputError
 from ffitool.formats import read_object
-from ffitool.formats.codesign import LC_CODE_SIGNATURE
-from ffitool.formats.macho import MAGIC_32
+from ffitool.formats.macho.codesign import LC_CODE_SIGNATURE
+from ffitool.formats.sniff import MACHO_32 as MAGIC_32
 from ffitool.library import inspect_path
 
 MACHO = FIXTURES / "macho"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, ffitool, require_tool
 
-from ffitool.pack.macho_sign import (
+from ffitool.formats.macho.sign import (
     AdhocSignature,
     SignatureError,
     build_signature,
@@ -493,7 +493,7 @@ def test_the_signature_parser_refuses_what_it_cannot_read():
     """The super blob and code directory refusals, on the bytes themselves: each a
     SignatureError whose message says what was wrong (the reader shows it, the signer refuses
     to re-sign)."""
-    from ffitool.formats import codesign
+    from ffitool.formats.macho import codesign
 
     with pytest.raises(codesign.SignatureError, match=r"^it is too short \(4 bytes\) for a super"):
         codesign.blobs(b"\xfa\xde\x0c\xc0")

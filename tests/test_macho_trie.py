@@ -13,7 +13,7 @@ import subprocess
 import pytest
 from conftest import FIXTURES, require_tool
 
-from ffitool.pack.macho_trie import (
+from ffitool.formats.macho.trie import (
     TrieError,
     decode_trie,
     encode_trie,

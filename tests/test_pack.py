@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import FIXTURES, ffitool, require, require_tool, require_zig
@@ -537,9 +538,9 @@ def test_unwritable_directory_leaves_no_trace(payloads, tmp_path):
 
 
 def test_a_failure_while_streaming_removes_the_staged_file(tmp_path):
+    from ffitool.edit.plan import Edits, PayloadSource, plan_edits
     from ffitool.errors import InputError
     from ffitool.pack import pack_library
-    from ffitool.pack.plan import Edits, PayloadSource, plan_edits
 
     lib = copy_fixture(tmp_path, "libpack_host_gnu.so")
     short = tmp_path / "short.bin"
@@ -720,9 +721,14 @@ def test_failed_extract_leaves_no_partial_output(tmp_path):
 
 def test_verification_rejects_each_kind_of_damage(payloads, tmp_path):
     """verify() is what stands between a bad rewrite and the user's file: show it fails."""
-    from ffitool.pack import pack_library
-    from ffitool.pack.plan import Edits, PayloadSource, plan_edits
-    from ffitool.pack.verify import VerificationError, verify
+    from ffitool.edit.plan import Edits, PayloadSource, plan_edits
+    from ffitool.edit.verification import VerificationError
+    from ffitool.formats.elf.packer import ElfPacker
+    from ffitool.pack import pack_library, verify_output
+
+    def verify(path: Path, original: Path, plan, placement) -> None:
+        """The pack flow's verification of an ELF output, given where its blob was placed."""
+        verify_output(ElfPacker(), path, original, plan, SimpleNamespace(placement=placement))
 
     original = FIXTURES / "libpack_host_gnu.so"
     plan = plan_edits(

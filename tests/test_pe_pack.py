@@ -24,12 +24,12 @@ from conftest import FIXTURES, ffitool, require_tool
 from test_pe_reader import readobj as llvm_readobj
 
 from ffitool.blob import decode
-from ffitool.pack import existing_modules, pack_library, payload_source
-from ffitool.pack.pe_verify import verify_pe
-from ffitool.pack.pe_writer import plan_pe_edit, write_pe_edit
-from ffitool.pack.plan import Edits, Plan, plan_edits
-from ffitool.pack.stream import blob_size, write_blob
-from ffitool.pack.verify import VerificationError
+from ffitool.edit.plan import Edits, Plan, plan_edits
+from ffitool.edit.stream import blob_size, write_blob
+from ffitool.edit.verification import VerificationError
+from ffitool.formats.pe.packer import PePacker
+from ffitool.formats.pe.writer import plan_pe_edit, write_pe_edit
+from ffitool.pack import existing_modules, pack_library, payload_source, verify_output
 
 PE = FIXTURES / "pe"
 FFI = ["ffi_pe.x86_64.dll", "ffi_pe.arm64.dll", "ffi_pe.x86.dll"]
@@ -544,7 +544,7 @@ def _write(tmp_path: Path, source: Path):
         write_pe_edit(
             str(source), staged.fileno(), edit, lambda fd, offset: write_blob(fd, offset, plan)
         )
-    verify_pe(out, source, plan, edit)  # the unbroken file passes
+    verify_output(PePacker(), out, source, plan, edit)  # the unbroken file passes
     return out, plan, edit
 
 
@@ -796,7 +796,7 @@ def test_the_verifier_catches_each_broken_promise(tmp_path, breaker, message):
     out, plan, edit = _write(tmp_path, source)
     _edit(out, breaker)
     with pytest.raises(VerificationError, match=message):
-        verify_pe(out, source, plan, edit)
+        verify_output(PePacker(), out, source, plan, edit)
 
 
 def test_the_verifier_catches_a_blob_export_pointing_elsewhere(tmp_path):
@@ -804,7 +804,7 @@ def test_the_verifier_catches_a_blob_export_pointing_elsewhere(tmp_path):
     out, plan, edit = _write(tmp_path, source)
     _edit(out, _break_blob_export)
     with pytest.raises(VerificationError, match="blob at file offset 1568, planned 3584"):
-        verify_pe(out, source, plan, edit)
+        verify_output(PePacker(), out, source, plan, edit)
 
 
 def test_the_verifier_catches_a_changed_overlay(tmp_path):
@@ -813,7 +813,7 @@ def test_the_verifier_catches_a_changed_overlay(tmp_path):
     out, plan, edit = _write(tmp_path, source)
     _edit(out, lambda data: _flip(data, edit.kept - 1))
     with pytest.raises(VerificationError, match="the bytes outside the sections changed"):
-        verify_pe(out, source, plan, edit)
+        verify_output(PePacker(), out, source, plan, edit)
 
 
 def test_packing_is_deterministic(tmp_path):

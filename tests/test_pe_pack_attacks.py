@@ -25,7 +25,7 @@ from conftest import ffitool
 from test_pe_pack import PAYLOAD, PE, _pe, _set, planned_blob
 
 from ffitool.errors import InputError
-from ffitool.pack.pe_writer import pe_checksum, plan_pe_edit
+from ffitool.formats.pe.writer import pe_checksum, plan_pe_edit
 
 HOST = PE / "ffi_pe.x86_64.dll"
 BOUND = 2 * (0x10000 - 1) + 7 + 73

@@ -27,7 +27,8 @@ from test_linear_macho_pe import FailingStream, dll
 
 from ffitool.checks import library_findings
 from ffitool.errors import InputError
-from ffitool.formats import pe, read_object
+from ffitool.formats import read_object
+from ffitool.formats.pe import reader as pe
 from ffitool.library import inspect_path
 
 PE = FIXTURES / "pe"

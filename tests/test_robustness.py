@@ -143,8 +143,8 @@ def test_mutated_libraries_end_cleanly(tmp_path, name):
 
 def test_packing_mutated_libraries_ends_cleanly(tmp_path):
     """pack on damaged hosts: success, or a one-line error with the input untouched."""
+    from ffitool.edit.plan import Edits, plan_edits
     from ffitool.pack import existing_modules, pack_library, payload_source
-    from ffitool.pack.plan import Edits, plan_edits
 
     data = (FIXTURES / "libpack_host_gnu.so").read_bytes()
     payload = tmp_path / "payload.bin"

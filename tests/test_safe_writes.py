@@ -416,8 +416,8 @@ def test_setuid_bits_go_only_to_the_owner_they_belonged_to(shared_dir):
     lib.chmod(0o6775)
 
     def pack(path: Path) -> None:
+        from ffitool.edit.plan import Edits, plan_edits
         from ffitool.pack import existing_modules, pack_library, payload_source
-        from ffitool.pack.plan import Edits, plan_edits
 
         plan = plan_edits(
             existing_modules(path), Edits(add=(("test_beta", payload_source(str(payload))),))
@@ -547,8 +547,8 @@ def test_a_signal_in_the_middle_of_a_large_pack_leaves_nothing_behind(tmp_path, 
 
 
 def _plan(lib: Path, payload: Path):
+    from ffitool.edit.plan import Edits, plan_edits
     from ffitool.pack import existing_modules, payload_source
-    from ffitool.pack.plan import Edits, plan_edits
 
     return plan_edits(
         existing_modules(lib), Edits(add=(("test_beta", payload_source(str(payload))),))
@@ -702,10 +702,10 @@ def test_a_payload_modified_after_it_was_checked_is_refused(host):
 def test_a_manifest_file_swapped_after_it_was_checked_is_not_read(tmp_path, writer, swap):
     """The same between reading a manifest (which checks its files' sizes and digests) and
     writing what it describes, for each writer."""
+    from ffitool.edit.plan import plan_from_modules
     from ffitool.emit import write_c_source, write_raw_blob
     from ffitool.manifest import extract, read_manifest
     from ffitool.pack import pack_library
-    from ffitool.pack.plan import plan_from_modules
 
     parts = tmp_path / "parts"
     extract(FIXTURES / "libffi_c.so", parts)

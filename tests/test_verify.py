@@ -16,16 +16,19 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import FIXTURES, require_tool
 
-from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
-from ffitool.formats.elf_dynamic import gnu_hash, read_dynamic, sysv_hash
-from ffitool.pack import pack_library
-from ffitool.pack.elf_writer import Placement
-from ffitool.pack.plan import Edits, PayloadSource, Plan, plan_edits
-from ffitool.pack.verify import VerificationError, _Headers, _violations, verify
+from ffitool.edit.plan import Edits, PayloadSource, Plan, plan_edits
+from ffitool.edit.verification import VerificationError
+from ffitool.formats.elf.dynamic import gnu_hash, read_dynamic, sysv_hash
+from ffitool.formats.elf.packer import ElfPacker
+from ffitool.formats.elf.reader import ElfFile, SectionNames, program_headers, section_headers
+from ffitool.formats.elf.verify import _Headers, _violations
+from ffitool.formats.elf.writer import Placement
+from ffitool.pack import pack_library, verify_output
 from ffitool.symbols import LIBRARY_BIN
 
 PAYLOAD = bytes(range(256)) * 40
@@ -52,6 +55,12 @@ __attribute__((visibility("default"))) int rich_twice(int x) { return x * 2 + bi
 """
 RICH_VERSIONS = "RICH_1 { global: rich_add; rich_twice; rich_parse; local: *; };\n"
 RUN_PATH = "/opt/ffitool/verify/run/path"
+
+
+def verify(output: Path, original: Path, plan, placement) -> None:
+    """The pack flow's verification of an ELF output (its blob, then the ELF verifier), given
+    where the blob was placed."""
+    verify_output(ElfPacker(), output, original, plan, SimpleNamespace(placement=placement))
 
 
 @dataclass(frozen=True)

@@ -253,10 +253,10 @@ def pack_command(
     """Embed, replace or remove module blobs in an ELF shared library, a Mach-O dylib or
     bundle (thin or universal) or a Windows DLL, verified before renaming."""
     from ffitool.cli.render import print_plan, progress_bar
+    from ffitool.edit.plan import Edits, plan_edits, plan_from_modules, validate_kind
+    from ffitool.edit.stream import blob_size
     from ffitool.manifest import read_manifest
     from ffitool.pack import SIGNATURE_MODES, existing_modules, pack_library, payload_source
-    from ffitool.pack.plan import Edits, plan_edits, plan_from_modules, validate_kind
-    from ffitool.pack.stream import blob_size
 
     edits_given = bool(add or replace or remove or parent is not None or cascade)
     arches = tuple(arch or ())
@@ -340,9 +340,9 @@ def blob_encode_command(
     ],
 ) -> None:
     """Write the raw blob a manifest describes."""
+    from ffitool.edit.plan import plan_from_modules
     from ffitool.emit import write_raw_blob
     from ffitool.manifest import read_manifest
-    from ffitool.pack.plan import plan_from_modules
 
     with _reported():
         size = write_raw_blob(plan_from_modules(read_manifest(manifest)), output)
@@ -366,9 +366,9 @@ def blob_emit_c_command(
     ] = False,
 ) -> None:
     """Write C source defining the blob symbol, for toolchains that can still link."""
+    from ffitool.edit.plan import plan_from_modules
     from ffitool.emit import write_c_source
     from ffitool.manifest import read_manifest
-    from ffitool.pack.plan import plan_from_modules
 
     with _reported(manifest):
         plan = plan_from_modules(read_manifest(manifest))

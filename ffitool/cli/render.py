@@ -19,9 +19,9 @@ from rich.tree import Tree
 
 from ffitool.blob import reachable_from
 from ffitool.checks import library_findings
+from ffitool.edit.plan import Plan
 from ffitool.findings import Finding, Severity, printable
 from ffitool.library import BlobReport, InspectedFile, Library, LibraryBin, ModuleInfo
-from ffitool.pack.plan import Plan
 from ffitool.report import records_sizes
 from ffitool.units import format_size
 

@@ -1,33 +1,96 @@
-"""Object-format readers behind one entry point that picks the reader by magic bytes."""
+"""The binary formats ffitool reads and packs, in one registry, behind one entry point.
+
+A format is a package of its own (`ffitool.formats.elf`, `.macho`, `.pe`) holding everything
+the project knows of it: structs, reader, writer, verifier. Each package states its `FORMAT`:
+its name, the containers `sniff` names that it reads, its reader and its packer (or none).
+`read_object` sniffs an input once and hands it to the format that reads it; `ffitool.pack`
+finds the packer the same way. A fifth format is one more package and one more line in
+`_PACKAGES`. Nothing here imports a format package until an input needs it, so reading a
+Mach-O file never loads the ELF reader or pyelftools.
+"""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from functools import cache
+from importlib import import_module
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
 
 from ffitool.errors import InputError
-from ffitool.formats import archive, macho, pe
-from ffitool.formats.base import ELF_MAGIC, Image, Location, Slice, Symbol, SymbolTable
+from ffitool.formats import archive, sniff
+from ffitool.formats.base import Image, Location, Slice, Symbol, SymbolTable
 
 __all__ = [
+    "Format",
     "Image",
     "Location",
     "ObjectFile",
+    "Packer",
     "Slice",
     "Symbol",
     "SymbolTable",
     "Window",
+    "format_named",
+    "formats",
     "read_object",
 ]
 
-_OTHER_MAGICS = {
-    macho.MAGIC_32: "32-bit Mach-O files are not supported yet",
-    **dict.fromkeys(
-        pe.COFF_MACHINES,
-        "COFF objects are not supported (inspect the DLL or EXE they are linked into)",
-    ),
-}
+_PACKAGES = ("ffitool.formats.elf", "ffitool.formats.macho", "ffitool.formats.pe")
+"""The format registry: one line per format package."""
+
+Reader = Callable[[BinaryIO, int, str, "str | None", int, "int | None"], tuple[Image, ...]]
+"""(stream, size, display name, archive member or None, where the stream starts in the file,
+descriptor of the file or None) -> the images that have their own symbol tables."""
+
+
+class Packer(Protocol):
+    """One format's seam in the pack flow: plan the edit from the locked input's headers,
+    write it to the staged file, verify the staged file against the input, say where the blob
+    went. Only the flow (`ffitool.pack`) drives it; the blob's own check is the flow's too."""
+
+    def plan(self, handle: BinaryIO, size: int, display: str, blob_size: int) -> Any: ...
+
+    def write(self, source: str, fd: int, edit: Any, blob: Callable[[int, int], None]) -> None: ...
+
+    def blob_offsets(self, edit: Any) -> list[int | None]:
+        """Where each image of the written file holds its blob (None: an image not packed)."""
+        ...
+
+    def verify(self, staging: Path, source: Path, edit: Any) -> None: ...
+
+    def result(self, edit: Any) -> tuple[Any, tuple[str, ...]]: ...
+
+
+@dataclass(frozen=True)
+class Format:
+    """One binary format as the rest of ffitool sees it."""
+
+    name: str
+    containers: tuple[str, ...]
+    """The containers (`sniff` results, also the reports' "format") it reads."""
+    read: Reader
+    in_archives: bool
+    """Whether its objects are read as ar archive members."""
+    packable_kinds: frozenset[str] = frozenset()
+    """The kinds of image (`Image.kind`) that pack can rewrite; none: no packer."""
+    packer: Callable[[tuple[str, ...], bool], Packer] | None = None
+    """(architectures to pack, whether to remove the signature) -> its packer."""
+    slices: bool = False
+    """Whether the file holds architecture slices and signatures that pack options select."""
+
+
+@cache
+def formats() -> tuple[Format, ...]:
+    """Every registered format, its package imported (each package's `__init__` is small)."""
+    return tuple(import_module(package).FORMAT for package in _PACKAGES)
+
+
+def format_named(container: str) -> Format | None:
+    """The format that reads a container, by the name `sniff` and the reports give it."""
+    return next((f for f in formats() if container in f.containers), None)
 
 
 @dataclass(frozen=True)
@@ -42,32 +105,32 @@ class ObjectFile:
     """(member, one-line error) of each archive member that could not be read."""
 
 
+_UNSUPPORTED = {
+    sniff.THIN_ARCHIVE: "thin ar archives hold no members to read",
+    sniff.MACHO_32_FILE: "32-bit Mach-O files are not supported yet",
+    sniff.COFF_OBJECT: (
+        "COFF objects are not supported (inspect the DLL or EXE they are linked into)"
+    ),
+}
+
+
 def read_object(stream: BinaryIO, size: int, display_name: str) -> ObjectFile:
     """Sniff the format of an open file and read its images; raises InputError if unsupported."""
     stream.seek(0)
-    head = stream.read(8)
+    container = sniff.sniff(stream.read(sniff.HEAD_SIZE))
     fd = _descriptor(stream)
-    if head.startswith(ELF_MAGIC):
-        from ffitool.formats import elf  # imported when first needed: see ELF_MAGIC
-
-        return ObjectFile("ELF", size, (elf.read_elf(stream, size, display_name, fd=fd),))
-    if head.startswith(macho.MAGIC_64) or macho.is_universal(head):
-        container = "Mach-O universal" if macho.is_universal(head) else "Mach-O"
-        return ObjectFile(container, size, macho.read_macho(stream, size, display_name, fd=fd))
-    if head.startswith(pe.MAGIC):
-        return ObjectFile("PE", size, (pe.read_pe(stream, size, display_name, fd=fd),))
-    if head == archive.MAGIC and pe.is_coff_library(stream, size):
+    found = None if container is None else format_named(container)
+    if container is not None and found is not None:
+        return ObjectFile(container, size, found.read(stream, size, display_name, None, 0, fd))
+    if container == sniff.ARCHIVE and sniff.is_coff_library(stream, size):
         raise InputError(
             f"{display_name}: COFF libraries (.lib) are not supported (inspect the DLL instead)"
         )
-    if head == archive.MAGIC:
+    if container == sniff.ARCHIVE:
         images, unreadable = _archive_images(stream, size, display_name, fd)
-        return ObjectFile("ar archive", size, tuple(images), tuple(unreadable))
-    if head == archive.THIN_MAGIC:
-        raise InputError(f"{display_name}: thin ar archives hold no members to read")
-    for magic, message in _OTHER_MAGICS.items():
-        if head.startswith(magic):
-            raise InputError(f"{display_name}: {message}")
+        return ObjectFile(container, size, tuple(images), tuple(unreadable))
+    if container is not None:
+        raise InputError(f"{display_name}: {_UNSUPPORTED[container]}")
     raise InputError(f"{display_name}: not an ELF file, Mach-O file, PE file or ar archive")
 
 
@@ -84,28 +147,22 @@ def _archive_images(
 ) -> tuple[list[Image], list[tuple[str, str]]]:
     """The members' images, and (member, error) for each member that is not a readable ELF or
     Mach-O file: one corrupt object does not hide what the other members hold."""
-    images = []
+    images: list[Image] = []
     unreadable = []
     for member in archive.iter_members(stream, size, display_name):
         if member.error:
             unreadable.append((member.name, member.error))
             continue
         stream.seek(member.offset)
-        magic = stream.read(4)
+        container = sniff.sniff(stream.read(sniff.HEAD_SIZE))
+        found = None if container is None else format_named(container)
+        if found is None or not found.in_archives or container == sniff.UNIVERSAL_FILE:
+            continue
         window = Window(stream, member.offset, member.size)
         try:
-            if magic == ELF_MAGIC:
-                from ffitool.formats import elf  # imported when first needed: see ELF_MAGIC
-
-                images.append(
-                    elf.read_elf(window, member.size, display_name, member.name, member.offset, fd)
-                )
-            elif magic == macho.MAGIC_64:
-                images.extend(
-                    macho.read_macho(
-                        window, member.size, display_name, member.name, member.offset, fd
-                    )
-                )
+            images.extend(
+                found.read(window, member.size, display_name, member.name, member.offset, fd)
+            )
         except InputError as exc:
             unreadable.append((member.name, str(exc)))
     return images, unreadable

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ffitool.errors import InputError
+from ffitool.formats.sniff import AR
 from ffitool.formats.strtab import NAME_LIMIT, Names
 
-MAGIC = b"!<arch>\n"
-THIN_MAGIC = b"!<thin>\n"
 _HEADER_SIZE = 60
 # Symbol indexes and the long-name table, by their raw 16-byte names (GNU) or names (BSD).
 _SPECIAL = {"/", "/SYM64/", "//", "__.SYMDEF", "__.SYMDEF SORTED", "__.SYMDEF_64"}
@@ -44,12 +43,12 @@ def iter_members(stream: BinaryIO, file_size: int, display_name: str) -> Iterato
     is yielded with an error, and the members after it are still read.
     """
     stream.seek(0)
-    if stream.read(len(MAGIC)) != MAGIC:
+    if stream.read(len(AR)) != AR:
         # unreachable: read_object dispatches here on these very bytes, read through the same
         # descriptor; only a file rewritten in between by another process gets here.
         raise InputError(f"{display_name}: not an ar archive (thin archives are not supported)")
     long_names = Names(b"", _BadName, "long member name", b"\n")
-    position = len(MAGIC)
+    position = len(AR)
     while position + _HEADER_SIZE <= file_size:
         stream.seek(position)
         header = stream.read(_HEADER_SIZE)

@@ -75,11 +75,6 @@ class Location:
     available: int
 
 
-ELF_MAGIC = b"\x7fELF"
-"""The ELF identification, here so that telling formats apart needs no ELF reader: the
-reader imports pyelftools, a fifth of ffitool's start-up, which a Mach-O input never uses."""
-
-
 @dataclass(frozen=True)
 class Slice:
     """Where one architecture's image lies in a universal (fat) Mach-O file."""

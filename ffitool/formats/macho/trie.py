@@ -7,7 +7,7 @@ as a C string and the child's offset as a ULEB128. Adding one name can change th
 thus the sizes of many nodes, so the writer rebuilds the trie from the decoded entries. The
 terminal information of every existing entry is kept byte for byte, never reinterpreted.
 
-The reader (`ffitool.formats.macho`) only looks names up; this module decodes every entry,
+The reader (`ffitool.formats.macho.reader`) only looks names up; this module decodes every entry,
 which only the writer needs.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 
-from ffitool.formats.macho import TrieError, read_uleb
+from ffitool.formats.macho.reader import TrieError, read_uleb
 
 _MAX_LEB_BYTES = 10
 _EXPANSION_LIMIT = 64

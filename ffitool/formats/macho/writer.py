@@ -31,31 +31,16 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ffitool.edit.plan import PayloadSource, align
+from ffitool.edit.stream import copy_payload
 from ffitool.errors import InputError
-from ffitool.formats.codesign import (
+from ffitool.formats.macho.codesign import (
     CS_LINKER_SIGNED,
     LC_CODE_SIGNATURE,
     SignatureError,
     signature_state,
 )
-from ffitool.formats.macho import (
-    FAT_ARCH,
-    FAT_ARCH_64,
-    FAT_HEADER,
-    HEADER,
-    LC_DYLD_EXPORTS_TRIE,
-    LC_DYLD_INFO,
-    LC_DYLD_INFO_ONLY,
-    LC_SEGMENT_64,
-    LC_SYMTAB,
-    N_EXT,
-    N_PEXT,
-    N_SECT,
-    N_TYPE,
-    NLIST,
-    SECTION,
-)
-from ffitool.pack.macho_image import (
+from ffitool.formats.macho.image import (
     ARCH_NAMES,
     CPU_ARM64,
     CPU_X86_64,
@@ -72,15 +57,30 @@ from ffitool.pack.macho_image import (
     Segment,
     symbol_name,
 )
-from ffitool.pack.macho_sign import (
+from ffitool.formats.macho.reader import (
+    FAT_ARCH,
+    FAT_ARCH_64,
+    FAT_HEADER,
+    HEADER,
+    LC_DYLD_EXPORTS_TRIE,
+    LC_DYLD_INFO,
+    LC_DYLD_INFO_ONLY,
+    LC_SEGMENT_64,
+    LC_SYMTAB,
+    N_EXT,
+    N_PEXT,
+    N_SECT,
+    N_TYPE,
+    NLIST,
+    SECTION,
+)
+from ffitool.formats.macho.sign import (
     AdhocSignature,
     build_signature,
     resign_parameters,
     signature_size,
 )
-from ffitool.pack.macho_trie import encode_trie, regular_export
-from ffitool.pack.plan import PayloadSource, align
-from ffitool.pack.stream import copy_payload
+from ffitool.formats.macho.trie import encode_trie, regular_export
 from ffitool.symbols import LIBRARY_BIN
 
 SEGMENT_NAME = "__TVM_FFI"

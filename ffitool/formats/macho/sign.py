@@ -28,7 +28,8 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from ffitool.formats.codesign import (
+from ffitool.edit.plan import align
+from ffitool.formats.macho.codesign import (
     BLOB_INDEX,
     CODE_DIRECTORY,
     CODE_DIRECTORY_VERSION,
@@ -56,8 +57,7 @@ from ffitool.formats.codesign import (
     primary_code_directory,
     signature_state,
 )
-from ffitool.pack.macho_image import MachoError, MachoSlice
-from ffitool.pack.plan import align
+from ffitool.formats.macho.image import MachoError, MachoSlice
 
 __all__ = [
     "AdhocSignature",

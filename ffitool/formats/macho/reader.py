@@ -29,7 +29,8 @@ from typing import BinaryIO
 
 from ffitool.errors import InputError
 from ffitool.formats.base import Image, Location, Slice, Symbol, SymbolTable
-from ffitool.formats.codesign import LC_CODE_SIGNATURE, SignatureError, signature_state
+from ffitool.formats.macho.codesign import LC_CODE_SIGNATURE, SignatureError, signature_state
+from ffitool.formats.sniff import FAT_64, MACHO_32, MACHO_64, UNIVERSAL_FILE, sniff
 from ffitool.formats.strtab import (
     SYMBOL_SLICE,
     Names,
@@ -39,12 +40,6 @@ from ffitool.formats.strtab import (
     offset_filter,
     st_name_column,
 )
-
-MAGIC_64 = b"\xcf\xfa\xed\xfe"
-"""MH_MAGIC_64 as a little-endian file stores it (x86-64 and arm64 are both little-endian)."""
-MAGIC_32 = b"\xce\xfa\xed\xfe"
-FAT_MAGIC = b"\xca\xfe\xba\xbe"
-FAT_MAGIC_64 = b"\xca\xfe\xba\xbf"
 
 HEADER = struct.Struct("<IiiIIIII")
 _LOAD_COMMAND = struct.Struct("<II")
@@ -100,22 +95,6 @@ class _Malformed(Exception):
     """A structural problem, turned into one InputError naming the file (and member)."""
 
 
-def is_universal(head: bytes) -> bool:
-    """Whether the bytes start with a universal (fat or fat64) header."""
-    return head[:4] in (FAT_MAGIC, FAT_MAGIC_64)
-
-
-def looks_like_macho(head: bytes) -> bool:
-    """Whether the first 8 bytes start a 64-bit Mach-O file, for sniffing among other files.
-
-    A Java class file starts with the universal magic too, followed by its version (major
-    45 or more), where a universal file has its architecture count: few, as file(1) assumes.
-    """
-    if head.startswith(MAGIC_64):
-        return True
-    return is_universal(head) and 0 < int.from_bytes(head[4:8], "big") < 45
-
-
 def read_macho(
     stream: BinaryIO,
     size: int,
@@ -133,7 +112,7 @@ def read_macho(
     source = _Source(stream, fd, base, size)
     try:
         head = source.read(0, 4)
-        if is_universal(head):
+        if sniff(head) == UNIVERSAL_FILE:
             return _read_slices(source, member)
         return (_read_thin(source, member),)
     except _Malformed as exc:
@@ -202,7 +181,7 @@ def _slices(source: _Source) -> list[tuple[int, int, str]]:
     """(offset, size, architecture name) of each slice of a universal file, checked against
     the file."""
     magic, count = FAT_HEADER.unpack(source.read(0, FAT_HEADER.size))
-    layout = FAT_ARCH_64 if magic == int.from_bytes(FAT_MAGIC_64, "big") else FAT_ARCH
+    layout = FAT_ARCH_64 if magic == int.from_bytes(FAT_64, "big") else FAT_ARCH
     if count == 0 or count > _MAX_SLICES:
         raise _Malformed(f"universal header claims {count} architectures (at most {_MAX_SLICES})")
     table = source.read(FAT_HEADER.size, count * layout.size, "universal header")
@@ -279,8 +258,8 @@ class _Commands:
 
 def _read_thin(source: _Source, member: str | None, place: Slice | None = None) -> Image:
     header = source.read(0, HEADER.size)
-    if header[:4] != MAGIC_64:
-        what = "a 32-bit Mach-O image" if header[:4] == MAGIC_32 else "not a 64-bit Mach-O image"
+    if header[:4] != MACHO_64:
+        what = "a 32-bit Mach-O image" if header[:4] == MACHO_32 else "not a 64-bit Mach-O image"
         raise _Malformed(f"the {source.label} is {what}, which is not supported")
     _, cputype, _, filetype, ncmds, sizeofcmds, _, _ = HEADER.unpack(header)
     if filetype not in _KINDS:

@@ -17,7 +17,7 @@ from ffitool.errors import UsageError
 from ffitool.findings import listed, printable
 
 if TYPE_CHECKING:
-    from ffitool.pack.stream import InputFile
+    from ffitool.edit.stream import InputFile
 
 
 @dataclass(frozen=True)

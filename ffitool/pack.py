@@ -10,22 +10,20 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 from ffitool.blob import UNKEEPABLE
+from ffitool.edit.plan import ExistingModule, PayloadSource, Plan, file_identity
+from ffitool.edit.stream import InputFile, Progress, blob_size, open_input, same_bytes, write_blob
+from ffitool.edit.verification import VerificationError, fail
 from ffitool.errors import InputError, UsageError
-from ffitool.formats.elf import PARSE_ERRORS
-from ffitool.library import InspectedFile, Library, inspect_open
-from ffitool.pack.elf_writer import ElfEdit, Placement, plan_edit, write_edit
-from ffitool.pack.macho_writer import MachoEdit, SlicePlacement, plan_macho_edit, write_macho_edit
-from ffitool.pack.pe_writer import PeEdit, PePlacement, plan_pe_edit, write_pe_edit
-from ffitool.pack.plan import ExistingModule, PayloadSource, Plan, file_identity
-from ffitool.pack.stream import InputFile, Progress, blob_size, open_input, write_blob
-from ffitool.pack.verify import VerificationError, verify
+from ffitool.findings import Severity
+from ffitool.formats import Format, Packer, format_named
+from ffitool.library import InspectedFile, Library, inspect_open, inspect_path
 from ffitool.staging import Ownership, descriptor_path, staged
+from ffitool.symbols import LIBRARY_BIN
 
 
 @dataclass(frozen=True)
@@ -34,8 +32,8 @@ class PackResult:
 
     destination: Path
     plan: Plan
-    placement: Placement | list[SlicePlacement] | PePlacement
-    """The ELF or PE blob's place, or one per packed Mach-O slice."""
+    placement: Any
+    """Where the blob went: the ELF or PE writer's placement, or one per packed Mach-O slice."""
     warnings: tuple[str, ...] = ()
     """What the user must know about the output (a certificate signature replaced or removed)."""
 
@@ -116,97 +114,16 @@ def pack_library(
     library = Path(library)
     held, info = open_input(library)
     inspected = _packable(held, info.st_size, library, digests=False)
-    if inspected.format in ("ELF", "PE"):
-        if arches or signature != "adhoc":
-            raise UsageError(_MACHO_ONLY)
-        writer: _FormatWriter = _ElfWriter() if inspected.format == "ELF" else _PeWriter()
-    else:
+    found = _format(inspected)
+    if not found.slices and (arches or signature != "adhoc"):
+        raise UsageError(_MACHO_ONLY)
+    if found.slices:
         _packed_libraries(inspected, arches)
         if signature not in SIGNATURE_MODES:
             raise UsageError(f"--signature must be one of {', '.join(SIGNATURE_MODES)}")
-        writer = _MachoWriter(arches, signature == "remove")
-    return _rewrite(library, held, plan, output, progress, writer)
-
-
-class _FormatWriter(Protocol):
-    """One object format's seam: plan the edit from the locked input's headers, write it to
-    the staged file, verify the staged file against the input, say where the blob went."""
-
-    def plan(self, handle: BinaryIO, size: int, display: str, blob_size: int) -> Any: ...
-
-    def write(self, source: str, fd: int, edit: Any, blob: Callable[[int, int], None]) -> None: ...
-
-    def verify(self, staging: Path, source: Path, plan: Plan, edit: Any) -> None: ...
-
-    def result(self, edit: Any) -> tuple[Any, tuple[str, ...]]: ...
-
-
-class _ElfWriter:
-    """The ELF seam (`elf_writer`, `verify`): pyelftools' parse errors become one line."""
-
-    def plan(self, handle: BinaryIO, size: int, display: str, blob_size: int) -> ElfEdit:
-        try:
-            return plan_edit(handle, size, display, blob_size)
-        except PARSE_ERRORS as exc:
-            raise InputError(f"{display}: malformed ELF: {exc}") from None
-
-    def write(self, source: str, fd: int, edit: ElfEdit, blob: Callable[[int, int], None]) -> None:
-        write_edit(source, fd, edit, blob)
-
-    def verify(self, staging: Path, source: Path, plan: Plan, edit: ElfEdit) -> None:
-        try:
-            verify(staging, source, plan, edit.placement)
-        except PARSE_ERRORS as exc:
-            raise VerificationError(f"packed file failed verification: {exc}") from None
-
-    def result(self, edit: ElfEdit) -> tuple[Placement, tuple[str, ...]]:
-        return edit.placement, ()
-
-
-@dataclass(frozen=True)
-class _MachoWriter:
-    """The Mach-O seam (`macho_writer`, `macho_verify`): the slices to pack, and whether
-    their signatures are renewed or removed."""
-
-    arches: tuple[str, ...]
-    remove_signature: bool
-
-    def plan(self, handle: BinaryIO, size: int, display: str, blob_size: int) -> MachoEdit:
-        return plan_macho_edit(
-            handle.fileno(), size, display, blob_size, self.arches, self.remove_signature
-        )
-
-    def write(
-        self, source: str, fd: int, edit: MachoEdit, blob: Callable[[int, int], None]
-    ) -> None:
-        write_macho_edit(source, fd, edit, blob)
-
-    def verify(self, staging: Path, source: Path, plan: Plan, edit: MachoEdit) -> None:
-        from ffitool.pack.macho_verify import verify_macho
-
-        verify_macho(staging, source, plan, edit)
-
-    def result(self, edit: MachoEdit) -> tuple[list[SlicePlacement], tuple[str, ...]]:
-        return edit.placements, tuple(edit.warnings)
-
-
-class _PeWriter:
-    """The PE seam (`pe_writer`, `pe_verify`)."""
-
-    def plan(self, handle: BinaryIO, size: int, display: str, blob_size: int) -> PeEdit:
-        return plan_pe_edit(handle.fileno(), size, display, blob_size)
-
-    def write(self, source: str, fd: int, edit: PeEdit, blob: Callable[[int, int], None]) -> None:
-        write_pe_edit(source, fd, edit, blob)
-
-    def verify(self, staging: Path, source: Path, plan: Plan, edit: PeEdit) -> None:
-        from ffitool.pack.pe_verify import verify_pe
-
-        verify_pe(staging, source, plan, edit)
-
-    def result(self, edit: PeEdit) -> tuple[PePlacement, tuple[str, ...]]:
-        assert edit.placement is not None  # plan_pe_edit always places the blob
-        return edit.placement, tuple(edit.warnings)
+    assert found.packer is not None  # _packable admits packable formats only
+    packer = found.packer(arches, signature == "remove")
+    return _rewrite(library, held, plan, output, progress, packer)
 
 
 def _rewrite(
@@ -215,7 +132,7 @@ def _rewrite(
     plan: Plan,
     output: Path | None,
     progress: Progress | None,
-    writer: _FormatWriter,
+    writer: Packer,
 ) -> PackResult:
     """The flow every format shares: lock and check the input (the descriptor it was
     inspected through), plan, stage, write, verify, check the path still names the file that
@@ -244,12 +161,55 @@ def _rewrite(
             # cost more than the whole rewrite. Durability is left to the file system.
             writer.write(source, staging.fd, edit, blob)
             try:
-                writer.verify(staging.path, Path(source), plan, edit)
+                verify_output(writer, staging.path, Path(source), plan, edit)
             except VerificationError as exc:  # verifiers do not know the library's name
                 raise VerificationError(f"{library}: {exc}; nothing was written") from None
             _check_unchanged(handle, library, info)
     placement, warnings = writer.result(edit)
     return PackResult(destination, plan, placement, warnings)
+
+
+def verify_output(writer: Packer, staging: Path, source: Path, plan: Plan, edit: Any) -> None:
+    """Raise VerificationError, naming the first difference, unless `staging` is right.
+
+    The staged file is re-read as inspect reads it: each packed image's blob must be exactly
+    the planned modules with their sources' bytes; then the format's verifier compares the
+    rest of the file with the input."""
+    try:
+        libraries = inspect_path(staging, digests=False).libraries  # bytes are compared below
+    except InputError as exc:
+        fail(str(exc).split(": ", 1)[-1])
+    offsets = writer.blob_offsets(edit)
+    if len(libraries) != len(offsets):
+        fail(f"{len(libraries)} images, expected {len(offsets)}")
+    for library, offset in zip(libraries, offsets, strict=True):
+        if offset is not None:
+            check_blob(library, staging, plan, offset)
+    writer.verify(staging, source, edit)
+
+
+def check_blob(library: Library, staging: Path, plan: Plan, file_offset: int) -> None:
+    """The library's blob is exported, at `file_offset`, and holds exactly the planned modules
+    with exactly their source's bytes."""
+    found = library.library_bin
+    if found is None or found.symbol.symbol.name != LIBRARY_BIN:
+        fail("no __tvm_ffi__library_bin")
+    if not found.symbol.dynamic:
+        fail("__tvm_ffi__library_bin is not exported")
+    errors = [f.message for f in found.findings if f.severity is Severity.ERROR]
+    if errors:
+        fail("; ".join(errors))
+    if found.file_offset != file_offset:
+        fail(f"blob at file offset {found.file_offset}, planned {file_offset}")
+    got = [(m.kind, m.imports, m.size) for m in found.modules]
+    want = [(m.kind, m.imports, None if m.source is None else m.source.size) for m in plan.modules]
+    if got != want:
+        fail(f"modules {got} differ from the plan {want}")
+    for module, planned in zip(found.modules, plan.modules, strict=True):
+        if planned.source is None or module.payload_offset is None:
+            continue
+        if not same_bytes(planned.source, str(staging), file_offset + module.payload_offset):
+            fail(f"module {module.index} ({module.kind}) payload bytes differ from the source")
 
 
 def _lock(handle: BinaryIO, library: Path) -> None:
@@ -305,22 +265,26 @@ def _packable(held: InputFile, size: int, path: Path, *, digests: bool) -> Inspe
     with held.reader(path) as handle:
         inspected = inspect_open(handle, size, str(path), digests=digests)
     kinds = {library.kind for library in inspected.libraries}
-    if inspected.format == "ELF" and kinds == {"shared library"}:
-        return inspected
-    if inspected.format.startswith("Mach-O") and kinds <= {"shared library", "bundle"}:
-        return inspected
-    if inspected.format == "PE" and kinds == {"shared library"}:
+    found = format_named(inspected.format)
+    if found is not None and found.packer is not None and kinds <= found.packable_kinds and kinds:
         return inspected
     raise InputError(
         f"{path}: only ELF shared libraries, Mach-O dylibs and bundles and PE DLLs can be packed"
     )
 
 
+def _format(inspected: InspectedFile) -> Format:
+    """The format of a file `_packable` admitted."""
+    found = format_named(inspected.format)
+    assert found is not None  # _packable admitted it by its format
+    return found
+
+
 def _packed_libraries(inspected: InspectedFile, arches: tuple[str, ...]) -> list[Library]:
     """The images a pack rewrites: all, or the Mach-O slices named by `--arch`."""
     if not arches:
         return list(inspected.libraries)
-    if not inspected.format.startswith("Mach-O"):
+    if not _format(inspected).slices:
         raise UsageError(_MACHO_ONLY)
     names = [MACHO_ARCHES.get(library.machine, library.machine) for library in inspected.libraries]
     unknown = sorted(set(arches) - set(names))

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ffitool.errors import InputError
-from ffitool.formats.elf_dynamic import gnu_hash, sysv_hash
+from ffitool.formats.elf.dynamic import gnu_hash, sysv_hash
 
 NATIVE_LITTLE = sys.byteorder == "little"
 _CHUNK = 1 << 20

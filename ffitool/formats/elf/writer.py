@@ -31,9 +31,10 @@ from typing import BinaryIO
 
 from elftools.construct.lib import Container
 
+from ffitool.edit.plan import PayloadSource, align
+from ffitool.edit.stream import copy_payload
 from ffitool.errors import InputError
-from ffitool.formats.elf import ElfFile, SectionNames, program_headers, section_headers
-from ffitool.formats.elf_dynamic import (
+from ffitool.formats.elf.dynamic import (
     DT,
     DynamicError,
     is_address_tag,
@@ -42,7 +43,8 @@ from ffitool.formats.elf_dynamic import (
     unmapped_segments,
     wide_hash_machine,
 )
-from ffitool.pack.elf_tables import (
+from ffitool.formats.elf.reader import ElfFile, SectionNames, program_headers, section_headers
+from ffitool.formats.elf.tables import (
     NATIVE_LITTLE,
     GnuHashTable,
     SysvHashTable,
@@ -50,8 +52,6 @@ from ffitool.pack.elf_tables import (
     relocation_symbol_end,
     renumbered_relocations,
 )
-from ffitool.pack.plan import PayloadSource, align
-from ffitool.pack.stream import copy_payload
 from ffitool.symbols import LIBRARY_BIN
 
 BLOB_SECTION = ".tvm_ffi_blob"

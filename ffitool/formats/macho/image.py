@@ -1,6 +1,6 @@
 """One thin 64-bit Mach-O image as the pack side sees it: every load command's raw bytes.
 
-The inspecting reader (`ffitool.formats.macho`) keeps only what the model needs; the writer,
+The inspecting reader (`ffitool.formats.macho.reader`) keeps only what the model needs; the writer,
 its verifier and the signature checks need the load commands themselves, read here once,
 with every size checked against the image before anything is read.
 """
@@ -11,8 +11,8 @@ import os
 import struct
 from dataclasses import dataclass
 
-from ffitool.formats.codesign import LC_CODE_SIGNATURE
-from ffitool.formats.macho import (
+from ffitool.formats.macho.codesign import LC_CODE_SIGNATURE
+from ffitool.formats.macho.reader import (
     HEADER,
     LC_DYLD_EXPORTS_TRIE,
     LC_DYLD_INFO,
@@ -23,7 +23,7 @@ from ffitool.formats.macho import (
     NLIST,
     SECTION,
 )
-from ffitool.pack.macho_trie import TrieError, decode_trie
+from ffitool.formats.macho.trie import TrieError, decode_trie
 
 MAGIC_64 = 0xFEEDFACF
 FAT_MAGIC = 0xCAFEBABE

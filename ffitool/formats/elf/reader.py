@@ -26,7 +26,7 @@ from elftools.elf import enums as elf_enums
 from elftools.elf.structs import ELFStructs
 
 from ffitool.errors import InputError
-from ffitool.formats.base import ELF_MAGIC, Image, Location, Symbol, SymbolTable
+from ffitool.formats.base import Image, Location, Symbol, SymbolTable
 from ffitool.formats.strtab import (
     SYMBOL_SLICE,
     Names,
@@ -38,8 +38,6 @@ from ffitool.formats.strtab import (
     read_exactly,
     st_name_column,
 )
-
-MAGIC = ELF_MAGIC
 
 _KINDS = {
     "ET_DYN": "shared library",

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ffitool.blob import frame, shapes_size
+from ffitool.edit.plan import PayloadSource, Plan, file_identity
 from ffitool.errors import InputError
-from ffitool.library import open_regular_file
-from ffitool.pack.plan import PayloadSource, Plan, file_identity
+from ffitool.files import open_regular_file
 
 _CHUNK = 1 << 20
 _KERNEL_CHUNK = 64 << 20

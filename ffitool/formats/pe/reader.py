@@ -35,12 +35,6 @@ from ffitool.formats.strtab import (
     offset_filter,
 )
 
-MAGIC = b"MZ"
-COFF_MACHINES = {b"\x64\x86", b"\x64\xaa", b"\x4c\x01", b"\xc4\x01"}
-"""The first two bytes of a COFF object for x86-64, arm64, x86 and ARMv7: its machine field."""
-
-_LINKER_MEMBER = b"/" + b" " * 15
-"""The name of an archive's symbol index; a Microsoft library (.lib) has two of them."""
 _PE_SIGNATURE = b"PE\0\0"
 COFF_HEADER = struct.Struct("<HHIIIHH")
 SECTION_HEADER = struct.Struct("<8sIIIIIIHHI")
@@ -65,21 +59,6 @@ _WIN_CERTIFICATE = struct.Struct("<IHH")
 
 class PeMalformed(Exception):
     """A structural problem, turned into one InputError naming the file."""
-
-
-def is_coff_library(stream: BinaryIO, size: int) -> bool:
-    """Whether an ar archive is a Microsoft library (an import library or a static .lib of
-    COFF objects): its first two members are both linker members, where a GNU or BSD archive
-    has one symbol index at most."""
-    stream.seek(8)
-    first = stream.read(60)
-    if len(first) < 60 or first[:16] != _LINKER_MEMBER or not first[48:58].strip().isdigit():
-        return False
-    second_at = 68 + int(first[48:58]) + int(first[48:58]) % 2
-    if second_at + 16 > size:
-        return False
-    stream.seek(second_at)
-    return stream.read(16) == _LINKER_MEMBER
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ffitool.errors import InputError
-from ffitool.formats.elf import ElfFile, program_headers
+from ffitool.formats.elf.reader import ElfFile, program_headers
 
 _SHN_UNDEF = 0
 

@@ -42,8 +42,10 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ffitool.edit.plan import PayloadSource, align
+from ffitool.edit.stream import copy_payload
 from ffitool.errors import InputError
-from ffitool.formats.pe import (
+from ffitool.formats.pe.reader import (
     _MAX_SECTIONS,  # the reader's limit: the packed file must be read back
     COFF_HEADER,
     EXPORT_DIRECTORY,
@@ -54,8 +56,6 @@ from ffitool.formats.pe import (
     column,
     export_directory,
 )
-from ffitool.pack.plan import PayloadSource, align
-from ffitool.pack.stream import copy_payload
 from ffitool.symbols import LIBRARY_BIN
 
 SECTION_NAME = ".tvmffi"

@@ -1,0 +1,44 @@
+"""Mach-O, thin and universal: everything ffitool knows of it.
+
+- `reader`: the images' load commands, symbol tables and export tries, for inspect;
+- `image`: one slice's load commands and `__LINKEDIT` tables as the writer and verifier see them;
+- `trie`: the export trie, decoded and encoded;
+- `codesign` and `sign`: code signatures, read and written again ad hoc;
+- `writer`: pack's edit of each slice and of the universal header;
+- `verify`: the checks a packed file passes before it replaces anything;
+- `packer`: the seam the pack flow drives.
+
+This module stays small: the registry imports it to learn the format, not to read one.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+from ffitool.formats import Format, Image, Packer
+from ffitool.formats.sniff import MACHO_FILE, UNIVERSAL_FILE
+
+
+def _read(
+    stream: BinaryIO, size: int, display: str, member: str | None, base: int, fd: int | None
+) -> tuple[Image, ...]:
+    from ffitool.formats.macho.reader import read_macho
+
+    return read_macho(stream, size, display, member, base, fd)
+
+
+def _packer(arches: tuple[str, ...], remove_signature: bool) -> Packer:
+    from ffitool.formats.macho.packer import MachoPacker
+
+    return MachoPacker(arches, remove_signature)
+
+
+FORMAT = Format(
+    name="Mach-O",
+    containers=(MACHO_FILE, UNIVERSAL_FILE),
+    read=_read,
+    in_archives=True,
+    packable_kinds=frozenset({"shared library", "bundle"}),
+    packer=_packer,
+    slices=True,
+)

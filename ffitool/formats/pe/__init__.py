@@ -1,0 +1,40 @@
+"""PE (Windows DLLs and executables): everything ffitool knows of it.
+
+- `reader`: the headers, sections and export directory, for inspect and for the writer;
+- `writer`: pack's edit, a new section and a new export directory;
+- `verify`: the checks a packed file passes before it replaces anything;
+- `packer`: the seam the pack flow drives.
+
+This module stays small: the registry imports it to learn the format, not to read one.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+from ffitool.formats import Format, Image, Packer
+from ffitool.formats.sniff import PE_FILE
+
+
+def _read(
+    stream: BinaryIO, size: int, display: str, member: str | None, base: int, fd: int | None
+) -> tuple[Image, ...]:
+    from ffitool.formats.pe.reader import read_pe
+
+    return (read_pe(stream, size, display, fd),)
+
+
+def _packer(arches: tuple[str, ...], remove_signature: bool) -> Packer:
+    from ffitool.formats.pe.packer import PePacker
+
+    return PePacker()
+
+
+FORMAT = Format(
+    name="PE",
+    containers=(PE_FILE,),
+    read=_read,
+    in_archives=False,
+    packable_kinds=frozenset({"shared library"}),
+    packer=_packer,
+)
