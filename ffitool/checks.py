@@ -4,7 +4,8 @@ Decoding a blob reports what it finds in the bytes (the B codes, and the L1xx co
 blob is placed), with offsets; the rules below are small functions over a `Library` (L210,
 L211, L212), which `inspect` shows too. `check_file` joins both and places every finding of a
 file at a byte offset in it where there is one. The requirement rules (R1xx) only speak when
-a requirement was configured.
+a requirement was configured. Each check is one function registered under its rule's code; it
+says what it found and the runner makes the finding of that code.
 
 Requirements are met per loadable image (a shared library or executable, which is loaded on
 its own), and over all images of a file otherwise: an object or the members of a static
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ffitool.findings import Finding
 from ffitool.library import InspectedFile, Library, LibraryBin
@@ -51,18 +53,39 @@ class Reported:
     """Absolute byte offset in the file (the blob offset plus where the blob starts)."""
 
 
-LibraryCheck = Callable[[Library, Requirements], Iterator[Finding]]
-_LIBRARY_CHECKS: list[LibraryCheck] = []
+LibraryCheck = Callable[[Library], Iterator[str]]
+"""A rule over one library (L210-L212, which `inspect` shows too): a message per finding."""
+GroupRequirement = Callable[[tuple[Library, ...], Requirements], Iterator[str]]
+"""A requirement over images that are loaded or linked together (R100-R102)."""
+BlobRequirement = Callable[[LibraryBin, Requirements], Iterator[tuple[str, int | None]]]
+"""A requirement over one blob that tvm-ffi reads (R103, R104): messages with blob offsets."""
+
+LIBRARY_CHECKS: dict[str, LibraryCheck] = {}
+GROUP_REQUIREMENTS: dict[str, GroupRequirement] = {}
+BLOB_REQUIREMENTS: dict[str, BlobRequirement] = {}
+"""Each check by the code of the rule it reports, run in the order they are defined here."""
+
+_Check = TypeVar("_Check")
 
 
-def _library_check(check: LibraryCheck) -> LibraryCheck:
-    _LIBRARY_CHECKS.append(check)
-    return check
+def _registered(table: dict[str, _Check], code: str) -> Callable[[_Check], _Check]:
+    """Register a check under its rule's code: the check says what it found, the runner
+    makes the finding, so a check cannot report under another rule's code."""
+
+    def register(check: _Check) -> _Check:
+        table[code] = check
+        return check
+
+    return register
 
 
-def library_findings(library: Library, requirements: Requirements = _NOTHING) -> list[Finding]:
-    """What the checks find in one library (`inspect` shows these with no requirements)."""
-    return [found for check in _LIBRARY_CHECKS for found in check(library, requirements)]
+def library_findings(library: Library) -> list[Finding]:
+    """What the checks find in one library (`inspect` shows these too)."""
+    return [
+        finding(code, message)
+        for code, check in LIBRARY_CHECKS.items()
+        for message in check(library)
+    ]
 
 
 def check_file(inspected: InspectedFile, requirements: Requirements) -> list[Reported]:
@@ -71,11 +94,13 @@ def check_file(inspected: InspectedFile, requirements: Requirements) -> list[Rep
     reported: list[Reported] = []
     for library in inspected.libraries:
         located = [(f, _file_offset(blob, f)) for blob in _blobs(library) for f in blob.findings]
-        located += [(f, None) for f in library_findings(library, requirements)]
+        located += [(f, None) for f in library_findings(library)]
         located += _blob_requirement_findings(library, requirements)
         part = _part(inspected, library)
         reported += [Reported(inspected.path, part, f, offset) for f, offset in located]
-    groups = [(_part(inspected, lib), (lib,)) for lib in inspected.libraries if lib.loadable]
+    groups: list[tuple[str | None, tuple[Library, ...]]] = [
+        (_part(inspected, lib), (lib,)) for lib in inspected.libraries if lib.loadable
+    ]
     linked = tuple(lib for lib in inspected.libraries if not lib.loadable)
     if linked or not inspected.libraries:
         groups.append((None, linked))
@@ -118,8 +143,8 @@ def _file_offset(blob: LibraryBin, found: Finding) -> int | None:
     return blob.file_offset + (found.offset or 0)
 
 
-@_library_check
-def function_not_exported(library: Library, _: Requirements) -> Iterator[Finding]:
+@_registered(LIBRARY_CHECKS, "L210")
+def function_not_exported(library: Library) -> Iterator[str]:
     """L210: `Module.get_function` finds functions with dlsym, in a loaded library only.
 
     A system-lib function is registered by a constructor, not looked up by dlsym.
@@ -130,15 +155,14 @@ def function_not_exported(library: Library, _: Requirements) -> Iterator[Finding
         naming = ffi.naming
         function = naming.role is Role.FUNCTION and not naming.prefix and ffi.symbol.defined
         if function and not ffi.dynamic:
-            yield finding(
-                "L210",
+            yield (
                 f"function {ffi.symbol.name} is not exported dynamically;"
-                " the runtime will not find it",
+                " the runtime will not find it"
             )
 
 
-@_library_check
-def function_not_code(library: Library, _: Requirements) -> Iterator[Finding]:
+@_registered(LIBRARY_CHECKS, "L211")
+def function_not_code(library: Library) -> Iterator[str]:
     """L211: the runtime calls what `__tvm_ffi_<name>` resolves to; it must be code."""
     for ffi in library.symbols:
         symbol = ffi.symbol
@@ -146,22 +170,18 @@ def function_not_code(library: Library, _: Requirements) -> Iterator[Finding]:
             continue
         # STT_GNU_IFUNC is 10, which pyelftools names LOOS: a resolver that returns code.
         if symbol.type not in ("FUNC", "LOOS"):
-            yield finding(
-                "L211",
+            yield (
                 f"{symbol.name} is a {symbol.type} symbol in {symbol.section}, not a function:"
-                " calling it crashes the caller",
+                " calling it crashes the caller"
             )
         elif symbol.executable is False:
-            yield finding(
-                "L211",
-                f"{symbol.name} is in {symbol.section}, which is not an executable section",
-            )
+            yield f"{symbol.name} is in {symbol.section}, which is not an executable section"
 
 
-@_library_check
-def getter_without_function(library: Library, _: Requirements) -> Iterator[Finding]:
+@_registered(LIBRARY_CHECKS, "L212")
+def getter_without_function(library: Library) -> Iterator[str]:
     """L212: metadata and doc getters describe a function that must exist beside them."""
-    names = set()
+    names: set[str] = set()
     for ffi in library.symbols:
         if ffi.naming.role is Role.FUNCTION and ffi.symbol.defined:
             names.update((ffi.naming.name, ffi.naming.prefix + ffi.naming.name))
@@ -169,30 +189,16 @@ def getter_without_function(library: Library, _: Requirements) -> Iterator[Findi
         naming = ffi.naming
         getter = naming.role in (Role.METADATA, Role.DOC) and ffi.symbol.defined
         if getter and naming.name not in names:
-            yield finding(
-                "L212",
-                f"{ffi.symbol.name} describes __tvm_ffi_{naming.name}, which is not defined",
-            )
+            yield f"{ffi.symbol.name} describes __tvm_ffi_{naming.name}, which is not defined"
 
 
 def _requirement_findings(
     libraries: tuple[Library, ...], requirements: Requirements
 ) -> Iterator[Finding]:
     """R100-R102 over images that are loaded or linked together."""
-    if requirements.require_ffi and not any(
-        ffi.symbol.defined for lib in libraries for ffi in lib.symbols
-    ):
-        yield finding("R100", "no __tvm_ffi_ function, getter or blob is defined")
-    names = {function.name for lib in libraries for function in lib.functions}
-    for name in requirements.functions:
-        if name not in names:
-            yield finding("R101", f"required function {name} (__tvm_ffi_{name}) is not exported")
-    kinds = {
-        module.kind for lib in libraries for blob in _loaded_blobs(lib) for module in blob.modules
-    }
-    for kind in requirements.kinds:
-        if kind not in kinds:
-            yield finding("R102", f"no module of kind {kind} in any blob")
+    for code, check in GROUP_REQUIREMENTS.items():
+        for message in check(libraries, requirements):
+            yield finding(code, message)
 
 
 def _blob_requirement_findings(
@@ -201,25 +207,66 @@ def _blob_requirement_findings(
     """R103-R104, each with the file offset of the module or blob it is about."""
     found: list[tuple[Finding, int | None]] = []
     for blob in _loaded_blobs(library):
-        where = blob.symbol.symbol.name
-        limit = requirements.max_blob_size
-        if limit is not None and blob.nbytes is not None and 8 + blob.nbytes > limit:
-            size = 8 + blob.nbytes
-            over = finding(
-                "R104",
-                f"{where} occupies {format_size(size)} ({size} bytes), over the limit of"
-                f" {format_size(limit)} ({limit} bytes)",
-                0,
-            )
-            found.append((over, _file_offset(blob, over)))
-        allowed = requirements.allowed_kinds
-        for module in blob.modules if allowed is not None else ():
-            if module.kind != "_lib" and module.kind not in allowed:
-                odd = finding(
-                    "R103",
-                    f"module {module.index} of {where} has kind {module.kind},"
-                    " which is not allowed",
-                    module.payload_offset,
-                )
-                found.append((odd, _file_offset(blob, odd) if odd.offset is not None else None))
+        for code, check in BLOB_REQUIREMENTS.items():
+            for message, offset in check(blob, requirements):
+                over = finding(code, message, offset)
+                found.append((over, None if offset is None else _file_offset(blob, over)))
     return found
+
+
+@_registered(GROUP_REQUIREMENTS, "R100")
+def require_ffi(libraries: tuple[Library, ...], requirements: Requirements) -> Iterator[str]:
+    """R100 (`require-ffi`): the build produced an FFI library at all."""
+    if requirements.require_ffi and not any(
+        ffi.symbol.defined for lib in libraries for ffi in lib.symbols
+    ):
+        yield "no __tvm_ffi_ function, getter or blob is defined"
+
+
+@_registered(GROUP_REQUIREMENTS, "R101")
+def required_functions(libraries: tuple[Library, ...], requirements: Requirements) -> Iterator[str]:
+    """R101 (`require-function`): `Module.get_function(name)` finds each required name."""
+    names = {function.name for lib in libraries for function in lib.functions}
+    for name in requirements.functions:
+        if name not in names:
+            yield f"required function {name} (__tvm_ffi_{name}) is not exported"
+
+
+@_registered(GROUP_REQUIREMENTS, "R102")
+def required_kinds(libraries: tuple[Library, ...], requirements: Requirements) -> Iterator[str]:
+    """R102 (`require-kind`): some blob tvm-ffi reads holds a module of each required kind."""
+    kinds = {
+        module.kind for lib in libraries for blob in _loaded_blobs(lib) for module in blob.modules
+    }
+    for kind in requirements.kinds:
+        if kind not in kinds:
+            yield f"no module of kind {kind} in any blob"
+
+
+@_registered(BLOB_REQUIREMENTS, "R104")
+def max_blob_size(blob: LibraryBin, requirements: Requirements) -> Iterator[tuple[str, int | None]]:
+    """R104 (`max-blob-size`): 8 + nbytes within the limit. Defined before R103, so that a
+    blob's own finding comes before its modules'."""
+    limit = requirements.max_blob_size
+    if limit is not None and blob.nbytes is not None and 8 + blob.nbytes > limit:
+        size = 8 + blob.nbytes
+        yield (
+            f"{blob.symbol.symbol.name} occupies {format_size(size)} ({size} bytes), over the"
+            f" limit of {format_size(limit)} ({limit} bytes)",
+            0,
+        )
+
+
+@_registered(BLOB_REQUIREMENTS, "R103")
+def allowed_kinds(blob: LibraryBin, requirements: Requirements) -> Iterator[tuple[str, int | None]]:
+    """R103 (`allow-kind`): every module's kind is allowed; `_lib` always is."""
+    allowed = requirements.allowed_kinds
+    if allowed is None:
+        return
+    for module in blob.modules:
+        if module.kind != "_lib" and module.kind not in allowed:
+            yield (
+                f"module {module.index} of {blob.symbol.symbol.name} has kind {module.kind},"
+                " which is not allowed",
+                module.payload_offset,
+            )

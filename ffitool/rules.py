@@ -1,14 +1,11 @@
 """The rule registry: every finding ffitool reports is built here, from one of these rules.
 
-A rule is a stable code with a fixed severity, a one-line title and an explanation that says
-how to fix what it found. Codes are what CI configurations select, ignore and explain, so a
-code never changes meaning; the README's findings table is checked against this registry.
+A rule is a stable code with a fixed severity, a one-line title, an explanation that says
+how to fix what it found, and the functions that report it. Codes are what CI configurations
+select, ignore and explain, so a code never changes meaning. docs/rules.md is generated from
+this registry (`python3 -m ffitool.rules_doc`), and the tests check that it is up to date.
 
-Prefixes group the rules by what they look at:
-- B: the blob's bytes (the codec reports them while decoding, with the byte offset);
-- L: how the library holds its symbols and blob (what `dlsym` and the loader will see);
-- R: requirements a project states (`--require-function`, `--allow-kind`, ...), only
-  reported when asked for.
+Prefixes group the rules by what they look at (PREFIXES).
 """
 
 from __future__ import annotations
@@ -26,7 +23,22 @@ class Rule:
     severity: Severity
     title: str
     explanation: str
+    emitted_by: tuple[str, ...]
+    """The functions that report it, as `module:qualname`. The tests hold the code to them:
+    it is passed to a call (`finding("B201", ...)`, a check's registration) in these
+    functions and nowhere else, and each of them exists."""
+    requires: str = ""
+    """The `ffitool check` setting that asks for a requirement rule (`require-function`);
+    empty for the rules that always run."""
 
+
+PREFIXES = {
+    "B": "the blob's bytes (the codec reports them while decoding, with the byte offset)",
+    "L": "how the library holds its symbols and blob (what `dlsym` and the loader will see)",
+    "R": "requirements a project states (`--require-function`, `--allow-kind`, ...),"
+    " only checked when asked for",
+}
+"""What the rules of each code prefix look at."""
 
 _ERROR, _WARNING, _INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
@@ -40,6 +52,7 @@ _RULES = (
         " bytes that are not in it (a length past the end is padded with zeros; an nbytes past"
         " the symbol copies whatever memory follows). The message says what was being read and"
         " the offset where. Regenerate the blob with TVM's PackImportsToBytes or `ffitool pack`.",
+        ("ffitool.library:_library_bin",),
     ),
     Rule(
         "B201",
@@ -47,6 +60,7 @@ _RULES = (
         "trailing bytes after the last module",
         "nbytes covers bytes that no module uses. The runtime ignores them, but the blob cannot"
         " be reproduced from its modules (`extract` then `pack --manifest` drops them).",
+        ("ffitool.blob:decode",),
     ),
     Rule(
         "B202",
@@ -54,6 +68,7 @@ _RULES = (
         "import cycle",
         "A module imports itself through its imports. The runtime loads it, and the modules on"
         " the cycle hold references to each other and are never freed.",
+        ("ffitool.blob:_tree_findings",),
     ),
     Rule(
         "B203",
@@ -61,6 +76,7 @@ _RULES = (
         "a module imports an earlier module",
         "TVM writes children after their parents; a backward import means the blob was not"
         " written by TVM's serializer. It loads, but check the tool that wrote it.",
+        ("ffitool.blob:_tree_findings",),
     ),
     Rule(
         "B204",
@@ -68,6 +84,7 @@ _RULES = (
         "a module's imports are unsorted or duplicated",
         "Each module's import list is expected in ascending order without repeats. A duplicate"
         " makes the runtime import the same module twice.",
+        ("ffitool.blob:_tree_findings",),
     ),
     Rule(
         "B205",
@@ -75,6 +92,7 @@ _RULES = (
         "more than one `_lib` module",
         "Only one module can stand for the library's own functions; the others resolve the same"
         " symbols again. Keep one `_lib` module.",
+        ("ffitool.blob:_tree_findings",),
     ),
     Rule(
         "B206",
@@ -85,6 +103,7 @@ _RULES = (
         " module. An indptr that does not start at 0 (B207) loses a module this way when child"
         " entry 0 was its only import. Import them from the root or drop them (`ffitool pack"
         " --remove`).",
+        ("ffitool.blob:_tree_findings",),
     ),
     Rule(
         "B207",
@@ -93,6 +112,7 @@ _RULES = (
         "The import table's indptr does not start at 0, goes back, or leaves child entries"
         " unused. The runtime reads it, but `extract` then `pack --manifest` writes a canonical"
         " table, so the blob does not round-trip byte for byte.",
+        ("ffitool.blob:_layout_findings",),
     ),
     Rule(
         "B208",
@@ -100,6 +120,7 @@ _RULES = (
         "a kind that is not valid UTF-8",
         "The runtime looks the kind up as `ffi.Module.load_from_bytes.<kind>`; no loader is"
         " registered under a name that is not text. Fix the tool that wrote the kind.",
+        ("ffitool.blob:_Kinds.text",),
     ),
     Rule(
         "B209",
@@ -108,6 +129,7 @@ _RULES = (
         "indptr goes back so that the rows expand to more than 2 x the child indices + 65,536"
         " imports, which the runtime would all create: a small blob that costs gigabytes."
         " The offset is the indptr entry where the bound is passed.",
+        ("ffitool.blob:_check_rows",),
     ),
     Rule(
         "B301",
@@ -115,6 +137,7 @@ _RULES = (
         "legacy blob read up to a module without a length prefix",
         "Old TVM blobs store some payloads without a length; reading stops there. Nothing after"
         " it is listed.",
+        ("ffitool.blob:decode_legacy",),
     ),
     Rule(
         "L101",
@@ -124,6 +147,7 @@ _RULES = (
         " symbol table's global or weak symbols of default or protected visibility. Export it:"
         ' no `static`, default visibility (`__attribute__((visibility("default")))`), not'
         " hidden by a version script.",
+        ("ffitool.library:_placement_findings",),
     ),
     Rule(
         "L102",
@@ -132,6 +156,7 @@ _RULES = (
         "The symbol claims fewer bytes than the blob occupies. The runtime reads nbytes and"
         " ignores the symbol size, but tools that copy the symbol cut the blob short. Declare"
         " the array with its full size.",
+        ("ffitool.library:_size_findings",),
     ),
     Rule(
         "L103",
@@ -139,6 +164,7 @@ _RULES = (
         "the blob lives in a NOBITS section (.bss)",
         "A zero-initialised array has no bytes in the file; at load time it is all zeros, the"
         " runtime reads nbytes = 0 and fails. Give the array its contents (an initialiser).",
+        ("ffitool.library:_placement_findings",),
     ),
     Rule(
         "L104",
@@ -146,6 +172,7 @@ _RULES = (
         "the blob symbol's address is not backed by file bytes",
         "The symbol points outside every loaded segment's file bytes, so what the runtime reads"
         " there is not the blob. The library is malformed; relink it.",
+        ("ffitool.library:_library_bin",),
     ),
     Rule(
         "L105",
@@ -153,6 +180,7 @@ _RULES = (
         "the library exports functions but its blob has no `_lib` module",
         "Functions are reached through the `_lib` module of the blob; without one the loaded"
         " module cannot call them. Add `_lib` as module 0 (what `ffitool pack` does).",
+        ("ffitool.library:_library_bin",),
     ),
     Rule(
         "L210",
@@ -160,6 +188,7 @@ _RULES = (
         "a `__tvm_ffi_` function that is not exported dynamically",
         "`Module.get_function(name)` looks `__tvm_ffi_<name>` up with dlsym; a hidden, local or"
         " .symtab-only function is never found. Export it with default visibility.",
+        ("ffitool.checks:function_not_exported",),
     ),
     Rule(
         "L211",
@@ -168,6 +197,7 @@ _RULES = (
         "The runtime calls every `__tvm_ffi_<name>` it resolves as a packed function; a data"
         " object, or a symbol outside an executable section, crashes the caller. Rename the"
         " object or make it a function.",
+        ("ffitool.checks:function_not_code",),
     ),
     Rule(
         "L212",
@@ -175,6 +205,7 @@ _RULES = (
         "a metadata or doc getter without its function",
         "`__tvm_ffi__metadata_<name>` and `__tvm_ffi__doc_<name>` describe `__tvm_ffi_<name>`;"
         " without that function they describe nothing. Export the function or drop the getter.",
+        ("ffitool.checks:getter_without_function",),
     ),
     Rule(
         "L300",
@@ -183,6 +214,7 @@ _RULES = (
         "TVM before tvm-ffi embedded modules under `__tvm_dev_mblob`; `tvm_ffi.load_module`"
         " does not read it. Rebuild with a tvm-ffi based TVM, or move the modules with"
         " `ffitool extract` and `ffitool pack`.",
+        ("ffitool.library:_placement_findings",),
     ),
     Rule(
         "R100",
@@ -192,6 +224,8 @@ _RULES = (
         " something other than an FFI library. Also reported for a directory or wheel given to"
         " `check` in which no ELF, Mach-O or PE file or ar archive was found: an empty build"
         " fails rather than passes. Reported only with `require-ffi`.",
+        ("ffitool.checks:require_ffi", "ffitool.checks:nothing_found"),
+        requires="require-ffi",
     ),
     Rule(
         "R101",
@@ -199,6 +233,8 @@ _RULES = (
         "a required function is missing (--require-function)",
         "No exported `__tvm_ffi_<name>` function carries the required name, so"
         " `Module.get_function(name)` fails. Check the export list of the build.",
+        ("ffitool.checks:required_functions",),
+        requires="require-function",
     ),
     Rule(
         "R102",
@@ -206,6 +242,8 @@ _RULES = (
         "a required module kind is missing (--require-kind)",
         "No module of the blob has the required kind, e.g. the device code was not embedded."
         " Add it with `ffitool pack --add KIND:FILE` or fix the build.",
+        ("ffitool.checks:required_kinds",),
+        requires="require-kind",
     ),
     Rule(
         "R103",
@@ -213,6 +251,8 @@ _RULES = (
         "a module kind outside the allowed kinds (--allow-kind)",
         "The blob holds a module whose kind is not in the allowed list; a runtime without that"
         " loader fails to load the library. `_lib` is always allowed.",
+        ("ffitool.checks:allowed_kinds",),
+        requires="allow-kind",
     ),
     Rule(
         "R104",
@@ -220,6 +260,8 @@ _RULES = (
         "a blob over the size limit (--max-blob-size)",
         "8 + nbytes exceeds the configured maximum. Large blobs are loaded into memory whole by"
         " the runtime; ship the big payloads separately or raise the limit.",
+        ("ffitool.checks:max_blob_size",),
+        requires="max-blob-size",
     ),
 )
 

@@ -3,18 +3,24 @@ and the four output formats (JSON and SARIF validated against their schemas)."""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import re
 import struct
 import subprocess
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
 import pytest
 from conftest import FIXTURES, ROOT, ffitool, require_tool
 
-from ffitool.rules import RULES, matching
+from ffitool import checks
+from ffitool.check_config import KEYS
+from ffitool.rules import PREFIXES, RULES, matching
+from ffitool.rules_doc import DOC_PATH, REGENERATE, render
 
 SCHEMAS = ROOT / "ffitool" / "schemas"
 SARIF_SCHEMA = json.loads((ROOT / "tests" / "schemas" / "sarif-schema-2.1.0.json").read_text())
@@ -49,11 +55,86 @@ def build(tmp_path: Path, name: str, source: str, suffix: str = ".c") -> Path:
 # --- the registry -----------------------------------------------------------------------
 
 
-def test_readme_findings_table_is_the_registry():
-    readme = (ROOT / "README.md").read_text()
-    rows = re.findall(r"^\| ([BLR]\d{3}) \| (\w+) \| (.+) \|$", readme, re.MULTILINE)
-    expected = [(r.code, r.severity.value, r.title) for r in RULES.values()]
-    assert rows == expected
+def test_docs_rules_md_is_generated_from_the_registry():
+    committed = (ROOT / DOC_PATH).read_bytes().decode("utf-8")
+    assert committed == render(), f"{DOC_PATH} is stale: regenerate it with `{REGENERATE}`"
+    rows = re.findall(r"^\| \[([BLR]\d{3})\]\(#\w+\) \| (\w+) \| (.+) \|$", committed, re.M)
+    assert rows == [(r.code, r.severity.value, r.title) for r in RULES.values()]
+    assert re.findall(r"^## ([BLR]\d{3})$", committed, re.M) == list(RULES)
+
+
+_CODE = re.compile(r"[BLR]\d{3}")
+# The runners that make a registered check's findings under the code it is registered with.
+_RELAYS = {
+    "ffitool.checks:library_findings",
+    "ffitool.checks:_requirement_findings",
+    "ffitool.checks:_blob_requirement_findings",
+}
+
+
+def _calls_by_function(tree: ast.Module, module: str) -> Iterator[tuple[str, ast.Call]]:
+    """Every call in a module with the function it is in (`module:qualname`; a nested
+    function counts as the function around it, as `add` in `blob._tree_findings`)."""
+
+    def visit(node: ast.AST, scope: str, in_function: bool) -> Iterator[tuple[str, ast.Call]]:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.ClassDef) and not in_function:
+                name = f"{scope}.{child.name}" if scope else child.name
+                yield from visit(child, name, isinstance(child, ast.FunctionDef))
+                continue
+            if isinstance(child, ast.Call):
+                yield f"{module}:{scope or '<module>'}", child
+            yield from visit(child, scope, in_function)
+
+    yield from visit(tree, "", False)
+
+
+def test_every_code_is_passed_to_a_call_exactly_in_the_functions_its_rule_names():
+    """`Rule.emitted_by` is where the code is written: `finding("L104", ...)`, or a check's
+    registration `@_registered(LIBRARY_CHECKS, "L210")`. A finding made from a code held in
+    a variable only happens in the functions that emit it or in the check runners."""
+    emitted: dict[str, set[str]] = {}
+    emitters = {name for rule in RULES.values() for name in rule.emitted_by}
+    for path in sorted((ROOT / "ffitool").rglob("*.py")):
+        if path.name == "rules.py":
+            continue
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for function, call in _calls_by_function(ast.parse(path.read_text()), module):
+            for arg in call.args:
+                if isinstance(arg, ast.Constant) and _CODE.fullmatch(str(arg.value)):
+                    emitted.setdefault(arg.value, set()).add(function)
+            makes_finding = isinstance(call.func, ast.Name) and call.func.id == "finding"
+            if makes_finding and not isinstance(call.args[0], ast.Constant):
+                assert function in emitters | _RELAYS, f"{function} makes findings of any code"
+    registered = {code: set(rule.emitted_by) for code, rule in RULES.items()}
+    differ = {c for c in emitted.keys() | registered.keys() if emitted.get(c) != registered.get(c)}
+    # code -> (where it is passed to a call, where its rule says), for each code that differs
+    assert {c: (emitted.get(c), registered.get(c)) for c in sorted(differ)} == {}
+
+
+def test_every_registered_emitter_exists_and_every_check_is_registered_by_its_code():
+    for rule in RULES.values():
+        for name in rule.emitted_by:
+            module, qualname = name.split(":")
+            target: object = importlib.import_module(module)
+            for part in qualname.split("."):
+                target = getattr(target, part)
+            assert callable(target), name
+    for table in (checks.LIBRARY_CHECKS, checks.GROUP_REQUIREMENTS, checks.BLOB_REQUIREMENTS):
+        for code, check in table.items():
+            assert f"{check.__module__}:{check.__qualname__}" in RULES[code].emitted_by
+
+
+def test_requirement_rules_name_their_setting_and_only_they_do():
+    assert {code: rule.requires for code, rule in RULES.items() if rule.requires} == {
+        "R100": "require-ffi",
+        "R101": "require-function",
+        "R102": "require-kind",
+        "R103": "allow-kind",
+        "R104": "max-blob-size",
+    }
+    assert {rule.requires for rule in RULES.values()} - {""} <= set(KEYS)
+    assert {code[0] for code in RULES} == set(PREFIXES)
 
 
 def test_every_code_in_the_package_is_registered_and_every_rule_is_used():

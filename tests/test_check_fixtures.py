@@ -81,14 +81,6 @@ def test_inspect_reports_exactly_the_fixtures_code(library: Path) -> None:
     assert [(f["code"], f["offset"]) for f in findings] == expected
 
 
-# Severities as the README's Findings table documents them (| CODE | severity | meaning |).
-_SEVERITY = re.compile(r"^\| ([BLR]\d{3}) \| (error|warning|info) \|", re.M)
-
-
-def documented_severity(code: str) -> str:
-    return dict(_SEVERITY.findall((ROOT / "README.md").read_text()))[code]
-
-
 def checked(library: Path, *options: str) -> tuple[int, list[dict[str, Any]]]:
     """Exit code and findings of `ffitool check --format json` on one fixture."""
     result = ffitool("check", "--format", "json", *options, str(library))
@@ -109,7 +101,7 @@ def test_check_reports_exactly_the_fixtures_code(library: Path) -> None:
         assert (returncode, findings) == (0, [])
         assert checked(library, "--strict") == (0, [])
         return
-    severity = documented_severity(code)
+    severity = RULES[code].severity.value
     assert [(f["code"], f["severity"], f["offset"]) for f in findings] == [(code, severity, offset)]
     # Errors fail; warnings fail only with --strict; info never does.
     assert returncode == (1 if severity == "error" else 0)
@@ -163,7 +155,7 @@ def test_every_format_reports_the_one_code_as_its_golden_holds(library: Path, fm
     result = ffitool("check", "--format", fmt, relative)
     code = expected_code(library)
     assert codes_in(fmt, result.stdout) == ([] if code is None else [code])
-    failing = code is not None and documented_severity(code) == "error"
+    failing = code is not None and RULES[code].severity.value == "error"
     assert result.returncode == (1 if failing else 0)
     golden(f"check/{library.stem}.{fmt}", golden_text(fmt, relative, result))
 
