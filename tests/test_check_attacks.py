@@ -147,7 +147,7 @@ def test_explain_an_escape_sequence_is_escaped():
 _FAILING = """
 import os, pickle, signal, sys
 import ffitool.cli.check as checking
-from ffitool.cli.entry import main
+from ffitool.cli.main import main
 
 how = sys.argv[1]
 read_and_check = checking._read_and_check

@@ -184,7 +184,7 @@ def test_a_failed_verification_names_the_library(tmp_path, monkeypatch, capsys):
     """A real verify() on a really damaged output: the blob writer flips the blob's last byte.
     In process, because no honest input makes the writer wrong."""
     import ffitool.pack as packing
-    from ffitool.cli.entry import main
+    from ffitool.cli.main import main
     from ffitool.pack.stream import blob_size
 
     lib = copy_fixture(tmp_path, "libpack_host_gnu.so")

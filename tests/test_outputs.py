@@ -16,7 +16,7 @@ import pytest
 from conftest import FIXTURES, ROOT, require_tool
 
 from ffitool.blob import Blob, Module, encode
-from ffitool.cli import entry
+from ffitool.cli import main as entry
 from ffitool.errors import EXIT_BAD_INPUT, EXIT_OUTPUT_CLOSED
 from ffitool.findings import listed, printable
 

@@ -14,8 +14,8 @@ from typing import Annotated
 
 import typer
 
-from ffitool.cli.entry import main as entry_main
-from ffitool.cli.entry import print_error, print_json, print_warning, run_inspect
+from ffitool.cli.main import main as entry_main
+from ffitool.cli.main import print_error, print_json, print_warning, run_inspect
 from ffitool.errors import FfitoolError, UsageError
 from ffitool.findings import printable
 from ffitool.staging import STDOUT
@@ -404,5 +404,5 @@ def _reported(subject: Path | None = None) -> Iterator[None]:
 
 
 def main() -> None:
-    """The entry point installed before `ffitool.cli.entry` existed; both run the same app."""
+    """The entry point installed before `ffitool.cli.main` existed; both run the same app."""
     entry_main()

@@ -36,7 +36,7 @@ def run_check(
     paths: Sequence[Path], settings: CheckSettings, output_format: str, jobs: int = 0
 ) -> int:
     """Check every target, print the outcome in `output_format`; returns the exit code."""
-    from ffitool.cli.entry import print_error, print_json, print_note
+    from ffitool.cli.main import print_error, print_json, print_note
 
     outcome = CheckOutcome(settings)
     with closing(_checked(paths, settings.requirements, jobs)) as every:
