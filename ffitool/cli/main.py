@@ -1,83 +1,27 @@
-"""Entry point of the command line, and the `inspect` command's body, without typer.
+"""Entry point of the command line: the fast route for `inspect`, else the typer app.
 
-Importing typer costs about 30 ms, a third of what `nm -D` takes on libtorch_cpu.so, and the
-inspect speed target compares the two. The common invocation, `inspect` followed by paths
-and `--json` only, therefore runs here directly; everything else (options, help, other
-commands, paths that start with a dash) goes through the typer app, which calls the same
-`run_inspect`, so both routes print the same bytes and exit with the same codes.
+`ffitool.cli.inspect_run` says why the plain `inspect PATH... [--json]` skips typer. Nothing
+here imports typer or rich at module level; `run_app` imports the app when it is needed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import sys
-from collections.abc import Callable
-from pathlib import Path
 
-from ffitool.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_OUTPUT_CLOSED
+from ffitool.cli.inspect_run import plain_invocation, run_inspect
+from ffitool.cli.output import delivered, print_error
+from ffitool.errors import EXIT_OK
 
 
 def main() -> None:
     """Console-script entry point."""
     _exit_cleanly_on(signal.SIGTERM, signal.SIGHUP)
-    args = sys.argv[1:]
-    paths = [a for a in args[1:] if a != "--json"]
-    plain = paths and not any(p.startswith("-") for p in paths) and args.count("--json") <= 1
-    if args[:1] == ["inspect"] and plain:
-        sys.exit(_delivered(lambda: run_inspect([Path(p) for p in paths], "--json" in args)))
-    sys.exit(_delivered(run_app))
-
-
-def _delivered(run: Callable[[], int]) -> int:
-    """Run a command to its end and flush its output; what no command turned into a clean
-    error ends here, as one line or a documented exit code, never as a traceback.
-
-    - The reader of stdout (or stderr) went away (`| head`): nothing more can be delivered,
-      so nothing more is said, and the exit code is EXIT_OUTPUT_CLOSED (141, what a shell
-      reports for a process that SIGPIPE ended). Click turns EPIPE into `sys.exit(1)`
-      itself, which `check` uses for failing findings; that exit is recognised by the
-      BrokenPipeError it was raised while handling.
-    - An OSError that escaped a command (a path that vanished between a check and its use,
-      a missing library given to `pack`): `ffitool: error: PATH: reason`, exit 3.
-    - ^C in the fast `inspect` route: `Aborted!` and exit 1, as click does.
-    """
-    try:
-        code = run()
-        sys.stdout.flush()  # here, not at exit, where a closed pipe is a traceback
-    except BrokenPipeError:
-        return _output_closed()
-    except SystemExit as exc:
-        if isinstance(exc.__context__, BrokenPipeError):
-            return _output_closed()
-        raise
-    except KeyboardInterrupt:
-        sys.stderr.write("Aborted!\n")
-        return 1
-    except OSError as exc:
-        print_error(_os_error_message(exc))
-        return EXIT_BAD_INPUT
-    return code
-
-
-def _output_closed() -> int:
-    """Point stdout and stderr at /dev/null, so that the flush at exit finds no closed pipe
-    to complain about on a stderr that may be gone too."""
-    null = os.open(os.devnull, os.O_WRONLY)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(AttributeError, ValueError, OSError):
-            os.dup2(null, stream.fileno())
-    return EXIT_OUTPUT_CLOSED
-
-
-def _os_error_message(exc: OSError) -> str:
-    """`PATH: reason` from an OSError: the form of every error line (the path is the first
-    one the call named; an error without one, rare, is the reason alone)."""
-    reason = exc.strerror or str(exc)
-    if isinstance(exc.filename, (str, bytes)):
-        return f"{os.fsdecode(exc.filename)}: {reason}"
-    return reason
+    fast = plain_invocation(sys.argv[1:])
+    if fast is not None:
+        paths, as_json = fast
+        sys.exit(delivered(lambda: run_inspect(paths, as_json)))
+    sys.exit(delivered(run_app))
 
 
 def run_app() -> int:
@@ -123,60 +67,3 @@ def _exit_cleanly_on(*signals: signal.Signals) -> None:
 
     for number in signals:
         signal.signal(number, leave)
-
-
-def run_inspect(paths: list[Path], as_json: bool) -> int:
-    """Inspect each path (file, directory or wheel), print the report, the notes about what
-    was skipped and the errors; returns the exit code."""
-    from ffitool.targets import Inspected, Skipped, iter_targets
-
-    inspected = []
-    errors: list[tuple[str, str]] = []
-    for target in iter_targets(paths):
-        if isinstance(target, Inspected):
-            inspected.append(target.file)
-        elif isinstance(target, Skipped):
-            print_note(f"{target.name}: skipped: {target.reason}")
-        else:
-            errors.append((target.name, target.message))
-    if as_json:
-        from ffitool.report import inspect_document
-
-        print_json(inspect_document(inspected, errors, lazy=True))
-    else:
-        from ffitool.cli.render import print_inspected
-
-        print_inspected(inspected)
-    for _, message in errors:
-        print_error(message)
-    return EXIT_BAD_INPUT if errors else EXIT_OK
-
-
-def print_json(document: object) -> None:
-    """Print a document from `ffitool.report` (made with `lazy=True`), streamed."""
-    from ffitool.report import write_json
-
-    write_json(document, sys.stdout.write)
-    sys.stdout.write("\n")
-
-
-def print_note(message: str) -> None:
-    """One line on stderr about something left out on purpose: not an error."""
-    from ffitool.findings import printable
-
-    sys.stderr.write(f"ffitool: note: {printable(message)}\n")
-
-
-def print_warning(message: str) -> None:
-    """One line on stderr about the output that the user must act on: not an error."""
-    from ffitool.findings import printable
-
-    sys.stderr.write(f"ffitool: warning: {printable(message)}\n")
-
-
-def print_error(message: str) -> None:
-    """One line on stderr. Messages quote paths, section and symbol names from the input:
-    control and bidi characters are escaped so that none reaches the terminal raw."""
-    from ffitool.findings import printable
-
-    sys.stderr.write(f"ffitool: error: {printable(message)}\n")
