@@ -1,5 +1,5 @@
 """`python -m ffitool` runs the command line."""
 
-from ffitool.cli.entry import main
+from ffitool.cli.main import main
 
 main()

@@ -71,7 +71,7 @@ def staged(destination: Path, ownership: Ownership) -> Iterator[StagedFile]:
     An existing destination must be a regular file: a device, FIFO, socket, directory or
     symlink there is refused rather than replaced. Owner, group and mode are set on the
     descriptor; where the owner cannot be kept, setuid and setgid bits are dropped rather than
-    handed to whoever runs ffitool. On any failure (signals included, see `cli.entry`) the new
+    handed to whoever runs ffitool. On any failure (signals included, see `cli.main`) the new
     file is removed and the destination is as it was; OS errors become one-line InputErrors.
     """
     if destination == STDOUT:
@@ -120,7 +120,7 @@ def _staged_for_stdout() -> Iterator[StagedFile]:
     goes out is complete and verified, as a file would be before its rename. Standard output
     refusing it is never followed by a summary claiming an output that did not arrive: a
     reader that closed the pipe ends the command silently with exit 141, like every other
-    command's closed pipe (BrokenPipeError reaches `cli.entry`); any other failure (a full
+    command's closed pipe (BrokenPipeError reaches `cli.output`); any other failure (a full
     disk) is a one-line error like a failed rename."""
     import tempfile
 

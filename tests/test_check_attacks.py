@@ -146,8 +146,8 @@ def test_explain_an_escape_sequence_is_escaped():
 # file. `-j 1` and `-j 2` must report it the same way.
 _FAILING = """
 import os, pickle, signal, sys
-import ffitool.cli.check as checking
-from ffitool.cli.entry import main
+import ffitool.cli.check_workers as checking
+from ffitool.cli.main import main
 
 how = sys.argv[1]
 read_and_check = checking._read_and_check

@@ -227,7 +227,7 @@ def test_inspect_without_typer_prints_what_the_typer_command_prints(args):
     probe = (
         "import sys, atexit\n"
         "atexit.register(lambda: sys.stderr.write(f'typer:{\"typer\" in sys.modules}'))\n"
-        "from ffitool.cli.entry import main\n"
+        "from ffitool.cli.main import main\n"
         "main()\n"
     )
     imported = subprocess.run(

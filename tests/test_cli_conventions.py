@@ -184,7 +184,7 @@ def test_a_failed_verification_names_the_library(tmp_path, monkeypatch, capsys):
     """A real verify() on a really damaged output: the blob writer flips the blob's last byte.
     In process, because no honest input makes the writer wrong."""
     import ffitool.pack as packing
-    from ffitool.cli.entry import main
+    from ffitool.cli.main import main
     from ffitool.edit.stream import blob_size
 
     lib = copy_fixture(tmp_path, "libpack_host_gnu.so")
@@ -279,7 +279,7 @@ def test_shell_completion_is_offered_and_answers():
     script = ffitool(env={**os.environ, "_FFITOOL_COMPLETE": "source_bash"})
     assert script.returncode == 0
     assert "complete -o default -F _ffitool_completion ffitool" in script.stdout
-    # What the installed bash function runs on <TAB>, through entry.main's fast-path check.
+    # What the installed bash function runs on <TAB>, through cli.main's fast-path check.
     answers = [("ffitool pa", "1", "pack\n"), ("ffitool pack --re", "2", "--replace\n--remove\n")]
     for words, cword, expected in answers:
         env = os.environ | {"_FFITOOL_COMPLETE": "complete_bash"}

@@ -16,7 +16,9 @@ import pytest
 from conftest import FIXTURES, ROOT, require_tool
 
 from ffitool.blob import Blob, Module, encode
-from ffitool.cli import entry
+from ffitool.cli.inspect_run import run_inspect
+from ffitool.cli.main import run_app
+from ffitool.cli.output import delivered
 from ffitool.errors import EXIT_BAD_INPUT, EXIT_OUTPUT_CLOSED
 from ffitool.findings import listed, printable
 
@@ -390,15 +392,15 @@ def bad_output(bad: str, places: dict[str, Path]) -> Path:
 def test_every_command_answers_a_bad_path_with_one_line_and_exit_3(
     command, bad, places, monkeypatch, capsys
 ):
-    """In process (64 cases), through the same `_delivered` guard as the console script."""
+    """In process (64 cases), through the same `delivered` guard as the console script."""
     path = bad_output(bad, places) if command in OUTPUT_COMMANDS else places[bad]
     words = [word.format(bad=path, **places) for word in command.split()]
     monkeypatch.setattr(sys, "argv", ["ffitool", *words])
     monkeypatch.chdir(places["lib"].parent)
     if words[0] == "inspect" and "--json" not in words:
-        code = entry._delivered(lambda: entry.run_inspect([Path(w) for w in words[1:]], False))
+        code = delivered(lambda: run_inspect([Path(w) for w in words[1:]], False))
     else:
-        code = entry._delivered(entry.run_app)
+        code = delivered(run_app)
     out, err = capsys.readouterr()
     assert code == EXIT_BAD_INPUT, err
     # No report and no summary of a success; check's text report says the run failed.

@@ -67,7 +67,7 @@ def cli_as_nobody(*args: str) -> tuple[int, str, str]:
     """`ffitool ARGS` as `nobody`: exit code, stdout, stderr. `nobody` cannot start root's
     Python, so this is a forked child of the test, running the command line's entry point:
     every module the command needs must already be imported (run it once as root first)."""
-    from ffitool.cli.entry import run_app
+    from ffitool.cli.main import run_app
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         pid = os.fork()
@@ -440,7 +440,7 @@ def test_in_place_pack_refuses_a_file_its_user_cannot_write(shared_dir, monkeypa
     """`nobody` may write to the directory but not to root's library: in place, pack refuses,
     as patchelf does (Permission denied), instead of replacing the file through its directory.
     A copy elsewhere is fine, and root, who may write any file, packs even a 0444 one."""
-    from ffitool.cli.entry import run_app
+    from ffitool.cli.main import run_app
 
     payload = shared_dir / "payload.bin"
     payload.write_bytes(b"payload")

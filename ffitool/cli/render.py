@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, Progress, ProgressColumn, Task
 from rich.table import Table
 from rich.text import Text
@@ -154,7 +154,7 @@ def library_view(library: Library) -> Group:
     tables = ", ".join(t.value for t in library.symbol_tables) or "none (stripped)"
     heading = shown(f"[{library.member}] " if library.member else "", "bold")
     heading.append(f"{title}; symbol tables: {tables}")
-    parts: list[object] = [heading]
+    parts: list[RenderableType] = [heading]
     sized = records_sizes(library.format)
     parts.append(
         _functions_table(library, sized) if library.functions else Text("No FFI functions.")
@@ -217,7 +217,7 @@ def _functions_table(library: Library, sized: bool) -> Table:
     return table
 
 
-def _blob_parts(library_bin: LibraryBin, sized: bool) -> list[object]:
+def _blob_parts(library_bin: LibraryBin, sized: bool) -> list[RenderableType]:
     symbol = library_bin.symbol.symbol
     offset = "n/a" if library_bin.file_offset is None else f"{library_bin.file_offset:#x}"
     nbytes = "n/a" if library_bin.nbytes is None else str(library_bin.nbytes)
@@ -228,7 +228,7 @@ def _blob_parts(library_bin: LibraryBin, sized: bool) -> list[object]:
         f" at {symbol.address:#x}, "
         f"file offset {offset}, symbol size {_size(symbol.size, sized)}, nbytes {nbytes}"
     )
-    parts: list[object] = [line]
+    parts: list[RenderableType] = [line]
     if library_bin.modules:
         parts.append(_modules_table(library_bin.modules))
         parts.append(_tree_part(library_bin.modules, library_bin.findings))
