@@ -1,10 +1,10 @@
 """Checks: the rules that are judgements over the model rather than facts met while reading it.
 
-Decoding a blob reports what it finds in the bytes (the B codes, and the L1xx codes of how the
-blob is placed), with offsets; the rules below are small functions over a `Library` (L210,
-L211, L212), which `inspect` shows too. `check_file` joins both and places every finding of a
-file at a byte offset in it where there is one. The requirement rules (R1xx) only speak when
-a requirement was configured.
+Reading a library reports what it finds: in a blob's bytes (the B codes) and in how the blob
+is placed (L1xx), with offsets, on the blob; in the FFI symbols themselves (L2xx) on the
+`Library`. `check_file` joins both and places every finding of a file at a byte offset in it
+where there is one, then adds the requirement rules (R1xx), which only speak when a
+requirement was configured.
 
 Requirements are met per loadable image (a shared library or executable, which is loaded on
 its own), and over all images of a file otherwise: an object or the members of a static
@@ -13,13 +13,12 @@ archive are linked together, so a function may come from any of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ffitool.findings import Finding
 from ffitool.library import InspectedFile, Library, LibraryBin
 from ffitool.rules import finding
-from ffitool.symbols import Role
 from ffitool.units import format_size
 
 
@@ -36,9 +35,6 @@ class Requirements:
     require_ffi: bool = False
 
 
-_NOTHING = Requirements()
-
-
 @dataclass(frozen=True)
 class Reported:
     """A finding with where it is: the target's name, the archive member, a file offset."""
@@ -51,18 +47,9 @@ class Reported:
     """Absolute byte offset in the file (the blob offset plus where the blob starts)."""
 
 
-LibraryCheck = Callable[[Library, Requirements], Iterator[Finding]]
-_LIBRARY_CHECKS: list[LibraryCheck] = []
-
-
-def _library_check(check: LibraryCheck) -> LibraryCheck:
-    _LIBRARY_CHECKS.append(check)
-    return check
-
-
-def library_findings(library: Library, requirements: Requirements = _NOTHING) -> list[Finding]:
-    """What the checks find in one library (`inspect` shows these with no requirements)."""
-    return [found for check in _LIBRARY_CHECKS for found in check(library, requirements)]
+def library_findings(library: Library) -> list[Finding]:
+    """`library.findings` as a list, for `ffitool/cli/render.py` until it reads them there."""
+    return list(library.findings)
 
 
 def check_file(inspected: InspectedFile, requirements: Requirements) -> list[Reported]:
@@ -71,7 +58,7 @@ def check_file(inspected: InspectedFile, requirements: Requirements) -> list[Rep
     reported: list[Reported] = []
     for library in inspected.libraries:
         located = [(f, _file_offset(blob, f)) for blob in _blobs(library) for f in blob.findings]
-        located += [(f, None) for f in library_findings(library, requirements)]
+        located += [(f, None) for f in library.findings]
         located += _blob_requirement_findings(library, requirements)
         part = _part(inspected, library)
         reported += [Reported(inspected.path, part, f, offset) for f, offset in located]
@@ -116,63 +103,6 @@ def _file_offset(blob: LibraryBin, found: Finding) -> int | None:
     if blob.file_offset is None:
         return None
     return blob.file_offset + (found.offset or 0)
-
-
-@_library_check
-def function_not_exported(library: Library, _: Requirements) -> Iterator[Finding]:
-    """L210: `Module.get_function` finds functions with dlsym, in a loaded library only.
-
-    A system-lib function is registered by a constructor, not looked up by dlsym.
-    """
-    if not library.loadable:
-        return
-    for ffi in library.symbols:
-        naming = ffi.naming
-        function = naming.role is Role.FUNCTION and not naming.prefix and ffi.symbol.defined
-        if function and not ffi.dynamic:
-            yield finding(
-                "L210",
-                f"function {ffi.symbol.name} is not exported dynamically;"
-                " the runtime will not find it",
-            )
-
-
-@_library_check
-def function_not_code(library: Library, _: Requirements) -> Iterator[Finding]:
-    """L211: the runtime calls what `__tvm_ffi_<name>` resolves to; it must be code."""
-    for ffi in library.symbols:
-        symbol = ffi.symbol
-        if ffi.naming.role is not Role.FUNCTION or not symbol.defined:
-            continue
-        # STT_GNU_IFUNC is 10, which pyelftools names LOOS: a resolver that returns code.
-        if symbol.type not in ("FUNC", "LOOS"):
-            yield finding(
-                "L211",
-                f"{symbol.name} is a {symbol.type} symbol in {symbol.section}, not a function:"
-                " calling it crashes the caller",
-            )
-        elif symbol.executable is False:
-            yield finding(
-                "L211",
-                f"{symbol.name} is in {symbol.section}, which is not an executable section",
-            )
-
-
-@_library_check
-def getter_without_function(library: Library, _: Requirements) -> Iterator[Finding]:
-    """L212: metadata and doc getters describe a function that must exist beside them."""
-    names = set()
-    for ffi in library.symbols:
-        if ffi.naming.role is Role.FUNCTION and ffi.symbol.defined:
-            names.update((ffi.naming.name, ffi.naming.prefix + ffi.naming.name))
-    for ffi in library.symbols:
-        naming = ffi.naming
-        getter = naming.role in (Role.METADATA, Role.DOC) and ffi.symbol.defined
-        if getter and naming.name not in names:
-            yield finding(
-                "L212",
-                f"{ffi.symbol.name} describes __tvm_ffi_{naming.name}, which is not defined",
-            )
 
 
 def _requirement_findings(
