@@ -1,9 +1,12 @@
 """The model: a Library joins what a format reader found with the blob codec.
 
-`inspect_path` is the single entry point the CLI and the API share: it opens a file once, reads
-its images, classifies FFI symbols by role, decodes the blob in place (memory-mapped, payloads
-never copied) and hashes payloads by streaming them from the file in fixed-size chunks, so the
-memory used does not grow with the blob.
+`inspect_path` (and `inspect_open`, through which `ffitool.inspect` reads every file and wheel
+member) opens a file once, reads its images, classifies FFI symbols by role, decodes the blob
+in place (memory-mapped, payloads never copied) and hashes payloads by streaming them from the
+file in fixed-size chunks, so the memory used does not grow with the blob. What is wrong is
+found while reading, and kept on what it is about: a blob's bytes and placement on the blob
+(B, L1xx), the FFI symbols themselves on the Library (L2xx). `checks` only adds what a user's
+requirements ask (R1xx), so it may import this module and not the reverse.
 """
 
 from __future__ import annotations
