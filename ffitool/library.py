@@ -2,7 +2,7 @@
 
 `inspect_path` (and `inspect_open`, through which `ffitool.inspect` reads every file and wheel
 member) opens a file once, reads its images, classifies FFI symbols by role, decodes the blob
-in place (memory-mapped, payloads never copied) and hashes payloads by streaming them from the
+where it lies (read through the descriptor, payloads never copied) and hashes payloads by streaming them from the
 file in fixed-size chunks, so the memory used does not grow with the blob. What is wrong is
 found while reading, and kept on what it is about: a blob's bytes and placement on the blob
 (B, L1xx), the FFI symbols themselves on the Library (L2xx). `checks` only adds what a user's
