@@ -1,11 +1,11 @@
 """Checks: the rules that are judgements over the model rather than facts met while reading it.
 
-Decoding a blob reports what it finds in the bytes (the B codes, and the L1xx codes of how the
-blob is placed), with offsets; the rules below are small functions over a `Library` (L210,
-L211, L212), which `inspect` shows too. `check_file` joins both and places every finding of a
-file at a byte offset in it where there is one. The requirement rules (R1xx) only speak when
-a requirement was configured. Each check is one function registered under its rule's code; it
-says what it found and the runner makes the finding of that code.
+Reading a library reports what it finds: in a blob's bytes (the B codes) and in how the blob
+is placed (L1xx), with offsets, on the blob; in the FFI symbols themselves (L2xx) on the
+`Library`. `check_file` joins both and places every finding of a file at a byte offset in it
+where there is one, then adds the requirement rules (R1xx), which only speak when a
+requirement was configured. Each requirement is one function registered under its rule's
+code; it says what it found and the runner makes the finding of that code.
 
 Requirements are met per loadable image (a shared library or executable, which is loaded on
 its own), and over all images of a file otherwise: an object or the members of a static
@@ -21,7 +21,6 @@ from typing import TypeVar
 from ffitool.findings import Finding
 from ffitool.library import InspectedFile, Library, LibraryBin
 from ffitool.rules import finding
-from ffitool.symbols import Role
 from ffitool.units import format_size
 
 
@@ -53,14 +52,11 @@ class Reported:
     """Absolute byte offset in the file (the blob offset plus where the blob starts)."""
 
 
-LibraryCheck = Callable[[Library], Iterator[str]]
-"""A rule over one library (L210-L212, which `inspect` shows too): a message per finding."""
 GroupRequirement = Callable[[tuple[Library, ...], Requirements], Iterator[str]]
 """A requirement over images that are loaded or linked together (R100-R102)."""
 BlobRequirement = Callable[[LibraryBin, Requirements], Iterator[tuple[str, int | None]]]
 """A requirement over one blob that tvm-ffi reads (R103, R104): messages with blob offsets."""
 
-LIBRARY_CHECKS: dict[str, LibraryCheck] = {}
 GROUP_REQUIREMENTS: dict[str, GroupRequirement] = {}
 BLOB_REQUIREMENTS: dict[str, BlobRequirement] = {}
 """Each check by the code of the rule it reports, run in the order they are defined here."""
@@ -79,22 +75,13 @@ def _registered(table: dict[str, _Check], code: str) -> Callable[[_Check], _Chec
     return register
 
 
-def library_findings(library: Library) -> list[Finding]:
-    """What the checks find in one library (`inspect` shows these too)."""
-    return [
-        finding(code, message)
-        for code, check in LIBRARY_CHECKS.items()
-        for message in check(library)
-    ]
-
-
 def check_file(inspected: InspectedFile, requirements: Requirements) -> list[Reported]:
     """Every finding of one inspected file: the blobs' (found while reading them), then the
     checks', then the requirements'."""
     reported: list[Reported] = []
     for library in inspected.libraries:
         located = [(f, _file_offset(blob, f)) for blob in _blobs(library) for f in blob.findings]
-        located += [(f, None) for f in library_findings(library)]
+        located += [(f, None) for f in library.findings]
         located += _blob_requirement_findings(library, requirements)
         part = _part(inspected, library)
         reported += [Reported(inspected.path, part, f, offset) for f, offset in located]
@@ -141,55 +128,6 @@ def _file_offset(blob: LibraryBin, found: Finding) -> int | None:
     if blob.file_offset is None:
         return None
     return blob.file_offset + (found.offset or 0)
-
-
-@_registered(LIBRARY_CHECKS, "L210")
-def function_not_exported(library: Library) -> Iterator[str]:
-    """L210: `Module.get_function` finds functions with dlsym, in a loaded library only.
-
-    A system-lib function is registered by a constructor, not looked up by dlsym.
-    """
-    if not library.loadable:
-        return
-    for ffi in library.symbols:
-        naming = ffi.naming
-        function = naming.role is Role.FUNCTION and not naming.prefix and ffi.symbol.defined
-        if function and not ffi.dynamic:
-            yield (
-                f"function {ffi.symbol.name} is not exported dynamically;"
-                " the runtime will not find it"
-            )
-
-
-@_registered(LIBRARY_CHECKS, "L211")
-def function_not_code(library: Library) -> Iterator[str]:
-    """L211: the runtime calls what `__tvm_ffi_<name>` resolves to; it must be code."""
-    for ffi in library.symbols:
-        symbol = ffi.symbol
-        if ffi.naming.role is not Role.FUNCTION or not symbol.defined:
-            continue
-        # STT_GNU_IFUNC is 10, which pyelftools names LOOS: a resolver that returns code.
-        if symbol.type not in ("FUNC", "LOOS"):
-            yield (
-                f"{symbol.name} is a {symbol.type} symbol in {symbol.section}, not a function:"
-                " calling it crashes the caller"
-            )
-        elif symbol.executable is False:
-            yield f"{symbol.name} is in {symbol.section}, which is not an executable section"
-
-
-@_registered(LIBRARY_CHECKS, "L212")
-def getter_without_function(library: Library) -> Iterator[str]:
-    """L212: metadata and doc getters describe a function that must exist beside them."""
-    names: set[str] = set()
-    for ffi in library.symbols:
-        if ffi.naming.role is Role.FUNCTION and ffi.symbol.defined:
-            names.update((ffi.naming.name, ffi.naming.prefix + ffi.naming.name))
-    for ffi in library.symbols:
-        naming = ffi.naming
-        getter = naming.role in (Role.METADATA, Role.DOC) and ffi.symbol.defined
-        if getter and naming.name not in names:
-            yield f"{ffi.symbol.name} describes __tvm_ffi_{naming.name}, which is not defined"
 
 
 def _requirement_findings(

@@ -1,9 +1,13 @@
 """The model: a Library joins what a format reader found with the blob codec.
 
-`inspect_path` is the single entry point the CLI and the API share: it opens a file once, reads
-its images, classifies FFI symbols by role, decodes the blob in place (memory-mapped, payloads
-never copied) and hashes payloads by streaming them from the file in fixed-size chunks, so the
-memory used does not grow with the blob.
+`inspect_path` (and `inspect_open`, through which `ffitool.inspect` reads every file and wheel
+member) opens a file once, reads its images, classifies FFI symbols by role, decodes the blob
+where it lies (read through the descriptor, payloads never copied) and hashes payloads by
+streaming them from the file in fixed-size chunks, so the memory used does not grow with the
+blob. What is wrong is
+found while reading, and kept on what it is about: a blob's bytes and placement on the blob
+(B, L1xx), the FFI symbols themselves on the Library (L2xx). `checks` only adds what a user's
+requirements ask (R1xx), so it may import this module and not the reverse.
 """
 
 from __future__ import annotations
@@ -102,6 +106,9 @@ class Library:
     symbols: tuple[FfiSymbol, ...]
     library_bin: LibraryBin | None
     """The blob under the plain name (or the legacy one): what `tvm_ffi.load_module` reads."""
+    findings: tuple[Finding, ...]
+    """What is wrong with the library's FFI symbols themselves (L2xx), as `inspect` lists them
+    for it; what is wrong with a blob is on that blob (`library_bin.findings`)."""
     system_lib_bins: tuple[LibraryBin, ...] = ()
     """Blobs with a system-lib prefix, in prefix order: what `tvm_ffi.system_lib(prefix)`
     reads once they are registered, from an object, an archive or a shared library alike."""
@@ -286,6 +293,11 @@ def _library(image: Image, data: _BlobBytes, handle: BinaryIO | None) -> Library
     prefixed = sorted((s for s in blobs if s.naming.prefix), key=lambda s: s.naming.prefix)
     prefixes = {f.symbol.naming.prefix for f in functions}
     library_bin = _library_bin(image, plain[0], prefixes, data, handle) if plain else None
+    symbol_findings = [
+        *_functions_not_exported(ffi_symbols, image.loadable),
+        *_functions_not_code(ffi_symbols),
+        *_getters_without_function(ffi_symbols),
+    ]
     return Library(
         member=image.member,
         format=image.format,
@@ -298,6 +310,7 @@ def _library(image: Image, data: _BlobBytes, handle: BinaryIO | None) -> Library
         functions=functions,
         symbols=ffi_symbols,
         library_bin=library_bin,
+        findings=tuple(symbol_findings),
         system_lib_bins=tuple(_library_bin(image, s, prefixes, data, handle) for s in prefixed),
         signature=image.signature,
         slice=image.slice,
@@ -462,6 +475,60 @@ def _size_findings(chosen: FfiSymbol, size: int) -> list[Finding]:
             )
         ]
     return []
+
+
+def _functions_not_exported(symbols: tuple[FfiSymbol, ...], loadable: bool) -> Iterator[Finding]:
+    """L210: `Module.get_function` finds functions with dlsym, in a loaded library only.
+
+    A system-lib function is registered by a constructor, not looked up by dlsym.
+    """
+    if not loadable:
+        return
+    for ffi in symbols:
+        naming = ffi.naming
+        function = naming.role is Role.FUNCTION and not naming.prefix and ffi.symbol.defined
+        if function and not ffi.dynamic:
+            yield finding(
+                "L210",
+                f"function {ffi.symbol.name} is not exported dynamically;"
+                " the runtime will not find it",
+            )
+
+
+def _functions_not_code(symbols: tuple[FfiSymbol, ...]) -> Iterator[Finding]:
+    """L211: the runtime calls what `__tvm_ffi_<name>` resolves to; it must be code."""
+    for ffi in symbols:
+        symbol = ffi.symbol
+        if ffi.naming.role is not Role.FUNCTION or not symbol.defined:
+            continue
+        # STT_GNU_IFUNC is 10, which pyelftools names LOOS: a resolver that returns code.
+        if symbol.type not in ("FUNC", "LOOS"):
+            yield finding(
+                "L211",
+                f"{symbol.name} is a {symbol.type} symbol in {symbol.section}, not a function:"
+                " calling it crashes the caller",
+            )
+        elif symbol.executable is False:
+            yield finding(
+                "L211",
+                f"{symbol.name} is in {symbol.section}, which is not an executable section",
+            )
+
+
+def _getters_without_function(symbols: tuple[FfiSymbol, ...]) -> Iterator[Finding]:
+    """L212: metadata and doc getters describe a function that must exist beside them."""
+    names: set[str] = set()
+    for ffi in symbols:
+        if ffi.naming.role is Role.FUNCTION and ffi.symbol.defined:
+            names.update((ffi.naming.name, ffi.naming.prefix + ffi.naming.name))
+    for ffi in symbols:
+        naming = ffi.naming
+        getter = naming.role in (Role.METADATA, Role.DOC) and ffi.symbol.defined
+        if getter and naming.name not in names:
+            yield finding(
+                "L212",
+                f"{ffi.symbol.name} describes __tvm_ffi_{naming.name}, which is not defined",
+            )
 
 
 _NO_LIB_MODULE = (

@@ -11,7 +11,6 @@ from dataclasses import asdict
 from functools import partial
 from typing import Any
 
-from ffitool.checks import library_findings
 from ffitool.findings import Finding, unsurrogated, with_exact_bytes
 from ffitool.library import (
     BlobReport,
@@ -162,7 +161,7 @@ def library_json(library: Library, *, lazy: bool = False) -> Json:
         "system_lib_bins": [
             library_bin_json(b, lazy=lazy, sized=sized) for b in library.system_lib_bins
         ],
-        "findings": findings_json(tuple(library_findings(library))),
+        "findings": findings_json(library.findings),
     }
 
 

@@ -188,7 +188,7 @@ _RULES = (
         "a `__tvm_ffi_` function that is not exported dynamically",
         "`Module.get_function(name)` looks `__tvm_ffi_<name>` up with dlsym; a hidden, local or"
         " .symtab-only function is never found. Export it with default visibility.",
-        ("ffitool.checks:function_not_exported",),
+        ("ffitool.library:_functions_not_exported",),
     ),
     Rule(
         "L211",
@@ -197,7 +197,7 @@ _RULES = (
         "The runtime calls every `__tvm_ffi_<name>` it resolves as a packed function; a data"
         " object, or a symbol outside an executable section, crashes the caller. Rename the"
         " object or make it a function.",
-        ("ffitool.checks:function_not_code",),
+        ("ffitool.library:_functions_not_code",),
     ),
     Rule(
         "L212",
@@ -205,7 +205,7 @@ _RULES = (
         "a metadata or doc getter without its function",
         "`__tvm_ffi__metadata_<name>` and `__tvm_ffi__doc_<name>` describe `__tvm_ffi_<name>`;"
         " without that function they describe nothing. Export the function or drop the getter.",
-        ("ffitool.checks:getter_without_function",),
+        ("ffitool.library:_getters_without_function",),
     ),
     Rule(
         "L300",

@@ -24,7 +24,7 @@ anything: symlink loops, FIFOs, thousands of source files, a zip bomb. So:
   file a user would extract.
 
 Every failure is one `Unreadable` result for the file or member concerned; the rest is
-still read. `iter_targets` is `iter_sources` (the walk, which only sniffs) followed by
+still read. `inspect` is `iter_sources` (the walk, which only sniffs) followed by
 `read_source` on each source, which is where the time goes and what workers can share.
 """
 
@@ -37,7 +37,6 @@ import struct
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 from ffitool.errors import InputError
@@ -102,11 +101,22 @@ class Source:
     explicit: bool
 
 
-def iter_targets(paths: Sequence[Path], *, digests: bool = True) -> Iterator[Target]:
-    """Read each path (file, directory or wheel), yielding one result per object found.
+def inspect(
+    *paths: str | os.PathLike[str], digests: bool = True
+) -> Iterator[Inspected | Skipped | Unreadable]:
+    """Read each path as `ffitool inspect` does: a file, a directory tree or a wheel.
 
-    Without `digests`, payloads are not hashed (as `inspect_path` without them).
+    Yields, in the order the command reports them, an `Inspected` per object file or archive
+    read, a `Skipped` per entry left out on purpose (a note), an `Unreadable` per file or
+    member that could not be read (the command's one-line error); nothing is raised for an
+    input. Results come as they are read, so a large tree is never held whole. Without
+    `digests`, payloads are not hashed (sha256 is None), as for `inspect_path`.
     """
+    names = [os.fspath(path) for path in paths]  # a wrong argument fails here, not when iterated
+    return _inspect_all(names, digests)
+
+
+def _inspect_all(paths: list[str], digests: bool) -> Iterator[Target]:
     for item in iter_sources(paths):
         if isinstance(item, Source):
             yield from read_source(item, digests=digests)
@@ -114,10 +124,12 @@ def iter_targets(paths: Sequence[Path], *, digests: bool = True) -> Iterator[Tar
             yield item
 
 
-def iter_sources(paths: Sequence[Path]) -> Iterator[Source | Unreadable | Skipped]:
-    """The files `iter_targets` reads, in its order, and the notes and errors of the walks."""
+def iter_sources(
+    paths: Sequence[str | os.PathLike[str]],
+) -> Iterator[Source | Unreadable | Skipped]:
+    """The files `inspect` reads, in its order, and the notes and errors of the walks."""
     for path in paths:
-        display = str(path)
+        display = os.fspath(path)
         if not os.path.isdir(path):
             yield Source(display, explicit=True)
             continue
@@ -560,7 +572,7 @@ __all__ = [
     "Source",
     "Target",
     "Unreadable",
+    "inspect",
     "iter_sources",
-    "iter_targets",
     "read_source",
 ]

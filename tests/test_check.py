@@ -66,7 +66,6 @@ def test_docs_rules_md_is_generated_from_the_registry():
 _CODE = re.compile(r"[BLR]\d{3}")
 # The runners that make a registered check's findings under the code it is registered with.
 _RELAYS = {
-    "ffitool.checks:library_findings",
     "ffitool.checks:_requirement_findings",
     "ffitool.checks:_blob_requirement_findings",
 }
@@ -91,7 +90,7 @@ def _calls_by_function(tree: ast.Module, module: str) -> Iterator[tuple[str, ast
 
 def test_every_code_is_passed_to_a_call_exactly_in_the_functions_its_rule_names():
     """`Rule.emitted_by` is where the code is written: `finding("L104", ...)`, or a check's
-    registration `@_registered(LIBRARY_CHECKS, "L210")`. A finding made from a code held in
+    registration `@_registered(GROUP_REQUIREMENTS, "R101")`. A finding made from a code held in
     a variable only happens in the functions that emit it or in the check runners."""
     emitted: dict[str, set[str]] = {}
     emitters = {name for rule in RULES.values() for name in rule.emitted_by}
@@ -120,7 +119,7 @@ def test_every_registered_emitter_exists_and_every_check_is_registered_by_its_co
             for part in qualname.split("."):
                 target = getattr(target, part)
             assert callable(target), name
-    for table in (checks.LIBRARY_CHECKS, checks.GROUP_REQUIREMENTS, checks.BLOB_REQUIREMENTS):
+    for table in (checks.GROUP_REQUIREMENTS, checks.BLOB_REQUIREMENTS):
         for code, check in table.items():
             assert f"{check.__module__}:{check.__qualname__}" in RULES[code].emitted_by
 

@@ -25,7 +25,6 @@ import pytest
 from conftest import FIXTURES, ROOT, ffitool, require_tool
 from test_linear_macho_pe import FailingStream, dll
 
-from ffitool.checks import library_findings
 from ffitool.errors import InputError
 from ffitool.formats import read_object
 from ffitool.formats.pe import reader as pe
@@ -215,7 +214,7 @@ def test_function_outside_an_executable_section_is_l211(tmp_path):
     path = tmp_path / "noexec.dll"
     path.write_bytes(bytes(data))
     (library,) = inspect_path(path).libraries
-    l211 = sorted(f.message for f in library_findings(library) if f.code == "L211")
+    l211 = sorted(f.message for f in library.findings if f.code == "L211")
     assert l211 == [
         "__tvm_ffi_add_one is a OBJECT symbol in .text, not a function: calling it crashes the"
         " caller",

@@ -18,7 +18,6 @@ import jsonschema
 import pytest
 from conftest import FIXTURES, ROOT, ffitool, require_tool
 
-from ffitool.checks import library_findings
 from ffitool.library import inspect_path
 
 GAMMA = b"gamma \x00 system-lib payload"
@@ -116,7 +115,7 @@ def test_emit_c_system_lib_in_a_shared_library_is_shown_and_extracted(runtime, t
     ]
     assert blob.findings == ()
     assert [(f.name, f.symbol.naming.prefix) for f in library.functions] == [("add_one", prefix)]
-    assert library_findings(library) == []
+    assert library.findings == ()
 
     # The JSON document carries it, and the schema describes it.
     result = ffitool("inspect", "--json", str(lib))
@@ -240,5 +239,5 @@ def test_a_system_lib_blob_need_not_be_exported(runtime, tmp_path, exported):
     assert blob.symbol.symbol.table.value == ("dynsym" if exported else "symtab")
     assert [m.sha256 for m in blob.modules] == [None, sha256(GAMMA)]
     assert blob.findings == ()
-    assert library_findings(library) == []  # no L210 for the unexported system-lib function
+    assert library.findings == ()  # no L210 for the unexported system-lib function
     assert [f.name for f in library.functions] == (["add_one"] if exported else [])

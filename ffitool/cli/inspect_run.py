@@ -30,11 +30,11 @@ def plain_invocation(args: list[str]) -> tuple[list[Path], bool] | None:
 def run_inspect(paths: list[Path], as_json: bool) -> int:
     """Inspect each path (file, directory or wheel), print the report, the notes about what
     was skipped and the errors; returns the exit code."""
-    from ffitool.targets import Inspected, Skipped, iter_targets
+    from ffitool.targets import Inspected, Skipped, inspect
 
     inspected = []
     errors: list[tuple[str, str]] = []
-    for target in iter_targets(paths):
+    for target in inspect(*paths):
         if isinstance(target, Inspected):
             inspected.append(target.file)
         elif isinstance(target, Skipped):

@@ -18,7 +18,6 @@ from rich.text import Text
 from rich.tree import Tree
 
 from ffitool.blob import reachable_from
-from ffitool.checks import library_findings
 from ffitool.edit.plan import Plan
 from ffitool.findings import Finding, Severity, printable
 from ffitool.library import BlobReport, InspectedFile, Library, LibraryBin, ModuleInfo
@@ -192,9 +191,8 @@ def library_view(library: Library) -> Group:
         parts.extend(_blob_parts(library.library_bin, sized))
     for system_lib_bin in library.system_lib_bins:
         parts.extend(_blob_parts(system_lib_bin, sized))
-    findings = library_findings(library)
-    if findings:
-        parts.append(_findings_table(tuple(findings)))
+    if library.findings:
+        parts.append(_findings_table(library.findings))
     return Group(*parts)
 
 
