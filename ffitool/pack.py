@@ -121,8 +121,7 @@ def pack_library(
         _packed_libraries(inspected, arches)
         if signature not in SIGNATURE_MODES:
             raise UsageError(f"--signature must be one of {', '.join(SIGNATURE_MODES)}")
-    assert found.packer is not None  # _packable admits packable formats only
-    packer = found.packer(arches, signature == "remove")
+    packer = found.make_packer(arches, signature == "remove")
     return _rewrite(library, held, plan, output, progress, packer)
 
 

@@ -41,10 +41,6 @@ __all__ = [
 _PACKAGES = ("ffitool.formats.elf", "ffitool.formats.macho", "ffitool.formats.pe")
 """The format registry: one line per format package."""
 
-Reader = Callable[[BinaryIO, int, str, "str | None", int, "int | None"], tuple[Image, ...]]
-"""(stream, size, display name, archive member or None, where the stream starts in the file,
-descriptor of the file or None) -> the images that have their own symbol tables."""
-
 
 class Packer(Protocol):
     """One format's seam in the pack flow: plan the edit from the locked input's headers,
@@ -66,20 +62,49 @@ class Packer(Protocol):
 
 @dataclass(frozen=True)
 class Format:
-    """One binary format as the rest of ffitool sees it."""
+    """One binary format as the rest of ffitool sees it. The reader and packer are named as
+    "module:attribute" and imported when an input needs them, so learning the registry costs
+    no format's code."""
 
     name: str
     containers: tuple[str, ...]
     """The containers (`sniff` results, also the reports' "format") it reads."""
-    read: Reader
+    reader: str
+    """(stream, size, display name, archive member or None, where the stream starts in the
+    file, descriptor of the file or None) -> an Image, or a tuple of them (one per slice)."""
     in_archives: bool
     """Whether its objects are read as ar archive members."""
     packable_kinds: frozenset[str] = frozenset()
     """The kinds of image (`Image.kind`) that pack can rewrite; none: no packer."""
-    packer: Callable[[tuple[str, ...], bool], Packer] | None = None
-    """(architectures to pack, whether to remove the signature) -> its packer."""
+    packer: str | None = None
+    """The Packer class: made with no arguments, or with (architectures to pack, whether to
+    remove the signature) for a format with `slices`."""
     slices: bool = False
     """Whether the file holds architecture slices and signatures that pack options select."""
+
+    def read(
+        self,
+        stream: BinaryIO,
+        size: int,
+        display: str,
+        member: str | None = None,
+        base: int = 0,
+        fd: int | None = None,
+    ) -> tuple[Image, ...]:
+        """The images of one file (or archive member) of this format."""
+        found = _attribute(self.reader)(stream, size, display, member, base, fd)
+        return found if isinstance(found, tuple) else (found,)
+
+    def make_packer(self, arches: tuple[str, ...], remove_signature: bool) -> Packer:
+        """This format's packer (only for a format with one)."""
+        assert self.packer is not None, f"{self.name} has no packer"
+        made = _attribute(self.packer)
+        return made(arches, remove_signature) if self.slices else made()
+
+
+def _attribute(reference: str) -> Any:
+    module, name = reference.split(":")
+    return getattr(import_module(module), name)
 
 
 @cache

@@ -11,31 +11,14 @@ This module stays small: the registry imports it to learn the format, not to rea
 
 from __future__ import annotations
 
-from typing import BinaryIO
-
-from ffitool.formats import Format, Image, Packer
+from ffitool.formats import Format
 from ffitool.formats.sniff import ELF_FILE
-
-
-def _read(
-    stream: BinaryIO, size: int, display: str, member: str | None, base: int, fd: int | None
-) -> tuple[Image, ...]:
-    from ffitool.formats.elf.reader import read_elf
-
-    return (read_elf(stream, size, display, member, base, fd),)
-
-
-def _packer(arches: tuple[str, ...], remove_signature: bool) -> Packer:
-    from ffitool.formats.elf.packer import ElfPacker
-
-    return ElfPacker()
-
 
 FORMAT = Format(
     name="ELF",
     containers=(ELF_FILE,),
-    read=_read,
+    reader="ffitool.formats.elf.reader:read_elf",
     in_archives=True,
     packable_kinds=frozenset({"shared library"}),
-    packer=_packer,
+    packer="ffitool.formats.elf.packer:ElfPacker",
 )

@@ -13,32 +13,15 @@ This module stays small: the registry imports it to learn the format, not to rea
 
 from __future__ import annotations
 
-from typing import BinaryIO
-
-from ffitool.formats import Format, Image, Packer
+from ffitool.formats import Format
 from ffitool.formats.sniff import MACHO_FILE, UNIVERSAL_FILE
-
-
-def _read(
-    stream: BinaryIO, size: int, display: str, member: str | None, base: int, fd: int | None
-) -> tuple[Image, ...]:
-    from ffitool.formats.macho.reader import read_macho
-
-    return read_macho(stream, size, display, member, base, fd)
-
-
-def _packer(arches: tuple[str, ...], remove_signature: bool) -> Packer:
-    from ffitool.formats.macho.packer import MachoPacker
-
-    return MachoPacker(arches, remove_signature)
-
 
 FORMAT = Format(
     name="Mach-O",
     containers=(MACHO_FILE, UNIVERSAL_FILE),
-    read=_read,
+    reader="ffitool.formats.macho.reader:read_macho",
     in_archives=True,
     packable_kinds=frozenset({"shared library", "bundle"}),
-    packer=_packer,
+    packer="ffitool.formats.macho.packer:MachoPacker",
     slices=True,
 )

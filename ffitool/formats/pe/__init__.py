@@ -10,31 +10,14 @@ This module stays small: the registry imports it to learn the format, not to rea
 
 from __future__ import annotations
 
-from typing import BinaryIO
-
-from ffitool.formats import Format, Image, Packer
+from ffitool.formats import Format
 from ffitool.formats.sniff import PE_FILE
-
-
-def _read(
-    stream: BinaryIO, size: int, display: str, member: str | None, base: int, fd: int | None
-) -> tuple[Image, ...]:
-    from ffitool.formats.pe.reader import read_pe
-
-    return (read_pe(stream, size, display, fd),)
-
-
-def _packer(arches: tuple[str, ...], remove_signature: bool) -> Packer:
-    from ffitool.formats.pe.packer import PePacker
-
-    return PePacker()
-
 
 FORMAT = Format(
     name="PE",
     containers=(PE_FILE,),
-    read=_read,
+    reader="ffitool.formats.pe.reader:read_pe",
     in_archives=False,
     packable_kinds=frozenset({"shared library"}),
-    packer=_packer,
+    packer="ffitool.formats.pe.packer:PePacker",
 )

@@ -384,8 +384,18 @@ def exports(pe: PeFile, display_name: str) -> list[Export]:
         return found
 
 
-def read_pe(stream: BinaryIO, size: int, display_name: str, fd: int | None = None) -> Image:
-    """The FFI exports of a PE image (a DLL, or an EXE that exports functions)."""
+def read_pe(
+    stream: BinaryIO,
+    size: int,
+    display_name: str,
+    member: str | None = None,
+    base: int = 0,
+    fd: int | None = None,
+) -> Image:
+    """The FFI exports of a PE image (a DLL, or an EXE that exports functions).
+
+    `member` and `base` complete the registry's reader signature: a PE file is never read as
+    an archive member (Microsoft libraries are refused), so it always starts at 0."""
     pe = open_pe(stream, size, display_name, fd)
     with _errors(display_name):
         headers = pe.headers
