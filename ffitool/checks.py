@@ -75,7 +75,9 @@ def check_file(inspected: InspectedFile, requirements: Requirements) -> list[Rep
         located += _blob_requirement_findings(library, requirements)
         part = _part(inspected, library)
         reported += [Reported(inspected.path, part, f, offset) for f, offset in located]
-    groups = [(_part(inspected, lib), (lib,)) for lib in inspected.libraries if lib.loadable]
+    groups: list[tuple[str | None, tuple[Library, ...]]] = [
+        (_part(inspected, lib), (lib,)) for lib in inspected.libraries if lib.loadable
+    ]
     linked = tuple(lib for lib in inspected.libraries if not lib.loadable)
     if linked or not inspected.libraries:
         groups.append((None, linked))
@@ -161,7 +163,7 @@ def function_not_code(library: Library, _: Requirements) -> Iterator[Finding]:
 @_library_check
 def getter_without_function(library: Library, _: Requirements) -> Iterator[Finding]:
     """L212: metadata and doc getters describe a function that must exist beside them."""
-    names = set()
+    names: set[str] = set()
     for ffi in library.symbols:
         if ffi.naming.role is Role.FUNCTION and ffi.symbol.defined:
             names.update((ffi.naming.name, ffi.naming.prefix + ffi.naming.name))
@@ -213,8 +215,8 @@ def _blob_requirement_findings(
             )
             found.append((over, _file_offset(blob, over)))
         allowed = requirements.allowed_kinds
-        for module in blob.modules if allowed is not None else ():
-            if module.kind != "_lib" and module.kind not in allowed:
+        for module in blob.modules:
+            if allowed is not None and module.kind != "_lib" and module.kind not in allowed:
                 odd = finding(
                     "R103",
                     f"module {module.index} of {where} has kind {module.kind},"
