@@ -10,9 +10,11 @@ no rule and sizes that do not parse are usage errors: a typo must not turn a che
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from ffitool.checks import Requirements
 from ffitool.errors import InputError, UsageError
@@ -56,9 +58,9 @@ def find_config(start: Path) -> tuple[Path, dict[str, object]] | None:
 
 def read_toml(path: Path) -> dict[str, object]:
     """Parse a TOML file; a file that cannot be read is exit 3, bad TOML is a usage error."""
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+    else:
         import tomli as tomllib
 
     from ffitool.files import open_regular_file
@@ -160,22 +162,25 @@ def resolve(
     where = str(config) if config is not None else "command line"
     merged = {key: given.get(key) if given.get(key) is not None else table.get(key) for key in KEYS}
 
+    def strings(key: str) -> tuple[str, ...]:
+        # A list setting is a list of strings or None: config_table checked the file's, and the
+        # command line parses its options as lists of strings.
+        return tuple(cast("list[str] | None", merged[key]) or ())
+
     def codes(key: str) -> set[str]:
-        selectors = tuple(merged[key] or ())  # type: ignore[arg-type]
         try:
-            return matching(selectors)
+            return matching(strings(key))
         except ValueError as exc:
             raise UsageError(f"{where}: {key}: {str(exc)!r} matches no rule code") from None
 
     select = codes("select") if merged["select"] else set(RULES)
-    size = merged["max-blob-size"]
-    allowed = merged["allow-kind"]
+    size = cast("str | int | None", merged["max-blob-size"])  # as config_table checked it
     return CheckSettings(
         requirements=Requirements(
-            functions=tuple(merged["require-function"] or ()),  # type: ignore[arg-type]
-            kinds=tuple(merged["require-kind"] or ()),  # type: ignore[arg-type]
-            allowed_kinds=tuple(allowed) if allowed is not None else None,  # type: ignore[arg-type]
-            max_blob_size=None if size is None else parse_size(size, where),  # type: ignore[arg-type]
+            functions=strings("require-function"),
+            kinds=strings("require-kind"),
+            allowed_kinds=strings("allow-kind") if merged["allow-kind"] is not None else None,
+            max_blob_size=None if size is None else parse_size(size, where),
             require_ffi=bool(merged["require-ffi"]),
         ),
         reported=frozenset(select - codes("ignore")),

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from ffitool import blob as codec
 from ffitool.errors import BlobError, InputError
@@ -155,7 +155,7 @@ def inspect_open(
     """
     stream = handle
     if base:
-        stream = Window(handle, base, size, display)  # type: ignore[assignment]
+        stream = cast(BinaryIO, Window(handle, base, size, display))
     try:
         with _no_cycle_collection():
             obj = read_object(stream, size, display)
@@ -553,8 +553,8 @@ def _module_infos(
     for index, kind in enumerate(decoded.kinds):
         offset = offsets[index]
         digest = None
-        if offset >= 0 and handle is not None:
-            payload = decoded.payload(index)
+        payload = decoded.payload(index)  # None: a module without a payload
+        if payload is not None and handle is not None:
             digest = (
                 file_sha256(handle, blob_file_offset + offset, sizes[index])
                 if isinstance(payload, codec.Span)
@@ -591,7 +591,8 @@ def file_sha256(handle: BinaryIO, offset: int, size: int) -> str:
     handle.seek(offset)
     left = size
     while left:
-        got = handle.readinto(view[: min(left, len(buffer))])
+        # typing.BinaryIO declares no readinto; every file and Window passed here has one.
+        got = handle.readinto(view[: min(left, len(buffer))])  # type: ignore[attr-defined]
         if not got:
             raise InputError(f"{handle.name}: file ended inside a payload at offset {offset}")
         digest.update(view[:got])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import re
@@ -58,6 +59,7 @@ def extract(
     """
     held, info = open_input(library)
     found = _blob_to_extract(held, info.st_size, library, symbol_prefix)
+    assert found.file_offset is not None  # _blob_to_extract picks a blob that lies in the file
     unkeepable = [f for f in found.findings if f.code in UNKEEPABLE]
     if unkeepable:
         raise InputError(
@@ -91,7 +93,7 @@ def extract(
             }
             if module.index in payloads:
                 name, source = payloads[module.index]
-                writer.create(name, lambda fd, source=source: copy_payload(source, fd, 0))
+                writer.create(name, functools.partial(copy_payload, source, position=0))
                 entry.update(file=name, size=module.size, sha256=module.sha256)
             entries.append(_exact_kind(entry))
         document = {"schema": MANIFEST_SCHEMA, "source": str(library), "modules": entries}

@@ -292,7 +292,9 @@ def _packed_libraries(inspected: InspectedFile, arches: tuple[str, ...]) -> list
     return [lib for lib, name in zip(inspected.libraries, names, strict=True) if name in arches]
 
 
-def _blob_identity(library: Library) -> tuple:
+def _blob_identity(
+    library: Library,
+) -> tuple[tuple[str, tuple[int, ...], int | None, str | None], ...]:
     """What must agree between the slices of one pack: the blob's modules, byte for byte."""
     found = library.library_bin
     if found is None or found.layout != "tvm_ffi":

@@ -123,8 +123,8 @@ def plan_edits(existing: Sequence[ExistingModule] | None, edits: Edits) -> Plan:
         index = _select(existing, selector, "--replace")
         if modules[index].kind == LIB_KIND:
             raise UsageError(f"--replace {selector}: `_lib` has no payload to replace")
-        old = modules[index]
-        modules[index] = PlannedModule(old.kind, source, old.imports, f"replaced {index}")
+        replaced = modules[index]
+        modules[index] = PlannedModule(replaced.kind, source, replaced.imports, f"replaced {index}")
     removed = {_select(existing, s, "--remove") for s in edits.remove}
     if 0 in removed:
         raise UsageError("--remove: module 0 is the root that load_module returns")

@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import import_module
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
 from ffitool.errors import InputError
 from ffitool.formats import archive, sniff
 from ffitool.formats.base import Image, Location, Slice, Symbol, SymbolTable
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = [
     "Format",
@@ -183,7 +186,7 @@ def _archive_images(
         found = None if container is None else format_named(container)
         if found is None or not found.in_archives or container == sniff.UNIVERSAL_FILE:
             continue
-        window = Window(stream, member.offset, member.size)
+        window = cast(BinaryIO, Window(stream, member.offset, member.size))
         try:
             images.extend(
                 found.read(window, member.size, display_name, member.name, member.offset, fd)
@@ -195,7 +198,11 @@ def _archive_images(
 
 class Window(io.RawIOBase):
     """A read-only view of `size` bytes of `base` starting at `start`, for per-member parsing;
-    `name` names it in messages, as a file's name does."""
+    `name` names it in messages, as a file's name does.
+
+    It is the binary file the readers take: a raw stream is not a `typing.BinaryIO` to a type
+    checker (typeshed declares that of the concrete file classes only), so it is cast to one
+    where it is made."""
 
     def __init__(self, base: BinaryIO, start: int, size: int, name: str = "") -> None:
         super().__init__()
@@ -224,10 +231,11 @@ class Window(io.RawIOBase):
         left = max(0, self._size - self._pos)
         return super().read(left if size is None or size < 0 else min(size, left))
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        count = max(0, min(len(buffer), self._size - self._pos))
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        target = memoryview(buffer).cast("B")
+        count = max(0, min(len(target), self._size - self._pos))
         self._base.seek(self._start + self._pos)
         data = self._base.read(count)
-        buffer[: len(data)] = data
+        target[: len(data)] = data
         self._pos += len(data)
         return len(data)

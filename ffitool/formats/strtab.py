@@ -23,7 +23,7 @@ import os
 import sys
 from array import array
 from collections.abc import Callable
-from typing import Protocol
+from typing import Literal, Protocol
 
 from ffitool.symbols import FFI_PREFIX, LEGACY_BIN, LEGACY_CTX
 
@@ -317,10 +317,10 @@ class Names:
         return found
 
 
-def st_name_column(data: bytes, entry_size: int, little: bool) -> array:
+def st_name_column(data: bytes, entry_size: int, little: bool) -> array[int]:
     """The st_name field (first 4 bytes of every entry, both classes) of each symbol."""
     count = len(data) // entry_size
-    order = "little" if little else "big"
+    order: Literal["little", "big"] = "little" if little else "big"
     if entry_size % 4:
         return array(
             "I",
@@ -336,7 +336,7 @@ def st_name_column(data: bytes, entry_size: int, little: bool) -> array:
     return words[:: entry_size // 4]
 
 
-def offset_filter(ranges: list[tuple[int, int]]) -> Callable[[array], set[int]]:
+def offset_filter(ranges: list[tuple[int, int]]) -> Callable[[array[int]], set[int]]:
     """A function from st_name values to those that fall in a candidate range.
 
     Usually the ranges are short (one offset for a name that starts with its marker) and are
@@ -352,7 +352,7 @@ def offset_filter(ranges: list[tuple[int, int]]) -> Callable[[array], set[int]]:
         return starts.intersection
     firsts = [first for first, _ in ranges]
 
-    def in_ranges(fields: array) -> set[int]:
+    def in_ranges(fields: array[int]) -> set[int]:
         wanted = set()
         for offset in set(fields):
             slot = bisect.bisect_right(firsts, offset) - 1
@@ -363,7 +363,7 @@ def offset_filter(ranges: list[tuple[int, int]]) -> Callable[[array], set[int]]:
     return in_ranges
 
 
-def matching_entries(fields: array, hits: set[int]) -> list[tuple[int, int]]:
+def matching_entries(fields: array[int], hits: set[int]) -> list[tuple[int, int]]:
     """(index, st_name) of the entries whose st_name is one of `hits`.
 
     A few hits are located by byte search in the column, in C; many with one pass in Python.

@@ -12,6 +12,8 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from elftools.construct.lib.container import Container
+
 from ffitool.errors import InputError
 from ffitool.formats.elf.reader import ElfFile, program_headers
 
@@ -240,12 +242,12 @@ _READ_AT_ADDRESS = (
 )  # fmt: skip
 
 
-def _page_end(address: int, load) -> int:
+def _page_end(address: int, load: Container) -> int:
     page = max(load["p_align"], 0x1000)
     return -(-address // page) * page
 
 
-def unmapped_segments(phdrs: list) -> list[str]:
+def unmapped_segments(phdrs: list[Container]) -> list[str]:
     """The program headers whose bytes no PT_LOAD maps where they say they are, described.
 
     ld.so reads PT_DYNAMIC, PT_TLS's template, notes and PT_PHDR at their addresses and

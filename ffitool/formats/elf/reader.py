@@ -17,11 +17,12 @@ import bisect
 import functools
 import struct
 from array import array
-from collections.abc import Callable
-from typing import BinaryIO, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO, NamedTuple
 
 from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.common.utils import struct_parse
+from elftools.construct.lib.container import Container  # a parsed header, fields by name
 from elftools.elf import enums as elf_enums
 from elftools.elf.structs import ELFStructs
 
@@ -120,10 +121,10 @@ class ElfFile:
             self.header["e_type"], self.header["e_machine"], self.header["e_ident"]["EI_OSABI"]
         )
 
-    def __getitem__(self, name: str):
+    def __getitem__(self, name: str) -> Any:
         return self.header[name]
 
-    def first_section_header(self):
+    def first_section_header(self) -> Container:
         return struct_parse(self.structs.Elf_Shdr, self.stream, self.header["e_shoff"])
 
     def num_sections(self) -> int:
@@ -175,19 +176,19 @@ def _read(elf: ElfFile, size: int, member: str | None, base: int, fd: int | None
     )
 
 
-def section_headers(elf: ElfFile, size: int) -> list:
+def section_headers(elf: ElfFile, size: int) -> list[Container]:
     """Every section header, as pyelftools containers (which can be built back to bytes)."""
     return _read_headers(elf, size, elf.num_sections(), "e_shoff", "e_shentsize", "Elf_Shdr")
 
 
-def program_headers(elf: ElfFile, size: int) -> list:
+def program_headers(elf: ElfFile, size: int) -> list[Container]:
     """Every program header, as pyelftools containers."""
     return _read_headers(elf, size, elf.num_segments(), "e_phoff", "e_phentsize", "Elf_Phdr")
 
 
 def _read_headers(
     elf: ElfFile, size: int, count: int, offset_key: str, size_key: str, struct_name: str
-) -> list:
+) -> list[Container]:
     """Parse a section or program header table, refusing counts the file cannot hold."""
     if not count:
         return []
@@ -203,7 +204,7 @@ def _read_headers(
 class SectionNames:
     """Section names from the section-header string table, read once, each name once."""
 
-    def __init__(self, elf: ElfFile, sections: list, size: int) -> None:
+    def __init__(self, elf: ElfFile, sections: list[Container], size: int) -> None:
         index = elf["e_shstrndx"]
         if index == _SHN_XINDEX:  # the real index is in section 0's sh_link
             index = sections[0]["sh_link"] if sections else 0
@@ -223,7 +224,7 @@ _HIDDEN_VERSION = 0x8000
 """sh_flags bit of sections that hold machine code."""
 
 
-def _names(enum: dict, prefix: str, count: int) -> tuple[str, ...]:
+def _names(enum: Mapping[str, object], prefix: str, count: int) -> tuple[str, ...]:
     """Every value of a small field as pyelftools names it, without `prefix`, built once so
     that a million symbols share a handful of strings."""
     named = {value: name for name, value in enum.items() if isinstance(value, int)}
@@ -269,7 +270,7 @@ class _Strings(NamedTuple):
     """One string table: its names by offset, and which st_name values may be FFI names."""
 
     names: Names
-    wanted: Callable[[array], set[int]]
+    wanted: Callable[[array[int]], set[int]]
 
 
 class _SymbolReader:
@@ -282,7 +283,7 @@ class _SymbolReader:
     decoded, each distinct name once.
     """
 
-    def __init__(self, source: _TableSource, sections: list, loadable: bool) -> None:
+    def __init__(self, source: _TableSource, sections: list[Container], loadable: bool) -> None:
         self.symbols: list[Symbol] = []
         self.tables: list[SymbolTable] = []
         self.data: list[tuple[Symbol, int]] = []
@@ -335,7 +336,7 @@ class _SymbolReader:
             if header["sh_type"] == "SHT_GNU_versym" and header["sh_link"] == index:
                 extent = _extent(header, self._source.size)
                 if extent[1] <= _WHOLE_TABLE:  # 2 bytes a symbol: 4M symbols fit
-                    return bytes(self._source.table(extent))
+                    return self._source.table(extent)[:]  # bytes, as this size is read whole
         return b""
 
     def _charge(self, kind: str, length: int) -> None:
@@ -466,7 +467,7 @@ def _hidden_because(binding: str, visibility: str, table: SymbolTable, hidden_ve
     return f"{binding} binding and {visibility} visibility"
 
 
-def section_bytes(elf: ElfFile, header, size: int) -> bytes:
+def section_bytes(elf: ElfFile, header: Container, size: int) -> bytes:
     """A section's contents, after checking that its extent lies inside the file."""
     offset, length = _extent(header, size)
     if not length:
@@ -475,7 +476,7 @@ def section_bytes(elf: ElfFile, header, size: int) -> bytes:
     return elf.stream.read(length)
 
 
-def _extent(header, size: int) -> tuple[int, int]:
+def _extent(header: Container, size: int) -> tuple[int, int]:
     """(offset, length) of a symbol or string table's bytes, checked against the file size."""
     if header["sh_flags"] & SHF_COMPRESSED:
         raise ELFError("a symbol or string table is compressed; they never are")
@@ -519,7 +520,7 @@ class _Segments:
     """The PT_LOAD segments of an image by address, so that locating a symbol costs a
     bisection, not a walk over every segment (a header may claim 65,535 of them)."""
 
-    def __init__(self, program: list) -> None:
+    def __init__(self, program: list[Container]) -> None:
         loads = sorted(
             (h["p_vaddr"], h["p_filesz"], h["p_offset"])
             for h in program
@@ -540,7 +541,7 @@ class _Segments:
 
 
 def _locate(
-    symbol: Symbol, shndx: int, sections: list, segments: _Segments | None, size: int
+    symbol: Symbol, shndx: int, sections: list[Container], segments: _Segments | None, size: int
 ) -> Location | None:
     """File bytes behind a defined data symbol (a blob; functions are never read): through
     PT_LOAD segments, or its section in an object; None unless they start inside the image's
@@ -552,7 +553,7 @@ def _locate(
 
 
 def _located(
-    symbol: Symbol, shndx: int, sections: list, segments: _Segments | None
+    symbol: Symbol, shndx: int, sections: list[Container], segments: _Segments | None
 ) -> Location | None:
     """Where the headers say a symbol's bytes are, before checking the file holds them."""
     if segments is not None:

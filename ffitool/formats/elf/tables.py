@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ffitool.errors import InputError
@@ -30,7 +30,7 @@ def entry_chunks(size: int, entry_size: int) -> Iterator[tuple[int, int]]:
         yield start, min(step, whole - start)
 
 
-def _words(data: bytes | memoryview, code: str, little: bool) -> array:
+def _words(data: bytes | memoryview, code: str, little: bool) -> array[int]:
     """`data` as an array of unsigned words in native order ('I': 32-bit, 'Q': 64-bit)."""
     words = array(code)
     words.frombytes(bytes(data))
@@ -39,7 +39,7 @@ def _words(data: bytes | memoryview, code: str, little: bool) -> array:
     return words
 
 
-def _raw(words: array, little: bool) -> bytes:
+def _raw(words: array[int], little: bool) -> bytes:
     copy = array(words.typecode, words)
     if little != NATIVE_LITTLE:
         copy.byteswap()
@@ -61,9 +61,9 @@ class GnuHashTable:
 
     symoffset: int
     bloom_shift: int
-    bloom: array
-    buckets: array
-    chains: array
+    bloom: array[int]
+    buckets: array[int]
+    chains: array[int]
     bloom_bits: int
     little: bool
 
@@ -122,7 +122,7 @@ class GnuHashTable:
         buckets = _words(front[len(front) - nbuckets * 4 :], "I", little)
         return len(front) + (max(count - symoffset, 0) * 4 if any(buckets) else 0)
 
-    def lookup(self, name: bytes, name_of) -> int | None:
+    def lookup(self, name: bytes, name_of: Callable[[int], bytes]) -> int | None:
         """Index of the symbol called `name`, as the loader finds it (name_of: index -> bytes)."""
         h = gnu_hash(name)
         index = self.buckets[h % len(self.buckets)]
@@ -180,8 +180,8 @@ class SysvHashTable:
     Entries are 32-bit words, except on 64-bit s390 and Alpha, where they are 64-bit.
     """
 
-    buckets: array
-    chains: array
+    buckets: array[int]
+    chains: array[int]
     little: bool
 
     @classmethod
@@ -205,7 +205,7 @@ class SysvHashTable:
         nbucket, nchain = _words(data[: 2 * word], code, little)
         return (2 + nbucket + nchain) * word
 
-    def lookup(self, name: bytes, name_of) -> int | None:
+    def lookup(self, name: bytes, name_of: Callable[[int], bytes]) -> int | None:
         index = self.buckets[sysv_hash(name) % len(self.buckets)]
         for _ in range(len(self.chains)):
             if not index or index >= len(self.chains):

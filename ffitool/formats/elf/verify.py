@@ -23,7 +23,9 @@ import struct
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from elftools.construct.lib.container import Container
 
 from ffitool.edit.plan import PayloadSource
 from ffitool.edit.stream import same_bytes
@@ -150,9 +152,9 @@ def _check_preserved(before: DynamicView, after: DynamicView, counts: tuple[int,
     old_tags, new_tags = before.entries, after.entries
     if [t for t, _ in old_tags] != [t for t, _ in new_tags]:
         fail("the dynamic section's tags changed")
-    for (tag, was), (_, now) in zip(old_tags, new_tags, strict=True):
-        if tag not in RETAGGED and was != now:
-            fail(f"dynamic entry {tag:#x} changed from {was:#x} to {now:#x}")
+    for (number, old_value), (_, new_value) in zip(old_tags, new_tags, strict=True):
+        if number not in RETAGGED and old_value != new_value:
+            fail(f"dynamic entry {number:#x} changed from {old_value:#x} to {new_value:#x}")
     (old_strings, old_size), (new_strings, new_size) = before.string_table, after.string_table
     if new_size < old_size or before.memory(old_strings, old_size) != after.memory(
         new_strings, old_size
@@ -254,13 +256,13 @@ def _check_sections(before: _Headers, after: _Headers, original: Path, staging: 
             fail(f"section {name} has different bytes")
 
 
-def _pair_segments(before: _Headers, after: _Headers) -> tuple[list[dict], list[dict]]:
+def _pair_segments(before: _Headers, after: _Headers) -> tuple[list[Container], list[Container]]:
     """(input headers not found unchanged in the output, output headers left to match them).
 
     PT_PHDR is never matched as it was: it must describe the table, which may have grown.
     """
 
-    def key(phdr) -> tuple:
+    def key(phdr: Container) -> tuple[tuple[str, Any], ...]:
         return tuple(sorted(phdr.items()))
 
     kept = Counter(key(p) for p in after.phdrs if p["p_type"] != "PT_PHDR")
@@ -300,7 +302,7 @@ def _check_segments(before: _Headers, after: _Headers, original: Path, staging: 
 
 
 def _check_changed_segment(
-    before: _Headers, after: _Headers, phdr: dict, twin: dict, files: tuple[Path, Path]
+    before: _Headers, after: _Headers, phdr: Container, twin: Container, files: tuple[Path, Path]
 ) -> None:
     """An input program header that changed, against its output twin: only PT_PHDR (grown
     with the table), the last PT_LOAD (grown by a repack) and moved notes may differ."""
@@ -393,7 +395,7 @@ def _overlapping(ranges: list[tuple[int, int, str]]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _inside(load, start: int, end: int, offset: int, nobits: bool) -> bool:
+def _inside(load: Container, start: int, end: int, offset: int, nobits: bool) -> bool:
     base = load["p_vaddr"]
     if not (base <= start and end <= base + load["p_memsz"]):
         return False

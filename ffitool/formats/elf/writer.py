@@ -27,7 +27,7 @@ import struct
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO, Literal, NoReturn
 
 from elftools.construct.lib import Container
 
@@ -92,6 +92,9 @@ _PF_R = 0x4
 _STB_GLOBAL_STT_OBJECT = 0x11
 _VER_NDX_GLOBAL = 1
 _VERSYM_HIDDEN = 0x8000
+
+_Header = dict[str, Any]
+"""A section or program header being rewritten: a copy of pyelftools' parsed fields."""
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,7 @@ class _Host:
         for problem in unmapped_segments(self.phdrs):
             self.fail(f"{problem}; the headers contradict each other")
 
-    def fail(self, message: str):
+    def fail(self, message: str) -> NoReturn:
         raise InputError(f"{self.display}: {message}")
 
     def read(self, offset: int, length: int) -> bytes:
@@ -211,7 +214,7 @@ class _Host:
         at = self.file_offset(segment["p_vaddr"], segment["p_filesz"], "PT_DYNAMIC")
         entry = struct.Struct(self.end + self.word * 2)
         raw = self.read(at, segment["p_filesz"])
-        entries = []
+        entries: list[tuple[int, int, int]] = []
         for offset in range(0, len(raw) - entry.size + 1, entry.size):
             tag, value = entry.unpack_from(raw, offset)
             if tag == _DT_NULL:
@@ -328,9 +331,9 @@ class _SymbolTables:
             for table in (self.gnu, self.sysv)
             if table is not None
         ]
-        if None in found or len(set(found)) != 1:
+        index = found[0] if len(set(found)) == 1 else None
+        if index is None:  # a table misses it, or the tables disagree
             return None
-        index = found[0]
         fields = self.fields(index)
         return index if fields["shndx"] != 0 else None
 
@@ -399,7 +402,7 @@ class _SymbolTables:
         versions = self.tables.get(_DT_VERSYM)
         if versions is None:
             return
-        order = "little" if self.host.little else "big"
+        order: Literal["little", "big"] = "little" if self.host.little else "big"
         value = int.from_bytes(versions.data[2 * index : 2 * index + 2], order)
         if value & 0x7FFF == 0 or value & _VERSYM_HIDDEN:  # local or hidden: dlsym misses it
             word = ((value & 0x7FFF) or _VER_NDX_GLOBAL).to_bytes(2, order)
@@ -489,11 +492,11 @@ def _reuse_own_segment(
     headers = [dict(h) for h in host.sections]
     cursor = start + blob_size
     for number in carried_sections:
-        header = headers[number]
-        cursor = align(cursor, max(header["sh_addralign"], 1))
-        edit.carried.append((header["sh_offset"], header["sh_size"], cursor))
-        header["sh_offset"] = cursor
-        cursor += header["sh_size"]
+        moved = headers[number]
+        cursor = align(cursor, max(moved["sh_addralign"], 1))
+        edit.carried.append((moved["sh_offset"], moved["sh_size"], cursor))
+        moved["sh_offset"] = cursor
+        cursor += moved["sh_size"]
     headers[ours]["sh_size"] = blob_size
     grown = last["p_filesz"] - section["sh_size"] + blob_size
     phdrs = [dict(p) for p in host.phdrs]
@@ -627,7 +630,7 @@ def _names_sections_from(host: _Host, offset: int, length: int, position: int) -
     return False
 
 
-def _insert_section(headers: list[dict], position: int, header: dict) -> None:
+def _insert_section(headers: list[_Header], position: int, header: _Header) -> None:
     """Insert a section header, renumbering the links of the sections that follow it."""
     for other in headers:
         if other["sh_link"] >= position:
@@ -650,7 +653,7 @@ class _PhdrSlot:
     """File range the grown table newly covers (empty when a PT_NULL entry is reused)."""
     reuse_null: bool
 
-    def place(self, phdrs: list[dict], segment: dict) -> None:
+    def place(self, phdrs: list[_Header], segment: _Header) -> None:
         """Insert `segment` after the last PT_LOAD: the loader wants them in address order."""
         if self.reuse_null:
             phdrs.remove(next(p for p in phdrs if p["p_type"] == "PT_NULL"))
@@ -658,7 +661,7 @@ class _PhdrSlot:
         phdrs.insert(last + 1, segment)
 
 
-def _make_phdr_slot(host: _Host, phdrs: list[dict]) -> _PhdrSlot:
+def _make_phdr_slot(host: _Host, phdrs: list[_Header]) -> _PhdrSlot:
     if any(p["p_type"] == "PT_NULL" for p in phdrs):
         return _PhdrSlot((0, 0), reuse_null=True)
     step = host.elf["e_phentsize"]
@@ -747,7 +750,7 @@ def _absorb(blocks: list[list[int]], start: int, end: int) -> bool:
 
 
 def _follow_move(
-    host: _Host, phdrs: list[dict], headers: list[dict], first: int, last: int, delta: int,
+    host: _Host, phdrs: list[_Header], headers: list[_Header], first: int, last: int, delta: int,
     bias: int,
 ) -> None:  # fmt: skip
     """Re-point the sections and program headers inside the file range [first, last).
@@ -797,7 +800,7 @@ def _relocation_tables(host: _Host, tables: list[tuple[int, int, int]]) -> list[
 
 
 def _finish(
-    host: _Host, edit: ElfEdit, phdrs: list[dict], headers: list[dict], cursor: int,
+    host: _Host, edit: ElfEdit, phdrs: list[_Header], headers: list[_Header], cursor: int,
     added: int | None,
 ) -> None:  # fmt: skip
     """Section names, the section header table, the program header table and the ELF header.

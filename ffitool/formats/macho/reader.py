@@ -169,7 +169,7 @@ class _Source:
             raise _Malformed("the file shrank while it was being read")
         return data
 
-    def table(self, offset: int, count: int, what: str):
+    def table(self, offset: int, count: int, what: str) -> WindowedTable | bytes:
         """A searchable view of a table (string table, trie): windowed through the fd."""
         self.check(offset, count, what)
         if self.fd is not None:
@@ -301,15 +301,18 @@ def _load_commands(data: bytes, ncmds: int) -> _Commands:
         if cmd == LC_SEGMENT_64:
             commands.sections.extend(_segment_sections(body, index))
         elif cmd == LC_SYMTAB:
-            commands.symtab = _fields(body, "<4I", index)
+            symoff, nsyms, stroff, strsize = _fields(body, "<4I", index)
+            commands.symtab = (symoff, nsyms, stroff, strsize)
         elif cmd in (LC_DYLD_INFO, LC_DYLD_INFO_ONLY):
             info = _fields(body, "<10I", index)
             if info[9]:
                 commands.trie = (info[8], info[9])
         elif cmd == LC_DYLD_EXPORTS_TRIE:
-            commands.trie = _fields(body, "<2I", index)
+            dataoff, datasize = _fields(body, "<2I", index)
+            commands.trie = (dataoff, datasize)
         elif cmd == LC_CODE_SIGNATURE:
-            commands.signature = _fields(body, "<2I", index)
+            dataoff, datasize = _fields(body, "<2I", index)
+            commands.signature = (dataoff, datasize)
         at += cmdsize
     return commands
 

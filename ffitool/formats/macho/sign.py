@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ffitool.edit.plan import align
@@ -262,7 +263,7 @@ def build_signature(fd: int, start: int, code_limit: int, signature: AdhocSignat
 
 def _page_hashes(fd: int, start: int, code_limit: int, signature: AdhocSignature) -> list[bytes]:
     page = signature.page_size
-    hashes = []
+    hashes: list[bytes] = []
     for chunk in _chunks(fd, start, code_limit, page):
         hashes.extend(
             hashlib.sha256(chunk[at : at + page]).digest() for at in range(0, len(chunk), page)
@@ -270,7 +271,7 @@ def _page_hashes(fd: int, start: int, code_limit: int, signature: AdhocSignature
     return hashes
 
 
-def _chunks(fd: int, start: int, length: int, page: int):
+def _chunks(fd: int, start: int, length: int, page: int) -> Iterator[bytes]:
     """The `length` bytes at `start`, in whole-page chunks of about _CHUNK bytes."""
     step = max(page, _CHUNK // page * page)
     for at in range(0, length, step):

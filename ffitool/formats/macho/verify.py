@@ -110,7 +110,9 @@ def _check_slice(
             fail(f"{label}: the new code signature does not verify: {problems[0]}")
 
 
-def _check_exports(after: MachoSlice, placement: SlicePlacement, planned: dict) -> None:
+def _check_exports(
+    after: MachoSlice, placement: SlicePlacement, planned: dict[bytes, bytes]
+) -> None:
     """The new trie holds exactly the planned entries (the input's, decoded when the edit was
     planned from the same locked file, plus the blob's), the blob's pointing at the blob."""
     text = next(s for s in after.segments() if s.name == "__TEXT")

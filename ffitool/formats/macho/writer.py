@@ -390,9 +390,13 @@ def _plan_slice(
         if command is not None:
             struct.pack_into("<II", command, at, *values)
     linkedit_size = end - new_linkedit
-    symbols.patch_dysymtab(new_commands[_command_index(image, LC_DYSYMTAB)])
+    dysymtab = _command_index(image, LC_DYSYMTAB)
+    assert dysymtab is not None  # _SymbolEdit read it, or refused the image
+    symbols.patch_dysymtab(new_commands[dysymtab])
+    linkedit_command = new_commands[linkedit.index]
+    assert linkedit_command is not None  # only the signature's command is dropped
     struct.pack_into(
-        "<QQQQ", new_commands[linkedit.index], 24,
+        "<QQQQ", linkedit_command, 24,
         address + grown, align(linkedit_size, page), new_linkedit, linkedit_size,
     )  # fmt: skip
     ordered: list[bytes] = []
@@ -513,7 +517,9 @@ def with_segment_start(data: bytes, index: int) -> bytes:
     return _CHAINED_HEADER.pack(*header) + data[_CHAINED_HEADER.size : starts] + array + data[end:]
 
 
-def _trie_with_blob(image: MachoSlice, offset: int) -> tuple[tuple[Command, int], dict]:
+def _trie_with_blob(
+    image: MachoSlice, offset: int
+) -> tuple[tuple[Command, int], dict[bytes, bytes]]:
     """Where the export trie is (its command and the offset of its (offset, size) pair), and
     its entries plus the blob's, at `offset` from __TEXT."""
     trie_where = image.trie_command()
@@ -821,7 +827,8 @@ class _Names(Sequence[bytes]):
     def __len__(self) -> int:
         return self._count
 
-    def __getitem__(self, index):  # type: ignore[override]
+    # Only bisect indexes it, with an int: no slices, unlike the Sequence it stands in for.
+    def __getitem__(self, index: int) -> bytes:  # type: ignore[override]
         return self._symbols._name(self._first + index)
 
 

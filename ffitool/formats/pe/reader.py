@@ -275,7 +275,7 @@ def export_directory(pe: PeFile) -> Directory | None:
     return directory
 
 
-def column(pe: PeFile, rva: int, first: int, last: int, width: int, what: str) -> array:
+def column(pe: PeFile, rva: int, first: int, last: int, width: int, what: str) -> array[int]:
     """Entries `first` to `last` of a table of little-endian words of `width` bytes."""
     data = pe.read_rva(rva + width * first, width * (last - first), what)
     words = array("I" if width == 4 else "H")
