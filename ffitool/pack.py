@@ -20,7 +20,7 @@ from ffitool.edit.stream import InputFile, Progress, blob_size, open_input, same
 from ffitool.edit.verification import VerificationError, fail
 from ffitool.errors import InputError, UsageError
 from ffitool.findings import Severity
-from ffitool.formats import Format, Packer, format_named
+from ffitool.formats import Format, Packer, format_named, formats
 from ffitool.library import InspectedFile, Library, inspect_open, inspect_path
 from ffitool.staging import Ownership, descriptor_path, staged
 from ffitool.symbols import LIBRARY_BIN
@@ -38,10 +38,7 @@ class PackResult:
     """What the user must know about the output (a certificate signature replaced or removed)."""
 
 
-MACHO_ARCHES = {"x86-64": "x86_64", "aarch64": "arm64"}
-"""The reader's machine names as lipo and `--arch` spell them."""
 SIGNATURE_MODES = ("adhoc", "remove")
-_MACHO_ONLY = "--arch and --signature apply to Mach-O files only"
 
 
 def existing_modules(path: Path, arches: tuple[str, ...] = ()) -> list[ExistingModule] | None:
@@ -116,7 +113,7 @@ def pack_library(
     inspected = _packable(held, info.st_size, library, digests=False)
     found = _format(inspected)
     if not found.slices and (arches or signature != "adhoc"):
-        raise UsageError(_MACHO_ONLY)
+        raise UsageError(_sliced_only())
     if found.slices:
         _packed_libraries(inspected, arches)
         if signature not in SIGNATURE_MODES:
@@ -279,13 +276,19 @@ def _format(inspected: InspectedFile) -> Format:
     return found
 
 
+def _sliced_only() -> str:
+    sliced = " and ".join(f.name for f in formats() if f.slices)
+    return f"--arch and --signature apply to {sliced} files only"
+
+
 def _packed_libraries(inspected: InspectedFile, arches: tuple[str, ...]) -> list[Library]:
     """The images a pack rewrites: all, or the Mach-O slices named by `--arch`."""
     if not arches:
         return list(inspected.libraries)
-    if not _format(inspected).slices:
-        raise UsageError(_MACHO_ONLY)
-    names = [MACHO_ARCHES.get(library.machine, library.machine) for library in inspected.libraries]
+    found = _format(inspected)
+    if not found.slices:
+        raise UsageError(_sliced_only())
+    names = [found.arch_names.get(lib.machine, lib.machine) for lib in inspected.libraries]
     unknown = sorted(set(arches) - set(names))
     if unknown:
         raise UsageError(f"no {', '.join(unknown)} slice (it has {', '.join(names)})")

@@ -12,8 +12,8 @@ Mach-O file never loads the ELF reader or pyelftools.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import import_module
 from pathlib import Path
@@ -84,6 +84,9 @@ class Format:
     remove the signature) for a format with `slices`."""
     slices: bool = False
     """Whether the file holds architecture slices and signatures that pack options select."""
+    arch_names: Mapping[str, str] = field(default_factory=dict)
+    """The reader's machine names as the format's own tools spell them (`--arch`), where they
+    differ."""
 
     def read(
         self,

@@ -24,4 +24,5 @@ FORMAT = Format(
     packable_kinds=frozenset({"shared library", "bundle"}),
     packer="ffitool.formats.macho.packer:MachoPacker",
     slices=True,
+    arch_names={"x86-64": "x86_64", "aarch64": "arm64"},  # as lipo spells them
 )
