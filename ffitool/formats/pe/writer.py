@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from ffitool.edit.plan import PayloadSource, align
 from ffitool.edit.stream import copy_payload
 from ffitool.errors import InputError
+from ffitool.files import CHUNK
 from ffitool.formats.pe.reader import (
     _MAX_SECTIONS,  # the reader's limit: the packed file must be read back
     COFF_HEADER,
@@ -87,7 +88,6 @@ PAGE_SIZE = 0x1000
 MIN_FILE_ALIGNMENT = 0x200
 MAX_FILE_ALIGNMENT = 0x10000
 _MAX_ORDINAL = 0xFFFF
-_CHUNK = 1 << 20
 _NAME_WINDOW = 4096
 """Bytes read past the last name's start for its end: more than any name's length."""
 
@@ -546,9 +546,9 @@ def pe_checksum(fd: int, size: int, checksum_at: int) -> int:
     """
     total = 0
     nonzero = False
-    for offset in range(0, size, _CHUNK):
-        chunk = bytearray(os.pread(fd, min(_CHUNK, size - offset), offset))
-        if len(chunk) != min(_CHUNK, size - offset):
+    for offset in range(0, size, CHUNK):
+        chunk = bytearray(os.pread(fd, min(CHUNK, size - offset), offset))
+        if len(chunk) != min(CHUNK, size - offset):
             raise OSError("the file shrank while its checksum was computed")
         field_at = checksum_at - offset
         if -4 < field_at < len(chunk):
