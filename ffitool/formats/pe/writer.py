@@ -39,11 +39,10 @@ from __future__ import annotations
 import bisect
 import os
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ffitool.edit.plan import PayloadSource, align
-from ffitool.edit.stream import copy_payload
+from ffitool.edit.fileedit import BlobWriter, FileEdit
+from ffitool.edit.plan import align
 from ffitool.errors import InputError
 from ffitool.formats.pe.layout import (
     CHECKSUM,
@@ -142,16 +141,12 @@ def build_exports(table: ExportTable, at: int, blob_rva: int) -> bytes:
     return data
 
 
-@dataclass
-class PeEdit:
-    """Everything the writer does, decided before a byte is written."""
+@dataclass(kw_only=True)
+class PeEdit(FileEdit):
+    """Everything the writer does, decided before a byte is written: the file edit, and where
+    the checksum goes once it is written."""
 
-    copies: list[tuple[int, int, int]] = field(default_factory=list)
-    """(input offset, length, output offset)."""
-    patches: list[tuple[int, bytes]] = field(default_factory=list)
-    """New bytes at output offsets."""
     placement: PePlacement | None = None
-    size: int = 0
     kept: int = 0
     """Input bytes [0, kept) are the output's, but for the patched header fields."""
     checksum_at: int = 0
@@ -230,6 +225,7 @@ def _plan(pe: PeFile, blob_size: int) -> PeEdit:
     if all(layout.directory(SECURITY_ENTRY)):
         edit.patches.append((layout.directory_at(SECURITY_ENTRY), bytes(8)))
     edit.placement = PePlacement(placed.raw_offset, placed.rva, blob_size, index)
+    edit.blobs.append(placed.raw_offset)
     edit.size = placed.raw_offset + placed.raw_size
     edit.kept = kept
     edit.checksum_at = layout.optional_at + CHECKSUM
@@ -353,18 +349,9 @@ class _Placed:
         return cls(rva, content, raw_offset, raw_size, size_of_image, exports_rva, exports)
 
 
-def write_pe_edit(
-    source: str, out_fd: int, edit: PeEdit, write_blob: Callable[[int, int], None]
-) -> None:
+def write_pe_edit(source: str, out_fd: int, edit: PeEdit, write_blob: BlobWriter) -> None:
     """Write the packed DLL to `out_fd`: the input's bytes, the patches, the blob, then the
     checksum computed over the file as written."""
-    assert edit.placement is not None
-    os.ftruncate(out_fd, edit.size)
-    for start, length, at in edit.copies:
-        if length:
-            copy_payload(PayloadSource(source, start, length), out_fd, at)
-    for at, data in edit.patches:
-        os.pwrite(out_fd, data, at)
-    write_blob(out_fd, edit.placement.file_offset)
+    edit.apply(source, out_fd, write_blob)
     checksum = pe_checksum(out_fd, edit.size, edit.checksum_at)
     os.pwrite(out_fd, struct.pack("<I", checksum), edit.checksum_at)
