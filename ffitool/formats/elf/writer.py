@@ -478,7 +478,7 @@ def _reuse_own_segment(
             return None
         carried_sections.append(number)
     placement = Placement(start, section["sh_addr"], blob_size)
-    edit = ElfEdit(copies=[(0, start, 0)], placement=placement, blobs=[start])
+    edit = ElfEdit(copies=[(0, start, 0)], placement=placement, blobs=[placement.file_offset])
     headers = [dict(h) for h in host.sections]
     cursor = start + blob_size
     for number in carried_sections:
