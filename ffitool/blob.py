@@ -166,8 +166,10 @@ def _label(what: _Label) -> str:
     return what if isinstance(what, str) else what()
 
 
-_CHUNK = 1 << 16
-"""Bytes a cursor reads from a ByteSource at once, to serve the small fields that follow."""
+_CURSOR_WINDOW = 1 << 16
+"""Bytes a cursor reads from a ByteSource at once, to serve the small fields that follow.
+Smaller than `files.CHUNK`: the window is refilled past every module's payload, which is
+skipped, so a megabyte there would be mostly payload bytes no field needs."""
 _BIG_ENDIAN = sys.byteorder == "big"
 
 
@@ -175,8 +177,8 @@ class _Cursor:
     """Reads fields from a window of a ByteSource, checking every length before using it.
 
     Small fields come out of a buffer that holds the source's bytes from where it was last
-    filled (up to `_CHUNK`; in memory, the whole view, never refilled): a file-backed blob
-    of a million tiny modules takes a few hundred reads, not one read per field.
+    filled (up to `_CURSOR_WINDOW`; in memory, the whole view, never refilled): a file-backed
+    blob of a million tiny modules takes a few hundred reads, not one read per field.
     """
 
     def __init__(self, data: ByteSource, start: int, end: int) -> None:
@@ -195,7 +197,7 @@ class _Cursor:
         at = self.pos - self._buffer_at
         if at + length <= len(self._buffer):
             return at
-        self._buffer = self.data.read(self.pos, max(length, min(_CHUNK, self.remaining)))
+        self._buffer = self.data.read(self.pos, max(length, min(_CURSOR_WINDOW, self.remaining)))
         self._buffer_at = self.pos
         return 0
 

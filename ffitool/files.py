@@ -13,6 +13,11 @@ from typing import BinaryIO
 
 from ffitool.errors import InputError
 
+CHUNK = 1 << 20
+"""Bytes one read or write of a file's contents moves when they are streamed (copied, hashed,
+checksummed, inflated, walked a table at a time): large enough that each call's cost is
+spread over a megabyte, small enough that memory stays flat whatever the file's size."""
+
 
 def open_regular_file(
     path: str | os.PathLike[str],

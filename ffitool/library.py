@@ -21,7 +21,7 @@ from typing import BinaryIO, cast
 
 from ffitool import blob as codec
 from ffitool.errors import BlobError, InputError
-from ffitool.files import open_regular_file
+from ffitool.files import CHUNK, open_regular_file
 from ffitool.findings import Finding
 from ffitool.formats import (
     Image,
@@ -36,8 +36,6 @@ from ffitool.formats.sniff import ARCHIVE, ELF_FILE, THIN_ARCHIVE, sniff
 from ffitool.formats.strtab import read_exactly
 from ffitool.rules import finding
 from ffitool.symbols import Naming, Role, classify
-
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -586,7 +584,7 @@ def file_sha256(handle: BinaryIO, offset: int, size: int) -> str:
     import hashlib  # only files with a blob pay for loading OpenSSL
 
     digest = hashlib.sha256()
-    buffer = bytearray(min(_CHUNK, size) or 1)
+    buffer = bytearray(min(CHUNK, size) or 1)
     view = memoryview(buffer)
     handle.seek(offset)
     left = size

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from ffitool.errors import InputError
+from ffitool.files import CHUNK
 
 _SETID = stat.S_ISUID | stat.S_ISGID
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0)
@@ -130,7 +131,7 @@ def _staged_for_stdout() -> Iterator[StagedFile]:
         size = os.fstat(fd).st_size
         done = 0
         while done < size:
-            data = os.pread(fd, min(1 << 20, size - done), done)
+            data = os.pread(fd, min(CHUNK, size - done), done)
             if not data:
                 break
             view = memoryview(data)

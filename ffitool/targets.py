@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ffitool.errors import InputError
-from ffitool.files import open_regular_file
+from ffitool.files import CHUNK, open_regular_file
 from ffitool.formats.sniff import HEAD_SIZE, is_coff_library, is_wheel, looks_like_object
 from ffitool.library import InspectedFile, inspect_open
 
@@ -54,7 +54,6 @@ RATIO_FLOOR = 1 << 20
 MAX_ENTRIES = 1_000_000
 """Central directory entries read from one wheel (large real wheels hold tens of thousands)."""
 
-_CHUNK = 1 << 20
 _SPECIAL_KINDS = (
     (stat.S_ISFIFO, "FIFO"),
     (stat.S_ISSOCK, "socket"),
@@ -472,7 +471,7 @@ def _deflated(
             copy.write(head)
             # One byte past the declared size is enough to call it a lie.
             while stream.produced <= entry.size and (
-                chunk := stream.read(min(_CHUNK, entry.size + 1 - stream.produced))
+                chunk := stream.read(min(CHUNK, entry.size + 1 - stream.produced))
             ):
                 copy.write(chunk)
             problem = _mismatch(stream, entry)
@@ -545,7 +544,7 @@ class _Inflater:
             if not self._pending and self._at < self._end and not self._inflate.eof:
                 count = min(self._chunk, self._end - self._at)
                 self._pending = os.pread(self._fd, count, self._at)
-                self._chunk = min(2 * self._chunk, _CHUNK)
+                self._chunk = min(2 * self._chunk, CHUNK)
                 if not self._pending:
                     raise OSError(errno.EIO, "the file shrank while it was being read")
                 self._at += len(self._pending)

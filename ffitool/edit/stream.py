@@ -17,9 +17,8 @@ from typing import BinaryIO
 from ffitool.blob import frame, shapes_size
 from ffitool.edit.plan import PayloadSource, Plan, file_identity
 from ffitool.errors import InputError
-from ffitool.files import open_regular_file
+from ffitool.files import CHUNK, open_regular_file
 
-_CHUNK = 1 << 20
 _KERNEL_CHUNK = 64 << 20
 
 Progress = Callable[[int], None]
@@ -105,7 +104,7 @@ def copy_payload(
         done = 0
         kernel = True
         while done < source.size:
-            want = min(source.size - done, _KERNEL_CHUNK if kernel else _CHUNK)
+            want = min(source.size - done, _KERNEL_CHUNK if kernel else CHUNK)
             sent = 0
             if kernel:
                 try:
@@ -130,7 +129,7 @@ def payload_chunks(source: PayloadSource) -> Iterator[bytes]:
     with _descriptor(source) as fd:
         done = 0
         while done < source.size:
-            data = os.pread(fd, min(source.size - done, _CHUNK), source.offset + done)
+            data = os.pread(fd, min(source.size - done, CHUNK), source.offset + done)
             if not data:
                 raise InputError(f"{source.path}: ended inside its payload")
             done += len(data)

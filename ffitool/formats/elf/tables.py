@@ -15,16 +15,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ffitool.errors import InputError
+from ffitool.files import CHUNK
 from ffitool.formats.elf.dynamic import gnu_hash, sysv_hash
 
 NATIVE_LITTLE = sys.byteorder == "little"
-_CHUNK = 1 << 20
 
 
 def entry_chunks(size: int, entry_size: int) -> Iterator[tuple[int, int]]:
     """(offset, length) of the whole `entry_size`-byte entries of a `size`-byte table, about
     1 MiB at a time: relocation and symbol tables are walked in bounded memory."""
-    step = max(1, _CHUNK // entry_size) * entry_size
+    step = max(1, CHUNK // entry_size) * entry_size
     whole = size - size % entry_size
     for start in range(0, whole, step):
         yield start, min(step, whole - start)

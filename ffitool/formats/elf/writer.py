@@ -25,14 +25,13 @@ from __future__ import annotations
 import os
 import struct
 from array import array
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal, NoReturn
 
 from elftools.construct.lib import Container
 
-from ffitool.edit.plan import PayloadSource, align
-from ffitool.edit.stream import copy_payload
+from ffitool.edit.fileedit import BlobWriter, FileEdit
+from ffitool.edit.plan import align
 from ffitool.errors import InputError
 from ffitool.formats.elf.dynamic import (
     DT,
@@ -117,19 +116,13 @@ class RelocationTable:
     little: bool
 
 
-@dataclass
-class ElfEdit:
-    """Everything the writer does to the input, decided before a byte is written."""
+@dataclass(kw_only=True)
+class ElfEdit(FileEdit):
+    """Everything the writer does to the input, decided before a byte is written: the file
+    edit (its first copy is the input's start, verbatim; the others carry input bytes past
+    it), then the relocations renumbered in the copied bytes."""
 
-    copy_length: int
-    """Bytes of the input copied verbatim to the start of the output."""
     placement: Placement
-    size: int
-    """The output's size."""
-    patches: list[tuple[int, bytes]] = field(default_factory=list)
-    """New bytes written at output offsets: over the copied input, or past it."""
-    carried: list[tuple[int, int, int]] = field(default_factory=list)
-    """(input offset, length, output offset): input bytes placed past the blob."""
     relocations: list[RelocationTable] = field(default_factory=list)
     inserted_at: int = 0
     """Index of the added dynamic symbol, when relocation indices from it on shift."""
@@ -488,13 +481,13 @@ def _reuse_own_segment(
             return None
         carried_sections.append(number)
     placement = Placement(start, section["sh_addr"], blob_size)
-    edit = ElfEdit(copy_length=start, placement=placement, size=0)
+    edit = ElfEdit(copies=[(0, start, 0)], placement=placement, blobs=[placement.file_offset])
     headers = [dict(h) for h in host.sections]
     cursor = start + blob_size
     for number in carried_sections:
         moved = headers[number]
         cursor = align(cursor, max(moved["sh_addralign"], 1))
-        edit.carried.append((moved["sh_offset"], moved["sh_size"], cursor))
+        edit.copies.append((moved["sh_offset"], moved["sh_size"], cursor))
         moved["sh_offset"] = cursor
         cursor += moved["sh_size"]
     headers[ours]["sh_size"] = blob_size
@@ -540,12 +533,12 @@ def _append_segment(
     tables.repoint_symbol(index, ours, provisional)
     slot = _make_phdr_slot(host, phdrs)
     moved_blocks = _blocks_to_move(host, tables, slot)
-    edit = ElfEdit(copy_length=host.size, placement=provisional, size=0)
+    edit = ElfEdit(copies=[(0, host.size, 0)], placement=provisional)
     cursor = offset
     for first, last in moved_blocks:
         cursor = align(cursor, 16) + (first % 16)
         delta = cursor - first
-        edit.carried.append((first, last - first, cursor))
+        edit.copies.append((first, last - first, cursor))
         _follow_move(host, phdrs, headers, first, last, delta, address - offset)
         cursor += last - first
     region: list[tuple[int, _Table]] = []
@@ -575,6 +568,7 @@ def _append_segment(
     cursor = align(cursor, _BLOB_ALIGN)
     placement = Placement(cursor, address + cursor - offset, blob_size)
     edit.placement = placement
+    edit.blobs.append(placement.file_offset)
     tables.repoint_symbol(index, ours, placement)  # now that the blob's address is known
     edit.patches.extend((at, table.data) for at, table in region)
     blob_header.update(sh_addr=placement.address, sh_offset=cursor, sh_size=blob_size)
@@ -836,19 +830,14 @@ def _finish(
     edit.size = cursor + len(table)
 
 
-def write_edit(
-    source: str, out_fd: int, edit: ElfEdit, write_blob: Callable[[int, int], None]
-) -> None:
+def write_edit(source: str, out_fd: int, edit: ElfEdit, write_blob: BlobWriter) -> None:
     """Write the edited library to `out_fd`; `write_blob(fd, offset)` streams the blob in."""
-    copy_payload(PayloadSource(source, 0, edit.copy_length), out_fd, 0)
-    for start, length, at in edit.carried:
-        copy_payload(PayloadSource(source, start, length), out_fd, at)
-    for table in edit.relocations:
-        _shift_relocations(out_fd, table, edit.inserted_at)
-    for at, data in edit.patches:
-        os.pwrite(out_fd, data, at)
-    write_blob(out_fd, edit.placement.file_offset)
-    os.ftruncate(out_fd, edit.size)
+
+    def shift(fd: int) -> None:
+        for table in edit.relocations:
+            _shift_relocations(fd, table, edit.inserted_at)
+
+    edit.apply(source, out_fd, write_blob, rewrite_copied=shift)
 
 
 def _shift_relocations(out_fd: int, table: RelocationTable, position: int) -> None:

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ffitool.edit.plan import align
+from ffitool.files import CHUNK
 from ffitool.formats.macho.codesign import (
     BLOB_INDEX,
     CODE_DIRECTORY,
@@ -85,8 +86,6 @@ MAX_RESERVE = 1 << 16
 more than this much of nothing."""
 _PAGE_SHIFTS = range(12, 17)
 """4 KiB to 64 KiB pages: what a code directory of a loadable slice may state."""
-_CHUNK = 1 << 20
-"""Bytes hashed per read: whole pages, memory bounded whatever the slice's size."""
 _MAX_REPORTED_PAGES = 3
 
 
@@ -272,8 +271,8 @@ def _page_hashes(fd: int, start: int, code_limit: int, signature: AdhocSignature
 
 
 def _chunks(fd: int, start: int, length: int, page: int) -> Iterator[bytes]:
-    """The `length` bytes at `start`, in whole-page chunks of about _CHUNK bytes."""
-    step = max(page, _CHUNK // page * page)
+    """The `length` bytes at `start`, in whole-page chunks of about CHUNK bytes."""
+    step = max(page, CHUNK // page * page)
     for at in range(0, length, step):
         count = min(step, length - at)
         data = os.pread(fd, count, start + at)

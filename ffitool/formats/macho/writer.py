@@ -28,11 +28,11 @@ from __future__ import annotations
 import bisect
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ffitool.edit.plan import PayloadSource, align
-from ffitool.edit.stream import copy_payload
+from ffitool.edit.fileedit import BlobWriter, FileEdit
+from ffitool.edit.plan import align
 from ffitool.errors import InputError
 from ffitool.formats.macho.codesign import (
     CS_LINKER_SIGNED,
@@ -832,19 +832,12 @@ class _Names(Sequence[bytes]):
         return self._symbols._name(self._first + index)
 
 
-def write_macho_edit(
-    source: str, out_fd: int, edit: MachoEdit, write_blob: Callable[[int, int], None]
-) -> None:
+def write_macho_edit(source: str, out_fd: int, edit: MachoEdit, write_blob: BlobWriter) -> None:
     """Write the packed file to `out_fd`: copies, new tables, blobs, then each signature,
     computed over the slice's bytes as written."""
-    os.ftruncate(out_fd, edit.size)
-    for start, length, at in edit.copies:
-        if length:
-            copy_payload(PayloadSource(source, start, length), out_fd, at)
-    for at, data in edit.patches:
-        os.pwrite(out_fd, data, at)
-    for placement in edit.placements:
-        write_blob(out_fd, placement.file_offset)
+    blobs = [placement.file_offset for placement in edit.placements]
+    written = FileEdit(size=edit.size, copies=edit.copies, patches=edit.patches, blobs=blobs)
+    written.apply(source, out_fd, write_blob)
     for signing in edit.signings:
         data = build_signature(out_fd, signing.slice_offset, signing.code_limit, signing.parameters)
         os.pwrite(out_fd, data, signing.slice_offset + signing.code_limit)

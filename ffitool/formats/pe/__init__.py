@@ -1,6 +1,9 @@
 """PE (Windows DLLs and executables): everything ffitool knows of it.
 
-- `reader`: the headers, sections and export directory, for inspect and for the writer;
+- `reader`: the headers, sections and export directory, read once for inspect, pack and
+  verify;
+- `layout`: the header fields and the whole export directory the writer and verifier need,
+  taken from what the reader read, and the checksum;
 - `writer`: pack's edit, a new section and a new export directory;
 - `verify`: the checks a packed file passes before it replaces anything;
 - `packer`: the seam the pack flow drives.

@@ -10,7 +10,7 @@ allocation, and nothing is followed twice (forwarders are reported, never resolv
 Only the marked names are decoded: the name strings are searched for the FFI markers the way
 the ELF and Mach-O string tables are (strtab.py), and only the name pointers that point into a
 matching string are looked up in the ordinal and address tables. `exports` lists everything,
-for the tests and for a writer that must keep every export.
+for the tests; the writer reads the directory whole, as bytes, through `layout.export_table`.
 """
 
 from __future__ import annotations
@@ -41,11 +41,14 @@ SECTION_HEADER = struct.Struct("<8sIIIIIIHHI")
 EXPORT_DIRECTORY = struct.Struct("<IIHHIIIIIII")
 _PE32 = 0x10B
 _PE32_PLUS = 0x20B
-_DATA_DIRECTORIES = {_PE32: 96, _PE32_PLUS: 112}
-"""Where the data directories start in the optional header of each kind."""
-_EXPORT_ENTRY = 0
-_SECURITY_ENTRY = 4
-_MAX_SECTIONS = 96
+OPTIONAL_AT = 4 + COFF_HEADER.size
+"""The optional header's offset from the PE signature."""
+DATA_DIRECTORIES = {_PE32: 96, _PE32_PLUS: 112}
+"""Where the data directories start in the optional header of each kind (NumberOfRvaAndSizes
+is the 4 bytes before)."""
+EXPORT_ENTRY = 0
+SECURITY_ENTRY = 4
+MAX_SECTIONS = 96
 """The limit the PE specification states for the Windows loader (the field allows 65,535):
 it also bounds the section lookups, which scan the table."""
 _MAX_HEADER_OFFSET = 1 << 28
@@ -105,8 +108,10 @@ class Export:
 
 @dataclass
 class Headers:
-    """What the reader needs from the COFF and optional headers: the data directories'
-    (RVA, size) of the exports and (file offset, size) of the certificate table."""
+    """The COFF and optional headers and the section table, read once: what the reader needs
+    (the data directories' (RVA, size) of the exports and (file offset, size) of the
+    certificate table), and the raw bytes the writer and verifier take their fields from
+    (`layout.PeLayout`)."""
 
     machine: int
     characteristics: int
@@ -114,6 +119,14 @@ class Headers:
     sections: list[Section]
     exports: tuple[int, int]
     security: tuple[int, int]
+    signature_at: int
+    magic: int
+    optional: bytes
+    """The optional header, all `SizeOfOptionalHeader` bytes of it."""
+    directory_count: int
+    """NumberOfRvaAndSizes (0 when the optional header is too short to hold it)."""
+    raw_sections: bytes
+    """The section table as the file holds it."""
 
 
 class PeFile:
@@ -150,14 +163,14 @@ class PeFile:
             raise PeMalformed("no PE signature: an MS-DOS program or another MZ format")
         fields = COFF_HEADER.unpack(self.read(lfanew + 4, COFF_HEADER.size, "COFF header"))
         machine, nsections, _, _, _, optional_size, characteristics = fields
-        if nsections > _MAX_SECTIONS:
-            raise PeMalformed(f"COFF header claims {nsections} sections (at most {_MAX_SECTIONS})")
-        optional_at = lfanew + 4 + COFF_HEADER.size
+        if nsections > MAX_SECTIONS:
+            raise PeMalformed(f"COFF header claims {nsections} sections (at most {MAX_SECTIONS})")
+        optional_at = lfanew + OPTIONAL_AT
         optional = self.read(optional_at, optional_size, "optional header")
-        if len(optional) < 2 or int.from_bytes(optional[:2], "little") not in _DATA_DIRECTORIES:
+        if len(optional) < 2 or int.from_bytes(optional[:2], "little") not in DATA_DIRECTORIES:
             raise PeMalformed("no PE32 or PE32+ optional header (a COFF object?)")
         magic = int.from_bytes(optional[:2], "little")
-        start = _DATA_DIRECTORIES[magic]
+        start = DATA_DIRECTORIES[magic]
         # NumberOfRvaAndSizes, just before the directories, bounded by the header's size.
         ndirs = (
             int.from_bytes(optional[start - 4 : start], "little") if len(optional) >= start else 0
@@ -183,8 +196,13 @@ class PeFile:
             characteristics,
             64 if magic == _PE32_PLUS else 32,
             sections,
-            directory(_EXPORT_ENTRY),
-            directory(_SECURITY_ENTRY),
+            directory(EXPORT_ENTRY),
+            directory(SECURITY_ENTRY),
+            signature_at=lfanew,
+            magic=magic,
+            optional=optional,
+            directory_count=ndirs,
+            raw_sections=table,
         )
 
     def section_of(self, rva: int) -> Section | None:
@@ -340,10 +358,16 @@ def _export(pe: PeFile, directory: Directory, position: int, name: str | None) -
     return Export(directory.base + position, name, rva, forwarder)
 
 
-def _ordinal_position(pe: PeFile, directory: Directory, index: int) -> int:
-    (position,) = column(pe, directory.ordinal_table, index, index + 1, 2, "export ordinal")
+def check_position(directory: Directory, index: int, position: int) -> None:
+    """Refuse name `index`'s entry of the ordinal table, `position`, unless it is a slot of
+    the export address table."""
     if position >= directory.functions:
         raise PeMalformed(f"export name {index} has ordinal index {position}, past the exports")
+
+
+def _ordinal_position(pe: PeFile, directory: Directory, index: int) -> int:
+    (position,) = column(pe, directory.ordinal_table, index, index + 1, 2, "export ordinal")
+    check_position(directory, index, position)
     return position
 
 
@@ -366,10 +390,7 @@ def exports(pe: PeFile, display_name: str) -> list[Export]:
             pointers = column(pe, directory.name_table, first, last, 4, "export name pointer table")
             positions = column(pe, directory.ordinal_table, first, last, 2, "export ordinals")
             for index, (rva, position) in enumerate(zip(pointers, positions, strict=True), first):
-                if position >= directory.functions:
-                    raise PeMalformed(
-                        f"export name {index} has ordinal index {position}, past the exports"
-                    )
+                check_position(directory, index, position)
                 names.setdefault(position, pe.text(rva))
         found = []
         for first in range(0, directory.functions, SYMBOL_SLICE):

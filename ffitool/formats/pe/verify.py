@@ -23,28 +23,28 @@ from __future__ import annotations
 
 import itertools
 import os
-import struct
 from pathlib import Path
 
 from ffitool.edit.plan import PayloadSource, align
 from ffitool.edit.stream import same_bytes
 from ffitool.edit.verification import fail
-from ffitool.formats.pe.reader import SECTION_HEADER, PeFile, PeMalformed
-from ffitool.formats.pe.writer import (
+from ffitool.formats.pe.layout import (
     CHECKSUM,
-    EXPORT_ENTRY,
     INITIALIZED_DATA,
-    NAME,
-    SECTION_FLAGS,
-    SECTION_NAME,
-    SECURITY_ENTRY,
     SIZE_OF_IMAGE,
     ExportTable,
-    PeEdit,
     PeLayout,
     export_table,
     pe_checksum,
 )
+from ffitool.formats.pe.reader import (
+    EXPORT_ENTRY,
+    SECTION_HEADER,
+    SECURITY_ENTRY,
+    PeFile,
+    PeMalformed,
+)
+from ffitool.formats.pe.writer import NAME, SECTION_FLAGS, SECTION_NAME, PeEdit
 
 
 def verify_pe(staging: Path, original: Path, edit: PeEdit) -> None:
@@ -67,10 +67,12 @@ def verify_pe(staging: Path, original: Path, edit: PeEdit) -> None:
             before, after = export_table(old.pe), export_table(new.pe)
             assert after is not None  # check_blob found the blob through it
             _check_exports(before, after)
-            (stated,) = struct.unpack("<I", new.pe.read(new.optional_at + CHECKSUM, 4, "CheckSum"))
             actual = pe_checksum(new_file.fileno(), new.pe.size, new.optional_at + CHECKSUM)
-            if stated != actual:
-                fail(f"the optional header's CheckSum is {stated:#x}, the file's is {actual:#x}")
+            if new.checksum != actual:
+                fail(
+                    f"the optional header's CheckSum is {new.checksum:#x}, the file's is"
+                    f" {actual:#x}"
+                )
         except PeMalformed as exc:
             fail(str(exc))
 
@@ -161,8 +163,7 @@ def _check_section(old: PeLayout, new: PeLayout, edit: PeEdit) -> None:
     if new.size_of_image != expected:
         fail(f"SizeOfImage is {new.size_of_image:#x}, the sections end at {expected:#x}")
     dropped = old.pe.headers.sections[-1].raw_size if edit.reused else 0
-    (before,) = struct.unpack("<I", old.pe.read(old.optional_at + INITIALIZED_DATA, 4, "header"))
-    (after,) = struct.unpack("<I", new.pe.read(new.optional_at + INITIALIZED_DATA, 4, "header"))
+    before, after = old.initialized_data, new.initialized_data
     if after != (before - dropped + section.raw_size) & 0xFFFFFFFF:
         fail(f"SizeOfInitializedData is {after}, not {before} with {SECTION_NAME}'s bytes")
 

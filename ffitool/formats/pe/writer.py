@@ -30,7 +30,7 @@ specification does not allow are refused (`check_alignments`). So the output is 
 
 where E, the rebuilt export directory, is at most the input's export tables and strings plus
 73 bytes (the blob's entry, name and a new header), and those are refused when they take more
-bytes than the input has (`export_table`): whatever the headers say, the output is at most
+bytes than the input has (`layout.export_table`): whatever the headers say, the output is at most
 2 x input + blob + 131,150 bytes.
 """
 
@@ -39,22 +39,28 @@ from __future__ import annotations
 import bisect
 import os
 import struct
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ffitool.edit.plan import PayloadSource, align
-from ffitool.edit.stream import copy_payload
+from ffitool.edit.fileedit import BlobWriter, FileEdit
+from ffitool.edit.plan import align
 from ffitool.errors import InputError
+from ffitool.formats.pe.layout import (
+    CHECKSUM,
+    INITIALIZED_DATA,
+    SIZE_OF_IMAGE,
+    ExportTable,
+    PeLayout,
+    export_table,
+    pe_checksum,
+)
 from ffitool.formats.pe.reader import (
-    _MAX_SECTIONS,  # the reader's limit: the packed file must be read back
-    COFF_HEADER,
     EXPORT_DIRECTORY,
+    EXPORT_ENTRY,
+    MAX_SECTIONS,  # the reader's limit: the packed file must be read back
     SECTION_HEADER,
-    Directory,
+    SECURITY_ENTRY,
     PeFile,
     PeMalformed,
-    column,
-    export_directory,
 )
 from ffitool.symbols import LIBRARY_BIN
 
@@ -63,22 +69,9 @@ SECTION_FLAGS = 0x40 | 0x40000000
 """IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ: read-only data."""
 NAME = LIBRARY_BIN.encode()
 
-OPTIONAL_AT = 24
-"""The optional header's offset from the PE signature."""
-INITIALIZED_DATA = 8
-SECTION_ALIGNMENT = 32
-FILE_ALIGNMENT = 36
-SIZE_OF_IMAGE = 56
-DLL_CHARACTERISTICS = 70
 FORCE_INTEGRITY = 0x80
 """IMAGE_DLLCHARACTERISTICS_FORCE_INTEGRITY: the loader refuses the DLL unless its signature
 verifies, which no rewrite keeps."""
-SIZE_OF_HEADERS = 60
-CHECKSUM = 64
-DIRECTORY_COUNT = {0x10B: 92, 0x20B: 108}
-"""Where NumberOfRvaAndSizes is in a PE32 and a PE32+ optional header; the directories follow."""
-EXPORT_ENTRY = 0
-SECURITY_ENTRY = 4
 _DIRECTORY_ALIGN = 8
 FIELD_MAX = 0xFFFFFFFF
 """Every RVA, size and file offset the writer sets is a 32-bit field."""
@@ -87,9 +80,6 @@ PAGE_SIZE = 0x1000
 MIN_FILE_ALIGNMENT = 0x200
 MAX_FILE_ALIGNMENT = 0x10000
 _MAX_ORDINAL = 0xFFFF
-_CHUNK = 1 << 20
-_NAME_WINDOW = 4096
-"""Bytes read past the last name's start for its end: more than any name's length."""
 
 
 @dataclass(frozen=True)
@@ -100,179 +90,6 @@ class PePlacement:
     address: int
     size: int
     section: int
-
-
-@dataclass(frozen=True)
-class ExportTable:
-    """An export directory, whole: what a rebuilt one must reproduce."""
-
-    header: tuple[int, ...]
-    """The directory's 11 fields (Characteristics ... AddressOfNameOrdinals)."""
-    dll_name: bytes
-    addresses: list[int]
-    """The export address table, one RVA per ordinal from Base (0: an unused slot)."""
-    forwarders: dict[int, bytes]
-    """Position in the address table -> forwarder string, for entries that are forwarders."""
-    names: list[tuple[bytes, int]]
-    """The name pointer table in its order: (name, position in the address table)."""
-
-    @property
-    def base(self) -> int:
-        return self.header[5]
-
-    def resolved(self) -> dict[int, tuple[str, int | bytes]]:
-        """Ordinal -> what the loader gives for it: ("forwarder", string) or ("rva", RVA)."""
-        return {
-            self.base + position: ("forwarder", self.forwarders[position])
-            if position in self.forwarders
-            else ("rva", rva)
-            for position, rva in enumerate(self.addresses)
-            if rva
-        }
-
-
-@dataclass
-class PeLayout:
-    """A PE file's header fields the writer reads or changes."""
-
-    pe: PeFile
-    signature_at: int
-    magic: int
-    optional_size: int
-    section_alignment: int
-    file_alignment: int
-    size_of_image: int
-    size_of_headers: int
-    directory_count: int
-    raw_sections: bytes
-    dll_characteristics: int
-
-    @classmethod
-    def read(cls, pe: PeFile) -> PeLayout:
-        lfanew = int.from_bytes(pe.read(60, 4, "DOS header"), "little")
-        coff = COFF_HEADER.unpack(pe.read(lfanew + 4, COFF_HEADER.size, "COFF header"))
-        optional_size = coff[5]
-        optional = pe.read(lfanew + OPTIONAL_AT, optional_size, "optional header")
-        magic = int.from_bytes(optional[:2], "little")
-        count_at = DIRECTORY_COUNT[magic]
-        if optional_size < count_at + 4:
-            raise PeMalformed(
-                f"an optional header of {optional_size} bytes has no data directories"
-            )
-        (count,) = struct.unpack_from("<I", optional, count_at)
-        if count_at + 4 + 8 * min(count, 16) > optional_size:
-            raise PeMalformed(f"{count} data directories do not fit in the optional header")
-        fields = {
-            name: struct.unpack_from("<I", optional, at)[0]
-            for name, at in (
-                ("section_alignment", SECTION_ALIGNMENT),
-                ("file_alignment", FILE_ALIGNMENT),
-                ("size_of_image", SIZE_OF_IMAGE),
-                ("size_of_headers", SIZE_OF_HEADERS),
-            )
-        }
-        table_at = lfanew + OPTIONAL_AT + optional_size
-        raw = pe.read(table_at, SECTION_HEADER.size * len(pe.headers.sections), "section table")
-        (characteristics,) = struct.unpack_from("<H", optional, DLL_CHARACTERISTICS)
-        return cls(pe, lfanew, magic, optional_size, directory_count=count, raw_sections=raw,
-                   dll_characteristics=characteristics, **fields)  # fmt: skip
-
-    @property
-    def optional_at(self) -> int:
-        return self.signature_at + OPTIONAL_AT
-
-    @property
-    def table_at(self) -> int:
-        return self.optional_at + self.optional_size
-
-    def directory_at(self, index: int) -> int:
-        """The file offset of data directory `index`'s (RVA, size)."""
-        return self.optional_at + DIRECTORY_COUNT[self.magic] + 4 + 8 * index
-
-    def directory(self, index: int) -> tuple[int, int]:
-        if index >= self.directory_count:
-            return 0, 0
-        rva, size = struct.unpack("<II", self.pe.read(self.directory_at(index), 8, "directory"))
-        return rva, size
-
-
-def export_table(pe: PeFile) -> ExportTable | None:
-    """The whole export directory of `pe`, checked as the reader checks it, or None.
-
-    Its tables and strings, as laid out by any linker, are distinct bytes of the file, so
-    together they fit in it; a directory whose entries share bytes (every name pointing into
-    one long string at successive offsets) would be copied out far larger than the file, and
-    is refused before it is: the copy `build_exports` makes is never more than the file's size.
-    """
-    directory: Directory | None = export_directory(pe)
-    if directory is None:
-        return None
-    rva = directory.start
-    header = EXPORT_DIRECTORY.unpack(pe.read_rva(rva, EXPORT_DIRECTORY.size, "export directory"))
-    budget = _Budget(pe.size - 4 * directory.functions - 6 * directory.names)
-    addresses = list(
-        column(pe, directory.address_table, 0, directory.functions, 4, "export address table")
-    )
-    pointers = column(pe, directory.name_table, 0, directory.names, 4, "export name table")
-    positions = column(pe, directory.ordinal_table, 0, directory.names, 2, "export ordinals")
-    for index, position in enumerate(positions):
-        if position >= directory.functions:
-            raise PeMalformed(f"export name {index} has ordinal index {position}, past the exports")
-    names = list(zip(raw_strings(pe, pointers, budget), positions, strict=True))
-    forwarded = [p for p, a in enumerate(addresses) if directory.start <= a < directory.end]
-    forwarders = dict(
-        zip(forwarded, raw_strings(pe, [addresses[p] for p in forwarded], budget), strict=True)
-    )
-    dll_name = raw_strings(pe, [header[3]], budget)[0] if header[3] else b""
-    return ExportTable(header, dll_name, addresses, forwarders, names)
-
-
-class _Budget:
-    """What is left of the file's size for the export tables and strings (see export_table)."""
-
-    def __init__(self, left: int) -> None:
-        self.size = left
-
-    def take(self, count: int) -> None:
-        self.size -= count
-        if self.size < 0:
-            raise PeMalformed(
-                "the export tables and strings take more bytes than the file holds: they overlap"
-            )
-
-
-def raw_strings(pe: PeFile, rvas: Sequence[int], budget: _Budget) -> list[bytes]:
-    """The NUL-terminated strings at `rvas` (names, forwarders) as bytes, copied exactly even
-    when they are not UTF-8. When they share a section, as a linker lays them out, the span
-    that holds them is read once: 65,535 names cost one read, not one each. Each string's
-    length (with its NUL) is taken from `budget` before it is copied, and no string is
-    searched past what is left of it, so overlapping strings cost no more than the file."""
-    if not rvas:
-        return []
-    low, high = min(rvas), max(rvas)
-    section = pe.section_of(low)
-    if section is None or section is not pe.section_of(high):
-        return [_raw_string(pe, rva, budget) for rva in rvas]
-    stop = min(section.virtual_address + section.backed, high + _NAME_WINDOW)
-    data = pe.read_rva(low, max(stop - low, 0), "export names")
-    found = []
-    for rva in rvas:
-        start = rva - low
-        end = data.find(b"\0", start, start + budget.size + 1)
-        if end < 0:
-            found.append(_raw_string(pe, rva, budget))
-            continue
-        budget.take(end - start + 1)
-        found.append(data[start:end])
-    return found
-
-
-def _raw_string(pe: PeFile, rva: int, budget: _Budget) -> bytes:
-    table = pe.strings(rva)
-    end = table.find(b"\0", 0, budget.size + 1)
-    length = end if end != -1 else min(len(table), budget.size + 1)
-    budget.take(length + 1)
-    return bytes(table[0:length])
 
 
 def build_exports(table: ExportTable, at: int, blob_rva: int) -> bytes:
@@ -324,16 +141,12 @@ def build_exports(table: ExportTable, at: int, blob_rva: int) -> bytes:
     return data
 
 
-@dataclass
-class PeEdit:
-    """Everything the writer does, decided before a byte is written."""
+@dataclass(kw_only=True)
+class PeEdit(FileEdit):
+    """Everything the writer does, decided before a byte is written: the file edit, and where
+    the checksum goes once it is written."""
 
-    copies: list[tuple[int, int, int]] = field(default_factory=list)
-    """(input offset, length, output offset)."""
-    patches: list[tuple[int, bytes]] = field(default_factory=list)
-    """New bytes at output offsets."""
     placement: PePlacement | None = None
-    size: int = 0
     kept: int = 0
     """Input bytes [0, kept) are the output's, but for the patched header fields."""
     checksum_at: int = 0
@@ -369,10 +182,10 @@ def _plan(pe: PeFile, blob_size: int) -> PeEdit:
     old_raw = 0
     if reused:
         kept, old_raw = _reusable(layout, kept)
-    if len(previous) >= _MAX_SECTIONS:
+    if len(previous) >= MAX_SECTIONS:
         raise PeMalformed(
             f"it has {len(previous)} sections: a new one would pass the PE specification's"
-            f" {_MAX_SECTIONS}"
+            f" {MAX_SECTIONS}"
         )
     header_at = layout.table_at + SECTION_HEADER.size * len(previous)
     first_raw = min((s.raw_offset for s in previous if s.raw_size), default=kept)
@@ -385,10 +198,9 @@ def _plan(pe: PeFile, blob_size: int) -> PeEdit:
         raise PeMalformed("the bytes after the section table are in use")
     end = max((s.virtual_address + s.extent for s in previous), default=0)
     placed = _Placed.lay_out(layout, export_table(pe), end, kept, blob_size)
-    (initialized,) = struct.unpack(
-        "<I", pe.read(layout.optional_at + INITIALIZED_DATA, 4, "optional header")
+    new_initialized = _field(
+        layout.initialized_data - old_raw + placed.raw_size, "SizeOfInitializedData"
     )
-    new_initialized = _field(initialized - old_raw + placed.raw_size, "SizeOfInitializedData")
     index = len(previous)
     header = SECTION_HEADER.pack(
         SECTION_NAME.encode(),
@@ -413,6 +225,7 @@ def _plan(pe: PeFile, blob_size: int) -> PeEdit:
     if all(layout.directory(SECURITY_ENTRY)):
         edit.patches.append((layout.directory_at(SECURITY_ENTRY), bytes(8)))
     edit.placement = PePlacement(placed.raw_offset, placed.rva, blob_size, index)
+    edit.blobs.append(placed.raw_offset)
     edit.size = placed.raw_offset + placed.raw_size
     edit.kept = kept
     edit.checksum_at = layout.optional_at + CHECKSUM
@@ -536,43 +349,9 @@ class _Placed:
         return cls(rva, content, raw_offset, raw_size, size_of_image, exports_rva, exports)
 
 
-def pe_checksum(fd: int, size: int, checksum_at: int) -> int:
-    """The optional header's CheckSum of the file: its 16-bit little-endian words summed with
-    end-around carry (the CheckSum field counted as zero), folded to 16 bits, plus its size.
-
-    Adding 16-bit words with end-around carry is addition modulo 0xFFFF, and 2**16 is 1 modulo
-    0xFFFF, so a chunk's words sum to the chunk read as one little-endian integer, modulo
-    0xFFFF: one bignum remainder per megabyte instead of a Python loop per word.
-    """
-    total = 0
-    nonzero = False
-    for offset in range(0, size, _CHUNK):
-        chunk = bytearray(os.pread(fd, min(_CHUNK, size - offset), offset))
-        if len(chunk) != min(_CHUNK, size - offset):
-            raise OSError("the file shrank while its checksum was computed")
-        field_at = checksum_at - offset
-        if -4 < field_at < len(chunk):
-            for at in range(max(field_at, 0), min(field_at + 4, len(chunk))):
-                chunk[at] = 0
-        nonzero = nonzero or chunk.count(0) != len(chunk)
-        total = (total + int.from_bytes(chunk, "little") % 0xFFFF) % 0xFFFF
-    if total == 0 and nonzero:
-        total = 0xFFFF
-    return (total + size) & 0xFFFFFFFF
-
-
-def write_pe_edit(
-    source: str, out_fd: int, edit: PeEdit, write_blob: Callable[[int, int], None]
-) -> None:
+def write_pe_edit(source: str, out_fd: int, edit: PeEdit, write_blob: BlobWriter) -> None:
     """Write the packed DLL to `out_fd`: the input's bytes, the patches, the blob, then the
     checksum computed over the file as written."""
-    assert edit.placement is not None
-    os.ftruncate(out_fd, edit.size)
-    for start, length, at in edit.copies:
-        if length:
-            copy_payload(PayloadSource(source, start, length), out_fd, at)
-    for at, data in edit.patches:
-        os.pwrite(out_fd, data, at)
-    write_blob(out_fd, edit.placement.file_offset)
+    edit.apply(source, out_fd, write_blob)
     checksum = pe_checksum(out_fd, edit.size, edit.checksum_at)
     os.pwrite(out_fd, struct.pack("<I", checksum), edit.checksum_at)
