@@ -583,17 +583,26 @@ def _strings_over_symbols(commands: Commands) -> None:
             "its code signature is not the last thing in __LINKEDIT",
             {"remove_signature": False},
         ),
-        # the image itself (macho_image.MachoSlice)
+        # the image itself (MachoSlice, through the parser it shares with the reader)
         (lambda: b"\xcf\xfa\xed\xfe" + bytes(20), "too short for a Mach-O header", {}),
-        (lambda: _patched(X86_DATA, 0, "<I", 0xFEEDFACE), "not a 64-bit Mach-O image", {}),
+        (
+            lambda: _patched(X86_DATA, 0, "<I", 0xFEEDFACE),
+            "the file is a 32-bit Mach-O image, which is not supported",
+            {},
+        ),
         (
             lambda: _patched(X86_DATA, 20, "<I", len(X86_DATA)),
             f"load commands claim {len(X86_DATA)} bytes, the image has {len(X86_DATA)}",
             {},
         ),
         (
+            lambda: _patched(X86_DATA, 16, "<I", 16),
+            "load command 15 starts past the end of the load commands",
+            {},
+        ),
+        (
             lambda: _patched(X86_DATA, 16, "<I", 200),
-            "load command 15 starts past the load commands",
+            "200 load commands cannot fit in 1576 bytes",
             {},
         ),
         (lambda: _patched(X86_DATA, 36, "<I", 4), "load command 0 has a bad size 4", {}),
@@ -612,7 +621,11 @@ def _strings_over_symbols(commands: Commands) -> None:
             "symbol table (192 bytes at 2147483392) extends past the end of the image",
             {},
         ),
-        (_edited(X86_DATA, _shortened(0x19, 40, b"__DATA")), "segment command 2 is too short", {}),
+        (
+            _edited(X86_DATA, _shortened(0x19, 40, b"__DATA")),
+            "segment command 2 is too short (40 bytes)",
+            {},
+        ),
         (
             _edited(X86_DATA, lambda c: _set(c, _index(c, 0x19, b"__DATA"), 64, "<I", 50)),
             "segment command 2 claims 50 sections it does not hold",

@@ -57,7 +57,8 @@ from ffitool.formats.macho.codesign import (
     primary_code_directory,
     signature_state,
 )
-from ffitool.formats.macho.image import MachoError, MachoSlice
+from ffitool.formats.macho.commands import MachoError
+from ffitool.formats.macho.image import MachoSlice
 
 __all__ = [
     "AdhocSignature",

@@ -28,17 +28,11 @@ from pathlib import Path
 from ffitool.edit.plan import PayloadSource
 from ffitool.edit.stream import same_bytes
 from ffitool.edit.verification import fail
-from ffitool.formats.macho.image import (
+from ffitool.formats.macho.commands import (
     LC_DYLD_CHAINED_FIXUPS,
-    LC_DYSYMTAB,
-    SEGMENT,
-    MachoError,
-    MachoSlice,
-    symbol_name,
-)
-from ffitool.formats.macho.reader import (
     LC_DYLD_INFO,
     LC_DYLD_INFO_ONLY,
+    LC_DYSYMTAB,
     LC_SEGMENT_64,
     LC_SYMTAB,
     N_EXT,
@@ -47,7 +41,10 @@ from ffitool.formats.macho.reader import (
     N_TYPE,
     NLIST,
     SECTION,
+    SEGMENT,
+    MachoError,
 )
+from ffitool.formats.macho.image import MachoSlice, symbol_name
 from ffitool.formats.macho.sign import signature_problems
 from ffitool.formats.macho.trie import regular_export
 from ffitool.formats.macho.writer import (
