@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ffitool.formats.sniff import MACHO_32, MACHO_64
+from ffitool.formats.sniff import FAT_64, MACHO_32, MACHO_64
 
 HEADER = struct.Struct("<IiiIIIII")
 """mach_header_64: magic, cputype, cpusubtype, filetype, ncmds, sizeofcmds, flags, reserved."""
@@ -66,6 +66,15 @@ MAX_SLICES = 64
 
 class MachoError(Exception):
     """A structural problem in a Mach-O image; the message says what, each caller where."""
+
+
+def parse_fat_header(data: bytes) -> tuple[int, struct.Struct]:
+    """The number of slices the universal header starting `data` (FAT_HEADER.size bytes)
+    lists, checked, and the layout of its entries (fat_arch_64 after the 64-bit magic)."""
+    count = FAT_HEADER.unpack_from(data)[1]
+    if count == 0 or count > MAX_SLICES:
+        raise MachoError(f"universal header claims {count} architectures (at most {MAX_SLICES})")
+    return count, FAT_ARCH_64 if data[:4] == FAT_64 else FAT_ARCH
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from ffitool.errors import InputError
 from ffitool.formats.base import Image, Location, Slice, Symbol, SymbolTable
 from ffitool.formats.macho.codesign import SignatureError, signature_state
 from ffitool.formats.macho.commands import (
+    CPU_ARM64,
+    CPU_X86_64,
     DYLD_INFO,
-    FAT_ARCH,
-    FAT_ARCH_64,
     FAT_HEADER,
     HEADER,
     LC_CODE_SIGNATURE,
@@ -43,7 +43,6 @@ from ffitool.formats.macho.commands import (
     LC_SEGMENT_64,
     LC_SYMTAB,
     LINKEDIT_DATA,
-    MAX_SLICES,
     N_EXT,
     N_PEXT,
     N_SECT,
@@ -56,11 +55,12 @@ from ffitool.formats.macho.commands import (
     Section,
     check_commands_size,
     parse_commands,
+    parse_fat_header,
     parse_header,
     parse_segment,
 )
 from ffitool.formats.macho.trie import TrieError, parse_node, read_uleb
-from ffitool.formats.sniff import FAT_64, UNIVERSAL_FILE, sniff
+from ffitool.formats.sniff import UNIVERSAL_FILE, sniff
 from ffitool.formats.strtab import (
     SYMBOL_SLICE,
     Names,
@@ -79,13 +79,13 @@ _KINDS = {
     8: ("bundle", True),
     _MH_DSYM: ("debug companion (dSYM)", False),
 }
-_MACHINES = {0x01000007: "x86-64", 0x0100000C: "aarch64", 7: "x86", 12: "arm"}
+_MACHINES = {CPU_X86_64: "x86-64", CPU_ARM64: "aarch64", 7: "x86", 12: "arm"}
 _ARCH_NAMES = {
-    (0x01000007, 3): "x86_64",
-    (0x01000007, 8): "x86_64h",
-    (0x0100000C, 0): "arm64",
-    (0x0100000C, 1): "arm64",  # CPU_SUBTYPE_ARM64_V8
-    (0x0100000C, 2): "arm64e",
+    (CPU_X86_64, 3): "x86_64",
+    (CPU_X86_64, 8): "x86_64h",
+    (CPU_ARM64, 0): "arm64",
+    (CPU_ARM64, 1): "arm64",  # CPU_SUBTYPE_ARM64_V8
+    (CPU_ARM64, 2): "arm64e",
 }
 """(cputype, cpusubtype without its capability bits) to the name lipo gives the slice."""
 
@@ -180,10 +180,7 @@ class _Source:
 def _slices(source: _Source) -> list[tuple[int, int, str]]:
     """(offset, size, architecture name) of each slice of a universal file, checked against
     the file."""
-    magic, count = FAT_HEADER.unpack(source.read(0, FAT_HEADER.size))
-    layout = FAT_ARCH_64 if magic == int.from_bytes(FAT_64, "big") else FAT_ARCH
-    if count == 0 or count > MAX_SLICES:
-        raise MachoError(f"universal header claims {count} architectures (at most {MAX_SLICES})")
+    count, layout = parse_fat_header(source.read(0, FAT_HEADER.size))
     table = source.read(FAT_HEADER.size, count * layout.size, "universal header")
     slices = []
     for index in range(count):

@@ -29,6 +29,7 @@ from ffitool.edit.plan import PayloadSource
 from ffitool.edit.stream import same_bytes
 from ffitool.edit.verification import fail
 from ffitool.formats.macho.commands import (
+    HEADER,
     LC_DYLD_CHAINED_FIXUPS,
     LC_DYLD_INFO,
     LC_DYLD_INFO_ONLY,
@@ -149,7 +150,7 @@ def _check_segments(
         fail(f"{label}: __LINKEDIT overlaps {SEGMENT_NAME}")
     if linkedit.fileoff + linkedit.filesize != after.size:
         fail(f"{label}: __LINKEDIT does not end the slice")
-    header_end = 32 + max(before.sizeofcmds, after.sizeofcmds)
+    header_end = HEADER.size + max(before.sizeofcmds, after.sizeofcmds)
     for segment in before.segments():
         if segment.name in ("__LINKEDIT", SEGMENT_NAME):
             continue

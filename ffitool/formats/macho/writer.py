@@ -39,7 +39,6 @@ from ffitool.formats.macho.commands import (
     CPU_ARM64,
     CPU_X86_64,
     FAT_ARCH,
-    FAT_ARCH_64,
     FAT_HEADER,
     HEADER,
     LC_CODE_SIGNATURE,
@@ -52,7 +51,6 @@ from ffitool.formats.macho.commands import (
     LC_SEGMENT_64,
     LC_SYMTAB,
     LC_TWOLEVEL_HINTS,
-    MAX_SLICES,
     N_EXT,
     N_PEXT,
     N_SECT,
@@ -63,6 +61,7 @@ from ffitool.formats.macho.commands import (
     Command,
     MachoError,
     Segment,
+    parse_fat_header,
 )
 from ffitool.formats.macho.image import ARCH_NAMES, MachoSlice, symbol_name
 from ffitool.formats.macho.sign import (
@@ -72,7 +71,7 @@ from ffitool.formats.macho.sign import (
     signature_size,
 )
 from ffitool.formats.macho.trie import encode_trie, regular_export
-from ffitool.formats.sniff import FAT, FAT_64, HEAD_SIZE, UNIVERSAL_FILE, sniff
+from ffitool.formats.sniff import HEAD_SIZE, UNIVERSAL_FILE, sniff
 from ffitool.symbols import LIBRARY_BIN
 
 SEGMENT_NAME = "__TVM_FFI"
@@ -232,7 +231,7 @@ def plan_macho_edit(
     try:
         head = os.pread(fd, HEAD_SIZE, 0)
         if sniff(head) == UNIVERSAL_FILE:
-            _plan_universal(fd, size, head[:4], blob_size, arches, remove_signature, edit)
+            _plan_universal(fd, size, blob_size, arches, remove_signature, edit)
         else:
             image = MachoSlice.read(fd, 0, size)
             arch = ARCH_NAMES.get(image.cputype, f"cputype {image.cputype:#x}")
@@ -264,18 +263,16 @@ def _add_slice(edit: MachoEdit, out: _SliceOutput, at: int, arch: str) -> None:
 def _plan_universal(
     fd: int,
     size: int,
-    magic: bytes,
     blob_size: int,
     arches: Sequence[str],
     remove_signature: bool,
     edit: MachoEdit,
 ) -> None:
-    layout = FAT_ARCH_64 if magic == FAT_64 else FAT_ARCH
     if size < FAT_HEADER.size:
         raise MachoError("too short for a universal header")
-    count = FAT_HEADER.unpack(os.pread(fd, FAT_HEADER.size, 0))[1]
+    count, layout = parse_fat_header(os.pread(fd, FAT_HEADER.size, 0))
     table_size = FAT_HEADER.size + count * layout.size
-    if not 0 < count <= MAX_SLICES or table_size > size:
+    if table_size > size:
         raise MachoError(f"the universal header claims {count} architectures")
     table = os.pread(fd, table_size, 0)
     entries = [
@@ -307,7 +304,7 @@ def _plan_universal(
             _add_slice(edit, out, at, arch)
             new_length = out.size
             edit.slices.append((offset, length, at, new_length, edit.placements[-1]))
-        if magic == FAT and at + new_length > 0xFFFFFFFF:
+        if layout is FAT_ARCH and at + new_length > 0xFFFFFFFF:
             raise MachoError(
                 "the packed slices would pass 4 GiB, which a 32-bit universal header cannot address"
             )
