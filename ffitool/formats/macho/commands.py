@@ -126,6 +126,17 @@ class Command:
         return struct.unpack_from(fmt, self.data, offset)[0]
 
 
+def trie_field(command: Command) -> int | None:
+    """Where in `command` the export trie's (offset, size) pair is: LC_DYLD_EXPORTS_TRIE's
+    data, the last pair of LC_DYLD_INFO(_ONLY); None when the command states no trie."""
+    if command.cmd in (LC_DYLD_INFO, LC_DYLD_INFO_ONLY):
+        return LOAD_COMMAND.size + 32 if command.fields(DYLD_INFO)[9] else None
+    if command.cmd == LC_DYLD_EXPORTS_TRIE:
+        command.fields(LINKEDIT_DATA)
+        return LOAD_COMMAND.size
+    return None
+
+
 def parse_commands(data: bytes, ncmds: int) -> Iterator[Command]:
     """The `ncmds` load commands in `data` (sizeofcmds bytes), each checked to lie inside it
     as it is reached: a caller that decodes each command in turn refuses the first broken

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from ffitool.formats.macho.commands import (
     CPU_ARM64,
     CPU_X86_64,
-    DYLD_INFO,
     DYSYMTAB,
     HEADER,
     LC_CODE_SIGNATURE,
@@ -36,6 +35,7 @@ from ffitool.formats.macho.commands import (
     parse_commands,
     parse_header,
     parse_segment,
+    trie_field,
 )
 from ffitool.formats.macho.trie import TrieError, decode_trie
 
@@ -96,13 +96,10 @@ class MachoSlice:
 
     def trie_command(self) -> tuple[Command, int] | None:
         """The command holding the export trie and the byte offset of its (offset, size)."""
-        for cmd in (LC_DYLD_INFO, LC_DYLD_INFO_ONLY):
+        for cmd in (LC_DYLD_INFO, LC_DYLD_INFO_ONLY, LC_DYLD_EXPORTS_TRIE):
             found = self.command(cmd)
-            if found is not None and found.fields(DYLD_INFO)[9]:
-                return found, 40
-        found = self.command(LC_DYLD_EXPORTS_TRIE)
-        if found is not None:
-            return found, 8
+            if found is not None and (at := trie_field(found)) is not None:
+                return found, at
         return None
 
     def trie(self) -> dict[bytes, bytes]:
@@ -136,12 +133,13 @@ class MachoSlice:
             self.pread(stroff, strsize, "string table"),
         )
 
-    def signature(self) -> tuple[int, ...] | None:
+    def signature(self) -> tuple[int, int] | None:
         """(dataoff, datasize) of LC_CODE_SIGNATURE, or None without one."""
         command = self.command(LC_CODE_SIGNATURE)
         if command is None:
             return None
-        return command.fields(LINKEDIT_DATA)
+        dataoff, datasize = command.fields(LINKEDIT_DATA)
+        return dataoff, datasize
 
     def install_name(self) -> bytes | None:
         command = self.command(LC_ID_DYLIB)

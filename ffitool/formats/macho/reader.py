@@ -33,13 +33,9 @@ from ffitool.formats.macho.codesign import SignatureError, signature_state
 from ffitool.formats.macho.commands import (
     CPU_ARM64,
     CPU_X86_64,
-    DYLD_INFO,
     FAT_HEADER,
     HEADER,
     LC_CODE_SIGNATURE,
-    LC_DYLD_EXPORTS_TRIE,
-    LC_DYLD_INFO,
-    LC_DYLD_INFO_ONLY,
     LC_SEGMENT_64,
     LC_SYMTAB,
     LINKEDIT_DATA,
@@ -58,6 +54,7 @@ from ffitool.formats.macho.commands import (
     parse_fat_header,
     parse_header,
     parse_segment,
+    trie_field,
 )
 from ffitool.formats.macho.trie import TrieError, parse_node, read_uleb
 from ffitool.formats.sniff import UNIVERSAL_FILE, sniff
@@ -266,12 +263,8 @@ def _load_commands(commands: Iterable[Command]) -> _Commands:
             found.sections.extend(parse_segment(command).sections)
         elif cmd == LC_SYMTAB:
             found.symtab = command.fields(SYMTAB)
-        elif cmd in (LC_DYLD_INFO, LC_DYLD_INFO_ONLY):
-            info = command.fields(DYLD_INFO)
-            if info[9]:
-                found.trie = info[8:]
-        elif cmd == LC_DYLD_EXPORTS_TRIE:
-            found.trie = command.fields(LINKEDIT_DATA)
+        elif (at := trie_field(command)) is not None:
+            found.trie = command.field(at), command.field(at + 4)
         elif cmd == LC_CODE_SIGNATURE:
             found.signature = command.fields(LINKEDIT_DATA)
     return found

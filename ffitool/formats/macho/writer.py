@@ -621,6 +621,8 @@ def _find(pieces: list[_Piece], cmd: int, at: int, image: MachoSlice) -> int:
     for number, piece in enumerate(pieces):
         if image.commands[piece.command].cmd == cmd and piece.at == at:
             return number
+    # unreachable: every caller names a table the plan already requires: the symbol and
+    # dynamic symbol tables (_SymbolEdit), the trie (trie_command), the fixups (checked present).
     raise MachoError(f"load command {cmd:#x} is missing")
 
 
