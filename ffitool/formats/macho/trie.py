@@ -14,7 +14,7 @@ looks names up, and `decode_trie`'s, which decodes every entry for the writer an
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _MAX_LEB_BYTES = 10
 _EXPANSION_LIMIT = 64
@@ -39,8 +39,7 @@ def read_uleb(data: bytes, at: int) -> tuple[int, int]:
     raise TrieError(f"bad ULEB128 number at trie offset {at}")
 
 
-@dataclass(frozen=True)
-class Node:
+class Node(NamedTuple):
     """One node of an export trie as the file states it."""
 
     terminal_at: int
@@ -123,16 +122,16 @@ def decode_trie(data: bytes) -> dict[bytes, bytes]:
         if at in visited:
             raise TrieError(f"export trie node at {at} is reached twice")
         visited.add(at)
-        node = parse_node(data, at)
-        if node.terminal_size:
+        terminal_at, size, edges, _, empty_label = parse_node(data, at)
+        if size:
             budget -= len(prefix)
             if budget < 0:
                 raise TrieError("export trie spells out far more names than its size allows")
-            entries[prefix] = data[node.terminal_at : node.terminal_at + node.terminal_size]
-        if node.empty_label is not None:
-            raise TrieError(f"export trie edge at {node.empty_label} has an empty label")
+            entries[prefix] = data[terminal_at : terminal_at + size]
+        if empty_label is not None:
+            raise TrieError(f"export trie edge at {empty_label} has an empty label")
         # Depth-first in edge order: push the last child first.
-        pending.extend((child, prefix + label) for label, child in reversed(node.edges))
+        pending.extend([(child, prefix + label) for label, child in reversed(edges)])
     return entries
 
 
