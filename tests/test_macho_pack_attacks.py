@@ -526,8 +526,9 @@ def _strings_over_symbols(commands: Commands) -> None:
         (_edited(X86_DATA, _shortened(0x80000022, 40)), "LC_DYLD_INFO is too short", {}),
         (_edited(X86_DATA, _shortened(0x26, 8)), "load command 5 is too short", {}),
         (lambda: X86_DATA, "it is a thin x86_64 file; --arch names arm64", {"arches": ("arm64",)}),
-        (_uni(4, 0), "the universal header claims 0 architectures", {}),
-        (_uni(4, 65), "the universal header claims 65 architectures", {}),
+        (_uni(4, 0), "universal header claims 0 architectures (at most 64)", {}),
+        (_uni(4, 65), "universal header claims 65 architectures (at most 64)", {}),
+        (lambda: UNIVERSAL_DATA[:8], "the universal header claims 2 architectures", {}),
         (lambda: UNIVERSAL_DATA, "no ppc slice (it has x86_64, arm64)", {"arches": ("ppc",)}),
         (_uni(20, len(UNIVERSAL_DATA)), "the x86_64 slice lies outside the file", {}),
         (_slices_swapped, "the arm64 slice holds an image of cputype 0x1000007", {}),
@@ -583,17 +584,26 @@ def _strings_over_symbols(commands: Commands) -> None:
             "its code signature is not the last thing in __LINKEDIT",
             {"remove_signature": False},
         ),
-        # the image itself (macho_image.MachoSlice)
+        # the image itself (MachoSlice, through the parser it shares with the reader)
         (lambda: b"\xcf\xfa\xed\xfe" + bytes(20), "too short for a Mach-O header", {}),
-        (lambda: _patched(X86_DATA, 0, "<I", 0xFEEDFACE), "not a 64-bit Mach-O image", {}),
+        (
+            lambda: _patched(X86_DATA, 0, "<I", 0xFEEDFACE),
+            "the file is a 32-bit Mach-O image, which is not supported",
+            {},
+        ),
         (
             lambda: _patched(X86_DATA, 20, "<I", len(X86_DATA)),
             f"load commands claim {len(X86_DATA)} bytes, the image has {len(X86_DATA)}",
             {},
         ),
         (
+            lambda: _patched(X86_DATA, 16, "<I", 16),
+            "load command 15 starts past the end of the load commands",
+            {},
+        ),
+        (
             lambda: _patched(X86_DATA, 16, "<I", 200),
-            "load command 15 starts past the load commands",
+            "200 load commands cannot fit in 1576 bytes",
             {},
         ),
         (lambda: _patched(X86_DATA, 36, "<I", 4), "load command 0 has a bad size 4", {}),
@@ -612,7 +622,11 @@ def _strings_over_symbols(commands: Commands) -> None:
             "symbol table (192 bytes at 2147483392) extends past the end of the image",
             {},
         ),
-        (_edited(X86_DATA, _shortened(0x19, 40, b"__DATA")), "segment command 2 is too short", {}),
+        (
+            _edited(X86_DATA, _shortened(0x19, 40, b"__DATA")),
+            "segment command 2 is too short (40 bytes)",
+            {},
+        ),
         (
             _edited(X86_DATA, lambda c: _set(c, _index(c, 0x19, b"__DATA"), 64, "<I", 50)),
             "segment command 2 claims 50 sections it does not hold",

@@ -27,7 +27,7 @@ from test_linear_macho_pe import trie as export_trie
 
 from ffitool.errors import InputError
 from ffitool.formats import read_object
-from ffitool.formats.macho.codesign import LC_CODE_SIGNATURE
+from ffitool.formats.macho.commands import LC_CODE_SIGNATURE
 from ffitool.formats.sniff import MACHO_32 as MAGIC_32
 from ffitool.library import inspect_path
 

@@ -122,3 +122,10 @@ def test_encoding_refuses_empty_entries():
         encode_trie({b"": regular_export(1)})
     with pytest.raises(TrieError):
         encode_trie({b"_x": b""})
+
+
+def test_encoding_refuses_a_node_of_more_than_255_children():
+    """A node's child count is one byte: names that differ in all 256 first bytes need 256."""
+    entries = {bytes([first]) + b"_": regular_export(first) for first in range(256)}
+    with pytest.raises(TrieError, match="more than 255 children"):
+        encode_trie(entries)

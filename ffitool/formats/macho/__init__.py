@@ -1,8 +1,9 @@
 """Mach-O, thin and universal: everything ffitool knows of it.
 
+- `commands`: the header and load commands, their structs and constants, parsed once for all;
 - `reader`: the images' load commands, symbol tables and export tries, for inspect;
 - `image`: one slice's load commands and `__LINKEDIT` tables as the writer and verifier see them;
-- `trie`: the export trie, decoded and encoded;
+- `trie`: the export trie: its nodes parsed (for the reader's lookups too), decoded, encoded;
 - `codesign` and `sign`: code signatures, read and written again ad hoc;
 - `writer`: pack's edit of each slice and of the universal header;
 - `verify`: the checks a packed file passes before it replaces anything;

@@ -23,14 +23,41 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from ffitool.errors import InputError
 from ffitool.formats.base import Image, Location, Slice, Symbol, SymbolTable
-from ffitool.formats.macho.codesign import LC_CODE_SIGNATURE, SignatureError, signature_state
-from ffitool.formats.sniff import FAT_64, MACHO_32, MACHO_64, UNIVERSAL_FILE, sniff
+from ffitool.formats.macho.codesign import SignatureError, signature_state
+from ffitool.formats.macho.commands import (
+    CPU_ARM64,
+    CPU_X86_64,
+    FAT_HEADER,
+    HEADER,
+    LC_CODE_SIGNATURE,
+    LC_SEGMENT_64,
+    LC_SYMTAB,
+    LINKEDIT_DATA,
+    N_EXT,
+    N_PEXT,
+    N_SECT,
+    N_STAB,
+    N_TYPE,
+    NLIST,
+    SYMTAB,
+    Command,
+    MachoError,
+    Section,
+    check_commands_size,
+    parse_commands,
+    parse_fat_header,
+    parse_header,
+    parse_segment,
+    trie_field,
+)
+from ffitool.formats.macho.trie import TrieError, parse_node, read_uleb
+from ffitool.formats.sniff import UNIVERSAL_FILE, sniff
 from ffitool.formats.strtab import (
     SYMBOL_SLICE,
     Names,
@@ -41,21 +68,6 @@ from ffitool.formats.strtab import (
     st_name_column,
 )
 
-HEADER = struct.Struct("<IiiIIIII")
-_LOAD_COMMAND = struct.Struct("<II")
-_SEGMENT = struct.Struct("<16sQQQQiiII")
-SECTION = struct.Struct("<16s16sQQIIIIIIII")
-NLIST = struct.Struct("<IBBHQ")
-FAT_HEADER = struct.Struct(">II")
-FAT_ARCH = struct.Struct(">iiIII")
-FAT_ARCH_64 = struct.Struct(">iiQQII")
-
-LC_SYMTAB = 0x2
-LC_SEGMENT_64 = 0x19
-LC_DYLD_INFO = 0x22
-LC_DYLD_INFO_ONLY = 0x80000022
-LC_DYLD_EXPORTS_TRIE = 0x80000033
-
 _MH_DSYM = 10
 _KINDS = {
     1: ("relocatable object", False),
@@ -64,35 +76,20 @@ _KINDS = {
     8: ("bundle", True),
     _MH_DSYM: ("debug companion (dSYM)", False),
 }
-_MACHINES = {0x01000007: "x86-64", 0x0100000C: "aarch64", 7: "x86", 12: "arm"}
+_MACHINES = {CPU_X86_64: "x86-64", CPU_ARM64: "aarch64", 7: "x86", 12: "arm"}
 _ARCH_NAMES = {
-    (0x01000007, 3): "x86_64",
-    (0x01000007, 8): "x86_64h",
-    (0x0100000C, 0): "arm64",
-    (0x0100000C, 1): "arm64",  # CPU_SUBTYPE_ARM64_V8
-    (0x0100000C, 2): "arm64e",
+    (CPU_X86_64, 3): "x86_64",
+    (CPU_X86_64, 8): "x86_64h",
+    (CPU_ARM64, 0): "arm64",
+    (CPU_ARM64, 1): "arm64",  # CPU_SUBTYPE_ARM64_V8
+    (CPU_ARM64, 2): "arm64e",
 }
 """(cputype, cpusubtype without its capability bits) to the name lipo gives the slice."""
 
-N_STAB = 0xE0
-N_PEXT = 0x10
-N_TYPE = 0x0E
-N_EXT = 0x01
-N_SECT = 0x0E
 _N_WEAK_DEF = 0x80
 _TYPE_NAMES = {0x0: "UNDF", 0x2: "ABS", 0xE: "SECT", 0xC: "PBUD", 0xA: "INDR"}
-
-_SECTION_TYPE = 0xFF
-_ZEROFILL_TYPES = {0x1, 0xC, 0x12}  # S_ZEROFILL, S_GB_ZEROFILL, S_THREAD_LOCAL_ZEROFILL
 _CODE_ATTRIBUTES = 0x80000400  # S_ATTR_PURE_INSTRUCTIONS | S_ATTR_SOME_INSTRUCTIONS
-
-MAX_COMMANDS_SIZE = 16 << 20
-_MAX_SLICES = 64
 _EXPORT_REEXPORT = 0x08
-
-
-class _Malformed(Exception):
-    """A structural problem, turned into one InputError naming the file (and member)."""
 
 
 def read_macho(
@@ -115,7 +112,7 @@ def read_macho(
         if sniff(head) == UNIVERSAL_FILE:
             return _read_slices(source, member)
         return (_read_thin(source, member),)
-    except _Malformed as exc:
+    except (MachoError, TrieError) as exc:
         raise InputError(f"{where}: malformed Mach-O: {exc}") from None
     except OSError as exc:
         raise InputError(f"{where}: read error: {exc.strerror or exc}") from None
@@ -153,7 +150,7 @@ class _Source:
 
     def check(self, offset: int, count: int, what: str) -> None:
         if offset < 0 or count < 0 or offset + count > self.size:
-            raise _Malformed(
+            raise MachoError(
                 f"{what} ({count} bytes at offset {offset}) extends past the end of the"
                 f" {self.label} ({self.size} bytes)"
             )
@@ -166,7 +163,7 @@ class _Source:
             self.stream.seek(self.origin + offset)
             data = self.stream.read(count)
         if len(data) != count:
-            raise _Malformed("the file shrank while it was being read")
+            raise MachoError("the file shrank while it was being read")
         return data
 
     def table(self, offset: int, count: int, what: str) -> WindowedTable | bytes:
@@ -180,10 +177,7 @@ class _Source:
 def _slices(source: _Source) -> list[tuple[int, int, str]]:
     """(offset, size, architecture name) of each slice of a universal file, checked against
     the file."""
-    magic, count = FAT_HEADER.unpack(source.read(0, FAT_HEADER.size))
-    layout = FAT_ARCH_64 if magic == int.from_bytes(FAT_64, "big") else FAT_ARCH
-    if count == 0 or count > _MAX_SLICES:
-        raise _Malformed(f"universal header claims {count} architectures (at most {_MAX_SLICES})")
+    count, layout = parse_fat_header(source.read(0, FAT_HEADER.size))
     table = source.read(FAT_HEADER.size, count * layout.size, "universal header")
     slices = []
     for index in range(count):
@@ -207,7 +201,7 @@ def _check_disjoint(slices: list[tuple[int, int, str]]) -> None:
             continue
         if slices[before][0] + slices[before][1] > slices[after][0]:
             first, second = sorted((before, after))
-            raise _Malformed(f"slices {first} and {second} overlap")
+            raise MachoError(f"slices {first} and {second} overlap")
 
 
 def _read_slices(source: _Source, member: str | None) -> tuple[Image, ...]:
@@ -224,59 +218,32 @@ def _read_slices(source: _Source, member: str | None) -> tuple[Image, ...]:
     return tuple(images)
 
 
-@dataclass(frozen=True)
-class _Section:
-    segment: str
-    name: str
-    address: int
-    size: int
-    offset: int
-    flags: int
-    in_file: bool
-    """Whether the file holds the section's bytes: inside its segment's file range. A dSYM
-    keeps its library's section headers with the bytes left out (offset 0, or a segment
-    with no file size)."""
-
-    @property
-    def label(self) -> str:
-        return f"{self.segment},{self.name}"
-
-    @property
-    def zerofill(self) -> bool:
-        return self.flags & _SECTION_TYPE in _ZEROFILL_TYPES
-
-
 @dataclass
 class _Commands:
     """What the reader needs from the load commands of one slice."""
 
-    sections: list[_Section]
-    symtab: tuple[int, int, int, int] | None = None
-    trie: tuple[int, int] | None = None
-    signature: tuple[int, int] | None = None
+    sections: list[Section]
+    symtab: tuple[int, ...] | None = None
+    trie: tuple[int, ...] | None = None
+    signature: tuple[int, ...] | None = None
 
 
 def _read_thin(source: _Source, member: str | None, place: Slice | None = None) -> Image:
-    header = source.read(0, HEADER.size)
-    if header[:4] != MACHO_64:
-        what = "a 32-bit Mach-O image" if header[:4] == MACHO_32 else "not a 64-bit Mach-O image"
-        raise _Malformed(f"the {source.label} is {what}, which is not supported")
-    _, cputype, _, filetype, ncmds, sizeofcmds, _, _ = HEADER.unpack(header)
-    if filetype not in _KINDS:
-        raise _Malformed(f"unsupported Mach-O file type {filetype}")
-    kind, loadable = _KINDS[filetype]
-    if sizeofcmds > min(source.size - HEADER.size, MAX_COMMANDS_SIZE):
-        raise _Malformed(f"load commands claim {sizeofcmds} bytes, the image has {source.size}")
-    if ncmds * _LOAD_COMMAND.size > sizeofcmds:
-        raise _Malformed(f"{ncmds} load commands cannot fit in {sizeofcmds} bytes")
-    commands = _load_commands(source.read(HEADER.size, sizeofcmds), ncmds)
+    header = parse_header(source.read(0, HEADER.size), source.label)
+    if header.filetype not in _KINDS:
+        raise MachoError(f"unsupported Mach-O file type {header.filetype}")
+    kind, loadable = _KINDS[header.filetype]
+    check_commands_size(header, source.size)
+    commands = _load_commands(
+        parse_commands(source.read(HEADER.size, header.sizeofcmds), header.ncmds)
+    )
     symbols, locations = _symbols(source, commands, kind, loadable)
     return Image(
         member=member,
         format="Mach-O",
         kind=kind,
         loadable=loadable,
-        machine=_MACHINES.get(cputype, f"cputype {cputype:#x}"),
+        machine=_MACHINES.get(header.cputype, f"cputype {header.cputype:#x}"),
         bits=64,
         endianness="little",
         symbols=tuple(symbols),
@@ -284,64 +251,23 @@ def _read_thin(source: _Source, member: str | None, place: Slice | None = None) 
         locations=locations,
         signature=_signature(source, commands.signature),
         slice=place,
-        debug_only=filetype == _MH_DSYM,
+        debug_only=header.filetype == _MH_DSYM,
     )
 
 
-def _load_commands(data: bytes, ncmds: int) -> _Commands:
-    commands = _Commands([])
-    at = 0
-    for index in range(ncmds):
-        if at + _LOAD_COMMAND.size > len(data):
-            raise _Malformed(f"load command {index} starts past the end of the load commands")
-        cmd, cmdsize = _LOAD_COMMAND.unpack_from(data, at)
-        if cmdsize < _LOAD_COMMAND.size or at + cmdsize > len(data):
-            raise _Malformed(f"load command {index} has a bad size {cmdsize}")
-        body = data[at : at + cmdsize]
+def _load_commands(commands: Iterable[Command]) -> _Commands:
+    found = _Commands([])
+    for command in commands:
+        cmd = command.cmd
         if cmd == LC_SEGMENT_64:
-            commands.sections.extend(_segment_sections(body, index))
+            found.sections.extend(parse_segment(command).sections)
         elif cmd == LC_SYMTAB:
-            symoff, nsyms, stroff, strsize = _fields(body, "<4I", index)
-            commands.symtab = (symoff, nsyms, stroff, strsize)
-        elif cmd in (LC_DYLD_INFO, LC_DYLD_INFO_ONLY):
-            info = _fields(body, "<10I", index)
-            if info[9]:
-                commands.trie = (info[8], info[9])
-        elif cmd == LC_DYLD_EXPORTS_TRIE:
-            dataoff, datasize = _fields(body, "<2I", index)
-            commands.trie = (dataoff, datasize)
+            found.symtab = command.fields(SYMTAB)
+        elif (at := trie_field(command)) is not None:
+            found.trie = command.field(at), command.field(at + 4)
         elif cmd == LC_CODE_SIGNATURE:
-            dataoff, datasize = _fields(body, "<2I", index)
-            commands.signature = (dataoff, datasize)
-        at += cmdsize
-    return commands
-
-
-def _fields(body: bytes, layout: str, index: int) -> tuple[int, ...]:
-    fields = struct.Struct(layout)
-    if len(body) < 8 + fields.size:
-        raise _Malformed(f"load command {index} is too short ({len(body)} bytes)")
-    return fields.unpack_from(body, 8)
-
-
-def _segment_sections(body: bytes, index: int) -> list[_Section]:
-    if len(body) < 8 + _SEGMENT.size:
-        raise _Malformed(f"segment command {index} is too short ({len(body)} bytes)")
-    _, _, _, fileoff, filesize, _, _, nsects, _ = _SEGMENT.unpack_from(body, 8)
-    if 8 + _SEGMENT.size + nsects * SECTION.size > len(body):
-        raise _Malformed(f"segment command {index} claims {nsects} sections it does not hold")
-    sections = []
-    for number in range(nsects):
-        raw = SECTION.unpack_from(body, 8 + _SEGMENT.size + number * SECTION.size)
-        size, offset = raw[3], raw[4]
-        in_file = fileoff <= offset and offset + size <= fileoff + filesize
-        names = _text(raw[1]), _text(raw[0])
-        sections.append(_Section(*names, raw[2], size, offset, raw[8] & 0xFFFFFFFF, in_file))
-    return sections
-
-
-def _text(field: bytes) -> str:
-    return field.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+            found.signature = command.fields(LINKEDIT_DATA)
+    return found
 
 
 def _symbols(
@@ -357,7 +283,7 @@ def _symbols(
     if not ranges:
         return [], {}
     trie = _Trie(source, commands.trie) if loadable and commands.trie else None
-    names = Names(strings, _Malformed, "symbol name")
+    names = Names(strings, MachoError, "symbol name")
     c_names: dict[int, str] = {}
     """The C name of each distinct offset (without the `_`), one copy however many symbols
     name it, as `names` keeps one copy of the file's spelling."""
@@ -377,7 +303,7 @@ def _symbols(
             section = None
             if n_type & N_TYPE == N_SECT:
                 if not 0 < n_sect <= len(commands.sections):
-                    raise _Malformed(f"symbol {raw_name!r} names section {n_sect}, which is absent")
+                    raise MachoError(f"symbol {raw_name!r} names section {n_sect}, which is absent")
                 section = commands.sections[n_sect - 1]
             exportable = n_type & (N_TYPE | N_EXT | N_PEXT) == N_SECT | N_EXT
             in_trie = None if trie is None else exportable and trie.exports(raw)
@@ -395,7 +321,7 @@ def _symbol(
     n_type: int,
     n_desc: int,
     n_value: int,
-    section: _Section | None,
+    section: Section | None,
     image_kind: str,
     loadable: bool,
     in_trie: bool | None,
@@ -436,7 +362,7 @@ def _symbol(
     )
 
 
-def _symbol_type(kind: int, section: _Section | None) -> str:
+def _symbol_type(kind: int, section: Section | None) -> str:
     """Mach-O has no symbol types: a symbol in a code section is a function (FUNC), in any
     other section data (OBJECT), as `nm` tells T from D; otherwise the nlist type's name."""
     if section is not None:
@@ -444,14 +370,14 @@ def _symbol_type(kind: int, section: _Section | None) -> str:
     return _TYPE_NAMES.get(kind, hex(kind))
 
 
-def _section_name(kind: int, section: _Section | None) -> str | None:
+def _section_name(kind: int, section: Section | None) -> str | None:
     """ "segment,section" as the Mach-O tools print it; None when the symbol is undefined."""
     if section is not None:
         return section.label
     return None if kind == 0 else f"*{_TYPE_NAMES.get(kind, hex(kind))}*"
 
 
-def _locate(source: _Source, symbol: Symbol, section: _Section | None) -> Location | None:
+def _locate(source: _Source, symbol: Symbol, section: Section | None) -> Location | None:
     """File bytes from a data symbol to the end of its section (Mach-O has no symbol sizes);
     None unless they start inside the image, and never more than the image holds (a blob
     the file does not back is then L104, as for ELF)."""
@@ -468,7 +394,8 @@ def _locate(source: _Source, symbol: Symbol, section: _Section | None) -> Locati
 @dataclass(frozen=True)
 class _Node:
     """One parsed node of an export trie: where its terminal information is (size 0: none),
-    and its edges by the first byte of their label, in the trie's order."""
+    and its edges by the first byte of their label, in the trie's order (an empty label,
+    which consumes nothing, is passed by)."""
 
     terminal: int
     terminal_at: int
@@ -488,7 +415,7 @@ class _Trie:
     whose long edges share a first byte cannot cost its size again for every name.
     """
 
-    def __init__(self, source: _Source, where: tuple[int, int]) -> None:
+    def __init__(self, source: _Source, where: tuple[int, ...]) -> None:
         offset, size = where
         self._data = source.read(offset, size, "export trie")
         self._nodes: dict[int, _Node] = {}
@@ -520,12 +447,12 @@ class _Trie:
             if position == len(name):
                 if not parsed.terminal:
                     return False
-                return not _uleb(self._data, parsed.terminal_at)[0] & _EXPORT_REEXPORT
+                return not read_uleb(self._data, parsed.terminal_at)[0] & _EXPORT_REEXPORT
             for label, child in parsed.edges.get(name[position], ()):
                 # A label longer than the rest of the name is rejected without a comparison.
                 self._work += 1 + (len(label) if position + len(label) <= len(name) else 0)
                 if self._work > self._allowance:
-                    raise _Malformed(
+                    raise MachoError(
                         f"export trie: looking up {len(self._found) + 1} name(s) compares more"
                         f" than {self._allowance} bytes (edges of a node share their first byte)"
                     )
@@ -539,62 +466,26 @@ class _Trie:
     def _parse(self, node: int) -> _Node:
         """The node at `node`, parsed and kept: `_lookup` asks for each node once."""
         data = self._data
-        if node >= len(data):
-            raise _Malformed(f"export trie node at {node} is past the trie")
-        terminal, at = _uleb(data, node)
-        terminal_at = at
-        at += terminal
-        if at >= len(data):
-            raise _Malformed(f"export trie node at {node} runs past the trie")
-        count, at = data[at], at + 1
+        parsed = parse_node(data, node)
         edges: dict[int, list[tuple[bytes, int]]] = {}
-        for _ in range(count):
-            end = data.find(b"\0", at)
-            if end == -1:
-                raise _Malformed(f"export trie edge at {at} is not terminated")
-            label = data[at:end]
-            child, at = _uleb(data, end + 1)
+        for label, child in parsed.edges:
             if label:
                 edges.setdefault(label[0], []).append((label, child))
-        self._parsed += at - node
+        self._parsed += parsed.end - node
         if self._parsed > len(data):
-            raise _Malformed(
+            raise MachoError(
                 f"export trie nodes overlap: {len(self._nodes) + 1} nodes span more than"
                 f" its {len(data)} bytes"
             )
-        parsed = self._nodes[node] = _Node(terminal, terminal_at, edges)
-        return parsed
+        kept = self._nodes[node] = _Node(parsed.terminal_size, parsed.terminal_at, edges)
+        return kept
 
 
-class TrieError(ValueError):
-    """An export trie is malformed; the message says where."""
-
-
-def read_uleb(data: bytes, at: int) -> tuple[int, int]:
-    """The ULEB128 number at `at` of an export trie and the offset after it (at most 10
-    bytes: 64 bits). Shared with the writer's trie codec."""
-    value = shift = 0
-    for index in range(at, min(at + 10, len(data))):
-        byte = data[index]
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, index + 1
-        shift += 7
-    raise TrieError(f"bad ULEB128 number at trie offset {at}")
-
-
-def _uleb(data: bytes, at: int) -> tuple[int, int]:
-    try:
-        return read_uleb(data, at)
-    except TrieError as exc:
-        raise _Malformed(str(exc)) from None
-
-
-def _signature(source: _Source, where: tuple[int, int] | None) -> str:
+def _signature(source: _Source, where: tuple[int, ...] | None) -> str:
     """none, ad-hoc, linker-signed or certificate, from the embedded code signature."""
     if where is None:
         return "none"
     try:
         return signature_state(source.read(where[0], where[1], "code signature"))
     except SignatureError as exc:
-        raise _Malformed(f"code signature: {exc}") from None
+        raise MachoError(f"code signature: {exc}") from None

@@ -59,7 +59,8 @@ from ffitool.formats.macho.codesign import (
     primary_code_directory,
     signature_state,
 )
-from ffitool.formats.macho.image import MachoError, MachoSlice
+from ffitool.formats.macho.commands import CPU_ARM64, CPU_X86_64, MachoError
+from ffitool.formats.macho.image import MachoSlice
 
 __all__ = [
     "AdhocSignature",
@@ -73,7 +74,7 @@ __all__ = [
 
 DEFAULT_PAGE_SIZE = 4096
 _HASH_SIZE = 32
-_CPU_TYPES = (0x01000007, 0x0100000C)
+_CPU_TYPES = (CPU_X86_64, CPU_ARM64)
 """x86-64 and arm64: the slices the writer packs, whose signatures this module makes."""
 _KEPT_SLOTS = (
     CSSLOT_REQUIREMENTS,

@@ -7,20 +7,83 @@ as a C string and the child's offset as a ULEB128. Adding one name can change th
 thus the sizes of many nodes, so the writer rebuilds the trie from the decoded entries. The
 terminal information of every existing entry is kept byte for byte, never reinterpreted.
 
-The reader (`ffitool.formats.macho.reader`) only looks names up; this module decodes every entry,
-which only the writer needs.
+One node parser serves both walks: the reader's (`ffitool.formats.macho.reader`), which only
+looks names up, and `decode_trie`'s, which decodes every entry for the writer and its verifier.
 """
 
 from __future__ import annotations
 
 import bisect
-
-from ffitool.formats.macho.reader import TrieError, read_uleb
+from typing import NamedTuple
 
 _MAX_LEB_BYTES = 10
 _EXPANSION_LIMIT = 64
 """Decoded names may total at most this many times the trie's size (plus a MiB): a hostile
 chain of one-letter edges would otherwise spell quadratically many bytes."""
+
+
+class TrieError(ValueError):
+    """An export trie is malformed; the message says where."""
+
+
+def read_uleb(data: bytes, at: int) -> tuple[int, int]:
+    """The ULEB128 number at `at` of an export trie and the offset after it (at most 10
+    bytes: 64 bits)."""
+    value = shift = 0
+    for index in range(at, min(at + _MAX_LEB_BYTES, len(data))):
+        byte = data[index]
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, index + 1
+        shift += 7
+    raise TrieError(f"bad ULEB128 number at trie offset {at}")
+
+
+class Node(NamedTuple):
+    """One node of an export trie as the file states it."""
+
+    terminal_at: int
+    """Where its terminal information starts."""
+    terminal_size: int
+    """0: the node exports no name."""
+    edges: list[tuple[bytes, int]]
+    """(label, child offset) of each edge, in the trie's order."""
+    end: int
+    """The offset after the node."""
+    empty_label: int | None
+    """Where the first edge with an empty label starts: a real trie has none, and a walk
+    that follows one consumes nothing (`decode_trie` refuses it, a lookup passes it by)."""
+
+
+def parse_node(data: bytes, node: int) -> Node:
+    """The node at offset `node` of the trie `data`, every part of it checked to lie inside."""
+    if node >= len(data):
+        raise TrieError(f"export trie node at {node} is past the trie")
+    size = data[node]  # a one-byte ULEB128 is the common case: read it inline
+    at = node + 1
+    if size & 0x80:
+        size, at = read_uleb(data, node)
+    terminal_at = at
+    at += size
+    if at > len(data):
+        raise TrieError(f"export trie node at {node} runs past the trie")
+    if at == len(data):
+        raise TrieError(f"export trie node at {node} has no child count")
+    count, at = data[at], at + 1
+    edges = []
+    empty_label = None
+    for _ in range(count):
+        end = data.find(b"\0", at)
+        if end == -1:
+            raise TrieError(f"export trie edge at {at} is not terminated")
+        if end == at and empty_label is None:
+            empty_label = at
+        label = data[at:end]
+        child, at = data[end + 1] if end + 1 < len(data) else 0x80, end + 2
+        if child & 0x80:  # a longer number, or none: read_uleb tells
+            child, at = read_uleb(data, end + 1)
+        edges.append((label, child))
+    return Node(terminal_at, size, edges, at, empty_label)
 
 
 def uleb(value: int) -> bytes:
@@ -55,43 +118,20 @@ def decode_trie(data: bytes) -> dict[bytes, bytes]:
     visited: set[int] = set()
     pending: list[tuple[int, bytes]] = [(0, b"")]
     while pending:
-        node, prefix = pending.pop()
-        if node in visited:
-            raise TrieError(f"export trie node at {node} is reached twice")
-        if node >= len(data):
-            raise TrieError(f"export trie node at {node} is past the trie ({len(data)} bytes)")
-        visited.add(node)
-        size = data[node]  # a one-byte ULEB128 is the common case: read it inline
-        at = node + 1
-        if size & 0x80:
-            size, at = read_uleb(data, node)
+        at, prefix = pending.pop()
+        if at in visited:
+            raise TrieError(f"export trie node at {at} is reached twice")
+        visited.add(at)
+        terminal_at, size, edges, _, empty_label = parse_node(data, at)
         if size:
-            if at + size > len(data):
-                raise TrieError(f"export trie node at {node} runs past the trie")
             budget -= len(prefix)
             if budget < 0:
                 raise TrieError("export trie spells out far more names than its size allows")
-            entries[prefix] = data[at : at + size]
-        at += size
-        if at >= len(data):
-            raise TrieError(f"export trie node at {node} has no child count")
-        count, at = data[at], at + 1
-        children = []
-        for _ in range(count):
-            start = at
-            end = data.find(b"\0", at)
-            if end == -1:
-                raise TrieError(f"export trie edge at {at} is not terminated")
-            if end == start:
-                raise TrieError(f"export trie edge at {start} has an empty label")
-            if end + 1 >= len(data):
-                raise TrieError(f"bad ULEB128 number at trie offset {end + 1}")
-            child, at = data[end + 1], end + 2
-            if child & 0x80:
-                child, at = read_uleb(data, end + 1)
-            children.append((child, prefix + data[start:end]))
+            entries[prefix] = data[terminal_at : terminal_at + size]
+        if empty_label is not None:
+            raise TrieError(f"export trie edge at {empty_label} has an empty label")
         # Depth-first in edge order: push the last child first.
-        pending.extend(reversed(children))
+        pending.extend([(child, prefix + label) for label, child in reversed(edges)])
     return entries
 
 

@@ -28,17 +28,12 @@ from pathlib import Path
 from ffitool.edit.plan import PayloadSource
 from ffitool.edit.stream import same_bytes
 from ffitool.edit.verification import fail
-from ffitool.formats.macho.image import (
+from ffitool.formats.macho.commands import (
+    HEADER,
     LC_DYLD_CHAINED_FIXUPS,
-    LC_DYSYMTAB,
-    SEGMENT,
-    MachoError,
-    MachoSlice,
-    symbol_name,
-)
-from ffitool.formats.macho.reader import (
     LC_DYLD_INFO,
     LC_DYLD_INFO_ONLY,
+    LC_DYSYMTAB,
     LC_SEGMENT_64,
     LC_SYMTAB,
     N_EXT,
@@ -47,7 +42,10 @@ from ffitool.formats.macho.reader import (
     N_TYPE,
     NLIST,
     SECTION,
+    SEGMENT,
+    MachoError,
 )
+from ffitool.formats.macho.image import MachoSlice, symbol_name
 from ffitool.formats.macho.sign import signature_problems
 from ffitool.formats.macho.trie import regular_export
 from ffitool.formats.macho.writer import (
@@ -154,7 +152,7 @@ def _check_segments(
         fail(f"{label}: __LINKEDIT overlaps {SEGMENT_NAME}")
     if linkedit.fileoff + linkedit.filesize != after.size:
         fail(f"{label}: __LINKEDIT does not end the slice")
-    header_end = 32 + max(before.sizeofcmds, after.sizeofcmds)
+    header_end = HEADER.size + max(before.sizeofcmds, after.sizeofcmds)
     for segment in before.segments():
         if segment.name in ("__LINKEDIT", SEGMENT_NAME):
             continue

@@ -34,46 +34,36 @@ from dataclasses import dataclass, field
 from ffitool.edit.fileedit import BlobWriter, FileEdit
 from ffitool.edit.plan import align
 from ffitool.errors import InputError
-from ffitool.formats.macho.codesign import (
-    CS_LINKER_SIGNED,
-    LC_CODE_SIGNATURE,
-    SignatureError,
-    signature_state,
-)
-from ffitool.formats.macho.image import (
-    ARCH_NAMES,
+from ffitool.formats.macho.codesign import CS_LINKER_SIGNED, SignatureError, signature_state
+from ffitool.formats.macho.commands import (
     CPU_ARM64,
     CPU_X86_64,
-    FAT_MAGIC,
-    FAT_MAGIC_64,
-    LC_DYLD_CHAINED_FIXUPS,
-    LC_DYSYMTAB,
-    LC_NOTE,
-    LC_TWOLEVEL_HINTS,
-    SEGMENT,
-    Command,
-    MachoError,
-    MachoSlice,
-    Segment,
-    symbol_name,
-)
-from ffitool.formats.macho.reader import (
     FAT_ARCH,
-    FAT_ARCH_64,
     FAT_HEADER,
     HEADER,
+    LC_CODE_SIGNATURE,
+    LC_DYLD_CHAINED_FIXUPS,
     LC_DYLD_EXPORTS_TRIE,
     LC_DYLD_INFO,
     LC_DYLD_INFO_ONLY,
+    LC_DYSYMTAB,
+    LC_NOTE,
     LC_SEGMENT_64,
     LC_SYMTAB,
+    LC_TWOLEVEL_HINTS,
     N_EXT,
     N_PEXT,
     N_SECT,
     N_TYPE,
     NLIST,
     SECTION,
+    SEGMENT,
+    Command,
+    MachoError,
+    Segment,
+    parse_fat_header,
 )
+from ffitool.formats.macho.image import ARCH_NAMES, MachoSlice, symbol_name
 from ffitool.formats.macho.sign import (
     AdhocSignature,
     build_signature,
@@ -81,6 +71,7 @@ from ffitool.formats.macho.sign import (
     signature_size,
 )
 from ffitool.formats.macho.trie import encode_trie, regular_export
+from ffitool.formats.sniff import HEAD_SIZE, UNIVERSAL_FILE, sniff
 from ffitool.symbols import LIBRARY_BIN
 
 SEGMENT_NAME = "__TVM_FFI"
@@ -238,10 +229,9 @@ def plan_macho_edit(
     """Lay out the packed file: every slice (or those named in `arches`) gets the blob."""
     edit = MachoEdit()
     try:
-        head = os.pread(fd, 8, 0)
-        magic = int.from_bytes(head[:4], "big") if len(head) >= 4 else 0
-        if magic in (FAT_MAGIC, FAT_MAGIC_64):
-            _plan_universal(fd, size, magic, blob_size, arches, remove_signature, edit)
+        head = os.pread(fd, HEAD_SIZE, 0)
+        if sniff(head) == UNIVERSAL_FILE:
+            _plan_universal(fd, size, blob_size, arches, remove_signature, edit)
         else:
             image = MachoSlice.read(fd, 0, size)
             arch = ARCH_NAMES.get(image.cputype, f"cputype {image.cputype:#x}")
@@ -273,18 +263,16 @@ def _add_slice(edit: MachoEdit, out: _SliceOutput, at: int, arch: str) -> None:
 def _plan_universal(
     fd: int,
     size: int,
-    magic: int,
     blob_size: int,
     arches: Sequence[str],
     remove_signature: bool,
     edit: MachoEdit,
 ) -> None:
-    layout = FAT_ARCH_64 if magic == FAT_MAGIC_64 else FAT_ARCH
     if size < FAT_HEADER.size:
         raise MachoError("too short for a universal header")
-    count = FAT_HEADER.unpack(os.pread(fd, FAT_HEADER.size, 0))[1]
+    count, layout = parse_fat_header(os.pread(fd, FAT_HEADER.size, 0))
     table_size = FAT_HEADER.size + count * layout.size
-    if not 0 < count <= 64 or table_size > size:
+    if table_size > size:
         raise MachoError(f"the universal header claims {count} architectures")
     table = os.pread(fd, table_size, 0)
     entries = [
@@ -316,13 +304,13 @@ def _plan_universal(
             _add_slice(edit, out, at, arch)
             new_length = out.size
             edit.slices.append((offset, length, at, new_length, edit.placements[-1]))
-        if magic == FAT_MAGIC and at + new_length > 0xFFFFFFFF:
+        if layout is FAT_ARCH and at + new_length > 0xFFFFFFFF:
             raise MachoError(
                 "the packed slices would pass 4 GiB, which a 32-bit universal header cannot address"
             )
         entry[2], entry[3] = at, new_length
         cursor = at + new_length
-    header = FAT_HEADER.pack(magic, count) + b"".join(layout.pack(*e) for e in entries)
+    header = table[: FAT_HEADER.size] + b"".join(layout.pack(*e) for e in entries)
     edit.patches.insert(0, (0, header))
     edit.size = cursor
 
@@ -622,11 +610,7 @@ def _segment_command(address: int, vmsize: int, fileoff: int, size: int) -> byte
 def _first_content(image: MachoSlice, segments: list[Segment]) -> int:
     """Where the first byte after the load commands is used: the end of the header pad."""
     starts = [s.fileoff for s in segments if s.fileoff > 0 and s.filesize > 0]
-    starts += [
-        offset
-        for _, _, _, size, offset, flags in image.sections()
-        if size and offset and flags & 0xFF not in (0x1, 0xC, 0x12)  # not zero-fill
-    ]
+    starts += [s.offset for s in image.sections() if s.size and s.offset and not s.zerofill]
     return min(starts, default=image.size)
 
 
@@ -643,6 +627,8 @@ def _find(pieces: list[_Piece], cmd: int, at: int, image: MachoSlice) -> int:
     for number, piece in enumerate(pieces):
         if image.commands[piece.command].cmd == cmd and piece.at == at:
             return number
+    # unreachable: every caller names a table the plan already requires: the symbol and
+    # dynamic symbol tables (_SymbolEdit), the trie (trie_command), the fixups (checked present).
     raise MachoError(f"load command {cmd:#x} is missing")
 
 
