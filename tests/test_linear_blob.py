@@ -24,7 +24,7 @@ import pytest
 from conftest import require_tool
 from test_bounds import measured
 
-from ffitool.blob import _CHUNK, Span, decode, decode_legacy, encode
+from ffitool.blob import _CURSOR_WINDOW, Span, decode, decode_legacy, encode
 from ffitool.errors import BlobError
 from ffitool.findings import LIST_ITEMS
 
@@ -247,7 +247,7 @@ def test_a_file_backed_blob_is_read_a_chunk_at_a_time():
     data = mixed_blob(20_000)
     source = CountingSource(data)
     from_source = decode(source)
-    assert source.reads <= len(data) // _CHUNK + 2 < 200
+    assert source.reads <= len(data) // _CURSOR_WINDOW + 2 < 200
     in_memory = decode(data)
     assert from_source.kinds == in_memory.kinds
     assert from_source.layouts == in_memory.layouts
