@@ -117,6 +117,7 @@ def test_mutated_libraries_end_cleanly(tmp_path, name):
     rng = random.Random(name)
     path = tmp_path / name.rpartition("/")[2]
     outcomes = {"ok": 0, "error": 0}
+    inspect_path(FIXTURES / name)  # the readers load on first use: measure inputs, not imports
     tracemalloc.start()
     try:
         for mutant in library_mutants(data, rng, 1200):
