@@ -28,6 +28,9 @@ from ffitool.pack.plan import Edits, PayloadSource, Plan, plan_edits
 from ffitool.pack.verify import VerificationError, _Headers, _violations, verify
 from ffitool.symbols import LIBRARY_BIN
 
+# Packs fixtures/bin files themselves: one worker runs them (see conftest.py).
+pytestmark = pytest.mark.xdist_group("packs-elf-fixtures")
+
 PAYLOAD = bytes(range(256)) * 40
 KIND = "test_alpha"
 PREFIX = "packed file failed verification: "
