@@ -19,11 +19,16 @@ _COVERAGE_ENV = "COVERAGE_PROCESS_CONFIG"
 if os.environ.get("FFITOOL_COVERAGE") == "1":
     # CI measures branch coverage of the whole run (see [tool.coverage] in pyproject.toml),
     # started here, before any test module imports ffitool, so that the README's test command
-    # stays `python3 -m pytest`. Child processes are measured through coverage's own hook.
+    # stays `python3 -m pytest`. Child processes are measured through coverage's own hook,
+    # and so are pytest-xdist's workers: a worker is already measured when it imports this
+    # file, and a second Coverage started here would only pause the first. Each process saves
+    # its own data file (parallel = true) for `coverage combine`.
     import coverage
 
-    _COVERAGE = coverage.Coverage(config_file=str(ROOT / "pyproject.toml"))
-    _COVERAGE.start()
+    _COVERAGE = coverage.Coverage.current()
+    if _COVERAGE is None:
+        _COVERAGE = coverage.Coverage(config_file=str(ROOT / "pyproject.toml"))
+        _COVERAGE.start()
 FIXTURES = ROOT / "fixtures" / "bin"
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
@@ -43,6 +48,13 @@ ELF_FIXTURES = [
     "libffi_c.arm32.so",
     "libffi_c.ppc64be.so",
 ]
+
+# The suite runs on several pytest-xdist workers at once (addopts in pyproject.toml). `pack`
+# takes a non-blocking exclusive lock on its input, so two workers packing the same committed
+# fixture at the same moment would fail one of them ("another ffitool pack is rewriting it").
+# A test that packs a file under fixtures/bin itself, not a copy of it, carries the xdist_group
+# of its fixtures ("packs-elf-fixtures", "packs-macho-fixtures", "packs-pe-fixtures"): the tests
+# of one group run on one worker, one after the other.
 
 # CI sets FFITOOL_REQUIRE_ALL=1: a missing tool then fails the test instead of skipping it.
 REQUIRE_ALL = os.environ.get("FFITOOL_REQUIRE_ALL") == "1"
@@ -139,8 +151,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("FFITOOL_COVERAGE") == "1":
         _COVERAGE.stop()
         _COVERAGE.save()
-    if not REQUIRE_ALL:
-        return
+    if not REQUIRE_ALL or hasattr(session.config, "workerinput"):
+        return  # a pytest-xdist worker: the controlling process sees every worker's skips
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter is not None else []
     if skipped and exitstatus == 0:

@@ -264,6 +264,7 @@ def blobs(draw) -> Blob:
 
 @settings(max_examples=400, deadline=None)
 @given(blobs())
+@pytest.mark.slow
 def test_decode_of_encode_is_identity(blob):
     data = encode(blob)
     assert len(data) == encoded_size(blob)
@@ -272,6 +273,7 @@ def test_decode_of_encode_is_identity(blob):
 
 @settings(max_examples=400, deadline=None)
 @given(blobs())
+@pytest.mark.slow
 def test_encode_of_decode_is_identity(blob):
     data = encode(blob)
     assert encode(decode(data).blob) == data

@@ -24,6 +24,9 @@ from conftest import FIXTURES, ROOT, require_tool, run_measured
 from ffitool.blob import Blob, Module, encode
 from ffitool.library import inspect_path
 
+# Large hostile inputs (500k functions, a 30k-deep chain, tables claiming 2 GiB): seconds each.
+pytestmark = pytest.mark.slow
+
 CPU_LIMIT = 20.0
 MEGABYTES = 200
 

@@ -152,6 +152,7 @@ def test_selectors_are_codes_or_prefixes_and_unknown_ones_fail():
         matching(("",))
 
 
+@pytest.mark.slow
 def test_list_rules_and_explain():
     listed = check("--list-rules")
     assert listed.returncode == 0
@@ -181,6 +182,7 @@ def _blob(indptr: list[int], children: list[int], *modules: bytes) -> bytes:
     return struct.pack("<Q", len(body)) + body
 
 
+@pytest.mark.slow
 def test_an_indptr_not_starting_at_0_loses_a_module_which_fails_the_check(tmp_path, runtime):
     """Child entry 0 is the only import of module 2; indptr starts at 1, so nothing imports it:
     the runtime deserializes it (its loader runs) and then drops it, hence B206 is an error."""
@@ -233,6 +235,7 @@ def test_l211_function_outside_code(tmp_path):
     assert code == 1
 
 
+@pytest.mark.slow
 def test_l212_getter_without_function(tmp_path):
     source = (
         'const char* __tvm_ffi__doc_gone(void) { return "x"; }\n'
@@ -303,6 +306,7 @@ def test_requirements_missed_each_report_their_code():
     assert data[blob_start : blob_start + 8] == (451).to_bytes(8, "little")
 
 
+@pytest.mark.slow
 def test_require_ffi_on_a_plain_library():
     document, code = check_json("fixtures/bin/libplain.so", "--require-ffi")
     assert (codes(document), code) == (["R100"], 1)
@@ -320,6 +324,7 @@ def empty_wheel(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["directory", "wheel", "directory with a wheel"])
+@pytest.mark.slow
 def test_require_ffi_fails_when_nothing_was_found_to_check(tmp_path, kind):
     """An empty build directory, or a wheel without libraries, passes no requirement: R100,
     as for a library without FFI symbols (exit 1). The note says what was looked for."""
@@ -370,6 +375,7 @@ def test_require_ffi_fails_when_nothing_was_found_to_check(tmp_path, kind):
     )
 
 
+@pytest.mark.slow
 def test_require_ffi_is_met_per_path_and_an_unreadable_path_is_exit_3_alone(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -411,6 +417,7 @@ def test_bad_size_is_a_usage_error():
 # --- selection and severity -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_select_and_ignore_by_prefix():
     lib = "fixtures/bin/libffi_legacy.so"  # L300 and B301, both info
     assert codes(check_json(lib)[0]) == ["L300", "B301"]
@@ -423,6 +430,7 @@ def test_select_and_ignore_by_prefix():
     )
 
 
+@pytest.mark.slow
 def test_errors_fail_warnings_fail_only_when_strict(tmp_path):
     assert check("fixtures/bin/libffi_hidden_blob.so").returncode == 1  # L101
     assert check("fixtures/bin/libffi_legacy.so", "--strict").returncode == 0  # info only
@@ -442,6 +450,7 @@ def project(tmp_path: Path, table: str) -> Path:
     return nested
 
 
+@pytest.mark.slow
 def test_pyproject_settings_are_found_upwards_and_the_command_line_wins(tmp_path):
     cwd = project(tmp_path, 'require-function = ["nope"]\nmax-blob-size = "1KiB"\nstrict = true\n')
     lib = str(FIXTURES / "libffi_c.so")
@@ -470,6 +479,7 @@ def test_explicit_config_file(tmp_path):
     assert codes(document) == ["R102"]
 
 
+@pytest.mark.slow
 def test_an_integer_size_in_a_config_file_is_a_byte_count(tmp_path):
     """The blob of libffi_c.so occupies 8 + 451 bytes: 459 passes, 458 is over."""
     config = tmp_path / "ci.toml"
@@ -592,6 +602,7 @@ def test_usage_errors():
     )
 
 
+@pytest.mark.slow
 def test_workers_print_the_same_bytes_as_one_process(tmp_path):
     junk = tmp_path / "junk.so"
     junk.write_bytes(b"junk")

@@ -94,6 +94,7 @@ def test_a_pyproject_nested_beyond_the_stack_is_a_usage_error(tmp_path, text):
     one_line_error(result, 2, f"ffitool: error: {config}: not valid TOML: nested too deeply")
 
 
+@pytest.mark.slow
 def test_pyproject_over_1mib_non_utf8_or_with_escapes_is_one_line(tmp_path):
     config = write_config(tmp_path, "# " + "x" * (1 << 20) + "\n")
     error = f"ffitool: error: {config}: "
@@ -216,6 +217,7 @@ _NO_WORKER = "; --jobs 1 checks in this process"
         ),
     ],
 )
+@pytest.mark.slow
 def test_a_failing_target_is_one_error_line_and_exit_3(tmp_path, how, jobs, message):
     """Any failure while checking one file, in this process or a worker, is one line for
     that file; the others are still checked."""
@@ -236,6 +238,7 @@ def test_a_failing_target_is_one_error_line_and_exit_3(tmp_path, how, jobs, mess
     assert result.stderr == f"ffitool: error: {tree}/l5.so: {message}\n"
 
 
+@pytest.mark.slow
 def test_more_jobs_than_files(tmp_path):
     tree = copies(tmp_path / "tree", 10)
     code, cpu, megabytes = run_measured(
@@ -250,6 +253,7 @@ def test_more_jobs_than_files(tmp_path):
 @pytest.mark.parametrize(
     ("number", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)]
 )
+@pytest.mark.slow
 def test_an_interrupted_parallel_run_ends_quietly_and_leaves_no_workers(tmp_path, number, code):
     tree = copies(tmp_path / "tree", 1500)  # about 3 s with two workers
 
@@ -391,6 +395,7 @@ def finish(process: subprocess.Popen[bytes]) -> tuple[int, str, str]:
 BUSY_SUMMARY = "9 files checked: 0 errors, 0 warnings, 0 info, 1 unreadable; failed"
 
 
+@pytest.mark.slow
 def test_a_worker_out_of_memory_is_one_line_for_its_file(busy_tree):
     """The worker checking the big library may only grow 8 MiB more (RLIMIT_AS, set while
     it is stopped), a fraction of what the file needs: the MemoryError is that file's error
@@ -412,6 +417,7 @@ def test_a_worker_out_of_memory_is_one_line_for_its_file(busy_tree):
     assert out.splitlines()[-1] == BUSY_SUMMARY
 
 
+@pytest.mark.slow
 def test_a_worker_killed_from_outside_is_one_line_for_its_file(busy_tree):
     process = start_check(busy_tree)
     worker = worker_with(process.pid, busy_tree / "z_many.so")
@@ -437,6 +443,7 @@ def waiting_for_work(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_worker_killed_while_it_holds_no_file_loses_nothing(tmp_path):
     """The big library is the last file: once a worker has it, the other has nothing left
     to do. Killed then, it takes no file with it: every file is checked, exit 0. (A smaller
@@ -499,6 +506,7 @@ def hostile_tree(tmp_path: Path) -> Path:
     return tree
 
 
+@pytest.mark.slow
 def test_hostile_file_names_in_every_format(tmp_path):
     tree = hostile_tree(tmp_path)
     paths = sorted(str(tree / name) for name in HOSTILE_NAMES)
@@ -538,6 +546,7 @@ def test_hostile_file_names_in_every_format(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_2000_levels_of_directories_are_walked(tmp_path):
     """The walk keeps its own stack: depth costs one listing per level, not a Python frame."""
     here = os.getcwd()
@@ -647,6 +656,7 @@ def test_member_names_with_invalid_utf8_and_escapes(tmp_path):
     assert headings == [f"{raw}!\\xff\\xfe.so", f"{raw}!a\\x00\\x1b[2Jb.so"]
 
 
+@pytest.mark.slow
 def test_a_wheel_in_a_wheel_is_not_opened_and_an_ar_member_is_read(tmp_path):
     inner = wheel(tmp_path / "inner.whl", [("lib.so", LIB.read_bytes(), zipfile.ZIP_STORED)])
     outer = wheel(tmp_path / "outer.whl", [("inner.whl", inner.read_bytes(), zipfile.ZIP_STORED)])

@@ -93,6 +93,7 @@ def checked(library: Path, *options: str) -> tuple[int, list[dict[str, Any]]]:
 
 
 @pytest.mark.parametrize("library", CORPUS, ids=[p.stem for p in CORPUS])
+@pytest.mark.slow
 def test_check_reports_exactly_the_fixtures_code(library: Path) -> None:
     code = expected_code(library)
     _, offset = readme_table()[library.name]
@@ -165,6 +166,7 @@ def test_no_golden_without_its_fixture() -> None:
     assert {p.name for p in (GOLDEN / "check").iterdir()} == expected
 
 
+@pytest.mark.slow
 def test_blob_offsets_are_the_same_byte_in_json_sarif_and_inspect() -> None:
     """A blob finding's file offset is where the blob starts plus the README's blob offset,
     and SARIF's region starts there."""
@@ -297,6 +299,7 @@ def test_the_runtime_does_what_the_code_says(name: str) -> None:
     assert load_in_child(CHECK / f"{name}.so") == RUNTIME[name]
 
 
+@pytest.mark.slow
 def test_an_unbacked_blob_crashes_the_runtime() -> None:
     """L104: dlsym hands the runtime the absolute address 0x100000, which nothing maps."""
     result = run_loader(CHECK / "l104_absolute_blob.so")

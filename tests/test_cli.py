@@ -101,6 +101,7 @@ def test_archive_has_one_library_per_member():
     assert [m["kind"] for m in blob["modules"]] == ["_lib", "test_sys"]
 
 
+@pytest.mark.slow
 def test_blob_decode_json_and_text():
     result = ffitool("blob", "decode", "--json", "fixtures/bin/ffi_c.blob")
     assert result.returncode == 0
@@ -113,6 +114,7 @@ def test_blob_decode_json_and_text():
     golden("blob-decode-ffi_c.txt", ffitool("blob", "decode", "fixtures/bin/ffi_c.blob").stdout)
 
 
+@pytest.mark.slow
 def test_exit_code_3_for_unreadable_and_unsupported_inputs(tmp_path):
     text_file = tmp_path / "notes.txt"
     text_file.write_text("hello\n")
@@ -174,12 +176,14 @@ def test_blob_decode_of_a_malformed_blob_names_file_and_offset(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_usage_errors_exit_2():
     assert ffitool("inspect").returncode == 2
     assert ffitool("inspect", "--no-such-flag", "x").returncode == 2
     assert ffitool("no-such-command").returncode == 2
 
 
+@pytest.mark.slow
 def test_help_documents_the_exit_codes():
     commands = [[], ["inspect"], ["pack"], ["extract"], ["blob"], ["blob", "decode"]]
     commands += [["blob", "encode"], ["blob", "emit-c"]]
@@ -194,6 +198,7 @@ def test_help_documents_the_exit_codes():
         ) in flat, command
 
 
+@pytest.mark.slow
 def test_colour_follows_force_color_and_no_color():
     coloured = ffitool("inspect", "fixtures/bin/libffi_hidden_blob.so", env={"FORCE_COLOR": "1"})
     assert "\x1b[1;31m" in coloured.stdout  # the error finding in bold red
@@ -221,6 +226,7 @@ def test_public_api_is_complete_and_lazy():
         ["inspect", "fixtures/bin/missing.so", "--json", "fixtures/bin/ffi_c.o"],
     ],
 )
+@pytest.mark.slow
 def test_inspect_without_typer_prints_what_the_typer_command_prints(args):
     """`inspect` with paths and --json only skips importing typer; nothing else may differ."""
     fast = ffitool(*args)

@@ -103,6 +103,7 @@ def test_sizes_use_the_largest_binary_unit_that_fits(size, text):
     assert format_size(size) == text
 
 
+@pytest.mark.slow
 def test_inspect_headings_use_binary_units():
     result = ffitool("inspect", "fixtures/bin/libffi_c.so")
     assert result.stdout.splitlines()[0] == "fixtures/bin/libffi_c.so   ELF, 15.1 KiB"
@@ -119,6 +120,7 @@ def test_progress_columns_use_binary_units():
         assert str(SizeColumn().render(progress.tasks[task])) == "3.0 MiB/414.1 MiB"
 
 
+@pytest.mark.slow
 def test_pack_progress_bar_and_summary_use_binary_units(tmp_path):
     """A blob over 64 MiB on a terminal shows the bar; its sizes are MiB, never MB."""
     lib = copy_fixture(tmp_path, "libpack_host_gnu.so")
@@ -165,6 +167,7 @@ def test_pack_usage_errors_name_the_library(tmp_path, args, message):
     refused(ffitool("pack", str(lib), *args), 2, f"ffitool: error: {lib}: {message}\n")
 
 
+@pytest.mark.slow
 def test_an_orphaning_removal_names_the_library(tmp_path):
     lib = copy_fixture(tmp_path, "libpack_host_gnu.so")
     for edit in (["--add", "test_alpha:fixtures/bin/ffi_c.blob"],
@@ -236,6 +239,7 @@ def test_click_usage_errors_are_one_line_with_exit_2(args, stderr):
     assert result.stderr == f"ffitool: error: {stderr}\n"
 
 
+@pytest.mark.slow
 def test_an_emit_c_usage_error_names_the_manifest(tmp_path):
     manifest = tmp_path / "m" / "manifest.json"
     assert (
@@ -273,6 +277,7 @@ def test_dash_h_is_help_everywhere(command):
     assert "-h, --help" in short.stdout
 
 
+@pytest.mark.slow
 def test_shell_completion_is_offered_and_answers():
     help_text = ffitool("-h").stdout
     assert "--install-completion" in help_text and "--show-completion" in help_text
@@ -311,6 +316,7 @@ def test_blob_decode_on_an_object_file_points_at_inspect(name, what):
 # --- extract into earlier output ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_extract_over_earlier_output_refuses_or_replaces_it_whole(tmp_path):
     """Already so before issue 8 (checked by a real run): without --force a directory holding an
     earlier extract is refused untouched; with it, no earlier payload stays beside the manifest."""

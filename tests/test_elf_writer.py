@@ -96,6 +96,7 @@ def dynamic_symbols(path: Path) -> tuple[dict[str, tuple[str, ...]], dict[str, i
     return table, order
 
 
+@pytest.mark.slow
 def test_inserted_symbol_renumbers_relocations_and_keeps_everything_else(hosts, tmp_path):
     host, out = hosts["data"], tmp_path / "libdata.so"
     result = ffitool("pack", str(host), "--add", f"test_alpha:{hosts['payload']}", "-o", str(out))
@@ -141,6 +142,7 @@ def _sections(path: Path) -> list[tuple[str, ...]]:
     return rows
 
 
+@pytest.mark.slow
 def test_notes_and_interp_move_with_their_program_headers_and_the_pie_still_runs(hosts, tmp_path):
     host, out = hosts["pie"], tmp_path / "pie"
     assert subprocess.run([str(host)], capture_output=True).returncode == 7
@@ -161,6 +163,7 @@ def test_notes_and_interp_move_with_their_program_headers_and_the_pie_still_runs
 
 
 @pytest.mark.parametrize("style", ["gnu", "both"])
+@pytest.mark.slow
 def test_a_32_bit_library_packs_with_its_relocations_renumbered(tmp_path, style):
     """ELFCLASS32 (i386): 16-byte symbols, 8-byte REL entries whose r_info holds the symbol
     index above 8 bits. Built without libc (no 32-bit one here), so not loaded: readelf's
@@ -494,6 +497,7 @@ def test_a_program_header_table_ending_its_segment_cannot_grow(hosts, tmp_path):
     assert "no room for another program header inside the first segment" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_section_header_table_that_cannot_take_one_more_is_refused(hosts, tmp_path):
     """65,279 section headers (the table moved past the end, padded with SHT_NULL entries):
     one more would reach SHN_LORESERVE, where section indices stop being indices."""

@@ -98,6 +98,7 @@ def secret(tmp_path: Path) -> Path:
 # --- extract -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_extract_never_writes_through_symlinks_in_the_directory(tmp_path, secret):
     directory = tmp_path / "out"
     directory.mkdir()
@@ -125,6 +126,7 @@ def test_a_symlink_as_the_directory_itself_is_refused(tmp_path, secret):
     assert secret.read_bytes() == SECRET
 
 
+@pytest.mark.slow
 def test_a_failed_extract_keeps_the_files_that_were_there(tmp_path):
     """The issue's case: a user file where a payload goes, then a failure after writing it."""
     directory = tmp_path / "out"
@@ -140,6 +142,7 @@ def test_a_failed_extract_keeps_the_files_that_were_there(tmp_path):
     assert snapshot(directory) == before
 
 
+@pytest.mark.slow
 def test_a_write_failing_midway_removes_only_what_extract_created(tmp_path):
     """RLIMIT_FSIZE lets the 16-byte payload through and fails the 300-byte one (EFBIG)."""
     earlier = tmp_path / "earlier"
@@ -163,6 +166,7 @@ def test_a_write_failing_midway_removes_only_what_extract_created(tmp_path):
     assert not new.exists()  # extract created it: it goes too
 
 
+@pytest.mark.slow
 def test_force_replaces_exactly_the_files_extract_names(tmp_path, secret):
     directory = tmp_path / "out"
     assert ffitool("extract", str(LIB), "-d", str(directory)).returncode == 0
@@ -221,6 +225,7 @@ def test_a_device_manifest_is_refused_without_reading_it(host):
     assert host.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_fifo_manifest_is_refused_without_blocking(tmp_path, host):
     fifo = tmp_path / "manifest.json"
     os.mkfifo(fifo)
@@ -254,6 +259,7 @@ def test_an_oversized_manifest_is_refused_before_it_is_read(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_deep_nesting_is_refused_without_recursing(tmp_path):
     manifest = tmp_path / "manifest.json"
     manifest.write_text("[" * 100_000 + "]" * 100_000)
@@ -276,6 +282,7 @@ def children_cpu_time() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+@pytest.mark.slow
 def test_the_nesting_check_stays_linear_on_hostile_text(tmp_path):
     """10 MB of escaped quotes (quadratic for a string regex) and 8M brackets: each is
     refused in well under 8 s of CPU (about 1 s here; a quadratic scan would take hours)."""
@@ -333,6 +340,7 @@ def test_every_field_is_type_checked(tmp_path, modules, message):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_top_level_fields_are_type_checked(tmp_path):
     manifest = write_manifest(tmp_path, one_payload("p.bin"), source=3)
     refused(
@@ -346,6 +354,7 @@ def test_top_level_fields_are_type_checked(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_a_symlink_leaving_the_folder_is_not_followed(tmp_path, host, secret):
     folder = tmp_path / "parts"
     folder.mkdir()
@@ -365,6 +374,7 @@ def test_a_symlink_leaving_the_folder_is_not_followed(tmp_path, host, secret):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_relative_path_through_a_symlinked_directory_is_not_followed(tmp_path, host, secret):
     folder = tmp_path / "parts"
     (folder / "real").mkdir(parents=True)
@@ -456,6 +466,7 @@ def _text_mutation(text: str, rng: random.Random) -> str:
     return text[:at] + rng.choice('[]{}",:\\0-e') + text[at + 1 :]
 
 
+@pytest.mark.slow
 def test_mutated_manifests_fail_cleanly_with_bounded_memory(tmp_path):
     folder = tmp_path / "parts"
     assert ffitool("extract", str(LIB), "-d", str(folder)).returncode == 0

@@ -16,6 +16,9 @@ import sys
 import pytest
 from conftest import FIXTURES, run_measured
 
+# A fuzzing campaign per corpus, each in a measured child process.
+pytestmark = pytest.mark.slow
+
 CASES = int(os.environ.get("FFITOOL_FUZZ_CASES", "100"))
 SEED = int(os.environ.get("FFITOOL_FUZZ_SEED", "7"))
 MEGABYTES = 300

@@ -28,6 +28,9 @@ from ffitool.blob import _CURSOR_WINDOW, Span, decode, decode_legacy, encode
 from ffitool.errors import BlobError
 from ffitool.findings import LIST_ITEMS
 
+# Inputs large enough (hundreds of thousands of modules) to tell linear from quadratic.
+pytestmark = pytest.mark.slow
+
 MODULES = 600_000
 """The issue's blob: 600k one-byte modules, 26 bytes each (indptr entry, key, payload)."""
 
@@ -76,7 +79,6 @@ def library_with(tmp_path: Path, blob: Path, symbol: str = "__tvm_ffi__library_b
     return library
 
 
-@pytest.mark.slow
 def test_600k_one_byte_modules_decode_in_linear_time_and_memory(tmp_path):
     path = tmp_path / "flat.blob"
     path.write_bytes(flat_blob(MODULES))
@@ -114,7 +116,6 @@ def test_600k_one_byte_modules_decode_in_linear_time_and_memory(tmp_path):
     assert cpu < 10 and megabytes < 320, (cpu, megabytes)
 
 
-@pytest.mark.slow
 def test_600k_one_byte_modules_in_a_library(tmp_path):
     blob = tmp_path / "flat.blob"
     blob.write_bytes(flat_blob(MODULES))
@@ -137,7 +138,6 @@ def test_600k_one_byte_modules_in_a_library(tmp_path):
     assert cpu < 10 and megabytes < 320, (cpu, megabytes)
 
 
-@pytest.mark.slow
 def test_a_blob_over_16_mib_of_tiny_modules_is_read_in_chunks(tmp_path):
     """Past 16 MiB the blob is decoded from the file (`_FileRange`) and its payloads hashed
     there: 700k modules cost 5 s and 260 MB, where they cost 9.6 s and 518 MB before."""

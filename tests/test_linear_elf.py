@@ -26,6 +26,9 @@ from conftest import FIXTURES, run_measured
 from ffitool.blob import Blob, Module, encode
 from ffitool.formats.strtab import NAME_EXPANSION, NAME_LIMIT
 
+# Inputs built large enough (thousands of headers, megabyte names) to tell linear from worse.
+pytestmark = pytest.mark.slow
+
 ET_REL, ET_DYN = 1, 3
 SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_DYNSYM = 1, 2, 3, 11
 SHF_ALLOC, SHF_EXECINSTR = 0x2, 0x4

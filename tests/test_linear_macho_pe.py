@@ -19,10 +19,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from conftest import run_measured
 
 from ffitool.formats.macho.trie import regular_export
 from ffitool.formats.strtab import NAME_LIMIT
+
+# Inputs built large enough to tell linear from worse, each read by a measured child.
+pytestmark = pytest.mark.slow
 
 CPU_SECONDS = 10.0
 MEGABYTES = 200

@@ -32,6 +32,9 @@ from ffitool.formats.macho.trie import regular_export
 from ffitool.formats.macho.writer import RAW_NAME, plan_macho_edit, write_macho_edit
 from ffitool.pack import existing_modules, pack_library, payload_source, verify_output
 
+# Packs fixtures/bin/macho files themselves: one worker runs them (see conftest.py).
+pytestmark = pytest.mark.xdist_group("packs-macho-fixtures")
+
 MACHO = FIXTURES / "macho"
 THIN = ["libffi_macho.x86_64.dylib", "libffi_macho.arm64.dylib", "libffi_macho.lld.arm64.dylib"]
 LLD = "libffi_macho.lld.arm64.dylib"
@@ -156,6 +159,7 @@ def packed(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("name", [*THIN, *MANY, UNIVERSAL])
+@pytest.mark.slow
 def test_llvm_sees_everything_at_the_same_address_plus_the_blob(packed, name):
     for arch in arches_of(name):
         before, after = MACHO / name, packed[name]
@@ -249,6 +253,7 @@ def test_packing_without_a_signature_removes_it(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_repacking_reuses_the_segment(tmp_path):
     once, twice = tmp_path / "once.dylib", tmp_path / "twice.dylib"
     assert pack(MACHO / "libmany.arm64.dylib", once).returncode == 0
@@ -264,6 +269,7 @@ def test_repacking_reuses_the_segment(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_one_slice_of_a_universal_file(tmp_path):
     out = tmp_path / "out.dylib"
     assert pack(MACHO / UNIVERSAL, out, "--arch", "arm64").returncode == 0
@@ -759,6 +765,7 @@ def _with_certificate_slot(data: bytearray) -> None:
     struct.pack_into("<Q", data, linkedit + 48, len(data) - fileoff)
 
 
+@pytest.mark.slow
 def test_a_certificate_signature_is_replaced_with_a_warning(tmp_path):
     from ffitool.library import inspect_path
 
@@ -781,6 +788,7 @@ def test_a_certificate_signature_is_replaced_with_a_warning(tmp_path):
     assert [lib.signature for lib in inspect_path(removed).libraries] == ["none"]
 
 
+@pytest.mark.slow
 def test_slices_with_different_blobs_are_packed_one_at_a_time(tmp_path):
     once = tmp_path / "once.dylib"
     assert (
@@ -847,6 +855,7 @@ def test_mach_o_options_on_other_formats_are_usage_errors(tmp_path, host, option
     )
 
 
+@pytest.mark.slow
 def test_packing_is_deterministic(tmp_path):
     # Same input, same payload: the same bytes, signatures included.
     first, second = tmp_path / "first.dylib", tmp_path / "second.dylib"

@@ -686,6 +686,7 @@ def _relocations(path: Path) -> list[tuple[int, int]]:
     return list(struct.iter_unpack("<iI", data[offset : offset + 8 * count]))
 
 
+@pytest.mark.slow
 def test_an_external_relocation_names_its_symbol_after_the_insertion(tmp_path):
     """The blob's symbol goes among the external definitions, before the undefined symbol:
     a relocation naming that symbol is renumbered with it, and the verifier checks it."""
@@ -694,6 +695,7 @@ def test_an_external_relocation_names_its_symbol_after_the_insertion(tmp_path):
     assert _relocations(path) == [(0x2000, _EXTERN | 2008)]
 
 
+@pytest.mark.slow
 def test_an_external_relocation_whose_number_would_overflow_is_refused(tmp_path):
     _refused(
         tmp_path,
@@ -715,6 +717,7 @@ def test_the_verifier_catches_a_moved_external_relocation(tmp_path):
         verify_output(MachoPacker((), False), staged, source, plan, edit)
 
 
+@pytest.mark.slow
 def test_an_unsigned_arm64_slice_is_signed(tmp_path):
     """arm64 macOS loads no unsigned code: packing an arm64 slice that has no signature adds
     LC_CODE_SIGNATURE and an ad hoc signature (which the verifier checks page by page)."""

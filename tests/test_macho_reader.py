@@ -504,6 +504,7 @@ def test_a_dsym_is_a_debug_companion_never_loadable():
     assert (blob.file_offset, blob.nbytes, blob.findings) == (None, None, ())
 
 
+@pytest.mark.slow
 def test_check_does_not_report_a_dsym_as_a_broken_library():
     result = ffitool("check", f"fixtures/bin/macho/{DSYM.name}")
     assert (result.returncode, result.stderr) == (0, "")
@@ -514,6 +515,7 @@ def test_check_does_not_report_a_dsym_as_a_broken_library():
     assert library["findings"] == [] and library["library_bin"]["findings"] == []
 
 
+@pytest.mark.slow
 def test_inspect_json_gives_each_slice_its_architecture_place_and_signature():
     """inspect/2: a universal file's slices as llvm-lipo names them, at the offsets and sizes
     of the universal header (llvm-objdump), each with its own code-signature state."""

@@ -112,6 +112,7 @@ def test_inspect_json_keeps_the_bytes_of_kinds_and_symbol_names(bad_bytes):
     assert library["library_bin"]["modules"][1]["kind_hex"] == "fffe"
 
 
+@pytest.mark.slow
 def test_check_json_and_sarif_are_valid_utf8_with_the_bytes_escaped(bad_bytes):
     """R103 quotes the kind in its message: the message reads `\\xff\\xfe`, not `\\udcff`."""
     message = "module 1 of __tvm_ffi__library_bin has kind \\xff\\xfe, which is not allowed"
@@ -133,6 +134,7 @@ def test_check_text_and_github_show_the_bytes_escaped(bad_bytes, output_format):
     assert "has kind \\xff\\xfe, which" in text and "udc" not in text
 
 
+@pytest.mark.slow
 def test_text_output_shows_the_bytes_escaped(bad_bytes):
     for args in (["inspect", bad_bytes[1]], ["blob", "decode", bad_bytes[0]]):
         result = run(*args)
@@ -212,6 +214,7 @@ B204 = b204(200_000 - 16)
 B206 = "module(s) [" + ", ".join(map(str, range(2, 18))) + ", ... (2983 more)] are not"
 
 
+@pytest.mark.slow
 def test_a_cell_and_a_message_of_a_huge_import_list_are_bounded(huge_blobs):
     result = run("blob", "decode", huge_blobs["imports"])
     assert result.returncode == 0, result.stderr
@@ -224,6 +227,7 @@ def test_a_cell_and_a_message_of_a_huge_import_list_are_bounded(huge_blobs):
     assert B204 in [f["message"] for f in document["findings"]]
 
 
+@pytest.mark.slow
 def test_b206_lists_the_first_unreachable_modules_and_counts_the_rest(huge_blobs):
     result = run("blob", "decode", huge_blobs["unreachable"])
     assert result.returncode == 0, result.stderr
@@ -233,6 +237,7 @@ def test_b206_lists_the_first_unreachable_modules_and_counts_the_rest(huge_blobs
     assert len(document["modules"]) == 3001
 
 
+@pytest.mark.slow
 def test_a_long_kind_is_cut_in_its_cell_and_whole_in_json(huge_blobs):
     result = run("blob", "decode", huge_blobs["long-kind"])
     assert result.returncode == 0, result.stderr
@@ -285,6 +290,7 @@ SIZELESS = [FIXTURES / "macho" / "libffi_macho.x86_64.dylib", FIXTURES / "pe" / 
 
 
 @pytest.mark.parametrize("path", SIZELESS, ids=["macho", "pe"])
+@pytest.mark.slow
 def test_a_size_the_format_does_not_record_is_null_in_json_and_a_dash_in_text(path):
     (library,) = strict_json(run("inspect", "--json", path).stdout)["files"][0]["libraries"]
     assert library["functions"] and library["symbols"]
@@ -481,6 +487,7 @@ def test_a_closed_pipe_ends_with_exit_141_and_nothing_on_stderr(args, huge_blobs
 
 
 @pytest.mark.parametrize("writer", ["pack", "encode", "emit-c"])
+@pytest.mark.xdist_group("packs-elf-fixtures")  # see conftest.py
 def test_a_writer_to_a_closed_pipe_claims_nothing(writer, big_payload):
     """`pack -o - | head -c 10`: no `packed ... into -` for bytes that were not delivered."""
     payload, manifest = big_payload

@@ -169,6 +169,7 @@ def test_link_time_blob_keeps_its_modules_and_gains_new_ones(runtime, payloads, 
 
 
 @pytest.mark.parametrize("post", POST)
+@pytest.mark.slow
 def test_packing_twice_replace_and_remove(runtime, payloads, tmp_path, post):
     lib = copy_fixture(tmp_path, "libpack_host_gnu.so")
     pack_ok(str(lib), "--add", f"test_alpha:{payloads['alpha']}")
@@ -191,6 +192,7 @@ def test_packing_twice_replace_and_remove(runtime, payloads, tmp_path, post):
 
 
 @pytest.mark.parametrize("post", POST)
+@pytest.mark.slow
 def test_extract_then_pack_rebuilds_the_same_blob(runtime, tmp_path, post):
     directory = tmp_path / "parts"
     result = ffitool("extract", str(FIXTURES / "libffi_c.so"), "-d", str(directory))
@@ -220,6 +222,7 @@ def test_extract_then_pack_rebuilds_the_same_blob(runtime, tmp_path, post):
     )
 
 
+@pytest.mark.slow
 def test_blob_encode_writes_the_original_bytes(tmp_path):
     directory = tmp_path / "parts"
     assert ffitool("extract", str(FIXTURES / "libffi_c.so"), "-d", str(directory)).returncode == 0
@@ -229,6 +232,7 @@ def test_blob_encode_writes_the_original_bytes(tmp_path):
     assert out.read_bytes() == (FIXTURES / "ffi_c.blob").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_kind_that_is_not_utf8_survives_extract_and_pack(tmp_path):
     """B208: a kind's bytes that are not UTF-8 go into the manifest as `kind_hex` next to the
     escaped `kind`, and come back exactly through pack --manifest and blob encode."""
@@ -268,6 +272,7 @@ def test_a_kind_that_is_not_utf8_survives_extract_and_pack(tmp_path):
 
 
 @pytest.mark.parametrize("system_lib", [False, True])
+@pytest.mark.slow
 def test_emitted_c_compiles_and_loads(runtime, tmp_path, system_lib):
     tvm_ffi, received = runtime
     gcc = require_tool("gcc")
@@ -399,6 +404,7 @@ def test_bad_arguments_leave_the_input_untouched(payloads, tmp_path, args, code,
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_removal_that_orphans_needs_cascade(payloads, tmp_path):
     lib = copy_fixture(tmp_path, "libpack_host_gnu.so")
     pack_ok(str(lib), "--add", f"test_alpha:{payloads['alpha']}")
@@ -412,6 +418,7 @@ def test_removal_that_orphans_needs_cascade(payloads, tmp_path):
     assert [m.kind for m in inspect_path(lib).libraries[0].library_bin.modules] == ["_lib"]
 
 
+@pytest.mark.slow
 def test_a_blob_that_would_keep_an_unreachable_module_is_refused_before_writing(payloads, tmp_path):
     """B206 is an error (the runtime drops the module): pack, a manifest and blob encode
     refuse such a tree up front, naming the module, instead of writing it or failing in
@@ -448,6 +455,7 @@ def test_a_blob_that_would_keep_an_unreachable_module_is_refused_before_writing(
     ]
 
 
+@pytest.mark.slow
 def test_ambiguous_kind_lists_the_indices(payloads, tmp_path):
     lib = copy_fixture(tmp_path, "libpack_host_gnu.so")
     pack_ok(
@@ -462,6 +470,7 @@ def test_ambiguous_kind_lists_the_indices(payloads, tmp_path):
     assert "ambiguous, modules [1, 2] have that kind" in result.stderr
 
 
+@pytest.mark.slow
 def test_non_elf_and_libraries_without_dynamic_section_are_refused(payloads, tmp_path):
     text = tmp_path / "notes.so"
     text.write_text("not a library\n")
@@ -488,6 +497,7 @@ def test_non_elf_and_libraries_without_dynamic_section_are_refused(payloads, tmp
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_full_disk_leaves_the_input_byte_identical(payloads, tmp_path):
     tiny = tmp_path / "tiny"
     tiny.mkdir()
@@ -553,6 +563,7 @@ def test_a_failure_while_streaming_removes_the_staged_file(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_progress_bar_only_on_a_terminal_and_not_with_quiet(tmp_path):
     import pty
 
@@ -614,6 +625,7 @@ def test_code_reading_the_blob_through_the_got_sees_the_new_blob(runtime, payloa
     assert module["blob_word"](1) == 4  # indptr count: three modules + 1
 
 
+@pytest.mark.slow
 def test_repacking_after_strip_and_patchelf(runtime, payloads, tmp_path):
     """Outputs that other tools rewrote can be packed again."""
     lib = copy_fixture(tmp_path, "libpack_host_sysv.so")
@@ -628,6 +640,7 @@ def test_repacking_after_strip_and_patchelf(runtime, payloads, tmp_path):
     assert module["bss_probe"](0x0A0B) == 0x0A0B
 
 
+@pytest.mark.slow
 def test_cascade_never_removes_lib(payloads, tmp_path):
     """A tree where `_lib` hangs below the module being removed."""
     parts = tmp_path / "parts"
@@ -673,6 +686,7 @@ def test_a_gnu_hash_table_without_bloom_words_is_a_clean_error(payloads, tmp_pat
     assert library.functions  # the reader itself was fine with the file
 
 
+@pytest.mark.slow
 def test_malformed_elf_with_a_manifest_is_a_clean_error(tmp_path):
     directory = tmp_path / "parts"
     assert ffitool("extract", str(FIXTURES / "libffi_c.so"), "-d", str(directory)).returncode == 0
@@ -719,6 +733,7 @@ def test_failed_extract_leaves_no_partial_output(tmp_path):
     assert sorted(p.name for p in directory.iterdir()) == ["002-test_beta.bin"]
 
 
+@pytest.mark.xdist_group("packs-elf-fixtures")  # see conftest.py
 def test_verification_rejects_each_kind_of_damage(payloads, tmp_path):
     """verify() is what stands between a bad rewrite and the user's file: show it fails."""
     from ffitool.edit.plan import Edits, PayloadSource, plan_edits

@@ -27,6 +27,9 @@ from test_pack import ffitool, post_process
 
 from ffitool.library import inspect_path
 
+# Hosts linked at test time by gold and lld, zig-built foreign hosts run under qemu-user.
+pytestmark = pytest.mark.slow
+
 ALPHA = bytes(range(256)) * 16 + b"\x00alpha\xff"  # the first pack's module
 BETA = b"beta \x00\x01\x02" * 100  # the second pack's module
 

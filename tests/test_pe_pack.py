@@ -31,6 +31,9 @@ from ffitool.formats.pe.packer import PePacker
 from ffitool.formats.pe.writer import plan_pe_edit, write_pe_edit
 from ffitool.pack import existing_modules, pack_library, payload_source, verify_output
 
+# Packs fixtures/bin/pe files themselves: one worker runs them (see conftest.py).
+pytestmark = pytest.mark.xdist_group("packs-pe-fixtures")
+
 PE = FIXTURES / "pe"
 FFI = ["ffi_pe.x86_64.dll", "ffi_pe.arm64.dll", "ffi_pe.x86.dll"]
 """They export the blob of ffi_c.c already: packing re-points it."""
@@ -256,6 +259,7 @@ def _with_certificate(source: Path, path: Path) -> int:
     return offset
 
 
+@pytest.mark.slow
 def test_a_certificate_is_removed_with_a_warning(tmp_path):
     source = tmp_path / "signed.dll"
     offset = _with_certificate(PE / "ffi_pe.x86_64.dll", source)
@@ -291,6 +295,7 @@ def test_a_force_integrity_dll_losing_its_certificate_says_it_will_not_load(tmp_
     )
 
 
+@pytest.mark.slow
 def test_a_dll_without_exports_gets_an_export_directory(tmp_path, wine):
     """With the export data directory emptied, the DLL exports nothing; packed, it exports
     the blob alone, at ordinal 1, and Windows finds it."""
@@ -312,6 +317,7 @@ def test_a_dll_without_exports_gets_an_export_directory(tmp_path, wine):
     assert result.stdout == f"blob {len(expected)} {expected.hex()}\n"
 
 
+@pytest.mark.slow
 def test_a_name_that_is_not_utf8_is_copied_byte_for_byte(tmp_path):
     source = tmp_path / "latin1.dll"
     data = (PE / "pe_many.dll").read_bytes()
@@ -403,6 +409,7 @@ def _loaded(wine, dll: Path, function: str) -> tuple[bytes | None, str]:
         ("pe_forward.dll", "__tvm_ffi_main"),
     ],
 )
+@pytest.mark.slow
 def test_windows_loads_the_packed_blob_and_the_functions(wine, packed, tmp_path, name, function):
     original, call = _loaded(wine, PE / name, function)
     expected_call = f"call {function} 0 1 {42}"
@@ -413,6 +420,7 @@ def test_windows_loads_the_packed_blob_and_the_functions(wine, packed, tmp_path,
     assert blob == planned_blob(PE / name, tmp_path)
 
 
+@pytest.mark.slow
 def test_windows_loads_repacked_and_overlay_dlls(wine, packed, tmp_path):
     twice = tmp_path / "twice.dll"
     assert pack(packed["ffi_pe.x86_64.dll"], twice).returncode == 0
@@ -816,6 +824,7 @@ def test_the_verifier_catches_a_changed_overlay(tmp_path):
         verify_output(PePacker(), out, source, plan, edit)
 
 
+@pytest.mark.slow
 def test_packing_is_deterministic(tmp_path):
     first, second = tmp_path / "first.dll", tmp_path / "second.dll"
     assert pack(PE / "ffi_pe.x86_64.dll", first).returncode == 0

@@ -27,6 +27,9 @@ from test_pe_pack import PAYLOAD, PE, _pe, _set, planned_blob
 from ffitool.errors import InputError
 from ffitool.formats.pe.writer import pe_checksum, plan_pe_edit
 
+# Packs fixtures/bin/pe files themselves: one worker runs them (see conftest.py).
+pytestmark = pytest.mark.xdist_group("packs-pe-fixtures")
+
 HOST = PE / "ffi_pe.x86_64.dll"
 BOUND = 2 * (0x10000 - 1) + 7 + 73
 """The most the output exceeds input + blob + the input's export tables and strings by."""
@@ -249,6 +252,7 @@ def _exports_size(path: Path) -> int:
         ("pe_forward.dll", {"SectionAlignment": 0x40000000}),
     ],
 )
+@pytest.mark.slow
 def test_the_output_stays_within_its_bound_whatever_the_alignments(tmp_path, name, fields):
     """Alignments the specification allows, however odd, are packed, and the output is no
     larger than the input, the blob, the rebuilt export directory and the padding."""
@@ -293,6 +297,7 @@ def _sections(count: int):
     return edit
 
 
+@pytest.mark.slow
 def test_a_dll_with_96_sections_is_refused_and_one_with_95_packs(tmp_path):
     """96 is the most the PE specification lets the loader take, and the most ffitool reads."""
     _refused(
@@ -359,12 +364,14 @@ def packed_once(tmp_path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_a_packed_dll_with_data_after_its_section_is_not_repacked(tmp_path, packed_once):
     with open(packed_once, "ab") as handle:
         handle.write(b"overlay!")
     _refused(tmp_path, packed_once, "data follows the .tvmffi section")
 
 
+@pytest.mark.slow
 def test_a_packed_dll_whose_directory_points_into_its_section_is_not_repacked(
     tmp_path, packed_once
 ):

@@ -231,6 +231,7 @@ def test_coff_library_is_refused_with_a_clear_message():
     )
 
 
+@pytest.mark.slow
 def test_libraries_beside_dlls_are_left_out_of_directories_and_wheels(tmp_path):
     """An MSVC build tree and a Windows wheel hold foo.lib beside foo.dll: the DLLs are read,
     the libraries are not inputs (only naming one explicitly is refused, above)."""

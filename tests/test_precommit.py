@@ -12,7 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import FIXTURES, ROOT, require, require_tool
+
+# Each test pip-installs this tree into a fresh virtualenv (pre-commit try-repo).
+pytestmark = pytest.mark.slow
 
 HIDDEN_BLOB_LINE = (
     "  L101 error: __tvm_ffi__library_bin is only in .symtab, not in the dynamic symbol table:"

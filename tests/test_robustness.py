@@ -18,6 +18,9 @@ from ffitool.blob import decode, decode_legacy, encode
 from ffitool.errors import BlobError, FfitoolError
 from ffitool.library import inspect_path
 
+# Thousands of mutated inputs per test.
+pytestmark = pytest.mark.slow
+
 EXTREMES = (0, 1, 7, 8, 255, 2**31, 2**32 - 1, 2**63, 2**64 - 1)
 
 

@@ -361,6 +361,8 @@ def test_a_failure_while_publishing_leaves_nothing_behind(host, monkeypatch, mod
 
 @pytest.mark.parametrize("command", ["pack", "encode", "emit-c"])
 @pytest.mark.parametrize("kind", ["device", "fifo", "symlink"])
+@pytest.mark.xdist_group("packs-elf-fixtures")  # see conftest.py
+@pytest.mark.slow
 def test_an_output_that_is_not_a_regular_file_is_refused(tmp_path, command, kind):
     require(os.geteuid() == 0, "mknod needs root")
     node = tmp_path / "out"
@@ -398,6 +400,7 @@ def test_an_output_that_is_not_a_regular_file_is_refused(tmp_path, command, kind
     )
 
 
+@pytest.mark.slow
 def test_setuid_bits_go_only_to_the_owner_they_belonged_to(shared_dir):
     """Root keeps a setuid file's owner; a user who cannot keep it gets no setuid bit."""
     lib = shared_dir / "libsetuid.so"
@@ -472,6 +475,7 @@ def test_in_place_pack_refuses_a_file_its_user_cannot_write(shared_dir, monkeypa
     assert lib.read_bytes() != before
 
 
+@pytest.mark.slow
 def test_concurrent_packs_never_lose_a_module(tmp_path):
     """Two packs of one file at once: both modules end up in it, or the loser says why."""
     lib = tmp_path / "conc.so"
@@ -699,6 +703,7 @@ def test_a_payload_modified_after_it_was_checked_is_refused(host):
 
 @pytest.mark.parametrize("writer", ["pack", "encode", "emit-c"])
 @pytest.mark.parametrize("swap", SWAPS)
+@pytest.mark.xdist_group("packs-elf-fixtures")  # see conftest.py
 def test_a_manifest_file_swapped_after_it_was_checked_is_not_read(tmp_path, writer, swap):
     """The same between reading a manifest (which checks its files' sizes and digests) and
     writing what it describes, for each writer."""
@@ -788,6 +793,8 @@ def test_a_library_swapped_for_a_fifo_while_packed_does_not_block(host, monkeypa
     assert sorted(p.name for p in lib.parent.iterdir()) == ["kept", "lib.so", "payload.bin"]
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("packs-elf-fixtures")  # see conftest.py
 def test_dash_writes_the_verified_output_to_stdout(tmp_path):
     """`-o -`: the bytes a file output would get go to standard output, the summary to stderr."""
     directory = tmp_path / "parts"
@@ -813,6 +820,7 @@ def test_dash_writes_the_verified_output_to_stdout(tmp_path):
 
 @pytest.mark.parametrize("reader", ["gone before", "reads 10 bytes", "/dev/full"])
 @pytest.mark.parametrize("command", ["pack", "encode", "emit-c"])
+@pytest.mark.xdist_group("packs-elf-fixtures")  # see conftest.py
 def test_a_refused_standard_output_is_never_a_success(tmp_path, command, reader):
     """`-o - | head -c 10`: the output does not fit in the pipe (4 MiB of payload), the reader
     leaves, and no "packed ... into -" claims what was not delivered: exit 141 and nothing on

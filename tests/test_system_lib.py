@@ -89,6 +89,7 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.slow
 def test_emit_c_system_lib_in_a_shared_library_is_shown_and_extracted(runtime, tmp_path):
     tvm_ffi, received = runtime
     prefix = unique_prefix("shown")
@@ -143,6 +144,7 @@ def test_emit_c_system_lib_in_a_shared_library_is_shown_and_extracted(runtime, t
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_library_with_both_blobs_shows_both_and_extract_picks_by_prefix(runtime, tmp_path):
     tvm_ffi, received = runtime
     prefix = unique_prefix("both")
@@ -189,6 +191,7 @@ def test_a_library_with_both_blobs_shows_both_and_extract_picks_by_prefix(runtim
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow
 def test_several_system_lib_blobs_need_a_prefix_to_extract(runtime, tmp_path):
     tvm_ffi, _ = runtime
     first, second = unique_prefix("first"), unique_prefix("second")

@@ -58,6 +58,7 @@ def headings(stdout: str, under: Path) -> list[tuple[str, str]]:
 # --- directories --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_directory_is_walked_in_order_and_skips_loops_and_special_files(tmp_path):
     tree = tmp_path / "tree"
     (tree / "lib" / "nested").mkdir(parents=True)
@@ -152,6 +153,7 @@ def read_all(source: Source, digests: bool) -> list:
     return list(read_source(source, digests=digests))
 
 
+@pytest.mark.slow
 def test_an_unreadable_file_in_a_directory_is_an_error_and_the_rest_is_read(tmp_path):
     shutil.copy(FIXTURES / "libplain.so", tmp_path / "a.so")
     data = (FIXTURES / "libffi_c.so").read_bytes()
@@ -164,6 +166,7 @@ def test_an_unreadable_file_in_a_directory_is_an_error_and_the_rest_is_read(tmp_
     assert stderr == truncated
 
 
+@pytest.mark.slow
 def test_a_directory_of_100k_files_streams(tmp_path):
     """One flat directory of 100k small text files and a library: memory stays flat."""
     tree = tmp_path / "many"
@@ -202,6 +205,7 @@ def build_wheel(path: Path, members: list[tuple[str, bytes, int]]) -> None:
         wheel.writestr(f"{dist}/RECORD", record, compress_type=zipfile.ZIP_DEFLATED)
 
 
+@pytest.mark.slow
 def test_a_wheel_is_read_member_by_member_without_extracting(tmp_path):
     wheel = tmp_path / "demo-1.0-cp311-cp311-linux_x86_64.whl"
     build_wheel(
@@ -278,6 +282,7 @@ def test_a_zip_that_is_not_named_whl_is_not_opened_in_a_directory(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Duplicate name")  # the duplicate is the point
+@pytest.mark.slow
 def test_hostile_member_names_are_display_names_only(tmp_path):
     library = (FIXTURES / "libplain.so").read_bytes()
     wheel = tmp_path / "names.whl"
@@ -358,6 +363,7 @@ def measured_inspect(tmp_path: Path, *paths: Path) -> tuple[int, list[dict], str
     return code, files, (tmp_path / "stderr").read_text()
 
 
+@pytest.mark.slow
 def test_zip_bombs_and_lying_sizes_are_refused_with_bounded_memory(tmp_path):
     elf_head = (FIXTURES / "libplain.so").read_bytes()[:64]
     zeros, zeros_crc, gib = deflate_zeros(b"", 1024)
@@ -432,6 +438,7 @@ def test_members_sharing_their_data_end_the_wheel(tmp_path):
     assert stderr == f"ffitool: error: {message}\n"
 
 
+@pytest.mark.slow
 def test_small_bombs_share_one_budget(tmp_path):
     """Each member expands 1 KiB to 1 MiB, under the size below which no ratio is refused;
     together they may not expand to more than 200 times the wheel."""
@@ -507,6 +514,7 @@ def test_a_central_directory_claiming_10m_entries_is_refused(tmp_path):
     assert len(stderr.splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_a_wheel_of_100k_members_streams(tmp_path):
     library = (FIXTURES / "libplain.so").read_bytes()
     members = [(f"pkg/data/{i:06d}.py", 0, b"x", zlib.crc32(b"x"), 1) for i in range(100_000)]
@@ -522,6 +530,7 @@ def test_a_wheel_of_100k_members_streams(tmp_path):
 # --- check over the same targets ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_check_reads_a_wheel_and_a_hostile_directory(tmp_path):
     wheel = tmp_path / "tree" / "demo-1.0-cp311-cp311-linux_x86_64.whl"
     wheel.parent.mkdir()
@@ -676,6 +685,7 @@ def test_an_end_record_alone_claiming_zip64_is_refused(tmp_path):
     assert (code, files) == (3, [{"path": str(wheel), "error": error}])
 
 
+@pytest.mark.slow
 def test_a_zip64_size_in_the_extra_field_is_read(tmp_path):
     """The refusals above edit a wheel that reads, and the zip64 size is taken from the extra
     field (an unknown field before it is skipped)."""

@@ -31,6 +31,9 @@ from ffitool.formats.elf.writer import Placement
 from ffitool.pack import pack_library, verify_output
 from ffitool.symbols import LIBRARY_BIN
 
+# Packs fixtures/bin files themselves: one worker runs them (see conftest.py).
+pytestmark = pytest.mark.xdist_group("packs-elf-fixtures")
+
 PAYLOAD = bytes(range(256)) * 40
 KIND = "test_alpha"
 PREFIX = "packed file failed verification: "
