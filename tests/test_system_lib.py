@@ -97,7 +97,9 @@ def test_emit_c_system_lib_in_a_shared_library_is_shown_and_extracted(runtime, t
     lib = build(tvm_ffi, tmp_path, [blob_c, system_function(tmp_path, prefix)])
 
     # The runtime: the constructor registered the blob, system_lib(prefix) loads its modules.
-    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    # RTLD_LOCAL: its __tvm_ffi__library_bin must not interpose on what later tests load in
+    # this process (a GOT relocation would resolve to it); the constructor runs either way.
+    ctypes.CDLL(str(lib), mode=ctypes.RTLD_LOCAL)
     received.clear()
     module = tvm_ffi.system_lib(prefix)
     assert received == {"test_gamma": [GAMMA], "test_sys": [SYS]}
@@ -155,7 +157,7 @@ def test_a_library_with_both_blobs_shows_both_and_extract_picks_by_prefix(runtim
     received.clear()
     tvm_ffi.load_module(str(lib))
     assert received == {"test_alpha": [PLAIN]}
-    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    ctypes.CDLL(str(lib), mode=ctypes.RTLD_LOCAL)
     received.clear()
     tvm_ffi.system_lib(prefix)
     assert received == {"test_gamma": [GAMMA]}
@@ -231,7 +233,7 @@ def test_a_system_lib_blob_need_not_be_exported(runtime, tmp_path, exported):
         flags = [f"-Wl,--version-script={script}"]
     lib = build(tvm_ffi, tmp_path, sources, *flags)
 
-    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    ctypes.CDLL(str(lib), mode=ctypes.RTLD_LOCAL)
     received.clear()
     assert tvm_ffi.system_lib(prefix)["add_one"](1) == 2
     assert received == {"test_gamma": [GAMMA]}
