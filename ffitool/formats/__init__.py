@@ -4,7 +4,7 @@ A format is a package of its own (`ffitool.formats.elf`, `.macho`, `.pe`) holdin
 the project knows of it: structs, reader, writer, verifier. Each package states its `FORMAT`:
 its name, the containers `sniff` names that it reads, its reader and its packer (or none).
 `read_object` sniffs an input once and hands it to the format that reads it; `ffitool.pack`
-finds the packer the same way. A fifth format is one more package and one more line in
+finds the packer the same way. A fourth format is one more package and one more line in
 `_PACKAGES`. Nothing here imports a format package until an input needs it, so reading a
 Mach-O file never loads the ELF reader or pyelftools.
 """
