@@ -1,0 +1,104 @@
+"""What a module's payload holds: one decoder per known kind, behind one small interface.
+
+A blob's framing says each module's kind and bytes; what the bytes are (a cubin for sm_90a and
+its kernels, PTX, TVM's `cuda` module with its function table, a Relax VM executable) is up to
+the kind's loader, which ffitool never runs. A decoder reads the bytes statically instead and
+returns a `Details`: a bounded, typed summary, one line of text and a JSON object, plus what
+it found wrong. Decoders are found by kind (`_BY_KIND`) and, for a kind nobody registered or
+bytes that are not what their kind says, by content (`_SNIFFERS`): adding a kind is one module
+and one line in each table.
+
+Every payload is attacker-controlled: a decoder reads only inside the buffer it is given,
+refuses what it cannot read with `PayloadError` (one line, with the offset in the payload), and
+bounds what it keeps (names, entries) so that its work and its output stay proportional to the
+payload. Nothing here imports a decoder until a payload of its kind is met.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import import_module
+from typing import Any, Protocol
+
+__all__ = [
+    "Details",
+    "PayloadError",
+    "decode_payload",
+    "decoder_for_content",
+]
+
+JsonValue = Any
+"""A value `json.dumps` writes: str, int, float, bool, None, or lists and dicts of them."""
+
+
+class Details(Protocol):
+    """What a decoder found in one payload."""
+
+    decoder: str
+    """Which decoder read it: "cubin", "fatbin", "ptx", "tvm.cuda", "relax.VMExecutable"..."""
+
+    def summary(self) -> str:
+        """One line for text output (no newline; the renderer bounds and escapes it)."""
+        ...
+
+    def to_json(self) -> dict[str, JsonValue]:
+        """The details as the JSON report carries them, `decoder` included; bounded."""
+        ...
+
+
+class PayloadError(Exception):
+    """A payload that its decoder cannot read, with the offset (in the payload) where."""
+
+    def __init__(self, what: str, offset: int) -> None:
+        super().__init__(f"{what} at payload offset {offset}")
+        self.what = what
+        self.offset = offset
+
+
+Decoder = Callable[[memoryview], Details]
+"""A decoder: the payload's bytes (read-only) -> its details, or PayloadError."""
+
+_DECODERS: Mapping[str, str] = {}
+"""Decoder name -> "module:function". Filled by the decoder modules' registry lines below."""
+_BY_KIND: Mapping[str, str] = {}
+"""Module kind -> the decoder its loader expects (e.g. "cuda" -> "tvm.cuda")."""
+_SNIFFERS: tuple[tuple[Callable[[memoryview], bool], str], ...] = ()
+"""(test of the first bytes, decoder name), tried in order for content-based recognition."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A payload's decoding: the details, or why there are none."""
+
+    details: Details | None
+    error: PayloadError | None = None
+    expected: str | None = None
+    """The decoder the kind calls for, when the content is something else (a mismatch)."""
+
+
+def decoder_for_content(data: memoryview) -> str | None:
+    """The decoder whose format the bytes start with, or None."""
+    return next((name for test, name in _SNIFFERS if test(data)), None)
+
+
+@cache
+def _decoder(name: str) -> Decoder:
+    module, function = _DECODERS[name].split(":")
+    decoder: Decoder = getattr(import_module(module), function)
+    return decoder
+
+
+def decode_payload(kind: str, data: memoryview) -> Decoded:
+    """Decode one module's payload: by its kind's decoder, else by its content."""
+    expected = _BY_KIND.get(kind)
+    found = decoder_for_content(data)
+    name = expected if expected is not None and (found is None or found == expected) else found
+    if name is None:
+        return Decoded(None)
+    mismatch = expected if expected is not None and name != expected else None
+    try:
+        return Decoded(_decoder(name)(data), None, mismatch)
+    except PayloadError as exc:
+        return Decoded(None, exc, mismatch)
