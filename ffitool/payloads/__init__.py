@@ -60,11 +60,35 @@ class PayloadError(Exception):
 Decoder = Callable[[memoryview], Details]
 """A decoder: the payload's bytes (read-only) -> its details, or PayloadError."""
 
-_DECODERS: Mapping[str, str] = {}
+_DECODERS: Mapping[str, str] = {
+    "tvm.cuda": "ffitool.payloads.tvm_cuda:decode_cuda_module",
+    "relax.VMExecutable": "ffitool.payloads.relax_vm:decode_vm_executable",
+    "const_loader": "ffitool.payloads.tvm_modules:decode_const_loader",
+    "static_library": "ffitool.payloads.tvm_modules:decode_static_library",
+    "c": "ffitool.payloads.tvm_modules:decode_c_source",
+}
 """Decoder name -> "module:function". Filled by the decoder modules' registry lines below."""
-_BY_KIND: Mapping[str, str] = {}
+_BY_KIND: Mapping[str, str] = {
+    "cuda": "tvm.cuda",
+    "relax.VMExecutable": "relax.VMExecutable",
+    "const_loader": "const_loader",
+    "static_library": "static_library",
+    "c": "c",
+}
 """Module kind -> the decoder its loader expects (e.g. "cuda" -> "tvm.cuda")."""
-_SNIFFERS: tuple[tuple[Callable[[memoryview], bool], str], ...] = ()
+
+
+_VM_MAGICS = (b"\x1d\x15\x14\x42\x2f\xde\x25\xd2", b"\x1e\x15\x14\x42\x2f\xde\x25\xd2")
+"""A Relax VM executable's header, little-endian (relax_vm.MAGIC_V1, MAGIC_V2)."""
+
+
+def _vm_magic(data: memoryview) -> bool:
+    return bytes(data[:8]) in _VM_MAGICS
+
+
+_SNIFFERS: tuple[tuple[Callable[[memoryview], bool], str], ...] = (
+    (_vm_magic, "relax.VMExecutable"),
+)
 """(test of the first bytes, decoder name), tried in order for content-based recognition."""
 
 

@@ -1,0 +1,131 @@
+"""TVM's `cuda` module: the format, the kernel table and the code, as `SaveToBytes` writes them.
+
+The payload (src/backend/cuda/runtime/cuda_module.cc `CUDAModuleNode::SaveToBytes`, mirrored
+byte for byte by the codegen's `CUDAFallbackModuleNode` in
+src/backend/cuda/codegen/cuda_fallback_module.cc) is three serializer fields:
+
+    fmt   string                      "cuda" (CUDA C source, compiled when loaded), "ptx",
+                                      "cubin" or "fatbin"
+    fmap  map<string, FunctionInfo>   kernel name -> its launch information
+    code  bytes                       the source, PTX, cubin or fatbin
+
+and a FunctionInfo (src/runtime/metadata.h, `Serializer<runtime::FunctionInfo>`) is the
+kernel's name, `Array<DLDataType>` arg_types, `Array<String>` launch_param_tags (the thread
+axes such as "blockIdx.x", and "tirx.use_dyn_shared_memory" when the kernel takes dynamic
+shared memory) and `Array<ArgExtraTags>` arg_extra_tags (int32 each: 0 none, 1 a TMA tensor
+map). The code is decoded in turn by the PTX, cubin or fatbin decoder when that module is
+present; its failure is recorded, not raised, since the table is still worth showing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import import_module
+
+from ffitool.payloads import Details, JsonValue, PayloadError
+from ffitool.payloads.tvmstream import Kept, Reader, kept_json
+
+_CODE_DECODERS = {
+    "ptx": ("ffitool.payloads.ptx", "decode_ptx"),
+    "cubin": ("ffitool.payloads.cubin", "decode_cubin"),
+    "fatbin": ("ffitool.payloads.fatbin", "decode_fatbin"),
+}
+"""The code formats another decoder reads, as (module, function); imported when met."""
+_EXTRA_TAGS = {0: "none", 1: "tensormap"}
+_MIN_FUNCTION_INFO = 8 * 5
+"""Smallest map entry: the key and the four fields of a FunctionInfo, each a u64 length."""
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One entry of the function table."""
+
+    key: str
+    name: str
+    arg_types: Kept
+    launch_param_tags: Kept
+    arg_extra_tags: tuple[str, ...]
+
+    def to_json(self) -> dict[str, JsonValue]:
+        return {
+            "name": self.name,
+            "key": self.key,
+            "arg_types": kept_json(self.arg_types),
+            "launch_param_tags": kept_json(self.launch_param_tags),
+            "arg_extra_tags": list(self.arg_extra_tags),
+        }
+
+
+@dataclass(frozen=True)
+class CudaModule:
+    """A TVM `cuda` module's payload."""
+
+    format: str
+    kernels: tuple[Kernel, ...]
+    kernel_count: int
+    code_size: int
+    code: Details | None = None
+    code_error: str | None = None
+    trailing: int = 0
+    decoder: str = field(default="tvm.cuda")
+
+    def summary(self) -> str:
+        names = ", ".join(kernel.name for kernel in self.kernels[:8])
+        more = f", +{self.kernel_count - 8}" if self.kernel_count > 8 else ""
+        code = f"; {self.code.summary()}" if self.code is not None else ""
+        return (
+            f"TVM cuda module, {self.format} ({self.code_size} bytes), "
+            f"{self.kernel_count} kernel(s): {names}{more}{code}"
+        )
+
+    def to_json(self) -> dict[str, JsonValue]:
+        return {
+            "decoder": self.decoder,
+            "format": self.format,
+            "kernel_count": self.kernel_count,
+            "kernels": [kernel.to_json() for kernel in self.kernels],
+            "code_size": self.code_size,
+            "code": None if self.code is None else self.code.to_json(),
+            "code_error": self.code_error,
+            "trailing_bytes": self.trailing,
+        }
+
+
+def _extra_tag(reader: Reader) -> str:
+    value = reader.i32("arg_extra_tags")
+    return _EXTRA_TAGS.get(value, str(value))
+
+
+def _kernel(reader: Reader) -> Kernel:
+    key = reader.string("function table key")
+    name = reader.string("FunctionInfo name")
+    types, type_count = reader.array("arg_types", 4, lambda: reader.dtype("arg_types"))
+    tags = reader.strings("launch_param_tags")
+    extra, _ = reader.array("arg_extra_tags", 4, lambda: _extra_tag(reader))
+    return Kernel(key, name, Kept(tuple(types), type_count), tags, tuple(extra))
+
+
+def _decode_code(fmt: str, code: memoryview) -> tuple[Details | None, str | None]:
+    """The code's own details when a decoder for its format is installed."""
+    where = _CODE_DECODERS.get(fmt)
+    if where is None:
+        return None, None
+    try:
+        decode = getattr(import_module(where[0]), where[1])
+    except (ImportError, AttributeError):
+        return None, None
+    try:
+        details: Details = decode(code)
+    except PayloadError as exc:
+        return None, str(exc)
+    return details, None
+
+
+def decode_cuda_module(data: memoryview) -> CudaModule:
+    """Decode a `cuda` payload: the format, the kernel table, and the code (see the module doc)."""
+    reader = Reader(data)
+    fmt = reader.string("format")
+    kernels, count = reader.array("function table", _MIN_FUNCTION_INFO, lambda: _kernel(reader))
+    code = reader.sized("code")
+    details, error = _decode_code(fmt, code)
+    return CudaModule(fmt, tuple(kernels), count, len(code), details, error, reader.left)
