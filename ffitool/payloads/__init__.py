@@ -61,7 +61,12 @@ Decoder = Callable[[memoryview], Details]
 """A decoder: the payload's bytes (read-only) -> its details, or PayloadError."""
 
 _DECODERS: Mapping[str, str] = {
-    "tvm.cuda": "ffitool.payloads.tvm_cuda:decode_cuda_module",
+    "tvm.cuda": "ffitool.payloads.tvm_device:decode_cuda_module",
+    "tvm.hip": "ffitool.payloads.tvm_device:decode_hip_module",
+    "tvm.opencl": "ffitool.payloads.tvm_device:decode_opencl_module",
+    "tvm.hexagon": "ffitool.payloads.tvm_device:decode_hexagon_module",
+    "tvm.metal": "ffitool.payloads.tvm_device:decode_metal_module",
+    "tvm.webgpu": "ffitool.payloads.tvm_device:decode_webgpu_module",
     "relax.VMExecutable": "ffitool.payloads.relax_vm:decode_vm_executable",
     "const_loader": "ffitool.payloads.tvm_modules:decode_const_loader",
     "static_library": "ffitool.payloads.tvm_modules:decode_static_library",
@@ -70,8 +75,14 @@ _DECODERS: Mapping[str, str] = {
 """Decoder name -> "module:function". Filled by the decoder modules' registry lines below."""
 _BY_KIND: Mapping[str, str] = {
     "cuda": "tvm.cuda",
+    "hip": "tvm.hip",
+    "opencl": "tvm.opencl",
+    "hexagon": "tvm.hexagon",
+    "metal": "tvm.metal",
+    "webgpu": "tvm.webgpu",
     "relax.VMExecutable": "relax.VMExecutable",
     "const_loader": "const_loader",
+    "metadata": "const_loader",
     "static_library": "static_library",
     "c": "c",
 }

@@ -5,7 +5,9 @@ Each is a few fields of TVM's serializer format (see `tvmstream`):
 - `const_loader` (src/runtime/const_loader_module.cc, `ConstLoaderModuleNode::SaveToBytes`):
   the constant variable names (array of strings), their count again (u64) and that many saved
   tensors, the function symbols (array of strings), their count again (u64), and per symbol
-  the names of the constants it needs (array of strings). The tensors are read over.
+  the names of the constants it needs (array of strings). The tensors are read over. TVM up to
+  0.8 wrote the same fields under the kind `metadata` (src/runtime/metadata_module.cc, renamed
+  const_loader in 2022), which this decoder reads too.
 - `static_library` (src/runtime/static_library.cc): the object file's bytes, then the names
   of the functions it provides (array of strings).
 - `c` (src/target/source/source_module.cc, `CSourceModuleNode::SaveToBytes`): the C source,

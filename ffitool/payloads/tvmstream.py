@@ -53,9 +53,9 @@ def dtype_name(code: int, bits: int, lanes: int) -> str:
     """
     if code == _HANDLE:
         return "void" if bits == 0 and lanes == 0 else "handle"
-    if code == 6 and bits == 8 and lanes <= 1:
-        return "bool"
-    if code in _DTYPE_NAMED:
+    if code == 6 and bits == 8:
+        base = "bool"
+    elif code in _DTYPE_NAMED:
         base = _DTYPE_NAMED[code]
     elif code in _DTYPE_BASES:
         base = f"{_DTYPE_BASES[code]}{bits}"
