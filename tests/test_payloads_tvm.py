@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 from conftest import require, require_tvm_ffi
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ffitool import blob
 from ffitool.payloads import PayloadError, decode_payload, tvm_device
@@ -328,6 +330,24 @@ def test_truncations_and_mutations_raise_only_payload_error(kind: str) -> None:
         assert (decoded.details is None) == (decoded.error is not None)
         if decoded.error is not None:
             assert 0 <= decoded.error.offset <= len(data)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(
+    kind=st.sampled_from(sorted(SAMPLES)),
+    edits=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=6),
+    cut=st.integers(0, 1 << 16),
+)
+def test_random_damage_raises_only_payload_error(
+    kind: str, edits: list[tuple[int, int]], cut: int
+) -> None:
+    payload = bytearray(SAMPLES[kind])
+    for at, value in edits:
+        payload[at % len(payload)] = value
+    data = memoryview(bytes(payload[: len(payload) - cut % 8]))
+    for decoder_kind in (kind, "relax.VMExecutable", "cuda", "const_loader"):
+        decoded = decode_payload(decoder_kind, data)
+        assert (decoded.details is None) == (decoded.error is not None)
 
 
 def test_a_count_beyond_the_payload_is_refused_where_it_is() -> None:
