@@ -55,18 +55,19 @@ def _tensor(shape: tuple[int, ...], data: bytes) -> bytes:
     return header + struct.pack(f"<{len(shape)}q", *shape) + _str(data)
 
 
-def _function_info(name: str, types: list[bytes], tags: list[str], extra: list[int]) -> bytes:
-    return (
-        _str(name)
-        + _u64(len(types))
-        + b"".join(types)
-        + _strs(tags)
-        + _u64(len(extra))
-        + b"".join(struct.pack("<i", tag) for tag in extra)
-    )
+def _function_info(
+    name: str, types: list[bytes], tags: list[str], extra: list[int] | None
+) -> bytes:
+    """A FunctionInfo; `extra` None writes the three fields of TVM before 0.21."""
+    fields = _str(name) + _u64(len(types)) + b"".join(types) + _strs(tags)
+    if extra is None:
+        return fields
+    return fields + _u64(len(extra)) + b"".join(struct.pack("<i", tag) for tag in extra)
 
 
-def _cuda_payload(fmt: str = "ptx", code: bytes = b"//\n.version 8.0\n") -> bytes:
+def _cuda_payload(
+    fmt: str = "ptx", code: bytes = b"//\n.version 8.0\n", legacy: bool = False
+) -> bytes:
     kernels = [
         (
             "gemm_kernel",
@@ -77,7 +78,7 @@ def _cuda_payload(fmt: str = "ptx", code: bytes = b"//\n.version 8.0\n") -> byte
         ("copy_kernel", [_dtype(3, 64, 1)], ["threadIdx.x"], [0]),
     ]
     fmap = _u64(len(kernels)) + b"".join(
-        _str(name) + _function_info(name, types, tags, extra)
+        _str(name) + _function_info(name, types, tags, None if legacy else extra)
         for name, types, tags, extra in kernels
     )
     return _str(fmt) + fmap + _str(code)
@@ -155,6 +156,7 @@ def _c_payload() -> bytes:
 SAMPLES = {
     "cuda": _cuda_payload(),
     "opencl": _cuda_payload("cl", b"__kernel void gemm_kernel() {}"),
+    "hip": _cuda_payload("hsaco", b"\x7fELF", legacy=True),
     "metal": _metal_payload(),
     "webgpu": _webgpu_payload(),
     "relax.VMExecutable": _vm_payload(),
@@ -201,6 +203,20 @@ def test_cuda_module_table_and_format() -> None:
         "items": ["handle", "float16x4", "int32"],
     }
     assert "2 kernel(s): gemm_kernel, copy_kernel" in details.summary()
+
+
+@pytest.mark.parametrize("code", [b"", b"//\n.version 8.0\n", bytes(range(256)) * 3])
+def test_function_info_of_tvm_before_0_21(code: bytes) -> None:
+    legacy = decode_cuda_module(memoryview(_cuda_payload(code=code, legacy=True)))
+    assert legacy.legacy_function_info
+    assert [(k.name, k.arg_types.items, k.arg_extra_tags) for k in legacy.kernels] == [
+        ("gemm_kernel", ("handle", "float16x4", "int32"), None),
+        ("copy_kernel", ("handle",), None),
+    ]
+    assert (legacy.code_size, legacy.trailing) == (len(code), 0)
+    current = decode_cuda_module(memoryview(_cuda_payload(code=code)))
+    assert not current.legacy_function_info
+    assert current.kernels[0].arg_extra_tags == ("tensormap", "none", "none")
 
 
 def test_cuda_code_goes_to_the_code_decoder(monkeypatch: pytest.MonkeyPatch) -> None:

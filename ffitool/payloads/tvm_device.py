@@ -19,13 +19,19 @@ fmt, fmap and a map of function name -> source bytes instead of one code field
 (src/backend/metal), `webgpu` only fmap and that map (webgpu_fallback_module.cc, read by
 web/emcc/webgpu_runtime.cc).
 
+TVM before 0.21 (the legacy `__tvm_dev_mblob` libraries among them) wrote the same fields with
+a FunctionInfo of three: no arg_extra_tags (src/runtime/file_utils.cc `FunctionInfo::Save`
+then, over dmlc's stream, which encodes strings, vectors and maps as TVM's serializer does
+now); `_read` tells the two apart.
+
 A `cuda` module's code is decoded in turn by the PTX, cubin or fatbin decoder when that module
 is installed; its failure is recorded, not raised, since the table is still worth showing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from importlib import import_module
 
 from ffitool.payloads import Details, JsonValue, PayloadError
@@ -50,7 +56,8 @@ class Kernel:
     name: str
     arg_types: Kept
     launch_param_tags: Kept
-    arg_extra_tags: tuple[str, ...]
+    arg_extra_tags: tuple[str, ...] | None
+    """None in the FunctionInfo TVM wrote before 0.21, which had no such field."""
 
     def to_json(self) -> dict[str, JsonValue]:
         return {
@@ -58,7 +65,7 @@ class Kernel:
             "key": self.key,
             "arg_types": kept_json(self.arg_types),
             "launch_param_tags": kept_json(self.launch_param_tags),
-            "arg_extra_tags": list(self.arg_extra_tags),
+            "arg_extra_tags": None if self.arg_extra_tags is None else list(self.arg_extra_tags),
         }
 
 
@@ -76,6 +83,8 @@ class DeviceModule:
     code: Details | None = None
     code_error: str | None = None
     trailing: int = 0
+    legacy_function_info: bool = False
+    """The table is in the three-field FunctionInfo of TVM before 0.21 (no arg_extra_tags)."""
 
     def summary(self) -> str:
         names = ", ".join(kernel.name for kernel in self.kernels[:8])
@@ -97,6 +106,7 @@ class DeviceModule:
             "code": None if self.code is None else self.code.to_json(),
             "code_error": self.code_error,
             "trailing_bytes": self.trailing,
+            "legacy_function_info": self.legacy_function_info,
         }
 
 
@@ -105,11 +115,13 @@ def _extra_tag(reader: Reader) -> str:
     return _EXTRA_TAGS.get(value, str(value))
 
 
-def _kernel(reader: Reader) -> Kernel:
+def _kernel(reader: Reader, legacy: bool) -> Kernel:
     key = reader.string("function table key")
     name = reader.string("FunctionInfo name")
     types, type_count = reader.array("arg_types", 4, lambda: reader.dtype("arg_types"))
     tags = reader.strings("launch_param_tags")
+    if legacy:
+        return Kernel(key, name, Kept(tuple(types), type_count), tags, None)
     extra, _ = reader.array("arg_extra_tags", 4, lambda: _extra_tag(reader))
     return Kernel(key, name, Kept(tuple(types), type_count), tags, tuple(extra))
 
@@ -130,19 +142,10 @@ def _decode_code(fmt: str, code: memoryview) -> tuple[Details | None, str | None
     return details, None
 
 
-def _table(reader: Reader) -> tuple[list[Kernel], int]:
-    return reader.array("function table", _MIN_FUNCTION_INFO, lambda: _kernel(reader))
-
-
-def _format_table_code(data: memoryview, decoder: str) -> DeviceModule:
-    reader = Reader(data)
-    fmt = reader.string("format")
-    kernels, count = _table(reader)
-    code = reader.sized("code")
-    details, error = _decode_code(fmt, code) if decoder == "tvm.cuda" else (None, None)
-    return DeviceModule(
-        decoder, fmt, tuple(kernels), count, len(code), None, details, error, reader.left
-    )
+def _table(reader: Reader, legacy: bool) -> tuple[tuple[Kernel, ...], int]:
+    smallest = _MIN_FUNCTION_INFO - (8 if legacy else 0)
+    kernels, count = reader.array("function table", smallest, lambda: _kernel(reader, legacy))
+    return tuple(kernels), count
 
 
 def _source_map(reader: Reader) -> tuple[Kept, int]:
@@ -159,42 +162,87 @@ def _source_map(reader: Reader) -> tuple[Kept, int]:
     return Kept(tuple(names), count), total
 
 
+_Parse = Callable[[memoryview, bool], tuple[DeviceModule, memoryview]]
+"""One payload layout read with the current (False) or the pre-0.21 (True) FunctionInfo:
+the module, and its code (empty when the layout has per-function sources)."""
+
+
+def _format_table_code(decoder: str) -> _Parse:
+    def parse(data: memoryview, legacy: bool) -> tuple[DeviceModule, memoryview]:
+        reader = Reader(data)
+        fmt = reader.string("format")
+        kernels, count = _table(reader, legacy)
+        code = reader.sized("code")
+        module = DeviceModule(decoder, fmt, kernels, count, len(code), trailing=reader.left)
+        return replace(module, legacy_function_info=legacy), code
+
+    return parse
+
+
+def _table_sources(decoder: str, with_format: bool) -> _Parse:
+    def parse(data: memoryview, legacy: bool) -> tuple[DeviceModule, memoryview]:
+        reader = Reader(data)
+        fmt = reader.string("format") if with_format else None
+        kernels, count = _table(reader, legacy)
+        sources, size = _source_map(reader)
+        module = DeviceModule(decoder, fmt, kernels, count, size, sources, trailing=reader.left)
+        return replace(module, legacy_function_info=legacy), data[:0]
+
+    return parse
+
+
+def _read(parse: _Parse, data: memoryview) -> tuple[DeviceModule, memoryview]:
+    """The payload read with the FunctionInfo layout that accounts for every byte.
+
+    TVM since 0.21 writes four FunctionInfo fields, before three; nothing in the payload says
+    which. A payload read with the wrong one fails or leaves bytes over (the code is last and
+    its length is checked), so the current layout is tried first and the legacy one when it
+    does not fit; when neither fits exactly, the current layout's result or error stands.
+    """
+    try:
+        current: tuple[DeviceModule, memoryview] | None = parse(data, False)
+    except PayloadError as error:
+        current, refusal = None, error
+    if current is not None and current[0].trailing == 0:
+        return current
+    try:
+        legacy = parse(data, True)
+    except PayloadError:
+        legacy = None
+    if legacy is not None and legacy[0].trailing == 0:
+        return legacy
+    if current is None:
+        raise refusal
+    return current
+
+
 def decode_cuda_module(data: memoryview) -> DeviceModule:
     """Decode a `cuda` payload: the format, the kernel table, and the code, decoded in turn."""
-    return _format_table_code(data, "tvm.cuda")
+    module, code = _read(_format_table_code("tvm.cuda"), data)
+    details, error = _decode_code(module.format or "", code)
+    return replace(module, code=details, code_error=error)
 
 
 def decode_hip_module(data: memoryview) -> DeviceModule:
     """Decode a `hip` (ROCm) payload: the format, the kernel table and the code's size."""
-    return _format_table_code(data, "tvm.hip")
+    return _read(_format_table_code("tvm.hip"), data)[0]
 
 
 def decode_opencl_module(data: memoryview) -> DeviceModule:
     """Decode an `opencl` payload: the format, the kernel table and the code's size."""
-    return _format_table_code(data, "tvm.opencl")
+    return _read(_format_table_code("tvm.opencl"), data)[0]
 
 
 def decode_hexagon_module(data: memoryview) -> DeviceModule:
     """Decode a `hexagon` payload: the format, the kernel table and the code's size."""
-    return _format_table_code(data, "tvm.hexagon")
+    return _read(_format_table_code("tvm.hexagon"), data)[0]
 
 
 def decode_metal_module(data: memoryview) -> DeviceModule:
     """Decode a `metal` payload: the format, the kernel table and the per-function sources."""
-    reader = Reader(data)
-    fmt = reader.string("format")
-    kernels, count = _table(reader)
-    sources, size = _source_map(reader)
-    return DeviceModule(
-        "tvm.metal", fmt, tuple(kernels), count, size, sources, trailing=reader.left
-    )
+    return _read(_table_sources("tvm.metal", with_format=True), data)[0]
 
 
 def decode_webgpu_module(data: memoryview) -> DeviceModule:
     """Decode a `webgpu` payload: the kernel table and the per-function WGSL sources."""
-    reader = Reader(data)
-    kernels, count = _table(reader)
-    sources, size = _source_map(reader)
-    return DeviceModule(
-        "tvm.webgpu", None, tuple(kernels), count, size, sources, trailing=reader.left
-    )
+    return _read(_table_sources("tvm.webgpu", with_format=False), data)[0]
