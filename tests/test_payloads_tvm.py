@@ -383,6 +383,11 @@ def test_names_and_lists_are_capped() -> None:
     long_name = _str(b"") + _strs(["k" * (NAME_LIMIT * 50)])
     (name,) = decode_static_library(memoryview(long_name)).functions.items
     assert name == "k" * NAME_LIMIT + "..."
+    wide = [_dtype(2, 32, 1)] * (KEEP_LIMIT * 3)
+    table = _u64(1) + _str("k") + _function_info("k", wide, [], [0] * len(wide))
+    (kernel,) = decode_cuda_module(memoryview(_str("cuda") + table + _str(b""))).kernels
+    assert (kernel.arg_types.count, len(kernel.arg_types.items)) == (KEEP_LIMIT * 3, KEEP_LIMIT)
+    assert kernel.arg_extra_tags is not None and len(kernel.arg_extra_tags) == KEEP_LIMIT
 
 
 # --- TVM itself (apache-tvm 0.27): what it writes, and what it says of the same module ------

@@ -118,11 +118,11 @@ def _extra_tag(reader: Reader) -> str:
 def _kernel(reader: Reader, legacy: bool) -> Kernel:
     key = reader.string("function table key")
     name = reader.string("FunctionInfo name")
-    types, type_count = reader.array("arg_types", 4, lambda: reader.dtype("arg_types"))
+    types, type_count = reader.array("arg_types", 4, lambda: reader.dtype("arg_types"), fixed=True)
     tags = reader.strings("launch_param_tags")
     if legacy:
         return Kernel(key, name, Kept(tuple(types), type_count), tags, None)
-    extra, _ = reader.array("arg_extra_tags", 4, lambda: _extra_tag(reader))
+    extra, _ = reader.array("arg_extra_tags", 4, lambda: _extra_tag(reader), fixed=True)
     return Kernel(key, name, Kept(tuple(types), type_count), tags, tuple(extra))
 
 

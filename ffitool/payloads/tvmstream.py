@@ -140,20 +140,30 @@ class Reader:
         raw = self.take(4, what)
         return dtype_name(raw[0], raw[1], int.from_bytes(raw[2:4], "little"))
 
-    def array(self, what: str, item_size: int, read: Callable[[], _T]) -> tuple[list[_T], int]:
-        """An array: its first KEEP_LIMIT items as `read` returns them, and its count."""
+    def array(
+        self, what: str, item_size: int, read: Callable[[], _T], fixed: bool = False
+    ) -> tuple[list[_T], int]:
+        """An array: its first KEEP_LIMIT items as `read` returns them, and its count.
+
+        The rest are read over: in one step when every item is `item_size` bytes (`fixed`),
+        else one by one with `read`, whose result is dropped.
+        """
         count = self.count(what, item_size)
-        kept: list[_T] = []
-        for index in range(count):
-            item = read()
-            if index < KEEP_LIMIT:
-                kept.append(item)
+        kept = [read() for _ in range(min(count, KEEP_LIMIT))]
+        if fixed:
+            self.take(item_size * (count - len(kept)), what)
+        else:
+            for _ in range(count - len(kept)):
+                read()
         return kept, count
 
     def strings(self, what: str) -> Kept:
         """An array of strings (`std::vector<std::string>`, `Array<String>`)."""
-        items, count = self.array(what, 8, lambda: self.string(what))
-        return Kept(tuple(items), count)
+        count = self.count(what, 8)
+        items = tuple(self.string(what) for _ in range(min(count, KEEP_LIMIT)))
+        for _ in range(count - len(items)):
+            self.sized(what)
+        return Kept(items, count)
 
 
 TENSOR_MAGIC = 0xDD5E40F096B4A13F
