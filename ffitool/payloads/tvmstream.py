@@ -102,9 +102,6 @@ class Reader:
         value: int = struct.unpack_from(fmt, self.take(size, what))[0]
         return value
 
-    def u16(self, what: str) -> int:
-        return self._unpack("<H", what)
-
     def i32(self, what: str) -> int:
         return self._unpack("<i", what)
 
