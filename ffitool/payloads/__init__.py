@@ -60,11 +60,33 @@ class PayloadError(Exception):
 Decoder = Callable[[memoryview], Details]
 """A decoder: the payload's bytes (read-only) -> its details, or PayloadError."""
 
-_DECODERS: Mapping[str, str] = {}
+
+def _is_cubin(data: memoryview) -> bool:
+    """A 64-bit little-endian ELF file for EM_CUDA (190): what ptxas writes."""
+    return bytes(data[:6]) == b"\x7fELF\x02\x01" and bytes(data[18:20]) == b"\xbe\x00"
+
+
+def _is_fatbin(data: memoryview) -> bool:
+    """The fatbin container magic, 0xBA55ED50 little-endian."""
+    return bytes(data[:4]) == b"\x50\xed\x55\xba"
+
+
+_DECODERS: Mapping[str, str] = {
+    "cubin": "ffitool.payloads.cubin:decode_cubin",
+    "fatbin": "ffitool.payloads.fatbin:decode_fatbin",
+}
 """Decoder name -> "module:function". Filled by the decoder modules' registry lines below."""
-_BY_KIND: Mapping[str, str] = {}
+_BY_KIND: Mapping[str, str] = {
+    # The README's example kinds, which no loader in TVM or tvm-ffi reads (issue 19): what their
+    # names promise. TVM's own `cuda` kind is TVM's module format, not a bare cubin.
+    "cuda_cubin": "cubin",
+    "cuda_fatbin": "fatbin",
+}
 """Module kind -> the decoder its loader expects (e.g. "cuda" -> "tvm.cuda")."""
-_SNIFFERS: tuple[tuple[Callable[[memoryview], bool], str], ...] = ()
+_SNIFFERS: tuple[tuple[Callable[[memoryview], bool], str], ...] = (
+    (_is_cubin, "cubin"),
+    (_is_fatbin, "fatbin"),
+)
 """(test of the first bytes, decoder name), tried in order for content-based recognition."""
 
 
