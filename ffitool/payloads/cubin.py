@@ -7,8 +7,9 @@ spread over three places, which toolkits have moved between:
 - `e_flags`, in two layouts chosen by EI_OSABI. ELFOSABI_CUDA (0x33, ABI version 7, toolkits
   before 13) keeps the SM number in bits 0-7, the virtual (PTX) SM in bits 16-23 and the `a`
   variant in 0x800. The layout of ABI version 8 (EI_OSABI 0x41, toolkit 13) keeps the SM number
-  from bit 8 on (sm_100 is 0x6006402), and early 13.x toolkits set 0x8 for the `a` variant
-  (0x1000670c is sm_103a); cuobjdump 13.5 reads the SM from bits 8-23.
+  from bit 8 on (sm_100 is 0x6006402; cuobjdump 13.5 reads bits 8-23) and names 0x8 the `a`
+  variant (LLVM's EF_CUDA_ACCELERATORS: flashinfer's 0x1000670c is sm_103a), which ptxas 13.5
+  does not set.
 - `.nv.compat` (section type 0x70000086): attributes of 4 bytes or more (format, attribute,
   value). ptxas 13.5 leaves e_flags identical for sm_100, sm_100a and sm_100f and marks the `a`
   variant with attribute 9 = 1 here, which is what cuobjdump 13.5 reads.
@@ -16,7 +17,10 @@ spread over three places, which toolkits have moved between:
   (`f`) build is named in the cubin; cuobjdump names such a cubin sm_100, and so does `arch`
   here, with `built_for` saying `sm_100f`.
 
-The toolkit version is `.note.nv.cuinfo`'s (135 is 13.5), or e_version in ABI 7 files.
+The toolkit version is e_version in ABI 7 files (124 is 12.4), `.note.nv.cuinfo`'s in ABI 8
+files (135 is 13.5); cuobjdump reads the same. The layout follows EI_OSABI as cuobjdump's does
+(0x41 the new one, anything else the old), whatever EI_ABIVERSION says.
+
 Kernels are the STT_FUNC symbols with STO_CUDA_ENTRY (0x10) in st_other, sized by the symbol
 (or by their `.text.<kernel>` section when the symbol says 0). Names are not demangled: doing it
 safely needs a demangler in process (spawning c++filt per name at inspect time is not
@@ -193,11 +197,12 @@ def _notes(data: memoryview, section: _Section, at: int) -> dict[int, bytes]:
 
 
 def _toolkit(notes: dict[int, bytes], e_version: int, layout_v1: bool) -> str | None:
+    """ABI 7 files say it in e_version (124 is 12.4), ABI 8 files in `.note.nv.cuinfo`."""
     cuinfo = notes.get(NOTE_CUINFO, b"")
-    if len(cuinfo) >= 6:
-        version = int.from_bytes(cuinfo[4:6], "little")
-    elif layout_v1 and e_version > 1:
+    if layout_v1 and e_version > 1:
         version = e_version
+    elif len(cuinfo) >= 6:
+        version = int.from_bytes(cuinfo[4:6], "little")
     else:
         return None
     return f"{version // 10}.{version % 10}"
