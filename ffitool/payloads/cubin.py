@@ -61,6 +61,11 @@ KERNEL_LIMIT = 10_000
 """Kernels kept per cubin; flashinfer's largest cubins hold a few hundred."""
 SECTION_LIMIT = 1 << 16
 
+_NOTE_SECTIONS = (".note.nv.cuinfo", ".note.nv.tkinfo")
+_COMPAT = ".nv.compat"
+_ROLES = frozenset({*_NOTE_SECTIONS, _COMPAT, ".symtab"})
+"""The sections read, the first of each only: work stays linear in the section headers
+however many of them point at the same bytes."""
 _ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
 _SECTION = struct.Struct("<IIQQQQIIQQ")
 _SYMBOL = struct.Struct("<IBBHQQ")
@@ -133,8 +138,8 @@ class _Section:
 class _Names:
     """NUL-terminated names out of one table, bounded one by one and in all."""
 
-    def __init__(self, data: memoryview, section: _Section) -> None:
-        self._table = bytes(data[section.offset : section.offset + section.size])
+    def __init__(self, data: memoryview, section: _Section, at: int) -> None:
+        self._table = bytes(_contents(data, section, at))
         self._start = section.offset
         self._budget = NAME_EXPANSION * len(self._table) + NAME_LIMIT
         self._read: dict[int, str] = {}
@@ -236,15 +241,15 @@ def _compat(data: memoryview, section: _Section, at: int) -> dict[int, int]:
 
 
 def _kernels(
-    data: memoryview, sections: list[_Section], symtab: _Section
+    data: memoryview, sections: list[_Section], symtab: _Section, at: int
 ) -> tuple[list[Kernel], int]:
+    """The entry functions of the symbol table whose section header is at `at`."""
     if symtab.entsize != _SYMBOL.size:
-        raise PayloadError(f"symbol size {symtab.entsize}, not {_SYMBOL.size}", symtab.offset)
+        raise PayloadError(f"symbol size {symtab.entsize}, not {_SYMBOL.size}", at)
     if symtab.link >= len(sections):
-        raise PayloadError("symbol table linked to no section", symtab.offset)
-    body = _contents(data, symtab, symtab.offset)
-    _contents(data, sections[symtab.link], symtab.offset)
-    names = _Names(data, sections[symtab.link])
+        raise PayloadError("symbol table linked to no section", at)
+    body = _contents(data, symtab, at)
+    names = _Names(data, sections[symtab.link], at)
     kernels: list[Kernel] = []
     count = 0
     for name, info, other, shndx, _, size in _SYMBOL.iter_unpack(body[: len(body) // 24 * 24]):
@@ -281,22 +286,23 @@ def decode_cubin(data: memoryview) -> CubinDetails:
     sections = _sections(data, shoff, shentsize, shnum)
     if sections and shstrndx >= len(sections):
         raise PayloadError("section name table index past the section headers", 62)
-    section_names = _Names(data, sections[shstrndx]) if sections else None
-    notes: dict[int, bytes] = {}
-    compat: dict[int, int] = {}
-    kernels: list[Kernel] = []
-    count = 0
+    section_names = (
+        _Names(data, sections[shstrndx], shoff + shstrndx * shentsize) if sections else None
+    )
+    roles: dict[str, tuple[_Section, int]] = {}
     debug = False
     for index, section in enumerate(sections):
-        at = shoff + index * shentsize
         name = section_names.name(section.name_offset) if section_names else ""
         debug = debug or name.startswith(".nv_debug") or name == ".debug_info"
-        if section.type == SHT_NOTE:
-            notes.update({k: v for k, v in _notes(data, section, at).items() if k not in notes})
-        elif section.type == SHT_CUDA_COMPAT:
-            compat = _compat(data, section, at)
-        elif section.type == SHT_SYMTAB and name == ".symtab":
-            kernels, count = _kernels(data, sections, section)
+        role = {SHT_NOTE: name, SHT_CUDA_COMPAT: _COMPAT, SHT_SYMTAB: name}.get(section.type)
+        if role in _ROLES:
+            roles.setdefault(role, (section, shoff + index * shentsize))
+    notes: dict[int, bytes] = {}
+    for role in _NOTE_SECTIONS:
+        for kind, desc in (_notes(data, *roles[role]) if role in roles else {}).items():
+            notes.setdefault(kind, desc)
+    compat = _compat(data, *roles[_COMPAT]) if _COMPAT in roles else {}
+    kernels, count = _kernels(data, sections, *roles[".symtab"]) if ".symtab" in roles else ([], 0)
     arch, virtual = _arch(flags, layout_v1, compat.get(COMPAT_ACCELERATED) == 1)
     return CubinDetails(
         arch=arch,
