@@ -341,3 +341,84 @@ def test_damaged_payloads_end_cleanly_with_bounded_work(builds, name, decoder):
         assert time.process_time() - started < 0.5, mutant.hex()
         cases += 1
     assert cases > 1900 and refused > 100
+
+
+def handed_over(data: memoryview) -> FatbinDetails:
+    """A stand-in for the PTX decoder (payloads/ptx.py, another module's): what it was given."""
+    text = bytes(data)
+    assert b"\0" not in text
+    return FatbinDetails(0, (), len(text))  # any Details will do; entry_count carries the size
+
+
+def test_uncompressed_ptx_goes_to_the_registered_ptx_decoder(builds, monkeypatch):
+    import ffitool.payloads as payloads
+
+    monkeypatch.setitem(payloads._DECODERS, "ptx", "test_payloads_cuda:handed_over")
+    payloads._decoder.cache_clear()
+    try:
+        family = decoded(builds, "family-debug.fatbin", decode_fatbin)
+    finally:
+        payloads._decoder.cache_clear()
+    [ptx] = [e for e in family.entries if e.kind == "ptx"]
+    text = builds.cuobjdump_output("family-debug.fatbin", "-ptx")
+    assert ".target sm_100a" in text
+    assert ptx.details is not None and 0 < ptx.details.entry_count <= ptx.size
+
+
+def cubin_with(sections: list[tuple[int, int, int, int, int]], tail: bytes) -> bytes:
+    """An ABI 8 cubin header, `tail` at offset 64, then section headers (name, type, offset,
+    size, link) with section 0's name table being section 0 itself."""
+    shoff = 64 + len(tail)
+    header = struct.pack(
+        "<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01\x41\x08" + bytes(7), 2, 190, 1, 0, 0,
+        shoff, 0x6006402, 64, 0, 0, 64, len(sections), 0,
+    )  # fmt: skip
+    table = b"".join(
+        struct.pack(
+            "<IIQQQQIIQQ", name, kind, 0, 0, offset, size, link, 0, 0, 24 if kind == 2 else 0
+        )
+        for name, kind, offset, size, link in sections
+    )
+    return header + tail + table
+
+
+def test_many_sections_over_the_same_bytes_cost_one_read():
+    # 60,000 note and symbol-table sections over one 64 KiB region: each kind is read once.
+    region = (b"\x0c\x00\x00\x00\x00\x00\x00\x00\xe8\x03\x00\x00NVIDIA Corp\x00" * 2700)[: 1 << 16]
+    names = b"\0.note.nv.cuinfo\0.symtab\0"
+    tail = names + region
+    sections = [(0, 3, 64, len(names), 0)]
+    sections += [(1, 7, 64 + len(names), len(region), 0)] * 30000
+    sections += [(17, 2, 64 + len(names), len(region) // 24 * 24, 0)] * 30000
+    started = time.process_time()
+    details = decode_cubin(memoryview(cubin_with(sections, tail)))
+    assert time.process_time() - started < 2.0
+    assert details.arch == "sm_100" and details.kernel_count == 0
+
+
+def test_symbols_spelling_one_long_name_again_and_again_are_refused():
+    # Entry symbols at successive offsets of one 60 KB name: quadratic bytes if read naively.
+    name = b"k" * 60000 + b"\0"
+    symbols = b"".join(struct.pack("<IBBHQQ", i, 2, 0x10, 0, 0, 16) for i in range(20000))
+    tail = b"\0.symtab\0" + name + symbols
+    sections = [
+        (0, 3, 64, 9, 0),
+        (1, 2, 64 + 9 + len(name), len(symbols), 2),
+        (0, 3, 73, len(name), 0),
+    ]
+    started = time.process_time()
+    with pytest.raises(PayloadError, match="names spell more"):
+        decode_cubin(memoryview(cubin_with(sections, tail)))
+    assert time.process_time() - started < 2.0
+
+
+def test_a_fatbin_of_many_entries_keeps_a_bounded_number():
+    from ffitool.payloads.fatbin import ENTRY_LIMIT
+
+    entry = struct.pack("<HHIQIIHHIIIQQQ", 2, 0x101, 64, 0, 0, 0, 8, 1, 80, 0, 0, 0x11, 0, 0)
+    count = ENTRY_LIMIT + 100
+    data = struct.pack("<IHHQ", 0xBA55ED50, 1, 16, 64 * count) + entry * count
+    details = decode_fatbin(memoryview(data))
+    assert details.entry_count == count and len(details.entries) == ENTRY_LIMIT
+    assert details.entries[0].error is not None  # an empty ELF payload: refused, not raised
+    assert f"{count} entries" in details.summary()

@@ -35,6 +35,7 @@ FLAG_ACCELERATED = 0x100000
 FLAG_FAMILY = 0x200000
 ENTRY_LIMIT = 4096
 """Entries decoded per fatbin (all containers); the rest are counted."""
+SUMMARY_LABELS = 8
 PTX_DECODER = "ptx"
 """The registry's name of the PTX decoder, used when it is registered (payloads/ptx.py)."""
 
@@ -86,20 +87,20 @@ class FatbinDetails:
     decoder = "fatbin"
 
     def summary(self) -> str:
-        parts = []
+        """The distinct entries in order ("sm_80, sm_90a, ptx sm_100*"), a repeated one counted
+        ("12x sm_100a") and at most `SUMMARY_LABELS` of them, so that a line stays a line."""
+        counts: dict[str, int] = {}
         for entry in self.entries:
-            mark = "*" if entry.compression else ""
-            parts.append(
-                f"{entry.arch}{mark}" if entry.kind == "elf" else f"{entry.kind} {entry.arch}{mark}"
-            )
-        listed = ", ".join(parts)
-        more = (
-            f", {self.entry_count - len(self.entries)} more"
-            if self.entry_count > len(self.entries)
-            else ""
-        )
+            label = entry.arch if entry.kind == "elf" else f"{entry.kind} {entry.arch}"
+            label += "*" if entry.compression else ""
+            counts[label] = counts.get(label, 0) + 1
+        labels = [f"{n}x {label}" if n > 1 else label for label, n in counts.items()]
+        listed = ", ".join(labels[:SUMMARY_LABELS])
+        if len(labels) > SUMMARY_LABELS or self.entry_count > len(self.entries):
+            listed += ", ..."
         compressed = " (* compressed)" if any(e.compression for e in self.entries) else ""
-        return f"fatbin, {self.entry_count} entries: {listed}{more}{compressed}"
+        plural = "y" if self.entry_count == 1 else "ies"
+        return f"fatbin, {self.entry_count} entr{plural}: {listed}{compressed}"
 
     def to_json(self) -> dict[str, JsonValue]:
         return {
