@@ -29,8 +29,9 @@ from ffitool.payloads import PayloadError, decode_payload
 from ffitool.payloads.cubin import CubinDetails, decode_cubin
 from ffitool.payloads.fatbin import FatbinDetails, decode_fatbin
 
-# Building takes nvcc about 0.2 s of CPU per file, cuobjdump a little less per call.
-pytestmark = pytest.mark.slow
+# The tests on nvcc's builds are slow-marked: building the 12 files takes nvcc about 4 s of CPU
+# once per pytest-xdist worker (cuobjdump then about 0.01 s a call). The hostile files made here
+# in Python are in the fast loop.
 
 SOURCE = """
 namespace ns {
@@ -162,6 +163,7 @@ def decoded(builds: Builds, name: str, decoder):
     return decoder(memoryview(builds.path(name).read_bytes()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CUBINS))
 def test_cubin_matches_cuobjdump(builds, name):
     details = decoded(builds, f"{name}.cubin", decode_cubin)
@@ -180,6 +182,7 @@ def test_cubin_matches_cuobjdump(builds, name):
     assert listing == [("elf", details.arch)]
 
 
+@pytest.mark.slow
 def test_cubin_traits(builds):
     traits = {
         name: (d.debug, d.relocatable, d.built_for)
@@ -206,6 +209,7 @@ HEADERS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("osabi", "abi", "flags", "version"), HEADERS)
 def test_both_e_flags_layouts_read_as_cuobjdump_reads_them(
     builds, tmp_path, osabi, abi, flags, version
@@ -235,6 +239,7 @@ def elf_arch(entry) -> str:
     return entry.arch.removesuffix("f")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(FATBINS))
 def test_fatbin_matches_cuobjdump(builds, name):
     details = decoded(builds, f"{name}.fatbin", decode_fatbin)
@@ -252,6 +257,7 @@ def test_fatbin_matches_cuobjdump(builds, name):
             assert sorted((k.name, k.size) for k in entry.details.kernels) == sorted(kernels)
 
 
+@pytest.mark.slow
 def test_fatbin_entries_say_compression_variant_and_debug(builds):
     compressed = decoded(builds, "compressed.fatbin", decode_fatbin)
     assert [(e.kind, e.compression) for e in compressed.entries] == [
@@ -274,6 +280,7 @@ def test_fatbin_entries_say_compression_variant_and_debug(builds):
     json.dumps(family.to_json())
 
 
+@pytest.mark.slow
 def test_payloads_are_found_by_kind_and_by_content(builds):
     cubin = memoryview(builds.path("sm_90a.cubin").read_bytes())
     fatbin = memoryview(builds.path("multi.fatbin").read_bytes())
@@ -285,6 +292,7 @@ def test_payloads_are_found_by_kind_and_by_content(builds):
     assert refused.details is None and isinstance(refused.error, PayloadError)
 
 
+@pytest.mark.slow
 def test_two_containers_back_to_back_are_one_fatbin(builds):
     data = builds.path("multi.fatbin").read_bytes() + builds.path("compressed.fatbin").read_bytes()
     details = decode_fatbin(memoryview(data + bytes(16)))
@@ -313,6 +321,7 @@ def mutants(data: bytes, rng: random.Random, count: int):
         yield bytes(mutant)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "decoder"),
     [
@@ -350,6 +359,7 @@ def handed_over(data: memoryview) -> FatbinDetails:
     return FatbinDetails(0, (), len(text))  # any Details will do; entry_count carries the size
 
 
+@pytest.mark.slow
 def test_uncompressed_ptx_goes_to_the_registered_ptx_decoder(builds, monkeypatch):
     import ffitool.payloads as payloads
 
