@@ -432,3 +432,18 @@ def test_a_fatbin_of_many_entries_keeps_a_bounded_number():
     assert details.entry_count == count and len(details.entries) == ENTRY_LIMIT
     assert details.entries[0].error is not None  # an empty ELF payload: refused, not raised
     assert f"{count} entries" in details.summary()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["multi", "family-debug"])
+def test_uncompressed_cubins_sit_where_cuobjdump_extracts_them_from(builds, tmp_path, name):
+    data = builds.path(f"{name}.fatbin").read_bytes()
+    subprocess.run(
+        [str(builds.cuobjdump), "-xelf", "all", str(builds.path(f"{name}.fatbin"))],
+        cwd=tmp_path, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    extracted = [path.read_bytes() for path in sorted(tmp_path.glob("*.cubin"))]
+    elves = [e for e in decode_fatbin(memoryview(data)).entries if e.kind == "elf"]
+    assert len(extracted) == len(elves) > 0
+    for entry, cubin in zip(elves, extracted, strict=True):
+        assert data[entry.offset : entry.offset + len(cubin)] == cubin

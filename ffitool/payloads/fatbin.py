@@ -49,6 +49,8 @@ class FatbinEntry:
 
     kind: str
     """"ptx", "elf", or "kind <n>" for a kind this decoder does not know."""
+    offset: int
+    """Where the entry's payload starts in the fatbin."""
     arch: str
     """The SM the header names, with the `a`/`f` variant its flags give ("sm_100f")."""
     code_version: str
@@ -65,6 +67,7 @@ class FatbinEntry:
     def to_json(self) -> dict[str, JsonValue]:
         return {
             "kind": self.kind,
+            "offset": self.offset,
             "arch": self.arch,
             "code_version": self.code_version,
             "debug": self.debug,
@@ -132,7 +135,7 @@ def _decode_entry(kind: int, payload: memoryview) -> tuple[Details | None, str |
                 payload[: text_end if text_end >= 0 else len(payload)]
             ), None
     except PayloadError as exc:
-        return None, str(exc)
+        return None, f"{exc.what} at offset {exc.offset} of the entry's payload"
     return None, None
 
 
@@ -164,6 +167,7 @@ def _entry(data: memoryview, offset: int, end: int, decode: bool) -> tuple[Fatbi
     details, error = _decode_entry(kind, payload) if decode and not compression else (None, None)
     entry = FatbinEntry(
         kind={KIND_PTX: "ptx", KIND_ELF: "elf"}.get(kind, f"kind {kind}"),
+        offset=start,
         arch=_arch(arch, flags),
         code_version=f"{major}.{minor}",
         debug=bool(flags & FLAG_DEBUG),
