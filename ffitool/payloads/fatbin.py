@@ -9,10 +9,11 @@ say 64-bit (0x1), debug (0x2), compressed (0x2000 NVIDIA's LZ format, 0x8000 zst
 nvcc's `--compress-mode` and `-Xfatbin -compress-all`; nvcc 13 compresses PTX by default), and
 the `a` (0x100000) or `f` (0x200000) variant of the architecture.
 
-Uncompressed cubins are decoded with `decode_cubin`, uncompressed PTX with the decoder the
-registry names "ptx" when there is one. Compressed entries are listed with both sizes and not
-inflated: zstd is not in the standard library before Python 3.14, and a decoder of NVIDIA's own
-format is a parser of its own to bound and prove; the entry says `compression`.
+Cubins are decoded with `decode_cubin`, PTX with the decoder the registry names "ptx" when there
+is one, after inflating LZ4 entries (`lz4.py`, bounded by the size the header says and by
+`INFLATE_LIMIT`). zstd entries are listed with both sizes and not inflated: zstd is not in the
+standard library before Python 3.14, and a decoder of it is a parser of its own to bound and
+prove; the entry says `compression`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 from ffitool.payloads import _DECODERS, Details, JsonValue, PayloadError, _decoder, _is_fatbin
 from ffitool.payloads.cubin import decode_cubin
+from ffitool.payloads.lz4 import inflate_block
 
 __all__ = ["FatbinDetails", "FatbinEntry", "decode_fatbin"]
 
@@ -36,6 +38,10 @@ FLAG_FAMILY = 0x200000
 ENTRY_LIMIT = 4096
 """Entries decoded per fatbin (all containers); the rest are counted."""
 SUMMARY_LABELS = 8
+INFLATE_LIMIT = 256 << 20
+"""The largest entry inflated (a cubin of flashinfer's is a few MB, libcublas's tens)."""
+LZ4_RATIO = 256
+"""LZ4 writes at most 255 bytes of output per byte of input: a larger claim is false."""
 PTX_DECODER = "ptx"
 """The registry's name of the PTX decoder, used when it is registered (payloads/ptx.py)."""
 
@@ -125,8 +131,26 @@ def _compression(flags: int) -> str | None:
     return "lz" if flags & FLAG_COMPRESSED_LZ else None
 
 
-def _decode_entry(kind: int, payload: memoryview) -> tuple[Details | None, str | None]:
+def _payload(
+    data: memoryview, start: int, size: int, compressed: int, flags: int, inflated: int
+) -> memoryview | PayloadError:
+    """The entry's payload, inflated from LZ4 when it is (within `INFLATE_LIMIT`)."""
+    if not flags & FLAG_COMPRESSED_LZ:
+        return data[start : start + size]
+    if compressed > size or inflated > min(INFLATE_LIMIT, LZ4_RATIO * compressed + 64):
+        return PayloadError(f"LZ4 entry of {compressed} bytes said to inflate to {inflated}", 0)
     try:
+        return memoryview(inflate_block(data[start : start + compressed], inflated))
+    except PayloadError as exc:
+        return exc
+
+
+def _decode_entry(
+    kind: int, payload: memoryview | PayloadError
+) -> tuple[Details | None, str | None]:
+    try:
+        if isinstance(payload, PayloadError):
+            raise payload
         if kind == KIND_ELF:
             return decode_cubin(payload), None
         if kind == KIND_PTX and PTX_DECODER in _DECODERS:
@@ -163,8 +187,11 @@ def _entry(data: memoryview, offset: int, end: int, decode: bool) -> tuple[Fatbi
         raise PayloadError("fatbin entry past its container", offset)
     start = offset + header_size
     compression = _compression(flags)
-    payload = data[start : start + size]
-    details, error = _decode_entry(kind, payload) if decode and not compression else (None, None)
+    details, error = None, None
+    if decode and compression != "zstd":
+        details, error = _decode_entry(
+            kind, _payload(data, start, size, compressed_size, flags, inflated)
+        )
     entry = FatbinEntry(
         kind={KIND_PTX: "ptx", KIND_ELF: "elf"}.get(kind, f"kind {kind}"),
         offset=start,
