@@ -474,3 +474,26 @@ def test_lz4_entries_inflate_to_what_cuobjdump_extracts(builds, tmp_path):
         for end in range(0, len(block), 7):  # every truncation is refused
             with pytest.raises(PayloadError):
                 inflate_block(block[:end], entry.uncompressed_size)
+
+
+def test_hostile_lz4_blocks_are_refused_with_bounded_work():
+    from ffitool.payloads.lz4 import inflate_block
+
+    cases = [
+        (b"\x10A\x00\x00", 5),  # a match offset of 0
+        (b"\x10A\x02\x00", 5),  # a match before the start of the output
+        (b"\x1fA\x01\x00" + b"\xff" * 4000, 1 << 20),  # a match longer than the entry says
+        (b"\xf0", 20),  # literal length bytes missing
+        (b"\x50AB", 5),  # literals missing
+        (b"\x10A\x01", 5),  # the offset's second byte missing
+        (b"\x00", 1),  # inflates to less than the entry says
+    ]
+    for block, size in cases:
+        started = time.process_time()
+        with pytest.raises(PayloadError):
+            inflate_block(memoryview(block), size)
+        assert time.process_time() - started < 0.1
+    # A long overlapping match is one repeated pattern, not a byte at a time.
+    block = b"\x2fAB\x02\x00" + b"\xff" * 3900 + b"\x00"
+    size = 2 + 4 + 15 + 255 * 3900
+    assert inflate_block(memoryview(block), size) == (b"AB" * size)[:size]
