@@ -59,7 +59,6 @@ NOTE_CUINFO = 1000
 NOTE_TKINFO = 2000
 KERNEL_LIMIT = 10_000
 """Kernels kept per cubin; flashinfer's largest cubins hold a few hundred."""
-SECTION_LIMIT = 1 << 16
 
 _NOTE_SECTIONS = (".note.nv.cuinfo", ".note.nv.tkinfo")
 _COMPAT = ".nv.compat"
@@ -187,7 +186,7 @@ def _contents(data: memoryview, section: _Section, at: int) -> memoryview:
 
 
 def _notes(data: memoryview, section: _Section, at: int) -> dict[int, bytes]:
-    """The section's notes by type (the first of each), name and alignment checked."""
+    """The section's notes by type (the first of each), each checked to lie inside it."""
     body, cursor = _contents(data, section, at), 0
     found: dict[int, bytes] = {}
     while cursor + _NOTE.size <= len(body):
