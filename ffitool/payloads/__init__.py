@@ -60,7 +60,28 @@ class PayloadError(Exception):
 Decoder = Callable[[memoryview], Details]
 """A decoder: the payload's bytes (read-only) -> its details, or PayloadError."""
 
+
+def _is_cubin(data: memoryview) -> bool:
+    """A 64-bit little-endian ELF file for EM_CUDA (190): what ptxas writes."""
+    return bytes(data[:6]) == b"\x7fELF\x02\x01" and bytes(data[18:20]) == b"\xbe\x00"
+
+
+def _is_fatbin(data: memoryview) -> bool:
+    """The fatbin container magic, 0xBA55ED50 little-endian."""
+    return bytes(data[:4]) == b"\x50\xed\x55\xba"
+
+
+_VM_MAGICS = (b"\x1d\x15\x14\x42\x2f\xde\x25\xd2", b"\x1e\x15\x14\x42\x2f\xde\x25\xd2")
+"""A Relax VM executable's header, little-endian (relax_vm.MAGIC_V1, MAGIC_V2)."""
+
+
+def _vm_magic(data: memoryview) -> bool:
+    return bytes(data[:8]) in _VM_MAGICS
+
+
 _DECODERS: Mapping[str, str] = {
+    "cubin": "ffitool.payloads.cubin:decode_cubin",
+    "fatbin": "ffitool.payloads.fatbin:decode_fatbin",
     "tvm.cuda": "ffitool.payloads.tvm_device:decode_cuda_module",
     "tvm.hip": "ffitool.payloads.tvm_device:decode_hip_module",
     "tvm.opencl": "ffitool.payloads.tvm_device:decode_opencl_module",
@@ -72,8 +93,12 @@ _DECODERS: Mapping[str, str] = {
     "static_library": "ffitool.payloads.tvm_modules:decode_static_library",
     "c": "ffitool.payloads.tvm_modules:decode_c_source",
 }
-"""Decoder name -> "module:function". Filled by the decoder modules' registry lines below."""
+"""Decoder name -> "module:function"."""
 _BY_KIND: Mapping[str, str] = {
+    # The README's example kinds, which no loader in TVM or tvm-ffi reads (issue 19): what their
+    # names promise. TVM's own `cuda` kind is TVM's module format, not a bare cubin.
+    "cuda_cubin": "cubin",
+    "cuda_fatbin": "fatbin",
     "cuda": "tvm.cuda",
     "hip": "tvm.hip",
     "opencl": "tvm.opencl",
@@ -87,17 +112,9 @@ _BY_KIND: Mapping[str, str] = {
     "c": "c",
 }
 """Module kind -> the decoder its loader expects (e.g. "cuda" -> "tvm.cuda")."""
-
-
-_VM_MAGICS = (b"\x1d\x15\x14\x42\x2f\xde\x25\xd2", b"\x1e\x15\x14\x42\x2f\xde\x25\xd2")
-"""A Relax VM executable's header, little-endian (relax_vm.MAGIC_V1, MAGIC_V2)."""
-
-
-def _vm_magic(data: memoryview) -> bool:
-    return bytes(data[:8]) in _VM_MAGICS
-
-
 _SNIFFERS: tuple[tuple[Callable[[memoryview], bool], str], ...] = (
+    (_is_cubin, "cubin"),
+    (_is_fatbin, "fatbin"),
     (_vm_magic, "relax.VMExecutable"),
 )
 """(test of the first bytes, decoder name), tried in order for content-based recognition."""
