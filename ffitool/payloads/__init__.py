@@ -23,11 +23,19 @@ from importlib import import_module
 from typing import Any, Protocol
 
 __all__ = [
+    "SNIFF_BYTES",
+    "Decoded",
     "Details",
     "PayloadError",
+    "choose_decoder",
     "decode_payload",
     "decoder_for_content",
+    "run_decoder",
 ]
+
+SNIFF_BYTES = 4096
+"""Bytes from a payload's start that every sniffer decides on: a payload left in the file is
+read this far to choose its decoder, and whole only if one is chosen."""
 
 JsonValue = Any
 """A value `json.dumps` writes: str, int, float, bool, None, or lists and dicts of them."""
@@ -36,8 +44,12 @@ JsonValue = Any
 class Details(Protocol):
     """What a decoder found in one payload."""
 
-    decoder: str
-    """Which decoder read it: "cubin", "fatbin", "ptx", "tvm.cuda", "relax.VMExecutable"..."""
+    # A read-only property rather than an attribute: a frozen dataclass's field satisfies it
+    # (mypy refuses a read-only field for a settable protocol attribute).
+    @property
+    def decoder(self) -> str:
+        """Which decoder read it: "cubin", "fatbin", "ptx", "tvm.cuda", "relax.VMExecutable"..."""
+        ...
 
     def summary(self) -> str:
         """One line for text output (no newline; the renderer bounds and escapes it)."""
@@ -60,12 +72,36 @@ class PayloadError(Exception):
 Decoder = Callable[[memoryview], Details]
 """A decoder: the payload's bytes (read-only) -> its details, or PayloadError."""
 
-_DECODERS: Mapping[str, str] = {}
+
+def _is_ptx(head: memoryview) -> bool:
+    """PTX: comments and whitespace, then `.version` (the ISA's first directive)."""
+    text = bytes(head[:SNIFF_BYTES])
+    position = 0
+    while True:
+        while position < len(text) and text[position] in b" \t\r\n\v\f":
+            position += 1
+        if text.startswith(b"//", position):
+            position = text.find(b"\n", position)
+        elif text.startswith(b"/*", position):
+            position = text.find(b"*/", position)
+            position = -1 if position < 0 else position + 2
+        else:
+            return text.startswith(b".version", position)
+        if position < 0:
+            return False
+
+
+_DECODERS: Mapping[str, str] = {
+    "ptx": "ffitool.payloads.ptx:decode_ptx",
+}
 """Decoder name -> "module:function". Filled by the decoder modules' registry lines below."""
-_BY_KIND: Mapping[str, str] = {}
+_BY_KIND: Mapping[str, str] = {
+    "cuda_ptx": "ptx",
+}
 """Module kind -> the decoder its loader expects (e.g. "cuda" -> "tvm.cuda")."""
-_SNIFFERS: tuple[tuple[Callable[[memoryview], bool], str], ...] = ()
-"""(test of the first bytes, decoder name), tried in order for content-based recognition."""
+_SNIFFERS: tuple[tuple[Callable[[memoryview], bool], str], ...] = ((_is_ptx, "ptx"),)
+"""(test of the first bytes, decoder name), tried in order for content-based recognition.
+A test reads at most SNIFF_BYTES and never imports its decoder's module."""
 
 
 @dataclass(frozen=True)
@@ -90,15 +126,29 @@ def _decoder(name: str) -> Decoder:
     return decoder
 
 
-def decode_payload(kind: str, data: memoryview) -> Decoded:
-    """Decode one module's payload: by its kind's decoder, else by its content."""
+def choose_decoder(kind: str, head: memoryview) -> tuple[str | None, str | None]:
+    """(the decoder to run, the decoder the kind calls for when the content is something else)
+    from a payload's first SNIFF_BYTES: its kind's decoder, unless the content is another
+    known format; else the content's; (None, None) when neither knows it."""
     expected = _BY_KIND.get(kind)
-    found = decoder_for_content(data)
+    found = decoder_for_content(head)
     name = expected if expected is not None and (found is None or found == expected) else found
     if name is None:
-        return Decoded(None)
-    mismatch = expected if expected is not None and name != expected else None
+        return None, None
+    return name, expected if expected is not None and name != expected else None
+
+
+def run_decoder(name: str, data: memoryview, mismatch: str | None = None) -> Decoded:
+    """Run one decoder (loaded on first use) over a whole payload."""
     try:
         return Decoded(_decoder(name)(data), None, mismatch)
     except PayloadError as exc:
         return Decoded(None, exc, mismatch)
+
+
+def decode_payload(kind: str, data: memoryview) -> Decoded:
+    """Decode one module's payload: by its kind's decoder, else by its content."""
+    name, mismatch = choose_decoder(kind, data[:SNIFF_BYTES])
+    if name is None:
+        return Decoded(None)
+    return run_decoder(name, data, mismatch)
