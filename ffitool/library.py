@@ -22,7 +22,7 @@ from typing import BinaryIO, cast
 from ffitool import blob as codec
 from ffitool.errors import BlobError, InputError
 from ffitool.files import CHUNK, open_regular_file
-from ffitool.findings import Finding
+from ffitool.findings import Finding, printable
 from ffitool.formats import (
     Image,
     Location,
@@ -34,8 +34,10 @@ from ffitool.formats import (
 )
 from ffitool.formats.sniff import ARCHIVE, ELF_FILE, THIN_ARCHIVE, sniff
 from ffitool.formats.strtab import read_exactly
+from ffitool.payloads import SNIFF_BYTES, Decoded, Details, choose_decoder, run_decoder
 from ffitool.rules import finding
 from ffitool.symbols import Naming, Role, classify
+from ffitool.units import format_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,14 @@ class ModuleInfo:
     imports: tuple[int, ...]
     payload_offset: int | None
     """Offset of the payload bytes from the start of the blob."""
+    decoded: Decoded | None = None
+    """What the payload decoders made of the payload; None when no decoder knows its kind
+    or content (or payloads were not read)."""
+
+    @property
+    def details(self) -> Details | None:
+        """The payload's decoded details (architecture, kernels, function table...), if any."""
+        return None if self.decoded is None else self.decoded.details
 
 
 @dataclass(frozen=True)
@@ -249,11 +259,12 @@ def _decode(
         old = codec.decode_legacy(window)
         return _Decoded(old.nbytes, 8 + old.nbytes, _legacy_modules(old), old.findings, True)
     decoded = codec.decode(window)
+    modules = _module_infos(decoded, file_offset, handle)
     return _Decoded(
         decoded.nbytes,
         decoded.size,
-        _module_infos(decoded, file_offset, handle),
-        decoded.findings,
+        modules,
+        (*decoded.findings, *_payload_findings(modules)),
         codec.LIB_KIND in decoded.kinds,
     )
 
@@ -538,11 +549,12 @@ _NO_LIB_MODULE = (
 def _module_infos(
     decoded: codec.DecodedBlob, blob_file_offset: int, handle: BinaryIO | None
 ) -> tuple[ModuleInfo, ...]:
-    """Modules with their sizes and, given a file handle to read them from, sha256 digests.
+    """Modules with their sizes and, given a file handle to read them from, sha256 digests
+    and what the payload decoders make of them.
 
     Read from the decoded columns, not `decoded.blob`: a million tiny modules would otherwise
     cost a Module, a payload view and a layout each. A payload already in memory is hashed
-    there; one left in the file (a blob over `_READ_LIMIT`) is read from it.
+    and decoded there; one left in the file (a blob over `_READ_LIMIT`) is read from it.
     """
     import hashlib  # only files with a blob pay for loading OpenSSL
 
@@ -551,13 +563,15 @@ def _module_infos(
     for index, kind in enumerate(decoded.kinds):
         offset = offsets[index]
         digest = None
+        decoding = None
         payload = decoded.payload(index)  # None: a module without a payload
         if payload is not None and handle is not None:
-            digest = (
-                file_sha256(handle, blob_file_offset + offset, sizes[index])
-                if isinstance(payload, codec.Span)
-                else hashlib.sha256(payload).hexdigest()
-            )
+            if isinstance(payload, codec.Span):
+                at = blob_file_offset + offset
+                digest, decoding = _hash_and_decode_in_file(kind, handle, at, sizes[index])
+            else:
+                digest = hashlib.sha256(payload).hexdigest()
+                decoding = _decode_in_memory(kind, memoryview(payload))
         infos.append(
             ModuleInfo(
                 index,
@@ -566,9 +580,79 @@ def _module_infos(
                 digest,
                 imports[index],
                 None if offset < 0 else offset,
+                decoding,
             )
         )
     return tuple(infos)
+
+
+DECODE_LIMIT = 64 << 20
+"""Largest payload the decoders read. A payload left in the file (in a blob over
+`_READ_LIMIT`) is read into memory to be decoded; a larger one is reported by size and
+digest only (B304), so that a 1 GiB payload never is."""
+
+
+def _decode_in_memory(kind: str, payload: memoryview) -> Decoded | None:
+    name, mismatch = choose_decoder(kind, payload[:SNIFF_BYTES])
+    return None if name is None else run_decoder(name, payload, mismatch)
+
+
+def _hash_and_decode_in_file(
+    kind: str, handle: BinaryIO, at: int, size: int
+) -> tuple[str, Decoded | None]:
+    """The digest and decoding of a payload left in the file. Its first SNIFF_BYTES choose
+    the decoder; a payload that one reads, up to DECODE_LIMIT, is read once for both, and any
+    other is hashed in chunks."""
+    import hashlib
+
+    name, mismatch = choose_decoder(kind, memoryview(_read_at(handle, at, min(size, SNIFF_BYTES))))
+    if name is None:
+        return file_sha256(handle, at, size), None
+    if size > DECODE_LIMIT:
+        return file_sha256(handle, at, size), Decoded(None, None, mismatch, name, too_large=True)
+    data = _read_at(handle, at, size)
+    return hashlib.sha256(data).hexdigest(), run_decoder(name, memoryview(data), mismatch)
+
+
+def _read_at(handle: BinaryIO, offset: int, size: int) -> bytes:
+    handle.seek(offset)
+    data = handle.read(size)
+    if len(data) != size:
+        raise InputError(f"{handle.name}: file ended inside a payload at offset {offset}")
+    return data
+
+
+def _payload_findings(modules: Iterable[ModuleInfo]) -> Iterator[Finding]:
+    """B302-B304: a payload whose content is not its kind's, one its decoder cannot read, one
+    too large to decode; each at the payload's offset in the blob."""
+    for module in modules:
+        decoding = module.decoded
+        if decoding is None or module.payload_offset is None:
+            continue
+        where = f"module {module.index} ({printable(module.kind)})"
+        if decoding.expected is not None:
+            yield finding(
+                "B302",
+                f"{where}: the payload is {decoding.decoder}, not the {decoding.expected}"
+                " its kind's loader reads",
+                module.payload_offset,
+            )
+        if decoding.error is not None:
+            at = module.payload_offset + decoding.error.offset
+            yield finding(
+                "B303",
+                f"{where}: the {decoding.decoder} decoder cannot read the payload:"
+                f" {decoding.error.what} at blob offset {at}",
+                at,
+            )
+        if decoding.too_large:
+            yield finding(
+                "B304",
+                f"{where}: the {format_size(module.size or 0)} payload is over the"
+                f" {format_size(DECODE_LIMIT)} decoding limit; only its size and sha256 are"
+                " shown",
+                module.payload_offset,
+            )
 
 
 def _legacy_modules(legacy: codec.LegacyBlob) -> tuple[ModuleInfo, ...]:
@@ -627,7 +711,8 @@ def inspect_blob_file(path: str | os.PathLike[str]) -> BlobReport:
         except BlobError as exc:
             raise BlobError(f"{display}: {exc.what}", exc.offset) from None
         modules = _module_infos(decoded, 0, handle)
-        report = BlobReport(display, size, decoded.nbytes, modules, decoded.findings)
+        found = (*decoded.findings, *_payload_findings(modules))
+        report = BlobReport(display, size, decoded.nbytes, modules, found)
     return report
 
 

@@ -75,6 +75,8 @@ Decoder = Callable[[memoryview], Details]
 
 def _is_ptx(head: memoryview) -> bool:
     """PTX: comments and whitespace, then `.version` (the ISA's first directive)."""
+    if not head or head[0] not in b"/. \t\r\n\v\f":
+        return False  # most payloads are refused here, before their head is copied
     text = bytes(head[:SNIFF_BYTES])
     position = 0
     while True:
@@ -112,6 +114,11 @@ class Decoded:
     error: PayloadError | None = None
     expected: str | None = None
     """The decoder the kind calls for, when the content is something else (a mismatch)."""
+    decoder: str | None = None
+    """The decoder that read (or failed to read) the payload; None when none was run."""
+    too_large: bool = False
+    """The payload was not read: it is over the caller's decoding limit (`decoder` would
+    have read it)."""
 
 
 def decoder_for_content(data: memoryview) -> str | None:
@@ -141,9 +148,9 @@ def choose_decoder(kind: str, head: memoryview) -> tuple[str | None, str | None]
 def run_decoder(name: str, data: memoryview, mismatch: str | None = None) -> Decoded:
     """Run one decoder (loaded on first use) over a whole payload."""
     try:
-        return Decoded(_decoder(name)(data), None, mismatch)
+        return Decoded(_decoder(name)(data), None, mismatch, name)
     except PayloadError as exc:
-        return Decoded(None, exc, mismatch)
+        return Decoded(None, exc, mismatch, name)
 
 
 def decode_payload(kind: str, data: memoryview) -> Decoded:

@@ -7,7 +7,8 @@ right, through the read-only buffer (never copied or decoded whole), skipping co
 strings so that a directive quoted in either is not taken for one; the names kept are capped.
 
 The PTX ISA requires `.version` as the first directive and `.target` after it; text that does
-not start so, or holds a control byte or bytes that are not UTF-8, is refused with the offset.
+not start with `.version`, or holds a control byte or bytes that are not UTF-8, is refused with
+the offset. A missing `.target` is shown (an empty `target`), not refused.
 A NUL padding the end (as a fatbin stores PTX) is not part of the text.
 """
 
@@ -53,7 +54,8 @@ class PtxDetails:
     version: str
     target: tuple[str, ...]
     """Every `.target` item: the architecture (`sm_90a`) and modifiers (`debug`,
-    `texmode_independent`), in order."""
+    `texmode_independent`), in order; empty when the text has no `.target`, which ptxas and
+    the driver refuse (read anyway: a stub with only `.version` is still recognisably PTX)."""
     address_size: int | None
     """`.address_size` (32 or 64); None when absent (the ISA then means 32)."""
     entries: tuple[str, ...]
@@ -97,11 +99,9 @@ def decode_ptx(data: memoryview) -> PtxDetails:
     scan.run()
     if scan.version is None:
         raise PayloadError("no .version directive: not PTX", 0)
-    if scan.target is None:
-        raise PayloadError("no .target directive after .version", scan.version_end)
     return PtxDetails(
         scan.version,
-        scan.target,
+        scan.target or (),
         scan.address_size,
         tuple(scan.entries),
         scan.entry_count,
@@ -130,7 +130,6 @@ class _Scan:
     def __init__(self, text: memoryview) -> None:
         self.text = text
         self.version: str | None = None
-        self.version_end = 0
         self.target: tuple[str, ...] | None = None
         self.address_size: int | None = None
         self.entries: list[str] = []
@@ -178,7 +177,6 @@ class _Scan:
         if found is None:
             raise PayloadError(".version without a major.minor number", position)
         self.version = f"{int(found.group(1))}.{int(found.group(2))}"
-        self.version_end = found.end()
         return found.end()
 
     def _definition(self, entry: bool, start: int, position: int) -> int:
