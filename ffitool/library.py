@@ -571,7 +571,7 @@ def _module_infos(
                 digest, decoding = _hash_and_decode_in_file(kind, handle, at, sizes[index])
             else:
                 digest = hashlib.sha256(payload).hexdigest()
-                decoding = _decode_in_memory(kind, memoryview(payload))
+                decoding = _decode_in_memory(kind, _view(payload))
         infos.append(
             ModuleInfo(
                 index,
@@ -592,8 +592,13 @@ DECODE_LIMIT = 64 << 20
 digest only (B304), so that a 1 GiB payload never is."""
 
 
+def _view(payload: codec.Buffer) -> memoryview:
+    """The codec's in-memory payloads are already views (zero-copy); only bytes are wrapped."""
+    return payload if isinstance(payload, memoryview) else memoryview(payload)
+
+
 def _decode_in_memory(kind: str, payload: memoryview) -> Decoded | None:
-    name, mismatch = choose_decoder(kind, payload[:SNIFF_BYTES])
+    name, mismatch = choose_decoder(kind, payload)
     return None if name is None else run_decoder(name, payload, mismatch)
 
 

@@ -103,7 +103,9 @@ _BY_KIND: Mapping[str, str] = {
 """Module kind -> the decoder its loader expects (e.g. "cuda" -> "tvm.cuda")."""
 _SNIFFERS: tuple[tuple[Callable[[memoryview], bool], str], ...] = ((_is_ptx, "ptx"),)
 """(test of the first bytes, decoder name), tried in order for content-based recognition.
-A test reads at most SNIFF_BYTES and never imports its decoder's module."""
+A test is given the payload (or its first SNIFF_BYTES, when it lies in the file), reads at
+most SNIFF_BYTES of it and never imports its decoder's module; it runs once per payload of
+every blob read, so it refuses what is not its format from the first byte or few."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,10 @@ class Decoded:
 
 def decoder_for_content(data: memoryview) -> str | None:
     """The decoder whose format the bytes start with, or None."""
-    return next((name for test, name in _SNIFFERS if test(data)), None)
+    for test, name in _SNIFFERS:  # a loop, not next(genexpr): once per module of a blob
+        if test(data):
+            return name
+    return None
 
 
 @cache
@@ -135,8 +140,9 @@ def _decoder(name: str) -> Decoder:
 
 def choose_decoder(kind: str, head: memoryview) -> tuple[str | None, str | None]:
     """(the decoder to run, the decoder the kind calls for when the content is something else)
-    from a payload's first SNIFF_BYTES: its kind's decoder, unless the content is another
-    known format; else the content's; (None, None) when neither knows it."""
+    from a payload's start (`head`: the whole payload, or at least its first SNIFF_BYTES):
+    its kind's decoder, unless the content is another known format; else the content's;
+    (None, None) when neither knows it."""
     expected = _BY_KIND.get(kind)
     found = decoder_for_content(head)
     name = expected if expected is not None and (found is None or found == expected) else found
@@ -155,7 +161,7 @@ def run_decoder(name: str, data: memoryview, mismatch: str | None = None) -> Dec
 
 def decode_payload(kind: str, data: memoryview) -> Decoded:
     """Decode one module's payload: by its kind's decoder, else by its content."""
-    name, mismatch = choose_decoder(kind, data[:SNIFF_BYTES])
+    name, mismatch = choose_decoder(kind, data)
     if name is None:
         return Decoded(None)
     return run_decoder(name, data, mismatch)
