@@ -143,7 +143,8 @@ def inspect_path(path: str | os.PathLike[str], *, digests: bool = True) -> Inspe
 
     Never loads or runs the file. Raises InputError when it cannot be read or is not a
     supported object file; problems inside a readable file become findings. Without
-    `digests`, payloads are not read at all (sha256 is None), for callers that compare bytes.
+    `digests`, payloads are not hashed (sha256 is None), for callers that compare bytes; they
+    are still decoded (`ModuleInfo.details`), which reads only those a decoder knows.
     """
     display = str(path)
     handle, size = open_regular_file(path)
@@ -168,8 +169,8 @@ def inspect_open(
         with _no_cycle_collection():
             obj = read_object(stream, size, display)
             data = _BlobBytes(handle, size, base)
-            hasher = stream if digests else None
-            libraries = tuple(_library(image, data, hasher) for image in obj.images)
+            payloads = _Payloads(stream, digests)
+            libraries = tuple(_library(image, data, payloads) for image in obj.images)
     except OSError as exc:
         raise InputError(f"{display}: read error: {exc.strerror or exc}") from None
     return InspectedFile(display, obj.format, size, libraries, obj.unreadable)
@@ -209,16 +210,16 @@ class _BlobBytes:
         self._base = base
         self._decoded: dict[tuple[bool, int, int, bool], _Decoded | tuple[str, int]] = {}
 
-    def decoded(self, location: Location, legacy: bool, handle: BinaryIO | None) -> _Decoded:
-        """The blob at `location`, decoded (and its payloads hashed, given `handle`) once
+    def decoded(self, location: Location, legacy: bool, payloads: _Payloads) -> _Decoded:
+        """The blob at `location`, decoded (and its payloads decoded and hashed) once
         however many symbols alias it: 3,000 system-lib names of one 16 MB blob cost one
         decode. Raises BlobError when the runtime would reject it."""
-        key = (legacy, location.file_offset, location.available, handle is not None)
+        key = (legacy, location.file_offset, location.available, payloads.digests)
         found = self._decoded.get(key)
         if found is None:
             window = self.window(location.file_offset, location.available)
             try:
-                found = _decode(window, legacy, location.file_offset, handle)
+                found = _decode(window, legacy, location.file_offset, payloads)
             except BlobError as exc:
                 found = (exc.what, exc.offset)
             self._decoded[key] = found
@@ -253,13 +254,13 @@ def _decode(
     window: codec.Buffer | codec.ByteSource,
     legacy: bool,
     file_offset: int,
-    handle: BinaryIO | None,
+    payloads: _Payloads,
 ) -> _Decoded:
     if legacy:
         old = codec.decode_legacy(window)
         return _Decoded(old.nbytes, 8 + old.nbytes, _legacy_modules(old), old.findings, True)
     decoded = codec.decode(window)
-    modules = _module_infos(decoded, file_offset, handle)
+    modules = _module_infos(decoded, file_offset, payloads)
     return _Decoded(
         decoded.nbytes,
         decoded.size,
@@ -267,6 +268,14 @@ def _decode(
         (*decoded.findings, *_payload_findings(modules)),
         codec.LIB_KIND in decoded.kinds,
     )
+
+
+@dataclass(frozen=True)
+class _Payloads:
+    """Where payloads left in the file are read from, and whether they are hashed."""
+
+    handle: BinaryIO
+    digests: bool
 
 
 class _FileRange:
@@ -287,7 +296,7 @@ class _FileRange:
         return codec.Span(start, length)
 
 
-def _library(image: Image, data: _BlobBytes, handle: BinaryIO | None) -> Library:
+def _library(image: Image, data: _BlobBytes, payloads: _Payloads) -> Library:
     ffi_symbols = _merge_tables(image)
     functions = _functions(ffi_symbols, image.loadable)
     blobs = [
@@ -301,7 +310,7 @@ def _library(image: Image, data: _BlobBytes, handle: BinaryIO | None) -> Library
     )
     prefixed = sorted((s for s in blobs if s.naming.prefix), key=lambda s: s.naming.prefix)
     prefixes = {f.symbol.naming.prefix for f in functions}
-    library_bin = _library_bin(image, plain[0], prefixes, data, handle) if plain else None
+    library_bin = _library_bin(image, plain[0], prefixes, data, payloads) if plain else None
     symbol_findings = [
         *_functions_not_exported(ffi_symbols, image.loadable),
         *_functions_not_code(ffi_symbols),
@@ -320,7 +329,7 @@ def _library(image: Image, data: _BlobBytes, handle: BinaryIO | None) -> Library
         symbols=ffi_symbols,
         library_bin=library_bin,
         findings=tuple(symbol_findings),
-        system_lib_bins=tuple(_library_bin(image, s, prefixes, data, handle) for s in prefixed),
+        system_lib_bins=tuple(_library_bin(image, s, prefixes, data, payloads) for s in prefixed),
         signature=image.signature,
         slice=image.slice,
     )
@@ -405,7 +414,7 @@ def _library_bin(
     chosen: FfiSymbol,
     prefixes: set[str],
     data: _BlobBytes,
-    handle: BinaryIO | None,
+    payloads: _Payloads,
 ) -> LibraryBin:
     """Locate and decode one blob symbol (plain, legacy or system-lib prefixed); `prefixes`
     are the system-lib prefixes (empty for plain names) under which functions are defined."""
@@ -426,7 +435,7 @@ def _library_bin(
             )
         return LibraryBin(chosen, None, None, layout, (), tuple(findings), prefix)
     try:
-        decoded = data.decoded(location, legacy, handle)
+        decoded = data.decoded(location, legacy, payloads)
     except BlobError as exc:
         findings.append(finding("B100", exc.what, exc.offset))
         return LibraryBin(chosen, location.file_offset, None, layout, (), tuple(findings), prefix)
@@ -547,10 +556,10 @@ _NO_LIB_MODULE = (
 
 
 def _module_infos(
-    decoded: codec.DecodedBlob, blob_file_offset: int, handle: BinaryIO | None
+    decoded: codec.DecodedBlob, blob_file_offset: int, payloads: _Payloads
 ) -> tuple[ModuleInfo, ...]:
-    """Modules with their sizes and, given a file handle to read them from, sha256 digests
-    and what the payload decoders make of them.
+    """Modules with their sizes, what the payload decoders make of them and (unless
+    `payloads.digests` is off) sha256 digests.
 
     Read from the decoded columns, not `decoded.blob`: a million tiny modules would otherwise
     cost a Module, a payload view and a layout each. A payload already in memory is hashed
@@ -565,13 +574,14 @@ def _module_infos(
         digest = None
         decoding = None
         payload = decoded.payload(index)  # None: a module without a payload
-        if payload is not None and handle is not None:
-            if isinstance(payload, codec.Span):
-                at = blob_file_offset + offset
-                digest, decoding = _hash_and_decode_in_file(kind, handle, at, sizes[index])
-            else:
-                digest = hashlib.sha256(payload).hexdigest()
-                decoding = _decode_in_memory(kind, _view(payload))
+        if payload is None:
+            pass
+        elif isinstance(payload, codec.Span):
+            at = blob_file_offset + offset
+            digest, decoding = _hash_and_decode_in_file(kind, payloads, at, sizes[index])
+        else:
+            digest = hashlib.sha256(payload).hexdigest() if payloads.digests else None
+            decoding = _decode_in_memory(kind, _view(payload))
         infos.append(
             ModuleInfo(
                 index,
@@ -603,20 +613,22 @@ def _decode_in_memory(kind: str, payload: memoryview) -> Decoded | None:
 
 
 def _hash_and_decode_in_file(
-    kind: str, handle: BinaryIO, at: int, size: int
-) -> tuple[str, Decoded | None]:
+    kind: str, payloads: _Payloads, at: int, size: int
+) -> tuple[str | None, Decoded | None]:
     """The digest and decoding of a payload left in the file. Its first SNIFF_BYTES choose
     the decoder; a payload that one reads, up to DECODE_LIMIT, is read once for both, and any
-    other is hashed in chunks."""
+    other is hashed in chunks (or, without digests, not read further)."""
     import hashlib
 
+    handle = payloads.handle
     name, mismatch = choose_decoder(kind, memoryview(_read_at(handle, at, min(size, SNIFF_BYTES))))
-    if name is None:
-        return file_sha256(handle, at, size), None
-    if size > DECODE_LIMIT:
-        return file_sha256(handle, at, size), Decoded(None, None, mismatch, name, too_large=True)
+    if name is None or size > DECODE_LIMIT:
+        digest = file_sha256(handle, at, size) if payloads.digests else None
+        too_large = None if name is None else Decoded(None, None, mismatch, name, too_large=True)
+        return digest, too_large
     data = _read_at(handle, at, size)
-    return hashlib.sha256(data).hexdigest(), run_decoder(name, memoryview(data), mismatch)
+    digest = hashlib.sha256(data).hexdigest() if payloads.digests else None
+    return digest, run_decoder(name, memoryview(data), mismatch)
 
 
 def _read_at(handle: BinaryIO, offset: int, size: int) -> bytes:
@@ -715,7 +727,7 @@ def inspect_blob_file(path: str | os.PathLike[str]) -> BlobReport:
             decoded = codec.decode(_BlobBytes(handle, size).window(0, size))
         except BlobError as exc:
             raise BlobError(f"{display}: {exc.what}", exc.offset) from None
-        modules = _module_infos(decoded, 0, handle)
+        modules = _module_infos(decoded, 0, _Payloads(handle, True))
         found = (*decoded.findings, *_payload_findings(modules))
         report = BlobReport(display, size, decoded.nbytes, modules, found)
     return report

@@ -159,3 +159,25 @@ def test_schema_refuses_ptx_details_of_another_shape(packed_with_ptx):
     module["details"]["surprise"] = 1
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(document, schema("inspect-3.json"))
+
+
+def test_check_reports_an_unreadable_payload_at_its_file_offset(tmp_path):
+    """`check` reads without hashing payloads, and still decodes them."""
+    source = tmp_path / "libffi_c.so"
+    shutil.copyfile(FIXTURES / "libffi_c.so", source)
+    junk = tmp_path / "junk.ptx"
+    junk.write_bytes(JUNK)
+    packed = tmp_path / "libjunk.so"
+    result = ffitool("pack", str(source), "--add", f"cuda_ptx:{junk}", "-o", str(packed), "--quiet")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(ffitool("inspect", "--json", str(packed)).stdout)
+    blob = document["files"][0]["libraries"][0]["library_bin"]
+    at = blob["modules"][3]["payload_offset"] + 5
+    result = ffitool("check", "--format", "json", str(packed))
+    assert result.returncode == 0  # a warning
+    (found,) = json.loads(result.stdout)["files"][0]["findings"]
+    assert (found["code"], found["offset"], found["file_offset"]) == (
+        "B303",
+        at,
+        blob["file_offset"] + at,
+    )
