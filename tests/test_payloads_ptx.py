@@ -179,6 +179,7 @@ HOSTILE_TAILS = (
     "b'.func (' * 100_000",  # return lists that never close
     "b'.visible ' * 100_000 + b'\\n'",  # linkage looked behind from nothing
     "b' ' * 400_000 + b'.entry' + b' ' * 400_000",
+    "'// \u00e9'.encode() * 100_000",  # many short non-ASCII runs, each checked alone
 )
 
 
