@@ -4,10 +4,11 @@
 member) opens a file once, reads its images, classifies FFI symbols by role, decodes the blob
 where it lies (read through the descriptor, payloads never copied) and hashes payloads by
 streaming them from the file in fixed-size chunks, so the memory used does not grow with the
-blob. What is wrong is
-found while reading, and kept on what it is about: a blob's bytes and placement on the blob
-(B, L1xx), the FFI symbols themselves on the Library (L2xx). `checks` only adds what a user's
-requirements ask (R1xx), so it may import this module and not the reverse.
+blob; each payload goes to the payload decoder its kind or content calls for (bounded by
+`DECODE_LIMIT`). What is wrong is found while reading, and kept on what it is about: a blob's
+bytes and placement on the blob (B, L1xx; a payload's, B3xx), the FFI symbols themselves on
+the Library (L2xx). `checks` only adds what a user's requirements ask (R1xx), so it may import
+this module and not the reverse.
 """
 
 from __future__ import annotations
@@ -711,7 +712,8 @@ class BlobReport:
 
 
 def inspect_blob_file(path: str | os.PathLike[str]) -> BlobReport:
-    """Decode a raw blob file (as TVM's `PackImportsToBytes` writes it) and hash its payloads.
+    """Decode a raw blob file (as TVM's `PackImportsToBytes` writes it), hash its payloads and
+    decode those a payload decoder knows.
 
     Raises BlobError when the runtime would reject the blob, InputError when it cannot be read.
     """
