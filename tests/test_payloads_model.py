@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from importlib import resources
 
@@ -181,3 +182,33 @@ def test_check_reports_an_unreadable_payload_at_its_file_offset(tmp_path):
         at,
         blob["file_offset"] + at,
     )
+
+
+@pytest.mark.slow
+def test_real_cubin_and_ptx_under_each_others_kind(tmp_path):
+    """nvcc's cubin under `cuda_ptx` and its PTX under `cuda_cubin`: each is decoded as what
+    it is, with B302 naming what the kind called for."""
+    if "cubin" not in payloads._DECODERS:
+        pytest.skip("no cubin decoder registered (payloads/cubin.py)")
+    from test_payloads_ptx import KERNELS, nvidia_tool
+
+    source = tmp_path / "kernels.cu"
+    source.write_text(KERNELS)
+    built = {}
+    for flag, suffix in (("-cubin", "cubin"), ("-ptx", "ptx")):
+        out = tmp_path / f"kernels.{suffix}"
+        command = [str(nvidia_tool("nvcc")), flag, "-arch=sm_90a", str(source), "-o", str(out)]
+        subprocess.run(command, check=True, capture_output=True, timeout=300)
+        built[suffix] = out.read_bytes()
+    path = tmp_path / "swapped.bin"
+    path.write_bytes(raw_blob(("cuda_ptx", built["cubin"]), ("cuda_cubin", built["ptx"])))
+    report = inspect_blob_file(path)
+    cubin, ptx = report.modules[1:]
+    assert cubin.details is not None and cubin.details.decoder == "cubin"
+    assert ptx.details is not None and ptx.details.decoder == "ptx"
+    assert codes(report.findings) == [
+        ("B302", cubin.payload_offset),
+        ("B302", ptx.payload_offset),
+    ]
+    assert "the payload is cubin, not the ptx" in report.findings[0].message
+    assert "the payload is ptx, not the cubin" in report.findings[1].message
