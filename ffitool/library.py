@@ -35,7 +35,15 @@ from ffitool.formats import (
 )
 from ffitool.formats.sniff import ARCHIVE, ELF_FILE, THIN_ARCHIVE, sniff
 from ffitool.formats.strtab import read_exactly
-from ffitool.payloads import SNIFF_BYTES, Decoded, Details, choose_decoder, run_decoder
+from ffitool.payloads import (
+    DECODED_KINDS,
+    SNIFF_BYTES,
+    SNIFFED_FIRST_BYTES,
+    Decoded,
+    Details,
+    choose_decoder,
+    run_decoder,
+)
 from ffitool.rules import finding
 from ffitool.symbols import Naming, Role, classify
 from ffitool.units import format_size
@@ -582,7 +590,9 @@ def _module_infos(
             digest, decoding = _hash_and_decode_in_file(kind, payloads, at, sizes[index])
         else:
             digest = hashlib.sha256(payload).hexdigest() if payloads.digests else None
-            decoding = _decode_in_memory(kind, _view(payload))
+            # (never empty: the codec refuses an empty payload)
+            if kind in DECODED_KINDS or payload[0] in SNIFFED_FIRST_BYTES:
+                decoding = _decode_in_memory(kind, _view(payload))
         infos.append(
             ModuleInfo(
                 index,

@@ -23,6 +23,8 @@ from importlib import import_module
 from typing import Any, Protocol
 
 __all__ = [
+    "DECODED_KINDS",
+    "SNIFFED_FIRST_BYTES",
     "SNIFF_BYTES",
     "Decoded",
     "Details",
@@ -75,8 +77,6 @@ Decoder = Callable[[memoryview], Details]
 
 def _is_ptx(head: memoryview) -> bool:
     """PTX: comments and whitespace, then `.version` (the ISA's first directive)."""
-    if not head or head[0] not in b"/. \t\r\n\v\f":
-        return False  # most payloads are refused here, before their head is copied
     text = bytes(head[:SNIFF_BYTES])
     position = 0
     while True:
@@ -101,11 +101,25 @@ _BY_KIND: Mapping[str, str] = {
     "cuda_ptx": "ptx",
 }
 """Module kind -> the decoder its loader expects (e.g. "cuda" -> "tvm.cuda")."""
-_SNIFFERS: tuple[tuple[Callable[[memoryview], bool], str], ...] = ((_is_ptx, "ptx"),)
-"""(test of the first bytes, decoder name), tried in order for content-based recognition.
-A test is given the payload (or its first SNIFF_BYTES, when it lies in the file), reads at
-most SNIFF_BYTES of it and never imports its decoder's module; it runs once per payload of
-every blob read, so it refuses what is not its format from the first byte or few."""
+_SNIFFERS: tuple[tuple[bytes, Callable[[memoryview], bool], str], ...] = (
+    (b"/. \t\r\n\v\f", _is_ptx, "ptx"),
+)
+"""(the bytes the format can start with, a test of its first bytes, decoder name), tried in
+order for content-based recognition. A test runs only on a payload that starts with one of
+its bytes, so that a blob of a million payloads nobody decodes costs a dictionary lookup
+each. It is given the payload (or its first SNIFF_BYTES, when it lies in the file), reads at
+most SNIFF_BYTES of it and never imports its decoder's module."""
+_BY_FIRST_BYTE: dict[int, tuple[tuple[Callable[[memoryview], bool], str], ...]] = {
+    first: tuple((test, name) for starts, test, name in _SNIFFERS if first in starts)
+    for first in {b for starts, _, _ in _SNIFFERS for b in starts}
+}
+"""_SNIFFERS by the first byte of the formats they test, in order."""
+DECODED_KINDS = frozenset(_BY_KIND)
+"""Kinds a decoder is registered for."""
+SNIFFED_FIRST_BYTES = frozenset(_BY_FIRST_BYTE)
+"""First bytes of the formats recognised by content. A payload of a kind outside
+DECODED_KINDS that starts with none of these has no decoder: the model tests both inline,
+without a call per payload."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +139,9 @@ class Decoded:
 
 def decoder_for_content(data: memoryview) -> str | None:
     """The decoder whose format the bytes start with, or None."""
-    for test, name in _SNIFFERS:  # a loop, not next(genexpr): once per module of a blob
+    if not data:
+        return None
+    for test, name in _BY_FIRST_BYTE.get(data[0], ()):
         if test(data):
             return name
     return None
