@@ -4,10 +4,12 @@ the JSON and text that show them."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from importlib import resources
 
 import jsonschema
@@ -212,3 +214,33 @@ def test_real_cubin_and_ptx_under_each_others_kind(tmp_path):
     ]
     assert "the payload is cubin, not the ptx" in report.findings[0].message
     assert "the payload is ptx, not the cubin" in report.findings[1].message
+
+
+@dataclass(frozen=True)
+class _Hostile:
+    """Details whose summary is what a hostile payload's names could make of it."""
+
+    decoder: str = "hostile"
+
+    def summary(self) -> str:
+        return "\x1b[31mred\u202e" * 1000
+
+    def to_json(self) -> dict:
+        return {"decoder": self.decoder}
+
+
+def test_the_details_column_is_escaped_and_bounded():
+    from rich.console import Console
+
+    from ffitool.cli.render import CELL_CHARS, _modules_table
+    from ffitool.library import ModuleInfo
+    from ffitool.payloads import Decoded
+
+    module = ModuleInfo(1, "k", 3, None, (), 8, Decoded(_Hostile()))
+    console = Console(width=1 << 16, record=True, file=io.StringIO())
+    console.print(_modules_table([module]))
+    text = console.export_text()
+    assert "\x1b" not in text and "\u202e" not in text
+    assert "\\x1b[31mred\\u202e" in text
+    (row,) = [line for line in text.splitlines() if "\\x1b" in line]
+    assert len(row) < CELL_CHARS + 200
