@@ -553,7 +553,7 @@ def describe_elf(path: Path) -> str:
 
 
 def json_libraries(document: Any) -> list[dict[str, Any]]:
-    """All `libraries` entries of an ffitool.inspect/2 document, tolerating gaps."""
+    """All `libraries` entries of an ffitool.inspect/3 document, tolerating gaps."""
     if not isinstance(document, dict):
         return []
     found: list[dict[str, Any]] = []

@@ -4,10 +4,11 @@
 member) opens a file once, reads its images, classifies FFI symbols by role, decodes the blob
 where it lies (read through the descriptor, payloads never copied) and hashes payloads by
 streaming them from the file in fixed-size chunks, so the memory used does not grow with the
-blob. What is wrong is
-found while reading, and kept on what it is about: a blob's bytes and placement on the blob
-(B, L1xx), the FFI symbols themselves on the Library (L2xx). `checks` only adds what a user's
-requirements ask (R1xx), so it may import this module and not the reverse.
+blob; each payload goes to the payload decoder its kind or content calls for (bounded by
+`DECODE_LIMIT`). What is wrong is found while reading, and kept on what it is about: a blob's
+bytes and placement on the blob (B, L1xx; a payload's, B3xx), the FFI symbols themselves on
+the Library (L2xx). `checks` only adds what a user's requirements ask (R1xx), so it may import
+this module and not the reverse.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import BinaryIO, cast
 from ffitool import blob as codec
 from ffitool.errors import BlobError, InputError
 from ffitool.files import CHUNK, open_regular_file
-from ffitool.findings import Finding
+from ffitool.findings import Finding, printable
 from ffitool.formats import (
     Image,
     Location,
@@ -34,8 +35,18 @@ from ffitool.formats import (
 )
 from ffitool.formats.sniff import ARCHIVE, ELF_FILE, THIN_ARCHIVE, sniff
 from ffitool.formats.strtab import read_exactly
+from ffitool.payloads import (
+    DECODED_KINDS,
+    SNIFF_BYTES,
+    SNIFFED_FIRST_BYTES,
+    Decoded,
+    Details,
+    choose_decoder,
+    run_decoder,
+)
 from ffitool.rules import finding
 from ffitool.symbols import Naming, Role, classify
+from ffitool.units import format_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +80,14 @@ class ModuleInfo:
     imports: tuple[int, ...]
     payload_offset: int | None
     """Offset of the payload bytes from the start of the blob."""
+    decoded: Decoded | None = None
+    """What the payload decoders made of the payload; None when no decoder knows its kind
+    or content (or payloads were not read)."""
+
+    @property
+    def details(self) -> Details | None:
+        """The payload's decoded details (architecture, kernels, function table...), if any."""
+        return None if self.decoded is None else self.decoded.details
 
 
 @dataclass(frozen=True)
@@ -133,7 +152,8 @@ def inspect_path(path: str | os.PathLike[str], *, digests: bool = True) -> Inspe
 
     Never loads or runs the file. Raises InputError when it cannot be read or is not a
     supported object file; problems inside a readable file become findings. Without
-    `digests`, payloads are not read at all (sha256 is None), for callers that compare bytes.
+    `digests`, payloads are not hashed (sha256 is None), for callers that compare bytes; they
+    are still decoded (`ModuleInfo.details`), which reads only those a decoder knows.
     """
     display = str(path)
     handle, size = open_regular_file(path)
@@ -158,8 +178,8 @@ def inspect_open(
         with _no_cycle_collection():
             obj = read_object(stream, size, display)
             data = _BlobBytes(handle, size, base)
-            hasher = stream if digests else None
-            libraries = tuple(_library(image, data, hasher) for image in obj.images)
+            payloads = _Payloads(stream, digests)
+            libraries = tuple(_library(image, data, payloads) for image in obj.images)
     except OSError as exc:
         raise InputError(f"{display}: read error: {exc.strerror or exc}") from None
     return InspectedFile(display, obj.format, size, libraries, obj.unreadable)
@@ -199,16 +219,16 @@ class _BlobBytes:
         self._base = base
         self._decoded: dict[tuple[bool, int, int, bool], _Decoded | tuple[str, int]] = {}
 
-    def decoded(self, location: Location, legacy: bool, handle: BinaryIO | None) -> _Decoded:
-        """The blob at `location`, decoded (and its payloads hashed, given `handle`) once
+    def decoded(self, location: Location, legacy: bool, payloads: _Payloads) -> _Decoded:
+        """The blob at `location`, decoded (and its payloads decoded and hashed) once
         however many symbols alias it: 3,000 system-lib names of one 16 MB blob cost one
         decode. Raises BlobError when the runtime would reject it."""
-        key = (legacy, location.file_offset, location.available, handle is not None)
+        key = (legacy, location.file_offset, location.available, payloads.digests)
         found = self._decoded.get(key)
         if found is None:
             window = self.window(location.file_offset, location.available)
             try:
-                found = _decode(window, legacy, location.file_offset, handle)
+                found = _decode(window, legacy, location.file_offset, payloads)
             except BlobError as exc:
                 found = (exc.what, exc.offset)
             self._decoded[key] = found
@@ -243,19 +263,28 @@ def _decode(
     window: codec.Buffer | codec.ByteSource,
     legacy: bool,
     file_offset: int,
-    handle: BinaryIO | None,
+    payloads: _Payloads,
 ) -> _Decoded:
     if legacy:
         old = codec.decode_legacy(window)
         return _Decoded(old.nbytes, 8 + old.nbytes, _legacy_modules(old), old.findings, True)
     decoded = codec.decode(window)
+    modules = _module_infos(decoded, file_offset, payloads)
     return _Decoded(
         decoded.nbytes,
         decoded.size,
-        _module_infos(decoded, file_offset, handle),
-        decoded.findings,
+        modules,
+        (*decoded.findings, *_payload_findings(modules)),
         codec.LIB_KIND in decoded.kinds,
     )
+
+
+@dataclass(frozen=True)
+class _Payloads:
+    """Where payloads left in the file are read from, and whether they are hashed."""
+
+    handle: BinaryIO
+    digests: bool
 
 
 class _FileRange:
@@ -276,7 +305,7 @@ class _FileRange:
         return codec.Span(start, length)
 
 
-def _library(image: Image, data: _BlobBytes, handle: BinaryIO | None) -> Library:
+def _library(image: Image, data: _BlobBytes, payloads: _Payloads) -> Library:
     ffi_symbols = _merge_tables(image)
     functions = _functions(ffi_symbols, image.loadable)
     blobs = [
@@ -290,7 +319,7 @@ def _library(image: Image, data: _BlobBytes, handle: BinaryIO | None) -> Library
     )
     prefixed = sorted((s for s in blobs if s.naming.prefix), key=lambda s: s.naming.prefix)
     prefixes = {f.symbol.naming.prefix for f in functions}
-    library_bin = _library_bin(image, plain[0], prefixes, data, handle) if plain else None
+    library_bin = _library_bin(image, plain[0], prefixes, data, payloads) if plain else None
     symbol_findings = [
         *_functions_not_exported(ffi_symbols, image.loadable),
         *_functions_not_code(ffi_symbols),
@@ -309,7 +338,7 @@ def _library(image: Image, data: _BlobBytes, handle: BinaryIO | None) -> Library
         symbols=ffi_symbols,
         library_bin=library_bin,
         findings=tuple(symbol_findings),
-        system_lib_bins=tuple(_library_bin(image, s, prefixes, data, handle) for s in prefixed),
+        system_lib_bins=tuple(_library_bin(image, s, prefixes, data, payloads) for s in prefixed),
         signature=image.signature,
         slice=image.slice,
     )
@@ -394,7 +423,7 @@ def _library_bin(
     chosen: FfiSymbol,
     prefixes: set[str],
     data: _BlobBytes,
-    handle: BinaryIO | None,
+    payloads: _Payloads,
 ) -> LibraryBin:
     """Locate and decode one blob symbol (plain, legacy or system-lib prefixed); `prefixes`
     are the system-lib prefixes (empty for plain names) under which functions are defined."""
@@ -415,7 +444,7 @@ def _library_bin(
             )
         return LibraryBin(chosen, None, None, layout, (), tuple(findings), prefix)
     try:
-        decoded = data.decoded(location, legacy, handle)
+        decoded = data.decoded(location, legacy, payloads)
     except BlobError as exc:
         findings.append(finding("B100", exc.what, exc.offset))
         return LibraryBin(chosen, location.file_offset, None, layout, (), tuple(findings), prefix)
@@ -536,13 +565,14 @@ _NO_LIB_MODULE = (
 
 
 def _module_infos(
-    decoded: codec.DecodedBlob, blob_file_offset: int, handle: BinaryIO | None
+    decoded: codec.DecodedBlob, blob_file_offset: int, payloads: _Payloads
 ) -> tuple[ModuleInfo, ...]:
-    """Modules with their sizes and, given a file handle to read them from, sha256 digests.
+    """Modules with their sizes, what the payload decoders make of them and (unless
+    `payloads.digests` is off) sha256 digests.
 
     Read from the decoded columns, not `decoded.blob`: a million tiny modules would otherwise
     cost a Module, a payload view and a layout each. A payload already in memory is hashed
-    there; one left in the file (a blob over `_READ_LIMIT`) is read from it.
+    and decoded there; one left in the file (a blob over `_READ_LIMIT`) is read from it.
     """
     import hashlib  # only files with a blob pay for loading OpenSSL
 
@@ -551,13 +581,18 @@ def _module_infos(
     for index, kind in enumerate(decoded.kinds):
         offset = offsets[index]
         digest = None
+        decoding = None
         payload = decoded.payload(index)  # None: a module without a payload
-        if payload is not None and handle is not None:
-            digest = (
-                file_sha256(handle, blob_file_offset + offset, sizes[index])
-                if isinstance(payload, codec.Span)
-                else hashlib.sha256(payload).hexdigest()
-            )
+        if payload is None:
+            pass
+        elif isinstance(payload, codec.Span):
+            at = blob_file_offset + offset
+            digest, decoding = _hash_and_decode_in_file(kind, payloads, at, sizes[index])
+        else:
+            digest = hashlib.sha256(payload).hexdigest() if payloads.digests else None
+            # (never empty: the codec refuses an empty payload)
+            if kind in DECODED_KINDS or payload[0] in SNIFFED_FIRST_BYTES:
+                decoding = _decode_in_memory(kind, _view(payload))
         infos.append(
             ModuleInfo(
                 index,
@@ -566,9 +601,86 @@ def _module_infos(
                 digest,
                 imports[index],
                 None if offset < 0 else offset,
+                decoding,
             )
         )
     return tuple(infos)
+
+
+DECODE_LIMIT = 64 << 20
+"""Largest payload the decoders read. A payload left in the file (in a blob over
+`_READ_LIMIT`) is read into memory to be decoded; a larger one is reported by size and
+digest only (B304), so that a 1 GiB payload never is."""
+
+
+def _view(payload: codec.Buffer) -> memoryview:
+    """The codec's in-memory payloads are already views (zero-copy); only bytes are wrapped."""
+    return payload if isinstance(payload, memoryview) else memoryview(payload)
+
+
+def _decode_in_memory(kind: str, payload: memoryview) -> Decoded | None:
+    name, mismatch = choose_decoder(kind, payload)
+    return None if name is None else run_decoder(name, payload, mismatch)
+
+
+def _hash_and_decode_in_file(
+    kind: str, payloads: _Payloads, at: int, size: int
+) -> tuple[str | None, Decoded | None]:
+    """The digest and decoding of a payload left in the file. Its first SNIFF_BYTES choose
+    the decoder; a payload that one reads, up to DECODE_LIMIT, is read once for both, and any
+    other is hashed in chunks (or, without digests, not read further)."""
+    import hashlib
+
+    handle = payloads.handle
+    name, mismatch = choose_decoder(kind, memoryview(_read_at(handle, at, min(size, SNIFF_BYTES))))
+    if name is None or size > DECODE_LIMIT:
+        digest = file_sha256(handle, at, size) if payloads.digests else None
+        too_large = None if name is None else Decoded(None, None, mismatch, name, too_large=True)
+        return digest, too_large
+    data = _read_at(handle, at, size)
+    digest = hashlib.sha256(data).hexdigest() if payloads.digests else None
+    return digest, run_decoder(name, memoryview(data), mismatch)
+
+
+def _read_at(handle: BinaryIO, offset: int, size: int) -> bytes:
+    handle.seek(offset)
+    data = handle.read(size)
+    if len(data) != size:
+        raise InputError(f"{handle.name}: file ended inside a payload at offset {offset}")
+    return data
+
+
+def _payload_findings(modules: Iterable[ModuleInfo]) -> Iterator[Finding]:
+    """B302-B304: a payload whose content is not its kind's, one its decoder cannot read, one
+    too large to decode; each at the payload's offset in the blob."""
+    for module in modules:
+        decoding = module.decoded
+        if decoding is None or module.payload_offset is None:
+            continue
+        where = f"module {module.index} ({printable(module.kind)})"
+        if decoding.expected is not None:
+            yield finding(
+                "B302",
+                f"{where}: the payload is {decoding.decoder}, not the {decoding.expected}"
+                " its kind's loader reads",
+                module.payload_offset,
+            )
+        if decoding.error is not None:
+            at = module.payload_offset + decoding.error.offset
+            yield finding(
+                "B303",
+                f"{where}: the {decoding.decoder} decoder cannot read the payload:"
+                f" {decoding.error.what} at blob offset {at}",
+                at,
+            )
+        if decoding.too_large:
+            yield finding(
+                "B304",
+                f"{where}: the {format_size(module.size or 0)} payload is over the"
+                f" {format_size(DECODE_LIMIT)} decoding limit; only its size and sha256 are"
+                " shown",
+                module.payload_offset,
+            )
 
 
 def _legacy_modules(legacy: codec.LegacyBlob) -> tuple[ModuleInfo, ...]:
@@ -610,7 +722,8 @@ class BlobReport:
 
 
 def inspect_blob_file(path: str | os.PathLike[str]) -> BlobReport:
-    """Decode a raw blob file (as TVM's `PackImportsToBytes` writes it) and hash its payloads.
+    """Decode a raw blob file (as TVM's `PackImportsToBytes` writes it), hash its payloads and
+    decode those a payload decoder knows.
 
     Raises BlobError when the runtime would reject the blob, InputError when it cannot be read.
     """
@@ -626,8 +739,9 @@ def inspect_blob_file(path: str | os.PathLike[str]) -> BlobReport:
             decoded = codec.decode(_BlobBytes(handle, size).window(0, size))
         except BlobError as exc:
             raise BlobError(f"{display}: {exc.what}", exc.offset) from None
-        modules = _module_infos(decoded, 0, handle)
-        report = BlobReport(display, size, decoded.nbytes, modules, decoded.findings)
+        modules = _module_infos(decoded, 0, _Payloads(handle, True))
+        found = (*decoded.findings, *_payload_findings(modules))
+        report = BlobReport(display, size, decoded.nbytes, modules, found)
     return report
 
 

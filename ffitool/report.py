@@ -1,6 +1,6 @@
-"""The model as plain JSON-ready data: the `ffitool.inspect/2` schema, one place for both.
+"""The model as plain JSON-ready data: the `ffitool.inspect/3` schema, one place for both.
 
-The CLI prints exactly these dictionaries; `ffitool/schemas/inspect-2.json` describes them.
+The CLI prints exactly these dictionaries; `ffitool/schemas/inspect-3.json` describes them.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from ffitool.library import (
     ModuleInfo,
 )
 
-INSPECT_SCHEMA = "ffitool.inspect/2"
-BLOB_SCHEMA = "ffitool.blob/1"
+INSPECT_SCHEMA = "ffitool.inspect/3"
+BLOB_SCHEMA = "ffitool.blob/2"
 
 Json = dict[str, Any]
 
@@ -233,6 +233,7 @@ def module_json(module: ModuleInfo) -> Json:
         "sha256": module.sha256,
         "imports": list(module.imports),
         "payload_offset": module.payload_offset,
+        "details": None if module.details is None else module.details.to_json(),
     }
     return row if module.kind.isascii() else with_exact_bytes(row, "kind")
 

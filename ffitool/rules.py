@@ -33,7 +33,8 @@ class Rule:
 
 
 PREFIXES = {
-    "B": "the blob's bytes (the codec reports them while decoding, with the byte offset)",
+    "B": "the blob's bytes (the codec reports them while decoding, with the byte offset);"
+    " B3xx, the payloads (what the payload decoders find in them)",
     "L": "how the library holds its symbols and blob (what `dlsym` and the loader will see)",
     "R": "requirements a project states (`--require-function`, `--allow-kind`, ...),"
     " only checked when asked for",
@@ -138,6 +139,35 @@ _RULES = (
         "Old TVM blobs store some payloads without a length; reading stops there. Nothing after"
         " it is listed.",
         ("ffitool.blob:decode_legacy",),
+    ),
+    Rule(
+        "B302",
+        _WARNING,
+        "a payload whose content does not match its kind",
+        "The module's kind names one format and its payload is another: PTX under `cuda_cubin`,"
+        " a cubin under `cuda_ptx`. The kind chooses the loader the runtime calls, which then"
+        " fails on the bytes or misreads them. The message names both formats, the offset is the"
+        " payload's. Add the file under the kind of what it holds (`ffitool pack --add"
+        " KIND:FILE`).",
+        ("ffitool.library:_payload_findings",),
+    ),
+    Rule(
+        "B303",
+        _WARNING,
+        "a payload its decoder cannot read",
+        "The payload is of a known kind (or starts like a known format) but is malformed:"
+        " truncated, a table running past its end, text that is not text. The kind's loader"
+        " would most likely fail on it too. The message says what was being read and the"
+        " offset where, in the blob; size and sha256 are still reported. Rebuild the payload.",
+        ("ffitool.library:_payload_findings",),
+    ),
+    Rule(
+        "B304",
+        _INFO,
+        "a payload too large to decode",
+        "Payloads are decoded up to 64 MiB; a larger one is reported by kind, size and sha256"
+        " only, so that reading a library never costs its largest payload's size in memory.",
+        ("ffitool.library:_payload_findings",),
     ),
     Rule(
         "L101",

@@ -281,7 +281,7 @@ RUNTIME = {
     # Warnings load.
     "b201_trailing": loaded(1, [PTX], ADD_ONE_ONLY),
     "b202_cycle": loaded(1, [PTX + b"1", PTX + b"2"], ADD_ONE_ONLY),
-    "b207_indptr_decreasing": loaded(4, [PTX + bytes([i]) for i in range(1, 5)], ADD_ONE_ONLY),
+    "b207_indptr_decreasing": loaded(4, [PTX + b"%d" % i for i in range(1, 5)], ADD_ONE_ONLY),
     "b203_backward_import": loaded(2, [PTX + b"1", PTX + b"2"], ADD_ONE_ONLY),
     "b204_unsorted_imports": loaded(2, [PTX + b"1", PTX + b"2"], ADD_ONE_ONLY),
     "b205_two_libs": loaded(2, [PTX], ADD_ONE_ONLY),

@@ -31,8 +31,8 @@ def test_inspect_json_is_valid_and_matches_golden(name):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     document = json.loads(result.stdout)
-    jsonschema.validate(document, schema("inspect-2.json"))
-    assert document["schema"] == "ffitool.inspect/2"
+    jsonschema.validate(document, schema("inspect-3.json"))
+    assert document["schema"] == "ffitool.inspect/3"
     golden(f"inspect-{name}.json", result.stdout)
 
 
@@ -106,7 +106,7 @@ def test_blob_decode_json_and_text():
     result = ffitool("blob", "decode", "--json", "fixtures/bin/ffi_c.blob")
     assert result.returncode == 0
     document = json.loads(result.stdout)
-    jsonschema.validate(document, schema("blob-1.json"))
+    jsonschema.validate(document, schema("blob-2.json"))
     assert (document["nbytes"], [m["kind"] for m in document["modules"]]) == (
         451,
         ["_lib", "test_alpha", "test_beta"],
@@ -139,7 +139,7 @@ def test_json_reports_unreadable_inputs_next_to_good_ones(tmp_path):
     result = ffitool("inspect", "--json", "fixtures/bin/libplain.so", missing)
     assert result.returncode == 3
     document = json.loads(result.stdout)
-    jsonschema.validate(document, schema("inspect-2.json"))
+    jsonschema.validate(document, schema("inspect-3.json"))
     assert document["files"][1] == {
         "path": missing,
         "error": f"{missing}: cannot open: No such file or directory",

@@ -6,11 +6,12 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 from graphlib import CycleError, TopologicalSorter
 
-from conftest import ROOT
+from conftest import FIXTURES, ROOT, ffitool
 
 CLI = ROOT / "ffitool" / "cli"
 PACKAGE = "ffitool.cli"
@@ -84,3 +85,42 @@ def test_the_fast_inspect_route_imports_neither_typer_nor_rich():
     )
     assert result.stderr == "[]"
     assert json.loads(result.stdout)["files"][0]["path"] == "fixtures/bin/libffi_c.so"
+
+
+def loaded_decoders(path: str) -> list[str]:
+    """The ffitool.payloads submodules (the decoders) that `ffitool inspect --json PATH`
+    loads, as the console script runs it."""
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = ['ffitool', 'inspect', '--json', {path!r}]\n"
+        "try:\n"
+        "    runpy.run_module('ffitool', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "loaded = [m for m in sys.modules if m.startswith('ffitool.payloads.')]\n"
+        "sys.stderr.write(repr(sorted(loaded)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    decoders: list[str] = ast.literal_eval(result.stderr)
+    return decoders
+
+
+def test_a_decoder_loads_only_for_a_payload_it_reads(tmp_path):
+    """libffi_c.so's payloads are of test kinds no decoder knows: no decoder module loads.
+    With a `cuda_ptx` module packed in, the PTX decoder does, and no other."""
+    assert loaded_decoders("fixtures/bin/libffi_c.so") == []
+    source = tmp_path / "libffi_c.so"
+    shutil.copyfile(FIXTURES / "libffi_c.so", source)
+    ptx = tmp_path / "kernels.ptx"
+    ptx.write_bytes(b".version 8.4\n.target sm_90a\n.visible .entry k() { ret; }\n")
+    packed = tmp_path / "libptx.so"
+    result = ffitool("pack", str(source), "--add", f"cuda_ptx:{ptx}", "-o", str(packed), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert loaded_decoders(str(packed)) == ["ffitool.payloads.ptx"]

@@ -104,6 +104,7 @@ def test_600k_one_byte_modules_decode_in_linear_time_and_memory(tmp_path):
         "sha256": hashlib.sha256(b"x").hexdigest(),
         "imports": [],
         "payload_offset": 8 * (MODULES + 4) + 18 * MODULES - 1,
+        "details": None,
     }
     assert document["findings"] == [
         {

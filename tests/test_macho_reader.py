@@ -140,7 +140,7 @@ def test_inspect_json_of_every_fixture_follows_the_schema(name):
     )
     assert (result.returncode, result.stderr) == (0, "")
     document = json.loads(result.stdout)
-    schema = resources.files("ffitool").joinpath("schemas", "inspect-2.json").read_text()
+    schema = resources.files("ffitool").joinpath("schemas", "inspect-3.json").read_text()
     jsonschema.validate(document, json.loads(schema))
     (entry,) = document["files"]
     expected = MANY_FUNCTIONS if name.startswith("libmany.") else ["add_one", "main"]
@@ -521,7 +521,7 @@ def test_inspect_json_gives_each_slice_its_architecture_place_and_signature():
     of the universal header (llvm-objdump), each with its own code-signature state."""
     path = MACHO / "libffi_macho.universal.dylib"
     document = json.loads(ffitool("inspect", "--json", f"fixtures/bin/macho/{path.name}").stdout)
-    assert document["schema"] == "ffitool.inspect/2"
+    assert document["schema"] == "ffitool.inspect/3"
     libraries = document["files"][0]["libraries"]
     headers = llvm("llvm-objdump", "--macho", "--universal-headers", str(path))
     places = re.findall(

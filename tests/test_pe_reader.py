@@ -196,7 +196,7 @@ def test_inspect_json_of_a_dll_matches_the_schema():
     )
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    schema = json.loads(resources.files("ffitool.schemas").joinpath("inspect-2.json").read_text())
+    schema = json.loads(resources.files("ffitool.schemas").joinpath("inspect-3.json").read_text())
     jsonschema.validate(document, schema)
     library = document["files"][0]["libraries"][0]
     assert (document["files"][0]["format"], library["machine"]) == ("PE", "aarch64")

@@ -124,7 +124,7 @@ def test_emit_c_system_lib_in_a_shared_library_is_shown_and_extracted(runtime, t
     result = ffitool("inspect", "--json", str(lib))
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    schema = json.loads((ROOT / "ffitool" / "schemas" / "inspect-2.json").read_text())
+    schema = json.loads((ROOT / "ffitool" / "schemas" / "inspect-3.json").read_text())
     jsonschema.validate(document, schema)
     (shown,) = document["files"][0]["libraries"][0]["system_lib_bins"]
     assert (shown["prefix"], shown["symbol"]) == (prefix, f"{prefix}__tvm_ffi__library_bin")

@@ -26,7 +26,7 @@ MEGABYTES = 200
 
 
 def schema() -> dict:
-    return json.loads((ROOT / "ffitool" / "schemas" / "inspect-2.json").read_text())
+    return json.loads((ROOT / "ffitool" / "schemas" / "inspect-3.json").read_text())
 
 
 def inspect_json(*paths: Path | str) -> tuple[int, list[dict], str]:

@@ -236,17 +236,23 @@ def _blob_parts(library_bin: LibraryBin, sized: bool) -> list[RenderableType]:
 
 
 def _modules_table(modules: Sequence[ModuleInfo]) -> Table:
-    table = _table(
-        f"Modules ({len(modules)})", ("index", "kind", "size", "sha256", "imports"), len(modules)
-    )
-    for m in modules[:ROWS_SHOWN]:
-        table.add_row(
+    """The modules, with a details column (each decoded payload's summary line) when any
+    shown module has one: a blob of opaque payloads prints as before."""
+    rows = modules[:ROWS_SHOWN]
+    decoded = any(m.details is not None for m in rows)
+    columns = ("index", "kind", "size", "sha256", "imports") + (("details",) if decoded else ())
+    table = _table(f"Modules ({len(modules)})", columns, len(modules))
+    for m in rows:
+        cells: list[RenderableType] = [
             str(m.index),
             shown(m.kind),
             "-" if m.size is None else str(m.size),
             "-" if m.sha256 is None else m.sha256[:16],
             _imports_cell(m.imports),
-        )
+        ]
+        if decoded:
+            cells.append("-" if m.details is None else shown(m.details.summary()))
+        table.add_row(*cells)
     return table
 
 

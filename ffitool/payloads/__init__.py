@@ -23,11 +23,21 @@ from importlib import import_module
 from typing import Any, Protocol
 
 __all__ = [
+    "DECODED_KINDS",
+    "SNIFFED_FIRST_BYTES",
+    "SNIFF_BYTES",
+    "Decoded",
     "Details",
     "PayloadError",
+    "choose_decoder",
     "decode_payload",
     "decoder_for_content",
+    "run_decoder",
 ]
+
+SNIFF_BYTES = 4096
+"""Bytes from a payload's start that every sniffer decides on: a payload left in the file is
+read this far to choose its decoder, and whole only if one is chosen."""
 
 JsonValue = Any
 """A value `json.dumps` writes: str, int, float, bool, None, or lists and dicts of them."""
@@ -36,8 +46,12 @@ JsonValue = Any
 class Details(Protocol):
     """What a decoder found in one payload."""
 
-    decoder: str
-    """Which decoder read it: "cubin", "fatbin", "ptx", "tvm.cuda", "relax.VMExecutable"..."""
+    # A read-only property rather than an attribute: a frozen dataclass's field satisfies it
+    # (mypy refuses a read-only field for a settable protocol attribute).
+    @property
+    def decoder(self) -> str:
+        """Which decoder read it: "cubin", "fatbin", "ptx", "tvm.cuda", "relax.VMExecutable"..."""
+        ...
 
     def summary(self) -> str:
         """One line for text output (no newline; the renderer bounds and escapes it)."""
@@ -61,6 +75,24 @@ Decoder = Callable[[memoryview], Details]
 """A decoder: the payload's bytes (read-only) -> its details, or PayloadError."""
 
 
+def _is_ptx(head: memoryview) -> bool:
+    """PTX: comments and whitespace, then `.version` (the ISA's first directive)."""
+    text = bytes(head[:SNIFF_BYTES])
+    position = 0
+    while True:
+        while position < len(text) and text[position] in b" \t\r\n\v\f":
+            position += 1
+        if text.startswith(b"//", position):
+            position = text.find(b"\n", position)
+        elif text.startswith(b"/*", position):
+            position = text.find(b"*/", position)
+            position = -1 if position < 0 else position + 2
+        else:
+            return text.startswith(b".version", position)
+        if position < 0:
+            return False
+
+
 def _is_cubin(data: memoryview) -> bool:
     """A 64-bit little-endian ELF file for EM_CUDA (190): what ptxas writes."""
     return bytes(data[:6]) == b"\x7fELF\x02\x01" and bytes(data[18:20]) == b"\xbe\x00"
@@ -80,6 +112,7 @@ def _vm_magic(data: memoryview) -> bool:
 
 
 _DECODERS: Mapping[str, str] = {
+    "ptx": "ffitool.payloads.ptx:decode_ptx",
     "cubin": "ffitool.payloads.cubin:decode_cubin",
     "fatbin": "ffitool.payloads.fatbin:decode_fatbin",
     "tvm.cuda": "ffitool.payloads.tvm_device:decode_cuda_module",
@@ -97,6 +130,7 @@ _DECODERS: Mapping[str, str] = {
 _BY_KIND: Mapping[str, str] = {
     # The README's example kinds, which no loader in TVM or tvm-ffi reads (issue 19): what their
     # names promise. TVM's own `cuda` kind is TVM's module format, not a bare cubin.
+    "cuda_ptx": "ptx",
     "cuda_cubin": "cubin",
     "cuda_fatbin": "fatbin",
     "cuda": "tvm.cuda",
@@ -112,12 +146,28 @@ _BY_KIND: Mapping[str, str] = {
     "c": "c",
 }
 """Module kind -> the decoder its loader expects (e.g. "cuda" -> "tvm.cuda")."""
-_SNIFFERS: tuple[tuple[Callable[[memoryview], bool], str], ...] = (
-    (_is_cubin, "cubin"),
-    (_is_fatbin, "fatbin"),
-    (_vm_magic, "relax.VMExecutable"),
+_SNIFFERS: tuple[tuple[bytes, Callable[[memoryview], bool], str], ...] = (
+    (b"\x7f", _is_cubin, "cubin"),
+    (b"\x50", _is_fatbin, "fatbin"),
+    (b"\x1d\x1e", _vm_magic, "relax.VMExecutable"),
+    (b"/. \t\r\n\v\f", _is_ptx, "ptx"),
 )
-"""(test of the first bytes, decoder name), tried in order for content-based recognition."""
+"""(the bytes the format can start with, a test of its first bytes, decoder name), tried in
+order for content-based recognition. A test runs only on a payload that starts with one of
+its bytes, so that a blob of a million payloads nobody decodes costs a dictionary lookup
+each. It is given the payload (or its first SNIFF_BYTES, when it lies in the file), reads at
+most SNIFF_BYTES of it and never imports its decoder's module."""
+_BY_FIRST_BYTE: dict[int, tuple[tuple[Callable[[memoryview], bool], str], ...]] = {
+    first: tuple((test, name) for starts, test, name in _SNIFFERS if first in starts)
+    for first in {b for starts, _, _ in _SNIFFERS for b in starts}
+}
+"""_SNIFFERS by the first byte of the formats they test, in order."""
+DECODED_KINDS = frozenset(_BY_KIND)
+"""Kinds a decoder is registered for."""
+SNIFFED_FIRST_BYTES = frozenset(_BY_FIRST_BYTE)
+"""First bytes of the formats recognised by content. A payload of a kind outside
+DECODED_KINDS that starts with none of these has no decoder: the model tests both inline,
+without a call per payload."""
 
 
 @dataclass(frozen=True)
@@ -128,11 +178,21 @@ class Decoded:
     error: PayloadError | None = None
     expected: str | None = None
     """The decoder the kind calls for, when the content is something else (a mismatch)."""
+    decoder: str | None = None
+    """The decoder that read (or failed to read) the payload; None when none was run."""
+    too_large: bool = False
+    """The payload was not read: it is over the caller's decoding limit (`decoder` would
+    have read it)."""
 
 
 def decoder_for_content(data: memoryview) -> str | None:
     """The decoder whose format the bytes start with, or None."""
-    return next((name for test, name in _SNIFFERS if test(data)), None)
+    if not data:
+        return None
+    for test, name in _BY_FIRST_BYTE.get(data[0], ()):
+        if test(data):
+            return name
+    return None
 
 
 @cache
@@ -142,15 +202,30 @@ def _decoder(name: str) -> Decoder:
     return decoder
 
 
-def decode_payload(kind: str, data: memoryview) -> Decoded:
-    """Decode one module's payload: by its kind's decoder, else by its content."""
+def choose_decoder(kind: str, head: memoryview) -> tuple[str | None, str | None]:
+    """(the decoder to run, the decoder the kind calls for when the content is something else)
+    from a payload's start (`head`: the whole payload, or at least its first SNIFF_BYTES):
+    its kind's decoder, unless the content is another known format; else the content's;
+    (None, None) when neither knows it."""
     expected = _BY_KIND.get(kind)
-    found = decoder_for_content(data)
+    found = decoder_for_content(head)
     name = expected if expected is not None and (found is None or found == expected) else found
     if name is None:
-        return Decoded(None)
-    mismatch = expected if expected is not None and name != expected else None
+        return None, None
+    return name, expected if expected is not None and name != expected else None
+
+
+def run_decoder(name: str, data: memoryview, mismatch: str | None = None) -> Decoded:
+    """Run one decoder (loaded on first use) over a whole payload."""
     try:
-        return Decoded(_decoder(name)(data), None, mismatch)
+        return Decoded(_decoder(name)(data), None, mismatch, name)
     except PayloadError as exc:
-        return Decoded(None, exc, mismatch)
+        return Decoded(None, exc, mismatch, name)
+
+
+def decode_payload(kind: str, data: memoryview) -> Decoded:
+    """Decode one module's payload: by its kind's decoder, else by its content."""
+    name, mismatch = choose_decoder(kind, data)
+    if name is None:
+        return Decoded(None)
+    return run_decoder(name, data, mismatch)
