@@ -25,13 +25,15 @@ from ffitool.edit.stream import InputFile, copy_payload, open_input
 from ffitool.errors import InputError, UsageError
 from ffitool.files import open_regular_file
 from ffitool.findings import listed, printable, unsurrogated, with_exact_bytes
-from ffitool.library import LibraryBin, file_sha256, inspect_open
+from ffitool.library import LibraryBin, ModuleInfo, file_sha256, inspect_open
+from ffitool.payloads import FILE_EXTENSIONS
 from ffitool.symbols import LIBRARY_BIN
 
 MANIFEST_SCHEMA = "ffitool.manifest/1"
 MANIFEST_NAME = "manifest.json"
-_PAYLOAD_NAME = re.compile(r"[0-9]{3,}-[A-Za-z0-9_.-]+\.bin")
-"""The names `extract` gives payload files (see `_file_safe`): what `--force` may replace."""
+_EXTENSIONS = "|".join(re.escape(e) for e in (".bin", *FILE_EXTENSIONS.values()))
+_PAYLOAD_NAME = re.compile(rf"[0-9]{{3,}}-[A-Za-z0-9_.-]+(?:{_EXTENSIONS})")
+"""The names `extract` gives payload files (see `_payload_name`): what `--force` may replace."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,9 @@ def extract(
     Every file is created exclusively through the directory's descriptor, so neither a symlink
     already in `directory` nor one swapped in for it redirects a write. A directory that is not
     empty is refused unless `force`: then only the names extract writes (`manifest.json` and
-    `NNN-kind.bin`, earlier ones included) are replaced, each renamed over from a fresh file.
-    On failure only what this call created is removed.
+    `NNN-kind` with `.bin`, `.cubin`, `.fatbin` or `.ptx`, earlier ones included) are
+    replaced, each renamed over from a fresh file. On failure only what this call created is
+    removed.
     """
     held, info = open_input(library)
     found = _blob_to_extract(held, info.st_size, library, symbol_prefix)
@@ -68,7 +71,7 @@ def extract(
         )
     payloads = {
         module.index: (
-            f"{module.index:03d}-{_file_safe(module.kind)}.bin",
+            _payload_name(module),
             PayloadSource(
                 str(library),
                 found.file_offset + module.payload_offset,
@@ -112,6 +115,14 @@ def extract(
         os.close(dir_fd)
     files = tuple(directory / name for name, _ in payloads.values())
     return Extracted(directory / MANIFEST_NAME, files)
+
+
+def _payload_name(module: ModuleInfo) -> str:
+    """`NNN-kind` and an extension that says what the bytes are: `.cubin`, `.fatbin` or `.ptx`
+    for device code a decoder read (as nvcc names such files), `.bin` for anything else."""
+    details = module.details
+    extension = ".bin" if details is None else FILE_EXTENSIONS.get(details.decoder, ".bin")
+    return f"{module.index:03d}-{_file_safe(module.kind)}{extension}"
 
 
 def _open_target(directory: Path) -> tuple[bool, int]:

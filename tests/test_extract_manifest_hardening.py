@@ -25,6 +25,7 @@ from conftest import ffitool as run_ffitool
 from ffitool.edit.plan import plan_from_modules
 from ffitool.edit.stream import blob_size
 from ffitool.errors import FfitoolError
+from ffitool.library import inspect_path
 from ffitool.manifest import read_manifest
 
 LIB = FIXTURES / "libffi_c.so"
@@ -500,3 +501,46 @@ def test_mutated_manifests_fail_cleanly_with_bounded_memory(tmp_path):
     assert cpu < 60, cpu
     # The mutations reach both sides: some still describe a valid blob, most are refused.
     assert outcomes["read"] > 20 and outcomes["refused"] > 500, outcomes
+
+
+# --- issue 19, item 6: payload files are named by what they hold ---------------------------
+
+PTX_TEXT = (
+    b"//\n// a kernel\n//\n.version 8.0\n.target sm_80\n.address_size 64\n\n"
+    b".visible .entry scale(\n\t.param .u64 scale_param_0\n)\n{\n\tret;\n}\n"
+)
+
+
+def test_extract_names_device_code_by_content_and_force_replaces_those_names(tmp_path):
+    """PTX is written as `.ptx` (under any kind: the content decides), other payloads stay
+    `.bin`; the manifest names the files, and packing it back gives the same blob."""
+    lib = tmp_path / "lib.so"
+    shutil.copyfile(LIB, lib)
+    ptx = tmp_path / "kernel.ptx"
+    ptx.write_bytes(PTX_TEXT)
+    added = ffitool("pack", str(lib), "--add", f"cuda_ptx:{ptx}", "--add", f"test_sys:{ptx}")
+    assert added.returncode == 0, added.stderr
+    directory = tmp_path / "out"
+    directory.mkdir()
+    (directory / "003-cuda_ptx.ptx").write_bytes(b"stale, from an earlier extract")
+    (directory / "009-old.cubin").write_bytes(b"stale too")
+    (directory / "kernel.ptx").write_bytes(b"not a name extract writes: kept")
+    result = ffitool("extract", str(lib), "-d", str(directory), "--force")
+    assert (result.returncode, result.stderr) == (0, "")
+    names = [*PAYLOADS, "003-cuda_ptx.ptx", "004-test_sys.ptx"]
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        [*names, "kernel.ptx", "manifest.json"]
+    )
+    assert (directory / "003-cuda_ptx.ptx").read_bytes() == PTX_TEXT
+    assert (directory / "kernel.ptx").read_bytes() == b"not a name extract writes: kept"
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert [m.get("file") for m in manifest["modules"]] == [None, *names]
+    again = tmp_path / "again.blob"
+    encoded = ffitool("blob", "encode", str(directory / "manifest.json"), "-o", str(again))
+    assert encoded.returncode == 0, encoded.stderr
+    (library,) = inspect_path(lib).libraries
+    blob = library.library_bin
+    assert blob is not None and blob.file_offset is not None and blob.nbytes is not None
+    with open(lib, "rb") as handle:
+        handle.seek(blob.file_offset)
+        assert again.read_bytes() == handle.read(8 + blob.nbytes)

@@ -170,6 +170,11 @@ DECODED_KINDS that starts with none of these has no decoder: the model tests bot
 without a call per payload."""
 
 
+FILE_EXTENSIONS: Mapping[str, str] = {"cubin": ".cubin", "fatbin": ".fatbin", "ptx": ".ptx"}
+"""The file name extension of a payload a decoder read, where its format has one (as nvcc and
+cuobjdump name such files); any other payload is written as `.bin`."""
+
+
 @dataclass(frozen=True)
 class Decoded:
     """A payload's decoding: the details, or why there are none."""
