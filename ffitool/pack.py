@@ -157,20 +157,22 @@ def _rewrite(
             # cost more than the whole rewrite. Durability is left to the file system.
             writer.write(source, staging.fd, edit, blob)
             try:
-                verify_output(writer, staging.path, Path(source), plan, edit)
+                written = verify_output(writer, staging.path, Path(source), plan, edit)
             except VerificationError as exc:  # verifiers do not know the library's name
                 raise VerificationError(f"{library}: {exc}; nothing was written") from None
             _check_unchanged(handle, library, info)
     placement, warnings = writer.result(edit)
-    return PackResult(destination, plan, placement, warnings)
+    return PackResult(destination, plan, placement, warnings + _mismatched_payloads(written))
 
 
-def verify_output(writer: Packer, staging: Path, source: Path, plan: Plan, edit: Any) -> None:
+def verify_output(
+    writer: Packer, staging: Path, source: Path, plan: Plan, edit: Any
+) -> tuple[Library, ...]:
     """Raise VerificationError, naming the first difference, unless `staging` is right.
 
     The staged file is re-read as inspect reads it: each packed image's blob must be exactly
     the planned modules with their sources' bytes; then the format's verifier compares the
-    rest of the file with the input."""
+    rest of the file with the input. Returns the images as re-read."""
     try:
         libraries = inspect_path(staging, digests=False).libraries  # bytes are compared below
     except InputError as exc:
@@ -182,6 +184,20 @@ def verify_output(writer: Packer, staging: Path, source: Path, plan: Plan, edit:
         if offset is not None:
             check_blob(library, staging, plan, offset)
     writer.verify(staging, source, edit)
+    return libraries
+
+
+def _mismatched_payloads(libraries: tuple[Library, ...]) -> tuple[str, ...]:
+    """B302 of the written blob, once however many slices carry it: a payload under the kind
+    of another format is packed as asked, but the user must hear that its loader will fail."""
+    found = (
+        f"{f.code}: {f.message}"
+        for library in libraries
+        if library.library_bin is not None
+        for f in library.library_bin.findings
+        if f.code == "B302"
+    )
+    return tuple(dict.fromkeys(found))
 
 
 def check_blob(library: Library, staging: Path, plan: Plan, file_offset: int) -> None:

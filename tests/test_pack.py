@@ -787,3 +787,22 @@ def test_verification_rejects_each_kind_of_damage(payloads, tmp_path):
     )
     with pytest.raises(VerificationError, match=r"section \.bss moved or changed size"):
         verify(stale_bss, original, plan, placement)
+
+
+PTX_TEXT = b".version 8.0\n.target sm_80\n.address_size 64\n\n.visible .entry k()\n{\n\tret;\n}\n"
+
+
+def test_a_payload_under_another_formats_kind_is_packed_with_a_warning(tmp_path):
+    """PTX added as `cuda_cubin` is packed as asked, but the cubin loader will fail on it: pack
+    says so (B302) on stderr, once, and exits 0; the same PTX as `cuda_ptx` packs in silence."""
+    lib = copy_fixture(tmp_path, "libpack_host_gnu.so")
+    ptx = tmp_path / "kernel.ptx"
+    ptx.write_bytes(PTX_TEXT)
+    result = ffitool("pack", str(lib), "--add", f"cuda_cubin:{ptx}", "--quiet")
+    assert (result.returncode, result.stdout) == (0, "")
+    assert result.stderr == (
+        f"ffitool: warning: {lib}: B302: module 1 (cuda_cubin): the payload is ptx, not the"
+        " cubin its kind's loader reads\n"
+    )
+    fresh = copy_fixture(tmp_path, "libpack_host_gnu.so")  # the input again, unpacked
+    pack_ok(str(fresh), "--add", f"cuda_ptx:{ptx}", "--quiet")
