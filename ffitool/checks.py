@@ -89,7 +89,8 @@ def check_file(inspected: InspectedFile, requirements: Requirements) -> list[Rep
         (_part(inspected, lib), (lib,)) for lib in inspected.libraries if lib.loadable
     ]
     linked = tuple(lib for lib in inspected.libraries if not lib.loadable)
-    if linked or not inspected.libraries:
+    # A device code file is no host library: no FFI expectation applies to it.
+    if (linked or not inspected.libraries) and inspected.device is None:
         groups.append((None, linked))
     for part, libraries in groups:
         for found in _requirement_findings(libraries, requirements):
