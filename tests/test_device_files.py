@@ -20,7 +20,8 @@ from conftest import CUBINS, FATBINS, FIXTURES, Builds, ffitool
 from test_cli import schema
 from test_targets import build_wheel
 
-from ffitool.payloads.archs import DeviceCode, runs_on
+from ffitool.payloads import decode_payload
+from ffitool.payloads.archs import DeviceCode, device_code, runs_on
 from ffitool.units import format_size
 
 DEVICE_FILES = sorted([f"{name}.cubin" for name in CUBINS] + [f"{name}.fatbin" for name in FATBINS])
@@ -268,3 +269,23 @@ def test_a_mistyped_architecture_is_a_usage_error(tmp_path):
 )
 def test_architecture_compatibility(kind, arch, required, meets):
     assert runs_on(DeviceCode(kind, arch), required) is meets
+
+
+@pytest.mark.slow
+def test_device_code_of_each_decoder(builds: Builds):
+    """What R105 reads of each decoder's details: ptxas's -arch for a cubin (sm_100f, which the
+    header names sm_100), every fatbin entry, a PTX text's target."""
+
+    def code(kind: str, data: bytes) -> list[str]:
+        return [
+            piece.label() for piece in device_code(decode_payload(kind, memoryview(data)).details)
+        ]
+
+    assert code("cuda_cubin", builds.path("sm_100f.cubin").read_bytes()) == ["sm_100f"]
+    assert code("cuda_cubin", builds.path("sm_90a.cubin").read_bytes()) == ["sm_90a"]
+    assert code("cuda_fatbin", builds.path("family-debug.fatbin").read_bytes()) == [
+        "sm_100f", "sm_103a", "ptx sm_100a",
+    ]  # fmt: skip
+    ptx = b".version 8.4\n.target sm_90a, debug\n.address_size 64\n.visible .entry k() { ret; }\n"
+    assert code("cuda_ptx", ptx) == ["ptx sm_90a"]
+    assert code("_lib", b"") == []
