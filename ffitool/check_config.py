@@ -18,11 +18,12 @@ from typing import cast
 
 from ffitool.checks import Requirements
 from ffitool.errors import InputError, UsageError
+from ffitool.payloads.archs import ARCH_PATTERN
 from ffitool.rules import RULES, matching
 
 TABLE = ("tool", "ffitool", "check")
 
-_LISTS = ("require-function", "require-kind", "allow-kind", "select", "ignore")
+_LISTS = ("require-function", "require-kind", "allow-kind", "require-arch", "select", "ignore")
 _FLAGS = ("strict", "require-ffi")
 KEYS = (*_LISTS, "max-blob-size", *_FLAGS)
 """Every setting, by the name of its long option."""
@@ -144,6 +145,19 @@ def parse_size(text: str | int, where: str) -> int:
     return int(size)
 
 
+def _archs(given: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """`require-arch` entries, each a comma list (`sm_90,sm_100a`), checked: a typo must fail
+    rather than ask for an architecture no code has."""
+    archs = tuple(part.strip() for value in given for part in value.split(",") if part.strip())
+    for arch in archs:
+        if ARCH_PATTERN.fullmatch(arch) is None:
+            raise UsageError(
+                f"{where}: require-arch: {arch!r} is not an architecture such as sm_90, sm_90a"
+                " or sm_100f"
+            )
+    return tuple(dict.fromkeys(archs))
+
+
 def resolve(
     given: Mapping[str, object], config: Path | None, *, search_from: Path | None = None
 ) -> CheckSettings:
@@ -182,6 +196,7 @@ def resolve(
             allowed_kinds=strings("allow-kind") if merged["allow-kind"] is not None else None,
             max_blob_size=None if size is None else parse_size(size, where),
             require_ffi=bool(merged["require-ffi"]),
+            archs=_archs(strings("require-arch"), where),
         ),
         reported=frozenset(select - codes("ignore")),
         strict=bool(merged["strict"]),

@@ -20,6 +20,8 @@ from typing import TypeVar
 
 from ffitool.findings import Finding
 from ffitool.library import InspectedFile, Library, LibraryBin
+from ffitool.payloads import Details
+from ffitool.payloads.archs import device_code, runs_on
 from ffitool.rules import finding
 from ffitool.units import format_size
 
@@ -35,6 +37,8 @@ class Requirements:
     max_blob_size: int | None = None
     """Upper bound on 8 + nbytes of each blob."""
     require_ffi: bool = False
+    archs: tuple[str, ...] = ()
+    """Architectures every device payload and device code file must run on (sm_90, sm_90a)."""
 
 
 _NOTHING = Requirements()
@@ -57,8 +61,13 @@ GroupRequirement = Callable[[tuple[Library, ...], Requirements], Iterator[str]]
 BlobRequirement = Callable[[LibraryBin, Requirements], Iterator[tuple[str, int | None]]]
 """A requirement over one blob that tvm-ffi reads (R103, R104): messages with blob offsets."""
 
+DeviceRequirement = Callable[[Details, str, Requirements], Iterator[str]]
+"""A requirement over device code (R105): a decoded payload or a device code file, named by
+the second argument in the messages."""
+
 GROUP_REQUIREMENTS: dict[str, GroupRequirement] = {}
 BLOB_REQUIREMENTS: dict[str, BlobRequirement] = {}
+DEVICE_REQUIREMENTS: dict[str, DeviceRequirement] = {}
 """Each check by the code of the rule it reports, run in the order they are defined here."""
 
 _Check = TypeVar("_Check")
@@ -89,11 +98,16 @@ def check_file(inspected: InspectedFile, requirements: Requirements) -> list[Rep
         (_part(inspected, lib), (lib,)) for lib in inspected.libraries if lib.loadable
     ]
     linked = tuple(lib for lib in inspected.libraries if not lib.loadable)
-    if linked or not inspected.libraries:
+    # A device code file is no host library: no FFI expectation applies to it.
+    if (linked or not inspected.libraries) and inspected.device is None:
         groups.append((None, linked))
     for part, libraries in groups:
         for found in _requirement_findings(libraries, requirements):
             reported.append(Reported(inspected.path, part, found, None))
+    if inspected.device is not None:
+        what = f"the {inspected.format}"
+        for found in _device_findings(inspected.device, what, requirements):
+            reported.append(Reported(inspected.path, None, found, None))
     return reported
 
 
@@ -149,7 +163,23 @@ def _blob_requirement_findings(
             for message, offset in check(blob, requirements):
                 over = finding(code, message, offset)
                 found.append((over, None if offset is None else _file_offset(blob, over)))
+        for module in blob.modules if requirements.archs else ():
+            if module.details is None:
+                continue
+            what = f"module {module.index} ({module.kind}) of {blob.symbol.symbol.name}"
+            at = module.payload_offset
+            for over in _device_findings(module.details, what, requirements, at):
+                found.append((over, None if over.offset is None else _file_offset(blob, over)))
     return found
+
+
+def _device_findings(
+    details: Details, what: str, requirements: Requirements, offset: int | None = None
+) -> Iterator[Finding]:
+    """R105 over one piece of device code: a payload (at `offset` in its blob) or a file."""
+    for code, check in DEVICE_REQUIREMENTS.items():
+        for message in check(details, what, requirements):
+            yield finding(code, message, offset)
 
 
 @_registered(GROUP_REQUIREMENTS, "R100")
@@ -179,6 +209,20 @@ def required_kinds(libraries: tuple[Library, ...], requirements: Requirements) -
     for kind in requirements.kinds:
         if kind not in kinds:
             yield f"no module of kind {kind} in any blob"
+
+
+@_registered(DEVICE_REQUIREMENTS, "R105")
+def required_archs(details: Details, what: str, requirements: Requirements) -> Iterator[str]:
+    """R105 (`require-arch`): device code runs on each required architecture, as SASS or PTX
+    the driver compiles for it (`payloads.archs`); a payload without device code is not
+    asked."""
+    code = device_code(details) if requirements.archs else ()
+    if not code:
+        return
+    has = ", ".join(dict.fromkeys(piece.label() for piece in code))
+    for arch in requirements.archs:
+        if not any(runs_on(piece, arch) for piece in code):
+            yield f"{what} has no code for {arch} (it has {has})"
 
 
 @_registered(BLOB_REQUIREMENTS, "R104")

@@ -13,6 +13,7 @@ this module and not the reverse.
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 from collections.abc import Iterable, Iterator
@@ -33,7 +34,15 @@ from ffitool.formats import (
     Window,
     read_object,
 )
-from ffitool.formats.sniff import ARCHIVE, ELF_FILE, THIN_ARCHIVE, sniff
+from ffitool.formats.sniff import (
+    ARCHIVE,
+    CUBIN_FILE,
+    DEVICE_FILES,
+    ELF_FILE,
+    HEAD_SIZE,
+    THIN_ARCHIVE,
+    sniff,
+)
 from ffitool.formats.strtab import read_exactly
 from ffitool.payloads import (
     DECODED_KINDS,
@@ -145,6 +154,10 @@ class InspectedFile:
     libraries: tuple[Library, ...]
     unreadable: tuple[tuple[str, str], ...] = ()
     """(member, one-line error) of each archive member that could not be read."""
+    device: Details | None = None
+    """A device code file's decoding (a cubin or fatbin given as a file, `format` "CUDA cubin"
+    or "CUDA fatbin"): it is no host library, so `libraries` is empty and no FFI expectation
+    applies to it."""
 
 
 def inspect_path(path: str | os.PathLike[str], *, digests: bool = True) -> InspectedFile:
@@ -175,6 +188,10 @@ def inspect_open(
     if base:
         stream = cast(BinaryIO, Window(handle, base, size, display))
     try:
+        stream.seek(0)
+        container = sniff(stream.read(HEAD_SIZE))
+        if container in DEVICE_FILES:
+            return _device_file(stream, size, display, container)
         with _no_cycle_collection():
             obj = read_object(stream, size, display)
             data = _BlobBytes(handle, size, base)
@@ -183,6 +200,27 @@ def inspect_open(
     except OSError as exc:
         raise InputError(f"{display}: read error: {exc.strerror or exc}") from None
     return InspectedFile(display, obj.format, size, libraries, obj.unreadable)
+
+
+def _device_file(stream: BinaryIO, size: int, display: str, container: str) -> InspectedFile:
+    """A cubin or fatbin file, decoded whole like a payload of its kind. One its decoder cannot
+    read, or over DECODE_LIMIT, is unreadable (InputError): there is nothing else in it to
+    report, and a file that says it is device code and is not is as broken as a torn ELF file."""
+    if size > DECODE_LIMIT:
+        raise InputError(
+            f"{display}: {container} of {format_size(size)} is over the"
+            f" {format_size(DECODE_LIMIT)} decoding limit"
+        )
+    stream.seek(0)
+    data = stream.read(size)
+    if len(data) != size:
+        raise OSError(errno.EIO, "the file shrank while it was being read")
+    decoded = run_decoder("cubin" if container == CUBIN_FILE else "fatbin", memoryview(data))
+    if decoded.details is None:
+        error = decoded.error
+        what = "" if error is None else f": {error.what} at offset {error.offset}"
+        raise InputError(f"{display}: malformed {container}{what}")
+    return InspectedFile(display, container, size, (), device=decoded.details)
 
 
 @contextmanager
@@ -730,7 +768,7 @@ def inspect_blob_file(path: str | os.PathLike[str]) -> BlobReport:
     display = str(path)
     handle, size = open_regular_file(path)
     with handle:
-        container = _object_container(os.pread(handle.fileno(), 8, 0))
+        container = _object_container(os.pread(handle.fileno(), HEAD_SIZE, 0))
         if container is not None:
             raise InputError(
                 f"{display}: this is {container}, not a raw blob; use 'ffitool inspect {display}'"
@@ -751,6 +789,8 @@ def _object_container(head: bytes) -> str | None:
     container = sniff(head)
     if container == ELF_FILE:
         return "an ELF shared library/object file"
+    if container in DEVICE_FILES:
+        return f"a {container} file"
     if container in (ARCHIVE, THIN_ARCHIVE):
         return "a static (ar) archive"
     return None

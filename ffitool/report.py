@@ -137,6 +137,7 @@ def file_json(inspected: InspectedFile, *, lazy: bool = False) -> Json:
         "format": inspected.format,
         "size": inspected.size,
         "libraries": [library_json(lib, lazy=lazy) for lib in inspected.libraries],
+        "device": None if inspected.device is None else inspected.device.to_json(),
     }
 
 

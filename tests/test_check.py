@@ -68,6 +68,7 @@ _CODE = re.compile(r"[BLR]\d{3}")
 _RELAYS = {
     "ffitool.checks:_requirement_findings",
     "ffitool.checks:_blob_requirement_findings",
+    "ffitool.checks:_device_findings",
 }
 
 
@@ -119,7 +120,7 @@ def test_every_registered_emitter_exists_and_every_check_is_registered_by_its_co
             for part in qualname.split("."):
                 target = getattr(target, part)
             assert callable(target), name
-    for table in (checks.GROUP_REQUIREMENTS, checks.BLOB_REQUIREMENTS):
+    for table in (checks.GROUP_REQUIREMENTS, checks.BLOB_REQUIREMENTS, checks.DEVICE_REQUIREMENTS):
         for code, check in table.items():
             assert f"{check.__module__}:{check.__qualname__}" in RULES[code].emitted_by
 
@@ -131,6 +132,7 @@ def test_requirement_rules_name_their_setting_and_only_they_do():
         "R102": "require-kind",
         "R103": "allow-kind",
         "R104": "max-blob-size",
+        "R105": "require-arch",
     }
     assert {rule.requires for rule in RULES.values()} - {""} <= set(KEYS)
     assert {code[0] for code in RULES} == set(PREFIXES)

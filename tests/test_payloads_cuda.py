@@ -12,18 +12,15 @@ another exception, with bounded CPU time.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import re
-import resource
 import struct
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from conftest import require, require_tool
+from conftest import CUBINS, FATBINS, Builds
 
 from ffitool.payloads import PayloadError, decode_payload
 from ffitool.payloads.cubin import CubinDetails, decode_cubin
@@ -32,108 +29,6 @@ from ffitool.payloads.fatbin import FatbinDetails, decode_fatbin
 # The tests on nvcc's builds are slow-marked: building the 12 files takes nvcc about 4 s of CPU
 # once per pytest-xdist worker (cuobjdump then about 0.01 s a call). The hostile files made here
 # in Python are in the fast loop.
-
-SOURCE = """
-namespace ns {
-template <typename T> __global__ void scale(T* x, T a, int n) {
-  int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) x[i] *= a;
-}
-template __global__ void scale<float>(float*, float, int);
-template __global__ void scale<double>(double*, double, int);
-}  // namespace ns
-extern "C" __global__ void add(float* a, const float* b, int n) {
-  int i = threadIdx.x;
-  if (i < n) a[i] += b[i];
-}
-__device__ float helper(float x) { return x * x; }
-__global__ void square(float* a) { a[threadIdx.x] = helper(a[threadIdx.x]); }
-"""
-
-CUBINS = {
-    "sm_80": ["-arch=sm_80"],
-    "sm_90a": ["-arch=sm_90a"],
-    "sm_90a-debug": ["-arch=sm_90a", "-G"],
-    "sm_90a-rdc": ["-arch=sm_90a", "-rdc=true"],
-    "sm_100": ["-arch=sm_100"],
-    "sm_100a": ["-arch=sm_100a"],
-    "sm_100f": ["-arch=sm_100f"],
-    "sm_103a": ["-arch=sm_103a"],
-}
-FATBINS = {
-    # PTX is compressed by default (nvcc 13): the cubins are not.
-    "multi": ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a",
-              "-gencode=arch=compute_100,code=compute_100"],
-    "compressed": ["-gencode=arch=compute_80,code=sm_80",
-                   "-gencode=arch=compute_90,code=compute_90", "-Xfatbin=-compress-all"],
-    "lz4-all": ["-gencode=arch=compute_80,code=sm_80",
-                "-gencode=arch=compute_90,code=compute_90", "--compress-mode=speed",
-                "-Xfatbin=-compress-all"],
-    "compress-speed": ["-gencode=arch=compute_80,code=sm_80",
-                       "-gencode=arch=compute_90,code=compute_90", "--compress-mode=speed"],
-    "family-debug": ["-G", "-gencode=arch=compute_100f,code=sm_100f",
-                     "-gencode=arch=compute_103a,code=sm_103a",
-                     "-gencode=arch=compute_100a,code=compute_100a", "-Xfatbin=-compress=false"],
-}  # fmt: skip
-
-
-def nvidia_tool(name: str) -> Path:
-    """A binary of the nvidia-cuda-* wheels (site-packages nvidia/cu13/bin), not /usr/local/cuda:
-    a missing one skips locally and fails under FFITOOL_REQUIRE_ALL=1."""
-    spec = importlib.util.find_spec("nvidia")
-    roots = list(spec.submodule_search_locations or []) if spec is not None else []
-    found = [Path(root) / "cu13" / "bin" / name for root in roots]
-    found = [path for path in found if path.is_file()]
-    require(bool(found), f"{name} of the nvidia-cuda-* wheels is not installed")
-    return found[0]
-
-
-class Builds:
-    """The files built for the session, and cuobjdump's view of them (run on demand, once)."""
-
-    def __init__(self, directory: Path, cuobjdump: Path) -> None:
-        self.directory = directory
-        self.cuobjdump = cuobjdump
-        self.cpu_seconds = 0.0
-        self._outputs: dict[tuple[str, str], str] = {}
-
-    def path(self, name: str) -> Path:
-        return self.directory / name
-
-    def cuobjdump_output(self, name: str, *options: str) -> str:
-        key = (name, " ".join(options))
-        if key not in self._outputs:
-            run = subprocess.run(
-                [str(self.cuobjdump), *options, str(self.path(name))],
-                capture_output=True, text=True, check=True, timeout=300,
-            )  # fmt: skip
-            self._outputs[key] = run.stdout
-        return self._outputs[key]
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-@pytest.fixture(scope="session")
-def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
-    require_tool("gcc")  # nvcc preprocesses with the host compiler
-    nvcc, cuobjdump = nvidia_tool("nvcc"), nvidia_tool("cuobjdump")
-    directory = tmp_path_factory.mktemp("cuda")
-    (directory / "kernels.cu").write_text(SOURCE)
-    started = _children_cpu()
-    jobs = [(f"{name}.cubin", ["-cubin", *flags]) for name, flags in CUBINS.items()]
-    jobs += [(f"{name}.fatbin", ["-fatbin", *flags]) for name, flags in FATBINS.items()]
-    for output, flags in jobs:
-        subprocess.run(
-            [str(nvcc), *flags, "kernels.cu", "-o", output],
-            cwd=directory, check=True, capture_output=True, timeout=600,
-        )  # fmt: skip
-    result = Builds(directory, cuobjdump)
-    result.cpu_seconds = _children_cpu() - started
-    return result
-
 
 _LISTED = re.compile(r"^(ELF|PTX) file\s+\d+: .*\.(sm_\w+)\.(?:cubin|ptx)$", re.M)
 _ELF_LINE = re.compile(

@@ -45,6 +45,14 @@ def check_command(
         list[str] | None,
         typer.Option("--allow-kind", metavar="KIND", help="Only these module kinds (and _lib)."),
     ] = None,
+    require_arch: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--require-arch",
+            metavar="ARCH",
+            help="Device code must run on ARCH (sm_90, sm_90a; repeat or comma list).",
+        ),
+    ] = None,
     max_blob_size: Annotated[
         str | None, typer.Option("--max-blob-size", metavar="SIZE", help="e.g. 64MiB.")
     ] = None,
@@ -99,6 +107,7 @@ def check_command(
             "require-function": require_function,
             "require-kind": require_kind,
             "allow-kind": allow_kind,
+            "require-arch": require_arch,
             "max-blob-size": max_blob_size,
             "require-ffi": require_ffi,
             "select": _comma_list(select),

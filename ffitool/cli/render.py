@@ -55,9 +55,13 @@ def output_console() -> Console:
 
 
 def print_inspected(files: Sequence[InspectedFile], console: Console | None = None) -> None:
-    """Print every library of every file."""
+    """Print every library of every file; a device code file is one line (a wheel holds
+    thousands of them)."""
     console = console or output_console()
     for inspected in files:
+        if inspected.device is not None:
+            console.print(shown(inspected.path, "bold"), device_line(inspected))
+            continue
         console.print(
             shown(inspected.path, "bold"),
             Text(f"  {inspected.format}, {format_size(inspected.size)}"),
@@ -65,6 +69,12 @@ def print_inspected(files: Sequence[InspectedFile], console: Console | None = No
         for library in inspected.libraries:
             console.print(library_view(library))
         console.print()
+
+
+def device_line(inspected: InspectedFile) -> Text:
+    """What follows a device code file's path: its format, size and decoded summary."""
+    summary = "" if inspected.device is None else f", {_cut(inspected.device.summary())}"
+    return Text(f"  {inspected.format}, {format_size(inspected.size)}{summary}")
 
 
 def print_blob_report(report: BlobReport, console: Console | None = None) -> None:

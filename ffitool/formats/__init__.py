@@ -142,6 +142,8 @@ _UNSUPPORTED = {
     sniff.COFF_OBJECT: (
         "COFF objects are not supported (inspect the DLL or EXE they are linked into)"
     ),
+    sniff.CUBIN_FILE: "a CUDA cubin is device code, not a host library (`inspect` decodes it)",
+    sniff.FATBIN_FILE: "a CUDA fatbin is device code, not a host library (`inspect` decodes it)",
 }
 
 

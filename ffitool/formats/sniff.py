@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-HEAD_SIZE = 8
-"""How many leading bytes `sniff` needs."""
+HEAD_SIZE = 20
+"""How many leading bytes `sniff` needs: up to an ELF header's e_machine, which tells a cubin
+from a host ELF file."""
 
 ELF = b"\x7fELF"
 MACHO_64 = b"\xcf\xfa\xed\xfe"
@@ -23,6 +24,12 @@ MZ = b"MZ"
 AR = b"!<arch>\n"
 THIN_AR = b"!<thin>\n"
 ZIP = (b"PK\x03\x04", b"PK\x05\x06")
+EM_CUDA = b"\xbe\x00"
+"""An ELF file's e_machine for NVIDIA device code (190, little-endian), at offset 18."""
+ELF_64_LITTLE = b"\x7fELF\x02\x01"
+"""An ELF header's magic, ELFCLASS64 and ELFDATA2LSB: what ptxas writes a cubin as."""
+FATBIN = b"\x50\xed\x55\xba"
+"""The fatbin container's magic, 0xBA55ED50 little-endian."""
 COFF_MACHINES = (b"\x64\x86", b"\x64\xaa", b"\x4c\x01", b"\xc4\x01")
 """The first two bytes of a COFF object for x86-64, arm64, x86 and ARMv7: its machine field."""
 _LINKER_MEMBER = b"/" + b" " * 15
@@ -37,21 +44,27 @@ ARCHIVE = "ar archive"
 THIN_ARCHIVE = "thin ar archive"
 MACHO_32_FILE = "32-bit Mach-O"
 COFF_OBJECT = "COFF object"
+CUBIN_FILE = "CUDA cubin"
+FATBIN_FILE = "CUDA fatbin"
+DEVICE_FILES = (CUBIN_FILE, FATBIN_FILE)
+"""Containers of device code: read by the payload decoders, never as host libraries."""
 
 
 def sniff(head: bytes) -> str | None:
     """The container that `head` (the first HEAD_SIZE bytes) starts, or None."""
     if head.startswith(ELF):
-        return ELF_FILE
+        return CUBIN_FILE if head.startswith(ELF_64_LITTLE) and head[18:20] == EM_CUDA else ELF_FILE
     if head.startswith(MACHO_64):
         return MACHO_FILE
     if head[:4] in (FAT, FAT_64):
         return UNIVERSAL_FILE
     if head.startswith(MZ):
         return PE_FILE
-    if head == AR:
+    if head.startswith(FATBIN):
+        return FATBIN_FILE
+    if head[:8] == AR:
         return ARCHIVE
-    if head == THIN_AR:
+    if head[:8] == THIN_AR:
         return THIN_ARCHIVE
     if head.startswith(MACHO_32):
         return MACHO_32_FILE
@@ -69,7 +82,7 @@ def looks_like_object(head: bytes) -> bool:
     found = sniff(head)
     if found == UNIVERSAL_FILE:
         return 0 < int.from_bytes(head[4:8], "big") < 45
-    return found in (ELF_FILE, MACHO_FILE, PE_FILE, ARCHIVE)
+    return found in (ELF_FILE, MACHO_FILE, PE_FILE, ARCHIVE, CUBIN_FILE, FATBIN_FILE)
 
 
 def is_wheel(head: bytes, name: str) -> bool:
