@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -86,6 +87,17 @@ def require_tool(name: str) -> str:
     require(path is not None, f"`{name}` is not on PATH")
     assert path is not None
     return path
+
+
+def nvidia_tool(name: str) -> Path:
+    """A binary of the nvidia-cuda-* wheels (site-packages nvidia/cu13/bin), not /usr/local/cuda:
+    a missing one skips locally and fails under FFITOOL_REQUIRE_ALL=1."""
+    spec = importlib.util.find_spec("nvidia")
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    found = [Path(root) / "cu13" / "bin" / name for root in roots]
+    found = [path for path in found if path.is_file()]
+    require(bool(found), f"{name} of the nvidia-cuda-* wheels is not installed")
+    return found[0]
 
 
 def require_tvm_ffi():

@@ -12,7 +12,6 @@ another exception, with bounded CPU time.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import re
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import require, require_tool
+from conftest import nvidia_tool, require_tool
 
 from ffitool.payloads import PayloadError, decode_payload
 from ffitool.payloads.cubin import CubinDetails, decode_cubin
@@ -75,17 +74,6 @@ FATBINS = {
                      "-gencode=arch=compute_103a,code=sm_103a",
                      "-gencode=arch=compute_100a,code=compute_100a", "-Xfatbin=-compress=false"],
 }  # fmt: skip
-
-
-def nvidia_tool(name: str) -> Path:
-    """A binary of the nvidia-cuda-* wheels (site-packages nvidia/cu13/bin), not /usr/local/cuda:
-    a missing one skips locally and fails under FFITOOL_REQUIRE_ALL=1."""
-    spec = importlib.util.find_spec("nvidia")
-    roots = list(spec.submodule_search_locations or []) if spec is not None else []
-    found = [Path(root) / "cu13" / "bin" / name for root in roots]
-    found = [path for path in found if path.is_file()]
-    require(bool(found), f"{name} of the nvidia-cuda-* wheels is not installed")
-    return found[0]
 
 
 class Builds:
