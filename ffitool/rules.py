@@ -238,6 +238,17 @@ _RULES = (
         ("ffitool.library:_getters_without_function",),
     ),
     Rule(
+        "L213",
+        _ERROR,
+        "an embedded cubin's symbol pair delimits no bytes of the file",
+        "`TVM_FFI_EMBED_CUBIN(<name>)` hands the CUDA driver the bytes from"
+        " `__tvm_ffi__cubin_<name>` to `__tvm_ffi__cubin_<name>_end`. Without a defined `_end`,"
+        " with the two in different sections, the end before the start, or bytes the file does"
+        " not hold (a NOBITS section, past the section or segment), what the driver gets is not"
+        " the cubin. Embed it again with `tvm_ffi.utils.embed_cubin`.",
+        ("ffitool.library:_cubin_bytes",),
+    ),
+    Rule(
         "L300",
         _INFO,
         "a legacy `__tvm_dev_mblob` blob, which tvm-ffi ignores",
