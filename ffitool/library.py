@@ -632,10 +632,13 @@ def _cubin_bytes(
     location = image.locations.get((first.name, first.table))
     if first.nobits or (location is None and size):
         return finding("L213", f"{name} at {first.address:#x} is not backed by file bytes")
-    if location is not None and size > location.available:
+    room = None if location is None else location.available
+    if location is not None and location.in_section is not None:
+        room = min(location.available, location.in_section)
+    if room is not None and size > room:
         return finding(
             "L213",
-            f"{name} claims {size} bytes up to its _end; the file holds {location.available}"
+            f"{name} claims {size} bytes up to its _end; its section and the file hold {room}"
             f" from {first.address:#x}",
         )
     return end, 0 if location is None else location.file_offset, size

@@ -65,6 +65,16 @@ __tvm_ffi__cubin_good_end:
 
 BROKEN_NAMES = ("noend", "back", "split", "far", "zeros")
 
+PAST_SECTION = """
+    .section .cubin_a, "a"
+__tvm_ffi__cubin_past: .byte 1, 2, 3, 4
+    .set __tvm_ffi__cubin_past_end, __tvm_ffi__cubin_past + 64
+    .section .cubin_b, "a"
+    .zero 256
+    .section .note.GNU-stack, "", @progbits
+"""
+"""A pair whose end lies past its 4-byte section, inside the bytes of the same segment."""
+
 
 @dataclass(frozen=True)
 class Built:
@@ -118,6 +128,15 @@ def broken(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (directory / "broken.s").write_text(BROKEN)
     _run("gcc", "-c", "broken.s", "-o", "broken.o", cwd=directory)
     return directory / "broken.o"
+
+
+@pytest.fixture(scope="session")
+def past_section(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_tool("gcc")
+    directory = tmp_path_factory.mktemp("past")
+    (directory / "past.s").write_text(PAST_SECTION)
+    _run("gcc", "-shared", "-nostdlib", "past.s", "-o", "libpast.so", cwd=directory)
+    return directory / "libpast.so"
 
 
 def _only(path: Path) -> Library:
@@ -248,6 +267,15 @@ def test_broken_pairs_are_l213_and_not_listed(broken: Path) -> None:
     good = library.cubins[0]
     assert good.size == 5 and good.details is None
     assert good.sha256 == hashlib.sha256(b"hello").hexdigest()
+
+
+@pytest.mark.slow  # an assembly and a link
+def test_a_pair_past_its_section_is_l213_though_the_segment_goes_on(past_section: Path) -> None:
+    library = _only(past_section)
+    assert library.cubins == ()
+    (message,) = [f.message for f in library.findings if f.code == "L213"]
+    assert "__tvm_ffi__cubin_past claims 64 bytes" in message
+    assert "hold 4 from" in message
 
 
 def test_bytes_no_decoder_knows_are_extracted_as_bin(broken: Path, tmp_path: Path) -> None:
