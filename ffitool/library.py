@@ -602,6 +602,14 @@ def _embedded_cubins(
             continue
         end, offset, size = placed
         digest, decoded = _hash_and_decode_cubin(payloads, offset, size)
+        if decoded is not None and decoded.error is not None:
+            findings.append(
+                finding(
+                    "L214",
+                    f"{printable(start.symbol.name)}: the {decoded.decoder} decoder cannot read"
+                    f" the embedded bytes: {decoded.error.what} at offset {decoded.error.offset}",
+                )
+            )
         cubins.append(EmbeddedCubin(start.naming.name, start, end, offset, size, digest, decoded))
     cubins.sort(key=lambda cubin: cubin.name)
     return tuple(cubins)

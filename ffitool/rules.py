@@ -249,6 +249,16 @@ _RULES = (
         ("ffitool.library:_cubin_bytes",),
     ),
     Rule(
+        "L214",
+        _WARNING,
+        "an embedded cubin its decoder cannot read",
+        "The bytes between `__tvm_ffi__cubin_<name>` and its `_end` start like a cubin, a"
+        " fatbin or PTX, but that format's decoder cannot read them: the CUDA driver would most"
+        " likely refuse them too. The message says what was being read and where, from the"
+        " cubin's start; size and sha256 are still reported. Embed the file nvcc wrote again.",
+        ("ffitool.library:_embedded_cubins",),
+    ),
+    Rule(
         "L300",
         _INFO,
         "a legacy `__tvm_dev_mblob` blob, which tvm-ffi ignores",

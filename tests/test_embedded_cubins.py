@@ -59,9 +59,15 @@ __tvm_ffi__cubin_zeros_end:
     .section .rodata.good, "a"
 __tvm_ffi__cubin_good: .ascii "hello"
 __tvm_ffi__cubin_good_end:
+    .section .rodata.torn, "a"
+__tvm_ffi__cubin_torn: .byte 0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0
+    .zero 10
+    .byte 0xbe, 0
+__tvm_ffi__cubin_torn_end:
     .section .note.GNU-stack, "", @progbits
 """
-"""One pair per way of delimiting no bytes, and one good pair of bytes no decoder knows."""
+"""One pair per way of delimiting no bytes, one good pair of bytes no decoder knows, and one
+of a cubin's first 20 bytes only (L214)."""
 
 BROKEN_NAMES = ("noend", "back", "split", "far", "zeros")
 
@@ -259,14 +265,18 @@ def test_extract_never_writes_through_a_symlink(built: Built, tmp_path: Path) ->
 
 def test_broken_pairs_are_l213_and_not_listed(broken: Path) -> None:
     library = _only(broken)
-    assert [c.name for c in library.cubins] == ["good"]
+    assert [c.name for c in library.cubins] == ["good", "torn"]
     messages = [f.message for f in library.findings if f.code == "L213"]
     assert len(messages) == len(BROKEN_NAMES)
     for name in BROKEN_NAMES:
         assert [m for m in messages if f"__tvm_ffi__cubin_{name} " in m], name
-    good = library.cubins[0]
+    good, torn = library.cubins
     assert good.size == 5 and good.details is None
     assert good.sha256 == hashlib.sha256(b"hello").hexdigest()
+    assert torn.size == 20 and torn.details is None
+    assert torn.decoded is not None and torn.decoded.decoder == "cubin"
+    (unreadable,) = [f.message for f in library.findings if f.code == "L214"]
+    assert unreadable.startswith("__tvm_ffi__cubin_torn: the cubin decoder cannot read")
 
 
 @pytest.mark.slow  # an assembly and a link
@@ -279,9 +289,10 @@ def test_a_pair_past_its_section_is_l213_though_the_segment_goes_on(past_section
 
 
 def test_bytes_no_decoder_knows_are_extracted_as_bin(broken: Path, tmp_path: Path) -> None:
-    (written,) = extract_cubins(broken, tmp_path / "out")
+    written, torn = extract_cubins(broken, tmp_path / "out")
     assert written.name == "good.bin"
     assert written.read_bytes() == b"hello"
+    assert torn.name == "torn.cubin"  # named by what its first bytes are, read or not
 
 
 @pytest.mark.slow  # a CLI run
