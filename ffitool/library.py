@@ -590,29 +590,49 @@ def _embedded_cubins(
     image: Image, symbols: tuple[FfiSymbol, ...], payloads: _Payloads, findings: list[Finding]
 ) -> tuple[EmbeddedCubin, ...]:
     """Each defined `__tvm_ffi__cubin_<name>` with its `_end`: sized from the pair, hashed and
-    decoded by content; a pair the bytes cannot be taken from adds an L213 to `findings`."""
+    decoded by content; a pair the bytes cannot be taken from adds an L213 to `findings`, and
+    so does one whose bytes overlap another's (real embeddings never do), so that what is read
+    adds up to at most the image's bytes however many pairs name them."""
     ends = {s.naming.name: s for s in symbols if s.naming.role is Role.CUBIN_END}
-    cubins = []
+    placed: list[tuple[int, int, FfiSymbol, FfiSymbol]] = []
     for start in symbols:
         if start.naming.role is not Role.CUBIN or not start.symbol.defined:
             continue
-        placed = _cubin_bytes(image, start, ends.get(start.naming.name))
-        if isinstance(placed, Finding):
-            findings.append(placed)
-            continue
-        end, offset, size = placed
-        digest, decoded = _hash_and_decode_cubin(payloads, offset, size)
-        if decoded is not None and decoded.error is not None:
+        found = _cubin_bytes(image, start, ends.get(start.naming.name))
+        if isinstance(found, Finding):
+            findings.append(found)
+        else:
+            end, offset, size = found
+            placed.append((offset, size, start, end))
+    placed.sort(key=lambda item: (item[0], item[1], item[2].symbol.name))
+    cubins = []
+    reach, last = 0, ""
+    for offset, size, start, end in placed:
+        if size and offset < reach:
             findings.append(
-                finding(
-                    "L214",
-                    f"{printable(start.symbol.name)}: the {decoded.decoder} decoder cannot read"
-                    f" the embedded bytes: {decoded.error.what} at offset {decoded.error.offset}",
-                )
+                finding("L213", f"{printable(start.symbol.name)} overlaps the bytes of {last}")
             )
+            continue
+        if size:
+            reach, last = offset + size, printable(start.symbol.name)
+        digest, decoded = _hash_and_decode_cubin(payloads, offset, size)
+        findings.extend(_undecoded(start, decoded))
         cubins.append(EmbeddedCubin(start.naming.name, start, end, offset, size, digest, decoded))
     cubins.sort(key=lambda cubin: cubin.name)
     return tuple(cubins)
+
+
+def _undecoded(start: FfiSymbol, decoded: Decoded | None) -> list[Finding]:
+    """L214 for embedded bytes that start like a format its decoder then cannot read."""
+    if decoded is None or decoded.error is None:
+        return []
+    return [
+        finding(
+            "L214",
+            f"{printable(start.symbol.name)}: the {decoded.decoder} decoder cannot read"
+            f" the embedded bytes: {decoded.error.what} at offset {decoded.error.offset}",
+        )
+    ]
 
 
 def _cubin_bytes(

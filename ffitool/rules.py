@@ -245,8 +245,10 @@ _RULES = (
         " `__tvm_ffi__cubin_<name>` to `__tvm_ffi__cubin_<name>_end`. Without a defined `_end`,"
         " with the two in different sections, the end before the start, or bytes the file does"
         " not hold (a NOBITS section, past the section or segment), what the driver gets is not"
-        " the cubin. Embed it again with `tvm_ffi.utils.embed_cubin`.",
-        ("ffitool.library:_cubin_bytes",),
+        " the cubin. Two pairs over the same bytes are not two cubins either (the embedding"
+        " never writes them; the later is reported). Embed it again with"
+        " `tvm_ffi.utils.embed_cubin`.",
+        ("ffitool.library:_cubin_bytes", "ffitool.library:_embedded_cubins"),
     ),
     Rule(
         "L214",
@@ -256,7 +258,7 @@ _RULES = (
         " fatbin or PTX, but that format's decoder cannot read them: the CUDA driver would most"
         " likely refuse them too. The message says what was being read and where, from the"
         " cubin's start; size and sha256 are still reported. Embed the file nvcc wrote again.",
-        ("ffitool.library:_embedded_cubins",),
+        ("ffitool.library:_undecoded",),
     ),
     Rule(
         "L300",

@@ -64,12 +64,17 @@ __tvm_ffi__cubin_torn: .byte 0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0
     .zero 10
     .byte 0xbe, 0
 __tvm_ffi__cubin_torn_end:
+    .section .rodata.alias, "a"
+__tvm_ffi__cubin_alias: .ascii "same bytes"
+__tvm_ffi__cubin_alias_end:
+    .set __tvm_ffi__cubin_alias2, __tvm_ffi__cubin_alias + 1
+    .set __tvm_ffi__cubin_alias2_end, __tvm_ffi__cubin_alias_end
     .section .note.GNU-stack, "", @progbits
 """
 """One pair per way of delimiting no bytes, one good pair of bytes no decoder knows, and one
 of a cubin's first 20 bytes only (L214)."""
 
-BROKEN_NAMES = ("noend", "back", "split", "far", "zeros")
+BROKEN_NAMES = ("noend", "back", "split", "far", "zeros", "alias2")
 
 PAST_SECTION = """
     .section .cubin_a, "a"
@@ -265,12 +270,12 @@ def test_extract_never_writes_through_a_symlink(built: Built, tmp_path: Path) ->
 
 def test_broken_pairs_are_l213_and_not_listed(broken: Path) -> None:
     library = _only(broken)
-    assert [c.name for c in library.cubins] == ["good", "torn"]
+    assert [c.name for c in library.cubins] == ["alias", "good", "torn"]
     messages = [f.message for f in library.findings if f.code == "L213"]
     assert len(messages) == len(BROKEN_NAMES)
     for name in BROKEN_NAMES:
         assert [m for m in messages if f"__tvm_ffi__cubin_{name} " in m], name
-    good, torn = library.cubins
+    _, good, torn = library.cubins
     assert good.size == 5 and good.details is None
     assert good.sha256 == hashlib.sha256(b"hello").hexdigest()
     assert torn.size == 20 and torn.details is None
@@ -289,7 +294,7 @@ def test_a_pair_past_its_section_is_l213_though_the_segment_goes_on(past_section
 
 
 def test_bytes_no_decoder_knows_are_extracted_as_bin(broken: Path, tmp_path: Path) -> None:
-    written, torn = extract_cubins(broken, tmp_path / "out")
+    _, written, torn = extract_cubins(broken, tmp_path / "out")
     assert written.name == "good.bin"
     assert written.read_bytes() == b"hello"
     assert torn.name == "torn.cubin"  # named by what its first bytes are, read or not
