@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ffitool, nvidia_tool, require_tool, require_tvm_ffi
+from conftest import ffitool, nvidia_tool, require_tool, require_tvm_ffi, run_measured
 
 from ffitool import extract_cubins, inspect_path
 from ffitool.errors import InputError
@@ -307,3 +307,24 @@ def test_symbol_prefix_does_not_combine_with_cubins(broken: Path, tmp_path: Path
     )
     assert run.returncode == 2, run.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow  # an assembly of 8,000 symbols, then a measured inspect
+def test_many_pairs_over_the_same_bytes_read_them_once(tmp_path: Path) -> None:
+    """4,000 pairs over one 4 MiB range would hash 16 GB if each were read: overlapping pairs
+    are L213, and reading stays bounded by the bytes there are."""
+    require_tool("gcc")
+    lines = ['    .section .rodata.big, "a"', "__tvm_ffi__cubin_big: .zero 4194304",
+             "__tvm_ffi__cubin_big_end:"]  # fmt: skip
+    for i in range(1, 4001):
+        lines.append(f"    .set __tvm_ffi__cubin_a{i}, __tvm_ffi__cubin_big + {i}")
+        lines.append(f"    .set __tvm_ffi__cubin_a{i}_end, __tvm_ffi__cubin_big_end")
+    (tmp_path / "many.s").write_text("\n".join(lines) + "\n")
+    _run("gcc", "-c", "many.s", "-o", "many.o", cwd=tmp_path)
+    command = [sys.executable, "-m", "ffitool", "inspect", "--json", str(tmp_path / "many.o")]
+    code, cpu, _ = run_measured(command, tmp_path)
+    assert code == 0, (tmp_path / "stderr").read_text()
+    (library,) = json.loads((tmp_path / "stdout").read_text())["files"][0]["libraries"]
+    assert [row["name"] for row in library["cubins"]] == ["big"]
+    assert sum(f["code"] == "L213" for f in library["findings"]) == 4000
+    assert cpu < 10.0
