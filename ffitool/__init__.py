@@ -12,7 +12,8 @@ docs/api.md):
 - `decode(data)` / `encode(blob)`: the `__tvm_ffi__library_bin` codec; `inspect_blob_file`
   for a raw blob file.
 - `pack_library(path, plan_edits(existing_modules(path), Edits(add=...)))`: embed modules.
-- `extract(path, directory)` / `read_manifest(path)`: payload files and their manifest.
+- `extract(path, directory)` / `read_manifest(path)`: payload files and their manifest;
+  `extract_cubins(path, directory)`: the embedded cubins (`Library.cubins`) as files.
 
 Submodules load on first use, so `import ffitool` stays cheap.
 """
@@ -36,6 +37,7 @@ _EXPORTS = {
     "Library": "ffitool.library",
     "LibraryBin": "ffitool.library",
     "ModuleInfo": "ffitool.library",
+    "EmbeddedCubin": "ffitool.library",
     "inspect_blob_file": "ffitool.library",
     "inspect_path": "ffitool.library",
     "Finding": "ffitool.findings",
@@ -69,6 +71,7 @@ _EXPORTS = {
     "payload_source": "ffitool.pack",
     "Extracted": "ffitool.manifest",
     "extract": "ffitool.manifest",
+    "extract_cubins": "ffitool.manifest",
     "read_manifest": "ffitool.manifest",
 }
 
@@ -79,6 +82,7 @@ __all__ = [
     "BlobReport",
     "DecodedBlob",
     "Edits",
+    "EmbeddedCubin",
     "ExistingModule",
     "Extracted",
     "FfiSymbol",
@@ -111,6 +115,7 @@ __all__ = [
     "encode",
     "existing_modules",
     "extract",
+    "extract_cubins",
     "inspect",
     "inspect_blob_file",
     "inspect_path",
@@ -136,6 +141,7 @@ if TYPE_CHECKING:
     from ffitool.findings import Finding, Severity
     from ffitool.library import (
         BlobReport,
+        EmbeddedCubin,
         FfiSymbol,
         Function,
         InspectedFile,
@@ -145,7 +151,7 @@ if TYPE_CHECKING:
         inspect_blob_file,
         inspect_path,
     )
-    from ffitool.manifest import Extracted, extract, read_manifest
+    from ffitool.manifest import Extracted, extract, extract_cubins, read_manifest
     from ffitool.pack import PackResult, existing_modules, pack_library, payload_source
     from ffitool.rules import RULES, Rule
     from ffitool.symbols import Role

@@ -51,6 +51,7 @@ from ffitool.payloads import (
     Decoded,
     Details,
     choose_decoder,
+    decoder_for_content,
     run_decoder,
 )
 from ffitool.rules import finding
@@ -116,6 +117,28 @@ class LibraryBin:
 
 
 @dataclass(frozen=True)
+class EmbeddedCubin:
+    """Device code linked in by tvm-ffi's cubin embedding (`TVM_FFI_EMBED_CUBIN`,
+    `tvm_ffi.utils.embed_cubin`): the bytes between `__tvm_ffi__cubin_<name>` and
+    `__tvm_ffi__cubin_<name>_end`. Only a well-formed pair is one: a broken pair is an L213
+    finding on the library instead."""
+
+    name: str
+    symbol: FfiSymbol
+    end: FfiSymbol
+    file_offset: int
+    size: int
+    sha256: str | None
+    decoded: Decoded | None = None
+    """What the payload decoders made of the bytes (by content: a cubin, a fatbin, PTX);
+    None when no decoder knows them."""
+
+    @property
+    def details(self) -> Details | None:
+        return None if self.decoded is None else self.decoded.details
+
+
+@dataclass(frozen=True)
 class Library:
     """One image (a whole file, or one archive member) seen through the FFI ABI."""
 
@@ -142,6 +165,9 @@ class Library:
     """Code-signature state (Mach-O): none, ad-hoc, linker-signed, certificate; None for ELF."""
     slice: Slice | None = None
     """Where the image lies in a universal file, and its architecture's name there."""
+    cubins: tuple[EmbeddedCubin, ...] = ()
+    """Embedded cubins (`__tvm_ffi__cubin_<name>` ... `_end`), by name; any symbol table
+    counts, `.symtab` included, as the symbols are local to the code that launches them."""
 
 
 @dataclass(frozen=True)
@@ -363,6 +389,7 @@ def _library(image: Image, data: _BlobBytes, payloads: _Payloads) -> Library:
         *_functions_not_code(ffi_symbols),
         *_getters_without_function(ffi_symbols),
     ]
+    cubins = _embedded_cubins(image, ffi_symbols, payloads, symbol_findings)
     return Library(
         member=image.member,
         format=image.format,
@@ -379,6 +406,7 @@ def _library(image: Image, data: _BlobBytes, payloads: _Payloads) -> Library:
         system_lib_bins=tuple(_library_bin(image, s, prefixes, data, payloads) for s in prefixed),
         signature=image.signature,
         slice=image.slice,
+        cubins=cubins,
     )
 
 
@@ -596,6 +624,109 @@ def _getters_without_function(symbols: tuple[FfiSymbol, ...]) -> Iterator[Findin
             )
 
 
+def _embedded_cubins(
+    image: Image, symbols: tuple[FfiSymbol, ...], payloads: _Payloads, findings: list[Finding]
+) -> tuple[EmbeddedCubin, ...]:
+    """Each defined `__tvm_ffi__cubin_<name>` with its `_end`: sized from the pair, hashed and
+    decoded by content; a pair the bytes cannot be taken from adds an L213 to `findings`, and
+    so does one whose bytes overlap another's (real embeddings never do), so that what is read
+    adds up to at most the image's bytes however many pairs name them."""
+    ends = {s.naming.name: s for s in symbols if s.naming.role is Role.CUBIN_END}
+    placed: list[tuple[int, int, FfiSymbol, FfiSymbol]] = []
+    for start in symbols:
+        if start.naming.role is not Role.CUBIN or not start.symbol.defined:
+            continue
+        found = _cubin_bytes(image, start, ends.get(start.naming.name))
+        if isinstance(found, Finding):
+            findings.append(found)
+        else:
+            end, offset, size = found
+            placed.append((offset, size, start, end))
+    placed.sort(key=lambda item: (item[0], item[1], item[2].symbol.name))
+    cubins = []
+    reach, last = 0, ""
+    for offset, size, start, end in placed:
+        if size and offset < reach:
+            findings.append(
+                finding("L213", f"{printable(start.symbol.name)} overlaps the bytes of {last}")
+            )
+            continue
+        if size:
+            reach, last = offset + size, printable(start.symbol.name)
+        digest, decoded = _hash_and_decode_cubin(payloads, offset, size)
+        findings.extend(_undecoded(start, decoded))
+        cubins.append(EmbeddedCubin(start.naming.name, start, end, offset, size, digest, decoded))
+    cubins.sort(key=lambda cubin: cubin.name)
+    return tuple(cubins)
+
+
+def _undecoded(start: FfiSymbol, decoded: Decoded | None) -> list[Finding]:
+    """L214 for embedded bytes that start like a format its decoder then cannot read."""
+    if decoded is None or decoded.error is None:
+        return []
+    return [
+        finding(
+            "L214",
+            f"{printable(start.symbol.name)}: the {decoded.decoder} decoder cannot read"
+            f" the embedded bytes: {decoded.error.what} at offset {decoded.error.offset}",
+        )
+    ]
+
+
+def _cubin_bytes(
+    image: Image, start: FfiSymbol, end: FfiSymbol | None
+) -> tuple[FfiSymbol, int, int] | Finding:
+    """(the end symbol, file offset, size) of an embedded cubin, or the L213 saying why the
+    pair does not delimit bytes of the file: the runtime would hand the driver whatever lies
+    between two addresses."""
+    first = start.symbol
+    name = printable(first.name)
+    if end is None or not end.symbol.defined:
+        return finding("L213", f"{name} has no defined {name}_end: its size is unknown")
+    last = end.symbol
+    if last.section != first.section:
+        return finding(
+            "L213",
+            f"{name} is in {printable(str(first.section))} but its _end in"
+            f" {printable(str(last.section))}: the pair delimits no bytes",
+        )
+    size = last.address - first.address
+    if size < 0:
+        return finding(
+            "L213", f"{name}_end at {last.address:#x} is before {name} at {first.address:#x}"
+        )
+    location = image.locations.get((first.name, first.table))
+    if first.nobits or (location is None and size):
+        return finding("L213", f"{name} at {first.address:#x} is not backed by file bytes")
+    room = None if location is None else location.available
+    if location is not None and location.in_section is not None:
+        room = min(location.available, location.in_section)
+    if room is not None and size > room:
+        return finding(
+            "L213",
+            f"{name} claims {size} bytes up to its _end; its section and the file hold {room}"
+            f" from {first.address:#x}",
+        )
+    return end, 0 if location is None else location.file_offset, size
+
+
+def _hash_and_decode_cubin(
+    payloads: _Payloads, offset: int, size: int
+) -> tuple[str | None, Decoded | None]:
+    """Digest and decoding of an embedded cubin's bytes, by content, up to DECODE_LIMIT."""
+    import hashlib
+
+    handle = payloads.handle
+    if size > DECODE_LIMIT:
+        digest = file_sha256(handle, offset, size) if payloads.digests else None
+        name = decoder_for_content(memoryview(_read_at(handle, offset, min(size, SNIFF_BYTES))))
+        return digest, None if name is None else Decoded(None, None, None, name, too_large=True)
+    data = _read_at(handle, offset, size)
+    digest = hashlib.sha256(data).hexdigest() if payloads.digests else None
+    name = decoder_for_content(memoryview(data))
+    return digest, None if name is None else run_decoder(name, memoryview(data))
+
+
 _NO_LIB_MODULE = (
     "the library exports functions but its blob has no `_lib` module: "
     "they are unreachable from the loaded module"
@@ -798,6 +929,7 @@ def _object_container(head: bytes) -> str | None:
 
 __all__ = [
     "BlobReport",
+    "EmbeddedCubin",
     "FfiSymbol",
     "Function",
     "InspectedFile",

@@ -25,8 +25,8 @@ from ffitool.edit.stream import InputFile, copy_payload, open_input
 from ffitool.errors import InputError, UsageError
 from ffitool.files import open_regular_file
 from ffitool.findings import listed, printable, unsurrogated, with_exact_bytes
-from ffitool.library import LibraryBin, ModuleInfo, file_sha256, inspect_open
-from ffitool.payloads import FILE_EXTENSIONS
+from ffitool.library import EmbeddedCubin, LibraryBin, ModuleInfo, file_sha256, inspect_open
+from ffitool.payloads import FILE_EXTENSIONS, file_extension
 from ffitool.symbols import LIBRARY_BIN
 
 MANIFEST_SCHEMA = "ffitool.manifest/1"
@@ -120,9 +120,63 @@ def extract(
 def _payload_name(module: ModuleInfo) -> str:
     """`NNN-kind` and an extension that says what the bytes are: `.cubin`, `.fatbin` or `.ptx`
     for device code a decoder read (as nvcc names such files), `.bin` for anything else."""
-    details = module.details
-    extension = ".bin" if details is None else FILE_EXTENSIONS.get(details.decoder, ".bin")
-    return f"{module.index:03d}-{_file_safe(module.kind)}{extension}"
+    return f"{module.index:03d}-{_file_safe(module.kind)}{file_extension(module.decoded)}"
+
+
+def extract_cubins(library: Path, directory: Path, force: bool = False) -> tuple[Path, ...]:
+    """Write each embedded cubin (`__tvm_ffi__cubin_<name>` ... `_end`) of `library` to
+    `directory` as `<name>.cubin`, `.fatbin` or `.ptx` by its content (`.bin` when no decoder
+    knows it), and return the files written, in name order.
+
+    In an archive, each name is preceded by its member's (`<member>-<name>.cubin`). No manifest
+    is written: the bytes are not a blob's tree, and `inspect --json` lists each cubin's
+    symbols, size and sha256. Files are created as `extract` creates them (exclusively,
+    through the directory's descriptor, a non-empty directory refused unless `force`, which
+    replaces only the names written here).
+    """
+    held, info = open_input(library)
+    with held.reader(library) as handle:
+        inspected = inspect_open(handle, info.st_size, str(library))
+    archive = len(inspected.libraries) > 1 or any(lib.member for lib in inspected.libraries)
+    named: dict[str, EmbeddedCubin] = {}
+    for lib in inspected.libraries:
+        for cubin in lib.cubins:
+            name = _cubin_file_name(cubin, lib.member if archive else None)
+            if name in named:
+                raise InputError(f"{library}: two embedded cubins would both be {printable(name)}")
+            named[name] = cubin
+    if not named:
+        raise InputError(f"{library}: no embedded cubins (__tvm_ffi__cubin_<name>) to extract")
+    created, dir_fd = _open_target(directory)
+    writer = _Writer(dir_fd, directory, force, stale=None)
+    try:
+        writer.check_target(list(named))
+        for name, cubin in sorted(named.items()):
+            source = PayloadSource(
+                str(library), cubin.file_offset, cubin.size, file_identity(info), held
+            )
+            writer.create(name, functools.partial(copy_payload, source, position=0))
+        writer.commit()
+    except BaseException as exc:  # as in `extract`: nothing half-written is left
+        writer.discard()
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        if isinstance(exc, OSError):
+            raise InputError(f"{directory}: cannot write: {exc.strerror or exc}") from None
+        raise
+    finally:
+        os.close(dir_fd)
+    return tuple(directory / name for name in sorted(named))
+
+
+def _cubin_file_name(cubin: EmbeddedCubin, member: str | None) -> str:
+    stem = (
+        _file_safe(cubin.name)
+        if member is None
+        else f"{_file_safe(member)}-{_file_safe(cubin.name)}"
+    )
+    return stem + file_extension(cubin.decoded)
 
 
 def _open_target(directory: Path) -> tuple[bool, int]:
@@ -154,10 +208,18 @@ class _Writer:
     its name at `commit`, which replaces a symlink itself, never the file it points to.
     """
 
-    def __init__(self, dir_fd: int, directory: Path, force: bool) -> None:
+    def __init__(
+        self,
+        dir_fd: int,
+        directory: Path,
+        force: bool,
+        stale: re.Pattern[str] | None = _PAYLOAD_NAME,
+    ) -> None:
         self._fd = dir_fd
         self._directory = directory
         self._force = force
+        self._stale = stale
+        """Names of earlier files that `commit` removes with `force` when not written again."""
         self._pending: list[tuple[str, str]] = []  # (name on disk, name it gets), for `force`
         self._created: list[str] = []  # on disk now, and not there before this call
 
@@ -204,8 +266,10 @@ class _Writer:
                 self._created.append(name)
         written = {name for _, name in self._pending}
         self._created = []  # the new extract is in place: from here on nothing is undone
+        if self._stale is None:
+            return
         for name in sorted(before - written):
-            if _PAYLOAD_NAME.fullmatch(name) and not stat.S_ISDIR(self._lstat(name).st_mode):
+            if self._stale.fullmatch(name) and not stat.S_ISDIR(self._lstat(name).st_mode):
                 os.unlink(name, dir_fd=self._fd)
 
     def discard(self) -> None:

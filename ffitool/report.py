@@ -14,6 +14,7 @@ from typing import Any
 from ffitool.findings import Finding, unsurrogated, with_exact_bytes
 from ffitool.library import (
     BlobReport,
+    EmbeddedCubin,
     FfiSymbol,
     Function,
     InspectedFile,
@@ -162,6 +163,7 @@ def library_json(library: Library, *, lazy: bool = False) -> Json:
         "system_lib_bins": [
             library_bin_json(b, lazy=lazy, sized=sized) for b in library.system_lib_bins
         ],
+        "cubins": [cubin_json(cubin) for cubin in library.cubins],
         "findings": findings_json(library.findings),
     }
 
@@ -237,6 +239,24 @@ def module_json(module: ModuleInfo) -> Json:
         "details": None if module.details is None else module.details.to_json(),
     }
     return row if module.kind.isascii() else with_exact_bytes(row, "kind")
+
+
+def cubin_json(cubin: EmbeddedCubin) -> Json:
+    """One embedded cubin: its pair of symbols, where its bytes are and what they hold."""
+    symbol = cubin.symbol.symbol
+    row = {
+        "name": cubin.name,
+        "symbol": symbol.file_name,
+        "end_symbol": cubin.end.symbol.file_name,
+        "section": symbol.section,
+        "address": symbol.address,
+        "table": symbol.table.value,
+        "file_offset": cubin.file_offset,
+        "size": cubin.size,
+        "sha256": cubin.sha256,
+        "details": None if cubin.details is None else cubin.details.to_json(),
+    }
+    return row if symbol.file_name.isascii() else with_exact_bytes(row, "symbol")
 
 
 SIZELESS_FORMATS = frozenset({"Mach-O", "PE"})

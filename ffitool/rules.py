@@ -238,6 +238,29 @@ _RULES = (
         ("ffitool.library:_getters_without_function",),
     ),
     Rule(
+        "L213",
+        _ERROR,
+        "an embedded cubin's symbol pair delimits no bytes of the file",
+        "`TVM_FFI_EMBED_CUBIN(<name>)` hands the CUDA driver the bytes from"
+        " `__tvm_ffi__cubin_<name>` to `__tvm_ffi__cubin_<name>_end`. Without a defined `_end`,"
+        " with the two in different sections, the end before the start, or bytes the file does"
+        " not hold (a NOBITS section, past the section or segment), what the driver gets is not"
+        " the cubin. Two pairs over the same bytes are not two cubins either (the embedding"
+        " never writes them; the later is reported). Embed it again with"
+        " `tvm_ffi.utils.embed_cubin`.",
+        ("ffitool.library:_cubin_bytes", "ffitool.library:_embedded_cubins"),
+    ),
+    Rule(
+        "L214",
+        _WARNING,
+        "an embedded cubin its decoder cannot read",
+        "The bytes between `__tvm_ffi__cubin_<name>` and its `_end` start like a cubin, a"
+        " fatbin or PTX, but that format's decoder cannot read them: the CUDA driver would most"
+        " likely refuse them too. The message says what was being read and where, from the"
+        " cubin's start; size and sha256 are still reported. Embed the file nvcc wrote again.",
+        ("ffitool.library:_undecoded",),
+    ),
+    Rule(
         "L300",
         _INFO,
         "a legacy `__tvm_dev_mblob` blob, which tvm-ffi ignores",

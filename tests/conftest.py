@@ -90,6 +90,17 @@ def require_tool(name: str) -> str:
     return path
 
 
+def nvidia_tool(name: str) -> Path:
+    """A binary of the nvidia-cuda-* wheels (site-packages nvidia/cu13/bin), not /usr/local/cuda:
+    a missing one skips locally and fails under FFITOOL_REQUIRE_ALL=1."""
+    spec = importlib.util.find_spec("nvidia")
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    found = [Path(root) / "cu13" / "bin" / name for root in roots]
+    found = [path for path in found if path.is_file()]
+    require(bool(found), f"{name} of the nvidia-cuda-* wheels is not installed")
+    return found[0]
+
+
 def require_tvm_ffi():
     try:
         import tvm_ffi
@@ -258,17 +269,6 @@ FATBINS = {
                      "-gencode=arch=compute_103a,code=sm_103a",
                      "-gencode=arch=compute_100a,code=compute_100a", "-Xfatbin=-compress=false"],
 }  # fmt: skip
-
-
-def nvidia_tool(name: str) -> Path:
-    """A binary of the nvidia-cuda-* wheels (site-packages nvidia/cu13/bin), not /usr/local/cuda:
-    a missing one skips locally and fails under FFITOOL_REQUIRE_ALL=1."""
-    spec = importlib.util.find_spec("nvidia")
-    roots = list(spec.submodule_search_locations or []) if spec is not None else []
-    found = [Path(root) / "cu13" / "bin" / name for root in roots]
-    found = [path for path in found if path.is_file()]
-    require(bool(found), f"{name} of the nvidia-cuda-* wheels is not installed")
-    return found[0]
 
 
 class Builds:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ffitool.cli.output import reported
+from ffitool.errors import UsageError
 from ffitool.findings import printable
 
 
@@ -31,10 +32,24 @@ def extract_command(
             " NNN-kind.bin files (earlier ones too); other files stay.",
         ),
     ] = False,
+    cubins: Annotated[
+        bool,
+        typer.Option(
+            "--cubins",
+            help="Write the embedded cubins (__tvm_ffi__cubin_<name>) instead, as"
+            " <name>.cubin, .fatbin or .ptx by content; no manifest.",
+        ),
+    ] = False,
 ) -> None:
     """Write each module's payload to DIR and a manifest.json describing the tree."""
-    from ffitool.manifest import extract
+    from ffitool.manifest import extract, extract_cubins
 
     with reported():
+        if cubins:
+            if symbol_prefix is not None:
+                raise UsageError("--symbol-prefix picks a blob; --cubins extracts no blob")
+            files = extract_cubins(library, directory, force)
+            sys.stdout.write(f"wrote {len(files)} embedded cubins to {printable(str(directory))}\n")
+            return
         result = extract(library, directory, symbol_prefix, force)
     sys.stdout.write(f"wrote {len(result.files)} payloads and {printable(str(result.manifest))}\n")

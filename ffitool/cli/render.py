@@ -20,7 +20,14 @@ from rich.tree import Tree
 from ffitool.blob import reachable_from
 from ffitool.edit.plan import Plan
 from ffitool.findings import Finding, Severity, printable
-from ffitool.library import BlobReport, InspectedFile, Library, LibraryBin, ModuleInfo
+from ffitool.library import (
+    BlobReport,
+    EmbeddedCubin,
+    InspectedFile,
+    Library,
+    LibraryBin,
+    ModuleInfo,
+)
 from ffitool.report import records_sizes
 from ffitool.units import format_size
 
@@ -201,6 +208,8 @@ def library_view(library: Library) -> Group:
         parts.extend(_blob_parts(library.library_bin, sized))
     for system_lib_bin in library.system_lib_bins:
         parts.extend(_blob_parts(system_lib_bin, sized))
+    if library.cubins:
+        parts.append(_cubins_table(library.cubins))
     if library.findings:
         parts.append(_findings_table(library.findings))
     return Group(*parts)
@@ -243,6 +252,19 @@ def _blob_parts(library_bin: LibraryBin, sized: bool) -> list[RenderableType]:
     if library_bin.findings:
         parts.append(_findings_table(library_bin.findings))
     return parts
+
+
+def _cubins_table(cubins: Sequence[EmbeddedCubin]) -> Table:
+    """The embedded cubins: name, size from the symbol pair, and the decoder's summary."""
+    table = _table(f"Embedded cubins ({len(cubins)})", ("name", "size", "details"), len(cubins))
+    for cubin in cubins[:ROWS_SHOWN]:
+        details = cubin.details
+        table.add_row(
+            shown(cubin.name),
+            str(cubin.size),
+            "-" if details is None else shown(details.summary()),
+        )
+    return table
 
 
 def _modules_table(modules: Sequence[ModuleInfo]) -> Table:

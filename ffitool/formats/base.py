@@ -73,6 +73,9 @@ class Location:
 
     file_offset: int
     available: int
+    in_section: int | None = None
+    """Bytes from the symbol to the end of its section, where the format tells (ELF); None
+    otherwise. `available` may run on past the section, through the rest of a segment."""
 
 
 @dataclass(frozen=True)

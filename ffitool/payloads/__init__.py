@@ -175,6 +175,13 @@ FILE_EXTENSIONS: Mapping[str, str] = {"cubin": ".cubin", "fatbin": ".fatbin", "p
 cuobjdump name such files); any other payload is written as `.bin`."""
 
 
+def file_extension(decoded: Decoded | None) -> str:
+    """The extension of a file holding these bytes: what their decoder read, else `.bin`."""
+    if decoded is None or decoded.details is None:
+        return ".bin"
+    return FILE_EXTENSIONS.get(decoded.details.decoder, ".bin")
+
+
 @dataclass(frozen=True)
 class Decoded:
     """A payload's decoding: the details, or why there are none."""

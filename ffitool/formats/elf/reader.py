@@ -159,7 +159,7 @@ def _read(elf: ElfFile, size: int, member: str | None, base: int, fd: int | None
         where = _locate(symbol, shndx, sections, segments, size)
         if where is not None:
             locations[(symbol.name, symbol.table)] = Location(
-                where.file_offset + base, where.available
+                where.file_offset + base, where.available, where.in_section
             )
     machine = elf.header["e_machine"]
     return Image(
@@ -549,7 +549,20 @@ def _locate(
     found = _located(symbol, shndx, sections, segments)
     if found is None or not 0 <= found.file_offset < size:
         return None
-    return Location(found.file_offset, min(found.available, size - found.file_offset))
+    available = min(found.available, size - found.file_offset)
+    return Location(found.file_offset, available, _in_section(symbol, shndx, sections, segments))
+
+
+def _in_section(
+    symbol: Symbol, shndx: int, sections: list[Container], segments: _Segments | None
+) -> int | None:
+    """Bytes from the symbol to the end of its section (0 when its value lies outside it): what
+    bounds an embedded cubin, whose end symbol must be in the same section."""
+    if not 0 <= shndx < len(sections):
+        return None
+    section = sections[shndx]
+    start = section["sh_addr"] if segments is not None else 0
+    return max(0, start + section["sh_size"] - symbol.address) if symbol.address >= start else 0
 
 
 def _located(
