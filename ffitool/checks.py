@@ -156,7 +156,7 @@ def _requirement_findings(
 def _blob_requirement_findings(
     library: Library, requirements: Requirements
 ) -> list[tuple[Finding, int | None]]:
-    """R103-R104, each with the file offset of the module or blob it is about."""
+    """R103-R105, each with the file offset of the module, blob or embedded cubin it is about."""
     found: list[tuple[Finding, int | None]] = []
     for blob in _loaded_blobs(library):
         for code, check in BLOB_REQUIREMENTS.items():
@@ -170,6 +170,12 @@ def _blob_requirement_findings(
             at = module.payload_offset
             for over in _device_findings(module.details, what, requirements, at):
                 found.append((over, None if over.offset is None else _file_offset(blob, over)))
+    for cubin in library.cubins if requirements.archs else ():
+        if cubin.details is not None:
+            what = f"embedded cubin {cubin.name}"
+            found += [
+                (f, cubin.file_offset) for f in _device_findings(cubin.details, what, requirements)
+            ]
     return found
 
 

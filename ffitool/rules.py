@@ -320,9 +320,10 @@ _RULES = (
         "R105",
         _ERROR,
         "device code without code for a required architecture (--require-arch)",
-        "A device payload (a module decoded as a cubin, fatbin, PTX or TVM `cuda` module) or a"
-        " cubin or fatbin file has neither SASS that runs on the architecture nor PTX the"
-        " driver can compile for it, so its kernels fail to load on that GPU. SASS for sm_XY"
+        "A device payload (a module decoded as a cubin, fatbin, PTX or TVM `cuda` module), an"
+        " embedded cubin or a cubin or fatbin file has neither SASS that runs on the"
+        " architecture nor PTX the driver can compile for it, so its kernels fail to load on"
+        " that GPU. SASS for sm_XY"
         " runs on sm_XY and later minor versions of the same major; PTX for compute_XY JITs to"
         " XY and later; `a` code (sm_90a) runs only on its own architecture; `f` code (sm_100f)"
         " on later minor versions of its family. Build for the architecture (nvcc -gencode),"

@@ -21,6 +21,7 @@ import pytest
 from conftest import ffitool, nvidia_tool, require_tool, require_tvm_ffi, run_measured
 
 from ffitool import extract_cubins, inspect_path
+from ffitool.checks import Requirements, check_file
 from ffitool.errors import InputError
 from ffitool.library import Library
 
@@ -328,3 +329,18 @@ def test_many_pairs_over_the_same_bytes_read_them_once(tmp_path: Path) -> None:
     assert [row["name"] for row in library["cubins"]] == ["big"]
     assert sum(f["code"] == "L213" for f in library["findings"]) == 4000
     assert cpu < 10.0
+
+
+@pytest.mark.slow
+def test_require_arch_asks_embedded_cubins_too(built: Built) -> None:
+    """R105 over each embedded cubin, at its file offset: the sm_80 cubin has no code for
+    sm_90; the fatbin has compute_90 PTX, which the driver compiles for sm_90."""
+    inspected = inspect_path(built.path("libemb.so"))
+    (library,) = inspected.libraries
+    reported = check_file(inspected, Requirements(archs=("sm_90",)))
+    offsets = {c.name: c.file_offset for c in library.cubins}
+    assert [(r.finding.code, r.finding.message, r.file_offset) for r in reported] == [
+        ("R105", "embedded cubin my_kernels has no code for sm_90 (it has sm_80)",
+         offsets["my_kernels"]),
+    ]  # fmt: skip
+    assert check_file(inspected, Requirements(archs=("sm_80",))) == []
