@@ -15,7 +15,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,9 +83,7 @@ def extract(
         for module in found.modules
         if module.payload_offset is not None and module.size is not None
     }
-    created, dir_fd = _open_target(directory)
-    writer = _Writer(dir_fd, directory, force)
-    try:
+    with _writing(directory, force, _PAYLOAD_NAME) as writer:
         writer.check_target([name for name, _ in payloads.values()] + [MANIFEST_NAME])
         entries = []
         for module in found.modules:
@@ -102,17 +100,6 @@ def extract(
         document = {"schema": MANIFEST_SCHEMA, "source": str(library), "modules": entries}
         text = (json.dumps(document, indent=2) + "\n").encode()
         writer.create(MANIFEST_NAME, lambda fd: _write_all(fd, text))
-        writer.commit()
-    except BaseException as exc:  # Ctrl-C too: no half-extracted directory either way
-        writer.discard()
-        if created:
-            with contextlib.suppress(OSError):
-                os.rmdir(directory)
-        if isinstance(exc, OSError):
-            raise InputError(f"{directory}: cannot write: {exc.strerror or exc}") from None
-        raise
-    finally:
-        os.close(dir_fd)
     files = tuple(directory / name for name, _ in payloads.values())
     return Extracted(directory / MANIFEST_NAME, files)
 
@@ -147,26 +134,13 @@ def extract_cubins(library: Path, directory: Path, force: bool = False) -> tuple
             named[name] = cubin
     if not named:
         raise InputError(f"{library}: no embedded cubins (__tvm_ffi__cubin_<name>) to extract")
-    created, dir_fd = _open_target(directory)
-    writer = _Writer(dir_fd, directory, force, stale=None)
-    try:
+    with _writing(directory, force, None) as writer:
         writer.check_target(list(named))
         for name, cubin in sorted(named.items()):
             source = PayloadSource(
                 str(library), cubin.file_offset, cubin.size, file_identity(info), held
             )
             writer.create(name, functools.partial(copy_payload, source, position=0))
-        writer.commit()
-    except BaseException as exc:  # as in `extract`: nothing half-written is left
-        writer.discard()
-        if created:
-            with contextlib.suppress(OSError):
-                os.rmdir(directory)
-        if isinstance(exc, OSError):
-            raise InputError(f"{directory}: cannot write: {exc.strerror or exc}") from None
-        raise
-    finally:
-        os.close(dir_fd)
     return tuple(directory / name for name in sorted(named))
 
 
@@ -177,6 +151,27 @@ def _cubin_file_name(cubin: EmbeddedCubin, member: str | None) -> str:
         else f"{_file_safe(member)}-{_file_safe(cubin.name)}"
     )
     return stem + file_extension(cubin.decoded)
+
+
+@contextlib.contextmanager
+def _writing(directory: Path, force: bool, stale: re.Pattern[str] | None) -> Iterator[_Writer]:
+    """The files extract writes into `directory`, committed together at the end; on any
+    failure (Ctrl-C too) none is left, nor `directory` if this call created it."""
+    created, dir_fd = _open_target(directory)
+    writer = _Writer(dir_fd, directory, force, stale)
+    try:
+        yield writer
+        writer.commit()
+    except BaseException as exc:
+        writer.discard()
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        if isinstance(exc, OSError):
+            raise InputError(f"{directory}: cannot write: {exc.strerror or exc}") from None
+        raise
+    finally:
+        os.close(dir_fd)
 
 
 def _open_target(directory: Path) -> tuple[bool, int]:

@@ -62,34 +62,9 @@ def test_a_cycle_through_a_function_level_import_is_found():
     assert cli_imports("from .app import app\n", "ffitool.cli.main") == {"ffitool.cli.app"}
 
 
-def test_the_fast_inspect_route_imports_neither_typer_nor_rich():
-    """`ffitool inspect --json LIB` as the console script runs it; the modules of typer,
-    click and rich loaded by its end are listed on stderr, after the report on stdout."""
-    probe = (
-        "import runpy, sys\n"
-        "sys.argv = ['ffitool', 'inspect', '--json', 'fixtures/bin/libffi_c.so']\n"
-        "try:\n"
-        "    runpy.run_module('ffitool', run_name='__main__')\n"
-        "except SystemExit as exc:\n"
-        "    assert exc.code == 0, exc.code\n"
-        "loaded = [m for m in sys.modules if m.split('.')[0] in ('typer', 'click', 'rich')]\n"
-        "sys.stderr.write(repr(sorted(loaded)))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.stderr == "[]"
-    assert json.loads(result.stdout)["files"][0]["path"] == "fixtures/bin/libffi_c.so"
-
-
-def loaded_decoders(path: str) -> list[str]:
-    """The ffitool.payloads submodules (the decoders) that `ffitool inspect --json PATH`
-    loads, as the console script runs it."""
+def inspect_loads(path: str, prefixes: tuple[str, ...]) -> tuple[str, list[str]]:
+    """`ffitool inspect --json PATH` as the console script runs it: its report, and the
+    modules whose names start with one of `prefixes` that were loaded by its end."""
     probe = (
         "import runpy, sys\n"
         f"sys.argv = ['ffitool', 'inspect', '--json', {path!r}]\n"
@@ -97,7 +72,7 @@ def loaded_decoders(path: str) -> list[str]:
         "    runpy.run_module('ffitool', run_name='__main__')\n"
         "except SystemExit as exc:\n"
         "    assert exc.code == 0, exc.code\n"
-        "loaded = [m for m in sys.modules if m.startswith('ffitool.payloads.')]\n"
+        f"loaded = [m for m in sys.modules if m.startswith({prefixes!r})]\n"
         "sys.stderr.write(repr(sorted(loaded)))\n"
     )
     result = subprocess.run(
@@ -108,8 +83,19 @@ def loaded_decoders(path: str) -> list[str]:
         text=True,
         timeout=120,
     )
-    decoders: list[str] = ast.literal_eval(result.stderr)
-    return decoders
+    loaded: list[str] = ast.literal_eval(result.stderr)
+    return result.stdout, loaded
+
+
+def test_the_fast_inspect_route_imports_neither_typer_nor_rich():
+    report, loaded = inspect_loads("fixtures/bin/libffi_c.so", ("typer", "click", "rich"))
+    assert loaded == []
+    assert json.loads(report)["files"][0]["path"] == "fixtures/bin/libffi_c.so"
+
+
+def loaded_decoders(path: str) -> list[str]:
+    """The ffitool.payloads submodules (the decoders) that `ffitool inspect --json PATH` loads."""
+    return inspect_loads(path, ("ffitool.payloads.",))[1]
 
 
 def test_a_decoder_loads_only_for_a_payload_it_reads(tmp_path):
