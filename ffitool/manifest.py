@@ -289,6 +289,11 @@ def _blob_to_extract(
 ) -> LibraryBin:
     with held.reader(library) as handle:
         inspected = inspect_open(handle, size, str(library))
+    if inspected.device is not None:
+        raise InputError(
+            f"{library}: this is a {inspected.format} file (device code), which holds no blob;"
+            " `ffitool inspect` shows its architectures and kernels"
+        )
     blobs = [
         blob
         for lib in inspected.libraries

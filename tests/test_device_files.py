@@ -50,6 +50,18 @@ def test_a_cubin_given_directly_is_one_line_of_device_code(builds: Builds):
 
 
 @pytest.mark.slow
+def test_extract_says_a_device_file_holds_no_blob(builds: Builds, tmp_path):
+    path = builds.path("sm_90a.cubin")
+    run = ffitool("extract", str(path), "-d", str(tmp_path / "out"))
+    assert (run.returncode, run.stdout) == (3, "")
+    assert run.stderr == (
+        f"ffitool: error: {path}: this is a CUDA cubin file (device code), which holds no blob;"
+        " `ffitool inspect` shows its architectures and kernels\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
 def test_a_fatbin_given_directly_lists_its_entries(builds: Builds):
     path = builds.path("multi.fatbin")
     run = ffitool("inspect", str(path))
