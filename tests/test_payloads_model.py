@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -132,12 +133,19 @@ def test_blob_decode_json_and_text_show_the_details(tmp_path):
 @pytest.fixture
 def packed_with_ptx(tmp_path):
     """libffi_c.so with a `cuda_ptx` module added by `ffitool pack`."""
+    return packed_with(tmp_path, PTX)
+
+
+def packed_with(tmp_path: Path, payload: bytes) -> Path:
+    """A copy of libffi_c.so with `payload` added as a `cuda_ptx` module by `ffitool pack`."""
     source = tmp_path / "libffi_c.so"
     shutil.copyfile(FIXTURES / "libffi_c.so", source)
-    ptx = tmp_path / "kernels.ptx"
-    ptx.write_bytes(PTX)
-    packed = tmp_path / "libptx.so"
-    result = ffitool("pack", str(source), "--add", f"cuda_ptx:{ptx}", "-o", str(packed), "--quiet")
+    added = tmp_path / "payload.ptx"
+    added.write_bytes(payload)
+    packed = tmp_path / "packed.so"
+    result = ffitool(
+        "pack", str(source), "--add", f"cuda_ptx:{added}", "-o", str(packed), "--quiet"
+    )
     assert result.returncode == 0, result.stderr
     return packed
 
@@ -166,13 +174,7 @@ def test_schema_refuses_ptx_details_of_another_shape(packed_with_ptx):
 
 def test_check_reports_an_unreadable_payload_at_its_file_offset(tmp_path):
     """`check` reads without hashing payloads, and still decodes them."""
-    source = tmp_path / "libffi_c.so"
-    shutil.copyfile(FIXTURES / "libffi_c.so", source)
-    junk = tmp_path / "junk.ptx"
-    junk.write_bytes(JUNK)
-    packed = tmp_path / "libjunk.so"
-    result = ffitool("pack", str(source), "--add", f"cuda_ptx:{junk}", "-o", str(packed), "--quiet")
-    assert result.returncode == 0, result.stderr
+    packed = packed_with(tmp_path, JUNK)
     document = json.loads(ffitool("inspect", "--json", str(packed)).stdout)
     blob = document["files"][0]["libraries"][0]["library_bin"]
     at = blob["modules"][3]["payload_offset"] + 5

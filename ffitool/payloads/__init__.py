@@ -22,6 +22,8 @@ from functools import cache
 from importlib import import_module
 from typing import Any, Protocol
 
+from ffitool.formats.sniff import CUBIN_FILE, ELF, FATBIN, HEAD_SIZE, sniff
+
 __all__ = [
     "DECODED_KINDS",
     "SNIFFED_FIRST_BYTES",
@@ -95,12 +97,12 @@ def _is_ptx(head: memoryview) -> bool:
 
 def _is_cubin(data: memoryview) -> bool:
     """A 64-bit little-endian ELF file for EM_CUDA (190): what ptxas writes."""
-    return bytes(data[:6]) == b"\x7fELF\x02\x01" and bytes(data[18:20]) == b"\xbe\x00"
+    return sniff(bytes(data[:HEAD_SIZE])) == CUBIN_FILE
 
 
 def _is_fatbin(data: memoryview) -> bool:
     """The fatbin container magic, 0xBA55ED50 little-endian."""
-    return bytes(data[:4]) == b"\x50\xed\x55\xba"
+    return bytes(data[: len(FATBIN)]) == FATBIN
 
 
 _VM_MAGICS = (b"\x1d\x15\x14\x42\x2f\xde\x25\xd2", b"\x1e\x15\x14\x42\x2f\xde\x25\xd2")
@@ -147,8 +149,8 @@ _BY_KIND: Mapping[str, str] = {
 }
 """Module kind -> the decoder its loader expects (e.g. "cuda" -> "tvm.cuda")."""
 _SNIFFERS: tuple[tuple[bytes, Callable[[memoryview], bool], str], ...] = (
-    (b"\x7f", _is_cubin, "cubin"),
-    (b"\x50", _is_fatbin, "fatbin"),
+    (ELF[:1], _is_cubin, "cubin"),
+    (FATBIN[:1], _is_fatbin, "fatbin"),
     (b"\x1d\x1e", _vm_magic, "relax.VMExecutable"),
     (b"/. \t\r\n\v\f", _is_ptx, "ptx"),
 )
